@@ -1,0 +1,211 @@
+"""``radio cache info|verify|drop CACHE``: look into a cache, check it, remove one teacher's targets."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+
+import numpy as np
+
+from radio.cache import CacheError, CacheLocation, arrow_to_tensor, decode_metadata, load_manifest, save_manifest, teacher_path, views_path
+from radio.images import decode_image, encode_image
+from radio.views import ViewPolicy, crop_view, render_view, sample_view
+
+__all__ = ["main", "cache_info", "verify_cache", "drop_teacher"]
+
+
+def _open(uri: str) -> tuple[CacheLocation, dict]:
+    loc = CacheLocation(uri)
+    manifest = load_manifest(loc)
+    if manifest is None:
+        raise CacheError(f"no cache at {uri}: manifest.json not found")
+    return loc, manifest
+
+
+def cache_info(uri: str) -> str:
+    loc, m = _open(uri)
+    src = m["source"]
+    lines = [
+        f"cache      {uri}  (id {m['cache_id']}, format v{m['format_version']}, {'complete' if m['complete'] else 'INCOMPLETE: rerun radio cache to finish'})",
+        f"source     {src['kind']}:{src.get('path') or ''} split={src.get('split')}  fingerprint {src['fingerprint']}",
+        f"images     {m['images']}   views {m['views']['rows']} ({m['views']['policy']['num_views']} per image)   units {m['units']}   student view {m['identity']['student_resolution']}px {m['identity']['student_image_format']}",
+        f"skipped    {len(m['skipped'])}",
+        "teachers",
+    ]
+    for name, t in sorted(m["teachers"].items()):
+        s = t["spec"]
+        lines.append(f"  {name:<16} fingerprint {t['fingerprint']}  rows {t['rows']}  {t['bytes_per_view'] / 1024:.1f} KiB/view  summary {s.get('summary_dim') or '-'}  features {s['feature_dim']}@{s['feature_grid'][0]}x{s['feature_grid'][1]}  stats {'exact' if t['stats'].get('exact') else 'sampled'}{'' if t['complete'] else '  INCOMPLETE'}")
+    total = m["views"]["bytes"] + sum(t["bytes"] for t in m["teachers"].values())
+    lines.append(f"bytes      {total / 1e6:.2f} MB (views {m['views']['bytes'] / 1e6:.2f} MB)")
+    for s in m["skipped"][:10]:
+        lines.append(f"  skipped {s['image_id']}: {s['reason']}")
+    if len(m["skipped"]) > 10:
+        lines.append(f"  ... and {len(m['skipped']) - 10} more (see manifest.json)")
+    if m.get("mlflow_run_id"):
+        lines.append(f"mlflow run {m['mlflow_run_id']}")
+    return "\n".join(lines)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+def verify_cache(uri: str, sample: int = 8, atol: float = 0.05, min_cos: float = 0.999, seed: int = 0, out=sys.stdout) -> bool:
+    """Check manifest against shards, then recompute ``sample`` random rows with the teachers.
+
+    Returns True when everything matches. Differences are printed, one line each.
+    """
+    loc, m = _open(uri)
+    problems: list[str] = []
+
+    def check_file(entry: dict):
+        rel = entry["path"]
+        if not loc.exists(rel):
+            problems.append(f"{rel}: listed in the manifest but missing")
+            return None
+        if loc.size(rel) != entry["bytes"]:
+            problems.append(f"{rel}: {loc.size(rel)} bytes, manifest says {entry['bytes']}")
+        elif loc.sha256(rel) != entry["sha256"]:
+            problems.append(f"{rel}: checksum differs from the manifest")
+        pf = loc.parquet_file(rel)
+        if pf.metadata.num_rows != entry["rows"]:
+            problems.append(f"{rel}: {pf.metadata.num_rows} rows, manifest says {entry['rows']}")
+        return pf
+
+    keys_by_unit = {}
+    for entry in m["views"]["shards"]:
+        pf = check_file(entry)
+        if pf is None:
+            continue
+        t = pf.read(columns=["image_id", "view_index"])
+        keys = list(zip(t.column("image_id").to_pylist(), t.column("view_index").to_pylist()))
+        if len(set(keys)) != len(keys):
+            problems.append(f"{entry['path']}: duplicate keys")
+        keys_by_unit[entry["unit"]] = keys
+    for name, tinfo in m["teachers"].items():
+        for entry in tinfo["shards"]:
+            pf = check_file(entry)
+            if pf is None:
+                continue
+            meta = decode_metadata(pf.schema_arrow.metadata)
+            if meta.get("fingerprint") != tinfo["fingerprint"]:
+                problems.append(f"{entry['path']}: fingerprint {meta.get('fingerprint')} != manifest {tinfo['fingerprint']}")
+            t = pf.read(columns=["image_id", "view_index"])
+            keys = list(zip(t.column("image_id").to_pylist(), t.column("view_index").to_pylist()))
+            if keys != keys_by_unit.get(entry["unit"]):
+                problems.append(f"{entry['path']}: keys differ from views/unit-{entry['unit']:05d}")
+    listed = {e["path"] for e in m["views"]["shards"]} | {e["path"] for t in m["teachers"].values() for e in t["shards"]}
+    on_disk = set(loc.list_files("views")) | {f for name in loc.list_dirs("teachers") for f in loc.list_files(f"teachers/{name}")}
+    for extra in sorted(on_disk - listed):
+        problems.append(f"{extra}: on disk but not in the manifest (rerun radio cache to record it)")
+    n_files = len(listed)
+    print(f"checked {n_files} files: {'OK' if not problems else f'{len(problems)} problem(s)'}", file=out)
+
+    if sample > 0 and keys_by_unit:
+        problems.extend(_recompute(loc, m, keys_by_unit, sample, atol, min_cos, seed, out))
+    for p in problems:
+        print(f"MISMATCH {p}", file=out)
+    print("verify: OK" if not problems else f"verify: FAILED ({len(problems)} problem(s))", file=out)
+    return not problems
+
+
+def _recompute(loc, m, keys_by_unit, sample, atol, min_cos, seed, out) -> list[str]:
+    import torch
+
+    from teachers import create_teacher
+
+    from .config import load_config
+    from .sources import SourceConfig, open_source
+
+    problems = []
+    rng = random.Random(seed)
+    all_rows = [(u, i) for u, keys in sorted(keys_by_unit.items()) for i in range(len(keys))]
+    picks = sorted(rng.sample(all_rows, min(sample, len(all_rows))))
+    src_cfg = load_config(SourceConfig, overrides=[f"{k}={_yaml(v)}" for k, v in m["source"]["config"].items()])
+    source = open_source(src_cfg)
+    if source.fingerprint != m["identity"]["source_fingerprint"]:
+        return [f"source {src_cfg.kind}:{src_cfg.path} has changed since the cache was built (fingerprint {source.fingerprint} != {m['identity']['source_fingerprint']}); cannot recompute"]
+    by_id = {r.image_id: r for r in source.records}
+    policy = ViewPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in m["views"]["policy"].items()})
+    res = m["identity"]["student_resolution"]
+    teachers = {}
+    for name, tinfo in m["teachers"].items():
+        spec = tinfo["spec"]
+        teachers[name] = create_teacher(name, source=spec["source"], revision=spec.get("revision"), dtype=spec.get("dtype"))
+        if teachers[name].spec.fingerprint != tinfo["fingerprint"]:
+            problems.append(f"teacher {name}: the weights at {spec['source']} now have fingerprint {teachers[name].spec.fingerprint}, the cache holds {tinfo['fingerprint']}")
+    worst = {}
+    for u, i in picks:
+        image_id, view_index = keys_by_unit[u][i]
+        vrow = loc.parquet_file(views_path(u)).read().slice(i, 1)
+        img = decode_image(source.read_bytes(by_id[image_id]), name=image_id)
+        view = sample_view(policy, image_id, view_index, img.shape[1], img.shape[0])
+        if list(view.box) != vrow.column("crop_box").to_pylist()[0] or view.flip != vrow.column("flip").to_pylist()[0]:
+            problems.append(f"{image_id} view {view_index}: recorded crop/flip differ from the view policy's replay")
+            continue
+        student = encode_image(render_view(img, view, (res, res)), m["identity"]["student_image_format"])
+        if m["identity"]["student_image_format"] == "png" and student != vrow.column("student_image").to_pylist()[0]:
+            problems.append(f"{image_id} view {view_index}: stored student image differs from the replayed view")
+        crop = torch.from_numpy(crop_view(img, view)).permute(2, 0, 1)
+        for name, teacher in teachers.items():
+            trow = loc.parquet_file(teacher_path(name, u)).read().slice(i, 1)
+            got = teacher([crop])
+            pairs = [("features", got.features_BHWC[0].numpy(), arrow_to_tensor(trow.column("features"))[0])]
+            if got.summary_BD is not None:
+                pairs.append(("summary", got.summary_BD[0].numpy(), arrow_to_tensor(trow.column("summary"))[0]))
+            for what, fresh, stored in pairs:
+                diff = float(np.abs(fresh.astype(np.float32) - stored.astype(np.float32)).max())
+                cos = _cos(fresh, stored)
+                key = f"{name}/{what}"
+                w = worst.get(key, (0.0, 1.0))
+                worst[key] = (max(w[0], diff), min(w[1], cos))
+                if diff > atol or cos < min_cos:
+                    problems.append(f"{image_id} view {view_index} {key}: max abs diff {diff:.4g}, cosine {cos:.6f} (limits {atol}, {min_cos})")
+    print(f"recomputed {len(picks)} rows:", file=out)
+    for key, (diff, cos) in sorted(worst.items()):
+        print(f"  {key:<28} max abs diff {diff:.3g}   min cosine {cos:.6f}", file=out)
+    return problems
+
+
+def _yaml(v) -> str:
+    import json
+
+    return json.dumps(v)
+
+
+def drop_teacher(uri: str, teacher: str) -> dict:
+    """Delete one teacher's targets and its manifest entry; the other teachers are untouched."""
+    loc, m = _open(uri)
+    if teacher not in m["teachers"] and teacher not in loc.list_dirs("teachers"):
+        raise CacheError(f"cache {uri} has no teacher {teacher!r}; it holds {sorted(m['teachers'])}")
+    loc.delete_dir(f"teachers/{teacher}")
+    m["teachers"].pop(teacher, None)
+    save_manifest(loc, m)
+    return m
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="radio cache")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("info", help="what a cache holds")
+    i.add_argument("cache")
+    v = sub.add_parser("verify", help="check manifest, shards and keys; recompute a sample with the teachers")
+    v.add_argument("cache")
+    v.add_argument("--sample", type=int, default=8, help="rows to recompute (0: only check files)")
+    v.add_argument("--atol", type=float, default=0.05, help="largest allowed absolute difference")
+    v.add_argument("--min-cos", type=float, default=0.999, help="smallest allowed cosine similarity")
+    v.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("drop", help="remove one teacher's targets")
+    d.add_argument("cache")
+    d.add_argument("teacher")
+    ns = p.parse_args(argv)
+    if ns.cmd == "info":
+        print(cache_info(ns.cache))
+        return 0
+    if ns.cmd == "verify":
+        return 0 if verify_cache(ns.cache, ns.sample, ns.atol, ns.min_cos, ns.seed) else 1
+    drop_teacher(ns.cache, ns.teacher)
+    print(f"dropped {ns.teacher} from {ns.cache}")
+    return 0

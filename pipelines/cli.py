@@ -1,0 +1,190 @@
+"""The ``radio`` command line. ``main(argv)`` is what the console script and the tests call."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .config import ConfigError, config_to_yaml, load_config
+
+__all__ = ["main", "JOBS"]
+
+
+def _job_classes() -> dict:
+    """Job name -> its config dataclass. Imported lazily: ``radio --help`` must not pay for torch."""
+    from .cache import CacheJobConfig
+
+    jobs = {"cache": CacheJobConfig}
+    try:
+        from .train import TrainJobConfig
+
+        jobs["train"] = TrainJobConfig
+    except ImportError:
+        pass
+    try:
+        from .evaluate import EvalJobConfig
+
+        jobs["eval"] = EvalJobConfig
+    except ImportError:
+        pass
+    try:
+        from .quickstart import QuickstartConfig
+
+        jobs["quickstart"] = QuickstartConfig
+    except ImportError:
+        pass
+    return jobs
+
+
+JOBS = ("cache", "train", "eval", "quickstart")
+
+
+def _infer_job(config: str, jobs: dict) -> str:
+    if config in jobs:
+        return config
+    stem = Path(config).stem
+    for name in jobs:
+        if stem.startswith(name):
+            return name
+    import yaml
+
+    keys = set((yaml.safe_load(Path(config).read_text()) or {}).keys()) if Path(config).is_file() else set()
+    from dataclasses import fields
+
+    fits = [n for n, cls in jobs.items() if keys and keys <= {f.name for f in fields(cls)}]
+    if len(fits) == 1:
+        return fits[0]
+    raise ConfigError(f"cannot tell which job {config} configures; name the file cache*.yaml, train*.yaml, eval*.yaml or quickstart*.yaml, or pass the job name ({', '.join(jobs)})")
+
+
+def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def resolve(job: str, args: list[str]):
+    """(config object, resolved YAML) for ``job`` from ``[CONFIG] [key=value ...]``."""
+    jobs = _job_classes()
+    path, overrides = _split_config_args(args)
+    cfg = load_config(jobs[job], path, overrides)
+    return cfg, config_to_yaml(cfg)
+
+
+def cmd_teachers(ns) -> int:
+    from teachers import get_spec_template, list_teachers
+
+    rows = [("name", "family", "source", "input", "summary", "features (dim @ grid)")]
+    for name in list_teachers():
+        s = get_spec_template(name)
+        rows.append((name, s.family, s.source, "x".join(map(str, s.input_size)), str(s.summary_dim or "-"), f"{s.feature_dim} @ {s.feature_grid[0]}x{s.feature_grid[1]}"))
+    if ns.fingerprints:
+        from teachers import create_teacher
+
+        rows[0] = rows[0] + ("fingerprint",)
+        for i, name in enumerate(list_teachers(), start=1):
+            try:
+                rows[i] = rows[i] + (create_teacher(name).spec.fingerprint,)
+            except Exception as e:  # real weights are not available offline: say so in the table
+                rows[i] = rows[i] + (f"(not loadable: {type(e).__name__})",)
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for j, r in enumerate(rows):
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+    if not ns.fingerprints:
+        print("\nfingerprints hash the weights: `radio teachers --fingerprints` loads each teacher to compute them.")
+    return 0
+
+
+def cmd_config_show(ns) -> int:
+    jobs = _job_classes()
+    job = _infer_job(ns.config, jobs)
+    path = None if ns.config in jobs else ns.config
+    cfg = load_config(jobs[job], path, ns.overrides)
+    print(f"# radio {job}: resolved config (defaults <- {path or 'no file'} <- {len(ns.overrides)} overrides)")
+    print(config_to_yaml(cfg), end="")
+    return 0
+
+
+def cmd_cache(ns) -> int:
+    args = list(ns.args)
+    if args and args[0] in ("info", "verify", "drop"):
+        from . import cache_tools
+
+        return cache_tools.main(args)
+    from .cache import run_cache_job
+
+    cfg, resolved = resolve("cache", args)
+    summary = run_cache_job(cfg, resolved)
+    print(summary.format())
+    return 0
+
+
+def _run_job(job: str):
+    def run(ns) -> int:
+        import importlib
+
+        mod = importlib.import_module(f".{ {'eval': 'evaluate'}.get(job, job)}", __package__)
+        return mod.main(list(ns.args))
+
+    return run
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by input, printed as one clear message instead of a traceback."""
+    from radio.cache import CacheError
+    from teachers import TeacherLoadError, UnknownTeacher
+
+    from .sources import SourceError
+    from .tracking import TrackingUnavailable
+
+    return (CacheError, SourceError, TeacherLoadError, UnknownTeacher, TrackingUnavailable, FileNotFoundError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="radio", description="Build agglomerative vision models: cache frozen teachers (Ray), distill students (Accelerate), compare them (MLflow).")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    t = sub.add_parser("teachers", help="list the teacher registry")
+    t.add_argument("--fingerprints", action="store_true", help="load each teacher and show its fingerprint")
+    t.set_defaults(func=cmd_teachers)
+    c = sub.add_parser("config", help="configuration tools")
+    csub = c.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    show = csub.add_parser("show", help="print the resolved config: defaults <- CONFIG <- key=value overrides")
+    show.add_argument("config", help="a YAML file, or a job name (cache, train, eval, quickstart) for its defaults")
+    show.add_argument("overrides", nargs="*", help="key.sub=value")
+    show.set_defaults(func=cmd_config_show)
+    cache = sub.add_parser("cache", help="build a teacher cache: radio cache [CONFIG] [key=value ...]; radio cache info|verify|drop CACHE", description="radio cache [CONFIG] [key=value ...] builds or completes a cache. radio cache info CACHE, radio cache verify CACHE [--sample N], radio cache drop CACHE TEACHER inspect and edit one.")
+    cache.add_argument("args", nargs=argparse.REMAINDER)
+    cache.set_defaults(func=cmd_cache)
+    for name, help_ in (("train", "distill a student from a cache: radio train [CONFIG] [key=value ...]"), ("eval", "evaluate a student: radio eval RUN_ID_OR_CHECKPOINT [key=value ...]"), ("compare", "table of student runs: radio compare [--experiment NAME] [--sort METRIC]"), ("quickstart", "the whole pipeline on built-in samples and tiny teachers")):
+        sp = sub.add_parser(name, help=help_, add_help=False)
+        sp.add_argument("args", nargs=argparse.REMAINDER)
+        sp.set_defaults(func=_run_job(name))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if not getattr(ns, "func", None):
+        parser.print_help()
+        return 0 if not argv else 2
+    try:
+        return int(ns.func(ns) or 0)
+    except ConfigError as e:
+        print(f"radio: config error: {e}", file=sys.stderr)
+        return 2
+    except _user_errors() as e:
+        print(f"radio: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("radio: interrupted; finished shards are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

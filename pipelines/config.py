@@ -1,0 +1,292 @@
+"""Strict, layered configuration: dataclass defaults <- YAML file <- ``key.sub=value`` overrides.
+
+Every component owns a small typed dataclass beside it (``ViewPolicy`` in ``radio/views.py``,
+``StudentConfig`` in ``radio/student.py``, ...); the jobs in ``pipelines/`` compose them into one tree.
+This module is the only place that reads YAML. It fails before any work starts on:
+
+- an unknown key (the message names the key, where it came from, and the nearest valid key);
+- a value of the wrong type (named the same way);
+- a required value that no layer set.
+
+``dump_config`` gives plain YAML-able data; ``load_config(cls, file_of_that_dump)`` rebuilds an equal
+object, so the resolved config saved next to every run and every cache can be reloaded as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+__all__ = ["ConfigError", "load_config", "dump_config", "config_to_yaml", "flatten_config", "parse_override"]
+
+_MISSING = dataclasses.MISSING
+
+
+class ConfigError(ValueError):
+    """A configuration problem, raised before any work starts. The message says what and where."""
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_optional(tp) -> tuple[bool, Any]:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) < len(get_args(tp)):
+            return True, (args[0] if len(args) == 1 else Union[tuple(args)])
+    return False, tp
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    m = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if m:
+        return f" Did you mean '{m[0]}'?"
+    return f" Valid keys here: {', '.join(sorted(valid))}." if valid else ""
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, path: str, origin: str) -> Any:
+    """Convert a YAML value to ``tp`` or raise ConfigError naming ``path`` and ``origin``."""
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{origin}: '{path}' must be {expected}, got {value!r} ({type(value).__name__})")
+
+    optional, inner = _is_optional(tp)
+    if value is None:
+        if optional or tp is Any:
+            return None
+        raise bad(_type_name(tp))
+    tp = inner
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise bad(f"a mapping of {tp.__name__} fields")
+        return _build(tp, value, path, origin)
+    origin_tp = get_origin(tp)
+    if origin_tp is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{origin}: '{path}' must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin_tp in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return _coerce(value, arg, path, origin)
+            except ConfigError:
+                continue
+        raise bad(_type_name(tp))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad("an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad("a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. a revision or an id that YAML read as a number
+        raise bad("a string")
+    if origin_tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad(f"a list ({_type_name(tp)})")
+        args = get_args(tp)
+        if origin_tp is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise bad(f"a list of {len(args)} items")
+            return tuple(_coerce(v, a, f"{path}[{i}]", origin) for i, (v, a) in enumerate(zip(value, args)))
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{path}[{i}]", origin) for i, v in enumerate(value)]
+        return tuple(items) if origin_tp is tuple else items
+    if origin_tp is dict:
+        key_tp, val_tp = get_args(tp) or (str, Any)
+        if isinstance(value, (list, tuple)) and dataclasses.is_dataclass(val_tp):
+            # `teachers=[tiny-clip,tiny-sam]`: a list of names, each entry with its defaults.
+            value = {str(k): {} for k in value}
+        if not isinstance(value, dict):
+            raise bad(f"a mapping ({_type_name(tp)})")
+        return {_coerce(k, key_tp, path, origin): _coerce(v if v is not None or not dataclasses.is_dataclass(val_tp) else {}, val_tp, f"{path}.{k}", origin) for k, v in value.items()}
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise bad(_type_name(tp))
+
+
+def _build(cls, data: dict, path: str, origin: str | dict):
+    """Instantiate dataclass ``cls`` from a (possibly partial) mapping, strictly."""
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    prefix = f"{path}." if path else ""
+    for key in data:
+        if key not in fields:
+            where = _origin_of(origin, f"{prefix}{key}")
+            raise ConfigError(f"{where}: unknown key '{prefix}{key}'.{_nearest(str(key), list(fields))}")
+    kwargs = {}
+    for name, f in fields.items():
+        full = f"{prefix}{name}"
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], full, _origin_of(origin, full))
+        elif f.default is _MISSING and f.default_factory is _MISSING:
+            raise ConfigError(f"missing required value '{full}': set it in the config file or on the command line as {full}=...")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{_origin_of(origin, path or cls.__name__)}: invalid '{path or cls.__name__}': {e}") from None
+
+
+def _origin_of(origin, path: str) -> str:
+    if isinstance(origin, str):
+        return origin
+    # Longest recorded prefix wins: an override of `a.b` explains an error in `a.b.c`.
+    parts = path.split(".")
+    for n in range(len(parts), 0, -1):
+        key = ".".join(parts[:n])
+        if key in origin:
+            return origin[key]
+    return origin.get("", "defaults")
+
+
+def dump_config(obj) -> Any:
+    """A dataclass tree as plain YAML/JSON-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: dump_config(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+    if isinstance(obj, dict):
+        return {str(k): dump_config(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [dump_config(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def config_to_yaml(obj) -> str:
+    return yaml.safe_dump(dump_config(obj), sort_keys=False, default_flow_style=None)
+
+
+def flatten_config(obj, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": value}`` for every leaf, e.g. for MLflow params."""
+    data = dump_config(obj) if not isinstance(obj, dict) else obj
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten_config(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=3e-4"`` -> (["train", "lr"], 0.0003). The value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({e})") from None
+    if isinstance(value, float) and raw.strip().lower() in ("nan", ".nan"):
+        pass
+    return key.split("."), value
+
+
+def _merge_file_layer(cls, base: dict, layer: dict, path: str, origin: dict, source: str):
+    """Deep-merge ``layer`` into ``base`` for dataclass ``cls``, checking keys against its fields."""
+    hints = _hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    prefix = f"{path}." if path else ""
+    for key, value in layer.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{full}'.{_nearest(str(key), list(fields))}")
+        origin[full] = source
+        _, tp = _is_optional(hints[key])
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge_file_layer(tp, base[key], value, full, origin, source)
+        else:
+            # Scalars, lists and dict-of-entries (e.g. `teachers`) are replaced whole by a file layer,
+            # so a file can remove a default teacher by not listing it.
+            base[key] = value
+
+
+def _apply_override(cls, base: dict, keys: list[str], value: Any, origin: dict, source: str):
+    """Set ``keys`` (a dotted path) to ``value`` in the data tree ``base`` of dataclass ``cls``."""
+    tp, node = cls, base
+    for i, key in enumerate(keys):
+        full = ".".join(keys[: i + 1])
+        if dataclasses.is_dataclass(tp):
+            fields = {f.name for f in dataclasses.fields(tp) if f.init}
+            if key not in fields:
+                raise ConfigError(f"{source}: unknown key '{full}'.{_nearest(key, list(fields))}")
+            child_tp = _is_optional(_hints(tp)[key])[1]
+        elif get_origin(tp) is dict:
+            child_tp = get_args(tp)[1] if get_args(tp) else Any  # any key: an entry such as a teacher name
+        else:
+            parent = ".".join(keys[:i])
+            raise ConfigError(f"{source}: '{parent}' is a {_type_name(tp)}, it has no key '{key}'")
+        if i == len(keys) - 1:
+            node[key] = value
+            origin[full] = source
+            return
+        child = node.get(key)
+        if isinstance(child, (list, tuple)) and get_origin(child_tp) is dict:
+            child = {str(k): {} for k in child}  # `teachers=[a,b]` then `teachers.a.actors=2`
+        if not isinstance(child, dict):
+            child = {}
+        node[key] = child
+        tp, node = child_tp, child
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *, base: Any = None):
+    """Resolve a config of dataclass type ``cls``.
+
+    Layers, later wins: ``cls()`` defaults (or ``base``, an instance) <- the YAML file at ``path`` <-
+    ``overrides`` such as ``["train.lr=3e-4", "teachers.tiny-sam.actors=2"]``.
+    Raises ConfigError naming the key and its source on any unknown key, wrong type or missing value.
+    """
+    if base is None:
+        try:
+            base = cls()
+        except TypeError:
+            base = None  # required fields without defaults: only the layers can provide them
+    data = dump_config(base) if base is not None else {}
+    origin: dict[str, str] = {"": "defaults"}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            layer = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(layer).__name__}")
+        _merge_file_layer(cls, data, layer, "", origin, str(p))
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(cls, data, keys, value, origin, f"override '{text}'")
+    return _build(cls, data, "", origin)

@@ -1,0 +1,198 @@
+"""Where source images come from: the built-in sample set, a directory, or a Hugging Face data set.
+
+A :class:`Source` is a list of records (a stable ``image_id``, an optional label) plus a way to read one
+record's encoded bytes. It is picklable and cheap to ship to Ray workers: the data set itself is opened
+lazily, once per worker. Its ``fingerprint`` identifies the data (ids, sizes, labels), not the place it
+sits, so a moved directory still matches its cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["SourceConfig", "SourceRecord", "Source", "open_source", "SourceError"]
+
+
+class SourceError(ValueError):
+    """The configured source cannot be opened; the message names it and the fix."""
+
+
+@dataclass
+class SourceConfig:
+    """Which images to cache.
+
+    - ``kind: samples``: the built-in sample set shipped with the package (``split``: train, val or all).
+    - ``kind: folder``: every file under ``path`` (recursively); a file's parent folder name is its label
+      when the images sit in class sub-folders. Non-image files are skipped and recorded.
+    - ``kind: hf``: a Hugging Face data set: a hub id or a directory saved with ``save_to_disk`` in
+      ``path``, or a packaged builder (``builder: imagefolder`` or ``builder: parquet``) reading ``path``.
+    """
+
+    kind: Literal["samples", "folder", "hf"] = "samples"
+    path: str | None = None
+    builder: str | None = None
+    split: str = "train"
+    image_column: str = "image"
+    label_column: str | None = "label"
+    id_column: str | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    image_id: str
+    index: int  # position in the source (a row of a data set, or the sorted file list)
+    label_index: int  # -1 when unlabeled
+
+
+class Source:
+    """An opened source. ``records`` are in a fixed, deterministic order."""
+
+    def __init__(self, cfg: SourceConfig, records: list[SourceRecord], labels: list[str], fingerprint: str, files: list[str] | None = None, root: str | None = None):
+        self.cfg, self.records, self.labels, self.fingerprint = cfg, records, labels, fingerprint
+        self._files, self._root = files, root
+        self._ds = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_ds"] = None  # reopened lazily in each worker
+        return state
+
+    def describe(self) -> dict:
+        return {"kind": self.cfg.kind, "path": self.cfg.path, "builder": self.cfg.builder, "split": self.cfg.split, "num_images": len(self.records), "fingerprint": self.fingerprint, "labels": self.labels}
+
+    def read_bytes(self, rec: SourceRecord) -> bytes:
+        """Encoded bytes of one record. OSError for an unreadable file (the job records it as a skip)."""
+        if self._files is not None:
+            with open(os.path.join(self._root, self._files[rec.index]), "rb") as f:
+                return f.read()
+        ds = self._dataset()
+        value = ds[rec.index][self.cfg.image_column]
+        if isinstance(value, dict):
+            if value.get("bytes") is not None:
+                return value["bytes"]
+            if value.get("path"):
+                with open(value["path"], "rb") as f:
+                    return f.read()
+        raise OSError(f"row {rec.index} of {self.cfg.path} has no image bytes in column {self.cfg.image_column!r}")
+
+    def _dataset(self):
+        if self._ds is None:
+            self._ds = _load_hf(self.cfg)[0]
+        return self._ds
+
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def _folder_source(cfg: SourceConfig, root: Path, files: list[str] | None = None, label_of=None) -> Source:
+    if files is None:
+        if not root.is_dir():
+            raise SourceError(f"source.path {root} is not a directory (source.kind=folder)")
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        if not files:
+            raise SourceError(f"source.path {root} contains no files")
+    if label_of is None:
+        parents = sorted({Path(f).parent.as_posix() for f in files} - {"."})
+        labelled = parents and all(Path(f).parent.as_posix() != "." for f in files if Path(f).suffix.lower() in _IMAGE_SUFFIXES)
+        labels = parents if labelled else []
+        label_of = (lambda f: labels.index(Path(f).parent.as_posix())) if labels else (lambda f: -1)
+    else:
+        labels = label_of.labels
+    if cfg.limit is not None:
+        files = files[: cfg.limit]
+    h = hashlib.sha256()
+    records = []
+    for i, f in enumerate(files):
+        li = label_of(f)
+        records.append(SourceRecord(image_id=Path(f).as_posix(), index=i, label_index=li))
+        h.update(json.dumps([Path(f).as_posix(), (root / f).stat().st_size, li]).encode())
+    return Source(cfg, records, labels, h.hexdigest()[:16], files=files, root=str(root))
+
+
+def _load_hf(cfg: SourceConfig):
+    import datasets
+
+    if not cfg.path:
+        raise SourceError("source.path is required for source.kind=hf (a hub id, a save_to_disk directory, or files for source.builder)")
+    try:
+        if cfg.builder:
+            p = Path(cfg.path)
+            kwargs = {"data_dir": cfg.path} if p.is_dir() else {"data_files": cfg.path}
+            ds = datasets.load_dataset(cfg.builder, split=cfg.split, **kwargs)
+        elif Path(cfg.path).is_dir() and (Path(cfg.path) / "dataset_info.json").exists() or (Path(cfg.path) / "dataset_dict.json").exists():
+            ds = datasets.load_from_disk(cfg.path)
+            if isinstance(ds, datasets.DatasetDict):
+                if cfg.split not in ds:
+                    raise SourceError(f"{cfg.path} has splits {list(ds)}, not source.split={cfg.split!r}")
+                ds = ds[cfg.split]
+        else:
+            ds = datasets.load_dataset(cfg.path, split=cfg.split)
+    except SourceError:
+        raise
+    except Exception as e:
+        raise SourceError(f"cannot open Hugging Face data set {cfg.path!r} (split {cfg.split!r}, builder {cfg.builder!r}): {type(e).__name__}: {e}") from None
+    if cfg.image_column not in ds.column_names:
+        raise SourceError(f"data set {cfg.path!r} has no column {cfg.image_column!r} (source.image_column); columns: {ds.column_names}")
+    if cfg.limit is not None:
+        ds = ds.select(range(min(cfg.limit, len(ds))))
+    ds = ds.cast_column(cfg.image_column, datasets.Image(decode=False))  # we decode, so bad files become recorded skips
+    return ds, datasets
+
+
+def open_source(cfg: SourceConfig) -> Source:
+    """Enumerate the configured source. Raises SourceError naming the input and the fix."""
+    if cfg.kind == "samples":
+        from radio.samples import load_sample_index, sample_classes
+
+        split = None if cfg.split in ("all", None) else cfg.split
+        if split not in (None, "train", "val"):
+            raise SourceError(f"source.split={cfg.split!r} is not a split of the built-in samples; use train, val or all")
+        recs = load_sample_index(split)
+        if cfg.limit is not None:
+            recs = recs[: cfg.limit]
+        classes = sample_classes()
+        root = recs[0].path.parent.parent if recs else Path(".")
+        files = [str(r.path.relative_to(root)) for r in recs]
+        index = {str(r.path.relative_to(root)): r.label_index for r in recs}
+
+        def label_of(f, _index=index):
+            return _index[f]
+
+        label_of.labels = classes
+        src = _folder_source(cfg, root, files, label_of)
+        # ids of the sample set are its own stable names, not file paths
+        src.records = [SourceRecord(r.image_id, i, r.label_index) for i, r in enumerate(recs)]
+        return src
+    if cfg.kind == "folder":
+        if not cfg.path:
+            raise SourceError("source.path is required for source.kind=folder")
+        return _folder_source(cfg, Path(cfg.path).expanduser().resolve())
+    if cfg.kind == "hf":
+        ds, datasets = _load_hf(cfg)
+        labels: list[str] = []
+        label_col = cfg.label_column if cfg.label_column in ds.column_names else None
+        feat = ds.features.get(label_col) if label_col else None
+        if isinstance(feat, datasets.ClassLabel):
+            labels = list(feat.names)
+        cols = [c for c in (label_col, cfg.id_column) if c]
+        meta = ds.select_columns(cols).to_dict() if cols else {}
+        if cfg.id_column and cfg.id_column not in ds.column_names:
+            raise SourceError(f"source.id_column {cfg.id_column!r} is not a column of {cfg.path!r}; columns: {ds.column_names}")
+        records = []
+        for i in range(len(ds)):
+            image_id = str(meta[cfg.id_column][i]) if cfg.id_column else f"{cfg.split}-{i:08d}"
+            li = int(meta[label_col][i]) if label_col and labels else -1
+            records.append(SourceRecord(image_id, i, li))
+        if len({r.image_id for r in records}) != len(records):
+            raise SourceError(f"source.id_column {cfg.id_column!r} of {cfg.path!r} has duplicate values; ids must be unique")
+        fp = hashlib.sha256(json.dumps([ds._fingerprint, cfg.split, cfg.limit, cfg.image_column, cfg.id_column]).encode()).hexdigest()[:16]
+        src = Source(cfg, records, labels, fp)
+        src._ds = ds
+        return src
+    raise SourceError(f"unknown source.kind {cfg.kind!r}")

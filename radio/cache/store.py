@@ -1,0 +1,207 @@
+"""Where a cache lives and how its files are committed.
+
+A cache root is a local path or any pyarrow filesystem URI (``file://``, ``s3://``, ``gs://``). Its layout::
+
+    manifest.json                          provenance, specs, statistics, shard list, skipped inputs
+    views/unit-00000.parquet               keys, crop boxes, flips, the student's view as image bytes
+    teachers/<name>/unit-00000.parquet     keys and that teacher's targets, one file per unit
+
+A *unit* is a fixed, deterministic chunk of source images. Each (unit, table) file is written once,
+atomically: to a temporary name, then renamed (object stores make a single PUT atomic already). A file
+that exists is therefore complete, which is what makes resume exactly-once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import uuid
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+__all__ = [
+    "FORMAT_VERSION", "CacheLocation", "ShardInfo", "unit_name", "views_path", "teacher_path",
+    "encode_metadata", "decode_metadata",
+]
+
+FORMAT_VERSION = 1
+_META_PREFIX = "radio."
+
+
+def unit_name(unit: int) -> str:
+    return f"unit-{unit:05d}.parquet"
+
+
+def views_path(unit: int) -> str:
+    return posixpath.join("views", unit_name(unit))
+
+
+def teacher_path(teacher: str, unit: int) -> str:
+    return posixpath.join("teachers", teacher, unit_name(unit))
+
+
+def encode_metadata(meta: dict) -> dict[bytes, bytes]:
+    """Schema metadata: every value JSON-encoded under a ``radio.`` key."""
+    return {f"{_META_PREFIX}{k}".encode(): json.dumps(v, sort_keys=True).encode() for k, v in meta.items()}
+
+
+def decode_metadata(schema_metadata: dict[bytes, bytes] | None) -> dict:
+    out = {}
+    for k, v in (schema_metadata or {}).items():
+        key = k.decode()
+        if key.startswith(_META_PREFIX):
+            out[key[len(_META_PREFIX):]] = json.loads(v)
+    return out
+
+
+@dataclass
+class ShardInfo:
+    """One committed file: its path relative to the root, row count, size and content checksum."""
+
+    path: str
+    unit: int
+    rows: int
+    bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "unit": self.unit, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+
+
+class _HashingSink:
+    """File-like object that forwards to a pyarrow output stream and hashes what passes through."""
+
+    def __init__(self, stream):
+        self._stream, self._hash, self._n, self.closed = stream, hashlib.sha256(), 0, False
+
+    def write(self, data) -> int:
+        mv = memoryview(data)
+        self._hash.update(mv)
+        self._stream.write(mv)
+        self._n += mv.nbytes
+        return mv.nbytes
+
+    def tell(self) -> int:
+        return self._n
+
+    def flush(self):
+        self._stream.flush()
+
+    def close(self):
+        if not self.closed:
+            self._stream.close()
+            self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+class CacheLocation:
+    """A cache root on some pyarrow filesystem, with the few operations the cache needs."""
+
+    def __init__(self, uri: str):
+        self.uri = str(uri)
+        if "://" in self.uri:
+            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+        else:
+            import os
+
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(self.uri)
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __reduce__(self):  # picklable for Ray tasks: rebuilt from the URI on the worker
+        return (CacheLocation, (self.uri,))
+
+    def full(self, rel: str) -> str:
+        return posixpath.join(self.root, rel)
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.full(rel)).type != pafs.FileType.NotFound
+
+    def list_files(self, rel_dir: str, suffix: str = ".parquet") -> list[str]:
+        info = self.fs.get_file_info(pafs.FileSelector(self.full(rel_dir), allow_not_found=True))
+        return sorted(posixpath.relpath(i.path, self.root) for i in info if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and not i.base_name.startswith("."))
+
+    def list_dirs(self, rel_dir: str) -> list[str]:
+        info = self.fs.get_file_info(pafs.FileSelector(self.full(rel_dir), allow_not_found=True))
+        return sorted(i.base_name for i in info if i.type == pafs.FileType.Directory)
+
+    def remove_tmp(self) -> int:
+        """Delete temporary files left by a killed writer. Returns how many were removed."""
+        info = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True, allow_not_found=True))
+        stale = [i.path for i in info if i.type == pafs.FileType.File and i.base_name.startswith(".tmp-")]
+        for p in stale:
+            self.fs.delete_file(p)
+        return len(stale)
+
+    def delete_dir(self, rel: str):
+        if self.exists(rel):
+            self.fs.delete_dir(self.full(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.full(rel)) as f:
+            return f.read()
+
+    def write_bytes_atomic(self, rel: str, data: bytes):
+        with self._atomic(rel) as sink:
+            sink.write(data)
+
+    def sha256(self, rel: str) -> str:
+        h = hashlib.sha256()
+        with self.fs.open_input_stream(self.full(rel)) as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def size(self, rel: str) -> int:
+        return self.fs.get_file_info(self.full(rel)).size
+
+    class _Atomic:
+        def __init__(self, loc: "CacheLocation", rel: str):
+            self.loc, self.rel = loc, rel
+            final = loc.full(rel)
+            self.final = final
+            self.tmp = posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(final)}") if loc.is_local else final
+
+        def __enter__(self) -> _HashingSink:
+            self.loc.fs.create_dir(posixpath.dirname(self.final), recursive=True)
+            self.sink = _HashingSink(self.loc.fs.open_output_stream(self.tmp))
+            return self.sink
+
+        def __exit__(self, exc_type, exc, tb):
+            self.sink.close()
+            if exc_type is not None:
+                if self.tmp != self.final:
+                    self.loc.fs.delete_file(self.tmp)
+                return False
+            if self.tmp != self.final:
+                self.loc.fs.move(self.tmp, self.final)  # rename(2): atomic on a local filesystem
+            return False
+
+    def _atomic(self, rel: str) -> "CacheLocation._Atomic":
+        return CacheLocation._Atomic(self, rel)
+
+    def write_table(self, rel: str, unit: int, table: pa.Table, *, row_group_rows: int, byte_stream_split: list[str]) -> ShardInfo:
+        """Commit one Parquet file atomically (zstd; byte-stream-split on the float tensor leaves)."""
+        with self._atomic(rel) as sink:
+            pq.write_table(
+                table, sink, compression="zstd", row_group_size=max(1, row_group_rows),
+                use_byte_stream_split=byte_stream_split or False,
+                use_dictionary=[c for c in table.column_names if c in ("image_id", "label")],
+                write_statistics=["image_id", "view_index"],
+            )
+        return ShardInfo(rel, unit, table.num_rows, sink.tell(), sink.sha256)
+
+    def parquet_file(self, rel: str) -> pq.ParquetFile:
+        return pq.ParquetFile(self.fs.open_input_file(self.full(rel)))

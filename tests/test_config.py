@@ -1,0 +1,119 @@
+"""The layered config: defaults <- file <- overrides, and the errors that name the bad key."""
+
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from pipelines.cache import CacheJobConfig
+from pipelines.cli import main
+from pipelines.config import ConfigError, config_to_yaml, dump_config, flatten_config, load_config
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-3
+    steps: int = 10
+    name: str | None = None
+
+
+@dataclass
+class Entry:
+    actors: int = 1
+    dtype: str = "fp32"
+
+
+@dataclass
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    entries: dict[str, Entry] = field(default_factory=lambda: {"a": Entry()})
+    sizes: tuple[int, int] = (1, 2)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NeedsValue:
+    path: str
+    n: int = 1
+
+
+def test_layers_apply_in_order(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("inner:\n  lr: 0.5\n  steps: 3\n")
+    cfg = load_config(Outer, f, ["inner.steps=7", "sizes=[3,4]"])
+    assert cfg.inner.lr == 0.5 and cfg.inner.steps == 7 and cfg.sizes == (3, 4)
+    assert cfg.entries == {"a": Entry()}
+
+
+def test_unknown_key_in_file_names_key_file_and_nearest(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("inner:\n  stesp: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, f)
+    msg = str(e.value)
+    assert "inner.stesp" in msg and str(f) in msg and "'steps'" in msg
+
+
+def test_unknown_key_in_override_names_it():
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, None, ["inner.lrr=3"])
+    assert "inner.lrr" in str(e.value) and "'lr'" in str(e.value) and "override" in str(e.value)
+
+
+def test_wrong_type_names_key_and_source(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("inner:\n  steps: many\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, f)
+    assert "inner.steps" in str(e.value) and "integer" in str(e.value) and str(f) in str(e.value)
+    with pytest.raises(ConfigError, match="inner.lr"):
+        load_config(Outer, None, ["inner.lr=true"])
+
+
+def test_missing_required_value():
+    with pytest.raises(ConfigError, match="missing required value 'path'"):
+        load_config(NeedsValue)
+    assert load_config(NeedsValue, None, ["path=/x"]).path == "/x"
+
+
+def test_dict_entries_by_override_and_list_shorthand():
+    cfg = load_config(Outer, None, ["entries.b.actors=3"])
+    assert cfg.entries == {"a": Entry(), "b": Entry(actors=3)}
+    cfg = load_config(Outer, None, ["entries=[x,y]", "entries.y.dtype=bf16"])
+    assert cfg.entries == {"x": Entry(), "y": Entry(dtype="bf16")}
+    with pytest.raises(ConfigError, match="entries.b.actorz"):
+        load_config(Outer, None, ["entries.b.actorz=3"])
+
+
+def test_file_replaces_dict_entries(tmp_path):
+    f = tmp_path / "e.yaml"
+    f.write_text("entries:\n  z: {actors: 2}\n")
+    assert load_config(Outer, f).entries == {"z": Entry(actors=2)}
+
+
+def test_dump_and_reload_roundtrip(tmp_path):
+    cfg = load_config(CacheJobConfig, None, ["views.num_views=3", "teachers.tiny-sam.actors=2", "source.limit=5"])
+    f = tmp_path / "resolved.yaml"
+    f.write_text(config_to_yaml(cfg))
+    again = load_config(CacheJobConfig, f)
+    assert again == cfg
+    assert dump_config(again) == yaml.safe_load(f.read_text())
+    flat = flatten_config(cfg)
+    assert flat["views.num_views"] == 3 and flat["teachers.tiny-sam.actors"] == 2
+
+
+def test_shipped_configs_resolve():
+    from pathlib import Path
+
+    files = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+    assert files, "configs/ should ship example configs"
+    for f in files:
+        assert main(["config", "show", str(f)]) == 0
+
+
+def test_cli_config_show_errors(capsys):
+    assert main(["config", "show", "cache", "views.num_view=3"]) == 2
+    err = capsys.readouterr().err
+    assert "views.num_view" in err and "num_views" in err
+    assert main(["config", "show", "cache", "views.num_views=3"]) == 0
+    assert "num_views: 3" in capsys.readouterr().out
