@@ -1,0 +1,114 @@
+"""``radio quickstart``: the whole pipeline on embedded defaults, on a laptop CPU.
+
+Built-in sample images -> tiny CLIP, DINOv2 and SAM teachers on local Ray -> two local Parquet caches
+(train views, held-out full images) -> two students distilled with Accelerate -> both evaluated the
+same way -> a comparison table and the ``mlflow ui`` command that shows the same comparison.
+Every step is the real command (``radio cache``, ``radio train``, ``radio eval``, ``radio compare``)
+run in-process, and every step resumes: rerunning the quickstart skips what is done.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cache import CacheJobConfig, TeacherJobConfig, run_cache_job
+from .config import config_to_yaml, load_config
+from .tracking import MlflowConfig
+
+__all__ = ["QuickstartConfig", "StudentVariant", "run_quickstart", "main"]
+
+
+@dataclass
+class StudentVariant:
+    """One student to train: a size preset plus the few knobs worth comparing."""
+
+    size: str = "nano"
+    dim: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    patch_size: int = 8
+    epochs: int = 12
+    lr: float = 2e-3
+
+
+def _default_students() -> dict[str, StudentVariant]:
+    return {
+        "nano-d4": StudentVariant(size="nano", depth=4),
+        "nano-d2-wide": StudentVariant(size="nano", depth=2, dim=128, heads=4),
+    }
+
+
+@dataclass
+class QuickstartConfig:
+    workdir: str = "quickstart"  # caches, runs and pictures are written here
+    teachers: list[str] = field(default_factory=lambda: ["tiny-clip", "tiny-dinov2", "tiny-sam"])
+    num_views: int = 2
+    student_resolution: int = 64
+    limit: int | None = None  # images per split, for a faster smoke run
+    students: dict[str, StudentVariant] = field(default_factory=_default_students)
+    batch_size: int = 32
+    experiment: str = "radio-quickstart"
+
+
+def _step(title: str):
+    print(f"\n==> {title}", file=sys.stderr, flush=True)
+
+
+def run_quickstart(cfg: QuickstartConfig) -> dict:
+    from .compare import compare_runs, format_table, ui_command
+    from .evaluate import EvalJobConfig, evaluate
+    from .tracking import tracking_uri
+    from .train import TrainJobConfig, train
+
+    t0 = time.perf_counter()
+    work = Path(cfg.workdir)
+    teachers = {t: TeacherJobConfig(batch_size=64) for t in cfg.teachers}
+    caches = {}
+    for split, views in (("train", cfg.num_views), ("val", 1)):
+        _step(f"radio cache: {split} split of the built-in samples, {views} view(s) per image, teachers {', '.join(cfg.teachers)}")
+        cache_cfg = load_config(CacheJobConfig, None, [f"output={work / 'caches' / split}", "source.kind=samples", f"source.split={split}", f"views.num_views={views}", f"student_resolution={cfg.student_resolution}", f"mlflow.experiment={cfg.experiment}-caches"] + ([f"source.limit={cfg.limit}"] if cfg.limit else []))
+        cache_cfg.teachers = teachers
+        summary = run_cache_job(cache_cfg, config_to_yaml(cache_cfg))
+        print(summary.format(), file=sys.stderr)
+        caches[split] = cache_cfg.output
+    runs = {}
+    for name, v in cfg.students.items():
+        out = work / "runs" / name
+        resume = (out / "checkpoints" / "latest").exists()
+        _step(f"radio train: student {name} ({v.size}, depth {v.depth or 'preset'}, dim {v.dim or 'preset'}) for {v.epochs} epochs" + (" (resuming)" if resume else ""))
+        overrides = [f"cache={caches['train']}", f"output={out}", f"student.size={v.size}", f"student.patch_size={v.patch_size}", f"epochs={v.epochs}", f"optim.lr={v.lr}", f"loader.batch_size={cfg.batch_size}", f"run_name={name}", f"mlflow.experiment={cfg.experiment}", f"teachers=[{','.join(cfg.teachers)}]", f"resume={str(resume).lower()}"]
+        overrides += [f"student.{k}={getattr(v, k)}" for k in ("dim", "depth", "heads") if getattr(v, k) is not None]
+        tcfg = load_config(TrainJobConfig, None, overrides)
+        if resume and (out / "student" / "model.safetensors").exists():
+            import json
+
+            runs[name] = json.loads((out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip() / "trainer_state.json").read_text())["run_id"]
+            print(f"already trained: {out}", file=sys.stderr)
+        else:
+            runs[name] = train(tcfg, config_to_yaml(tcfg))["run_id"]
+        _step(f"radio eval: student {name}")
+        ecfg = load_config(EvalJobConfig, None, [f"student={out / 'student'}", f"val_cache={caches['val']}", f"train_cache={caches['train']}", f"run_id={runs[name]}", f"mlflow.experiment={cfg.experiment}"])
+        metrics = evaluate(ecfg)
+        print("  " + "  ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if k.startswith("eval/") and "/teacher/" not in k), file=sys.stderr)
+    _step("radio compare")
+    rows, columns, exp_id = compare_runs(cfg.experiment, "eval/knn_top1")
+    print(format_table(rows, columns))
+    cmd, url = ui_command(tracking_uri(MlflowConfig()), exp_id, [r["run_id"] for r in rows])
+    print(f"\nquickstart finished in {time.perf_counter() - t0:.0f}s. See both students side by side in MLflow:\n  {cmd}\n  then open {url}")
+    print(f"Pictures (PCA of features, student vs teachers): {work / 'runs'}/*/student/eval/")
+    return {"runs": runs, "caches": caches, "rows": rows}
+
+
+def main(argv: list[str]) -> int:
+    from .cli import _split_config_args
+
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: radio quickstart [CONFIG] [key=value ...]\n\nRuns cache -> train x2 -> eval -> compare on built-in samples with tiny teachers. Keys: `radio config show quickstart`.")
+        return 0
+    path, overrides = _split_config_args(argv)
+    cfg = load_config(QuickstartConfig, path, overrides)
+    run_quickstart(cfg)
+    return 0

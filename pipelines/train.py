@@ -1,0 +1,350 @@
+"""``radio train``: distill a ViT student with one adapter head per teacher from a cache.
+
+The loop is short and delegates: ``train_step`` computes the loss dict and steps the optimizer;
+checkpointing, logging and export are plain calls. Works as one CPU process and under
+``accelerate launch`` with many processes (data is split by :class:`radio.data.CacheStream`, so the
+DataLoader is deliberately *not* passed to ``accelerator.prepare``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from radio.adapters import AdapterConfig
+from radio.cache import CacheReader
+from radio.checkpoint import DistillModel, save_student
+from radio.data import CacheStream, LoaderConfig, make_loader
+from radio.losses import LossConfig, distill_loss
+from radio.normalize import TargetStats
+from radio.student import StudentConfig
+
+from .config import ConfigError, config_to_yaml, flatten_config, load_config
+from .tracking import MlflowConfig, NullRun, start_run
+
+__all__ = ["OptimConfig", "TrainJobConfig", "train", "main", "TrainingDiverged"]
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+
+
+def _default_teachers() -> list[str]:
+    return ["tiny-clip", "tiny-dinov2", "tiny-sam"]
+
+
+@dataclass
+class TrainJobConfig:
+    """``radio train``: which cache, which student, how long; outputs go to ``output``."""
+
+    cache: str = "caches/samples-train"
+    output: str = "runs/student"
+    teachers: list[str] = field(default_factory=_default_teachers)
+    student: StudentConfig = field(default_factory=lambda: StudentConfig(size="nano"))
+    adapter_hidden: int = 256
+    loss: LossConfig = field(default_factory=LossConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 10
+    max_steps: int | None = None  # stop the schedule early (the LR schedule still spans `epochs`)
+    seed: int = 0
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, none on CPU
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    resume: bool = False
+    run_name: str | None = None
+    mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="radio-students"))
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # loader batches of `epoch` consumed
+    run_id: str | None = None
+    last_good: str | None = None
+
+
+def lr_lambda(total_steps: int, warmup: int, min_ratio: float):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        t = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def prepare_targets(batch: dict, teachers: list[str], stats: dict[str, TargetStats], device) -> tuple[dict, dict]:
+    """Normalized targets and valid-region grids per teacher, on ``device``."""
+    targets, valid = {}, {}
+    for t in teachers:
+        st = stats[t]
+        tgt = {}
+        if f"{t}/summary" in batch:
+            tgt["summary"] = st.normalize_summary(batch[f"{t}/summary"].to(device))
+        tgt["features"] = st.normalize_features(batch[f"{t}/features"].to(device))
+        targets[t] = tgt
+        valid[t] = batch[f"{t}/valid_hw"].to(device)
+    return targets, valid
+
+
+def _select(batch: dict, keep: torch.Tensor) -> dict:
+    return {k: (v[keep] if isinstance(v, torch.Tensor) else [x for x, m in zip(v, keep.tolist()) if m]) for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(self, cfg: TrainJobConfig, resolved_yaml: str):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg, self.resolved_yaml = cfg, resolved_yaml
+        mp = cfg.mixed_precision
+        if mp == "auto":
+            mp = "bf16" if torch.cuda.is_available() else "no"
+        self.acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.optim.grad_accum)
+        set_seed(cfg.seed)
+        reader = CacheReader(cfg.cache, cfg.teachers)  # a teacher missing from the cache fails here
+        self.reader = reader
+        self.specs, self.fingerprints = reader.specs, reader.fingerprints
+        self.stats = {t: TargetStats.from_dict(reader.stats[t]) for t in cfg.teachers}
+        summary_teachers = [t for t in cfg.teachers if self.specs[t].get("summary_dim")]
+        student_cfg = StudentConfig(**{**asdict(cfg.student), "summary_teachers": summary_teachers})
+        adapters = [AdapterConfig(name=t, summary_dim=self.specs[t].get("summary_dim"), feature_dim=self.specs[t]["feature_dim"], feature_grid=tuple(self.specs[t]["feature_grid"]), hidden=cfg.adapter_hidden) for t in cfg.teachers]
+        self.student_cfg, self.adapter_cfgs = student_cfg, adapters
+        self.model = DistillModel(student_cfg, adapters)
+        self.stream = CacheStream(cfg.cache, cfg.teachers, rank=self.acc.process_index, world_size=self.acc.num_processes, num_workers=cfg.loader.num_workers, batch_size=cfg.loader.batch_size, shuffle_buffer=cfg.loader.shuffle_buffer, read_rows=cfg.loader.read_rows, seed=cfg.seed)
+        self.loader = make_loader(self.stream, cfg.loader)
+        self.steps_per_epoch = [math.ceil(self.stream.batches_per_reader(e) * self.stream.num_workers / cfg.optim.grad_accum) for e in range(cfg.epochs)]
+        self.total_steps = sum(self.steps_per_epoch)
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 or "token" in n or "pos_embed" in n else decay).append(p)
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.optim.lr, betas=cfg.optim.betas)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
+        self.model, self.opt, self.sched = self.acc.prepare(self.model, self.opt, self.sched)
+        self.out = Path(cfg.output)
+        self.state = TrainState()
+        self.history: list[dict] = []
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _ckpt_dir(self, step: int) -> Path:
+        return self.out / "checkpoints" / f"step-{step:08d}"
+
+    def save_checkpoint(self):
+        d = self._ckpt_dir(self.state.step)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(d))
+        if self.acc.is_main_process:
+            self.state.last_good = str(d)
+            (d / "trainer_state.json").write_text(json.dumps({**asdict(self.state), "history": self.history}))
+            # `latest` is written last: a checkpoint is used only once it is complete
+            tmp = self.out / "checkpoints" / ".latest.tmp"
+            tmp.write_text(d.name)
+            os.replace(tmp, self.out / "checkpoints" / "latest")
+            ckpts = sorted(p for p in (self.out / "checkpoints").glob("step-*") if p.is_dir())
+            for old in ckpts[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+
+    def try_resume(self) -> bool:
+        latest = self.out / "checkpoints" / "latest"
+        if not latest.exists():
+            return False
+        d = self.out / "checkpoints" / latest.read_text().strip()
+        self.acc.load_state(str(d))
+        saved = json.loads((d / "trainer_state.json").read_text())
+        self.history = saved.pop("history", [])
+        self.state = TrainState(**saved)
+        return True
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train_step(self, batch: dict) -> dict[str, float]:
+        keep = batch["weight"] > 0
+        scale = 1.0
+        if not keep.any():  # a padding-only batch: run one row with zero weight to stay in lockstep
+            keep = torch.zeros_like(keep)
+            keep[0] = True
+            scale = 0.0
+        batch = _select(batch, keep)
+        device = self.acc.device
+        targets, valid = prepare_targets(batch, self.cfg.teachers, self.stats, device)
+        with self.acc.accumulate(self.model):
+            preds = self.model(batch["image"].to(device))
+            losses = distill_loss(preds, targets, valid, self.cfg.loss)
+            loss = losses["loss"] * scale
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss is {loss.item()} at step {self.state.step}: stopping. The last good checkpoint is {self.state.last_good or '(none yet)'}; lower optim.lr or check the cache's statistics.")
+            self.acc.backward(loss)
+            grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip) if self.acc.sync_gradients else None
+            self.opt.step()
+            self.sched.step() if self.acc.sync_gradients else None
+            self.opt.zero_grad(set_to_none=True)
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        if grad_norm is not None:
+            out["grad_norm"] = float(grad_norm)
+        out["lr"] = self.sched.get_last_lr()[0]
+        return out
+
+    def fit(self, tracker) -> TrainState:
+        cfg = self.cfg
+        max_steps = cfg.max_steps if cfg.max_steps is not None else self.total_steps
+        t_last = time.perf_counter()
+        images = 0
+        wait_s = step_s = 0.0
+        while self.state.epoch < cfg.epochs and self.state.step < max_steps:
+            self.stream.set_epoch(self.state.epoch, skip_batches=self.state.batch_in_epoch)
+            t_wait = time.perf_counter()
+            for batch in self.loader:
+                t_got = time.perf_counter()
+                wait_s += t_got - t_wait
+                metrics = self.train_step(batch)
+                self.state.batch_in_epoch += 1
+                images += int(batch["weight"].sum())
+                if self.acc.sync_gradients:
+                    self.state.step += 1
+                    now = time.perf_counter()
+                    step_s = now - t_last
+                    metrics.update({"images_per_s": images * self.acc.num_processes / step_s if step_s > 0 else 0.0, "data_wait_fraction": wait_s / step_s if step_s > 0 else 0.0, "epoch": self.state.epoch})
+                    self.history.append({"step": self.state.step, "loss": metrics["loss"]})
+                    tracker.log_metrics(metrics, step=self.state.step)
+                    t_last, images, wait_s = now, 0, 0.0
+                    if self.state.step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if self.state.step >= max_steps:
+                        break
+                t_wait = time.perf_counter()
+            else:
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+                continue
+            break
+        return self.state
+
+    def export(self) -> Path:
+        d = self.out / "student"
+        if self.acc.is_main_process:
+            save_student(d, self.acc.unwrap_model(self.model), {"teachers": self.specs, "fingerprints": self.fingerprints, "stats": {t: s.to_dict() for t, s in self.stats.items()}, "cache": self.cfg.cache, "cache_id": self.reader.manifest.get("cache_id")})
+        self.acc.wait_for_everyone()
+        return d
+
+
+def _loss_figure(history: list[dict], path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history])
+    ax.set_xlabel("step")
+    ax.set_ylabel("total loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: TrainJobConfig, resolved_yaml: str | None = None) -> dict:
+    """Run (or resume) a training. Returns {"run_id", "output", "student", "step", "history"}."""
+    resolved_yaml = resolved_yaml or config_to_yaml(cfg)
+    out = Path(cfg.output)
+    if out.exists() and (out / "checkpoints" / "latest").exists() and not cfg.resume:
+        raise ConfigError(f"output {out} already holds a training run; pass resume=true to continue it, or choose another output=")
+    trainer = Trainer(cfg, resolved_yaml)
+    acc = trainer.acc
+    resumed = cfg.resume and trainer.try_resume()
+    tracker = NullRun()
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(resolved_yaml)
+        cache_run = trainer.reader.manifest.get("mlflow_run_id")
+        tags = {"radio.kind": "student", "radio.student_size": cfg.student.size, "radio.teachers": ",".join(cfg.teachers), "radio.cache_id": trainer.reader.manifest.get("cache_id", ""), "radio.cache_uri": cfg.cache, "radio.output": str(out.resolve())}
+        if cache_run:
+            tags["radio.cache_run_id"] = cache_run
+        tracker = start_run(cfg.mlflow, run_name=cfg.run_name or out.name, tags=tags, run_id=trainer.state.run_id if resumed else None)
+        if not resumed:
+            params = flatten_config(cfg)
+            params.update({f"cache.fingerprint.{t}": fp for t, fp in trainer.fingerprints.items()})
+            params["total_steps"] = trainer.total_steps
+            tracker.log_params(params)
+            tracker.log_text(resolved_yaml, "config.yaml")
+        trainer.state.run_id = tracker.run_id
+        monitor = _system_metrics(tracker.run_id)
+    else:
+        monitor = None
+    print(f"[radio train] {'resuming at step ' + str(trainer.state.step) if resumed else 'starting'}: {trainer.total_steps} steps over {cfg.epochs} epochs, {acc.num_processes} process(es) on {acc.device}; run {tracker.run_id}", file=sys.stderr)
+    try:
+        trainer.fit(tracker)
+    except TrainingDiverged:
+        if monitor:
+            monitor.finish()
+        tracker.end(status="FAILED")
+        raise
+    except BaseException:
+        if monitor:
+            monitor.finish()
+        tracker.end(status="KILLED")
+        raise
+    if trainer.state.step % cfg.checkpoint_every != 0:
+        trainer.save_checkpoint()
+    student_dir = trainer.export()
+    if acc.is_main_process:
+        fig = out / "loss_curve.png"
+        _loss_figure(trainer.history, fig)
+        tracker.log_artifact(str(fig))
+        tracker.log_artifact(str(student_dir), "student")
+        tracker.set_tags({"radio.steps": trainer.state.step})
+        if monitor:
+            monitor.finish()
+        tracker.end()
+    return {"run_id": tracker.run_id, "output": str(out), "student": str(student_dir), "step": trainer.state.step, "history": trainer.history}
+
+
+def _system_metrics(run_id):
+    """CPU/memory (and GPU when present) sampled into the run by MLflow's own monitor."""
+    if run_id is None:
+        return None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        m = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1)
+        m.start()
+        return m
+    except Exception as e:  # psutil missing, or an MLflow without the monitor
+        print(f"[radio train] system metrics not logged: {e}", file=sys.stderr)
+        return None
+
+
+def main(argv: list[str]) -> int:
+    from .cli import _split_config_args
+
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: radio train [CONFIG] [key=value ...]\n\nDistill a student from a cache. Keys: `radio config show train`.")
+        return 0
+    path, overrides = _split_config_args(argv)
+    cfg = load_config(TrainJobConfig, path, overrides)
+    result = train(cfg, config_to_yaml(cfg))
+    print(f"trained {result['step']} steps; student exported to {result['student']}; mlflow run {result['run_id']}")
+    return 0

@@ -1,0 +1,161 @@
+"""Streaming a cache into training: units split across ranks and workers, shuffled, resumable.
+
+Each epoch, the cache's units are permuted with ``(seed, epoch)`` and dealt round-robin to the
+``world_size x num_workers`` readers, so every ``(image_id, view_index)`` is read exactly once per epoch
+across all processes: the split is done here, once, and the DataLoader must *not* also be passed to
+``accelerator.prepare`` (that would split it twice).
+
+Distributed steps must stay in lockstep, but units hold different row counts. Every reader therefore
+emits the same number of batches per epoch; the shortfall is filled with *padding rows* (``weight`` 0,
+copies of a real row) that the trainer drops before computing the loss. Padding never repeats a key's
+contribution, so "exactly once" holds for the real rows.
+
+A reader's output is a pure function of ``(seed, epoch, rank, worker)``: resuming at batch ``b`` of an
+epoch replays the row stream without decoding the skipped rows and continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .cache import CacheReader
+
+__all__ = ["LoaderConfig", "CacheStream", "make_loader", "epoch_assignment", "batches_per_epoch"]
+
+
+@dataclass
+class LoaderConfig:
+    batch_size: int = 32
+    shuffle_buffer: int = 256  # rows held for shuffling, per reader
+    num_workers: int = 1  # DataLoader worker processes per rank (0: read in the training process)
+    prefetch_factor: int = 4  # batches each worker keeps ready
+    read_rows: int = 64  # rows per Parquet read
+
+
+def epoch_assignment(units: list[int], seed: int, epoch: int, n_readers: int) -> list[list[int]]:
+    """Units of one epoch for each of ``n_readers`` readers (reader = rank * num_workers + worker)."""
+    order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(np.asarray(units, dtype=np.int64)).tolist()
+    return [order[r::n_readers] for r in range(n_readers)]
+
+
+def batches_per_epoch(rows_per_unit: dict[int, int], units: list[int], seed: int, epoch: int, n_readers: int, batch_size: int) -> int:
+    """Batches each reader emits in ``epoch``: enough for the fullest reader, the others pad."""
+    assignment = epoch_assignment(units, seed, epoch, n_readers)
+    most = max(sum(rows_per_unit[u] for u in a) for a in assignment)
+    return max(1, math.ceil(most / batch_size))
+
+
+class CacheStream(IterableDataset):
+    """Yields ready batches (dicts of tensors) for one rank; use with ``DataLoader(batch_size=None)``.
+
+    Batch contents: ``image`` uint8 (B, 3, H, W); ``weight`` float (B,) (0 marks padding); ``image_id``
+    list[str]; ``view_index`` and ``label`` int64 (B,); per teacher ``<t>/summary`` (B, D),
+    ``<t>/features`` (B, h, w, C) float32 and ``<t>/valid_hw`` (B, 2).
+    """
+
+    def __init__(self, uri: str, teachers: list[str], *, rank: int = 0, world_size: int = 1, num_workers: int = 1, batch_size: int = 32, shuffle_buffer: int = 256, read_rows: int = 64, seed: int = 0, expect_fingerprints: dict[str, str] | None = None):
+        super().__init__()
+        self.uri, self.teachers = uri, list(teachers)
+        self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
+        self.batch_size, self.shuffle_buffer, self.read_rows, self.seed = batch_size, shuffle_buffer, read_rows, seed
+        reader = CacheReader(uri, self.teachers, expect_fingerprints)
+        self.units = reader.units
+        if not self.units:
+            raise ValueError(f"cache {uri} has no complete units for teachers {self.teachers}; finish it with `radio cache`")
+        self.rows_per_unit = {u: reader._rows[u] for u in self.units}
+        self.epoch = 0
+        self.skip_batches = 0  # batches of this epoch already consumed (by the whole rank)
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0):
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    @property
+    def n_readers(self) -> int:
+        return self.world_size * self.num_workers
+
+    def batches_per_reader(self, epoch: int | None = None) -> int:
+        return batches_per_epoch(self.rows_per_unit, self.units, self.seed, self.epoch if epoch is None else epoch, self.n_readers, self.batch_size)
+
+    def __len__(self) -> int:  # batches per epoch for this rank
+        return self.batches_per_reader() * self.num_workers
+
+    def _rows(self, reader: CacheReader, units: list[int], rng: np.random.Generator):
+        """(batch, row) references in shuffled order; nothing is decoded here."""
+        buf: list = []
+        for u in units:
+            for batch in reader.iter_unit(u, self.read_rows):
+                for i in range(len(batch)):
+                    buf.append((batch, i))
+                    if len(buf) >= self.shuffle_buffer:
+                        j = int(rng.integers(len(buf)))
+                        buf[j], buf[-1] = buf[-1], buf[j]
+                        yield buf.pop()
+        while buf:
+            j = int(rng.integers(len(buf)))
+            buf[j], buf[-1] = buf[-1], buf[j]
+            yield buf.pop()
+
+    def _materialize(self, refs: list, weights: list[float]) -> dict:
+        out: dict = {
+            "image": torch.from_numpy(np.stack([np.asarray(Image.open(io.BytesIO(b.student_image[i])).convert("RGB")) for b, i in refs])).permute(0, 3, 1, 2).contiguous(),
+            "weight": torch.tensor(weights, dtype=torch.float32),
+            "image_id": [b.image_id[i] for b, i in refs],
+            "view_index": torch.tensor([int(b.view_index[i]) for b, i in refs], dtype=torch.int64),
+            "label": torch.tensor([int(b.label_index[i]) for b, i in refs], dtype=torch.int64),
+        }
+        for t in self.teachers:
+            for key in ("summary", "features", "valid_hw"):
+                if key in refs[0][0].teachers[t]:
+                    arr = np.stack([b.teachers[t][key][i] for b, i in refs])
+                    out[f"{t}/{key}"] = torch.from_numpy(arr.astype(np.float32) if key != "valid_hw" else arr.astype(np.int64))
+        return out
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        n_workers = info.num_workers if info is not None else 1
+        if n_workers != self.num_workers:
+            raise RuntimeError(f"CacheStream was built for num_workers={self.num_workers} but runs under {n_workers} DataLoader workers")
+        reader_index = self.rank * self.num_workers + worker
+        units = epoch_assignment(self.units, self.seed, self.epoch, self.n_readers)[reader_index]
+        n_batches = self.batches_per_reader()
+        # The DataLoader takes batches from its workers round-robin: batch k came from worker k % W.
+        skip = len(range(worker, self.skip_batches, self.num_workers))
+        reader = CacheReader(self.uri, self.teachers)
+        rng = np.random.default_rng([self.seed, self.epoch, reader_index])
+        rows = self._rows(reader, units, rng)
+        last = None
+        for k in range(n_batches):
+            refs, weights = [], []
+            for _ in range(self.batch_size):
+                ref = next(rows, None)
+                if ref is None:
+                    if last is None:
+                        break
+                    refs.append(last)
+                    weights.append(0.0)
+                else:
+                    last = ref
+                    refs.append(ref)
+                    weights.append(1.0)
+            if k < skip:
+                continue
+            if not refs:  # a reader without any unit this epoch: borrow one row of the cache, weight 0
+                first = next(reader.iter_unit(self.units[0], 1))
+                refs, weights = [(first, 0)] * self.batch_size, [0.0] * self.batch_size
+            yield self._materialize(refs, weights)
+
+
+def make_loader(stream: CacheStream, cfg: LoaderConfig) -> DataLoader:
+    """A DataLoader over ``stream`` that only prefetches: batching and splitting happen in the stream."""
+    kwargs = {}
+    if cfg.num_workers > 0:
+        kwargs = {"prefetch_factor": cfg.prefetch_factor, "persistent_workers": False}
+    return DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(), **kwargs)
