@@ -1,0 +1,177 @@
+"""``radio eval RUN_OR_CHECKPOINT``: the same evaluation for every student, logged under stable names.
+
+- ``eval/<teacher>/summary_cos`` and ``eval/<teacher>/features_cos``: fidelity of the adapter outputs to
+  the teacher's targets on a held-out cache (features: over valid positions, on the student's grid);
+- ``eval/knn_top1`` (cosine, k=20) and ``eval/linear_top1`` on the student's summary, with the same
+  protocol on each teacher's own summary as reference (``eval/teacher/<t>/knn_top1``);
+- pictures: a PCA of spatial features as RGB for a few fixed images (student trunk, each adapter, each
+  teacher target), written to disk and logged as MLflow images; and the loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from radio.adapters import resample_targets, resample_valid_mask
+from radio.cache import CacheReader
+from radio.checkpoint import load_student
+from radio.metrics import knn_top1, linear_probe_top1, masked_cosine, pca_rgb
+
+from .config import load_config
+from .tracking import MlflowConfig, NullRun, start_run, tracking_uri
+
+__all__ = ["EvalJobConfig", "evaluate", "main"]
+
+
+@dataclass
+class EvalJobConfig:
+    student: str = ""  # a checkpoint directory (OUTPUT/student) or an MLflow run id
+    val_cache: str = "caches/samples-val"  # held-out images: fidelity, and kNN / probe queries
+    train_cache: str = "caches/samples-train"  # labeled database for kNN and the probe (view 0 of each image)
+    knn_k: int = 20
+    probe_epochs: int = 300
+    batch_size: int = 64
+    pictures: int = 4  # fixed held-out images rendered as PCA pictures
+    output: str | None = None  # default: <student dir>/eval
+    run_id: str | None = None  # the MLflow run to log into (default: the student's training run)
+    mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="radio-students"))
+
+
+def _resolve_student(ref: str, cfg: EvalJobConfig) -> tuple[Path, str | None]:
+    p = Path(ref)
+    if p.is_dir():
+        meta = json.loads((p / "config.json").read_text()) if (p / "config.json").exists() else {}
+        return p, cfg.run_id or meta.get("extra", {}).get("mlflow_run_id")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(cfg.mlflow))
+    try:
+        run = client.get_run(ref)
+    except Exception:
+        raise FileNotFoundError(f"{ref!r} is neither a student directory nor an MLflow run id in {tracking_uri(cfg.mlflow)}") from None
+    out = run.data.tags.get("radio.output")
+    if out and (Path(out) / "student").is_dir():
+        return Path(out) / "student", ref
+    local = client.download_artifacts(ref, "student")
+    return Path(local), ref
+
+
+@torch.no_grad()
+def _embed(model, reader: CacheReader, teachers: list[str], batch_size: int, view0_only: bool, student_grid_for_targets: bool = True):
+    """Run the student over a cache; collect summaries, labels, teacher summaries and fidelity."""
+    feats_student, labels = [], []
+    teacher_summ = {t: [] for t in teachers}
+    sums = {t: {"summary": [], "features": []} for t in teachers}
+    from PIL import Image
+    import io
+
+    for batch in reader.iter_batches(batch_rows=batch_size):
+        keep = np.ones(len(batch), bool) if not view0_only else (batch.view_index == 0)
+        if not keep.any():
+            continue
+        idx = np.nonzero(keep)[0]
+        images = torch.from_numpy(np.stack([np.asarray(Image.open(io.BytesIO(batch.student_image[i])).convert("RGB")) for i in idx])).permute(0, 3, 1, 2)
+        out = model(images)
+        feats_student.append(out.summary.reshape(len(idx), -1)[:, : out.summary.shape[-1]] if out.summary.ndim == 3 else out.summary)
+        labels.append(torch.from_numpy(batch.label_index[idx].astype(np.int64)))
+        h, w = out.features.shape[1:3]
+        for t in teachers:
+            tb = batch.teachers[t]
+            if "summary" in tb:
+                target = torch.from_numpy(tb["summary"][idx].astype(np.float32))
+                teacher_summ[t].append(target)
+                sums[t]["summary"].append(F.cosine_similarity(out.adapters[t]["summary"].float(), target, dim=-1))
+            target_f = torch.from_numpy(tb["features"][idx].astype(np.float32))
+            valid = torch.from_numpy(tb["valid_hw"][idx].astype(np.int64))
+            tgt = resample_targets(target_f, (h, w))
+            mask = resample_valid_mask(valid, tuple(target_f.shape[1:3]), (h, w))
+            sums[t]["features"].append(masked_cosine(out.adapters[t]["features"], tgt, mask))
+    return (torch.cat(feats_student), torch.cat(labels), {t: torch.cat(v) for t, v in teacher_summ.items() if v}, {t: {k: float(torch.cat(v).mean()) for k, v in d.items() if v} for t, d in sums.items()})
+
+
+def _pictures(model, reader: CacheReader, teachers: list[str], n: int, out_dir: Path) -> list[Path]:
+    """One PNG per image: input | student trunk | per teacher: adapter output, teacher target."""
+    from PIL import Image
+    import io
+
+    batch = next(reader.iter_batches(batch_rows=n))
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in batch.student_image])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        out = model(images)
+    H, W = images.shape[2:]
+    tiles = [images.permute(0, 2, 3, 1).numpy(), pca_rgb(out.features, (H, W))]
+    names = ["input", "student"]
+    for t in teachers:
+        tiles.append(pca_rgb(out.adapters[t]["features"], (H, W)))
+        tiles.append(pca_rgb(torch.from_numpy(batch.teachers[t]["features"].astype(np.float32)), (H, W)))
+        names += [f"{t} adapter", f"{t} target"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(len(batch)):
+        row = np.concatenate([tile[i] for tile in tiles], axis=1)
+        p = out_dir / f"pca_{i:02d}_{batch.image_id[i].replace('/', '_')}.png"
+        Image.fromarray(row).resize((row.shape[1] * 2, row.shape[0] * 2), Image.Resampling.NEAREST).save(p)
+        paths.append(p)
+    (out_dir / "pca_columns.txt").write_text(" | ".join(names) + "\n")
+    return paths
+
+
+def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
+    """Evaluate one student; log into its MLflow run. Returns the metrics."""
+    if not cfg.student:
+        raise FileNotFoundError("no student given: radio eval RUN_ID_OR_CHECKPOINT_DIR [key=value ...]")
+    student_dir, run_id = _resolve_student(cfg.student, cfg)
+    model = load_student(student_dir).eval()
+    teachers = list(model.teacher_names)
+    val = CacheReader(cfg.val_cache, teachers)
+    train = CacheReader(cfg.train_cache, teachers)
+    for name, reader in (("val_cache", val), ("train_cache", train)):
+        for t in teachers:
+            if reader.fingerprints[t] != model.fingerprints.get(t):
+                print(f"[radio eval] warning: {name} holds {t} with fingerprint {reader.fingerprints[t]}, the student was trained on {model.fingerprints.get(t)}", file=sys.stderr)
+    q_x, q_y, q_teacher, fidelity = _embed(model, val, teachers, cfg.batch_size, view0_only=True)
+    db_x, db_y, db_teacher, _ = _embed(model, train, teachers, cfg.batch_size, view0_only=True)
+    metrics: dict[str, float] = {}
+    for t, d in fidelity.items():
+        for k, v in d.items():
+            metrics[f"eval/{t}/{k}_cos"] = v
+    labeled = bool((q_y >= 0).all() and (db_y >= 0).all())
+    if labeled:
+        metrics["eval/knn_top1"] = knn_top1(db_x, db_y, q_x, q_y, k=cfg.knn_k)
+        metrics["eval/linear_top1"] = linear_probe_top1(db_x, db_y, q_x, q_y, epochs=cfg.probe_epochs)
+        for t in q_teacher:
+            metrics[f"eval/teacher/{t}/knn_top1"] = knn_top1(db_teacher[t], db_y, q_teacher[t], q_y, k=cfg.knn_k)
+            metrics[f"eval/teacher/{t}/linear_top1"] = linear_probe_top1(db_teacher[t], db_y, q_teacher[t], q_y, epochs=cfg.probe_epochs)
+    else:
+        print("[radio eval] the caches carry no labels: kNN and linear probe skipped", file=sys.stderr)
+    out_dir = Path(cfg.output) if cfg.output else student_dir / "eval"
+    pics = _pictures(model, val, teachers, cfg.pictures, out_dir)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    tracker = start_run(cfg.mlflow, run_name="eval", run_id=run_id) if run_id else NullRun()
+    tracker.log_metrics(metrics)
+    for p in pics:
+        tracker.log_artifact(str(p), "eval/pictures")
+    tracker.log_artifact(str(out_dir / "metrics.json"), "eval")
+    if run_id:
+        tracker.end()
+    return metrics
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: radio eval RUN_ID_OR_CHECKPOINT_DIR [key=value ...]\n\nKeys: `radio config show eval`.")
+        return 0 if argv else 2
+    overrides = [f"student={argv[0]}", *argv[1:]] if "=" not in argv[0] else argv
+    cfg = load_config(EvalJobConfig, None, overrides)
+    metrics = evaluate(cfg)
+    width = max(map(len, metrics)) if metrics else 0
+    for k, v in sorted(metrics.items()):
+        print(f"{k:<{width}}  {v:.4f}")
+    return 0

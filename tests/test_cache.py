@@ -1,0 +1,225 @@
+"""`radio cache` end to end on the built-in samples with tiny teachers (one shared Ray instance)."""
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.cache import CacheJobConfig, run_cache_job
+from pipelines.cli import main
+from pipelines.config import load_config
+from radio.cache import CacheMismatch, CacheReader, arrow_to_tensor, load_manifest
+from radio.cache.store import CacheLocation
+
+LIMIT, PER_SHARD, VIEWS = 24, 6, 2  # 4 units
+BASE = [f"source.limit={LIMIT}", f"images_per_shard={PER_SHARD}", f"views.num_views={VIEWS}", "student_resolution=32", "mlflow.experiment=test-cache", "progress=false"]
+
+
+def _cfg(output, *extra) -> CacheJobConfig:
+    return load_config(CacheJobConfig, None, [f"output={output}", *BASE, *extra])
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(ray_session, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache") / "c"
+    assert main(["cache", f"output={out}", *BASE, "teachers=[tiny-clip,tiny-sam]"]) == 0
+    return out
+
+
+def test_rows_keys_and_manifest(cache_dir):
+    m = load_manifest(CacheLocation(str(cache_dir)))
+    assert m["complete"] and m["images"] == LIMIT and m["units"] == LIMIT // PER_SHARD
+    assert m["views"]["rows"] == LIMIT * VIEWS - 0
+    keys = []
+    for f in sorted((cache_dir / "views").glob("*.parquet")):
+        t = pq.read_table(f, columns=["image_id", "view_index"])
+        keys += list(zip(t["image_id"].to_pylist(), t["view_index"].to_pylist()))
+    assert len(keys) == len(set(keys)) == LIMIT * VIEWS
+    for name in ("tiny-clip", "tiny-sam"):
+        t = m["teachers"][name]
+        assert t["rows"] == LIMIT * VIEWS and t["complete"] and t["stats"]["exact"]
+        assert len(t["stats"]["features"]["mean"]) == t["spec"]["feature_dim"]
+    assert "summary" in m["teachers"]["tiny-clip"]["stats"] and "summary" not in m["teachers"]["tiny-sam"]["stats"]
+    assert m["mlflow_run_id"]
+
+
+def test_shards_readable_by_plain_pyarrow_with_shapes(cache_dir):
+    m = load_manifest(CacheLocation(str(cache_dir)))
+    spec = m["teachers"]["tiny-sam"]["spec"]
+    f = cache_dir / "teachers" / "tiny-sam" / "unit-00000.parquet"
+    pf = pq.ParquetFile(f)
+    t = pf.read()
+    feats = arrow_to_tensor(t["features"])
+    assert feats.dtype == np.float16 and feats.shape == (PER_SHARD * VIEWS, *spec["feature_grid"], spec["feature_dim"])
+    meta = pf.schema_arrow.metadata
+    assert json.loads(meta[b"radio.fingerprint"]) == spec["fingerprint"]
+    col = pf.metadata.row_group(0).column(t.schema.get_field_index("features"))
+    assert col.compression == "ZSTD" and "BYTE_STREAM_SPLIT" in col.encodings
+    # plain nested lists, no extension types: to_pylist gives the shape too
+    assert len(t["features"][0].as_py()) == spec["feature_grid"][0]
+
+
+def test_shards_readable_by_datasets(cache_dir):
+    import datasets
+
+    files = sorted(str(p) for p in (cache_dir / "teachers" / "tiny-clip").glob("*.parquet"))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train").with_format("numpy")
+    m = load_manifest(CacheLocation(str(cache_dir)))
+    spec = m["teachers"]["tiny-clip"]["spec"]
+    row = ds[0]
+    assert row["features"].shape == (*spec["feature_grid"], spec["feature_dim"])
+    assert row["summary"].shape == (spec["summary_dim"],)
+    assert len(ds) == LIMIT * VIEWS
+
+
+def test_values_equal_direct_teacher_forward(cache_dir):
+    from pipelines.sources import SourceConfig, open_source
+    from radio.images import decode_image
+    from radio.views import ViewPolicy, crop_view, sample_view
+    from teachers import create_teacher
+
+    m = load_manifest(CacheLocation(str(cache_dir)))
+    src = open_source(load_config(SourceConfig, None, ["kind=samples", "split=train", f"limit={LIMIT}"]))
+    policy = ViewPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in m["views"]["policy"].items()})
+    reader = CacheReader(str(cache_dir), ["tiny-clip", "tiny-sam"])
+    batch = next(reader.iter_unit(1, batch_rows=5))
+    by_id = {r.image_id: r for r in src.records}
+    for name in ("tiny-clip", "tiny-sam"):
+        teacher = create_teacher(name)
+        for i in range(len(batch)):
+            img = decode_image(src.read_bytes(by_id[batch.image_id[i]]))
+            view = sample_view(policy, batch.image_id[i], int(batch.view_index[i]), img.shape[1], img.shape[0])
+            out = teacher([torch.from_numpy(crop_view(img, view)).permute(2, 0, 1)])
+            np.testing.assert_allclose(batch.teachers[name]["features"][i].astype(np.float32), out.features_BHWC[0].numpy(), rtol=2e-3, atol=2e-3)
+            if out.summary_BD is not None:
+                np.testing.assert_allclose(batch.teachers[name]["summary"][i].astype(np.float32), out.summary_BD[0].numpy(), rtol=2e-3, atol=2e-3)
+        # the stored student view is the same crop, resized
+        student = np.asarray(Image.open(io.BytesIO(batch.student_image[0])))
+        assert student.shape == (32, 32, 3)
+
+
+def test_complete_cache_rerun_is_a_fast_noop(cache_dir):
+    before = _digest(cache_dir)
+    t0 = time.perf_counter()
+    s = run_cache_job(_cfg(cache_dir, "teachers=[tiny-clip,tiny-sam]"))
+    assert time.perf_counter() - t0 < 30
+    assert s.computed == {"views": 0, "tiny-clip": 0, "tiny-sam": 0}
+    assert _digest(cache_dir) == before
+
+
+def test_changed_view_policy_is_refused(cache_dir, capsys):
+    with pytest.raises(CacheMismatch, match="views.num_views"):
+        run_cache_job(_cfg(cache_dir, "teachers=[tiny-clip]", "views.num_views=3"))
+    assert main(["cache", f"output={cache_dir}", *BASE, "views.seed=7"]) == 2
+    assert "views.seed" in capsys.readouterr().err
+
+
+def test_changed_teacher_is_refused_then_rebuilt_alone(cache_dir, tmp_path):
+    before = _digest(cache_dir)
+    with pytest.raises(CacheMismatch, match="dtype"):
+        run_cache_job(_cfg(cache_dir, "teachers=[tiny-clip,tiny-sam]", "teachers.tiny-sam.dtype=bf16"))
+    assert _digest(cache_dir) == before
+
+
+def test_adding_a_teacher_computes_only_that_teacher(ray_session, tmp_path):
+    out = tmp_path / "add"
+    run_cache_job(_cfg(out, "teachers=[tiny-clip]"))
+    before = _digest(out)
+    s = run_cache_job(_cfg(out, "teachers=[tiny-clip,tiny-dinov2]"))
+    assert s.computed == {"views": 0, "tiny-clip": 0, "tiny-dinov2": LIMIT // PER_SHARD}
+    after = _digest(out)
+    assert {k: v for k, v in after.items() if "tiny-dinov2" not in k} == before
+    m = load_manifest(CacheLocation(str(out)))
+    assert set(m["teachers"]) == {"tiny-clip", "tiny-dinov2"} and m["complete"]
+    # dropping one leaves the other untouched
+    assert main(["cache", "drop", str(out), "tiny-dinov2"]) == 0
+    assert _digest(out) == before
+    assert set(load_manifest(CacheLocation(str(out)))["teachers"]) == {"tiny-clip"}
+    # rebuilding one recomputes only it
+    s = run_cache_job(_cfg(out, "teachers=[tiny-clip]", "rebuild=[tiny-clip]"))
+    assert s.computed == {"views": 0, "tiny-clip": LIMIT // PER_SHARD}
+    assert _digest(out) == before  # deterministic: the same bytes again
+
+
+def test_kill_driver_and_resume_equals_uninterrupted(ray_session, cache_dir, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "pipelines.cli", "cache", f"output={out}", *BASE, "teachers=[tiny-clip,tiny-sam]", "max_inflight_units=1", "mlflow.enabled=false"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    killed_partial = False
+    while time.time() < deadline and proc.poll() is None:
+        if list((out / "teachers").glob("*/unit-*.parquet")) if (out / "teachers").exists() else []:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_partial = True
+            break
+        time.sleep(0.02)
+    assert killed_partial, f"the job finished or failed before it could be killed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+    assert load_manifest(CacheLocation(str(out))) is None or not load_manifest(CacheLocation(str(out)))["complete"]
+    time.sleep(1.0)  # let Ray reap the dead driver's tasks
+    s = run_cache_job(_cfg(out, "teachers=[tiny-clip,tiny-sam]"))
+    assert sum(s.computed.values()) < 3 * (LIMIT // PER_SHARD)  # only what was missing
+    assert _digest(out) == _digest(cache_dir)
+
+
+def test_bad_files_are_skipped_and_recorded(ray_session, tmp_path):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(src / f"ok{i}.jpg")
+    good = (src / "ok0.jpg").read_bytes()
+    (src / "empty.jpg").write_bytes(b"")
+    (src / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (src / "notes.txt").write_text("not an image")
+    bomb = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(bomb, format="PNG")
+    (src / "bomb.png").write_bytes(bomb.getvalue())
+    Image.new("L", (30, 30), 7).save(src / "gray.png")
+    Image.new("RGBA", (30, 20), (1, 2, 3, 100)).save(src / "rgba.png")
+    out = tmp_path / "bad"
+    s = run_cache_job(load_config(CacheJobConfig, None, [f"output={out}", "source.kind=folder", f"source.path={src}", "teachers=[tiny-dinov2]", "views.num_views=2", "student_resolution=32", "progress=false", "mlflow.enabled=false"]))
+    m = load_manifest(CacheLocation(str(out)))
+    reasons = {x["image_id"]: x["reason"] for x in m["skipped"]}
+    assert set(reasons) == {"empty.jpg", "truncated.jpg", "notes.txt", "bomb.png"}
+    assert "empty" in reasons["empty.jpg"] and "too large" in reasons["bomb.png"]
+    assert s.skipped == 4 and m["images"] == 7 and m["views"]["rows"] == 14
+
+
+def test_info_verify_and_file_uri(ray_session, cache_dir, tmp_path, capsys):
+    assert main(["cache", "info", str(cache_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-clip" in out and "KiB/view" in out and "complete" in out
+    assert main(["cache", "verify", str(cache_dir), "--sample", "3"]) == 0
+    assert "verify: OK" in capsys.readouterr().out
+    # a cache on a pyarrow filesystem URI
+    uri_out = tmp_path / "uri"
+    s = run_cache_job(_cfg(f"file://{uri_out}", "teachers=[tiny-clip]", "source.limit=6"))
+    assert s.views == 12 and (uri_out / "manifest.json").exists()
+    # tampering is caught
+    victim = cache_dir / "teachers" / "tiny-clip" / "unit-00001.parquet"
+    data = bytearray(victim.read_bytes())
+    saved = bytes(data)
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    try:
+        assert main(["cache", "verify", str(cache_dir), "--sample", "0"]) == 1
+        assert "checksum" in capsys.readouterr().out
+    finally:
+        victim.write_bytes(saved)
