@@ -48,7 +48,7 @@ def _resolve_student(ref: str, cfg: EvalJobConfig) -> tuple[Path, str | None]:
     p = Path(ref)
     if p.is_dir():
         meta = json.loads((p / "config.json").read_text()) if (p / "config.json").exists() else {}
-        return p, cfg.run_id or meta.get("extra", {}).get("mlflow_run_id")
+        return p, cfg.run_id or meta.get("meta", {}).get("mlflow_run_id")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri(cfg.mlflow))
@@ -79,7 +79,7 @@ def _embed(model, reader: CacheReader, teachers: list[str], batch_size: int, vie
         idx = np.nonzero(keep)[0]
         images = torch.from_numpy(np.stack([np.asarray(Image.open(io.BytesIO(batch.student_image[i])).convert("RGB")) for i in idx])).permute(0, 3, 1, 2)
         out = model(images)
-        feats_student.append(out.summary.reshape(len(idx), -1)[:, : out.summary.shape[-1]] if out.summary.ndim == 3 else out.summary)
+        feats_student.append(out.summary)
         labels.append(torch.from_numpy(batch.label_index[idx].astype(np.int64)))
         h, w = out.features.shape[1:3]
         for t in teachers:

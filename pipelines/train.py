@@ -244,7 +244,7 @@ class Trainer:
     def export(self) -> Path:
         d = self.out / "student"
         if self.acc.is_main_process:
-            save_student(d, self.acc.unwrap_model(self.model), {"teachers": self.specs, "fingerprints": self.fingerprints, "stats": {t: s.to_dict() for t, s in self.stats.items()}, "cache": self.cfg.cache, "cache_id": self.reader.manifest.get("cache_id")})
+            save_student(d, self.acc.unwrap_model(self.model), {"teachers": self.specs, "fingerprints": self.fingerprints, "stats": {t: s.to_dict() for t, s in self.stats.items()}, "cache": self.cfg.cache, "cache_id": self.reader.manifest.get("cache_id"), "mlflow_run_id": self.state.run_id})
         self.acc.wait_for_everyone()
         return d
 

@@ -64,17 +64,19 @@ class AdapterHeads(nn.Module):
 
 
 def resample_targets(feats_BHWC: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-    """Teacher feature maps -> the student's grid, bilinear (antialiased when shrinking).
+    """Teacher feature maps -> the student's grid: area average when shrinking, bilinear when growing.
 
     Targets are moved to the student grid rather than predictions to the teacher grid: shrinking SAM's
     64x64 map to a 14x14 student grid costs a fraction of upsampling every prediction (and the loss) to
-    64x64, and antialiasing makes each student cell the average of the teacher cells it covers.
+    64x64, and area averaging makes each student cell the mean of the teacher cells it covers.
     """
     if tuple(feats_BHWC.shape[1:3]) == tuple(out_hw):
         return feats_BHWC
     x = feats_BHWC.permute(0, 3, 1, 2).float()
-    shrink = out_hw[0] < x.shape[-2] or out_hw[1] < x.shape[-1]
-    x = F.interpolate(x, size=out_hw, mode="bilinear", align_corners=False, antialias=shrink)
+    if out_hw[0] <= x.shape[-2] and out_hw[1] <= x.shape[-1]:
+        x = F.adaptive_avg_pool2d(x, out_hw)
+    else:
+        x = F.interpolate(x, size=out_hw, mode="bilinear", align_corners=False)
     return x.permute(0, 2, 3, 1).to(feats_BHWC.dtype)
 
 
