@@ -123,11 +123,14 @@ class CacheStream(IterableDataset):
         n_workers = info.num_workers if info is not None else 1
         if n_workers != self.num_workers:
             raise RuntimeError(f"CacheStream was built for num_workers={self.num_workers} but runs under {n_workers} DataLoader workers")
-        reader_index = self.rank * self.num_workers + worker
+        # The DataLoader takes batches from its workers round-robin, always starting with worker 0:
+        # batch k of an epoch comes from role k % W. After skipping S batches, worker 0 must play the
+        # role that owns batch S, so roles are rotated by S.
+        role = (worker + self.skip_batches) % self.num_workers
+        reader_index = self.rank * self.num_workers + role
         units = epoch_assignment(self.units, self.seed, self.epoch, self.n_readers)[reader_index]
         n_batches = self.batches_per_reader()
-        # The DataLoader takes batches from its workers round-robin: batch k came from worker k % W.
-        skip = len(range(worker, self.skip_batches, self.num_workers))
+        skip = len(range(role, self.skip_batches, self.num_workers))
         reader = CacheReader(self.uri, self.teachers)
         rng = np.random.default_rng([self.seed, self.epoch, reader_index])
         rows = self._rows(reader, units, rng)
