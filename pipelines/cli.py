@@ -136,12 +136,15 @@ def _run_job(job: str):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input, printed as one clear message instead of a traceback."""
     from radio.cache import CacheError
-    from teachers import TeacherLoadError, UnknownTeacher
+    from teachers import TeacherLoadError, UnknownTeacher  # noqa: I001
+
+    from radio.checkpoint import CheckpointError
 
     from .sources import SourceError
     from .tracking import TrackingUnavailable
+    from .train import TrainingDiverged
 
-    return (CacheError, SourceError, TeacherLoadError, UnknownTeacher, TrackingUnavailable, FileNotFoundError)
+    return (CacheError, SourceError, TeacherLoadError, UnknownTeacher, TrackingUnavailable, TrainingDiverged, CheckpointError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:

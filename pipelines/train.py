@@ -29,7 +29,7 @@ from radio.normalize import TargetStats
 from radio.student import StudentConfig
 
 from .config import ConfigError, config_to_yaml, flatten_config, load_config
-from .tracking import MlflowConfig, NullRun, start_run
+from .tracking import MlflowConfig, NullRun, check_tracking_uri, start_run, tracking_uri
 
 __all__ = ["OptimConfig", "TrainJobConfig", "train", "main", "TrainingDiverged"]
 
@@ -73,6 +73,7 @@ class TrainJobConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     run_name: str | None = None
+    audit_keys: bool = False  # write OUTPUT/audit/epoch<e>-rank<r>.json: the keys each rank trained on
     mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="radio-students"))
 
 
@@ -122,7 +123,8 @@ class Trainer:
         mp = cfg.mixed_precision
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() else "no"
-        self.acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.optim.grad_accum)
+        # cpu=True without CUDA: under a multi-process launch that selects the gloo backend (MULTI_CPU).
+        self.acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.optim.grad_accum, cpu=not torch.cuda.is_available())
         set_seed(cfg.seed)
         reader = CacheReader(cfg.cache, cfg.teachers)  # a teacher missing from the cache fails here
         self.reader = reader
@@ -214,9 +216,12 @@ class Trainer:
         wait_s = step_s = 0.0
         while self.state.epoch < cfg.epochs and self.state.step < max_steps:
             self.stream.set_epoch(self.state.epoch, skip_batches=self.state.batch_in_epoch)
+            audit: list = []
             t_wait = time.perf_counter()
             for batch in self.loader:
                 t_got = time.perf_counter()
+                if cfg.audit_keys:
+                    audit += [(i, int(v)) for i, v, w in zip(batch["image_id"], batch["view_index"], batch["weight"]) if w > 0]
                 wait_s += t_got - t_wait
                 metrics = self.train_step(batch)
                 self.state.batch_in_epoch += 1
@@ -234,11 +239,14 @@ class Trainer:
                     if self.state.step >= max_steps:
                         break
                 t_wait = time.perf_counter()
-            else:
-                self.state.epoch += 1
-                self.state.batch_in_epoch = 0
-                continue
-            break
+            if self.state.batch_in_epoch < len(self.stream):
+                break  # stopped by max_steps inside the epoch
+            if cfg.audit_keys:
+                d = self.out / "audit"
+                d.mkdir(parents=True, exist_ok=True)
+                (d / f"epoch{self.state.epoch}-rank{self.acc.process_index}.json").write_text(json.dumps(audit))
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
         return self.state
 
     def export(self) -> Path:
@@ -269,6 +277,8 @@ def _loss_figure(history: list[dict], path: Path):
 def train(cfg: TrainJobConfig, resolved_yaml: str | None = None) -> dict:
     """Run (or resume) a training. Returns {"run_id", "output", "student", "step", "history"}."""
     resolved_yaml = resolved_yaml or config_to_yaml(cfg)
+    if cfg.mlflow.enabled:
+        check_tracking_uri(tracking_uri(cfg.mlflow))  # fail fast, before any work
     out = Path(cfg.output)
     if out.exists() and (out / "checkpoints" / "latest").exists() and not cfg.resume:
         raise ConfigError(f"output {out} already holds a training run; pass resume=true to continue it, or choose another output=")
@@ -322,6 +332,21 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None) -> dict:
     return {"run_id": tracker.run_id, "output": str(out), "student": str(student_dir), "step": trainer.state.step, "history": trainer.history}
 
 
+class _FlushingMonitor:
+    """Publishes one last sample at the end, so even a run shorter than the interval gets system metrics."""
+
+    def __init__(self, monitor):
+        self.monitor = monitor
+
+    def finish(self):
+        try:
+            self.monitor.collect_metrics()
+            self.monitor.publish_metrics(self.monitor.aggregate_metrics())
+        except Exception as e:  # never fail a finished training over a system metric
+            print(f"[radio train] last system metrics sample not logged: {e}", file=sys.stderr)
+        self.monitor.finish()
+
+
 def _system_metrics(run_id):
     """CPU/memory (and GPU when present) sampled into the run by MLflow's own monitor."""
     if run_id is None:
@@ -331,7 +356,7 @@ def _system_metrics(run_id):
 
         m = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1)
         m.start()
-        return m
+        return _FlushingMonitor(m)
     except Exception as e:  # psutil missing, or an MLflow without the monitor
         print(f"[radio train] system metrics not logged: {e}", file=sys.stderr)
         return None

@@ -1,0 +1,163 @@
+"""`radio train` end to end on a small cache: MLflow contents, resume exactness, NaN guard, errors, DDP."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+from pipelines.config import load_config
+from pipelines.train import TrainingDiverged, TrainJobConfig, train
+from radio.cache import CacheMismatch
+
+from .synthetic import make_synthetic_cache
+
+ROOT = Path(__file__).resolve().parent.parent
+TEACHERS = "teachers=[syn-clip,syn-sam]"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn-train") / "c"
+    make_synthetic_cache(out, limit=24, views=2, per_shard=6)
+    return str(out)
+
+
+def _args(cache, out, *extra):
+    return [f"cache={cache}", f"output={out}", TEACHERS, "student.patch_size=8", "student.depth=2", "loader.batch_size=8", "loader.num_workers=0", "mlflow.experiment=test-train", *extra]
+
+
+def test_train_logs_params_metrics_artifacts(cache, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg = load_config(TrainJobConfig, None, _args(cache, tmp_path / "run", "epochs=2", "checkpoint_every=4"))
+    result = train(cfg)
+    client = MlflowClient()
+    run = client.get_run(result["run_id"])
+    p, m, tags = run.data.params, run.data.metrics, run.data.tags
+    assert p["student.size"] == "nano" and p["optim.lr"] == str(cfg.optim.lr) and p["cache.fingerprint.syn-clip"] == "fp-syn-clip"
+    for key in ("loss", "loss/syn-clip/summary", "loss/syn-clip/features", "loss/syn-sam/features", "lr", "grad_norm", "images_per_s", "data_wait_fraction"):
+        assert key in m, key
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == result["step"] == 12
+    assert tags["radio.teachers"] == "syn-clip,syn-sam" and tags["radio.student_size"] == "nano" and tags["radio.cache_id"]
+    assert any(k.startswith("system/") for k in m)
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "loss_curve.png", "student"} <= arts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "student")} == {"student/config.json", "student/model.safetensors"}
+    assert run.info.status == "FINISHED"
+
+
+def test_missing_teacher_fails_at_start(cache, tmp_path, capsys):
+    with pytest.raises(CacheMismatch, match="syn-dino"):
+        train(load_config(TrainJobConfig, None, _args(cache, tmp_path / "x", "teachers=[syn-clip,syn-dino]")))
+    assert main(["train", *_args(cache, tmp_path / "y", "teachers=[syn-clip,syn-dino]")]) == 2
+    assert "syn-dino" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(cache, tmp_path, monkeypatch):
+    import pipelines.train as T
+
+    real = T.distill_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        out = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(T, "distill_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="step 4.*step-00000004"):
+        train(load_config(TrainJobConfig, None, _args(cache, tmp_path / "nan", "epochs=2", "checkpoint_every=2")))
+    ckpts = sorted(p.name for p in (tmp_path / "nan" / "checkpoints").glob("step-*"))
+    assert ckpts[-1] == "step-00000004"
+    assert not (tmp_path / "nan" / "student").exists()
+
+
+def test_kill_and_resume_matches_uninterrupted(cache, tmp_path):
+    ref = train(load_config(TrainJobConfig, None, _args(cache, tmp_path / "ref", "epochs=3", "checkpoint_every=2", "mlflow.enabled=false")))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", *_args(cache, out, "epochs=3", "checkpoint_every=2", "mlflow.enabled=false")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        latest = out / "checkpoints" / "latest"
+        if latest.exists() and latest.read_text().strip() >= "step-00000004":
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
+    assert not (out / "student").exists()
+    resumed = train(load_config(TrainJobConfig, None, _args(cache, out, "epochs=3", "checkpoint_every=2", "mlflow.enabled=false", "resume=true")))
+    assert [h["step"] for h in resumed["history"]] == [h["step"] for h in ref["history"]]
+    for a, b in zip(resumed["history"], ref["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), (a, b)
+
+
+def test_existing_output_without_resume_is_refused(cache, tmp_path, capsys):
+    args = _args(cache, tmp_path / "twice", "epochs=1", "mlflow.enabled=false")
+    assert main(["train", *args]) == 0
+    assert main(["train", *args]) == 2
+    assert "resume=true" in capsys.readouterr().err
+
+
+def test_two_process_accelerate_launch_sees_every_key_once(cache, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu",
+           "-m", "pipelines.cli", "train", *_args(cache, out, "epochs=2", "audit_keys=true", "loader.num_workers=1", "mlflow.enabled=false")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    for epoch in range(2):
+        seen = []
+        for rank in range(2):
+            seen += json.loads((out / "audit" / f"epoch{epoch}-rank{rank}.json").read_text())
+        c = Counter(map(tuple, seen))
+        assert len(c) == 24 * 2 and max(c.values()) == 1, f"epoch {epoch}: {c.most_common(3)}"
+    assert (out / "student" / "model.safetensors").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_mlflow_server_and_fail_fast_when_unreachable(cache, tmp_path, monkeypatch, capsys):
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/srv.db", "--default-artifact-root", str(tmp_path / "srv-artifacts"), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        import urllib.request
+
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        result = train(load_config(TrainJobConfig, None, _args(cache, tmp_path / "srv-run", "epochs=1")))
+        from mlflow.tracking import MlflowClient
+
+        run = MlflowClient(uri).get_run(result["run_id"])
+        assert run.info.status == "FINISHED" and "loss" in run.data.metrics
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    dead = f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    t0 = time.time()
+    assert main(["train", *_args(cache, tmp_path / "dead-run", "epochs=1")]) == 2
+    assert time.time() - t0 < 60
+    assert "unreachable" in capsys.readouterr().err
