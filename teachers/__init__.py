@@ -1,0 +1,13 @@
+"""Frozen teachers (CLIP, DINOv2, SAM, SigLIP, tiny presets) behind one registry.
+
+Depends on torch, transformers and Pillow only; never on ``radio`` or ``pipelines``.
+"""
+
+from .preprocess import pil_resize
+from .registry import REGISTRY, RegistryEntry, Teacher, TeacherLoadError, UnknownTeacher, create_teacher, get_spec_template, list_teachers
+from .spec import TeacherOutput, TeacherSpec, fingerprint_of
+
+__all__ = [
+    "REGISTRY", "RegistryEntry", "Teacher", "TeacherLoadError", "TeacherOutput", "TeacherSpec", "UnknownTeacher",
+    "create_teacher", "fingerprint_of", "get_spec_template", "list_teachers", "pil_resize",
+]

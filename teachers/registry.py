@@ -1,0 +1,268 @@
+"""The teacher registry, and the frozen :class:`Teacher` it creates.
+
+One entry per teacher: ``create_teacher("dinov2-vitb14")``, ``list_teachers()``. Adding a teacher of a
+known family is one line below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .families import FAMILIES, model_type_of, to_grid
+from .preprocess import PIL_CODES, center_crop, longest_edge_size, normalize_pixels, pad_bottom_right, pil_resize, shortest_edge_size
+from .spec import TeacherOutput, TeacherSpec
+from .tiny import TINY_BUILDERS, materialize_tiny
+
+__all__ = ["RegistryEntry", "REGISTRY", "list_teachers", "get_spec_template", "create_teacher", "Teacher", "UnknownTeacher", "TeacherLoadError"]
+
+
+class UnknownTeacher(KeyError):
+    def __str__(self):  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+class TeacherLoadError(RuntimeError):
+    """Weights that cannot be loaded: a missing file, another architecture, no network for a hub id."""
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A teacher's name, family and default source, plus its nominal shapes (for listings, before loading)."""
+
+    name: str
+    family: str
+    source: str  # hub id; tiny presets: "tiny:<name>" (materialized locally)
+    input_size: tuple[int, int]
+    summary_dim: int | None
+    feature_dim: int
+    feature_grid: tuple[int, int]
+    revision: str | None = None
+    dtype: str = "fp32"
+
+    @property
+    def tiny(self) -> bool:
+        return self.source.startswith("tiny:")
+
+
+def _e(name, family, source, size, sdim, fdim, grid):
+    return RegistryEntry(name, family, source, (size, size), sdim, fdim, (grid, grid))
+
+
+REGISTRY: dict[str, RegistryEntry] = {e.name: e for e in [
+    _e("clip-vit-b16", "clip", "openai/clip-vit-base-patch16", 224, 512, 768, 14),
+    _e("clip-vit-l14", "clip", "openai/clip-vit-large-patch14", 224, 768, 1024, 16),
+    _e("clip-vit-l14-336", "clip", "openai/clip-vit-large-patch14-336", 336, 768, 1024, 24),
+    _e("dinov2-vits14", "dinov2", "facebook/dinov2-small", 224, 384, 384, 16),
+    _e("dinov2-vitb14", "dinov2", "facebook/dinov2-base", 224, 768, 768, 16),
+    _e("dinov2-vitl14", "dinov2", "facebook/dinov2-large", 224, 1024, 1024, 16),
+    _e("dinov2-vitg14", "dinov2", "facebook/dinov2-giant", 224, 1536, 1536, 16),
+    _e("dinov2-vits14-reg", "dinov2", "facebook/dinov2-with-registers-small", 224, 384, 384, 16),
+    _e("dinov2-vitb14-reg", "dinov2", "facebook/dinov2-with-registers-base", 224, 768, 768, 16),
+    _e("dinov2-vitl14-reg", "dinov2", "facebook/dinov2-with-registers-large", 224, 1024, 1024, 16),
+    _e("dinov2-vitg14-reg", "dinov2", "facebook/dinov2-with-registers-giant", 224, 1536, 1536, 16),
+    _e("sam-vit-b", "sam", "facebook/sam-vit-base", 1024, None, 256, 64),
+    _e("sam-vit-l", "sam", "facebook/sam-vit-large", 1024, None, 256, 64),
+    _e("sam-vit-h", "sam", "facebook/sam-vit-huge", 1024, None, 256, 64),
+    _e("siglip-b16-224", "siglip", "google/siglip-base-patch16-224", 224, 768, 768, 14),
+    _e("tiny-clip", "clip", "tiny:tiny-clip", 32, 24, 32, 4),
+    _e("tiny-dinov2", "dinov2", "tiny:tiny-dinov2", 28, 32, 32, 7),
+    _e("tiny-sam", "sam", "tiny:tiny-sam", 64, None, 16, 8),
+    _e("tiny-siglip", "siglip", "tiny:tiny-siglip", 32, 32, 32, 4),
+]}
+
+
+def list_teachers() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get_spec_template(name: str) -> RegistryEntry:
+    if name not in REGISTRY:
+        near = difflib.get_close_matches(name, list(REGISTRY), n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise UnknownTeacher(f"unknown teacher {name!r}.{hint} Registered teachers: {', '.join(list_teachers())}")
+    return REGISTRY[name]
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Loading a vision tower from a full checkpoint reports the unused text/decoder weights; hide that."""
+    from transformers.utils import logging as hf_logging
+
+    v = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(v)
+
+
+def _check_local_dir(path: Path, family: str):
+    if not path.is_dir():
+        raise TeacherLoadError(f"teacher source {path} does not exist (expected a directory written by save_pretrained, or a hub id)")
+    if not (path / "config.json").is_file():
+        raise TeacherLoadError(f"{path} has no config.json: not a transformers checkpoint directory")
+    if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
+        extra = " (it has pytorch_model.bin: only safetensors weights are loaded, convert them with save_pretrained(safe_serialization=True))" if (path / "pytorch_model.bin").exists() else ""
+        raise TeacherLoadError(f"{path} has no model.safetensors weights{extra}")
+    if not (path / "preprocessor_config.json").is_file():
+        raise TeacherLoadError(f"{path} has no preprocessor_config.json: the image-processor config must be saved with the weights (processor.save_pretrained)")
+    mt = model_type_of(str(path), None)
+    if mt not in FAMILIES[family].model_types:
+        raise TeacherLoadError(f"{path}/config.json is model_type {mt!r}, but a {family} teacher needs one of {list(FAMILIES[family].model_types)}")
+
+
+def _weights_sha256(model: torch.nn.Module) -> str:
+    """Hash of the loaded weights: sorted names, dtypes, shapes and bytes (as loaded, before any cast).
+
+    Hashing the tensors rather than files makes the hash independent of sharding and file layout.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _size(d, key):
+    if d is None:
+        return None
+    return d.get(key) if isinstance(d, dict) else getattr(d, key, None)
+
+
+class Teacher(torch.nn.Module):
+    """A frozen teacher: ``teacher(images)`` -> :class:`TeacherOutput`.
+
+    ``images``: a list of uint8 (3, H, W) tensors of any sizes, or a uint8 (B, 3, H, W) tensor.
+    """
+
+    def __init__(self, spec: TeacherSpec, model: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.spec, self.model, self.device = spec, model, device
+        self.family = FAMILIES[spec.family]
+        self._mean = torch.tensor(spec.mean, dtype=torch.float32)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):  # frozen: always in eval mode
+        return super().train(False)
+
+    def preprocess(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (pixel_values float32 (B, 3, h, w) on the device, valid_hw (B, 2) on the feature grid)."""
+        s = self.spec
+        items = list(images.unbind(0)) if isinstance(images, torch.Tensor) and images.ndim == 4 else list(images)
+        pixels, valid = [], []
+        for img in items:
+            if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
+                raise ValueError(f"teacher {s.name} expects uint8 RGB images shaped (3, H, W), got {tuple(img.shape)} {img.dtype}")
+            H, W = img.shape[1:]
+            if s.resize == "shortest_edge":
+                size = shortest_edge_size(H, W, s.resize_size)
+            elif s.resize == "longest_edge_pad":
+                size = longest_edge_size(H, W, s.resize_size)
+            else:
+                size = tuple(s.resize_size)
+            size = (max(1, size[0]), max(1, size[1]))
+            x = pil_resize(img, size, s.interpolation).to(self.device)
+            if s.crop_size is not None:
+                x = center_crop(x, s.crop_size)
+            x = normalize_pixels(x, s.rescale_factor, s.mean, s.std)
+            if s.pad_size is not None:
+                x = pad_bottom_right(x, s.pad_size)
+                valid.append((min(s.feature_grid[0], math.ceil(size[0] / s.patch_size)), min(s.feature_grid[1], math.ceil(size[1] / s.patch_size))))
+            else:
+                valid.append(tuple(s.feature_grid))
+            pixels.append(x)
+        return torch.stack(pixels), torch.tensor(valid, dtype=torch.int64)
+
+    @torch.inference_mode()
+    def forward(self, images) -> TeacherOutput:
+        x, valid = self.preprocess(images)
+        x = x.to(self.device)
+        dtype = _DTYPES[self.spec.dtype]
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
+        with autocast:
+            summary, feats = self.family.forward(self.model, x.to(dtype))
+        feats = to_grid(feats, self.spec.feature_grid).float()
+        return TeacherOutput(summary.float() if summary is not None else None, feats, valid)
+
+
+def create_teacher(name: str, *, source: str | None = None, revision: str | None = None, dtype: str | None = None, device: str | torch.device = "cpu") -> Teacher:
+    """Load registry teacher ``name``, frozen, on ``device``.
+
+    ``source`` overrides the registry's hub id (a hub id or a local directory); ``revision`` pins a hub
+    revision; ``dtype`` is fp32, bf16 or fp16. Offline (``HF_HUB_OFFLINE=1``) only local directories and
+    the local hub cache are used.
+    """
+    entry = get_spec_template(name)
+    dtype = dtype or entry.dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} for teacher {name}: use one of {list(_DTYPES)}")
+    revision = revision if revision is not None else entry.revision
+    src = source or entry.source
+    if src.startswith("tiny:"):
+        src = materialize_tiny(src[len("tiny:"):])
+    device = torch.device(device)
+    family = FAMILIES[entry.family]
+    local = Path(src).expanduser()
+    if local.exists() or src.startswith(("/", ".", "~")):
+        _check_local_dir(local, entry.family)
+        src = str(local.resolve())
+    try:
+        from transformers import AutoImageProcessor
+
+        with _quiet_transformers():
+            model = family.load(src, revision, torch.float32)
+            processor = AutoImageProcessor.from_pretrained(src, revision=revision)
+    except TeacherLoadError:
+        raise
+    except (OSError, ValueError, RuntimeError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise TeacherLoadError(f"cannot load teacher {name} from {src!r}{' (HF_HUB_OFFLINE=1: only local files are used)' if offline else ''}: {type(e).__name__}: {str(e).splitlines()[0]}. Pass a local directory with teachers.{name}.source=/path/to/checkpoint") from None
+    weights = _weights_sha256(model)
+    model = model.to(device=device, dtype=_DTYPES[dtype]).eval().requires_grad_(False)
+    spec = _spec_from(entry, src, revision, dtype, processor, model, family, weights)
+    return Teacher(spec, model, device)
+
+
+def _spec_from(entry: RegistryEntry, src, revision, dtype, p, model, family, weights) -> TeacherSpec:
+    size, crop, pad = p.size, getattr(p, "crop_size", None), getattr(p, "pad_size", None)
+    cfg = model.config
+    patch = cfg.patch_size
+    if _size(size, "longest_edge") and getattr(p, "do_pad", False):
+        rule, rsize, crop_hw, pad_hw = "longest_edge_pad", int(_size(size, "longest_edge")), None, (int(_size(pad, "height")), int(_size(pad, "width")))
+        input_hw = pad_hw
+    elif _size(size, "shortest_edge"):
+        rule, rsize = "shortest_edge", int(_size(size, "shortest_edge"))
+        crop_hw = (int(_size(crop, "height")), int(_size(crop, "width"))) if getattr(p, "do_center_crop", False) else None
+        pad_hw = None
+        input_hw = crop_hw or (rsize, rsize)
+    else:
+        rule, rsize, crop_hw, pad_hw = "exact", (int(_size(size, "height")), int(_size(size, "width"))), None, None
+        input_hw = rsize
+    grid = (input_hw[0] // patch, input_hw[1] // patch)
+    feature_dim = getattr(cfg, "output_channels", None) if entry.family == "sam" else cfg.hidden_size
+    summary_dim = None
+    if family.has_summary:
+        summary_dim = getattr(cfg, "projection_dim", None) if entry.family == "clip" else cfg.hidden_size
+    resample = PIL_CODES.get(int(p.resample), None)
+    if resample is None:
+        raise TeacherLoadError(f"{src}: image processor resample={p.resample} is not bilinear or bicubic")
+    spec = TeacherSpec(
+        name=entry.name, family=entry.family, source=src, revision=revision, input_size=tuple(input_hw), resize=rule,
+        resize_size=rsize, crop_size=crop_hw, pad_size=pad_hw, interpolation=resample, rescale_factor=float(p.rescale_factor),
+        mean=tuple(float(v) for v in p.image_mean), std=tuple(float(v) for v in p.image_std), patch_size=int(patch),
+        summary_dim=summary_dim, feature_dim=int(feature_dim), feature_grid=grid, dtype=dtype, output=family.output, weights_sha256=weights,
+    )
+    return spec.with_fingerprint()
