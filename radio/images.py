@@ -75,7 +75,7 @@ def decode_image(data: bytes | Image.Image, name: str = "<bytes>", max_pixels: i
         try:
             img = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as e:
-            raise BadImage(name, f"decompression bomb: {e}") from None
+            raise BadImage(name, f"too large, possible decompression bomb ({e})") from None
         except Exception as e:  # PIL raises UnidentifiedImageError, SyntaxError, OSError, ...
             raise BadImage(name, f"not a readable image ({type(e).__name__}: {e})") from None
     w, h = img.size

@@ -20,11 +20,29 @@ _TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_lay
 _IMAGENET = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
 
 
+def _init(model: torch.nn.Module) -> torch.nn.Module:
+    """Re-initialize every parameter from the seeded generator.
+
+    transformers leaves some weights (e.g. SAM's neck convolutions) as uninitialized memory, which
+    is neither reproducible nor usable (outputs ~1e-21). Matrices get N(0, 1/fan_in), so activations stay
+    O(1); 1-D weights (norms) are ones, biases zeros.
+    """
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if p.ndim >= 2:
+                p.normal_(0.0, (1.0 / max(1, p[0].numel())) ** 0.5)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.fill_(1.0)
+    return model
+
+
 def _tiny_clip(d: str):
     import transformers as T
 
     cfg = T.CLIPConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8), text_config=_TEXT, projection_dim=24)
-    T.CLIPModel(cfg).save_pretrained(d)
+    _init(T.CLIPModel(cfg)).save_pretrained(d)
     T.CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
 
 
@@ -32,7 +50,7 @@ def _tiny_dinov2(d: str):
     import transformers as T
 
     cfg = T.Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=28, patch_size=4, num_register_tokens=2)
-    T.Dinov2WithRegistersModel(cfg).save_pretrained(d)
+    _init(T.Dinov2WithRegistersModel(cfg)).save_pretrained(d)
     T.BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}, **_IMAGENET).save_pretrained(d)
 
 
@@ -44,7 +62,7 @@ def _tiny_sam(d: str):
         prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4),
         mask_decoder_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16),
     )
-    T.SamModel(cfg).save_pretrained(d)
+    _init(T.SamModel(cfg)).save_pretrained(d)
     T.SamImageProcessorPil(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16}).save_pretrained(d)
 
 
@@ -52,7 +70,7 @@ def _tiny_siglip(d: str):
     import transformers as T
 
     cfg = T.SiglipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8), text_config=_TEXT)
-    T.SiglipModel(cfg).save_pretrained(d)
+    _init(T.SiglipModel(cfg)).save_pretrained(d)
     T.SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(d)
 
 

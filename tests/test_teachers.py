@@ -1,0 +1,168 @@
+"""Teacher contracts, parametrized over every tiny preset in the registry."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from teachers import REGISTRY, TeacherLoadError, TeacherSpec, UnknownTeacher, create_teacher, fingerprint_of, list_teachers
+
+TINY = [n for n in list_teachers() if REGISTRY[n].tiny]
+SIZES = [(1, 1), (37, 91), (120, 80), (5, 300), (64, 64), (33, 17), (900, 60)]
+
+
+def _img(h, w, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).permute(2, 0, 1)
+
+
+@pytest.fixture(scope="module", params=TINY)
+def teacher(request):
+    return create_teacher(request.param)
+
+
+def test_every_family_has_a_tiny_preset():
+    assert {REGISTRY[n].family for n in TINY} == {e.family for e in REGISTRY.values()}
+
+
+def test_shapes_and_dtypes(teacher):
+    s = teacher.spec
+    out = teacher([_img(50, 70), _img(90, 40, 1)])
+    assert out.features_BHWC.shape == (2, *s.feature_grid, s.feature_dim) and out.features_BHWC.dtype == torch.float32
+    if s.summary_dim is None:
+        assert out.summary_BD is None and s.family == "sam"
+    else:
+        assert out.summary_BD.shape == (2, s.summary_dim) and out.summary_BD.dtype == torch.float32
+    assert out.valid_hw_B2.shape == (2, 2)
+    entry = REGISTRY[s.name]
+    assert (s.summary_dim, s.feature_dim, tuple(s.feature_grid), tuple(s.input_size)) == (entry.summary_dim, entry.feature_dim, entry.feature_grid, entry.input_size)
+
+
+def test_preprocessing_equals_official_pil_processor(teacher):
+    from transformers import AutoImageProcessor
+
+    proc = AutoImageProcessor.from_pretrained(teacher.spec.source)
+    assert proc.backend == "pil"
+    for i, (h, w) in enumerate(SIZES):
+        img = _img(h, w, i)
+        ours, _ = teacher.preprocess([img])
+        ref = proc(images=Image.fromarray(img.permute(1, 2, 0).numpy()), return_tensors="np")["pixel_values"]
+        assert ours.shape == ref.shape, (h, w)
+        assert np.abs(ours.numpy() - ref).max() <= 1e-5, (h, w)
+
+
+def test_extreme_aspect_ratios_and_batch_tensor(teacher):
+    for h, w in [(10000, 50), (50, 10000), (1, 1)]:
+        out = teacher([_img(h, w)])
+        assert torch.isfinite(out.features_BHWC).all()
+    batch = torch.stack([_img(40, 40, 1), _img(40, 40, 2)])
+    assert torch.equal(teacher(batch).features_BHWC, teacher(list(batch)).features_BHWC)
+
+
+def test_sam_valid_region_excludes_padding():
+    t = create_teacher("tiny-sam")
+    out = t([_img(64, 32), _img(20, 64)])
+    g, p = t.spec.feature_grid, t.spec.patch_size
+    assert out.valid_hw_B2.tolist() == [[g[0], 32 // p], [-(-20 * 64 // 64 // p), g[1]]]
+
+
+def test_frozen(teacher):
+    assert not any(p.requires_grad for p in teacher.parameters())
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    teacher.train()
+    assert not teacher.model.training
+    out = teacher([_img(30, 30)])
+    assert out.features_BHWC.grad_fn is None and not out.features_BHWC.requires_grad
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_bitwise_deterministic(teacher):
+    imgs = [_img(45, 67, 3), _img(20, 30, 4)]
+    a = teacher(imgs)
+    b = create_teacher(teacher.spec.name)(imgs)
+    assert torch.equal(a.features_BHWC, b.features_BHWC)
+    if a.summary_BD is not None:
+        assert torch.equal(a.summary_BD, b.summary_BD)
+
+
+def test_fingerprint_stable_across_processes(teacher):
+    code = f"from teachers import create_teacher; print(create_teacher({teacher.spec.name!r}).spec.fingerprint)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == teacher.spec.fingerprint
+
+
+def test_fingerprint_changes_with_each_output_field(teacher):
+    s = teacher.spec
+    assert fingerprint_of(s) == s.fingerprint
+    for field, value in [("weights_sha256", "0" * 64), ("revision", "v2"), ("input_size", (s.input_size[0] + 1, s.input_size[1])), ("mean", tuple(m + 0.01 for m in s.mean)), ("resize_size", 999), ("dtype", "bf16"), ("output", s.output + "!"), ("interpolation", "bilinear" if s.interpolation == "bicubic" else "bicubic")]:
+        assert fingerprint_of(dataclasses.replace(s, **{field: value})) != s.fingerprint, field
+    for field, value in [("source", "/elsewhere"), ("name", "renamed")]:
+        assert fingerprint_of(dataclasses.replace(s, **{field: value})) == s.fingerprint, field
+    assert TeacherSpec.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+def test_fingerprint_follows_weights_not_path(tmp_path):
+    t = create_teacher("tiny-clip")
+    copy = tmp_path / "copy"
+    shutil.copytree(t.spec.source, copy)
+    assert create_teacher("tiny-clip", source=str(copy)).spec.fingerprint == t.spec.fingerprint
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(str(copy / "model.safetensors"))
+    key = next(k for k in sorted(w) if k.startswith("vision_model"))
+    w[key] = w[key] + 1e-3
+    save_file(w, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    assert create_teacher("tiny-clip", source=str(copy)).spec.fingerprint != t.spec.fingerprint
+    assert create_teacher("tiny-clip", dtype="bf16").spec.fingerprint != t.spec.fingerprint
+
+
+def test_bf16_runs_and_returns_float32():
+    out = create_teacher("tiny-dinov2", dtype="bf16")([_img(40, 40)])
+    assert out.features_BHWC.dtype == torch.float32 and torch.isfinite(out.features_BHWC).all()
+
+
+def test_unknown_name_lists_registry():
+    with pytest.raises(UnknownTeacher) as e:
+        create_teacher("dinov2-vitb41")
+    msg = str(e.value)
+    assert "dinov2-vitb14" in msg and "tiny-sam" in msg and "clip-vit-b16" in msg
+
+
+def test_bad_local_directories(tmp_path):
+    with pytest.raises(TeacherLoadError, match="does not exist"):
+        create_teacher("tiny-clip", source=str(tmp_path / "nope"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(TeacherLoadError, match="no config.json"):
+        create_teacher("tiny-clip", source=str(empty))
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(create_teacher("tiny-clip").spec.source, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(TeacherLoadError, match=f"{no_weights}.*no model.safetensors"):
+        create_teacher("tiny-clip", source=str(no_weights))
+    with pytest.raises(TeacherLoadError, match="model_type 'sam'"):
+        create_teacher("tiny-clip", source=create_teacher("tiny-sam").spec.source)
+
+
+def test_hub_id_offline_is_a_clear_error():
+    with pytest.raises(TeacherLoadError, match="HF_HUB_OFFLINE=1.*teachers.clip-vit-b16.source"):
+        create_teacher("clip-vit-b16")
+
+
+def test_cli_teachers_table(capsys):
+    from pipelines.cli import main
+
+    assert main(["teachers"]) == 0
+    out = capsys.readouterr().out
+    for name in list_teachers():
+        assert name in out
+    assert "facebook/sam-vit-huge" in out and "256 @ 64x64" in out
+    assert main(["teachers", "--fingerprints"]) == 0
+    out = capsys.readouterr().out
+    assert create_teacher("tiny-sam").spec.fingerprint in out and "not loadable" in out
