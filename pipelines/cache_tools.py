@@ -52,11 +52,12 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def verify_cache(uri: str, sample: int = 8, atol: float = 0.05, min_cos: float = 0.999, seed: int = 0, out=sys.stdout) -> bool:
+def verify_cache(uri: str, sample: int = 8, atol: float = 0.05, min_cos: float = 0.999, seed: int = 0, out=None) -> bool:
     """Check manifest against shards, then recompute ``sample`` random rows with the teachers.
 
     Returns True when everything matches. Differences are printed, one line each.
     """
+    out = out or sys.stdout
     loc, m = _open(uri)
     problems: list[str] = []
 

@@ -100,11 +100,15 @@ def _quiet_transformers():
     from transformers.utils import logging as hf_logging
 
     v = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(v)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _check_local_dir(path: Path, family: str):

@@ -93,12 +93,14 @@ def materialize_tiny(name: str, seed: int = 0) -> str:
 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 TINY_BUILDERS[name](str(tmp))
         finally:
             hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
         try:
             os.rename(tmp, target)  # atomic; a concurrent writer that lost the race cleans up below
         except OSError:
