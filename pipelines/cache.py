@@ -147,7 +147,7 @@ class TeacherWorker:
         crops = prepared["crops"]
         summaries, feats, valid = [], [], []
         for i in range(0, len(crops), self.batch_size):
-            imgs = [torch.from_numpy(c).permute(2, 0, 1) for c in crops[i : i + self.batch_size]]
+            imgs = [torch.from_numpy(np.array(c)).permute(2, 0, 1) for c in crops[i : i + self.batch_size]]  # Ray hands read-only arrays
             out = self.teacher(imgs)
             if out.summary_BD is not None:
                 summaries.append(out.summary_BD.float().cpu().numpy().astype(self.np_dtype))

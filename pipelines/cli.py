@@ -140,11 +140,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from radio.checkpoint import CheckpointError
 
+    from .compare import CompareError
     from .sources import SourceError
     from .tracking import TrackingUnavailable
     from .train import TrainingDiverged
 
-    return (CacheError, SourceError, TeacherLoadError, UnknownTeacher, TrackingUnavailable, TrainingDiverged, CheckpointError, FileNotFoundError)
+    return (CacheError, CompareError, SourceError, TeacherLoadError, UnknownTeacher, TrackingUnavailable, TrainingDiverged, CheckpointError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    if argv and argv[0] in ("train", "eval", "compare", "quickstart", "cache"):
+        # argparse.REMAINDER drops a leading "--option"; these subcommands parse their own arguments
+        ns = argparse.Namespace(args=argv[1:], func=cmd_cache if argv[0] == "cache" else _run_job(argv[0]))
+    else:
+        ns = parser.parse_args(argv)
     if not getattr(ns, "func", None):
         parser.print_help()
         return 0 if not argv else 2
@@ -181,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"radio: config error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # argparse inside a subcommand
+        return int(e.code or 0) if isinstance(e.code, int) else 2
     except _user_errors() as e:
         print(f"radio: error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,10 @@ __all__ = ["main", "compare_runs", "format_table", "ui_command"]
 KEY_METRICS = ("eval/knn_top1", "eval/linear_top1")
 
 
+class CompareError(ValueError):
+    pass
+
+
 def compare_runs(experiment: str = "radio-students", sort: str = "eval/knn_top1", tracking: str | None = None) -> tuple[list[dict], list[str], str]:
     """Student runs of ``experiment`` as rows, sorted by ``sort`` (descending; runs without it last)."""
     from mlflow.tracking import MlflowClient
@@ -22,7 +26,7 @@ def compare_runs(experiment: str = "radio-students", sort: str = "eval/knn_top1"
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
-        raise ValueError(f"no MLflow experiment {experiment!r} at {uri}; experiments there: {names}")
+        raise CompareError(f"no MLflow experiment {experiment!r} at {uri}; experiments there: {names}")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`radio.kind` = 'student'", max_results=1000)
     fidelity = sorted({k for r in runs for k in r.data.metrics if k.startswith("eval/") and k.endswith("_cos") and "/teacher/" not in k})
     columns = list(KEY_METRICS) + fidelity
@@ -35,7 +39,7 @@ def compare_runs(experiment: str = "radio-students", sort: str = "eval/knn_top1"
             "status": r.info.status, **{c: m.get(c) for c in columns},
         })
     if sort not in columns and rows and all(sort not in r for r in rows):
-        raise ValueError(f"cannot sort by {sort!r}; metrics available: {columns}")
+        raise CompareError(f"cannot sort by {sort!r}; metrics available: {columns}")
     rows.sort(key=lambda r: (r.get(sort) is None, -(r.get(sort) or 0.0)))
     return rows, columns, exp.experiment_id
 

@@ -1,0 +1,117 @@
+"""`radio eval`, `radio compare`, `radio.load_student` and `radio quickstart`, on tiny teachers."""
+
+import pytest
+import torch
+
+import radio
+from pipelines.cache import CacheJobConfig, run_cache_job
+from pipelines.cli import main
+from pipelines.compare import compare_runs
+from pipelines.config import load_config
+from pipelines.evaluate import EvalJobConfig, evaluate
+from pipelines.tracking import NullRun
+from pipelines.train import Trainer, TrainJobConfig, train
+from radio.normalize import TargetStats
+
+TEACHERS = ["tiny-clip", "tiny-dinov2", "tiny-sam"]
+EXP = "test-eval"
+
+
+@pytest.fixture(scope="module")
+def caches(ray_session, tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval-caches")
+    out = {}
+    for split, views, limit in (("train", 2, 120), ("val", 1, 40)):
+        cfg = load_config(CacheJobConfig, None, [f"output={root / split}", f"source.split={split}", f"source.limit={limit}", f"views.num_views={views}", "student_resolution=32", f"teachers=[{','.join(TEACHERS)}]", "progress=false", "mlflow.enabled=false"])
+        run_cache_job(cfg)
+        out[split] = str(root / split)
+    return out
+
+
+def _train_args(caches, out, *extra):
+    return [f"cache={caches['train']}", f"output={out}", f"teachers=[{','.join(TEACHERS)}]", "student.patch_size=8", "student.depth=2", "loader.batch_size=16", "loader.num_workers=0", f"mlflow.experiment={EXP}", *extra]
+
+
+@pytest.fixture(scope="module")
+def students(caches, tmp_path_factory):
+    root = tmp_path_factory.mktemp("students")
+    trained = train(load_config(TrainJobConfig, None, _train_args(caches, root / "trained", "epochs=8", "run_name=trained")))
+    untrained = train(load_config(TrainJobConfig, None, _train_args(caches, root / "untrained", "epochs=8", "max_steps=0", "run_name=untrained")))
+    return {"trained": trained, "untrained": untrained}
+
+
+def _eval(caches, student, *extra):
+    return evaluate(load_config(EvalJobConfig, None, [f"student={student['student']}", f"val_cache={caches['val']}", f"train_cache={caches['train']}", f"mlflow.experiment={EXP}", "pictures=2", *extra]))
+
+
+def test_eval_metrics_and_trained_beats_untrained(caches, students):
+    good, bad = _eval(caches, students["trained"]), _eval(caches, students["untrained"])
+    for t in TEACHERS:
+        assert good[f"eval/{t}/features_cos"] > bad[f"eval/{t}/features_cos"] + 0.1, t
+        if t != "tiny-sam":
+            assert good[f"eval/{t}/summary_cos"] > bad[f"eval/{t}/summary_cos"] + 0.1, t
+    assert "eval/tiny-sam/summary_cos" not in good
+    for key in ("eval/knn_top1", "eval/linear_top1", "eval/teacher/tiny-clip/knn_top1", "eval/teacher/tiny-dinov2/knn_top1", "eval/teacher/tiny-clip/linear_top1"):
+        assert 0.0 <= good[key] <= 1.0, key
+    assert good["eval/knn_top1"] > 1.5 / 10  # well above chance on 10 classes
+
+
+def test_eval_logs_into_the_training_run(caches, students):
+    from mlflow.tracking import MlflowClient
+
+    _eval(caches, students["trained"])
+    client = MlflowClient()
+    run = client.get_run(students["trained"]["run_id"])
+    assert "eval/knn_top1" in run.data.metrics and "eval/teacher/tiny-dinov2/knn_top1" in run.data.metrics
+    pics = [a.path for a in client.list_artifacts(run.info.run_id, "eval/pictures")]
+    assert len(pics) == 2 and all(p.endswith(".png") for p in pics)
+    # by run id, through the CLI
+    assert main(["eval", students["trained"]["run_id"], f"val_cache={caches['val']}", f"train_cache={caches['train']}", f"mlflow.experiment={EXP}", "pictures=1"]) == 0
+
+
+def test_load_student_equals_trainer_model(caches, tmp_path):
+    cfg = load_config(TrainJobConfig, None, _train_args(caches, tmp_path / "rt", "epochs=1", "mlflow.enabled=false"))
+    trainer = Trainer(cfg, "")
+    trainer.fit(NullRun())
+    d = trainer.export()
+    model = radio.load_student(str(d))
+    x = torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8)
+    trainer.model.eval()
+    with torch.no_grad():
+        ref = trainer.acc.unwrap_model(trainer.model)(x)
+        out = model(x)
+        out_float = model(x.float() / 255)
+    for t in TEACHERS:
+        st: TargetStats = trainer.stats[t]
+        torch.testing.assert_close(out.adapters[t]["features"], st.denormalize_features(ref[t]["features"]))
+        if "summary" in ref[t]:
+            torch.testing.assert_close(out.adapters[t]["summary"], st.denormalize_summary(ref[t]["summary"]))
+    torch.testing.assert_close(out_float.features, out.features)
+    assert out.features.shape[1:3] == (4, 6) and out.summary.ndim == 2
+    with pytest.raises(ValueError, match="multiple of the student's patch size"):
+        model(torch.zeros(1, 3, 30, 32, dtype=torch.uint8))
+
+
+def test_compare_lists_runs_sorted(caches, students, capsys):
+    for s in students.values():
+        _eval(caches, s)
+    rows, columns, _ = compare_runs(EXP, "eval/tiny-clip/features_cos")
+    names = [r["run"] for r in rows]
+    assert set(names) >= {"trained", "untrained"}
+    vals = [r["eval/tiny-clip/features_cos"] for r in rows if r.get("eval/tiny-clip/features_cos") is not None]
+    assert vals == sorted(vals, reverse=True) and names.index("trained") < names.index("untrained")
+    assert main(["compare", "--experiment", EXP, "--sort", "eval/knn_top1"]) == 0
+    out = capsys.readouterr().out
+    assert "trained" in out and "mlflow ui --backend-store-uri" in out and "127.0.0.1" in out and "compare-runs" in out
+    assert main(["compare", "--experiment", "no-such-experiment"]) == 2
+
+
+def test_quickstart_end_to_end_reduced(ray_session, tmp_path, capsys):
+    assert main(["quickstart", f"workdir={tmp_path / 'qs'}", "limit=24", "students.nano-d4.epochs=2", "students.nano-d2-wide.epochs=2", "experiment=test-quickstart"]) == 0
+    out = capsys.readouterr().out
+    assert "nano-d4" in out and "nano-d2-wide" in out and "mlflow ui" in out
+    rows, _, _ = compare_runs("test-quickstart")
+    assert {r["run"] for r in rows} == {"nano-d4", "nano-d2-wide"} and all(r["eval/knn_top1"] is not None for r in rows)
+    # a rerun resumes: nothing is recomputed or retrained
+    assert main(["quickstart", f"workdir={tmp_path / 'qs'}", "limit=24", "students.nano-d4.epochs=2", "students.nano-d2-wide.epochs=2", "experiment=test-quickstart"]) == 0
+    assert len(compare_runs("test-quickstart")[0]) == 2
