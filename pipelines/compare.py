@@ -65,6 +65,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--experiment", default="radio-students")
     p.add_argument("--sort", default="eval/knn_top1", help="metric to sort by, descending (default eval/knn_top1)")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or MLflow's default store")
+    p.add_argument("--screenshot", metavar="PNG", default=None, help="also open the compare view in headless Chromium and save a screenshot")
     ns = p.parse_args(argv)
     rows, columns, exp_id = compare_runs(ns.experiment, ns.sort, ns.tracking_uri)
     print(format_table(rows, columns))
@@ -72,4 +73,10 @@ def main(argv: list[str]) -> int:
     cmd, url = ui_command(uri, exp_id, [r["run_id"] for r in rows])
     print(f"\n{len(rows)} student run(s) in experiment {ns.experiment!r}, sorted by {ns.sort}.")
     print(f"Open the same comparison in MLflow:\n  {cmd}\n  then browse {url}")
+    if ns.screenshot:
+        from .screenshot import screenshot_compare
+
+        ids = [r["run_id"] for r in rows]
+        png = screenshot_compare(uri, lambda port: ui_command(uri, exp_id, ids, port)[1], ns.screenshot)
+        print(f"screenshot of the compare view: {png}")
     return 0

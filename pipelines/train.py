@@ -202,7 +202,8 @@ class Trainer:
             self.opt.step()
             self.sched.step() if self.acc.sync_gradients else None
             self.opt.zero_grad(set_to_none=True)
-        out = {k: float(v.detach()) for k, v in losses.items()}
+        # training-batch cosines are logged as fidelity/...: after eval/ in MLflow's alphabetical tables
+        out = {k.replace("cos/", "fidelity/", 1) if k.startswith("cos/") else k: float(v.detach()) for k, v in losses.items()}
         if grad_norm is not None:
             out["grad_norm"] = float(grad_norm)
         out["lr"] = self.sched.get_last_lr()[0]
@@ -230,7 +231,7 @@ class Trainer:
                     self.state.step += 1
                     now = time.perf_counter()
                     step_s = now - t_last
-                    metrics.update({"images_per_s": images * self.acc.num_processes / step_s if step_s > 0 else 0.0, "data_wait_fraction": wait_s / step_s if step_s > 0 else 0.0, "epoch": self.state.epoch})
+                    metrics.update({"images_per_s": images * self.acc.num_processes / step_s if step_s > 0 else 0.0, "time/data_wait_fraction": wait_s / step_s if step_s > 0 else 0.0, "progress/epoch": self.state.epoch})
                     self.history.append({"step": self.state.step, "loss": metrics["loss"]})
                     tracker.log_metrics(metrics, step=self.state.step)
                     t_last, images, wait_s = now, 0, 0.0

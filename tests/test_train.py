@@ -43,7 +43,7 @@ def test_train_logs_params_metrics_artifacts(cache, tmp_path):
     run = client.get_run(result["run_id"])
     p, m, tags = run.data.params, run.data.metrics, run.data.tags
     assert p["student.size"] == "nano" and p["optim.lr"] == str(cfg.optim.lr) and p["cache.fingerprint.syn-clip"] == "fp-syn-clip"
-    for key in ("loss", "loss/syn-clip/summary", "loss/syn-clip/features", "loss/syn-sam/features", "lr", "grad_norm", "images_per_s", "data_wait_fraction"):
+    for key in ("loss", "loss/syn-clip/summary", "loss/syn-clip/features", "loss/syn-sam/features", "lr", "grad_norm", "images_per_s", "time/data_wait_fraction", "fidelity/syn-clip/summary", "progress/epoch"):
         assert key in m, key
     assert len(client.get_metric_history(run.info.run_id, "loss")) == result["step"] == 12
     assert tags["radio.teachers"] == "syn-clip,syn-sam" and tags["radio.student_size"] == "nano" and tags["radio.cache_id"]
