@@ -31,7 +31,10 @@ def main():
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--size", default="nano")
     p.add_argument("--patch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="torch threads of the training process (default: torch's)")
     ns = p.parse_args()
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from pipelines.config import load_config
@@ -74,7 +77,7 @@ def main():
         trainer.train_step(b)
     sync()
     t_mem = (time.perf_counter() - t0) / ns.steps
-    print(f"student {ns.size}/p{ns.patch}, batch {ns.batch_size}, {ns.workers} loader worker(s), device {device}, {os.cpu_count()} cores")
+    print(f"student {ns.size}/p{ns.patch}, batch {ns.batch_size}, {ns.workers} loader worker(s), device {device}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
     print(f"(a) step from cache {t_cache * 1000:.1f} ms, from memory {t_mem * 1000:.1f} ms  ->  ratio {t_mem / t_cache:.3f}  (goal >= 0.95)")
 
     # (b) online distillation: the teachers run inside the step on the same views.

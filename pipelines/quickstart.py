@@ -30,7 +30,7 @@ class StudentVariant:
     depth: int | None = None
     heads: int | None = None
     patch_size: int = 8
-    epochs: int = 12
+    epochs: int = 40
     lr: float = 2e-3
 
 

@@ -52,6 +52,11 @@ def batches_per_epoch(rows_per_unit: dict[int, int], units: list[int], seed: int
     return max(1, math.ceil(most / batch_size))
 
 
+def _decode_rgb(data: bytes) -> np.ndarray:
+    img = Image.open(io.BytesIO(data))
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+
+
 class CacheStream(IterableDataset):
     """Yields ready batches (dicts of tensors) for one rank; use with ``DataLoader(batch_size=None)``.
 
@@ -104,7 +109,7 @@ class CacheStream(IterableDataset):
 
     def _materialize(self, refs: list, weights: list[float]) -> dict:
         out: dict = {
-            "image": torch.from_numpy(np.stack([np.asarray(Image.open(io.BytesIO(b.student_image[i])).convert("RGB")) for b, i in refs])).permute(0, 3, 1, 2).contiguous(),
+            "image": torch.from_numpy(np.stack([_decode_rgb(b.student_image[i]) for b, i in refs])).permute(0, 3, 1, 2).contiguous(),
             "weight": torch.tensor(weights, dtype=torch.float32),
             "image_id": [b.image_id[i] for b, i in refs],
             "view_index": torch.tensor([int(b.view_index[i]) for b, i in refs], dtype=torch.int64),
