@@ -97,26 +97,44 @@ def _embed(model, reader: CacheReader, teachers: list[str], batch_size: int, vie
 
 
 def _pictures(model, reader: CacheReader, teachers: list[str], n: int, out_dir: Path) -> list[Path]:
-    """One PNG per image: input | student trunk | per teacher: adapter output, teacher target."""
-    from PIL import Image
+    """One PNG per image: input | student trunk | per teacher: adapter output, teacher target.
+
+    The first ``n`` held-out images of distinct labels are drawn, so the pictures span classes. An
+    adapter and its teacher's target share one PCA basis (fit on both), so equal colors mean equal
+    directions in the teacher's feature space.
+    """
     import io
 
-    batch = next(reader.iter_batches(batch_rows=n))
-    images = torch.from_numpy(np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in batch.student_image])).permute(0, 3, 1, 2)
+    from PIL import Image
+
+    picked, labels = [], set()
+    for batch in reader.iter_batches(batch_rows=64):
+        for i in range(len(batch)):
+            if batch.view_index[i] == 0 and int(batch.label_index[i]) not in labels:
+                labels.add(int(batch.label_index[i]))
+                picked.append((batch, i))
+        if len(picked) >= n:
+            break
+    picked = picked[:n]
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(io.BytesIO(b.student_image[i])).convert("RGB")) for b, i in picked])).permute(0, 3, 1, 2)
     with torch.no_grad():
         out = model(images)
     H, W = images.shape[2:]
+    hw = tuple(out.features.shape[1:3])
     tiles = [images.permute(0, 2, 3, 1).numpy(), pca_rgb(out.features, (H, W))]
     names = ["input", "student"]
     for t in teachers:
-        tiles.append(pca_rgb(out.adapters[t]["features"], (H, W)))
-        tiles.append(pca_rgb(torch.from_numpy(batch.teachers[t]["features"].astype(np.float32)), (H, W)))
+        target = torch.from_numpy(np.stack([b.teachers[t]["features"][i] for b, i in picked]).astype(np.float32))
+        both = pca_rgb(torch.cat([out.adapters[t]["features"], resample_targets(target, hw)]), (H, W))
+        tiles += [both[: len(picked)], both[len(picked) :]]
         names += [f"{t} adapter", f"{t} target"]
     out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("pca_*.png"):
+        old.unlink()
     paths = []
-    for i in range(len(batch)):
-        row = np.concatenate([tile[i] for tile in tiles], axis=1)
-        p = out_dir / f"pca_{i:02d}_{batch.image_id[i].replace('/', '_')}.png"
+    for k, (b, i) in enumerate(picked):
+        row = np.concatenate([tile[k] for tile in tiles], axis=1)
+        p = out_dir / f"pca_{k:02d}_{b.image_id[i].replace('/', '_')}.png"
         Image.fromarray(row).resize((row.shape[1] * 2, row.shape[0] * 2), Image.Resampling.NEAREST).save(p)
         paths.append(p)
     (out_dir / "pca_columns.txt").write_text(" | ".join(names) + "\n")
