@@ -184,10 +184,13 @@ def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: radio eval RUN_ID_OR_CHECKPOINT_DIR [key=value ...]\n\nKeys: `radio config show eval`.")
+        print("usage: radio eval RUN_ID_OR_CHECKPOINT_DIR [CONFIG] [key=value ...]\n\nKeys: `radio config show eval`.")
         return 0 if argv else 2
-    overrides = [f"student={argv[0]}", *argv[1:]] if "=" not in argv[0] else argv
-    cfg = load_config(EvalJobConfig, None, overrides)
+    from .cli import _split_config_args
+
+    student = argv[0] if "=" not in argv[0] else None
+    path, overrides = _split_config_args(argv[1:] if student else argv)
+    cfg = load_config(EvalJobConfig, path, overrides + ([f"student={student}"] if student else []))
     metrics = evaluate(cfg)
     width = max(map(len, metrics)) if metrics else 0
     for k, v in sorted(metrics.items()):
