@@ -12,12 +12,10 @@
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -81,7 +79,6 @@ def main():
     print(f"(a) step from cache {t_cache * 1000:.1f} ms, from memory {t_mem * 1000:.1f} ms  ->  ratio {t_mem / t_cache:.3f}  (goal >= 0.95)")
 
     # (b) online distillation: the teachers run inside the step on the same views.
-    from PIL import Image
 
     from teachers import create_teacher
 

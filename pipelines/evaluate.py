@@ -45,22 +45,10 @@ class EvalJobConfig:
 
 
 def _resolve_student(ref: str, cfg: EvalJobConfig) -> tuple[Path, str | None]:
-    p = Path(ref)
-    if p.is_dir():
-        meta = json.loads((p / "config.json").read_text()) if (p / "config.json").exists() else {}
-        return p, cfg.run_id or meta.get("meta", {}).get("mlflow_run_id")
-    from mlflow.tracking import MlflowClient
+    from radio import resolve_student
 
-    client = MlflowClient(tracking_uri=tracking_uri(cfg.mlflow))
-    try:
-        run = client.get_run(ref)
-    except Exception:
-        raise FileNotFoundError(f"{ref!r} is neither a student directory nor an MLflow run id in {tracking_uri(cfg.mlflow)}") from None
-    out = run.data.tags.get("radio.output")
-    if out and (Path(out) / "student").is_dir():
-        return Path(out) / "student", ref
-    local = client.download_artifacts(ref, "student")
-    return Path(local), ref
+    path, run_id = resolve_student(ref, tracking_uri(cfg.mlflow))
+    return path, cfg.run_id or run_id
 
 
 @torch.no_grad()

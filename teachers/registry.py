@@ -19,7 +19,7 @@ import torch
 from .families import FAMILIES, model_type_of, to_grid
 from .preprocess import PIL_CODES, center_crop, longest_edge_size, normalize_pixels, pad_bottom_right, pil_resize, shortest_edge_size
 from .spec import TeacherOutput, TeacherSpec
-from .tiny import TINY_BUILDERS, materialize_tiny
+from .tiny import materialize_tiny
 
 __all__ = ["RegistryEntry", "REGISTRY", "list_teachers", "get_spec_template", "create_teacher", "Teacher", "UnknownTeacher", "TeacherLoadError"]
 

@@ -223,3 +223,38 @@ def test_info_verify_and_file_uri(ray_session, cache_dir, tmp_path, capsys):
         assert "checksum" in capsys.readouterr().out
     finally:
         victim.write_bytes(saved)
+
+
+def test_sigkill_of_a_teacher_actor_mid_run_still_completes_exactly(ray_session, cache_dir, tmp_path):
+    import threading
+
+    import psutil
+
+    def teacher_actor_pids():  # Ray names its actor processes "ray::<Class>"
+        return [p.pid for p in psutil.process_iter(["cmdline"]) if any("ray::TeacherWorker" in c for c in (p.info["cmdline"] or []))]
+
+    out = tmp_path / "actor-killed"
+    result = {}
+
+    def run():
+        try:
+            result["summary"] = run_cache_job(_cfg(out, "teachers=[tiny-clip,tiny-sam]", "max_inflight_units=1", "mlflow.enabled=false"))
+        except BaseException as e:  # surfaced below
+            result["error"] = e
+
+    th = threading.Thread(target=run)
+    th.start()
+    killed = None
+    deadline = time.time() + 120
+    while th.is_alive() and time.time() < deadline and killed is None:
+        if (out / "teachers").exists() and list((out / "teachers").glob("*/unit-*.parquet")):
+            pids = teacher_actor_pids()
+            if pids:
+                killed = pids[0]
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    th.join(timeout=300)
+    assert killed is not None, "the job finished before an actor could be killed"
+    assert "error" not in result, result.get("error")
+    assert load_manifest(CacheLocation(str(out)))["complete"]
+    assert _digest(out) == _digest(cache_dir)

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 
 from .arrow import arrow_to_tensor
 from .store import CacheLocation, decode_metadata, teacher_path, views_path
