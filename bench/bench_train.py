@@ -25,8 +25,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cache", required=True)
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: the reader thread)")
     p.add_argument("--size", default="nano")
     p.add_argument("--patch", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch threads of the training process (default: torch's)")
@@ -44,11 +45,13 @@ def main():
     trainer = Trainer(cfg, "")
     device = trainer.acc.device
 
-    def batches():
+    from radio.data import ThreadPrefetcher
+
+    def batches():  # what Trainer.fit iterates: worker processes, or the reader thread
         epoch = 0
         while True:
             trainer.stream.set_epoch(epoch)
-            yield from trainer.loader
+            yield from trainer.loader if ns.workers > 0 else ThreadPrefetcher(trainer.loader, 4)
             epoch += 1
 
     def sync():
@@ -59,22 +62,27 @@ def main():
     it = batches()
     for _ in range(warm):
         trainer.train_step(next(it))
-    # (a) from the cache, through the loader
-    sync()
-    t0 = time.perf_counter()
-    held = []
-    for _ in range(ns.steps):
-        b = next(it)
-        trainer.train_step(b)
-        held.append(b)
-    sync()
-    t_cache = (time.perf_counter() - t0) / ns.steps
-    # (a') the same batches, already in memory
-    t0 = time.perf_counter()
-    for b in held:
-        trainer.train_step(b)
-    sync()
-    t_mem = (time.perf_counter() - t0) / ns.steps
+    # (a) alternate: a stretch of steps from the cache (through the loader), then the same batches from
+    # memory, three times; medians, so a slow moment of the machine does not land on one side only.
+    import statistics
+
+    t_cache_runs, t_mem_runs = [], []
+    for _ in range(ns.repeats):
+        sync()
+        t0 = time.perf_counter()
+        held = []
+        for _ in range(ns.steps):
+            b = next(it)
+            trainer.train_step(b)
+            held.append(b)
+        sync()
+        t_cache_runs.append((time.perf_counter() - t0) / ns.steps)
+        t0 = time.perf_counter()
+        for b in held:
+            trainer.train_step(b)
+        sync()
+        t_mem_runs.append((time.perf_counter() - t0) / ns.steps)
+    t_cache, t_mem = statistics.median(t_cache_runs), statistics.median(t_mem_runs)
     print(f"student {ns.size}/p{ns.patch}, batch {ns.batch_size}, {ns.workers} loader worker(s), device {device}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
     print(f"(a) step from cache {t_cache * 1000:.1f} ms, from memory {t_mem * 1000:.1f} ms  ->  ratio {t_mem / t_cache:.3f}  (goal >= 0.95)")
 

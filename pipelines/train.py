@@ -23,7 +23,7 @@ import torch
 from radio.adapters import AdapterConfig
 from radio.cache import CacheReader
 from radio.checkpoint import DistillModel, save_student
-from radio.data import CacheStream, LoaderConfig, make_loader
+from radio.data import CacheStream, LoaderConfig, ThreadPrefetcher, make_loader
 from radio.losses import LossConfig, distill_loss
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
@@ -219,7 +219,8 @@ class Trainer:
             self.stream.set_epoch(self.state.epoch, skip_batches=self.state.batch_in_epoch)
             audit: list = []
             t_wait = time.perf_counter()
-            for batch in self.loader:
+            batches = self.loader if cfg.loader.num_workers > 0 else ThreadPrefetcher(self.loader, cfg.loader.prefetch_factor)
+            for batch in batches:
                 t_got = time.perf_counter()
                 if cfg.audit_keys:
                     audit += [(i, int(v)) for i, v, w in zip(batch["image_id"], batch["view_index"], batch["weight"]) if w > 0]
