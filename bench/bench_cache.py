@@ -111,7 +111,11 @@ def main():
     print(f"  radio cache job, end to end {job:7.2f}s  {n_views / job:8.1f} views/s  ({s.bytes_written / 1e6:.1f} MB written)")
     print(f"  radio cache job, {ns.images // 4} images  {small:7.2f}s (the fixed cost: Ray actors importing torch + transformers, loading teachers)")
     print(f"  growth from {ns.images // 4} to {ns.images} images: {job - small:+.2f}s for {n_views - n_views // 4} more views (bare forward: {bare_total * 0.75:.2f}s)")
+    if s.steady_views_per_s:
+        print(f"  radio cache job, steady state (first unit done -> last unit done)  {s.steady_views_per_s:8.1f} views/s")
     print(f"ratio end to end (cache job / bare forward throughput): {bare_total / job:.3f}")
+    if s.steady_views_per_s:
+        print(f"ratio steady state (cache job / bare forward throughput): {s.steady_views_per_s / (n_views / bare_total):.3f}")
 
 
 if __name__ == "__main__":

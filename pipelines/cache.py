@@ -222,12 +222,13 @@ class CacheSummary:
     teacher_views_per_s: dict[str, float]
     mlflow_run_id: str | None
     cache_id: str
+    steady_views_per_s: float | None = None  # from the first finished unit to the last
 
     def format(self) -> str:
         lines = [
             f"cache {self.output} (id {self.cache_id})",
             f"  images {self.images}  views {self.views}  skipped {self.skipped}  in {self.seconds:.1f}s  ({self.images_per_s:.1f} images/s)",
-            f"  bytes written {self.bytes_written / 1e6:.2f} MB",
+            f"  bytes written {self.bytes_written / 1e6:.2f} MB" + (f"  steady state {self.steady_views_per_s:.1f} views/s (after start-up)" if self.steady_views_per_s else ""),
         ]
         for t, n in self.computed.items():
             rate = self.teacher_views_per_s.get(t)
@@ -385,6 +386,8 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
     busy: dict[str, float] = {t: 0.0 for t in pools}
     rows_by_teacher: dict[str, int] = {t: 0 for t in pools}
     queue = list(work_units)
+    unit_rows: dict[int, int] = {}
+    completions: list[tuple[float, int]] = []  # (time, views) per finished unit: steady-state throughput
     try:
         while queue or inflight:
             while queue and len(unit_left) < cfg.max_inflight_units:
@@ -405,6 +408,7 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
                 u, kind = inflight.pop(ref)
                 out = ray.get(ref)
                 if kind == "views":
+                    unit_rows[u] = out["rows"]
                     if out["shard"]:
                         bytes_written += out["shard"]["bytes"]
                         done_units["views"] += 1
@@ -418,6 +422,7 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
                 unit_left[u] -= 1
                 if unit_left[u] == 0:
                     del unit_left[u]
+                    completions.append((time.perf_counter(), unit_rows.get(u, 0)))
                 progress.update(images, "  ".join(f"{k} {v}/{computed[k]}" for k, v in done_units.items() if computed[k]))
     except BaseException:
         progress.close()
@@ -436,11 +441,14 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
     new_manifest = finalize_manifest(loc, cfg, source, identity, specs, manifest, resolved_yaml, n_units=len(units))
     elapsed = time.perf_counter() - t_start
     views_per_s = {t: rows_by_teacher[t] / busy[t] for t in pools if busy[t] > 0}
-    summary = CacheSummary(cfg.output, new_manifest["images"], new_manifest["views"]["rows"], len(new_manifest["skipped"]), elapsed, bytes_written, computed, total_images / elapsed if elapsed > 0 else 0.0, views_per_s, run.run_id if run else None, cache_id)
+    # From the first finished unit to the last: the pipeline's rate once start-up (actors importing
+    # torch and loading teachers) is behind it.
+    steady = sum(v for _, v in completions[1:]) / (completions[-1][0] - completions[0][0]) if len(completions) > 1 and completions[-1][0] > completions[0][0] else None
+    summary = CacheSummary(cfg.output, new_manifest["images"], new_manifest["views"]["rows"], len(new_manifest["skipped"]), elapsed, bytes_written, computed, total_images / elapsed if elapsed > 0 else 0.0, views_per_s, run.run_id if run else None, cache_id, steady)
     if run is not None:
         new_manifest["mlflow_run_id"] = run.run_id
         save_manifest(loc, new_manifest)
-        metrics = {"images": summary.images, "views": summary.views, "skipped": summary.skipped, "seconds": elapsed, "images_per_s": summary.images_per_s, "bytes_written": bytes_written}
+        metrics = {"images": summary.images, "views": summary.views, "skipped": summary.skipped, "seconds": elapsed, "images_per_s": summary.images_per_s, "bytes_written": bytes_written, "steady_views_per_s": steady}
         for t, info in new_manifest["teachers"].items():
             metrics[f"bytes_per_view/{t}"] = info["bytes_per_view"]
         for t, r in views_per_s.items():
