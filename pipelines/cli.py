@@ -108,8 +108,20 @@ def cmd_config_show(ns) -> int:
     return 0
 
 
+CACHE_USAGE = """usage: radio cache [CONFIG] [key=value ...]      build or complete a cache
+       radio cache info CACHE                     what a cache holds
+       radio cache verify CACHE [--sample N]      check files and keys, recompute N rows
+       radio cache drop CACHE TEACHER             remove one teacher's targets
+
+Keys and defaults: `radio config show cache`. Example:
+  radio cache configs/cache-samples.yaml views.num_views=4 teachers.tiny-sam.actors=2"""
+
+
 def cmd_cache(ns) -> int:
     args = list(ns.args)
+    if args and args[0] in ("-h", "--help"):
+        print(CACHE_USAGE)
+        return 0
     if args and args[0] in ("info", "verify", "drop"):
         from . import cache_tools
 

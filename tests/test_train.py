@@ -161,3 +161,17 @@ def test_real_mlflow_server_and_fail_fast_when_unreachable(cache, tmp_path, monk
     assert main(["train", *_args(cache, tmp_path / "dead-run", "epochs=1")]) == 2
     assert time.time() - t0 < 60
     assert "unreachable" in capsys.readouterr().err
+
+
+def test_gradient_accumulation_halves_optimizer_steps(cache, tmp_path):
+    one = train(load_config(TrainJobConfig, None, _args(cache, tmp_path / "acc1", "epochs=1", "mlflow.enabled=false")))
+    two = train(load_config(TrainJobConfig, None, _args(cache, tmp_path / "acc2", "epochs=1", "optim.grad_accum=2", "mlflow.enabled=false")))
+    assert one["step"] == 6 and two["step"] == 3
+
+
+def test_help_texts(capsys):
+    r = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and all(c in r.stdout for c in ("teachers", "config", "cache", "train", "eval", "compare", "quickstart"))
+    for cmd in (["cache", "--help"], ["train", "--help"], ["eval", "--help"], ["quickstart", "--help"]):
+        assert main(cmd) == 0, cmd
+        assert "usage: radio" in capsys.readouterr().out
