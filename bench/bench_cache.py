@@ -64,6 +64,34 @@ def main():
 
     init_ray()  # Ray start-up is a fixed cost of any job; it is not what this measures
 
+    import threading
+
+    import psutil
+
+    def peak_rss_during(fn):
+        """Run fn() while sampling the summed RSS of this process and all its children (Ray's workers)."""
+        peak, stop = [0], threading.Event()
+
+        def sample():
+            me = psutil.Process()
+            while not stop.is_set():
+                total = 0
+                for p in [me, *me.children(recursive=True)]:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                peak[0] = max(peak[0], total)
+                stop.wait(0.1)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        try:
+            return fn(), peak[0]
+        finally:
+            stop.set()
+            th.join()
+
     def job_seconds(limit: int, out: str):
         cfg = load_config(CacheJobConfig, None, [f"output={tmp}/{out}", "source.kind=samples", "source.split=all", f"source.limit={limit}", f"views.num_views={ns.views}", f"teachers=[{','.join(teachers)}]", "progress=false", "mlflow.enabled=false", f"images_per_shard={ns.images_per_shard}"] + [f"teachers.{t}.batch_size={ns.batch_size}" for t in teachers])
         t0 = time.perf_counter()
@@ -71,8 +99,8 @@ def main():
         return time.perf_counter() - t0, s
 
     try:
-        small, _ = job_seconds(ns.images // 4, "small")
-        job, s = job_seconds(ns.images, "full")
+        (small, _), rss_small = peak_rss_during(lambda: job_seconds(ns.images // 2, "small"))
+        (job, s), rss_full = peak_rss_during(lambda: job_seconds(ns.images, "full"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     # Fixed costs (actor start-up: a process importing torch + transformers and loading the teacher;
@@ -109,8 +137,9 @@ def main():
     print(f"  bare forward, all teachers  {bare_total:7.2f}s  {n_views / bare_total:8.1f} views/s")
     print(f"  CPU side, in process: prepare {n_views / t_prep:8.1f} views/s, write all teachers {n_views / t_write:8.1f} views/s")
     print(f"  radio cache job, end to end {job:7.2f}s  {n_views / job:8.1f} views/s  ({s.bytes_written / 1e6:.1f} MB written)")
-    print(f"  radio cache job, {ns.images // 4} images  {small:7.2f}s (the fixed cost: Ray actors importing torch + transformers, loading teachers)")
-    print(f"  growth from {ns.images // 4} to {ns.images} images: {job - small:+.2f}s for {n_views - n_views // 4} more views (bare forward: {bare_total * 0.75:.2f}s)")
+    print(f"  radio cache job, {ns.images // 2} images  {small:7.2f}s (the fixed cost: Ray actors importing torch + transformers, loading teachers)")
+    print(f"  growth from {ns.images // 2} to {ns.images} images: {job - small:+.2f}s for {n_views - n_views // 2} more views (bare forward: {bare_total * 0.5:.2f}s)")
+    print(f"  peak RSS, driver + Ray workers: {rss_small / 2**20:.0f} MiB for {ns.images // 2} images, {rss_full / 2**20:.0f} MiB for {ns.images} images")
     if s.steady_views_per_s:
         print(f"  radio cache job, steady state (first unit done -> last unit done)  {s.steady_views_per_s:8.1f} views/s")
     print(f"ratio end to end (cache job / bare forward throughput): {bare_total / job:.3f}")
