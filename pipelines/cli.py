@@ -73,28 +73,27 @@ def resolve(job: str, args: list[str]):
 
 
 def cmd_teachers(ns) -> int:
-    from teachers import get_spec_template, list_teachers
+    from teachers import REGISTRY, create_teacher, get_spec_template, list_teachers
 
-    rows = [("name", "family", "source", "input", "summary", "features (dim @ grid)")]
+    rows = [("name", "family", "source", "input", "summary", "features (dim @ grid)", "fingerprint")]
     for name in list_teachers():
         s = get_spec_template(name)
-        rows.append((name, s.family, s.source, "x".join(map(str, s.input_size)), str(s.summary_dim or "-"), f"{s.feature_dim} @ {s.feature_grid[0]}x{s.feature_grid[1]}"))
-    if ns.fingerprints:
-        from teachers import create_teacher
-
-        rows[0] = rows[0] + ("fingerprint",)
-        for i, name in enumerate(list_teachers(), start=1):
+        fp = "-"
+        # The fingerprint hashes the weights, so it needs them loaded: always for the tiny presets
+        # (milliseconds), for the real ones only when asked (seconds to minutes each).
+        if REGISTRY[name].tiny or ns.fingerprints:
             try:
-                rows[i] = rows[i] + (create_teacher(name).spec.fingerprint,)
-            except Exception as e:  # real weights are not available offline: say so in the table
-                rows[i] = rows[i] + (f"(not loadable: {type(e).__name__})",)
+                fp = create_teacher(name).spec.fingerprint
+            except Exception as e:  # real weights not in the local cache, offline: say so in the table
+                fp = f"(not loadable: {type(e).__name__})"
+        rows.append((name, s.family, s.source, "x".join(map(str, s.input_size)), str(s.summary_dim or "-"), f"{s.feature_dim} @ {s.feature_grid[0]}x{s.feature_grid[1]}", fp))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for j, r in enumerate(rows):
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
         if j == 0:
             print("  ".join("-" * w for w in widths))
     if not ns.fingerprints:
-        print("\nfingerprints hash the weights: `radio teachers --fingerprints` loads each teacher to compute them.")
+        print("\n'-': `radio teachers --fingerprints` loads each real teacher (hub id or local cache) to hash its weights.")
     return 0
 
 

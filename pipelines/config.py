@@ -209,8 +209,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{text}': value is not valid YAML ({e})") from None
-    if isinstance(value, float) and raw.strip().lower() in ("nan", ".nan"):
-        pass
     return key.split("."), value
 
 

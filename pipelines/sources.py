@@ -125,7 +125,7 @@ def _load_hf(cfg: SourceConfig):
             p = Path(cfg.path)
             kwargs = {"data_dir": cfg.path} if p.is_dir() else {"data_files": cfg.path}
             ds = datasets.load_dataset(cfg.builder, split=cfg.split, **kwargs)
-        elif Path(cfg.path).is_dir() and (Path(cfg.path) / "dataset_info.json").exists() or (Path(cfg.path) / "dataset_dict.json").exists():
+        elif (Path(cfg.path) / "dataset_info.json").exists() or (Path(cfg.path) / "dataset_dict.json").exists():
             ds = datasets.load_from_disk(cfg.path)
             if isinstance(ds, datasets.DatasetDict):
                 if cfg.split not in ds:
