@@ -258,3 +258,18 @@ def test_sigkill_of_a_teacher_actor_mid_run_still_completes_exactly(ray_session,
     assert "error" not in result, result.get("error")
     assert load_manifest(CacheLocation(str(out)))["complete"]
     assert _digest(out) == _digest(cache_dir)
+
+
+def test_cache_run_in_mlflow(cache_dir):
+    from mlflow.tracking import MlflowClient
+
+    m = load_manifest(CacheLocation(str(cache_dir)))
+    client = MlflowClient()
+    run = client.get_run(m["mlflow_run_id"])
+    assert run.data.tags["radio.kind"] == "cache" and run.data.tags["radio.cache_id"] == m["cache_id"]
+    assert run.data.params["views.num_views"] == str(VIEWS) and run.data.params["teachers.tiny-sam.actors"] == "1"
+    metrics = run.data.metrics
+    assert metrics["images"] == LIMIT and metrics["views"] == LIMIT * VIEWS and metrics["images_per_s"] > 0
+    assert metrics["bytes_per_view/tiny-sam"] == pytest.approx(m["teachers"]["tiny-sam"]["bytes_per_view"])
+    assert "views_per_s/tiny-clip" in metrics and "gpu_hours/tiny-clip" in metrics
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"manifest.json", "config.yaml"}
