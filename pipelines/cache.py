@@ -31,8 +31,8 @@ from radio.images import BadImage, decode_image, encode_image
 from radio.normalize import RunningStats
 from radio.views import ViewPolicy, crop_view, render_view, sample_views
 
-from .config import dump_config, flatten_config
-from .sources import Source, SourceConfig, SourceRecord, open_source
+from .config import ConfigError, dump_config, flatten_config
+from .sources import Source, SourceConfig, SourceError, SourceRecord, open_source
 from .tracking import MlflowConfig, start_run
 
 __all__ = ["TeacherJobConfig", "CacheJobConfig", "run_cache_job", "CacheSummary"]
@@ -306,20 +306,15 @@ def init_ray():
 def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> CacheSummary:
     """Build or complete the cache at ``cfg.output``. Idempotent: a complete cache is a fast no-op."""
     t_start = time.perf_counter()
-    from teachers import list_teachers
+    from teachers import get_spec_template
 
-    known = set(list_teachers())
     for t in cfg.teachers:
-        if t not in known:
-            import difflib
-
-            near = difflib.get_close_matches(t, sorted(known), n=1)
-            raise ValueError(f"unknown teacher {t!r} in teachers{'; did you mean ' + repr(near[0]) + '?' if near else ''}. Registered: {', '.join(sorted(known))}")
+        get_spec_template(t)  # an unknown name fails here, listing the registry
     if not cfg.teachers:
-        raise ValueError("no teachers configured: set teachers=[tiny-clip,...] or a teachers: mapping in the config file")
+        raise ConfigError("no teachers configured: set teachers=[tiny-clip,...] or a teachers: mapping in the config file")
     source = open_source(cfg.source)
     if not source.records:
-        raise ValueError(f"source {cfg.source.kind}:{cfg.source.path} has no images")
+        raise SourceError(f"source {cfg.source.kind}:{cfg.source.path} has no images")
     loc = CacheLocation(cfg.output)
     identity = _identity(cfg, source)
     cache_id = _cache_id(identity)

@@ -273,3 +273,11 @@ def test_cache_run_in_mlflow(cache_dir):
     assert metrics["bytes_per_view/tiny-sam"] == pytest.approx(m["teachers"]["tiny-sam"]["bytes_per_view"])
     assert "views_per_s/tiny-clip" in metrics and "gpu_hours/tiny-clip" in metrics
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"manifest.json", "config.yaml"}
+
+
+def test_input_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["cache", f"output={tmp_path / 'x'}", "teachers=[tiny-clop]"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown teacher 'tiny-clop'" in err and "tiny-clip" in err and "Traceback" not in err
+    assert main(["cache", f"output={tmp_path / 'y'}", "source.kind=folder", f"source.path={tmp_path / 'none'}"]) == 2
+    assert "not a directory" in capsys.readouterr().err
