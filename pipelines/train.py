@@ -235,6 +235,7 @@ class Trainer:
                     metrics.update({"images_per_s": images * self.acc.num_processes / step_s if step_s > 0 else 0.0, "time/data_wait_fraction": wait_s / step_s if step_s > 0 else 0.0, "progress/epoch": self.state.epoch})
                     self.history.append({"step": self.state.step, "loss": metrics["loss"]})
                     tracker.log_metrics(metrics, step=self.state.step)
+                    self._progress(metrics, max_steps)
                     t_last, images, wait_s = now, 0, 0.0
                     if self.state.step % cfg.checkpoint_every == 0:
                         self.save_checkpoint()
@@ -250,6 +251,19 @@ class Trainer:
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
         return self.state
+
+    def _progress(self, metrics: dict, max_steps: int):
+        """A line on stderr every ~10 s (and at the end) from the main process: step, loss, speed, ETA."""
+        now = time.perf_counter()
+        if not hasattr(self, "_t_progress"):
+            self._t_progress, self._t0, self._step0 = now, now, self.state.step - 1
+        last = self.state.step >= max_steps
+        if not self.acc.is_main_process or (now - self._t_progress < 10.0 and not last):
+            return
+        self._t_progress = now
+        rate = (self.state.step - self._step0) / max(1e-9, now - self._t0)
+        eta = (max_steps - self.state.step) / rate if rate > 0 else float("nan")
+        print(f"[radio train] step {self.state.step}/{max_steps}  epoch {self.state.epoch}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  {metrics['images_per_s']:.0f} img/s  ETA {eta:.0f}s", file=sys.stderr, flush=True)
 
     def export(self) -> Path:
         d = self.out / "student"
