@@ -1,46 +1,143 @@
-"""Teacher preprocessing, equal to the official (PIL-backend) image processors.
+"""Teacher preprocessing, equal to the official (PIL-backend) image processors, run in torch.
 
 The official processors resize with Pillow, which rounds to uint8 after each of its two separable passes
 with fixed-point weights; ``F.interpolate(antialias=True)`` differs from that by a few grey levels
-(~0.02 after normalization), far above the 1e-5 parity we hold. A torch port of Pillow's ``Resample.c``
-reproduces each pass bitwise, but Pillow 13 chooses the order of the two passes by a rule of its own
-that we could not pin down, and the order changes the rounding. So the resize itself is done by Pillow
-(on the CPU, where the official processor does it too); cropping, rescaling, normalization and padding
-run in torch on the teacher's device.
+(~0.02 after normalization), far above the 1e-5 parity we hold. :func:`pil_resize` is a port of
+Pillow's ``libImaging/Resample.c`` (8-bit path) that reproduces it bitwise, on any device, so the
+whole preprocessing (resize, crop, rescale, normalize, pad) runs on the teacher's device.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 
-import numpy as np
+import PIL
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 __all__ = ["pil_resize", "shortest_edge_size", "longest_edge_size", "center_crop", "normalize_pixels", "pad_bottom_right", "PIL_CODES"]
 
-PIL_CODES = {2: "bilinear", 3: "bicubic"}
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+PIL_CODES = {2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling values the registry's processors use
+
+# Resample.c: "8 bits for result. Filter can have negative areas ... two extra bits for overflow".
+_PRECISION_BITS = 32 - 8 - 2
+
+
+def _bicubic(x: torch.Tensor) -> torch.Tensor:
+    """Pillow's bicubic kernel (a = -0.5), support 2, in float64 with the same operation order as C."""
+    a = -0.5
+    x = x.abs()
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
+
+
+def _bilinear(x: torch.Tensor) -> torch.Tensor:
+    x = x.abs()
+    return torch.where(x < 1.0, 1.0 - x, torch.zeros_like(x))
+
+
+_FILTERS = {"bicubic": (_bicubic, 2.0), "bilinear": (_bilinear, 1.0)}
+
+
+@functools.lru_cache(maxsize=128)
+def _pass_taps(n_in: int, n_out: int, interpolation: str, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed-point weights of one Pillow pass, tap-major: (index, weight), both (ksize, n_out).
+
+    Port of ``precompute_coeffs`` + ``normalize_coeffs_8bpc``: per output pixel, a window of ``xmax``
+    taps starting at input ``xmin`` around its centre; filter weights normalized to sum 1 (summed left
+    to right as C does, so the sum is bitwise the same), then rounded half away from zero to integers
+    with 22 fractional bits. Taps past a window's end get weight 0 (and a clamped, harmless index).
+    Returns (int64 indices, int32 weights) on ``device``.
+    Tap-major rather than a dense (n_out, n_in) matrix: 10000 -> 8000 would take 640 MB dense.
+    """
+    fn, support = _FILTERS[interpolation]
+    scale = float(n_in) / n_out  # C: (double)(in1 - in0) / outSize; in1 - in0 is exact in float32 here
+    filterscale = max(scale, 1.0)
+    support = support * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    center = (torch.arange(n_out, dtype=torch.float64) + 0.5) * scale
+    # C casts with (int), truncating toward zero; clamping to 0 afterwards makes that equal to floor.
+    xmin = torch.trunc(center - support + 0.5).clamp(min=0)
+    xmax = torch.trunc(center + support + 0.5).clamp(max=n_in) - xmin  # number of taps
+    j = torch.arange(ksize, dtype=torch.float64)[:, None]
+    valid = j < xmax[None, :]
+    w = fn((j + xmin[None, :] - center[None, :] + 0.5) * (1.0 / filterscale))
+    w = torch.where(valid, w, torch.zeros_like(w))
+    ww = torch.zeros(n_out, dtype=torch.float64)
+    for tap in range(ksize):  # sequential, like C: a pairwise sum could differ in the last bit
+        ww = ww + w[tap]
+    w = torch.where(ww != 0.0, w / torch.where(ww == 0.0, 1.0, ww), w)
+    one = float(1 << _PRECISION_BITS)
+    k = torch.where(w < 0, torch.trunc(-0.5 + w * one), torch.trunc(0.5 + w * one))
+    idx = (j + xmin[None, :]).clamp(max=n_in - 1).long()
+    # Drop trailing taps that no output uses (ksize is a bound, windows are often shorter).
+    used = int(xmax.max().item())
+    return idx[:used].to(device), k[:used].to(torch.int32).to(device)
+
+
+def _apply_pass(x_NM: torch.Tensor, taps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """One 8-bit pass along dim 0: int32 pixels (n_in, M) in [0, 255] -> int32 (n_out, M) in [0, 255].
+
+    The same int32 arithmetic as C, in the same tap order: ``acc = 1 << 21; acc += pixel * k`` per
+    tap, then ``clip8(acc >> 22)``. So the result is bitwise Pillow's on any device (no float
+    rounding anywhere). Gathering whole rows (dim 0) keeps memory access contiguous.
+    """
+    idx, k = taps
+    acc = torch.full((idx.shape[1], x_NM.shape[1]), 1 << (_PRECISION_BITS - 1), dtype=torch.int32, device=x_NM.device)
+    for tap in range(k.shape[0]):
+        acc.add_(x_NM.index_select(0, idx[tap]).mul_(k[tap, :, None]))
+    return acc.bitwise_right_shift_(_PRECISION_BITS).clamp_(0, 255)
+
+
+def _pil_version() -> tuple[int, ...]:
+    return tuple(int(re.match(r"\d*", p).group() or 0) for p in PIL.__version__.split(".")[:2])
+
+
+def _vertical_first(h: int, w: int, oh: int, ow: int) -> bool:
+    """Pillow >= 13 runs the vertical pass first when the height shrinks by more than twice as many
+    pixels as the width; Pillow 12 and older always go horizontal first. The passes round to uint8 in
+    between, so the order changes results. The condition was derived empirically (we did not have
+    Pillow 13's C source) and matches Pillow 13.0 bitwise on thousands of random size pairs;
+    ``tests/test_teachers.py`` pins it, so a Pillow that changes the rule fails the suite instead of
+    silently breaking parity.
+    """
+    return _pil_version() >= (13, 0) and oh < h and (h - oh) > 2 * (w - ow)
 
 
 def pil_resize(img_3HW: torch.Tensor, size_hw: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
-    """Resize a uint8 (3, H, W) image exactly as the official processors do (Pillow, no reducing gap).
+    """Resize a uint8 (C, H, W) image bitwise as ``PIL.Image.resize`` (no box, no reducing gap) does.
 
-    Returns uint8 (3, h, w) on the input's device.
+    ``size_hw``: output (h, w), each >= 1. ``interpolation``: "bicubic" or "bilinear".
+    Returns uint8 (C, h, w) on the input's device; an unchanged size returns the input as is.
     """
-    if img_3HW.dtype != torch.uint8:
-        raise TypeError(f"pil_resize expects uint8, got {img_3HW.dtype}")
-    if interpolation not in _RESAMPLE:
-        raise ValueError(f"interpolation {interpolation!r} not supported; use one of {list(_RESAMPLE)}")
+    if img_3HW.dtype != torch.uint8 or img_3HW.ndim != 3:
+        raise TypeError(f"pil_resize expects a uint8 (C, H, W) tensor, got {img_3HW.dtype} {tuple(img_3HW.shape)}")
+    if interpolation not in _FILTERS:
+        raise ValueError(f"interpolation {interpolation!r} not supported; use one of {sorted(_FILTERS)}")
     oh, ow = int(size_hw[0]), int(size_hw[1])
-    if oh < 1 or ow < 1:
-        raise ValueError(f"cannot resize to {oh}x{ow}")
-    if tuple(img_3HW.shape[1:]) == (oh, ow):
+    C, h, w = img_3HW.shape
+    if oh < 1 or ow < 1 or h < 1 or w < 1:
+        raise ValueError(f"cannot resize {h}x{w} to {oh}x{ow}")
+    if (h, w) == (oh, ow):
         return img_3HW
-    arr = img_3HW.permute(1, 2, 0).cpu().numpy()
-    out = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((ow, oh), _RESAMPLE[interpolation], reducing_gap=None))
-    return torch.from_numpy(out.copy()).permute(2, 0, 1).to(img_3HW.device)
+    dev = str(img_3HW.device)
+    # Work as (H, W, C) int32: the vertical pass gathers rows of it, the horizontal pass rows of its
+    # (W, H, C) transpose.
+    x = img_3HW.permute(1, 2, 0).to(torch.int32)
+    # A pass whose size does not change is skipped (Resample.c need_horizontal / need_vertical).
+    passes = [p for p, needed in (("h", w != ow), ("v", h != oh)) if needed]
+    if _vertical_first(h, w, oh, ow):
+        passes.reverse()
+    for p in passes:
+        if p == "v":
+            x = _apply_pass(x.reshape(h, -1), _pass_taps(h, oh, interpolation, dev)).view(oh, x.shape[1], C)
+        else:
+            xt = x.transpose(0, 1).contiguous()
+            x = _apply_pass(xt.view(w, -1), _pass_taps(w, ow, interpolation, dev)).view(ow, x.shape[0], C).transpose(0, 1)
+    return x.permute(2, 0, 1).to(torch.uint8).contiguous()
 
 
 def shortest_edge_size(h: int, w: int, size: int) -> tuple[int, int]:

@@ -177,8 +177,11 @@ class Teacher(torch.nn.Module):
                 size = longest_edge_size(H, W, s.resize_size)
             else:
                 size = tuple(s.resize_size)
+            # An extreme aspect ratio can round a side to 0 (SAM: 10000x50 -> 1024x0); the official
+            # processor raises there, we keep one pixel so a cache job never dies on one odd image.
             size = (max(1, size[0]), max(1, size[1]))
-            x = pil_resize(img, size, s.interpolation).to(self.device)
+            # Resize on the teacher's device: pil_resize is Pillow's arithmetic, bitwise, on any device.
+            x = pil_resize(img.to(self.device), size, s.interpolation)
             if s.crop_size is not None:
                 x = center_crop(x, s.crop_size)
             x = normalize_pixels(x, s.rescale_factor, s.mean, s.std)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from teachers import REGISTRY, TeacherLoadError, TeacherSpec, UnknownTeacher, create_teacher, fingerprint_of, list_teachers
+from teachers import REGISTRY, TeacherLoadError, TeacherSpec, UnknownTeacher, create_teacher, fingerprint_of, list_teachers, pil_resize
 
 TINY = [n for n in list_teachers() if REGISTRY[n].tiny]
 SIZES = [(1, 1), (37, 91), (120, 80), (5, 300), (64, 64), (33, 17), (900, 60)]
@@ -57,6 +57,64 @@ def test_preprocessing_equals_official_pil_processor(teacher):
         assert np.abs(ours.numpy() - ref).max() <= 1e-5, (h, w)
 
 
+def _pillow(img_3HW, size_hw, interpolation):
+    resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[interpolation]
+    out = Image.fromarray(img_3HW.permute(1, 2, 0).numpy()).resize((size_hw[1], size_hw[0]), resample)
+    return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1)
+
+
+# Fixed cases: identities, 1-pixel in/out, extreme aspect ratios, one-axis resizes, and both sides of
+# Pillow 13's pass-order rule (vertical first iff the height shrinks by more than 2x the width's
+# pixel count): 22x40 -> 1x30 goes vertical first, 22x40 -> 2x30 horizontal first.
+RESIZE_CASES = [
+    ((1, 1), (1, 1)), ((1, 1), (7, 3)), ((9, 7), (1, 1)), ((1, 500), (1, 3)), ((10000, 50), (8000, 40)),
+    ((50, 10000), (40, 8000)), ((10000, 50), (64, 1)), ((3, 301), (224, 224)), ((700, 5), (224, 224)),
+    ((224, 500), (224, 224)), ((500, 224), (224, 224)), ((22, 40), (1, 30)), ((22, 40), (2, 30)),
+    ((58, 40), (37, 30)), ((58, 40), (38, 30)), ((480, 640), (224, 298)),
+]
+
+
+def test_pil_resize_is_bitwise_pillow():
+    rng = np.random.default_rng(7)
+    cases = RESIZE_CASES + [((int(a), int(b)), (int(c), int(d))) for a, b, c, d in rng.integers(1, 130, (300, 4))]
+    for i, (hw, out_hw) in enumerate(cases):
+        img = _img(*hw, seed=i)
+        for interpolation in ("bicubic", "bilinear"):
+            ours = pil_resize(img, out_hw, interpolation)
+            assert ours.dtype == torch.uint8 and torch.equal(ours, _pillow(img, out_hw, interpolation)), (hw, out_hw, interpolation)
+
+
+def test_pil_resize_pass_order_matters():
+    """Guards the order rule: on these sizes the two pass orders give different pixels."""
+    img = _img(22, 40, seed=3)
+    vertical_first = pil_resize(pil_resize(img, (1, 40), "bicubic"), (1, 30), "bicubic")
+    horizontal_first = pil_resize(pil_resize(img, (22, 30), "bicubic"), (1, 30), "bicubic")
+    assert not torch.equal(vertical_first, horizontal_first)
+    assert torch.equal(pil_resize(img, (1, 30), "bicubic"), vertical_first)
+
+
+@pytest.mark.parametrize("hw", [(10000, 50), (50, 10000), (1, 1)])
+def test_extreme_images_match_official_processor(teacher, hw):
+    from transformers import AutoImageProcessor
+
+    proc = AutoImageProcessor.from_pretrained(teacher.spec.source)
+    img = _img(*hw, seed=11)
+    ours, valid = teacher.preprocess([img])
+    out = teacher([img])
+    assert torch.isfinite(out.features_BHWC).all()
+    s = teacher.spec
+    pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+    if s.resize == "longest_edge_pad" and min(hw) * s.resize_size / max(hw) < 0.5:
+        # The short side rounds to 0 pixels: the official processor raises; we keep one pixel (one
+        # feature row/column valid) rather than fail a cache job on one odd image.
+        with pytest.raises(ValueError):
+            proc(images=pil, return_tensors="np")
+        assert sorted(valid[0].tolist()) == [1, s.feature_grid[0]]
+        return
+    ref = proc(images=pil, return_tensors="np")["pixel_values"]
+    assert ours.shape == ref.shape and np.abs(ours.numpy() - ref).max() <= 1e-5
+
+
 def test_extreme_aspect_ratios_and_batch_tensor(teacher):
     for h, w in [(10000, 50), (50, 10000), (1, 1)]:
         out = teacher([_img(h, w)])
@@ -85,6 +143,8 @@ def test_frozen(teacher):
 def test_bitwise_deterministic(teacher):
     imgs = [_img(45, 67, 3), _img(20, 30, 4)]
     a = teacher(imgs)
+    again = teacher(imgs)
+    assert torch.equal(a.features_BHWC, again.features_BHWC)
     b = create_teacher(teacher.spec.name)(imgs)
     assert torch.equal(a.features_BHWC, b.features_BHWC)
     if a.summary_BD is not None:
