@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from radio.adapters import resample_targets, resample_valid_mask
+from radio.adapters import resample_targets
 from radio.cache import CacheReader
 from radio.checkpoint import load_student
 from radio.metrics import knn_top1, linear_probe_top1, masked_cosine, pca_rgb
@@ -78,9 +78,9 @@ def _embed(model, reader: CacheReader, teachers: list[str], batch_size: int, vie
                 sums[t]["summary"].append(F.cosine_similarity(out.adapters[t]["summary"].float(), target, dim=-1))
             target_f = torch.from_numpy(tb["features"][idx].astype(np.float32))
             valid = torch.from_numpy(tb["valid_hw"][idx].astype(np.int64))
-            tgt = resample_targets(target_f, (h, w))
-            mask = resample_valid_mask(valid, tuple(target_f.shape[1:3]), (h, w))
-            sums[t]["features"].append(masked_cosine(out.adapters[t]["features"], tgt, mask))
+            # as in training: the valid (unpadded) region of the target is what the student's grid spans
+            tgt = resample_targets(target_f, (h, w), valid)
+            sums[t]["features"].append(masked_cosine(out.adapters[t]["features"], tgt))
     return (torch.cat(feats_student), torch.cat(labels), {t: torch.cat(v) for t, v in teacher_summ.items() if v}, {t: {k: float(torch.cat(v).mean()) for k, v in d.items() if v} for t, d in sums.items()})
 
 
@@ -113,7 +113,8 @@ def _pictures(model, reader: CacheReader, teachers: list[str], n: int, out_dir: 
     names = ["input", "student"]
     for t in teachers:
         target = torch.from_numpy(np.stack([b.teachers[t]["features"][i] for b, i in picked]).astype(np.float32))
-        both = pca_rgb(torch.cat([out.adapters[t]["features"], resample_targets(target, hw)]), (H, W))
+        valid = torch.from_numpy(np.stack([b.teachers[t]["valid_hw"][i] for b, i in picked]).astype(np.int64))
+        both = pca_rgb(torch.cat([out.adapters[t]["features"], resample_targets(target, hw, valid)]), (H, W))
         tiles += [both[: len(picked)], both[len(picked) :]]
         names += [f"{t} adapter", f"{t} target"]
     out_dir.mkdir(parents=True, exist_ok=True)

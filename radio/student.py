@@ -2,9 +2,13 @@
 
 ``forward_features`` returns the summary tokens and the spatial patch features; adapters (heads) are
 separate modules (``radio/adapters.py``). Position embeddings are learned on a reference grid and
-interpolated to any input whose sides are multiples of the patch size; optionally (AM-RADIO's "CPE"),
-training takes a random crop of a larger position grid so the model does not tie content to absolute
-position at one resolution.
+interpolated (bicubic) to any input whose sides are multiples of the patch size. With CPE (AM-RADIO's
+"cropped position embedding", ``cpe_max_img_size``) the grid is larger than the training input and each
+training sample reads a random window of it, so the model learns positions that hold at many
+resolutions instead of tying content to one fixed grid.
+
+Input convention: float images normalized with ``StudentConfig.mean/std`` (ImageNet's, the statistics
+DINOv2 and SAM use; CLIP's differ by < 0.03). :func:`normalize_images` / :func:`normalize_uint8` do it.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["StudentConfig", "StudentOutput", "ViTStudent", "SIZES"]
+__all__ = ["StudentConfig", "StudentOutput", "ViTStudent", "SIZES", "IMAGENET_MEAN", "IMAGENET_STD", "normalize_images", "normalize_uint8", "trunk_param_count"]
 
-# name -> (dim, depth, heads)
+# name -> (dim, depth, heads); tiny..large are DeiT/ViT's widths, nano is for CPU tests and the quickstart
 SIZES: dict[str, tuple[int, int, int]] = {
-    "nano": (96, 4, 3),  # for CPU tests and the quickstart
+    "nano": (96, 4, 3),
     "tiny": (192, 12, 3),
     "small": (384, 12, 6),
     "base": (768, 12, 12),
@@ -33,40 +37,83 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class StudentConfig:
-    """A named size plus explicit overrides (None: take the size's value)."""
+    """A named size plus explicit overrides; ``None`` overrides take the size's value (see :meth:`resolved`)."""
 
-    size: str = "tiny"
+    size: str = "tiny"  # a key of SIZES
     dim: int | None = None
     depth: int | None = None
     heads: int | None = None
     patch_size: int = 16
     mlp_ratio: float = 4.0
     num_registers: int = 4
-    summary_teachers: list[str] = field(default_factory=list)  # one summary token each (at least one token)
-    img_size: int = 224  # reference grid of the position embedding is img_size // patch_size
-    cpe_max_img_size: int | None = None  # CPE: position grid for this size, randomly cropped in training
-    drop_path: float = 0.0
+    summary_teachers: list[str] = field(default_factory=list)  # one summary token each, in this order (at least one token)
+    img_size: int = 224  # reference position grid: img_size // patch_size per side
+    cpe_max_img_size: int | None = None  # CPE: position grid for this size, randomly windowed in training; None = off
+    drop_path: float = 0.0  # stochastic depth of the last block (linear ramp from 0)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self):
         if self.size not in SIZES:
-            raise ValueError(f"unknown student size {self.size!r}; choose one of {list(SIZES)} (or set dim/depth/heads)")
+            raise ValueError(f"unknown student size {self.size!r}; choose one of {list(SIZES)} (dim/depth/heads then override it)")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"student img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.cpe_max_img_size is not None and self.cpe_max_img_size < self.img_size:
+            raise ValueError(f"cpe_max_img_size {self.cpe_max_img_size} must be >= img_size {self.img_size}")
+        if len(set(self.summary_teachers)) != len(self.summary_teachers):
+            raise ValueError(f"summary_teachers has duplicates: {self.summary_teachers}")
 
     def resolved(self) -> "StudentConfig":
+        """The same config with dim/depth/heads filled from the size preset where they are None."""
         dim, depth, heads = SIZES[self.size]
-        return replace(self, dim=self.dim or dim, depth=self.depth or depth, heads=self.heads or heads)
+        r = replace(self, dim=dim if self.dim is None else self.dim, depth=depth if self.depth is None else self.depth, heads=heads if self.heads is None else self.heads)
+        if r.dim % r.heads:
+            raise ValueError(f"student dim {r.dim} is not divisible by heads {r.heads}")
+        return r
 
     @property
     def num_summary_tokens(self) -> int:
         return max(1, len(self.summary_teachers))
 
+    @property
+    def pos_grid(self) -> int:
+        """Side of the learned position grid (the CPE grid when CPE is on)."""
+        return (self.cpe_max_img_size or self.img_size) // self.patch_size
+
+
+def trunk_param_count(cfg: StudentConfig) -> int:
+    """Closed-form parameter count of ``ViTStudent(cfg)`` (checks the build; sizes a model without building it)."""
+    c = cfg.resolved()
+    D, p, hid = c.dim, c.patch_size, int(c.dim * c.mlp_ratio)
+    block = 2 * 2 * D + (3 * D * D + 3 * D) + (D * D + D) + (D * hid + hid) + (hid * D + D)  # 2 LN, qkv, proj, mlp
+    return (3 * p * p * D + D) + c.pos_grid**2 * D + (c.num_summary_tokens + c.num_registers) * D + c.depth * block + 2 * D
+
+
+def normalize_images(x_B3HW: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] images (B, 3, H, W) -> float32 (or the input float dtype), normalized."""
+    if x_B3HW.dtype == torch.uint8:
+        x_B3HW = x_B3HW.float() / 255.0
+    elif not torch.is_floating_point(x_B3HW):
+        raise TypeError(f"images must be uint8 [0, 255] or float [0, 1], got {x_B3HW.dtype}")
+    if x_B3HW.ndim != 4 or x_B3HW.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(x_B3HW.shape)}")
+    m = torch.as_tensor(mean, dtype=x_B3HW.dtype, device=x_B3HW.device).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=x_B3HW.dtype, device=x_B3HW.device).view(1, 3, 1, 1)
+    return (x_B3HW - m) / s
+
+
+def normalize_uint8(x_uint8_B3HW: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 images (B, 3, H, W) -> normalized float32 student input."""
+    if x_uint8_B3HW.dtype != torch.uint8:
+        raise TypeError(f"normalize_uint8 expects uint8 images, got {x_uint8_B3HW.dtype}")
+    return normalize_images(x_uint8_B3HW, mean, std)
+
 
 @dataclass
 class StudentOutput:
-    summary_BTD: torch.Tensor  # (B, T, D): one token per summary teacher
-    features_BLC: torch.Tensor  # (B, h*w, D) patch tokens, registers dropped
-    grid_hw: tuple[int, int]
+    summary_BTD: torch.Tensor  # (B, T, D): one token per summary teacher, in StudentConfig.summary_teachers order
+    features_BLC: torch.Tensor  # (B, h*w, D) patch tokens, row-major, registers dropped
+    grid_hw: tuple[int, int]  # (h, w) patch grid
 
     def features_BHWC(self) -> torch.Tensor:
         B, _, C = self.features_BLC.shape
@@ -79,25 +126,26 @@ class StudentOutput:
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"student dim {dim} is not divisible by heads {heads}")
         self.heads = heads
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+    def forward(self, x_BND: torch.Tensor) -> torch.Tensor:
+        B, N, D = x_BND.shape
+        q, k, v = self.qkv(x_BND).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)  # flash / memory-efficient kernels where available
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
 class Block(nn.Module):
+    """Pre-norm transformer block with per-sample stochastic depth."""
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float):
         super().__init__()
+        hidden = int(dim * mlp_ratio)
         self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop_path = drop_path
 
     def _dp(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +160,12 @@ class Block(nn.Module):
 
 
 class ViTStudent(nn.Module):
+    """Conv patch embed -> [summary tokens | register tokens | patches + positions] -> pre-norm blocks -> LayerNorm."""
+
+    # CPE training windows: area fraction of the grid and aspect jitter, as in AM-RADIO
+    CPE_SCALE = (0.1, 1.0)
+    CPE_ASPECT = (3 / 4, 4 / 3)
+
     def __init__(self, cfg: StudentConfig):
         super().__init__()
         cfg = cfg.resolved()
@@ -120,7 +174,7 @@ class ViTStudent(nn.Module):
         self.patch_embed = nn.Conv2d(3, D, kernel_size=p, stride=p)
         self.summary_tokens = nn.Parameter(torch.zeros(1, cfg.num_summary_tokens, D))
         self.register_tokens = nn.Parameter(torch.zeros(1, cfg.num_registers, D))
-        self.pos_grid = (cfg.cpe_max_img_size or cfg.img_size) // p
+        self.pos_grid = cfg.pos_grid
         self.pos_embed = nn.Parameter(torch.zeros(1, self.pos_grid * self.pos_grid, D))
         dpr = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(D, cfg.heads, cfg.mlp_ratio, dpr[i]) for i in range(cfg.depth))
@@ -139,32 +193,59 @@ class ViTStudent(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def _pos(self, h: int, w: int) -> torch.Tensor:
-        """Position embeddings for an (h, w) patch grid: (1, h*w, D)."""
+    @property
+    def patch_size(self) -> int:
+        return self.cfg.patch_size
+
+    def normalize_uint8(self, x_uint8_B3HW: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> this student's normalized float input."""
+        return normalize_uint8(x_uint8_B3HW, self.cfg.mean, self.cfg.std)
+
+    def _pos(self, B: int, h: int, w: int) -> torch.Tensor:
+        """Position embeddings for an (h, w) patch grid: (1 or B, h*w, D).
+
+        Without CPE the reference grid is resized (bicubic) to (h, w). With CPE, in training every sample
+        reads its own random window of the large grid (area 10-100 %, aspect of the input x 3/4..4/3);
+        at eval the grid is resized to a square of side max(h, w) and the centered (h, w) window taken,
+        so non-square inputs keep square position spacing, as the random windows taught.
+        """
         G, D = self.pos_grid, self.pos_embed.shape[-1]
         grid = self.pos_embed.reshape(1, G, G, D).permute(0, 3, 1, 2)
-        if self.cfg.cpe_max_img_size and self.training:
-            # CPE: a random window of the large grid (scale and aspect jitter), resized to (h, w).
-            scale = torch.empty(()).uniform_(0.5, 1.0).item()
-            aspect = math.exp(torch.empty(()).uniform_(math.log(3 / 4), math.log(4 / 3)).item())
-            wh = max(1, min(G, round(G * math.sqrt(scale * aspect))))
-            hh = max(1, min(G, round(G * math.sqrt(scale / aspect))))
-            top = int(torch.randint(0, G - hh + 1, ()).item())
-            left = int(torch.randint(0, G - wh + 1, ()).item())
-            grid = grid[:, :, top : top + hh, left : left + wh]
-        if grid.shape[-2:] != (h, w):
-            grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
-        return grid.permute(0, 2, 3, 1).reshape(1, h * w, D)
+        if not self.cfg.cpe_max_img_size:
+            if (h, w) != (G, G):
+                grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+            return grid.flatten(2).transpose(1, 2)
+        if not self.training:
+            s = max(h, w)
+            if s != G:
+                grid = F.interpolate(grid, size=(s, s), mode="bicubic", align_corners=False)
+            top, left = (s - h) // 2, (s - w) // 2
+            return grid[:, :, top : top + h, left : left + w].flatten(2).transpose(1, 2)
+        # Window sides as fractions of the grid, (B, 2) in (x, y) order for grid_sample.
+        dev = grid.device
+        area = torch.empty(B, device=dev).uniform_(*self.CPE_SCALE)
+        aspect = (w / h) * torch.exp(torch.empty(B, device=dev).uniform_(math.log(self.CPE_ASPECT[0]), math.log(self.CPE_ASPECT[1])))
+        size_xy = torch.stack([torch.sqrt(area * aspect), torch.sqrt(area / aspect)], -1).clamp(max=1.0)
+        origin_xy = torch.rand(B, 2, device=dev) * (1 - size_xy)
+        # Cell centres of the (h, w) output inside each window, in grid_sample's [-1, 1] (align_corners=False:
+        # the same sampling positions as F.interpolate, so a full window equals the plain resize).
+        ys = (torch.arange(h, device=dev) + 0.5) / h
+        xs = (torch.arange(w, device=dev) + 0.5) / w
+        gx = origin_xy[:, None, None, 0] + size_xy[:, None, None, 0] * xs[None, None, :]
+        gy = origin_xy[:, None, None, 1] + size_xy[:, None, None, 1] * ys[None, :, None]
+        coords = torch.stack(torch.broadcast_tensors(gx, gy), -1) * 2 - 1  # (B, h, w, 2)
+        pos = F.grid_sample(grid.expand(B, -1, -1, -1), coords.to(grid.dtype), mode="bicubic", padding_mode="border", align_corners=False)
+        return pos.flatten(2).transpose(1, 2)
 
     def forward_features(self, x_B3HW: torch.Tensor) -> StudentOutput:
         """Normalized float images (B, 3, H, W), H and W multiples of the patch -> StudentOutput."""
         B, _, H, W = x_B3HW.shape
         p = self.cfg.patch_size
         if H % p or W % p:
-            raise ValueError(f"input size {H}x{W} is not a multiple of the student's patch size {p}; resize or crop to e.g. {H // p * p or p}x{W // p * p or p}")
+            raise ValueError(f"input size {H}x{W} is not a multiple of the student's patch size {p}; resize or crop to e.g. {max(p, H // p * p)}x{max(p, W // p * p)}")
         x = self.patch_embed(x_B3HW)
         h, w = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2) + self._pos(h, w)
+        x = x.flatten(2).transpose(1, 2) + self._pos(B, h, w)
         T, R = self.summary_tokens.shape[1], self.register_tokens.shape[1]
         x = torch.cat([self.summary_tokens.expand(B, -1, -1), self.register_tokens.expand(B, -1, -1), x], dim=1)
         for blk in self.blocks:

@@ -292,3 +292,17 @@ def test_export_roundtrip_bitwise_and_input_types(tmp_path):
     (tmp_path / "s" / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "s" / "config.json")):
         load_student(tmp_path / "s")
+
+
+def test_targets_cropped_to_valid_region_before_resampling():
+    # A SAM-like target: only the left 8 of 16 columns are image, the rest padding (with garbage).
+    t = torch.arange(16.0)[None, None, :, None].expand(1, 16, 16, 1).clone()
+    t[:, :, 8:] = float("inf")
+    out = resample_targets(t, (4, 4), torch.tensor([[16, 8]]))
+    assert torch.isfinite(out).all()
+    # the student's 4 columns span the 8 valid teacher columns: each the mean of 2 of them
+    np.testing.assert_allclose(out[0, 0, :, 0].numpy(), [0.5, 2.5, 4.5, 6.5], atol=1e-6)
+    # the loss therefore sees no padding, whatever is stored there
+    preds = {"sam": {"features": out.clone()}}
+    loss = distill_loss(preds, {"sam": {"features": t}}, {"sam": torch.tensor([[16, 8]])}, LossConfig())
+    assert loss["loss"].item() < 1e-5
