@@ -25,11 +25,18 @@ class ViewPolicy:
     ``scale`` bounds the crop's area as a fraction of the image; ``ratio`` bounds its aspect (w/h),
     sampled log-uniformly. ``first_view_full`` makes view 0 the plain, unflipped full image, which gives
     evaluation and kNN a canonical view of every image.
+
+    The default ratio is (1, 1): square views. The student sees a view resized to its square input,
+    and on a square view every teacher's own resize rule (shortest edge + center crop for CLIP and
+    DINOv2, longest edge + pad for SAM, a fixed size for SigLIP) covers exactly the same pixels, so
+    every target cell lines up with a student cell. With a non-square ratio, CLIP and DINOv2 only see
+    the view's central square while the student sees all of it. With ratio (1, 1), view 0 is the
+    image's largest centered square rather than the whole image, for the same reason.
     """
 
     num_views: int = 2
     scale: tuple[float, float] = (0.35, 1.0)
-    ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
+    ratio: tuple[float, float] = (1.0, 1.0)
     flip_prob: float = 0.5
     seed: int = 0
     first_view_full: bool = True
@@ -77,6 +84,10 @@ def sample_view(policy: ViewPolicy, image_id: str, view_index: int, width: int, 
     if width < 1 or height < 1:
         raise ValueError(f"image {image_id!r} has no pixels ({width}x{height})")
     if policy.first_view_full and view_index == 0:
+        if tuple(policy.ratio) == (1.0, 1.0):
+            side = min(width, height)
+            left, top = (width - side) // 2, (height - side) // 2
+            return View(image_id, 0, (left, top, left + side, top + side), False, policy.seed)
         return View(image_id, 0, (0, 0, width, height), False, policy.seed)
     rng = _view_rng(policy.seed, image_id, view_index)
     area = width * height

@@ -12,7 +12,10 @@ def test_views_are_deterministic_and_depend_on_key():
     assert a == sample_views(p, "img-1", 200, 120)
     assert a != sample_views(p, "img-2", 200, 120)
     assert a != sample_views(ViewPolicy(num_views=4, seed=4), "img-1", 200, 120)
-    assert a[0].box == (0, 0, 200, 120) and not a[0].flip  # view 0 is the full image
+    assert a[0].box == (40, 0, 160, 120) and not a[0].flip  # view 0: the largest centered square
+    assert all(v.size_wh[0] == v.size_wh[1] for v in a)  # square views by default
+    wide = ViewPolicy(num_views=4, ratio=(0.75, 4 / 3))
+    assert sample_view(wide, "img-1", 0, 200, 120).box == (0, 0, 200, 120)  # non-square: the full image
     assert sample_view(p, "img-1", 2, 200, 120) == a[2]  # any view alone, in any order
 
 
