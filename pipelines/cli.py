@@ -64,6 +64,15 @@ def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     return None, args
 
 
+def job_config(argv: list[str], cls, usage: str):
+    """A job's resolved config from ``[CONFIG] [key=value ...]``; None after printing ``usage`` for -h."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return None
+    path, overrides = _split_config_args(argv)
+    return load_config(cls, path, overrides)
+
+
 def resolve(job: str, args: list[str]):
     """(config object, resolved YAML) for ``job`` from ``[CONFIG] [key=value ...]``."""
     jobs = _job_classes()

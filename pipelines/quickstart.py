@@ -103,12 +103,10 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from .cli import _split_config_args
+    from .cli import job_config
 
-    if argv and argv[0] in ("-h", "--help"):
-        print("usage: radio quickstart [CONFIG] [key=value ...]\n\nRuns cache -> train x2 -> eval -> compare on built-in samples with tiny teachers. Keys: `radio config show quickstart`.")
+    cfg = job_config(argv, QuickstartConfig, "usage: radio quickstart [CONFIG] [key=value ...]\n\nRuns cache -> train x2 -> eval -> compare on built-in samples with tiny teachers. Keys: `radio config show quickstart`.")
+    if cfg is None:
         return 0
-    path, overrides = _split_config_args(argv)
-    cfg = load_config(QuickstartConfig, path, overrides)
     run_quickstart(cfg)
     return 0

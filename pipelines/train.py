@@ -28,7 +28,7 @@ from radio.losses import LossConfig, distill_loss
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
 
-from .config import ConfigError, config_to_yaml, flatten_config, load_config
+from .config import ConfigError, config_to_yaml, flatten_config
 from .tracking import MlflowConfig, NullRun, check_tracking_uri, start_run, tracking_uri
 
 __all__ = ["OptimConfig", "TrainJobConfig", "train", "main", "TrainingDiverged"]
@@ -100,12 +100,8 @@ def prepare_targets(batch: dict, teachers: list[str], stats: dict[str, TargetSta
     """Normalized targets and valid-region grids per teacher, on ``device``."""
     targets, valid = {}, {}
     for t in teachers:
-        st = stats[t]
-        tgt = {}
-        if f"{t}/summary" in batch:
-            tgt["summary"] = st.normalize_summary(batch[f"{t}/summary"].to(device))
-        tgt["features"] = st.normalize_features(batch[f"{t}/features"].to(device))
-        targets[t] = tgt
+        raw = {k: batch[f"{t}/{k}"].to(device) for k in ("summary", "features") if f"{t}/{k}" in batch}
+        targets[t] = stats[t].normalize(raw)
         valid[t] = batch[f"{t}/valid_hw"].to(device)
     return targets, valid
 
@@ -379,13 +375,11 @@ def _system_metrics(run_id):
 
 
 def main(argv: list[str]) -> int:
-    from .cli import _split_config_args
+    from .cli import job_config
 
-    if argv and argv[0] in ("-h", "--help"):
-        print("usage: radio train [CONFIG] [key=value ...]\n\nDistill a student from a cache. Keys: `radio config show train`.")
+    cfg = job_config(argv, TrainJobConfig, "usage: radio train [CONFIG] [key=value ...]\n\nDistill a student from a cache. Keys: `radio config show train`.")
+    if cfg is None:
         return 0
-    path, overrides = _split_config_args(argv)
-    cfg = load_config(TrainJobConfig, path, overrides)
     result = train(cfg, config_to_yaml(cfg))
     print(f"trained {result['step']} steps; student exported to {result['student']}; mlflow run {result['run_id']}")
     return 0
