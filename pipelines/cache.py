@@ -3,8 +3,12 @@
 Dataflow, per *unit* (a fixed chunk of source images)::
 
     prepare_unit (CPU task)            decode, draw K views, crop; write views/unit-N.parquet
-        -> TeacherActor.run (GPU/CPU)  one actor pool per teacher, sized independently
+        -> TeacherWorker.run (GPU/CPU) one actor pool per teacher, sized independently; targets resampled
+                                       to the stored grid and encoded on the teacher's device
         -> write_teacher_shard (CPU)   exact per-shard statistics; commit teachers/<t>/unit-N.parquet
+
+The cache format itself (tables, codecs, manifest, statistics) lives in ``radio/cache``; this module only
+orchestrates Ray, progress and MLflow.
 
 At most ``max_inflight_units`` units are in flight, so memory stays flat however large the source is.
 Each (unit, table) file is committed atomically, and the set of committed files *is* the job's state: a
@@ -20,15 +24,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import pyarrow as pa
 
 from radio.cache import (
-    FORMAT_VERSION, CacheLocation, CacheMismatch, ShardInfo, decode_metadata, describe_differences, encode_metadata,
-    load_manifest, save_manifest, teacher_path, tensor_to_arrow, views_path,
+    CacheIdentity, CacheLocation, CacheMismatch, Manifest, TargetLayout, build_manifest, check_existing, describe_differences,
+    encode_targets, existing_units, save_manifest, shard_meta, teacher_path, views_path, write_teacher_shard, write_views_shard,
 )
-from radio.cache.arrow import leaf_path
 from radio.images import BadImage, decode_image, encode_image
-from radio.normalize import RunningStats
+from radio.targets import resample_targets, stored_grid
 from radio.views import ViewPolicy, crop_view, render_view, sample_views
 
 from .config import ConfigError, dump_config, flatten_config
@@ -49,6 +51,7 @@ class TeacherJobConfig:
     gpus_per_actor: float = 1.0  # used only when the Ray cluster has GPUs; fractions share a GPU
     cpus_per_actor: float = 1.0
     batch_size: int = 32
+    target_grid: int | Literal["native"] | None = None  # None: the job's target_grid
 
 
 def _default_teachers() -> dict[str, TeacherJobConfig]:
@@ -64,10 +67,15 @@ class CacheJobConfig:
     views: ViewPolicy = field(default_factory=ViewPolicy)
     teachers: dict[str, TeacherJobConfig] = field(default_factory=_default_teachers)
     student_resolution: int = 64  # side of the square student view stored with every row
+    # Targets are stored at target_grid x target_grid (default: student_resolution // target_patch, the
+    # grid of a student with that patch size), or "native" (the teacher's own grid); never finer than the
+    # teacher's own grid. Per teacher: teachers.<t>.target_grid.
+    target_grid: int | Literal["native"] | None = None
+    target_patch: int = 16
     student_image_format: Literal["png", "jpeg"] = "png"  # png: lossless, the student sees exact pixels
     images_per_shard: int = 64  # a unit: the granularity of shards, resume and parallelism
     row_group_rows: int = 64
-    target_dtype: Literal["float16", "float32"] = "float16"
+    target_dtype: Literal["float16", "float32", "int8"] = "float16"  # int8: per-row, per-channel scales
     max_inflight_units: int = 4
     rebuild: list[str] = field(default_factory=list)  # teachers whose existing targets are recomputed
     max_pixels: int = 64_000_000  # larger images are skipped as possible decompression bombs
@@ -78,13 +86,14 @@ class CacheJobConfig:
 # ---------------------------------------------------------------------------------------------
 # Work done in Ray workers. Plain functions, so they are also callable (and testable) without Ray.
 
-def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy, student_res: int, image_format: str, max_pixels: int, loc: CacheLocation | None, unit: int, row_group_rows: int, identity: dict) -> tuple[dict, dict]:
+def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy, student_res: int, image_format: str, max_pixels: int, loc: CacheLocation | None, unit: int, row_group_rows: int, identity: CacheIdentity) -> tuple[dict, dict]:
     """Decode, draw views, crop. Writes the unit's views table when ``loc`` is given.
 
     Returns (prepared, info): ``prepared["crops"]`` is a list of uint8 (h, w, 3) crops, one per row, in key
     order; ``info`` holds the row count, skipped inputs and the committed views shard (if written).
     """
-    ids, vidx, labels, boxes, flips, hw, student, crops, skipped = [], [], [], [], [], [], [], [], []
+    rows = {k: [] for k in ("image_id", "view_index", "label_index", "crop_box", "flip", "source_hw", "student_image")}
+    crops, skipped = [], []
     for rec in records:
         try:
             img = decode_image(source.read_bytes(rec), name=rec.image_id, max_pixels=max_pixels)
@@ -96,35 +105,25 @@ def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy
             continue
         H, W = img.shape[:2]
         for v in sample_views(policy, rec.image_id, W, H):
-            ids.append(rec.image_id)
-            vidx.append(v.view_index)
-            labels.append(rec.label_index)
-            boxes.append(v.box)
-            flips.append(v.flip)
-            hw.append((H, W))
+            for k, val in (("image_id", rec.image_id), ("view_index", v.view_index), ("label_index", rec.label_index), ("crop_box", v.box), ("flip", v.flip), ("source_hw", (H, W))):
+                rows[k].append(val)
             crops.append(crop_view(img, v))
-            student.append(encode_image(render_view(img, v, (student_res, student_res)), image_format))
-    info = {"unit": unit, "rows": len(ids), "images": len(records) - len(skipped), "skipped": skipped, "shard": None}
+            rows["student_image"].append(encode_image(render_view(img, v, (student_res, student_res)), image_format))
+    n = len(rows["image_id"])
+    info = {"unit": unit, "rows": n, "images": len(records) - len(skipped), "skipped": skipped, "shard": None}
     if loc is not None:
-        table = pa.table({
-            "image_id": pa.array(ids, pa.string()),
-            "view_index": pa.array(vidx, pa.int16()),
-            "label_index": pa.array(labels, pa.int32()),
-            "crop_box": tensor_to_arrow(np.asarray(boxes, np.int32).reshape(-1, 4)),
-            "flip": pa.array(flips, pa.bool_()),
-            "source_hw": tensor_to_arrow(np.asarray(hw, np.int32).reshape(-1, 2)),
-            "student_image": pa.array(student, pa.binary()),
-        })
-        meta = {"kind": "views", "unit": unit, "skipped": skipped, "images": info["images"], "identity": identity, "format_version": FORMAT_VERSION}
-        table = table.replace_schema_metadata(encode_metadata(meta))
-        info["shard"] = loc.write_table(views_path(unit), unit, table, row_group_rows=row_group_rows, byte_stream_split=[]).to_dict()
-    return {"unit": unit, "image_id": ids, "view_index": vidx, "crops": crops}, info
+        info["shard"] = write_views_shard(loc, unit, rows, skipped, info["images"], identity, row_group_rows).to_dict()
+    return {"unit": unit, "image_id": rows["image_id"], "view_index": rows["view_index"], "crops": crops}, info
 
 
 class TeacherWorker:
-    """Hosts one frozen teacher. Receives crops, returns targets as numpy (cast to the cache dtype)."""
+    """Hosts one frozen teacher. Receives crops; returns its targets at the stored grid, encoded.
 
-    def __init__(self, name: str, job: dict, device: str, threads: int, target_dtype: str):
+    The resampling to the stored grid (area average over the view's extent, ``radio.targets``) and the
+    encoding run on the teacher's device, once, so the cache holds what the trainer uses.
+    """
+
+    def __init__(self, name: str, job: dict, device: str, threads: int, target_grid: tuple[int, int] | None, target_dtype: str):
         import torch
 
         from teachers import create_teacher
@@ -133,77 +132,42 @@ class TeacherWorker:
             torch.set_num_threads(max(1, threads))
         self.teacher = create_teacher(name, source=job.get("source"), revision=job.get("revision"), dtype=job.get("dtype"), device=device)
         self.batch_size = int(job.get("batch_size", 32))
-        self.np_dtype = np.dtype(target_dtype)
+        spec = self.teacher.spec
+        self.layout = TargetLayout(stored_grid(spec.feature_grid, target_grid), target_dtype, tuple(spec.feature_grid))
         self.busy_s = 0.0
         self.calls = 0
 
-    def spec(self) -> dict:
-        return self.teacher.spec.to_dict()
+    def spec(self) -> tuple[dict, dict]:
+        return self.teacher.spec.to_dict(), self.layout.to_dict()
 
     def run(self, prepared: dict) -> dict:
         import torch
 
         t0 = time.perf_counter()
         crops = prepared["crops"]
-        summaries, feats, valid = [], [], []
+        parts = []
         for i in range(0, len(crops), self.batch_size):
             imgs = [torch.from_numpy(np.array(c)).permute(2, 0, 1) for c in crops[i : i + self.batch_size]]  # Ray hands read-only arrays
             out = self.teacher(imgs)
-            if out.summary_BD is not None:
-                summaries.append(out.summary_BD.float().cpu().numpy().astype(self.np_dtype))
-            feats.append(out.features_BHWC.float().cpu().numpy().astype(self.np_dtype))
-            valid.append(out.valid_hw_B2.cpu().numpy().astype(np.int16))
+            feats = resample_targets(out.features_BHWC, self.layout.grid, out.valid_hw_B2)
+            parts.append(encode_targets(out.summary_BD, feats, self.layout.dtype))
         self.calls += 1
         self.busy_s += time.perf_counter() - t0
-        spec = self.teacher.spec
-        empty_feat = np.zeros((0, *spec.feature_grid, spec.feature_dim), self.np_dtype)
-        return {
-            "unit": prepared["unit"], "image_id": prepared["image_id"], "view_index": prepared["view_index"],
-            "summary": (np.concatenate(summaries) if summaries else np.zeros((0, spec.summary_dim), self.np_dtype)) if spec.summary_dim else None,
-            "features": np.concatenate(feats) if feats else empty_feat,
-            "valid_hw": np.concatenate(valid) if valid else np.zeros((0, 2), np.int16),
-            "seconds": time.perf_counter() - t0,
-        }
+        if not parts:  # a unit whose images were all skipped
+            spec = self.teacher.spec
+            empty = torch.zeros((0, *self.layout.grid, spec.feature_dim))
+            parts = [encode_targets(torch.zeros((0, spec.summary_dim)) if spec.summary_dim else None, empty, self.layout.dtype)]
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return {"unit": prepared["unit"], "image_id": prepared["image_id"], "view_index": prepared["view_index"], "cols": cols, "seconds": time.perf_counter() - t0}
 
     def stats(self) -> dict:
         return {"busy_s": self.busy_s, "calls": self.calls}
 
 
-def shard_stats(result: dict) -> dict:
-    """Exact per-channel statistics of one shard's targets (features over valid positions only)."""
-    out = {}
-    if result["summary"] is not None:
-        s = RunningStats()
-        if len(result["summary"]):
-            s.update(result["summary"].astype(np.float64))
-        out["summary"] = s.to_dict()
-    f = RunningStats()
-    feats = result["features"]
-    for b in range(len(feats)):
-        h, w = (int(x) for x in result["valid_hw"][b])
-        f.update(feats[b, :h, :w].reshape(-1, feats.shape[-1]).astype(np.float64))
-    out["features"] = f.to_dict()
-    return out
-
-
-def write_teacher_shard(loc: CacheLocation, teacher: str, spec: dict, result: dict, row_group_rows: int, identity: dict) -> dict:
-    """Commit one teacher's targets for one unit. Returns the shard info and the shard's statistics."""
-    cols = {
-        "image_id": pa.array(result["image_id"], pa.string()),
-        "view_index": pa.array(result["view_index"], pa.int16()),
-    }
-    split = []
-    if result["summary"] is not None:
-        cols["summary"] = tensor_to_arrow(result["summary"])
-        split.append(leaf_path("summary", 1))
-    cols["features"] = tensor_to_arrow(result["features"])
-    split.append(leaf_path("features", 3))
-    cols["valid_hw"] = tensor_to_arrow(result["valid_hw"])
-    stats = shard_stats(result)
-    meta = {"kind": "teacher", "teacher": teacher, "unit": result["unit"], "spec": spec, "fingerprint": spec["fingerprint"], "stats": stats, "identity": identity, "format_version": FORMAT_VERSION}
-    table = pa.table(cols).replace_schema_metadata(encode_metadata(meta))
-    info = loc.write_table(teacher_path(teacher, result["unit"]), result["unit"], table, row_group_rows=row_group_rows, byte_stream_split=split)
-    return {"teacher": teacher, "shard": info.to_dict(), "stats": stats, "seconds": result["seconds"], "rows": table.num_rows}
+def write_teacher_result(loc: CacheLocation, teacher: str, spec: dict, layout: dict, result: dict, row_group_rows: int, identity: CacheIdentity) -> dict:
+    """Commit one teacher's targets for one unit (a Ray task). Returns the shard info and its statistics."""
+    info, stats = write_teacher_shard(loc, teacher, spec, TargetLayout.from_dict(layout), result["unit"], result["image_id"], result["view_index"], result["cols"], identity, row_group_rows)
+    return {"teacher": teacher, "shard": info.to_dict(), "stats": stats, "seconds": result["seconds"], "rows": info.rows}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,27 +228,35 @@ class _Progress:
             self.stream.write("\n")
 
 
-def _identity(cfg: CacheJobConfig, source: Source) -> dict:
-    """What every table of a cache must agree on; changing any of it needs a new cache root."""
-    return {
-        "source_fingerprint": source.fingerprint,
-        "views": cfg.views.to_dict(),
-        "student_resolution": cfg.student_resolution,
-        "student_image_format": cfg.student_image_format,
-        "images_per_shard": cfg.images_per_shard,
-        "target_dtype": cfg.target_dtype,
-    }
+def _identity(cfg: CacheJobConfig, source: Source) -> CacheIdentity:
+    """What every table of a cache must agree on; changing any of it needs a new cache root. (How each
+    teacher's targets are stored is per teacher: its layout, checked on its own.)"""
+    return CacheIdentity(source.fingerprint, cfg.views.to_dict(), cfg.student_resolution, cfg.student_image_format, cfg.images_per_shard)
 
 
-def _cache_id(identity: dict) -> str:
-    import hashlib
-    import json
+def target_grid_for(cfg: CacheJobConfig, teacher: str) -> tuple[int, int] | None:
+    """The grid ``teacher``'s targets are asked to be stored at (None: native); the teacher's own grid
+    caps it (``radio.targets.stored_grid``)."""
+    g = cfg.teachers[teacher].target_grid
+    g = cfg.target_grid if g is None else g
+    if g == "native":
+        return None
+    if g is None:
+        g = cfg.student_resolution // cfg.target_patch
+    return (int(g), int(g))
 
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
-
-def _existing_units(loc: CacheLocation, rel_dir: str) -> set[int]:
-    return {int(p.rsplit("unit-", 1)[1].split(".")[0]) for p in loc.list_files(rel_dir) if "unit-" in p}
+def validate(cfg: CacheJobConfig):
+    """Settings checked before Ray or any teacher starts, each naming the key and a valid value."""
+    if cfg.target_patch < 1:
+        raise ConfigError(f"target_patch must be >= 1, got {cfg.target_patch}")
+    if cfg.student_resolution < 1:
+        raise ConfigError(f"student_resolution must be >= 1, got {cfg.student_resolution}")
+    for name, job in [("", cfg), *((f"teachers.{t}.", j) for t, j in cfg.teachers.items())]:
+        if isinstance(job.target_grid, int) and not isinstance(job.target_grid, bool) and job.target_grid < 1:
+            raise ConfigError(f"{name}target_grid must be >= 1 or 'native', got {job.target_grid}")
+    if cfg.target_grid is None and cfg.student_resolution // cfg.target_patch < 1:
+        raise ConfigError(f"student_resolution {cfg.student_resolution} is smaller than target_patch {cfg.target_patch}: no target grid. Set target_patch to the student's patch size, or target_grid=N")
 
 
 def init_ray():
@@ -308,6 +280,7 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
     t_start = time.perf_counter()
     from teachers import get_spec_template
 
+    validate(cfg)
     for t in cfg.teachers:
         get_spec_template(t)  # an unknown name fails here, listing the registry
     if not cfg.teachers:
@@ -317,18 +290,18 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
         raise SourceError(f"source {cfg.source.kind}:{cfg.source.path} has no images")
     loc = CacheLocation(cfg.output)
     identity = _identity(cfg, source)
-    cache_id = _cache_id(identity)
+    cache_id = identity.cache_id
     units = [source.records[i : i + cfg.images_per_shard] for i in range(0, len(source.records), cfg.images_per_shard)]
-    manifest = load_manifest(loc)
+    manifest = check_existing(loc)  # a cache of another format version is refused here
     removed = loc.remove_tmp()
     if manifest is not None:
-        diffs = describe_differences(manifest["identity"], identity)
+        diffs = describe_differences(manifest.identity.to_dict(), identity.to_dict())
         if diffs:
             raise CacheMismatch(f"cache {cfg.output} was built with another source or view policy; refusing to mix. Differences:\n  " + "\n  ".join(diffs) + "\nUse a new output path, or delete the old cache.")
-    have_views = _existing_units(loc, "views")
+    have_views = existing_units(loc, "views")
     if manifest is None and have_views:
-        meta = decode_metadata(loc.parquet_file(views_path(min(have_views))).schema_arrow.metadata)
-        diffs = describe_differences(meta.get("identity"), identity)
+        meta = shard_meta(loc, views_path(min(have_views)))
+        diffs = describe_differences(meta.get("identity"), identity.to_dict())
         if diffs:
             raise CacheMismatch(f"cache {cfg.output} holds shards of another source or view policy:\n  " + "\n  ".join(diffs))
 
@@ -339,26 +312,32 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
     for name, job in cfg.teachers.items():
         opts = {"num_cpus": job.cpus_per_actor, "num_gpus": job.gpus_per_actor if has_gpu else 0, "max_restarts": 3, "max_task_retries": 3}
         device = "cuda" if has_gpu and job.gpus_per_actor > 0 else "cpu"
-        pools[name] = [actor_cls.options(**opts).remote(name, dump_config(job), device, max(1, int(job.cpus_per_actor)), cfg.target_dtype) for _ in range(max(1, job.actors))]
-    specs = dict(zip(pools, ray.get([p[0].spec.remote() for p in pools.values()])))
+        pools[name] = [actor_cls.options(**opts).remote(name, dump_config(job), device, max(1, int(job.cpus_per_actor)), target_grid_for(cfg, name), cfg.target_dtype) for _ in range(max(1, job.actors))]
+    specs, layouts = {}, {}
+    for name, (spec, layout) in zip(pools, ray.get([p[0].spec.remote() for p in pools.values()])):
+        specs[name], layouts[name] = spec, layout
+        ratio = tuple(cfg.views.ratio)
+        if spec["resize"] == "fit_aspect" and (ratio[0] < 1 / 4 or ratio[1] > 4):
+            raise ConfigError(f"teacher {name} keeps the view's aspect up to 4:1, but views.ratio={list(ratio)} allows more. Narrow views.ratio (e.g. [0.75, 1.333]).")
 
     # Per-teacher state: refuse a changed teacher unless asked to rebuild it.
     for name, spec in specs.items():
-        held = sorted(_existing_units(loc, f"teachers/{name}"))
+        held = sorted(existing_units(loc, f"teachers/{name}"))
         if not held:
             continue
-        old = (manifest or {}).get("teachers", {}).get(name, {}).get("spec") or decode_metadata(loc.parquet_file(teacher_path(name, held[0])).schema_arrow.metadata).get("spec")
-        if old and old["fingerprint"] != spec["fingerprint"]:
+        meta = shard_meta(loc, teacher_path(name, held[0]))
+        old, old_layout = meta.get("spec"), meta.get("layout")
+        if old and (old["fingerprint"] != spec["fingerprint"] or old_layout != layouts[name]):
             if name in cfg.rebuild:
                 loc.delete_dir(f"teachers/{name}")
                 continue
-            diffs = [d for d in describe_differences(old, spec) if not d.startswith("fingerprint")]
-            raise CacheMismatch(f"cache {cfg.output} holds teacher {name!r} with fingerprint {old['fingerprint']}, the config gives {spec['fingerprint']}. Differences:\n  " + "\n  ".join(diffs or ["(weights)"]) + f"\nRecompute only this teacher with rebuild=[{name}], or use a new output path.")
+            diffs = [d for d in describe_differences({**old, "layout": old_layout}, {**spec, "layout": layouts[name]}) if not d.startswith("fingerprint")]
+            raise CacheMismatch(f"cache {cfg.output} holds teacher {name!r} computed or stored differently (fingerprint {old['fingerprint']}, the config gives {spec['fingerprint']}). Differences:\n  " + "\n  ".join(diffs or ["(weights)"]) + f"\nRecompute only this teacher with rebuild=[{name}], or use a new output path.")
         elif name in cfg.rebuild:
             loc.delete_dir(f"teachers/{name}")
 
     todo_views = [u for u in range(len(units)) if u not in have_views]
-    todo = {name: [u for u in range(len(units)) if u not in _existing_units(loc, f"teachers/{name}")] for name in pools}
+    todo = {name: [u for u in range(len(units)) if u not in existing_units(loc, f"teachers/{name}")] for name in pools}
     work_units = sorted(set(todo_views).union(*todo.values()))
     computed = {"views": len(todo_views), **{t: len(v) for t, v in todo.items()}}
     total_images = sum(len(units[u]) for u in work_units)
@@ -371,7 +350,7 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
     if work_units:
         progress.update(0, f"{len(work_units)} units to do, {len(units) - len(work_units)} already cached" + (f", {removed} stale temp files removed" if removed else ""), force=True)
     prep = ray.remote(prepare_unit).options(num_returns=2, num_cpus=1, max_retries=3)
-    write = ray.remote(write_teacher_shard).options(num_cpus=1, max_retries=3)
+    write = ray.remote(write_teacher_result).options(num_cpus=1, max_retries=3)
     source_ref = ray.put(source)
     rr = {name: 0 for name in pools}
     inflight: dict = {}  # ref -> (unit, kind)
@@ -395,7 +374,7 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
                         actor = pool[rr[name] % len(pool)]
                         rr[name] += 1
                         res = actor.run.remote(prepared)
-                        inflight[write.remote(loc, name, specs[name], res, cfg.row_group_rows, identity)] = (u, name)
+                        inflight[write.remote(loc, name, specs[name], layouts[name], res, cfg.row_group_rows, identity)] = (u, name)
                         n += 1
                 unit_left[u] = n
             ready, _ = ray.wait(list(inflight), num_returns=1)
@@ -429,93 +408,36 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
         for a in pool:
             ray.kill(a)
 
-    if not work_units and manifest is not None and manifest.get("complete") and set(pools) <= set(manifest.get("teachers", {})):
+    if not work_units and manifest is not None and manifest.complete and set(pools) <= set(manifest.teachers):
         elapsed = time.perf_counter() - t_start
-        return CacheSummary(cfg.output, manifest["images"], manifest["views"]["rows"], len(manifest["skipped"]), elapsed, 0, computed, 0.0, {}, manifest.get("mlflow_run_id"), cache_id)
+        return CacheSummary(cfg.output, manifest.images, manifest.views.rows, len(manifest.skipped), elapsed, 0, computed, 0.0, {}, manifest.mlflow_run_id, cache_id)
 
-    new_manifest = finalize_manifest(loc, cfg, source, identity, specs, manifest, resolved_yaml, n_units=len(units))
+    new_manifest = finalize_manifest(loc, cfg, source, identity, list(specs), manifest, n_units=len(units))
     elapsed = time.perf_counter() - t_start
     views_per_s = {t: rows_by_teacher[t] / busy[t] for t in pools if busy[t] > 0}
     # From the first finished unit to the last: the pipeline's rate once start-up (actors importing
     # torch and loading teachers) is behind it.
     steady = sum(v for _, v in completions[1:]) / (completions[-1][0] - completions[0][0]) if len(completions) > 1 and completions[-1][0] > completions[0][0] else None
-    summary = CacheSummary(cfg.output, new_manifest["images"], new_manifest["views"]["rows"], len(new_manifest["skipped"]), elapsed, bytes_written, computed, total_images / elapsed if elapsed > 0 else 0.0, views_per_s, run.run_id if run else None, cache_id, steady)
+    summary = CacheSummary(cfg.output, new_manifest.images, new_manifest.views.rows, len(new_manifest.skipped), elapsed, bytes_written, computed, total_images / elapsed if elapsed > 0 else 0.0, views_per_s, run.run_id if run else None, cache_id, steady)
     if run is not None:
-        new_manifest["mlflow_run_id"] = run.run_id
+        new_manifest.mlflow_run_id = run.run_id
         save_manifest(loc, new_manifest)
         metrics = {"images": summary.images, "views": summary.views, "skipped": summary.skipped, "seconds": elapsed, "images_per_s": summary.images_per_s, "bytes_written": bytes_written, "steady_views_per_s": steady}
-        for t, info in new_manifest["teachers"].items():
-            metrics[f"bytes_per_view/{t}"] = info["bytes_per_view"]
+        for t, entry in new_manifest.teachers.items():
+            metrics[f"bytes_per_view/{t}"] = entry.bytes_per_view
+            metrics[f"bytes_ratio_to_float32_native/{t}"] = entry.bytes_per_view / entry.float32_native_bytes_per_view
         for t, r in views_per_s.items():
             metrics[f"views_per_s/{t}"] = r
             metrics[f"actor_seconds/{t}"] = busy[t]
             metrics[f"gpu_hours/{t}"] = busy[t] * (cfg.teachers[t].gpus_per_actor if has_gpu else 0.0) / 3600
         run.log_metrics(metrics)
-        run.log_text(__import__("json").dumps(new_manifest, indent=1, sort_keys=True), "manifest.json")
+        run.log_text(__import__("json").dumps(new_manifest.to_dict(), indent=1, sort_keys=True), "manifest.json")
         if resolved_yaml:
             run.log_text(resolved_yaml, "config.yaml")
         run.end()
     return summary
 
 
-def finalize_manifest(loc: CacheLocation, cfg: CacheJobConfig, source: Source, identity: dict, specs: dict, old: dict | None, resolved_yaml: str | None, n_units: int) -> dict:
-    """Rebuild the manifest from the committed files (the source of truth), merging exact statistics."""
-    old_sha = {}
-    for entry in [*(old or {}).get("views", {}).get("shards", []), *[s for t in (old or {}).get("teachers", {}).values() for s in t["shards"]]]:
-        old_sha[entry["path"]] = entry
-
-    def info(rel: str, unit: int, rows: int) -> dict:
-        size = loc.size(rel)
-        prev = old_sha.get(rel)
-        sha = prev["sha256"] if prev and prev["bytes"] == size else loc.sha256(rel)
-        return ShardInfo(rel, unit, rows, size, sha).to_dict()
-
-    view_shards, skipped, images = [], [], 0
-    for u in sorted(_existing_units(loc, "views")):
-        pf = loc.parquet_file(views_path(u))
-        meta = decode_metadata(pf.schema_arrow.metadata)
-        view_shards.append(info(views_path(u), u, pf.metadata.num_rows))
-        skipped.extend(meta.get("skipped", []))
-        images += meta.get("images", 0)
-    teachers = {}
-    for name in loc.list_dirs("teachers"):
-        shards, stats_s, stats_f, spec = [], RunningStats(), RunningStats(), None
-        has_summary = False
-        for u in sorted(_existing_units(loc, f"teachers/{name}")):
-            pf = loc.parquet_file(teacher_path(name, u))
-            meta = decode_metadata(pf.schema_arrow.metadata)
-            spec = meta["spec"]
-            shards.append(info(teacher_path(name, u), u, pf.metadata.num_rows))
-            if "summary" in meta["stats"]:
-                has_summary = True
-                stats_s.merge(RunningStats.from_dict(meta["stats"]["summary"]))
-            stats_f.merge(RunningStats.from_dict(meta["stats"]["features"]))
-        if spec is None:
-            continue
-        rows = sum(s["rows"] for s in shards)
-        stats = {"exact": True, "features": {"mean": stats_f.mean.tolist(), "std": stats_f.std.tolist(), "count": int(stats_f.count)}}
-        if has_summary:
-            stats["summary"] = {"mean": stats_s.mean.tolist(), "std": stats_s.std.tolist(), "count": int(stats_s.count)}
-        teachers[name] = {
-            "spec": spec, "fingerprint": spec["fingerprint"], "stats": stats, "shards": shards, "rows": rows,
-            "bytes": sum(s["bytes"] for s in shards), "bytes_per_view": sum(s["bytes"] for s in shards) / max(1, rows),
-            "complete": len(shards) == n_units,
-        }
-    view_rows = sum(s["rows"] for s in view_shards)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "cache_id": _cache_id(identity),
-        "identity": identity,
-        "source": {**source.describe(), "config": dump_config(cfg.source)},
-        "units": n_units,
-        "images": images,
-        "views": {"policy": cfg.views.to_dict(), "rows": view_rows, "shards": view_shards, "bytes": sum(s["bytes"] for s in view_shards)},
-        "teachers": teachers,
-        "skipped": skipped,
-        "complete": len(view_shards) == n_units and all(teachers.get(t, {}).get("complete") for t in specs),
-        "config": dump_config(cfg),
-        "mlflow_run_id": (old or {}).get("mlflow_run_id"),
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    save_manifest(loc, manifest)
-    return manifest
+def finalize_manifest(loc: CacheLocation, cfg: CacheJobConfig, source: Source, identity: CacheIdentity, teachers: list[str], old: Manifest | None, n_units: int) -> Manifest:
+    """Rebuild the manifest from the committed files (``radio.cache.build_manifest``)."""
+    return build_manifest(loc, identity, {**source.describe(), "config": dump_config(cfg.source)}, cfg.views.to_dict(), dump_config(cfg), n_units, teachers, old)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from radio.adapters import resample_targets
-from radio.cache import CacheReader
+from radio.cache import CacheReader, decode_features, decode_summary
+from radio.targets import resample_targets
 from radio.checkpoint import load_student
 from radio.metrics import knn_top1, linear_probe_top1, masked_cosine, pca_rgb
 
@@ -72,14 +72,13 @@ def _embed(model, reader: CacheReader, teachers: list[str], batch_size: int, vie
         h, w = out.features.shape[1:3]
         for t in teachers:
             tb = batch.teachers[t]
+            cols = {k: v[idx] for k, v in tb.items()}
             if "summary" in tb:
-                target = torch.from_numpy(tb["summary"][idx].astype(np.float32))
+                target = decode_summary(cols)
                 teacher_summ[t].append(target)
                 sums[t]["summary"].append(F.cosine_similarity(out.adapters[t]["summary"].float(), target, dim=-1))
-            target_f = torch.from_numpy(tb["features"][idx].astype(np.float32))
-            valid = torch.from_numpy(tb["valid_hw"][idx].astype(np.int64))
-            # as in training: the valid (unpadded) region of the target is what the student's grid spans
-            tgt = resample_targets(target_f, (h, w), valid)
+            # as in training: stored targets cover exactly the view, moved to the student's grid if it differs
+            tgt = resample_targets(decode_features(cols), (h, w))
             sums[t]["features"].append(masked_cosine(out.adapters[t]["features"], tgt))
     return (torch.cat(feats_student), torch.cat(labels), {t: torch.cat(v) for t, v in teacher_summ.items() if v}, {t: {k: float(torch.cat(v).mean()) for k, v in d.items() if v} for t, d in sums.items()})
 
@@ -112,9 +111,8 @@ def _pictures(model, reader: CacheReader, teachers: list[str], n: int, out_dir: 
     tiles = [images.permute(0, 2, 3, 1).numpy(), pca_rgb(out.features, (H, W))]
     names = ["input", "student"]
     for t in teachers:
-        target = torch.from_numpy(np.stack([b.teachers[t]["features"][i] for b, i in picked]).astype(np.float32))
-        valid = torch.from_numpy(np.stack([b.teachers[t]["valid_hw"][i] for b, i in picked]).astype(np.int64))
-        both = pca_rgb(torch.cat([out.adapters[t]["features"], resample_targets(target, hw, valid)]), (H, W))
+        target = decode_features({k: np.stack([b.teachers[t][k][i] for b, i in picked]) for k in picked[0][0].teachers[t]})
+        both = pca_rgb(torch.cat([out.adapters[t]["features"], resample_targets(target, hw)]), (H, W))
         tiles += [both[: len(picked)], both[len(picked) :]]
         names += [f"{t} adapter", f"{t} target"]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     caches = {}
     for split, views in (("train", cfg.num_views), ("val", 1)):
         _step(f"radio cache: {split} split of the built-in samples, {views} view(s) per image, teachers {', '.join(cfg.teachers)}")
-        cache_cfg = load_config(CacheJobConfig, None, [f"output={work / 'caches' / split}", "source.kind=samples", f"source.split={split}", f"views.num_views={views}", f"student_resolution={cfg.student_resolution}", f"mlflow.experiment={cfg.experiment}-caches"] + ([f"source.limit={cfg.limit}"] if cfg.limit else []))
+        cache_cfg = load_config(CacheJobConfig, None, [f"output={work / 'caches' / split}", "source.kind=samples", f"source.split={split}", f"views.num_views={views}", f"student_resolution={cfg.student_resolution}", f"target_patch={min(v.patch_size for v in cfg.students.values())}", f"mlflow.experiment={cfg.experiment}-caches"] + ([f"source.limit={cfg.limit}"] if cfg.limit else []))
         cache_cfg.teachers = teachers
         summary = run_cache_job(cache_cfg, config_to_yaml(cache_cfg))
         print(summary.format(), file=sys.stderr)

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 
 from radio.adapters import AdapterConfig
-from radio.cache import CacheReader
+from radio.cache import CacheReader, decode_features, decode_summary
 from radio.checkpoint import DistillModel, save_student
 from radio.data import CacheStream, LoaderConfig, ThreadPrefetcher, make_loader
 from radio.losses import LossConfig, distill_loss
@@ -96,14 +96,16 @@ def lr_lambda(total_steps: int, warmup: int, min_ratio: float):
     return f
 
 
-def prepare_targets(batch: dict, teachers: list[str], stats: dict[str, TargetStats], device) -> tuple[dict, dict]:
-    """Normalized targets and valid-region grids per teacher, on ``device``."""
-    targets, valid = {}, {}
+def prepare_targets(batch: dict, teachers: list[str], stats: dict[str, TargetStats], device) -> dict:
+    """Standardized float32 targets per teacher, decoded from their stored dtype on ``device``."""
+    targets = {}
     for t in teachers:
-        raw = {k: batch[f"{t}/{k}"].to(device) for k in ("summary", "features") if f"{t}/{k}" in batch}
+        cols = {k[len(t) + 1 :]: v for k, v in batch.items() if k.startswith(f"{t}/")}
+        raw = {"features": decode_features(cols, device)}
+        if "summary" in cols:
+            raw["summary"] = decode_summary(cols, device)
         targets[t] = stats[t].normalize(raw)
-        valid[t] = batch[f"{t}/valid_hw"].to(device)
-    return targets, valid
+    return targets
 
 
 def _select(batch: dict, keep: torch.Tensor) -> dict:
@@ -125,10 +127,10 @@ class Trainer:
         reader = CacheReader(cfg.cache, cfg.teachers)  # a teacher missing from the cache fails here
         self.reader = reader
         self.specs, self.fingerprints = reader.specs, reader.fingerprints
-        self.stats = {t: TargetStats.from_dict(reader.stats[t]) for t in cfg.teachers}
+        self.stats = reader.stats
         summary_teachers = [t for t in cfg.teachers if self.specs[t].get("summary_dim")]
         student_cfg = StudentConfig(**{**asdict(cfg.student), "summary_teachers": summary_teachers})
-        adapters = [AdapterConfig(name=t, summary_dim=self.specs[t].get("summary_dim"), feature_dim=self.specs[t]["feature_dim"], feature_grid=tuple(self.specs[t]["feature_grid"]), hidden=cfg.adapter_hidden) for t in cfg.teachers]
+        adapters = [AdapterConfig(name=t, summary_dim=self.specs[t].get("summary_dim"), feature_dim=self.specs[t]["feature_dim"], feature_grid=reader.grids[t], hidden=cfg.adapter_hidden) for t in cfg.teachers]
         self.student_cfg, self.adapter_cfgs = student_cfg, adapters
         self.model = DistillModel(student_cfg, adapters)
         self.stream = CacheStream(cfg.cache, cfg.teachers, rank=self.acc.process_index, world_size=self.acc.num_processes, num_workers=cfg.loader.num_workers, batch_size=cfg.loader.batch_size, shuffle_buffer=cfg.loader.shuffle_buffer, read_rows=cfg.loader.read_rows, seed=cfg.seed)
@@ -186,10 +188,10 @@ class Trainer:
             scale = 0.0
         batch = _select(batch, keep)
         device = self.acc.device
-        targets, valid = prepare_targets(batch, self.cfg.teachers, self.stats, device)
+        targets = prepare_targets(batch, self.cfg.teachers, self.stats, device)
         with self.acc.accumulate(self.model):
             preds = self.model(batch["image"].to(device))
-            losses = distill_loss(preds, targets, valid, self.cfg.loss)
+            losses = distill_loss(preds, targets, self.cfg.loss)
             loss = losses["loss"] * scale
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss.item()} at step {self.state.step}: stopping. The last good checkpoint is {self.state.last_good or '(none yet)'}; lower optim.lr or check the cache's statistics.")
@@ -264,7 +266,7 @@ class Trainer:
     def export(self) -> Path:
         d = self.out / "student"
         if self.acc.is_main_process:
-            save_student(d, self.acc.unwrap_model(self.model), {"teachers": self.specs, "fingerprints": self.fingerprints, "stats": {t: s.to_dict() for t, s in self.stats.items()}, "cache": self.cfg.cache, "cache_id": self.reader.manifest.get("cache_id"), "mlflow_run_id": self.state.run_id})
+            save_student(d, self.acc.unwrap_model(self.model), {"teachers": self.specs, "fingerprints": self.fingerprints, "stats": {t: s.to_dict() for t, s in self.stats.items()}, "cache": self.cfg.cache, "cache_id": self.reader.manifest.cache_id, "mlflow_run_id": self.state.run_id})
         self.acc.wait_for_everyone()
         return d
 
@@ -301,8 +303,8 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None) -> dict:
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(resolved_yaml)
-        cache_run = trainer.reader.manifest.get("mlflow_run_id")
-        tags = {"radio.kind": "student", "radio.student_size": cfg.student.size, "radio.teachers": ",".join(cfg.teachers), "radio.cache_id": trainer.reader.manifest.get("cache_id", ""), "radio.cache_uri": cfg.cache, "radio.output": str(out.resolve())}
+        cache_run = trainer.reader.manifest.mlflow_run_id
+        tags = {"radio.kind": "student", "radio.student_size": cfg.student.size, "radio.teachers": ",".join(cfg.teachers), "radio.cache_id": trainer.reader.manifest.cache_id, "radio.cache_uri": cfg.cache, "radio.output": str(out.resolve())}
         if cache_run:
             tags["radio.cache_run_id"] = cache_run
         tracker = start_run(cfg.mlflow, run_name=cfg.run_name or out.name, tags=tags, run_id=trainer.state.run_id if resumed else None)

@@ -61,8 +61,10 @@ class CacheStream(IterableDataset):
     """Yields ready batches (dicts of tensors) for one rank; use with ``DataLoader(batch_size=None)``.
 
     Batch contents: ``image`` uint8 (B, 3, H, W); ``weight`` float (B,) (0 marks padding); ``image_id``
-    list[str]; ``view_index`` and ``label`` int64 (B,); per teacher ``<t>/summary`` (B, D),
-    ``<t>/features`` (B, h, w, C) float32 and ``<t>/valid_hw`` (B, 2).
+    list[str]; ``view_index`` and ``label`` int64 (B,); per teacher its stored columns in their stored dtype
+    (``<t>/summary`` (B, D), ``<t>/features`` (B, h, w, C) at the stored grid, and for int8 caches
+    ``<t>/features_scale`` and ``<t>/features_offset`` (B, C)): decode them where they are used, with
+    ``radio.cache.decode_features`` (the trainer does so on its device).
     """
 
     def __init__(self, uri: str, teachers: list[str], *, rank: int = 0, world_size: int = 1, num_workers: int = 1, batch_size: int = 32, shuffle_buffer: int = 256, read_rows: int = 64, seed: int = 0, expect_fingerprints: dict[str, str] | None = None):
@@ -74,7 +76,7 @@ class CacheStream(IterableDataset):
         self.units = reader.units
         if not self.units:
             raise ValueError(f"cache {uri} has no complete units for teachers {self.teachers}; finish it with `radio cache`")
-        self.rows_per_unit = {u: reader._rows[u] for u in self.units}
+        self.rows_per_unit = {u: reader.rows_per_unit[u] for u in self.units}
         self.epoch = 0
         self.skip_batches = 0  # batches of this epoch already consumed (by the whole rank)
 
@@ -116,10 +118,8 @@ class CacheStream(IterableDataset):
             "label": torch.tensor([int(b.label_index[i]) for b, i in refs], dtype=torch.int64),
         }
         for t in self.teachers:
-            for key in ("summary", "features", "valid_hw"):
-                if key in refs[0][0].teachers[t]:
-                    arr = np.stack([b.teachers[t][key][i] for b, i in refs])
-                    out[f"{t}/{key}"] = torch.from_numpy(arr.astype(np.float32) if key != "valid_hw" else arr.astype(np.int64))
+            for key in refs[0][0].teachers[t]:
+                out[f"{t}/{key}"] = torch.from_numpy(np.stack([b.teachers[t][key][i] for b, i in refs]))
         return out
 
     def __iter__(self):

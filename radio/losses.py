@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .adapters import resample_targets
+from .targets import resample_targets
 
 __all__ = ["LossConfig", "distill_loss"]
 
@@ -27,14 +27,13 @@ class LossConfig:
     smooth_l1_beta: float = 1.0
 
 
-def distill_loss(preds: dict, targets: dict, valid_hw: dict, cfg: LossConfig) -> dict[str, torch.Tensor]:
+def distill_loss(preds: dict, targets: dict, cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Total and per-teacher losses.
 
     ``preds[t]``: {"summary": (B, Dt), "features": (B, h, w, Ct)} on the student grid.
     ``targets[t]``: normalized targets: {"summary": (B, Dt) if the teacher has one, "features" (B, Ht, Wt, Ct)
-    on the teacher's grid}.
-    ``valid_hw[t]``: (B, 2) unpadded rows/cols of each target on the teacher grid (None or absent: all);
-    only that region is resampled onto the student grid, so values in the padding never matter.
+    at the grid they were stored at, covering exactly the view}; resampled onto the student grid only when
+    the two grids differ.
     Returns ``{"loss": total, "loss/<t>/summary", "loss/<t>/features", "cos/<t>/summary", "cos/<t>/features"}``
     (scalars); ``loss`` = sum over teachers of weight_t x (summary_weight x summary + feature_weight x features);
     the ``cos/`` entries are detached mean cosine similarities for logging.
@@ -53,7 +52,7 @@ def distill_loss(preds: dict, targets: dict, valid_hw: dict, cfg: LossConfig) ->
             out[f"cos/{t}/summary"] = cos.mean().detach()
             terms.append(cfg.summary_weight * out[f"loss/{t}/summary"])
         pred = p["features"].float()
-        target = resample_targets(tgt["features"], tuple(pred.shape[1:3]), valid_hw.get(t))
+        target = resample_targets(tgt["features"], tuple(pred.shape[1:3]))
         cos = F.cosine_similarity(pred, target, dim=-1)  # (B, h, w)
         l1 = F.smooth_l1_loss(pred, target, beta=cfg.smooth_l1_beta, reduction="none").mean(-1)
         out[f"loss/{t}/features"] = (cfg.feature_cos * (1 - cos) + cfg.feature_smooth_l1 * l1).mean()

@@ -37,7 +37,7 @@ def _clip_load(source, revision, dtype):
 
 
 def _clip_forward(model, x):
-    out = model(pixel_values=x)
+    out = model(pixel_values=x, interpolate_pos_encoding=True)  # identity at the native size
     # Summary: the projected image embedding, the vector CLIP aligns with text.
     # Features: patch tokens of the last encoder layer (last_hidden_state minus CLS). HF's
     # post_layernorm is applied only to the pooled CLS on its way to the projection; CLIP's training

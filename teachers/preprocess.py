@@ -4,7 +4,7 @@ The official processors resize with Pillow, which rounds to uint8 after each of 
 with fixed-point weights; ``F.interpolate(antialias=True)`` differs from that by a few grey levels
 (~0.02 after normalization), far above the 1e-5 parity we hold. :func:`pil_resize` is a port of
 Pillow's ``libImaging/Resample.c`` (8-bit path) that reproduces it bitwise, on any device, so the
-whole preprocessing (resize, crop, rescale, normalize, pad) runs on the teacher's device.
+whole preprocessing (resize, rescale, normalize, pad) runs on the teacher's device.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import PIL
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pil_resize", "shortest_edge_size", "longest_edge_size", "center_crop", "normalize_pixels", "pad_bottom_right", "PIL_CODES"]
+__all__ = ["pil_resize", "longest_edge_size", "normalize_pixels", "pad_bottom_right", "PIL_CODES"]
 
 PIL_CODES = {2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling values the registry's processors use
 
@@ -140,32 +140,10 @@ def pil_resize(img_3HW: torch.Tensor, size_hw: tuple[int, int], interpolation: s
     return x.permute(2, 0, 1).to(torch.uint8).contiguous()
 
 
-def shortest_edge_size(h: int, w: int, size: int) -> tuple[int, int]:
-    """transformers' ``get_resize_output_image_size(default_to_square=False)``: short side -> size."""
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = size, int(size * long / short)
-    return (new_long, new_short) if w <= h else (new_short, new_long)
-
-
 def longest_edge_size(h: int, w: int, size: int) -> tuple[int, int]:
     """SAM's ``_get_preprocess_shape``: long side -> size, rounding half up."""
     scale = size * 1.0 / max(h, w)
     return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
-def center_crop(img_CHW: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
-    """transformers' ``center_crop``: floor offsets; zero-pads (centered) when the image is smaller."""
-    C, H, W = img_CHW.shape
-    ch, cw = crop_hw
-    top, left = (H - ch) // 2, (W - cw) // 2
-    if top >= 0 and left >= 0:
-        return img_CHW[:, top : top + ch, left : left + cw]
-    nh, nw = max(ch, H), max(cw, W)
-    out = img_CHW.new_zeros((C, nh, nw))
-    tp, lp = math.ceil((nh - H) / 2), math.ceil((nw - W) / 2)
-    out[:, tp : tp + H, lp : lp + W] = img_CHW
-    top, left = top + tp, left + lp
-    return out[:, max(0, top) : min(nh, top + ch), max(0, left) : min(nw, left + cw)]
 
 
 def normalize_pixels(img_CHW_uint8: torch.Tensor, rescale: float, mean, std) -> torch.Tensor:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .families import FAMILIES, model_type_of, to_grid
-from .preprocess import PIL_CODES, center_crop, longest_edge_size, normalize_pixels, pad_bottom_right, pil_resize, shortest_edge_size
+from .preprocess import PIL_CODES, longest_edge_size, normalize_pixels, pad_bottom_right, pil_resize
 from .spec import TeacherOutput, TeacherSpec
 from .tiny import materialize_tiny
 
@@ -91,6 +90,8 @@ def get_spec_template(name: str) -> RegistryEntry:
     return REGISTRY[name]
 
 
+MAX_ASPECT = 4.0  # fit_aspect teachers: longest input side / shortest
+
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -162,47 +163,76 @@ class Teacher(torch.nn.Module):
     def train(self, mode: bool = True):  # frozen: always in eval mode
         return super().train(False)
 
-    def preprocess(self, images) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (pixel_values float32 (B, 3, h, w) on the device, valid_hw (B, 2) on the feature grid)."""
+    def input_size_for(self, h: int, w: int) -> tuple[int, int]:
+        """(h, w) the whole view of size ``h x w`` is resized to (before SAM's padding). See :class:`TeacherSpec`."""
+        s = self.spec
+        if s.resize == "longest_edge_pad":
+            # An extreme aspect ratio can round a side to 0 (SAM: 10000x50 -> 1024x0); the official
+            # processor raises there, we keep one pixel so a cache job never dies on one odd image.
+            return tuple(max(1, v) for v in longest_edge_size(h, w, s.resize_size))
+        if s.resize == "exact":
+            return tuple(s.input_size)
+        # fit_aspect: the whole view at the teacher's resolution, never cropped. A square view becomes
+        # exactly input_size; otherwise the short side keeps the input side and the long side the
+        # nearest multiple of the patch (position embeddings are interpolated).
+        side, p = s.resize_size, s.patch_size
+        if h == w:
+            return tuple(s.input_size)
+        cells = max(1, round(side * max(h, w) / min(h, w) / p))
+        if cells * p > MAX_ASPECT * side:
+            raise ValueError(f"teacher {s.name} keeps the view's aspect and takes at most {MAX_ASPECT:g}:1; a {h}x{w} view would need a {side}x{cells * p} input. Narrow views.ratio (e.g. views.ratio=[0.75,1.333]) or use square views.")
+        return (side, cells * p) if w > h else (cells * p, side)
+
+    def preprocess(self, images) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """-> (pixel_values: one float32 (3, h, w) per image on the device, extents (B, 2) float32).
+
+        ``extents`` is the view's extent on that image's feature grid, in cells (fractional for SAM, whose
+        padding covers the rest of its grid; the whole grid otherwise).
+        """
         s = self.spec
         items = list(images.unbind(0)) if isinstance(images, torch.Tensor) and images.ndim == 4 else list(images)
-        pixels, valid = [], []
+        pixels, extents = [], []
         for img in items:
             if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
                 raise ValueError(f"teacher {s.name} expects uint8 RGB images shaped (3, H, W), got {tuple(img.shape)} {img.dtype}")
-            H, W = img.shape[1:]
-            if s.resize == "shortest_edge":
-                size = shortest_edge_size(H, W, s.resize_size)
-            elif s.resize == "longest_edge_pad":
-                size = longest_edge_size(H, W, s.resize_size)
-            else:
-                size = tuple(s.resize_size)
-            # An extreme aspect ratio can round a side to 0 (SAM: 10000x50 -> 1024x0); the official
-            # processor raises there, we keep one pixel so a cache job never dies on one odd image.
-            size = (max(1, size[0]), max(1, size[1]))
+            size = self.input_size_for(*img.shape[1:])
             # Resize on the teacher's device: pil_resize is Pillow's arithmetic, bitwise, on any device.
-            x = pil_resize(img.to(self.device), size, s.interpolation)
-            if s.crop_size is not None:
-                x = center_crop(x, s.crop_size)
-            x = normalize_pixels(x, s.rescale_factor, s.mean, s.std)
+            x = normalize_pixels(pil_resize(img.to(self.device), size, s.interpolation), s.rescale_factor, s.mean, s.std)
             if s.pad_size is not None:
                 x = pad_bottom_right(x, s.pad_size)
-                valid.append((min(s.feature_grid[0], math.ceil(size[0] / s.patch_size)), min(s.feature_grid[1], math.ceil(size[1] / s.patch_size))))
-            else:
-                valid.append(tuple(s.feature_grid))
+            extents.append((size[0] / s.patch_size, size[1] / s.patch_size))
             pixels.append(x)
-        return torch.stack(pixels), torch.tensor(valid, dtype=torch.int64)
+        return pixels, torch.tensor(extents, dtype=torch.float32).reshape(-1, 2)
 
     @torch.inference_mode()
     def forward(self, images) -> TeacherOutput:
-        x, valid = self.preprocess(images)
-        x = x.to(self.device)
+        """Images of any sizes -> summaries and feature maps. Inputs of one size run as one batch; when a
+        batch mixes sizes (non-square views of a ``fit_aspect`` teacher) the feature maps are zero-padded
+        bottom/right to the largest grid and ``valid_hw_B2`` gives each one's extent."""
+        pixels, extents = self.preprocess(images)
         dtype = _DTYPES[self.spec.dtype]
+        p = self.spec.patch_size
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, x in enumerate(pixels):
+            groups.setdefault(tuple(x.shape[1:]), []).append(i)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
-        with autocast:
-            summary, feats = self.family.forward(self.model, x.to(dtype))
-        feats = to_grid(feats, self.spec.feature_grid).float()
-        return TeacherOutput(summary.float() if summary is not None else None, feats, valid)
+        summaries, feats = [None] * len(pixels), [None] * len(pixels)
+        for (h, w), idx in groups.items():
+            with autocast:
+                summary, f = self.family.forward(self.model, torch.stack([pixels[i] for i in idx]).to(dtype))
+            f = to_grid(f, (h // p, w // p) if self.spec.pad_size is None else self.spec.feature_grid).float()
+            for j, i in enumerate(idx):
+                feats[i] = f[j]
+                summaries[i] = summary[j].float() if summary is not None else None
+        gh, gw = max(f.shape[0] for f in feats), max(f.shape[1] for f in feats)
+        if len(groups) == 1:
+            feats_BHWC = torch.stack(feats)
+        else:
+            feats_BHWC = feats[0].new_zeros((len(feats), gh, gw, feats[0].shape[-1]))
+            for i, f in enumerate(feats):
+                feats_BHWC[i, : f.shape[0], : f.shape[1]] = f
+        summary_BD = torch.stack(summaries) if summaries[0] is not None else None
+        return TeacherOutput(summary_BD, feats_BHWC, extents.to(self.device))
 
 
 def create_teacher(name: str, *, source: str | None = None, revision: str | None = None, dtype: str | None = None, device: str | torch.device = "cpu") -> Teacher:
@@ -244,19 +274,32 @@ def create_teacher(name: str, *, source: str | None = None, revision: str | None
 
 
 def _spec_from(entry: RegistryEntry, src, revision, dtype, p, model, family, weights) -> TeacherSpec:
+    """The spec, from the checkpoint's own image-processor config. Every teacher takes the whole view:
+
+    - a processor that resizes the shortest edge and center-crops (CLIP, DINOv2) would show the teacher only
+      the middle of the view (DINOv2: 224 of 256, 87.8 % of the area); the view is instead resized to the
+      crop size (``fit_aspect``), which is the official processor called with ``do_center_crop=False`` and
+      ``size`` = the crop size;
+    - longest edge + pad (SAM) already covers the view (``longest_edge_pad``), the padding is outside it;
+    - a fixed size (SigLIP) already covers the view (``exact``).
+    """
     size, crop, pad = p.size, getattr(p, "crop_size", None), getattr(p, "pad_size", None)
     cfg = model.config
     patch = cfg.patch_size
     if _size(size, "longest_edge") and getattr(p, "do_pad", False):
-        rule, rsize, crop_hw, pad_hw = "longest_edge_pad", int(_size(size, "longest_edge")), None, (int(_size(pad, "height")), int(_size(pad, "width")))
+        rule, rsize, pad_hw = "longest_edge_pad", int(_size(size, "longest_edge")), (int(_size(pad, "height")), int(_size(pad, "width")))
         input_hw = pad_hw
     elif _size(size, "shortest_edge"):
-        rule, rsize = "shortest_edge", int(_size(size, "shortest_edge"))
-        crop_hw = (int(_size(crop, "height")), int(_size(crop, "width"))) if getattr(p, "do_center_crop", False) else None
         pad_hw = None
-        input_hw = crop_hw or (rsize, rsize)
+        if getattr(p, "do_center_crop", False):
+            input_hw = (int(_size(crop, "height")), int(_size(crop, "width")))
+        else:
+            input_hw = (int(_size(size, "shortest_edge")),) * 2
+        if input_hw[0] != input_hw[1] or input_hw[0] % patch:
+            raise TeacherLoadError(f"{src}: crop size {input_hw} is not a square multiple of the patch {patch}; the whole-view rule needs one")
+        rule, rsize = "fit_aspect", input_hw[0]
     else:
-        rule, rsize, crop_hw, pad_hw = "exact", (int(_size(size, "height")), int(_size(size, "width"))), None, None
+        rule, rsize, pad_hw = "exact", (int(_size(size, "height")), int(_size(size, "width"))), None
         input_hw = rsize
     grid = (input_hw[0] // patch, input_hw[1] // patch)
     feature_dim = getattr(cfg, "output_channels", None) if entry.family == "sam" else cfg.hidden_size
@@ -268,7 +311,7 @@ def _spec_from(entry: RegistryEntry, src, revision, dtype, p, model, family, wei
         raise TeacherLoadError(f"{src}: image processor resample={p.resample} is not bilinear or bicubic")
     spec = TeacherSpec(
         name=entry.name, family=entry.family, source=src, revision=revision, input_size=tuple(input_hw), resize=rule,
-        resize_size=rsize, crop_size=crop_hw, pad_size=pad_hw, interpolation=resample, rescale_factor=float(p.rescale_factor),
+        resize_size=rsize, pad_size=pad_hw, interpolation=resample, rescale_factor=float(p.rescale_factor),
         mean=tuple(float(v) for v in p.image_mean), std=tuple(float(v) for v in p.image_std), patch_size=int(patch),
         summary_dim=summary_dim, feature_dim=int(feature_dim), feature_grid=grid, dtype=dtype, output=family.output, weights_sha256=weights,
     )

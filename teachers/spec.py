@@ -20,10 +20,14 @@ class TeacherSpec:
     family: str  # clip | dinov2 | sam | siglip
     source: str  # hub id or local directory the weights came from
     revision: str | None
-    input_size: tuple[int, int]  # (H, W) of pixel_values
-    resize: str  # shortest_edge (+ center crop) | longest_edge_pad | exact
+    input_size: tuple[int, int]  # (H, W) of pixel_values for a square view
+    # How the whole view becomes the input (never cropped, so every target cell lines up with the view):
+    #   fit_aspect:       square view -> input_size; otherwise short side -> resize_size, long side -> the
+    #                     nearest multiple of the patch (aspect kept, position embeddings interpolated)
+    #   longest_edge_pad: long side -> resize_size, then zero padding to pad_size (outside the view)
+    #   exact:            resized to input_size (resize_size)
+    resize: str
     resize_size: int | tuple[int, int]
-    crop_size: tuple[int, int] | None
     pad_size: tuple[int, int] | None
     interpolation: str  # bicubic | bilinear (Pillow's)
     rescale_factor: float
@@ -71,7 +75,9 @@ def fingerprint_of(spec: TeacherSpec) -> str:
 
 @dataclass
 class TeacherOutput:
-    """``summary_BD`` (None for teachers without one), ``features_BHWC``, ``valid_hw_B2`` (float32 / int64)."""
+    """``summary_BD`` (B, D) float32 or None (no summary); ``features_BHWC`` float32; ``valid_hw_B2`` float32:
+    the view's extent on each feature map, in cells from the top-left (fractional where SAM's padding
+    starts inside a cell); the rest of the map is padding."""
 
     summary_BD: "object"
     features_BHWC: "object"

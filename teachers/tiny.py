@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TINY_BUILDERS", "radio_home", "materialize_tiny"]
+__all__ = ["TINY_BUILDERS", "REAL_ARCHITECTURES", "radio_home", "materialize_tiny", "save_random_teacher"]
 
 _TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
 _IMAGENET = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
@@ -109,3 +109,83 @@ def materialize_tiny(name: str, seed: int = 0) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real-size architectures with random weights, for tests and benchmarks at real shapes (no download).
+# Each registry entry's model config and image-processor config as published on the hub.
+
+_CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
+def _clip_arch(hidden, layers, heads, inter, size, patch, proj):
+    def build(T, shrink):
+        h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
+        cfg = T.CLIPVisionConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a, image_size=size, patch_size=patch, projection_dim=proj)
+        proc = T.CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
+        return T.CLIPVisionModelWithProjection(cfg), proc
+    return build
+
+
+def _dinov2_arch(hidden, layers, heads, registers, swiglu=False):
+    def build(T, shrink):
+        h, n, a = (32, 1, 2) if shrink else (hidden, layers, heads)
+        kw = dict(hidden_size=h, num_hidden_layers=n, num_attention_heads=a, mlp_ratio=4, image_size=518, patch_size=14, use_swiglu_ffn=swiglu)
+        cfg = T.Dinov2WithRegistersConfig(num_register_tokens=4, **kw) if registers else T.Dinov2Config(**kw)
+        model = T.Dinov2WithRegistersModel(cfg) if registers else T.Dinov2Model(cfg)
+        return model, T.BitImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, **_IMAGENET)
+    return build
+
+
+def _sam_arch(hidden, layers, heads, global_attn):
+    def build(T, shrink):
+        h, n, a, g = (32, 1, 2, [0]) if shrink else (hidden, layers, heads, global_attn)
+        cfg = T.SamVisionConfig(hidden_size=h, num_hidden_layers=n, num_attention_heads=a, mlp_dim=4 * h, global_attn_indexes=g, output_channels=16 if shrink else 256, image_size=1024, patch_size=16, window_size=14)
+        proc = T.SamImageProcessorPil(size={"longest_edge": 1024}, pad_size={"height": 1024, "width": 1024}, **_IMAGENET)
+        return T.SamVisionModel(cfg), proc
+    return build
+
+
+def _siglip_arch(hidden, layers, heads, inter, size, patch):
+    def build(T, shrink):
+        h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
+        cfg = T.SiglipVisionConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a, image_size=size, patch_size=patch)
+        return T.SiglipVisionModel(cfg), T.SiglipImageProcessorPil(size={"height": size, "width": size})
+    return build
+
+
+REAL_ARCHITECTURES = {
+    "clip-vit-b16": _clip_arch(768, 12, 12, 3072, 224, 16, 512),
+    "clip-vit-l14": _clip_arch(1024, 24, 16, 4096, 224, 14, 768),
+    "clip-vit-l14-336": _clip_arch(1024, 24, 16, 4096, 336, 14, 768),
+    **{f"dinov2-vit{k}14{r}": _dinov2_arch(*dims, registers=bool(r), swiglu=k == "g") for k, dims in {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "g": (1536, 40, 24)}.items() for r in ("", "-reg")},
+    "sam-vit-b": _sam_arch(768, 12, 12, [2, 5, 8, 11]),
+    "sam-vit-l": _sam_arch(1024, 24, 16, [5, 11, 17, 23]),
+    "sam-vit-h": _sam_arch(1280, 32, 16, [7, 15, 23, 31]),
+    "siglip-b16-224": _siglip_arch(768, 12, 12, 3072, 224, 16),
+}
+
+
+def save_random_teacher(name: str, path: str, *, shrink: bool = False, seed: int = 0) -> str:
+    """Write registry teacher ``name``'s architecture with random weights and its real processor config.
+
+    ``shrink``: one narrow layer instead of the real depth and width, keeping the real input size, patch
+    size and preprocessing (for fast tests of everything but the dims). Returns ``path``, a directory
+    loadable with ``create_teacher(name, source=path)``.
+    """
+    import transformers as T
+
+    if name not in REAL_ARCHITECTURES:
+        raise KeyError(f"no real architecture recorded for {name!r}; known: {sorted(REAL_ARCHITECTURES)}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, proc = REAL_ARCHITECTURES[name](T, shrink)
+            _init(model).save_pretrained(path)
+        proc.save_pretrained(path)
+    finally:
+        hf_logging.enable_progress_bar()
+    return path

@@ -20,10 +20,11 @@ from pipelines.cache import CacheJobConfig, run_cache_job
 from pipelines.cli import main
 from pipelines.config import load_config
 from radio.cache import CacheMismatch, CacheReader, arrow_to_tensor, load_manifest
+from radio.targets import resample_targets
 from radio.cache.store import CacheLocation
 
 LIMIT, PER_SHARD, VIEWS = 24, 6, 2  # 4 units
-BASE = [f"source.limit={LIMIT}", f"images_per_shard={PER_SHARD}", f"views.num_views={VIEWS}", "student_resolution=32", "mlflow.experiment=test-cache", "progress=false"]
+BASE = [f"source.limit={LIMIT}", f"images_per_shard={PER_SHARD}", f"views.num_views={VIEWS}", "student_resolution=32", "target_patch=8", "mlflow.experiment=test-cache", "progress=false"]
 
 
 def _cfg(output, *extra) -> CacheJobConfig:
@@ -43,35 +44,40 @@ def cache_dir(ray_session, tmp_path_factory):
 
 def test_rows_keys_and_manifest(cache_dir):
     m = load_manifest(CacheLocation(str(cache_dir)))
-    assert m["complete"] and m["images"] == LIMIT and m["units"] == LIMIT // PER_SHARD
-    assert m["views"]["rows"] == LIMIT * VIEWS - 0
+    assert m.complete and m.images == LIMIT and m.units == LIMIT // PER_SHARD
+    assert m.views.rows == LIMIT * VIEWS
     keys = []
     for f in sorted((cache_dir / "views").glob("*.parquet")):
         t = pq.read_table(f, columns=["image_id", "view_index"])
         keys += list(zip(t["image_id"].to_pylist(), t["view_index"].to_pylist()))
     assert len(keys) == len(set(keys)) == LIMIT * VIEWS
     for name in ("tiny-clip", "tiny-sam"):
-        t = m["teachers"][name]
-        assert t["rows"] == LIMIT * VIEWS and t["complete"] and t["stats"]["exact"]
-        assert len(t["stats"]["features"]["mean"]) == t["spec"]["feature_dim"]
-    assert "summary" in m["teachers"]["tiny-clip"]["stats"] and "summary" not in m["teachers"]["tiny-sam"]["stats"]
-    assert m["mlflow_run_id"]
+        t = m.teachers[name]
+        assert t.rows == LIMIT * VIEWS and t.complete and t.stats.exact
+        assert len(t.stats.features.mean) == t.feature_dim
+    assert m.teachers["tiny-clip"].stats.summary is not None and m.teachers["tiny-sam"].stats.summary is None
+    assert m.mlflow_run_id
+    # student views at 32 px, target_patch 8: targets stored at 4x4 (tiny-sam's 8x8 area-averaged, tiny-clip native)
+    assert all(tuple(t.layout.grid) == (4, 4) and t.layout.dtype == "float16" for t in m.teachers.values())
+    assert tuple(m.teachers["tiny-sam"].layout.native_grid) == (8, 8)
 
 
 def test_shards_readable_by_plain_pyarrow_with_shapes(cache_dir):
     m = load_manifest(CacheLocation(str(cache_dir)))
-    spec = m["teachers"]["tiny-sam"]["spec"]
+    entry = m.teachers["tiny-sam"]
+    spec = entry.spec
     f = cache_dir / "teachers" / "tiny-sam" / "unit-00000.parquet"
     pf = pq.ParquetFile(f)
     t = pf.read()
     feats = arrow_to_tensor(t["features"])
-    assert feats.dtype == np.float16 and feats.shape == (PER_SHARD * VIEWS, *spec["feature_grid"], spec["feature_dim"])
+    assert feats.dtype == np.float16 and feats.shape == (PER_SHARD * VIEWS, *entry.layout.grid, spec["feature_dim"])
     meta = pf.schema_arrow.metadata
     assert json.loads(meta[b"radio.fingerprint"]) == spec["fingerprint"]
     col = pf.metadata.row_group(0).column(t.schema.get_field_index("features"))
     assert col.compression == "ZSTD" and "BYTE_STREAM_SPLIT" in col.encodings
     # plain nested lists, no extension types: to_pylist gives the shape too
-    assert len(t["features"][0].as_py()) == spec["feature_grid"][0]
+    assert len(t["features"][0].as_py()) == entry.layout.grid[0]
+    assert "valid_hw" not in t.column_names  # stored maps cover exactly the view: no padding
 
 
 def test_shards_readable_by_datasets(cache_dir):
@@ -80,9 +86,10 @@ def test_shards_readable_by_datasets(cache_dir):
     files = sorted(str(p) for p in (cache_dir / "teachers" / "tiny-clip").glob("*.parquet"))
     ds = datasets.load_dataset("parquet", data_files=files, split="train").with_format("numpy")
     m = load_manifest(CacheLocation(str(cache_dir)))
-    spec = m["teachers"]["tiny-clip"]["spec"]
+    entry = m.teachers["tiny-clip"]
+    spec = entry.spec
     row = ds[0]
-    assert row["features"].shape == (*spec["feature_grid"], spec["feature_dim"])
+    assert row["features"].shape == (*entry.layout.grid, spec["feature_dim"])
     assert row["summary"].shape == (spec["summary_dim"],)
     assert len(ds) == LIMIT * VIEWS
 
@@ -95,7 +102,7 @@ def test_values_equal_direct_teacher_forward(cache_dir):
 
     m = load_manifest(CacheLocation(str(cache_dir)))
     src = open_source(load_config(SourceConfig, None, ["kind=samples", "split=train", f"limit={LIMIT}"]))
-    policy = ViewPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in m["views"]["policy"].items()})
+    policy = ViewPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.views.policy.items()})
     reader = CacheReader(str(cache_dir), ["tiny-clip", "tiny-sam"])
     batch = next(reader.iter_unit(1, batch_rows=5))
     by_id = {r.image_id: r for r in src.records}
@@ -105,7 +112,8 @@ def test_values_equal_direct_teacher_forward(cache_dir):
             img = decode_image(src.read_bytes(by_id[batch.image_id[i]]))
             view = sample_view(policy, batch.image_id[i], int(batch.view_index[i]), img.shape[1], img.shape[0])
             out = teacher([torch.from_numpy(crop_view(img, view)).permute(2, 0, 1)])
-            np.testing.assert_allclose(batch.teachers[name]["features"][i].astype(np.float32), out.features_BHWC[0].numpy(), rtol=2e-3, atol=2e-3)
+            want = resample_targets(out.features_BHWC, m.teachers[name].layout.grid, out.valid_hw_B2)
+            np.testing.assert_allclose(batch.teachers[name]["features"][i].astype(np.float32), want[0].numpy(), rtol=2e-3, atol=2e-3)
             if out.summary_BD is not None:
                 np.testing.assert_allclose(batch.teachers[name]["summary"][i].astype(np.float32), out.summary_BD[0].numpy(), rtol=2e-3, atol=2e-3)
         # the stored student view is the same crop, resized
@@ -145,11 +153,11 @@ def test_adding_a_teacher_computes_only_that_teacher(ray_session, tmp_path):
     after = _digest(out)
     assert {k: v for k, v in after.items() if "tiny-dinov2" not in k} == before
     m = load_manifest(CacheLocation(str(out)))
-    assert set(m["teachers"]) == {"tiny-clip", "tiny-dinov2"} and m["complete"]
+    assert set(m.teachers) == {"tiny-clip", "tiny-dinov2"} and m.complete
     # dropping one leaves the other untouched
     assert main(["cache", "drop", str(out), "tiny-dinov2"]) == 0
     assert _digest(out) == before
-    assert set(load_manifest(CacheLocation(str(out)))["teachers"]) == {"tiny-clip"}
+    assert set(load_manifest(CacheLocation(str(out))).teachers) == {"tiny-clip"}
     # rebuilding one recomputes only it
     s = run_cache_job(_cfg(out, "teachers=[tiny-clip]", "rebuild=[tiny-clip]"))
     assert s.computed == {"views": 0, "tiny-clip": LIMIT // PER_SHARD}
@@ -171,7 +179,7 @@ def test_kill_driver_and_resume_equals_uninterrupted(ray_session, cache_dir, tmp
             break
         time.sleep(0.02)
     assert killed_partial, f"the job finished or failed before it could be killed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
-    assert load_manifest(CacheLocation(str(out))) is None or not load_manifest(CacheLocation(str(out)))["complete"]
+    assert load_manifest(CacheLocation(str(out))) is None or not load_manifest(CacheLocation(str(out))).complete
     time.sleep(1.0)  # let Ray reap the dead driver's tasks
     s = run_cache_job(_cfg(out, "teachers=[tiny-clip,tiny-sam]"))
     assert sum(s.computed.values()) < 3 * (LIMIT // PER_SHARD)  # only what was missing
@@ -196,10 +204,10 @@ def test_bad_files_are_skipped_and_recorded(ray_session, tmp_path):
     out = tmp_path / "bad"
     s = run_cache_job(load_config(CacheJobConfig, None, [f"output={out}", "source.kind=folder", f"source.path={src}", "teachers=[tiny-dinov2]", "views.num_views=2", "student_resolution=32", "progress=false", "mlflow.enabled=false"]))
     m = load_manifest(CacheLocation(str(out)))
-    reasons = {x["image_id"]: x["reason"] for x in m["skipped"]}
+    reasons = {x.image_id: x.reason for x in m.skipped}
     assert set(reasons) == {"empty.jpg", "truncated.jpg", "notes.txt", "bomb.png"}
     assert "empty" in reasons["empty.jpg"] and "too large" in reasons["bomb.png"]
-    assert s.skipped == 4 and m["images"] == 7 and m["views"]["rows"] == 14
+    assert s.skipped == 4 and m.images == 7 and m.views.rows == 14
 
 
 def test_info_verify_and_file_uri(ray_session, cache_dir, tmp_path, capsys):
@@ -256,7 +264,7 @@ def test_sigkill_of_a_teacher_actor_mid_run_still_completes_exactly(ray_session,
     th.join(timeout=300)
     assert killed is not None, "the job finished before an actor could be killed"
     assert "error" not in result, result.get("error")
-    assert load_manifest(CacheLocation(str(out)))["complete"]
+    assert load_manifest(CacheLocation(str(out))).complete
     assert _digest(out) == _digest(cache_dir)
 
 
@@ -265,12 +273,14 @@ def test_cache_run_in_mlflow(cache_dir):
 
     m = load_manifest(CacheLocation(str(cache_dir)))
     client = MlflowClient()
-    run = client.get_run(m["mlflow_run_id"])
-    assert run.data.tags["radio.kind"] == "cache" and run.data.tags["radio.cache_id"] == m["cache_id"]
+    run = client.get_run(m.mlflow_run_id)
+    assert run.data.tags["radio.kind"] == "cache" and run.data.tags["radio.cache_id"] == m.cache_id
     assert run.data.params["views.num_views"] == str(VIEWS) and run.data.params["teachers.tiny-sam.actors"] == "1"
     metrics = run.data.metrics
     assert metrics["images"] == LIMIT and metrics["views"] == LIMIT * VIEWS and metrics["images_per_s"] > 0
-    assert metrics["bytes_per_view/tiny-sam"] == pytest.approx(m["teachers"]["tiny-sam"]["bytes_per_view"])
+    sam = m.teachers["tiny-sam"]
+    assert metrics["bytes_per_view/tiny-sam"] == pytest.approx(sam.bytes_per_view)
+    assert metrics["bytes_ratio_to_float32_native/tiny-sam"] == pytest.approx(sam.bytes_per_view / (8 * 8 * 16 * 4))
     assert "views_per_s/tiny-clip" in metrics and "gpu_hours/tiny-clip" in metrics
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"manifest.json", "config.yaml"}
 

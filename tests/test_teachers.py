@@ -13,9 +13,13 @@ import torch
 from PIL import Image
 
 from teachers import REGISTRY, TeacherLoadError, TeacherSpec, UnknownTeacher, create_teacher, fingerprint_of, list_teachers, pil_resize
+from teachers.tiny import save_random_teacher
 
 TINY = [n for n in list_teachers() if REGISTRY[n].tiny]
-SIZES = [(1, 1), (37, 91), (120, 80), (5, 300), (64, 64), (33, 17), (900, 60)]
+REAL = [n for n in list_teachers() if not REGISTRY[n].tiny]
+# within fit_aspect's 4:1 (CLIP/DINOv2 keep the view's aspect); wider ones are tested separately
+SIZES = [(1, 1), (37, 91), (120, 80), (64, 64), (33, 17), (60, 230), (301, 300)]
+WIDE = [(5, 300), (900, 60), (10000, 50), (50, 10000)]
 
 
 def _img(h, w, seed=0):
@@ -27,14 +31,43 @@ def teacher(request):
     return create_teacher(request.param)
 
 
+@pytest.fixture(scope="module")
+def real_dirs(tmp_path_factory):
+    """Every real registry entry as a checkpoint with its real processor config and input/patch size
+    (one narrow layer, random weights): what the preprocessing and coverage tests need."""
+    root = tmp_path_factory.mktemp("real")
+    return {n: save_random_teacher(n, str(root / n), shrink=True) for n in REAL}
+
+
+def _all_teachers(real_dirs):
+    yield from ((n, create_teacher(n)) for n in TINY)
+    yield from ((n, create_teacher(n, source=real_dirs[n])) for n in REAL)
+
+
+def _official(teacher, img_3HW):
+    """The official PIL processor's pixel_values for a whole view: as published, except that a center-crop
+    processor is called with ``do_center_crop=False`` and ``size`` = our input size (the crop size for a
+    square view; the aspect kept otherwise)."""
+    from transformers import AutoImageProcessor
+
+    proc = AutoImageProcessor.from_pretrained(teacher.spec.source)
+    assert proc.backend == "pil"
+    pil = Image.fromarray(img_3HW.permute(1, 2, 0).numpy())
+    if teacher.spec.resize == "fit_aspect":
+        h, w = teacher.input_size_for(*img_3HW.shape[1:])
+        return proc(images=pil, return_tensors="np", do_center_crop=False, size={"height": h, "width": w})["pixel_values"]
+    return proc(images=pil, return_tensors="np")["pixel_values"]
+
+
 def test_every_family_has_a_tiny_preset():
     assert {REGISTRY[n].family for n in TINY} == {e.family for e in REGISTRY.values()}
 
 
 def test_shapes_and_dtypes(teacher):
     s = teacher.spec
-    out = teacher([_img(50, 70), _img(90, 40, 1)])
+    out = teacher([_img(50, 50), _img(90, 90, 1)])
     assert out.features_BHWC.shape == (2, *s.feature_grid, s.feature_dim) and out.features_BHWC.dtype == torch.float32
+    assert out.valid_hw_B2.tolist() == [list(map(float, s.feature_grid))] * 2
     if s.summary_dim is None:
         assert out.summary_BD is None and s.family == "sam"
     else:
@@ -44,17 +77,67 @@ def test_shapes_and_dtypes(teacher):
     assert (s.summary_dim, s.feature_dim, tuple(s.feature_grid), tuple(s.input_size)) == (entry.summary_dim, entry.feature_dim, entry.feature_grid, entry.input_size)
 
 
-def test_preprocessing_equals_official_pil_processor(teacher):
-    from transformers import AutoImageProcessor
+def test_preprocessing_equals_official_pil_processor(real_dirs):
+    for name, teacher in _all_teachers(real_dirs):
+        for i, (h, w) in enumerate(SIZES):
+            img = _img(h, w, i)
+            ours, _ = teacher.preprocess([img])
+            ref = _official(teacher, img)
+            assert ours[0][None].shape == ref.shape, (name, h, w)
+            assert np.abs(ours[0][None].numpy() - ref).max() <= 1e-5, (name, h, w)
 
-    proc = AutoImageProcessor.from_pretrained(teacher.spec.source)
-    assert proc.backend == "pil"
-    for i, (h, w) in enumerate(SIZES):
-        img = _img(h, w, i)
-        ours, _ = teacher.preprocess([img])
-        ref = proc(images=Image.fromarray(img.permute(1, 2, 0).numpy()), return_tensors="np")["pixel_values"]
-        assert ours.shape == ref.shape, (h, w)
-        assert np.abs(ours.numpy() - ref).max() <= 1e-5, (h, w)
+
+def _coordinate_image(h, w):
+    """R encodes the column, G the row (0..255 across the image), B is flat."""
+    x = np.round(np.linspace(0, 255, w))[None, :].repeat(h, 0)
+    y = np.round(np.linspace(0, 255, h))[:, None].repeat(w, 1)
+    return torch.from_numpy(np.stack([x, y, np.full((h, w), 128.0)]).astype(np.uint8))
+
+
+@pytest.mark.parametrize("hw", [(300, 300), (97, 97), (240, 320), (400, 300)])
+def test_teacher_input_covers_the_whole_view(real_dirs, hw):
+    """Every teacher's input spans the whole view, edge to edge: its first and last columns (rows) show the
+    view's first and last columns (rows), up to the resize kernel's reach. A center crop would start
+    ~6 % (DINOv2) or ~10 % (tiny-clip) inside the view."""
+    H, W = hw
+    img = _coordinate_image(H, W)
+    for name, teacher in _all_teachers(real_dirs):
+        s = teacher.spec
+        pixels, extents = teacher.preprocess([img])
+        x = pixels[0].double()
+        mean, std = torch.tensor(s.mean, dtype=torch.float64)[:, None, None], torch.tensor(s.std, dtype=torch.float64)[:, None, None]
+        x = (x * std + mean) / s.rescale_factor  # back to 0..255
+        vh, vw = (round(float(e) * s.patch_size) for e in extents[0])  # the resized view; SAM pads beyond it
+        assert (vh, vw) == tuple(teacher.input_size_for(H, W)), name
+        view = x[:, :vh, :vw]
+        if s.pad_size is not None:
+            assert float(x[:, vh:, :].abs().max() if vh < x.shape[1] else 0) <= 255  # padding (zeros) outside
+        for axis, n_in, n_out, ch in ((2, W, vw, 0), (1, H, vh, 1)):
+            # a kernel centred on output pixel 0 sits 0.5 * scale - 0.5 input pixels in; give it one pixel more
+            reach = 255.0 * (max(0.0, 0.5 * n_in / n_out - 0.5) + 1.5) / max(1, n_in - 1)
+            first = view[ch].select(axis - 1, 0).mean().item()
+            last = view[ch].select(axis - 1, n_out - 1).mean().item()
+            assert first <= reach and last >= 255 - reach, (name, hw, axis, first, last, reach)
+
+
+def test_fit_aspect_keeps_the_view_aspect_and_refuses_wide_views(real_dirs):
+    for name, teacher in _all_teachers(real_dirs):
+        s = teacher.spec
+        if s.resize != "fit_aspect":
+            continue
+        side, p = s.resize_size, s.patch_size
+        assert teacher.input_size_for(300, 300) == tuple(s.input_size) == (side, side)
+        h, w = teacher.input_size_for(300, 400)
+        assert h == side and w % p == 0 and abs(w / h - 4 / 3) <= p / side, (name, h, w)
+        out = teacher([_img(30, 40), _img(40, 40, 1)])  # mixed sizes: padded to the largest grid
+        g = s.feature_grid
+        assert out.features_BHWC.shape[1:3] == (g[0], w // p) and out.valid_hw_B2.tolist() == [[g[0], w // p], [g[0], g[1]]]
+        assert (out.features_BHWC[1, :, g[1]:] == 0).all()
+        alone = teacher([_img(30, 40)])
+        torch.testing.assert_close(alone.features_BHWC[0], out.features_BHWC[0], atol=1e-5, rtol=1e-5)
+        for hw in WIDE:
+            with pytest.raises(ValueError, match="aspect.*views.ratio"):
+                teacher.preprocess([_img(*hw)])
 
 
 def _pillow(img_3HW, size_hw, interpolation):
@@ -97,26 +180,30 @@ def test_pil_resize_pass_order_matters():
 def test_extreme_images_match_official_processor(teacher, hw):
     from transformers import AutoImageProcessor
 
-    proc = AutoImageProcessor.from_pretrained(teacher.spec.source)
+    s = teacher.spec
     img = _img(*hw, seed=11)
+    if s.resize == "fit_aspect" and hw[0] != hw[1]:
+        return  # refused with a clear message: test_fit_aspect_keeps_the_view_aspect_and_refuses_wide_views
+    proc = AutoImageProcessor.from_pretrained(s.source)
     ours, valid = teacher.preprocess([img])
     out = teacher([img])
     assert torch.isfinite(out.features_BHWC).all()
-    s = teacher.spec
     pil = Image.fromarray(img.permute(1, 2, 0).numpy())
     if s.resize == "longest_edge_pad" and min(hw) * s.resize_size / max(hw) < 0.5:
-        # The short side rounds to 0 pixels: the official processor raises; we keep one pixel (one
-        # feature row/column valid) rather than fail a cache job on one odd image.
+        # The short side rounds to 0 pixels: the official processor raises; we keep one pixel (a sliver of
+        # one feature row/column) rather than fail a cache job on one odd image.
         with pytest.raises(ValueError):
             proc(images=pil, return_tensors="np")
-        assert sorted(valid[0].tolist()) == [1, s.feature_grid[0]]
+        assert sorted(valid[0].tolist()) == [1 / s.patch_size, s.feature_grid[0]]
         return
-    ref = proc(images=pil, return_tensors="np")["pixel_values"]
-    assert ours.shape == ref.shape and np.abs(ours.numpy() - ref).max() <= 1e-5
+    ref = _official(teacher, img)
+    assert ours[0][None].shape == ref.shape and np.abs(ours[0][None].numpy() - ref).max() <= 1e-5
 
 
 def test_extreme_aspect_ratios_and_batch_tensor(teacher):
     for h, w in [(10000, 50), (50, 10000), (1, 1)]:
+        if teacher.spec.resize == "fit_aspect" and h != w:
+            continue
         out = teacher([_img(h, w)])
         assert torch.isfinite(out.features_BHWC).all()
     batch = torch.stack([_img(40, 40, 1), _img(40, 40, 2)])
@@ -127,7 +214,8 @@ def test_sam_valid_region_excludes_padding():
     t = create_teacher("tiny-sam")
     out = t([_img(64, 32), _img(20, 64)])
     g, p = t.spec.feature_grid, t.spec.patch_size
-    assert out.valid_hw_B2.tolist() == [[g[0], 32 // p], [-(-20 * 64 // 64 // p), g[1]]]
+    # the view's extent in cells, fractional where it ends inside a cell (20 px of 8-px patches: 2.5)
+    assert out.valid_hw_B2.tolist() == [[g[0], 32 / p], [20 / p, g[1]]]
 
 
 def test_frozen(teacher):

@@ -1,11 +1,21 @@
-"""The cache format: Arrow tensor columns, atomic shard files, the manifest, and a key-checking reader."""
+"""The cache format, in one place: Arrow tensor columns, target codecs, the typed manifest, the writer,
+atomic shard files, and a key-checking reader."""
 
 from .arrow import arrow_to_tensor, tensor_to_arrow, tensor_type
-from .reader import MANIFEST_NAME, CacheBatch, CacheError, CacheMismatch, CacheReader, describe_differences, load_manifest, save_manifest
-from .store import FORMAT_VERSION, CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
+from .codec import MIN_COS, TARGET_DTYPES, bytes_per_row, decode_features, decode_summary, encode_targets, feature_columns
+from .manifest import (
+    FORMAT_VERSION, MANIFEST_NAME, CacheError, CacheFormatError, CacheIdentity, CacheMismatch, Manifest, Moments, Skipped,
+    TargetLayout, TeacherEntry, TeacherStats, ViewsEntry, load_manifest, save_manifest,
+)
+from .reader import CacheBatch, CacheReader, describe_differences
+from .store import CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
+from .writer import build_manifest, check_existing, existing_units, shard_meta, shard_stats, write_teacher_shard, write_views_shard
 
 __all__ = [
-    "FORMAT_VERSION", "MANIFEST_NAME", "CacheBatch", "CacheError", "CacheLocation", "CacheMismatch", "CacheReader",
-    "ShardInfo", "arrow_to_tensor", "decode_metadata", "describe_differences", "encode_metadata", "load_manifest",
-    "save_manifest", "teacher_path", "tensor_to_arrow", "tensor_type", "views_path",
+    "FORMAT_VERSION", "MANIFEST_NAME", "MIN_COS", "TARGET_DTYPES", "CacheBatch", "CacheError", "CacheFormatError", "CacheIdentity",
+    "CacheLocation", "CacheMismatch", "CacheReader", "Manifest", "Moments", "ShardInfo", "Skipped", "TargetLayout", "TeacherEntry",
+    "TeacherStats", "ViewsEntry", "arrow_to_tensor", "build_manifest", "bytes_per_row", "check_existing", "decode_features",
+    "decode_metadata", "decode_summary", "describe_differences", "encode_metadata", "encode_targets", "existing_units",
+    "feature_columns", "load_manifest", "save_manifest", "shard_meta", "shard_stats", "tensor_to_arrow", "tensor_type",
+    "teacher_path", "views_path", "write_teacher_shard", "write_views_shard",
 ]

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 __all__ = ["tensor_to_arrow", "arrow_to_tensor", "tensor_type", "leaf_path"]
 
-_ARROW_DTYPES = {np.dtype(np.float16): pa.float16(), np.dtype(np.float32): pa.float32(), np.dtype(np.int16): pa.int16(), np.dtype(np.int32): pa.int32(), np.dtype(np.int64): pa.int64()}
+_ARROW_DTYPES = {np.dtype(np.int8): pa.int8(), np.dtype(np.uint8): pa.uint8(), np.dtype(np.float16): pa.float16(), np.dtype(np.float32): pa.float32(), np.dtype(np.int16): pa.int16(), np.dtype(np.int32): pa.int32(), np.dtype(np.int64): pa.int64()}
 
 
 def tensor_type(shape: tuple[int, ...], dtype) -> pa.DataType:
@@ -34,9 +34,12 @@ def tensor_to_arrow(arr_N: np.ndarray) -> pa.FixedSizeListArray:
 
 
 def arrow_to_tensor(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Inverse of :func:`tensor_to_arrow`: Arrow nested fixed-size lists -> (N, *shape) numpy array."""
+    """Inverse of :func:`tensor_to_arrow`: Arrow nested fixed-size lists -> (N, *shape) numpy array.
+
+    Column-wise: the leaf values are flattened once and reshaped, with no per-row Python.
+    """
     if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     n = len(col)
     shape = []
     t = col.type

@@ -7,36 +7,18 @@ or reordered row is an error, never a silent misalignment.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..normalize import TargetStats
 from .arrow import arrow_to_tensor
+from .codec import feature_columns
+from .manifest import MANIFEST_NAME, CacheError, CacheMismatch, Manifest, TeacherEntry, load_manifest
 from .store import CacheLocation, decode_metadata, teacher_path, views_path
 
-__all__ = ["MANIFEST_NAME", "CacheError", "CacheMismatch", "CacheReader", "CacheBatch", "load_manifest", "save_manifest", "describe_differences"]
-
-MANIFEST_NAME = "manifest.json"
-
-
-class CacheError(RuntimeError):
-    """A cache is missing, incomplete or damaged."""
-
-
-class CacheMismatch(CacheError):
-    """A cache holds something other than what the config asks for (teachers, fingerprints, views)."""
-
-
-def load_manifest(loc: CacheLocation) -> dict | None:
-    if not loc.exists(MANIFEST_NAME):
-        return None
-    return json.loads(loc.read_bytes(MANIFEST_NAME))
-
-
-def save_manifest(loc: CacheLocation, manifest: dict):
-    loc.write_bytes_atomic(MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
+__all__ = ["CacheReader", "CacheBatch", "describe_differences"]
 
 
 def describe_differences(have, want, prefix: str = "") -> list[str]:
@@ -59,10 +41,11 @@ def describe_differences(have, want, prefix: str = "") -> list[str]:
 
 @dataclass
 class CacheBatch:
-    """A batch of cache rows. Teacher tensors keep the cache dtype (float16 by default).
+    """A batch of cache rows. Teacher columns keep their stored dtype (float16 by default).
 
-    ``teachers[name]`` holds ``summary_BD`` (absent for teachers without one), ``features_BHWC`` and
-    ``valid_hw_B2`` (the unpadded part of the feature grid).
+    ``teachers[name]`` holds ``summary`` (B, D) (absent for teachers without one) and ``features``
+    (B, h, w, C) at the stored grid, covering exactly the view; int8 caches add ``features_scale`` and
+    ``features_offset`` (B, C). ``radio.cache.decode_features`` turns them into float32.
     """
 
     image_id: list[str]
@@ -88,45 +71,57 @@ class CacheReader:
         manifest = load_manifest(self.loc)
         if manifest is None:
             raise CacheError(f"no cache at {uri}: {MANIFEST_NAME} not found (build one with `radio cache CONFIG output={uri}`)")
-        self.manifest = manifest
-        held = manifest.get("teachers", {})
+        self.manifest: Manifest = manifest
+        held = manifest.teachers
         self.teachers = list(held) if teachers is None else list(teachers)
         missing = [t for t in self.teachers if t not in held]
         if missing:
             raise CacheMismatch(f"cache {uri} has no targets for teacher(s) {missing}; it holds {sorted(held)}. Add them with `radio cache` (only the new teachers are computed) or remove them from the training config.")
         for t, fp in (expect_fingerprints or {}).items():
-            if t in held and held[t]["fingerprint"] != fp:
-                raise CacheMismatch(f"cache {uri} holds teacher {t!r} with fingerprint {held[t]['fingerprint']}, but the config asks for {fp}: the cache is stale for this teacher. Rebuild it with `radio cache ... rebuild=[{t}]`.")
-        view_units = {s["unit"] for s in manifest.get("views", {}).get("shards", [])}
-        units = set(view_units)
+            if t in held and held[t].fingerprint != fp:
+                raise CacheMismatch(f"cache {uri} holds teacher {t!r} with fingerprint {held[t].fingerprint}, but the config asks for {fp}: the cache is stale for this teacher. Rebuild it with `radio cache ... rebuild=[{t}]`.")
+        units = {s.unit for s in manifest.views.shards}
         for t in self.teachers:
-            units &= {s["unit"] for s in held[t]["shards"]}
+            units &= {s.unit for s in held[t].shards}
         self.units = sorted(units)
-        self._rows = {s["unit"]: s["rows"] for s in manifest["views"]["shards"]}
+        self.rows_per_unit = {s.unit: s.rows for s in manifest.views.shards}
+
+    def entry(self, teacher: str) -> TeacherEntry:
+        return self.manifest.teachers[teacher]
 
     @property
     def specs(self) -> dict[str, dict]:
-        return {t: self.manifest["teachers"][t]["spec"] for t in self.teachers}
+        return {t: self.entry(t).spec for t in self.teachers}
 
     @property
     def fingerprints(self) -> dict[str, str]:
-        return {t: self.manifest["teachers"][t]["fingerprint"] for t in self.teachers}
+        return {t: self.entry(t).fingerprint for t in self.teachers}
 
     @property
-    def stats(self) -> dict[str, dict]:
-        return {t: self.manifest["teachers"][t]["stats"] for t in self.teachers}
+    def stats(self) -> dict[str, TargetStats]:
+        """Each teacher's exact per-channel statistics, as the standardization they define."""
+        out = {}
+        for t in self.teachers:
+            st = self.entry(t).stats
+            out[t] = TargetStats(st.features.mean, st.features.std, st.summary.mean if st.summary else None, st.summary.std if st.summary else None)
+        return out
+
+    @property
+    def grids(self) -> dict[str, tuple[int, int]]:
+        """The grid each teacher's targets are stored at."""
+        return {t: tuple(self.entry(t).layout.grid) for t in self.teachers}
 
     @property
     def labels(self) -> list[str]:
-        return list(self.manifest.get("source", {}).get("labels", []))
+        return self.manifest.labels
 
     def num_rows(self, units: list[int] | None = None) -> int:
-        return sum(self._rows[u] for u in (self.units if units is None else units))
+        return sum(self.rows_per_unit[u] for u in (self.units if units is None else units))
 
     def _open_teacher(self, t: str, unit: int):
         pf = self.loc.parquet_file(teacher_path(t, unit))
         meta = decode_metadata(pf.schema_arrow.metadata)
-        want = self.manifest["teachers"][t]["fingerprint"]
+        want = self.entry(t).fingerprint
         if meta.get("fingerprint") != want:
             raise CacheMismatch(f"{self.loc.full(teacher_path(t, unit))} has fingerprint {meta.get('fingerprint')}, the manifest says {want}: mixed targets in one cache")
         return pf
@@ -136,7 +131,8 @@ class CacheReader:
         view_cols = ["image_id", "view_index", "label_index"] + (["student_image"] if with_images else [])
         views = self.loc.parquet_file(views_path(unit)).iter_batches(batch_size=batch_rows, columns=view_cols)
         tfiles = {t: self._open_teacher(t, unit) for t in self.teachers}
-        titers = {t: pf.iter_batches(batch_size=batch_rows) for t, pf in tfiles.items()}
+        tcols = {t: ["image_id", "view_index", *(["summary"] if self.entry(t).summary_dim else []), *feature_columns(self.entry(t).layout.dtype)] for t in self.teachers}
+        titers = {t: pf.iter_batches(batch_size=batch_rows, columns=tcols[t]) for t, pf in tfiles.items()}
         for vb in views:
             ids = vb.column("image_id").to_pylist()
             vidx = vb.column("view_index").to_numpy()
@@ -145,7 +141,7 @@ class CacheReader:
                 tb = next(it, None)
                 if tb is None or tb.column("image_id").to_pylist() != ids or not np.array_equal(tb.column("view_index").to_numpy(), vidx):
                     raise CacheError(f"unit {unit}: keys of teacher {t!r} do not match the views table at rows {ids[:1]}..; the cache is damaged. Run `radio cache verify {self.loc.uri}`.")
-                batch.teachers[t] = {name: arrow_to_tensor(tb.column(name)) for name in ("summary", "features", "valid_hw") if name in tb.schema.names}
+                batch.teachers[t] = {name: arrow_to_tensor(tb.column(name)) for name in tcols[t][2:]}
             yield batch
         for t, it in titers.items():
             if next(it, None) is not None:

@@ -24,11 +24,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 __all__ = [
-    "FORMAT_VERSION", "CacheLocation", "ShardInfo", "unit_name", "views_path", "teacher_path",
+    "CacheLocation", "ShardInfo", "unit_name", "views_path", "teacher_path",
     "encode_metadata", "decode_metadata",
 ]
 
-FORMAT_VERSION = 1
 _META_PREFIX = "radio."
 
 

@@ -1,0 +1,252 @@
+"""The cache manifest as typed dataclasses: identity, views, teachers (spec, layout, statistics, shards),
+skipped inputs. The JSON on disk is ``Manifest.to_dict()``; nothing outside ``radio/cache`` reads its keys.
+
+``FORMAT_VERSION`` changes whenever a reader of the old format would misread the new one. Version 2
+(this one): teacher inputs cover the whole view; targets are stored at a chosen grid (``layout``) with
+no padding and no ``valid_hw``; int8 targets carry per-channel scales.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from .codec import bytes_per_row
+from .store import CacheLocation, ShardInfo
+
+__all__ = [
+    "FORMAT_VERSION", "MANIFEST_NAME", "CacheError", "CacheMismatch", "CacheFormatError", "CacheIdentity", "Moments",
+    "TeacherStats", "TargetLayout", "TeacherEntry", "ViewsEntry", "Skipped", "Manifest", "load_manifest", "save_manifest",
+]
+
+FORMAT_VERSION = 2
+MANIFEST_NAME = "manifest.json"
+
+
+class CacheError(RuntimeError):
+    """A cache is missing, incomplete or damaged."""
+
+
+class CacheMismatch(CacheError):
+    """A cache holds something other than what the config asks for (teachers, fingerprints, views)."""
+
+
+class CacheFormatError(CacheError):
+    """A cache written in another format version."""
+
+
+def format_error(uri: str, found) -> CacheFormatError:
+    return CacheFormatError(
+        f"cache {uri} is in format v{found}, this version of radio reads format v{FORMAT_VERSION} only "
+        f"(v2 stores teacher targets that cover the whole view, at the student's grid; v1 caches hold center-cropped, "
+        f"padded targets). Rebuild it: rerun the `radio cache` command that built it with a new output=PATH, "
+        f"or delete {uri} and rerun it unchanged."
+    )
+
+
+@dataclass
+class CacheIdentity:
+    """What every table of a cache must agree on; changing any of it needs a new cache root."""
+
+    source_fingerprint: str
+    views: dict  # the ViewPolicy, as plain data
+    student_resolution: int
+    student_image_format: str
+    images_per_shard: int
+
+    @property
+    def cache_id(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CacheIdentity":
+        return cls(**d)
+
+
+@dataclass
+class Moments:
+    """Per-channel mean and population std over ``count`` rows (or positions)."""
+
+    mean: list[float]
+    std: list[float]
+    count: int
+
+
+@dataclass
+class TeacherStats:
+    features: Moments
+    summary: Moments | None = None
+    exact: bool = True
+
+    def to_dict(self) -> dict:
+        d = {"exact": self.exact, "features": asdict(self.features)}
+        if self.summary is not None:
+            d["summary"] = asdict(self.summary)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TeacherStats":
+        return cls(Moments(**d["features"]), Moments(**d["summary"]) if d.get("summary") else None, d.get("exact", True))
+
+
+@dataclass
+class TargetLayout:
+    """How one teacher's targets are stored: the grid (covering exactly the view) and the dtype."""
+
+    grid: tuple[int, int]
+    dtype: str  # float16 | float32 | int8
+    native_grid: tuple[int, int]  # the teacher's own grid for a square view
+
+    def to_dict(self) -> dict:
+        return {"grid": list(self.grid), "dtype": self.dtype, "native_grid": list(self.native_grid)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TargetLayout":
+        return cls(tuple(d["grid"]), d["dtype"], tuple(d["native_grid"]))
+
+
+@dataclass
+class TeacherEntry:
+    spec: dict  # the teacher's TeacherSpec as plain data (the teachers package owns its fields)
+    layout: TargetLayout
+    stats: TeacherStats
+    shards: list[ShardInfo]
+    complete: bool
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec["fingerprint"]
+
+    @property
+    def summary_dim(self) -> int | None:
+        return self.spec.get("summary_dim")
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.spec["feature_dim"])
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    @property
+    def bytes_per_view(self) -> float:
+        return self.bytes / max(1, self.rows)
+
+    @property
+    def float32_native_bytes_per_view(self) -> int:
+        """What a view would cost as float32 at the teacher's own grid (the format before target grids)."""
+        return bytes_per_row(self.layout.native_grid, self.feature_dim, self.summary_dim, "float32")
+
+    def to_dict(self) -> dict:
+        return {
+            "spec": self.spec, "fingerprint": self.fingerprint, "layout": self.layout.to_dict(), "stats": self.stats.to_dict(),
+            "shards": [s.to_dict() for s in self.shards], "rows": self.rows, "bytes": self.bytes, "bytes_per_view": self.bytes_per_view,
+            "float32_native_bytes_per_view": self.float32_native_bytes_per_view, "complete": self.complete,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TeacherEntry":
+        return cls(d["spec"], TargetLayout.from_dict(d["layout"]), TeacherStats.from_dict(d["stats"]), [ShardInfo(**s) for s in d["shards"]], d["complete"])
+
+
+@dataclass
+class ViewsEntry:
+    policy: dict
+    shards: list[ShardInfo]
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    def to_dict(self) -> dict:
+        return {"policy": self.policy, "rows": self.rows, "bytes": self.bytes, "shards": [s.to_dict() for s in self.shards]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViewsEntry":
+        return cls(d["policy"], [ShardInfo(**s) for s in d["shards"]])
+
+
+@dataclass
+class Skipped:
+    image_id: str
+    reason: str
+
+
+@dataclass
+class Manifest:
+    identity: CacheIdentity
+    source: dict  # the source's description (kind, path, split, labels, fingerprint) and its config
+    units: int
+    images: int
+    views: ViewsEntry
+    teachers: dict[str, TeacherEntry]
+    skipped: list[Skipped]
+    complete: bool
+    config: dict  # the resolved job config
+    mlflow_run_id: str | None = None
+    updated: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def cache_id(self) -> str:
+        return self.identity.cache_id
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.source.get("labels", []))
+
+    @property
+    def student_resolution(self) -> int:
+        return self.identity.student_resolution
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": self.format_version, "cache_id": self.cache_id, "identity": self.identity.to_dict(), "source": self.source,
+            "units": self.units, "images": self.images, "views": self.views.to_dict(), "teachers": {t: e.to_dict() for t, e in self.teachers.items()},
+            "skipped": [asdict(s) for s in self.skipped], "complete": self.complete, "config": self.config, "mlflow_run_id": self.mlflow_run_id,
+            "updated": self.updated,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Manifest":
+        return cls(
+            CacheIdentity.from_dict(d["identity"]), d["source"], d["units"], d["images"], ViewsEntry.from_dict(d["views"]),
+            {t: TeacherEntry.from_dict(e) for t, e in d["teachers"].items()}, [Skipped(**s) for s in d["skipped"]], d["complete"],
+            d.get("config", {}), d.get("mlflow_run_id"), d.get("updated", ""), d["format_version"],
+        )
+
+
+def load_manifest(loc: CacheLocation) -> Manifest | None:
+    """The manifest at ``loc``, or None when there is none. A manifest of another format version, one that
+    is not valid JSON, or one missing fields is a :class:`CacheError` naming the file and what to do."""
+    if not loc.exists(MANIFEST_NAME):
+        return None
+    path = loc.full(MANIFEST_NAME)
+    try:
+        d = json.loads(loc.read_bytes(MANIFEST_NAME))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CacheError(f"{path} is not valid JSON ({e}). The shards are intact: rerun the `radio cache` command that built this cache to rewrite the manifest from them.") from None
+    version = d.get("format_version") if isinstance(d, dict) else None
+    if version != FORMAT_VERSION:
+        raise format_error(loc.uri, version)
+    try:
+        return Manifest.from_dict(d)
+    except (KeyError, TypeError) as e:
+        raise CacheError(f"{path} is missing or has malformed field {e}. Rerun the `radio cache` command that built this cache to rewrite it from the shards.") from None
+
+
+def save_manifest(loc: CacheLocation, manifest: Manifest):
+    loc.write_bytes_atomic(MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=1, sort_keys=True).encode())

@@ -1,0 +1,141 @@
+"""Writing a cache: table builders for the views and teacher shards, exact per-shard statistics, and the
+manifest rebuilt from the committed files (the source of truth).
+
+Every shard carries, in its Parquet schema metadata, the format version, the cache identity, its unit and
+(teacher shards) the teacher's spec, fingerprint, target layout and statistics, so a manifest can always be
+rebuilt from the shards alone.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from ..normalize import RunningStats
+from .arrow import leaf_path, tensor_to_arrow
+from .codec import decode_features, feature_columns
+from .manifest import FORMAT_VERSION, CacheIdentity, Manifest, Moments, Skipped, TargetLayout, TeacherEntry, TeacherStats, ViewsEntry, format_error, load_manifest, save_manifest
+from .store import CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
+
+__all__ = ["write_views_shard", "write_teacher_shard", "shard_stats", "existing_units", "shard_meta", "build_manifest", "check_existing"]
+
+
+def write_views_shard(loc: CacheLocation, unit: int, rows: dict, skipped: list[dict], images: int, identity: CacheIdentity, row_group_rows: int) -> ShardInfo:
+    """Commit one unit's views table. ``rows``: image_id, view_index, label_index, crop_box (N, 4), flip,
+    source_hw (N, 2), student_image (encoded bytes)."""
+    table = pa.table({
+        "image_id": pa.array(rows["image_id"], pa.string()),
+        "view_index": pa.array(rows["view_index"], pa.int16()),
+        "label_index": pa.array(rows["label_index"], pa.int32()),
+        "crop_box": tensor_to_arrow(np.asarray(rows["crop_box"], np.int32).reshape(-1, 4)),
+        "flip": pa.array(rows["flip"], pa.bool_()),
+        "source_hw": tensor_to_arrow(np.asarray(rows["source_hw"], np.int32).reshape(-1, 2)),
+        "student_image": pa.array(rows["student_image"], pa.binary()),
+    })
+    meta = {"kind": "views", "unit": unit, "skipped": skipped, "images": images, "identity": identity.to_dict(), "format_version": FORMAT_VERSION}
+    return loc.write_table(views_path(unit), unit, table.replace_schema_metadata(encode_metadata(meta)), row_group_rows=row_group_rows, byte_stream_split=[])
+
+
+def shard_stats(cols: dict, layout: TargetLayout) -> dict:
+    """Exact per-channel moments of one shard's targets, as the trainer will decode them: summary over rows,
+    features over every stored position (stored maps cover exactly the view: no padding to leave out)."""
+    out = {}
+    if cols.get("summary") is not None:
+        s = RunningStats()
+        if len(cols["summary"]):
+            s.update(cols["summary"].astype(np.float64))
+        out["summary"] = s.to_dict()
+    f = RunningStats()
+    if len(cols["features"]):
+        feats = decode_features(cols).numpy()
+        f.update(feats.reshape(-1, feats.shape[-1]).astype(np.float64))
+    out["features"] = f.to_dict()
+    return out
+
+
+def write_teacher_shard(loc: CacheLocation, teacher: str, spec: dict, layout: TargetLayout, unit: int, image_id: list[str], view_index, cols: dict, identity: CacheIdentity, row_group_rows: int) -> tuple[ShardInfo, dict]:
+    """Commit one teacher's targets for one unit. ``cols``: the encoded columns (``codec.encode_targets``).
+    Returns the shard info and the shard's exact statistics."""
+    table_cols = {"image_id": pa.array(image_id, pa.string()), "view_index": pa.array(np.asarray(view_index), pa.int16())}
+    split = []
+    if cols.get("summary") is not None:
+        table_cols["summary"] = tensor_to_arrow(cols["summary"])
+        split.append(leaf_path("summary", 1))
+    for name in feature_columns(layout.dtype):
+        table_cols[name] = tensor_to_arrow(cols[name])
+        if cols[name].dtype.kind == "f":  # byte-stream-split helps floats, not int8 codes
+            split.append(leaf_path(name, cols[name].ndim - 1))
+    stats = shard_stats(cols, layout)
+    meta = {"kind": "teacher", "teacher": teacher, "unit": unit, "spec": spec, "fingerprint": spec["fingerprint"], "layout": layout.to_dict(), "stats": stats, "identity": identity.to_dict(), "format_version": FORMAT_VERSION}
+    table = pa.table(table_cols).replace_schema_metadata(encode_metadata(meta))
+    return loc.write_table(teacher_path(teacher, unit), unit, table, row_group_rows=row_group_rows, byte_stream_split=split), stats
+
+
+def existing_units(loc: CacheLocation, rel_dir: str) -> set[int]:
+    return {int(p.rsplit("unit-", 1)[1].split(".")[0]) for p in loc.list_files(rel_dir) if "unit-" in p}
+
+
+def shard_meta(loc: CacheLocation, rel: str) -> dict:
+    """A shard's radio metadata; a shard of another format version is refused."""
+    meta = decode_metadata(loc.parquet_file(rel).schema_arrow.metadata)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise format_error(loc.uri, meta.get("format_version"))
+    return meta
+
+
+def build_manifest(loc: CacheLocation, identity: CacheIdentity, source: dict, policy: dict, config: dict, n_units: int, required: list[str], old: Manifest | None = None) -> Manifest:
+    """Rebuild the manifest from the committed files, merging exact statistics; save it and return it.
+
+    ``required``: the teachers the cache must hold for ``complete``. Checksums of files whose size did not
+    change since ``old`` are reused, so finishing a large cache does not re-read it.
+    """
+    old_sha = {s.path: s for s in ([*old.views.shards, *[s for t in old.teachers.values() for s in t.shards]] if old else [])}
+
+    def info(rel: str, unit: int, rows: int) -> ShardInfo:
+        size = loc.size(rel)
+        prev = old_sha.get(rel)
+        return ShardInfo(rel, unit, rows, size, prev.sha256 if prev and prev.bytes == size else loc.sha256(rel))
+
+    view_shards, skipped, images = [], [], 0
+    for u in sorted(existing_units(loc, "views")):
+        pf = loc.parquet_file(views_path(u))
+        meta = shard_meta(loc, views_path(u))
+        view_shards.append(info(views_path(u), u, pf.metadata.num_rows))
+        skipped.extend(Skipped(**s) for s in meta.get("skipped", []))
+        images += meta.get("images", 0)
+    teachers = {}
+    for name in loc.list_dirs("teachers"):
+        shards, stats_s, stats_f, meta = [], RunningStats(), RunningStats(), None
+        has_summary = False
+        for u in sorted(existing_units(loc, f"teachers/{name}")):
+            rel = teacher_path(name, u)
+            meta = shard_meta(loc, rel)
+            shards.append(info(rel, u, loc.parquet_file(rel).metadata.num_rows))
+            if "summary" in meta["stats"]:
+                has_summary = True
+                stats_s.merge(RunningStats.from_dict(meta["stats"]["summary"]))
+            stats_f.merge(RunningStats.from_dict(meta["stats"]["features"]))
+        if meta is None:
+            continue
+        stats = TeacherStats(Moments(stats_f.mean.tolist(), stats_f.std.tolist(), int(stats_f.count)), Moments(stats_s.mean.tolist(), stats_s.std.tolist(), int(stats_s.count)) if has_summary else None)
+        teachers[name] = TeacherEntry(meta["spec"], TargetLayout.from_dict(meta["layout"]), stats, shards, len(shards) == n_units)
+    manifest = Manifest(
+        identity=identity, source=source, units=n_units, images=images, views=ViewsEntry(policy, view_shards), teachers=teachers, skipped=skipped,
+        complete=len(view_shards) == n_units and all(name in teachers and teachers[name].complete for name in required),
+        config=config, mlflow_run_id=old.mlflow_run_id if old else None, updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    save_manifest(loc, manifest)
+    return manifest
+
+
+def check_existing(loc: CacheLocation) -> Manifest | None:
+    """The manifest at ``loc`` (None if absent); refuses a cache of another format version even when only
+    shards were committed (a job killed before its first manifest)."""
+    manifest = load_manifest(loc)
+    if manifest is None:
+        have = sorted(existing_units(loc, "views"))
+        if have:
+            shard_meta(loc, views_path(have[0]))
+    return manifest

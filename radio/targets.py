@@ -1,0 +1,95 @@
+"""Teacher feature maps on other grids: the one resampling the cache writer and the trainer share.
+
+A teacher's map covers the view in its top-left ``extent`` cells (the whole map, except where SAM pads).
+:func:`resample_targets` moves that region onto another grid: an exact area average when shrinking (each
+output cell is the mean of the input cells its pixels cover, fractional overlaps included), bilinear with
+half-pixel centres when growing. The cache job applies it once, in the teacher actor, to store targets at
+the grid the student trains on (:func:`stored_grid`); the trainer applies it again only when the student's
+grid differs from the stored one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["resample_targets", "resample_valid_mask", "stored_grid"]
+
+
+def stored_grid(native_hw: tuple[int, int], target_hw: tuple[int, int] | None) -> tuple[int, int]:
+    """The grid a teacher's targets are stored at: ``target_hw`` per axis, but never finer than the
+    teacher's own grid (the cache never upsamples; the trainer does, if it must). None: native."""
+    if target_hw is None:
+        return (int(native_hw[0]), int(native_hw[1]))
+    return (min(int(native_hw[0]), int(target_hw[0])), min(int(native_hw[1]), int(target_hw[1])))
+
+
+def _axis_weights(src_len_B: torch.Tensor, dst: int, src_size: int) -> torch.Tensor:
+    """Per-sample 1-D resampling matrices (B, dst, src_size) from the first ``src_len`` source cells (may be
+    fractional: the view ends inside a cell) onto ``dst`` cells.
+
+    Shrinking (src_len >= dst): exact area weights, each output cell the mean of the source cells it
+    covers (fractional overlaps included), so SAM's 64 cells fold into 14 without aliasing. Growing:
+    bilinear with half-pixel centres (F.interpolate's align_corners=False).
+    """
+    L = src_len_B.to(torch.float64)[:, None, None]  # (B, 1, 1)
+    i = torch.arange(dst, dtype=torch.float64, device=L.device)[None, :, None]  # (1, dst, 1)
+    k = torch.arange(src_size, dtype=torch.float64, device=L.device)[None, None, :]  # (1, 1, S)
+    a, b = i * L / dst, (i + 1) * L / dst
+    area = (torch.minimum(b, k + 1) - torch.maximum(a, k)).clamp(min=0) / (b - a)
+    c = ((i + 0.5) * L / dst - 0.5).clamp(min=0)
+    c = torch.minimum(c, L - 1)
+    lin = (1 - (c - k).abs()).clamp(min=0)  # triangle: weights on floor(c) and floor(c) + 1
+    return torch.where(L >= dst, area, lin)
+
+
+def resample_targets(feats_BHWC: torch.Tensor, out_hw: tuple[int, int], valid_hw_B2: torch.Tensor | None = None) -> torch.Tensor:
+    """Teacher feature maps -> the student's grid (B, h, w, C), float32.
+
+    ``valid_hw_B2``: the view's extent (rows, cols) in cells on each map, int or float; only that top-left
+    region is resampled (see the module docstring). None: the whole grid.
+
+    Targets are moved to the student grid rather than predictions to the teacher grid: shrinking SAM's
+    64x64 map to a 14x14 student grid costs a fraction of upsampling every prediction (and the loss) to
+    64x64, and the area average makes each student cell's target the mean of the teacher cells its pixels
+    cover -- what one student token can be asked to represent. A teacher coarser than the student (CLIP
+    at 7x7) is upsampled bilinearly, as AM-RADIO does.
+    """
+    B, H, W, _ = feats_BHWC.shape
+    h, w = out_hw
+    x = feats_BHWC.float()
+    if valid_hw_B2 is None:
+        if (H, W) == (h, w):
+            return x
+        valid_hw_B2 = torch.tensor([[H, W]], device=x.device).expand(B, 2)
+    valid = valid_hw_B2.to(x.device, torch.float64)
+    if (H, W) == (h, w) and bool((valid == torch.tensor([H, W], device=x.device, dtype=torch.float64)).all()):
+        return x
+    if valid.shape != (B, 2) or (valid <= 0).any() or (valid[:, 0] > H).any() or (valid[:, 1] > W).any():
+        raise ValueError(f"valid_hw must be (B={B}, 2) with 0 < rows <= {H}, 0 < cols <= {W}; got {valid.tolist()}")
+    if (valid[:, 0] < H).any() or (valid[:, 1] < W).any():
+        # zero weight alone would not silence padding: 0 x inf and 0 x nan are nan
+        inside = (torch.arange(H, device=x.device)[None, :, None] < valid[:, 0, None, None]) & (torch.arange(W, device=x.device)[None, None, :] < valid[:, 1, None, None])
+        x = torch.where(inside[..., None], x, 0.0)
+    wh = _axis_weights(valid[:, 0], h, H).to(x.dtype)  # (B, h, H)
+    ww = _axis_weights(valid[:, 1], w, W).to(x.dtype)  # (B, w, W)
+    x = torch.einsum("bik,bklc->bilc", wh, x)
+    return torch.einsum("bjl,bilc->bijc", ww, x)
+
+
+def resample_valid_mask(valid_hw_B2: torch.Tensor, teacher_grid: tuple[int, int], out_hw: tuple[int, int], threshold: float = 0.5) -> torch.Tensor:
+    """Which cells of a grid spanning the teacher's *whole* (padded) canvas lie mostly on real pixels: (B, h, w) float 0/1.
+
+    For the student grid of this pipeline (which spans only the valid region) use
+    ``resample_targets(feats, hw, valid_hw)`` instead: every cell is then valid. This mask serves inputs
+    that include the padding (e.g. a picture of the teacher's canvas). A cell counts when at least
+    ``threshold`` of its area is valid.
+    """
+    B = valid_hw_B2.shape[0]
+    H, W = teacher_grid
+    rows = torch.arange(H, device=valid_hw_B2.device)[None, :, None] < valid_hw_B2[:, 0, None, None]
+    cols = torch.arange(W, device=valid_hw_B2.device)[None, None, :] < valid_hw_B2[:, 1, None, None]
+    m = (rows & cols).float().reshape(B, 1, H, W)
+    if (H, W) != tuple(out_hw):
+        m = F.interpolate(m, size=out_hw, mode="area")
+    return (m[:, 0] >= threshold).float()
