@@ -107,12 +107,13 @@ def main():
     # the manifest) are the same for both sizes; what grows with the data is the per-view cost.
     # The CPU side of one unit, without Ray: decode + views + PNG (prepare_unit), then per teacher the
     # Arrow conversion, statistics and zstd Parquet commit (write_teacher_shard).
-    from pipelines.cache import _identity, prepare_unit, write_teacher_shard
-    from radio.cache import CacheLocation
+    from pipelines.cache import _identity, prepare_unit, target_grid_for
+    from radio.cache import CacheLocation, TargetLayout, encode_targets, write_teacher_shard
+    from radio.targets import resample_targets, stored_grid
 
     tmp2 = tempfile.mkdtemp(prefix="bench-cpu-")
     try:
-        cfg0 = load_config(CacheJobConfig, None, [f"output={tmp2}", f"views.num_views={ns.views}"])
+        cfg0 = load_config(CacheJobConfig, None, [f"output={tmp2}", f"views.num_views={ns.views}", f"teachers=[{','.join(teachers)}]"])
         loc = CacheLocation(tmp2)
         ident = _identity(cfg0, src)
         t0 = time.perf_counter()
@@ -121,13 +122,12 @@ def main():
         t_write = 0.0
         for name in teachers:
             t = create_teacher(name)
+            layout = TargetLayout(stored_grid(t.spec.feature_grid, target_grid_for(cfg0, name)), cfg0.target_dtype, t.spec.feature_grid)
             outs = [t(crops[i : i + ns.batch_size]) for i in range(0, n_views, ns.batch_size)]
-            res = {"unit": 0, "image_id": prepared["image_id"], "view_index": prepared["view_index"], "seconds": 0.0,
-                   "summary": np.concatenate([o.summary_BD.numpy() for o in outs]).astype(np.float16) if outs[0].summary_BD is not None else None,
-                   "features": np.concatenate([o.features_BHWC.numpy() for o in outs]).astype(np.float16),
-                   "valid_hw": np.concatenate([o.valid_hw_B2.numpy() for o in outs]).astype(np.int16)}
+            parts = [encode_targets(o.summary_BD, resample_targets(o.features_BHWC, layout.grid, o.valid_hw_B2), layout.dtype) for o in outs]
+            cols = {k: np.concatenate([c[k] for c in parts]) for k in parts[0]}
             t0 = time.perf_counter()
-            write_teacher_shard(loc, name, t.spec.to_dict(), res, 64, ident)
+            write_teacher_shard(loc, name, t.spec.to_dict(), layout, 0, prepared["image_id"], prepared["view_index"], cols, ident, 64)
             t_write += time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp2, ignore_errors=True)

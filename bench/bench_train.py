@@ -90,7 +90,10 @@ def main():
 
     from teachers import create_teacher
 
+    from radio.targets import resample_targets
+
     tmods = {t: create_teacher(t, device=str(device)) for t in teachers}
+    grids = trainer.reader.grids
 
     def teacher_forward(b):
         imgs = list(b["image"])  # the stored views; teachers resize them with their own preprocessing
@@ -102,11 +105,11 @@ def main():
     t0 = time.perf_counter()
     for b in held:
         outs = teacher_forward(b)
-        for t, o in outs.items():  # online targets replace the cached ones
+        for t, o in outs.items():  # online targets replace the cached ones, at the grid they were stored at
             if o.summary_BD is not None:
                 b[f"{t}/summary"] = o.summary_BD
-            b[f"{t}/features"] = o.features_BHWC
-            b[f"{t}/valid_hw"] = o.valid_hw_B2
+            b[f"{t}/features"] = resample_targets(o.features_BHWC, grids[t], o.valid_hw_B2)
+            b.pop(f"{t}/features_scale", None), b.pop(f"{t}/features_offset", None)
         trainer.train_step(b)
     sync()
     t_online = (time.perf_counter() - t0) / ns.steps

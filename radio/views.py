@@ -26,12 +26,13 @@ class ViewPolicy:
     sampled log-uniformly. ``first_view_full`` makes view 0 the plain, unflipped full image, which gives
     evaluation and kNN a canonical view of every image.
 
-    The default ratio is (1, 1): square views. The student sees a view resized to its square input,
-    and on a square view every teacher's own resize rule (shortest edge + center crop for CLIP and
-    DINOv2, longest edge + pad for SAM, a fixed size for SigLIP) covers exactly the same pixels, so
-    every target cell lines up with a student cell. With a non-square ratio, CLIP and DINOv2 only see
-    the view's central square while the student sees all of it. With ratio (1, 1), view 0 is the
-    image's largest centered square rather than the whole image, for the same reason.
+    The default ratio is (1, 1): square views, because the student's input is square. Every teacher takes
+    the whole view, never a crop of it (``teachers``: CLIP and DINOv2 resize it to their crop size instead of
+    center-cropping, SAM resizes its long side and pads outside it, SigLIP resizes it to its fixed size), so
+    every target cell lines up with the student's pixels whatever the ratio. A non-square view is squashed to
+    the student's square input (and to SigLIP's), while CLIP and DINOv2 keep its aspect (up to 4:1) and SAM
+    pads it; the cache stores every teacher's targets over exactly the view, on the student's grid. With
+    ratio (1, 1), view 0 is the image's largest centered square rather than the whole image.
     """
 
     num_views: int = 2
@@ -125,7 +126,8 @@ def sample_views(policy: ViewPolicy, image_id: str, width: int, height: int) -> 
 def crop_view(image_HW3: np.ndarray, view: View) -> np.ndarray:
     """The view's pixels at source resolution: crop then flip. uint8 (h, w, 3) -> uint8 (bh, bw, 3).
 
-    This is what every teacher receives; each then applies its own official resize and normalization.
+    This is what every teacher receives; each then maps the whole of it to its input with its official
+    resize filter and normalization (never a center crop).
     """
     left, top, right, bottom = view.box
     H, W = image_HW3.shape[:2]

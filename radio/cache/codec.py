@@ -1,8 +1,11 @@
 """How targets are stored: float32, float16, or int8 with a per-row, per-channel affine scale.
 
 int8 layout (chosen over a per-position scale; measured in BENCHMARKS.md): for each row (one view) and
-channel ``c`` of a (H, W, C) feature map, ``lo_c`` and ``hi_c`` over the map's H x W positions define 255
-levels, ``x ~= (q + 128) * scale_c + lo_c`` with ``scale_c = (hi_c - lo_c) / 255``. ViT features carry a few
+channel ``c`` of a (H, W, C) feature map, ``lo_c`` and ``hi_c`` over the map's H x W positions define 256
+levels, ``x ~= q * scale_c + lo_c`` with ``scale_c = (hi_c - lo_c) / 255`` and ``q`` an 8-bit code. The
+codes are stored unsigned (uint8): Parquet widens 8-bit integers to INT32, and byte-stream-split then turns
+the three high bytes into runs of zeros that zstd removes (a signed code would leave sign-extension bytes
+behind: 1.6x the size, measured). ViT features carry a few
 channels with large offsets or ranges ("massive activations"); a per-position scale lets those channels
 swamp every other channel of the same position, a per-channel scale does not. The scales and offsets are
 float32 (2 x 4 x C bytes per row, ~4 % of a 14x14x768 map). Summaries stay float16 under int8 (1-2 KB a row).
@@ -40,7 +43,7 @@ def _check(dtype: str):
 
 def encode_targets(summary_BD: torch.Tensor | None, feats_BHWC: torch.Tensor, dtype: str) -> dict[str, np.ndarray]:
     """float targets (any device) -> the numpy columns stored for them: ``summary`` (if any), ``features``
-    and, for int8, ``features_scale`` and ``features_offset`` (B, C) float32."""
+    and, for int8, the uint8 codes as ``features`` plus ``features_scale`` and ``features_offset`` (B, C) float32."""
     _check(dtype)
     out = {}
     if summary_BD is not None:
@@ -52,8 +55,8 @@ def encode_targets(summary_BD: torch.Tensor | None, feats_BHWC: torch.Tensor, dt
     lo, hi = x.amin(dim=(1, 2)), x.amax(dim=(1, 2))  # (B, C)
     scale = (hi - lo) / 255.0
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant channel decodes to lo exactly
-    q = torch.round((x - lo[:, None, None]) / scale[:, None, None]).clamp_(0, 255) - 128
-    out["features"] = q.to(torch.int8).cpu().numpy()
+    q = torch.round((x - lo[:, None, None]) / scale[:, None, None]).clamp_(0, 255)
+    out["features"] = q.to(torch.uint8).cpu().numpy()
     out["features_scale"], out["features_offset"] = scale.cpu().numpy(), lo.cpu().numpy()
     return out
 
@@ -72,7 +75,7 @@ def decode_features(cols: dict, device=None) -> torch.Tensor:
     if "features_scale" not in cols:
         return f.float()
     scale, offset = _t(cols["features_scale"], device).float(), _t(cols["features_offset"], device).float()
-    return (f.float() + 128.0) * scale[:, None, None] + offset[:, None, None]
+    return f.float() * scale[:, None, None] + offset[:, None, None]
 
 
 def decode_summary(cols: dict, device=None) -> torch.Tensor | None:

@@ -65,8 +65,7 @@ def write_teacher_shard(loc: CacheLocation, teacher: str, spec: dict, layout: Ta
         split.append(leaf_path("summary", 1))
     for name in feature_columns(layout.dtype):
         table_cols[name] = tensor_to_arrow(cols[name])
-        if cols[name].dtype.kind == "f":  # byte-stream-split helps floats, not int8 codes
-            split.append(leaf_path(name, cols[name].ndim - 1))
+        split.append(leaf_path(name, cols[name].ndim - 1))  # floats, and the uint8 codes' zero high bytes
     stats = shard_stats(cols, layout)
     meta = {"kind": "teacher", "teacher": teacher, "unit": unit, "spec": spec, "fingerprint": spec["fingerprint"], "layout": layout.to_dict(), "stats": stats, "identity": identity.to_dict(), "format_version": FORMAT_VERSION}
     table = pa.table(table_cols).replace_schema_metadata(encode_metadata(meta))
