@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from radio.cache import (
-    MIN_COS, CacheError, CacheLocation, Manifest, arrow_to_tensor, decode_features, decode_metadata, decode_summary, feature_columns,
+    MIN_COS, CacheError, CacheLocation, Manifest, column_tensor, decode_features, decode_metadata, decode_summary, feature_columns,
     load_manifest, save_manifest, teacher_path, views_path,
 )
 from radio.images import decode_image, encode_image
@@ -171,13 +171,13 @@ def _recompute(loc, m: Manifest, keys_by_unit, sample, atol, min_cos, seed, out)
             problems.append(f"{image_id} view {view_index}: recorded crop/flip differ from the view policy's replay")
             continue
         student = encode_image(render_view(img, view, (res, res)), m.identity.student_image_format)
-        if m.identity.student_image_format == "png" and student != vrow.column("student_image").to_pylist()[0]:
+        if m.identity.student_image_format in ("png", "raw") and student != vrow.column("student_image").to_pylist()[0]:
             problems.append(f"{image_id} view {view_index}: stored student image differs from the replayed view")
         crop = torch.from_numpy(crop_view(img, view)).permute(2, 0, 1)
         for name, teacher in teachers.items():
             layout = m.teachers[name].layout
             trow = loc.parquet_file(teacher_path(name, u)).read().slice(i, 1)
-            cols = {c: arrow_to_tensor(trow.column(c)) for c in ("summary", *feature_columns(layout.dtype)) if c in trow.column_names}
+            cols = {c: column_tensor(trow, c) for c in ("summary", *feature_columns(layout.dtype)) if c in trow.column_names}
             got = teacher([crop])
             pairs = [("features", resample_targets(got.features_BHWC, layout.grid, got.valid_hw_B2)[0].numpy(), decode_features(cols)[0].numpy())]
             if got.summary_BD is not None:

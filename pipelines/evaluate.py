@@ -57,15 +57,12 @@ def _embed(model, reader: CacheReader, teachers: list[str], batch_size: int, vie
     feats_student, labels = [], []
     teacher_summ = {t: [] for t in teachers}
     sums = {t: {"summary": [], "features": []} for t in teachers}
-    from PIL import Image
-    import io
-
     for batch in reader.iter_batches(batch_rows=batch_size):
         keep = np.ones(len(batch), bool) if not view0_only else (batch.view_index == 0)
         if not keep.any():
             continue
         idx = np.nonzero(keep)[0]
-        images = torch.from_numpy(np.stack([np.asarray(Image.open(io.BytesIO(batch.student_image[i])).convert("RGB")) for i in idx])).permute(0, 3, 1, 2)
+        images = torch.from_numpy(reader.student_pixels(batch, idx)).permute(0, 3, 1, 2)
         out = model(images)
         feats_student.append(out.summary)
         labels.append(torch.from_numpy(batch.label_index[idx].astype(np.int64)))
@@ -103,7 +100,7 @@ def _pictures(model, reader: CacheReader, teachers: list[str], n: int, out_dir: 
         if len(picked) >= n:
             break
     picked = picked[:n]
-    images = torch.from_numpy(np.stack([np.asarray(Image.open(io.BytesIO(b.student_image[i])).convert("RGB")) for b, i in picked])).permute(0, 3, 1, 2)
+    images = torch.from_numpy(np.concatenate([reader.student_pixels(b, [i]) for b, i in picked])).permute(0, 3, 1, 2)
     with torch.no_grad():
         out = model(images)
     H, W = images.shape[2:]

@@ -45,6 +45,8 @@ class Run:
 
     def __init__(self, client, run_id: str, experiment_id: str):
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self._queue = None  # metric batches for the background sender (log_metrics(wait=False))
+        self._error: BaseException | None = None
 
     def log_params(self, params: dict):
         from mlflow.entities import Param
@@ -53,15 +55,49 @@ class Run:
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
-    def log_metrics(self, metrics: dict, step: int | None = None):
+    def log_metrics(self, metrics: dict, step: int | None = None, wait: bool = True):
+        """Log numbers at ``step``. ``wait=False``: hand them to a background thread and return at once (the
+        training loop never waits on the tracking store); ``flush`` / ``end`` wait for what is queued."""
         import time
 
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        if wait:
+            self._send(items)
+            return
+        if self._queue is None:
+            import queue
+            import threading
+
+            self._queue = queue.Queue()
+            threading.Thread(target=self._sender, daemon=True, name="mlflow-metrics").start()
+        self._queue.put(items)
+
+    def _send(self, items):
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def _sender(self):
+        while True:
+            items = self._queue.get()
+            try:
+                self._send(items)
+            except BaseException as e:  # reported by flush(); training goes on
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def flush(self):
+        """Wait until every queued metric batch is sent; warn (once) if one could not be."""
+        if self._queue is not None:
+            self._queue.join()
+        if self._error is not None:
+            import sys
+
+            print(f"[radio] some metrics could not be logged to MLflow: {type(self._error).__name__}: {self._error}", file=sys.stderr)
+            self._error = None
 
     def set_tags(self, tags: dict):
         from mlflow.entities import RunTag
@@ -84,6 +120,7 @@ class Run:
         self.client.log_image(self.run_id, image, artifact_file=artifact_file)
 
     def end(self, status: str = "FINISHED"):
+        self.flush()
         self.client.set_terminated(self.run_id, status=status)
 
 

@@ -23,7 +23,7 @@ import torch
 from radio.adapters import AdapterConfig
 from radio.cache import CacheReader, decode_features, decode_summary
 from radio.checkpoint import DistillModel, save_student
-from radio.data import CacheStream, LoaderConfig, ThreadPrefetcher, make_loader
+from radio.data import CacheStream, LoaderConfig, ThreadPrefetcher, make_loader, resolve_workers
 from radio.losses import LossConfig, distill_loss
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
@@ -70,6 +70,8 @@ class TrainJobConfig:
     seed: int = 0
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, none on CPU
     checkpoint_every: int = 50
+    log_every: int = 10  # steps between metric reads: the step's only host sync, where the NaN/Inf guard runs
+    compile: bool = False  # torch.compile the student (pays off on a GPU for long runs)
     keep_checkpoints: int = 2
     resume: bool = False
     run_name: str | None = None
@@ -133,14 +135,19 @@ class Trainer:
         adapters = [AdapterConfig(name=t, summary_dim=self.specs[t].get("summary_dim"), feature_dim=self.specs[t]["feature_dim"], feature_grid=reader.grids[t], hidden=cfg.adapter_hidden) for t in cfg.teachers]
         self.student_cfg, self.adapter_cfgs = student_cfg, adapters
         self.model = DistillModel(student_cfg, adapters)
-        self.stream = CacheStream(cfg.cache, cfg.teachers, rank=self.acc.process_index, world_size=self.acc.num_processes, num_workers=cfg.loader.num_workers, batch_size=cfg.loader.batch_size, shuffle_buffer=cfg.loader.shuffle_buffer, read_rows=cfg.loader.read_rows, seed=cfg.seed)
-        self.loader = make_loader(self.stream, cfg.loader)
+        self.workers = resolve_workers(cfg.loader)
+        self.stream = CacheStream(cfg.cache, cfg.teachers, rank=self.acc.process_index, world_size=self.acc.num_processes, num_workers=self.workers, batch_size=cfg.loader.batch_size, shuffle_buffer=cfg.loader.shuffle_buffer, read_rows=cfg.loader.read_rows, seed=cfg.seed)
+        self.loader = make_loader(self.stream, cfg.loader, self.workers)
         self.steps_per_epoch = [math.ceil(self.stream.batches_per_reader(e) * self.stream.num_workers / cfg.optim.grad_accum) for e in range(cfg.epochs)]
         self.total_steps = sum(self.steps_per_epoch)
         decay, no_decay = [], []
+        skip = self.model.no_weight_decay()  # the model says which parameters take no decay (timm's rule)
         for n, p in self.model.named_parameters():
-            (no_decay if p.ndim < 2 or "token" in n or "pos_embed" in n else decay).append(p)
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.optim.lr, betas=cfg.optim.betas)
+            (no_decay if p.ndim < 2 or n in skip else decay).append(p)
+        fused = {"fused": True} if torch.cuda.is_available() else {}
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.optim.lr, betas=cfg.optim.betas, **fused)
+        if cfg.compile:
+            self.model.compile()  # in place: parameter names and checkpoints stay those of the plain model
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
         self.model, self.opt, self.sched = self.acc.prepare(self.model, self.opt, self.sched)
         self.out = Path(cfg.output)
@@ -179,37 +186,59 @@ class Trainer:
         return True
 
     # -- the loop ----------------------------------------------------------------------------
-    def train_step(self, batch: dict) -> dict[str, float]:
-        keep = batch["weight"] > 0
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One micro-step. Returns the detached loss terms as device tensors: nothing here waits for the device."""
+        keep = batch["weight"] > 0  # a CPU tensor: no device sync
         scale = 1.0
         if not keep.any():  # a padding-only batch: run one row with zero weight to stay in lockstep
             keep = torch.zeros_like(keep)
             keep[0] = True
             scale = 0.0
-        batch = _select(batch, keep)
+        if not keep.all():
+            batch = _select(batch, keep)
         device = self.acc.device
         targets = prepare_targets(batch, self.cfg.teachers, self.stats, device)
         with self.acc.accumulate(self.model):
-            preds = self.model(batch["image"].to(device))
+            preds = self.model(batch["image"].to(device, non_blocking=True))
             losses = distill_loss(preds, targets, self.cfg.loss)
-            loss = losses["loss"] * scale
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss.item()} at step {self.state.step}: stopping. The last good checkpoint is {self.state.last_good or '(none yet)'}; lower optim.lr or check the cache's statistics.")
-            self.acc.backward(loss)
+            self.acc.backward(losses["loss"] * scale)
             grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip) if self.acc.sync_gradients else None
             self.opt.step()
             self.sched.step() if self.acc.sync_gradients else None
             self.opt.zero_grad(set_to_none=True)
         # training-batch cosines are logged as fidelity/...: after eval/ in MLflow's alphabetical tables
-        out = {k.replace("cos/", "fidelity/", 1) if k.startswith("cos/") else k: float(v.detach()) for k, v in losses.items()}
+        out = {k.replace("cos/", "fidelity/", 1) if k.startswith("cos/") else k: v.detach() for k, v in losses.items()}
         if grad_norm is not None:
-            out["grad_norm"] = float(grad_norm)
-        out["lr"] = self.sched.get_last_lr()[0]
+            out["grad_norm"] = torch.as_tensor(grad_norm, device=device).detach().float()
         return out
+
+    def read_metrics(self) -> dict[str, float]:
+        """Means of the loss terms accumulated since the last read: the one host sync every ``log_every`` steps.
+
+        Also the NaN/Inf guard: a non-finite loss stops training here, naming the last good checkpoint (every
+        checkpoint is written only after such a read, so it never holds a diverged model).
+        """
+        if not self._sums:
+            return {}
+        keys = list(self._sums)
+        values = (torch.stack([self._sums[k].float() for k in keys]) / self._count).tolist()
+        out = dict(zip(keys, values))
+        first, last = self._since + 1, self.state.step
+        self._sums, self._count, self._since = {}, 0, self.state.step
+        if not math.isfinite(out["loss"]):
+            steps = f"step {last}" if first >= last else f"steps {first}-{last}"
+            raise TrainingDiverged(f"loss is {out['loss']} in {steps} (losses are read every log_every={self.cfg.log_every} steps): stopping. The last good checkpoint is {self.state.last_good or '(none yet)'}; lower optim.lr or check the cache's statistics.")
+        return out
+
+    def _accumulate(self, metrics: dict[str, torch.Tensor]):
+        for k, v in metrics.items():
+            self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
+        self._count += 1
 
     def fit(self, tracker) -> TrainState:
         cfg = self.cfg
         max_steps = cfg.max_steps if cfg.max_steps is not None else self.total_steps
+        self._sums, self._count, self._since = {}, 0, self.state.step
         t_last = time.perf_counter()
         images = 0
         wait_s = step_s = 0.0
@@ -217,25 +246,28 @@ class Trainer:
             self.stream.set_epoch(self.state.epoch, skip_batches=self.state.batch_in_epoch)
             audit: list = []
             t_wait = time.perf_counter()
-            batches = self.loader if cfg.loader.num_workers > 0 else ThreadPrefetcher(self.loader, cfg.loader.prefetch_factor)
+            batches = self.loader if self.workers > 0 else ThreadPrefetcher(self.loader, cfg.loader.prefetch_factor)
             for batch in batches:
                 t_got = time.perf_counter()
                 if cfg.audit_keys:
                     audit += [(i, int(v)) for i, v, w in zip(batch["image_id"], batch["view_index"], batch["weight"]) if w > 0]
                 wait_s += t_got - t_wait
-                metrics = self.train_step(batch)
+                self._accumulate(self.train_step(batch))
                 self.state.batch_in_epoch += 1
                 images += int(batch["weight"].sum())
                 if self.acc.sync_gradients:
                     self.state.step += 1
-                    now = time.perf_counter()
-                    step_s = now - t_last
-                    metrics.update({"images_per_s": images * self.acc.num_processes / step_s if step_s > 0 else 0.0, "time/data_wait_fraction": wait_s / step_s if step_s > 0 else 0.0, "progress/epoch": self.state.epoch})
-                    self.history.append({"step": self.state.step, "loss": metrics["loss"]})
-                    tracker.log_metrics(metrics, step=self.state.step)
-                    self._progress(metrics, max_steps)
-                    t_last, images, wait_s = now, 0, 0.0
-                    if self.state.step % cfg.checkpoint_every == 0:
+                    checkpoint = self.state.step % cfg.checkpoint_every == 0
+                    if self.state.step % cfg.log_every == 0 or checkpoint or self.state.step >= max_steps:
+                        metrics = self.read_metrics()  # the host sync; raises on a non-finite loss
+                        now = time.perf_counter()
+                        step_s = now - t_last
+                        metrics.update({"images_per_s": images * self.acc.num_processes / step_s if step_s > 0 else 0.0, "time/data_wait_fraction": wait_s / step_s if step_s > 0 else 0.0, "progress/epoch": self.state.epoch, "lr": self.sched.get_last_lr()[0]})
+                        self.history.append({"step": self.state.step, "loss": metrics["loss"]})
+                        tracker.log_metrics(metrics, step=self.state.step, wait=False)  # sent from a background thread
+                        self._progress(metrics, max_steps)
+                        t_last, images, wait_s = now, 0, 0.0
+                    if checkpoint:
                         self.save_checkpoint()
                     if self.state.step >= max_steps:
                         break
@@ -332,6 +364,7 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None) -> dict:
         tracker.end(status="KILLED")
         raise
     if trainer.state.step % cfg.checkpoint_every != 0:
+        trainer.read_metrics()  # a diverged tail is never saved as the final checkpoint
         trainer.save_checkpoint()
     student_dir = trainer.export()
     if acc.is_main_process:

@@ -48,6 +48,10 @@ class DistillModel(nn.Module):
         self.student_cfg, self.adapter_cfgs = self.trunk.cfg, list(adapters)
         self.heads = AdapterHeads(self.adapter_cfgs, self.trunk.cfg.dim, self.trunk.cfg.summary_teachers)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that take no weight decay (besides every 1-D parameter: norms and biases)."""
+        return {f"trunk.{n}" for n in self.trunk.no_weight_decay()}
+
     def forward_all(self, images: torch.Tensor) -> tuple[StudentOutput, dict]:
         out = self.trunk(normalize_images(images, self.student_cfg.mean, self.student_cfg.std))
         return out, self.heads(out)

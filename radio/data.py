@@ -16,25 +16,27 @@ epoch replays the row stream without decoding the skipped rows and continues bit
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .cache import CacheReader
+from .images import decode_student_image
 
-__all__ = ["LoaderConfig", "CacheStream", "make_loader", "epoch_assignment", "batches_per_epoch"]
+__all__ = ["LoaderConfig", "CacheStream", "make_loader", "resolve_workers", "epoch_assignment", "batches_per_epoch"]
 
 
 @dataclass
 class LoaderConfig:
     batch_size: int = 32
     shuffle_buffer: int = 256  # rows held for shuffling, per reader
-    num_workers: int = 0  # DataLoader worker processes per rank; 0: a reader thread in the training process
+    # DataLoader worker processes per rank; 0: a reader thread in the training process. None: worker processes
+    # when CUDA is present (one per spare core of this rank's share, at most 8), the reader thread on CPU-only
+    # machines, where it is measured faster (BENCHMARKS.md)
+    num_workers: int | None = None
     prefetch_factor: int = 4  # batches each worker (or the reader thread) keeps ready
     read_rows: int = 64  # rows per Parquet read
 
@@ -50,11 +52,6 @@ def batches_per_epoch(rows_per_unit: dict[int, int], units: list[int], seed: int
     assignment = epoch_assignment(units, seed, epoch, n_readers)
     most = max(sum(rows_per_unit[u] for u in a) for a in assignment)
     return max(1, math.ceil(most / batch_size))
-
-
-def _decode_rgb(data: bytes) -> np.ndarray:
-    img = Image.open(io.BytesIO(data))
-    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
 
 
 class CacheStream(IterableDataset):
@@ -77,6 +74,8 @@ class CacheStream(IterableDataset):
         if not self.units:
             raise ValueError(f"cache {uri} has no complete units for teachers {self.teachers}; finish it with `radio cache`")
         self.rows_per_unit = {u: reader.rows_per_unit[u] for u in self.units}
+        self.image_format, self.resolution = reader.image_format, reader.manifest.student_resolution
+        self.pin_memory = torch.cuda.is_available()  # in a worker process, shared memory takes precedence
         self.epoch = 0
         self.skip_batches = 0  # batches of this epoch already consumed (by the whole rank)
 
@@ -110,17 +109,51 @@ class CacheStream(IterableDataset):
             yield buf.pop()
 
     def _materialize(self, refs: list, weights: list[float]) -> dict:
+        """One batch from row references, column by column: rows are gathered per source chunk with one
+        fancy index each (no per-row Python for tensors), targets keep their stored dtype."""
+        groups: dict[int, tuple] = {}
+        for pos, (b, i) in enumerate(refs):
+            g = groups.get(id(b))
+            if g is None:
+                g = groups[id(b)] = (b, [], [])
+            g[1].append(pos)
+            g[2].append(i)
+
+        def gather(get) -> torch.Tensor:
+            first = get(refs[0][0])
+            t = self._empty((len(refs), *first.shape[1:]), torch.from_numpy(np.empty(0, first.dtype)).dtype)
+            out = t.numpy()
+            for b, pos, rows in groups.values():
+                out[pos] = get(b)[rows]
+            return t
+
+        if isinstance(refs[0][0].student_image, np.ndarray):  # raw views: one array per chunk already
+            images = gather(lambda b: b.student_image)
+        else:
+            images = self._empty((len(refs), self.resolution, self.resolution, 3), torch.uint8)
+            for k, (b, i) in enumerate(refs):
+                images[k] = torch.from_numpy(decode_student_image(b.student_image[i], self.image_format, (self.resolution, self.resolution)))
         out: dict = {
-            "image": torch.from_numpy(np.stack([_decode_rgb(b.student_image[i]) for b, i in refs])).permute(0, 3, 1, 2).contiguous(),
+            "image": images.permute(0, 3, 1, 2),  # (B, 3, H, W) view of channels-last pixels
             "weight": torch.tensor(weights, dtype=torch.float32),
             "image_id": [b.image_id[i] for b, i in refs],
-            "view_index": torch.tensor([int(b.view_index[i]) for b, i in refs], dtype=torch.int64),
-            "label": torch.tensor([int(b.label_index[i]) for b, i in refs], dtype=torch.int64),
+            "view_index": gather(lambda b: b.view_index).long(),
+            "label": gather(lambda b: b.label_index).long(),
         }
         for t in self.teachers:
             for key in refs[0][0].teachers[t]:
-                out[f"{t}/{key}"] = torch.from_numpy(np.stack([b.teachers[t][key][i] for b, i in refs]))
+                out[f"{t}/{key}"] = gather(lambda b: b.teachers[t][key])
         return out
+
+    def _empty(self, shape, dtype) -> torch.Tensor:
+        """Where a batch is assembled: shared memory in a DataLoader worker (handed to the training process
+        without another copy), pinned memory for a CUDA device fed by the reader thread (copied to the GPU
+        with non_blocking=True), plain memory otherwise."""
+        if get_worker_info() is not None:
+            return torch.empty(shape, dtype=dtype).share_memory_()
+        if self.pin_memory:
+            return torch.empty(shape, dtype=dtype, pin_memory=True)
+        return torch.empty(shape, dtype=dtype)
 
     def __iter__(self):
         info = get_worker_info()
@@ -213,9 +246,22 @@ class ThreadPrefetcher:
         self._stop.set()
 
 
-def make_loader(stream: CacheStream, cfg: LoaderConfig) -> DataLoader:
+def resolve_workers(cfg: LoaderConfig) -> int:
+    """``cfg.num_workers``, or its default for this machine (see :class:`LoaderConfig`)."""
+    if cfg.num_workers is not None:
+        if cfg.num_workers < 0:
+            raise ValueError(f"loader.num_workers must be >= 0, got {cfg.num_workers}")
+        return cfg.num_workers
+    if not torch.cuda.is_available():
+        return 0
+    import os
+
+    per_rank = (os.cpu_count() or 1) // max(1, torch.cuda.device_count())
+    return max(1, min(8, per_rank - 1))
+
+
+def make_loader(stream: CacheStream, cfg: LoaderConfig, num_workers: int | None = None) -> DataLoader:
     """A DataLoader over ``stream`` that only prefetches: batching and splitting happen in the stream."""
-    kwargs = {}
-    if cfg.num_workers > 0:
-        kwargs = {"prefetch_factor": cfg.prefetch_factor, "persistent_workers": False}
-    return DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(), **kwargs)
+    workers = resolve_workers(cfg) if num_workers is None else num_workers
+    kwargs = {"prefetch_factor": cfg.prefetch_factor, "persistent_workers": False} if workers > 0 else {}
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(), **kwargs)

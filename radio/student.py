@@ -237,6 +237,10 @@ class ViTStudent(nn.Module):
         pos = F.grid_sample(grid.expand(B, -1, -1, -1), coords.to(grid.dtype), mode="bicubic", padding_mode="border", align_corners=False)
         return pos.flatten(2).transpose(1, 2)
 
+    def no_weight_decay(self) -> set[str]:
+        """Learned embeddings and tokens: decaying them toward zero only fights what they encode (timm's rule)."""
+        return {"pos_embed", "summary_tokens", "register_tokens"}
+
     def forward_features(self, x_B3HW: torch.Tensor) -> StudentOutput:
         """Normalized float images (B, 3, H, W), H and W multiples of the patch -> StudentOutput."""
         B, _, H, W = x_B3HW.shape

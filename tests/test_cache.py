@@ -19,7 +19,7 @@ from PIL import Image
 from pipelines.cache import CacheJobConfig, run_cache_job
 from pipelines.cli import main
 from pipelines.config import load_config
-from radio.cache import CacheMismatch, CacheReader, arrow_to_tensor, load_manifest
+from radio.cache import CacheMismatch, CacheReader, column_tensor, load_manifest
 from radio.targets import resample_targets
 from radio.cache.store import CacheLocation
 
@@ -69,14 +69,16 @@ def test_shards_readable_by_plain_pyarrow_with_shapes(cache_dir):
     f = cache_dir / "teachers" / "tiny-sam" / "unit-00000.parquet"
     pf = pq.ParquetFile(f)
     t = pf.read()
-    feats = arrow_to_tensor(t["features"])
+    feats = column_tensor(t, "features")
     assert feats.dtype == np.float16 and feats.shape == (PER_SHARD * VIEWS, *entry.layout.grid, spec["feature_dim"])
     meta = pf.schema_arrow.metadata
     assert json.loads(meta[b"radio.fingerprint"]) == spec["fingerprint"]
-    col = pf.metadata.row_group(0).column(t.schema.get_field_index("features"))
-    assert col.compression == "ZSTD" and "BYTE_STREAM_SPLIT" in col.encodings
-    # plain nested lists, no extension types: to_pylist gives the shape too
-    assert len(t["features"][0].as_py()) == entry.layout.grid[0]
+    # plain Arrow: one fixed-size binary value per row, shape and dtype in the field metadata
+    field = pf.schema_arrow.field("features")
+    shape = json.loads(field.metadata[b"radio.tensor"])
+    assert shape == {"shape": [*entry.layout.grid, spec["feature_dim"]], "dtype": "float16"}
+    plain = np.frombuffer(t["features"].combine_chunks().buffers()[1], np.float16).reshape(-1, *shape["shape"])
+    assert np.array_equal(plain, feats)
     assert "valid_hw" not in t.column_names  # stored maps cover exactly the view: no padding
 
 
@@ -84,14 +86,13 @@ def test_shards_readable_by_datasets(cache_dir):
     import datasets
 
     files = sorted(str(p) for p in (cache_dir / "teachers" / "tiny-clip").glob("*.parquet"))
-    ds = datasets.load_dataset("parquet", data_files=files, split="train").with_format("numpy")
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
     m = load_manifest(CacheLocation(str(cache_dir)))
     entry = m.teachers["tiny-clip"]
-    spec = entry.spec
     row = ds[0]
-    assert row["features"].shape == (*entry.layout.grid, spec["feature_dim"])
-    assert row["summary"].shape == (spec["summary_dim"],)
-    assert len(ds) == LIMIT * VIEWS
+    feats = np.frombuffer(row["features"], np.float16).reshape(*entry.layout.grid, entry.feature_dim)
+    assert np.isfinite(feats).all() and np.frombuffer(row["summary"], np.float16).shape == (entry.summary_dim,)
+    assert len(ds) == LIMIT * VIEWS and row["image_id"] and row["view_index"] in range(VIEWS)
 
 
 def test_values_equal_direct_teacher_forward(cache_dir):
@@ -116,9 +117,8 @@ def test_values_equal_direct_teacher_forward(cache_dir):
             np.testing.assert_allclose(batch.teachers[name]["features"][i].astype(np.float32), want[0].numpy(), rtol=2e-3, atol=2e-3)
             if out.summary_BD is not None:
                 np.testing.assert_allclose(batch.teachers[name]["summary"][i].astype(np.float32), out.summary_BD[0].numpy(), rtol=2e-3, atol=2e-3)
-        # the stored student view is the same crop, resized
-        student = np.asarray(Image.open(io.BytesIO(batch.student_image[0])))
-        assert student.shape == (32, 32, 3)
+        # the stored student view is the same crop, resized (raw uint8 pixels by default)
+        assert reader.student_pixels(batch, [0]).shape == (1, 32, 32, 3)
 
 
 def test_complete_cache_rerun_is_a_fast_noop(cache_dir):

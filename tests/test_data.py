@@ -2,13 +2,14 @@
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
 from radio.cache import CacheMismatch, CacheReader
 from radio.data import CacheStream, LoaderConfig, make_loader
 
-from .synthetic import make_synthetic_cache
+from pipelines.synthetic import make_synthetic_cache
 
 LIMIT, VIEWS = 20, 2
 
@@ -77,3 +78,36 @@ def test_reader_refuses_missing_teacher_and_stale_fingerprint(cache):
         CacheReader(cache, ["syn-clip", "syn-dino"])
     with pytest.raises(CacheMismatch, match="stale"):
         CacheReader(cache, ["syn-clip"], expect_fingerprints={"syn-clip": "other"})
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_stream_equals_a_row_by_row_read(tmp_path, dtype):
+    """The column-wise batches hold, for every key, exactly what a plain row-by-row read of the cache gives:
+    same image, label and targets (decoded), in the stored dtype until decoded."""
+    from radio.cache import decode_features
+
+    root = tmp_path / dtype
+    make_synthetic_cache(root, limit=14, views=2, per_shard=5, target_dtype=dtype)
+    reader = CacheReader(str(root))
+    ref = {}
+    for batch in reader.iter_batches(batch_rows=3):
+        for i in range(len(batch)):
+            row = {t: {k: v[i : i + 1] for k, v in cols.items()} for t, cols in batch.teachers.items()}
+            ref[(batch.image_id[i], int(batch.view_index[i]))] = (reader.student_pixels(batch, [i])[0], int(batch.label_index[i]), row)
+    seen = set()
+    s = CacheStream(str(root), ["syn-clip", "syn-sam"], batch_size=4, shuffle_buffer=7, read_rows=3, seed=1)
+    for b in make_loader(s, LoaderConfig(num_workers=0)):
+        for k, (image_id, v, w) in enumerate(zip(b["image_id"], b["view_index"].tolist(), b["weight"].tolist())):
+            if w == 0:
+                continue
+            image, label, row = ref[(image_id, v)]
+            seen.add((image_id, v))
+            assert np.array_equal(b["image"][k].permute(1, 2, 0).numpy(), image) and int(b["label"][k]) == label
+            for t in ("syn-clip", "syn-sam"):
+                cols = {key[len(t) + 1 :]: val[k : k + 1] for key, val in b.items() if key.startswith(f"{t}/")}
+                assert set(cols) == set(row[t])
+                assert cols["features"].dtype == (torch.uint8 if dtype == "int8" else torch.float16)
+                assert torch.equal(decode_features(cols), decode_features(row[t]))
+                if "summary" in cols:
+                    assert np.array_equal(cols["summary"].numpy(), row[t]["summary"])
+    assert seen == set(ref)

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..images import decode_student_image
 from ..normalize import TargetStats
-from .arrow import arrow_to_tensor
+from .arrow import column_tensor
 from .codec import feature_columns
 from .manifest import MANIFEST_NAME, CacheError, CacheMismatch, Manifest, TeacherEntry, load_manifest
 from .store import CacheLocation, decode_metadata, teacher_path, views_path
@@ -51,7 +52,7 @@ class CacheBatch:
     image_id: list[str]
     view_index: np.ndarray
     label_index: np.ndarray
-    student_image: list[bytes]
+    student_image: list[bytes] | np.ndarray  # encoded views; for the "raw" format one uint8 (B, H, W, 3) array
     teachers: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -126,6 +127,28 @@ class CacheReader:
             raise CacheMismatch(f"{self.loc.full(teacher_path(t, unit))} has fingerprint {meta.get('fingerprint')}, the manifest says {want}: mixed targets in one cache")
         return pf
 
+    @property
+    def image_format(self) -> str:
+        return self.manifest.identity.student_image_format
+
+    def _images(self, col):
+        """Encoded student views, or for "raw" all of them as one zero-copy uint8 (B, H, W, 3) array."""
+        if self.image_format != "raw":
+            return col.to_pylist()
+        n, res = len(col), self.manifest.student_resolution
+        offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset : col.offset + n + 1]
+        data = np.frombuffer(col.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+        if data.size != n * res * res * 3:
+            raise CacheError(f"{self.loc.uri}: raw student views are not {res}x{res}x3 bytes each; the cache is damaged. Run `radio cache verify {self.loc.uri}`.")
+        return data.reshape(n, res, res, 3)
+
+    def student_pixels(self, batch: CacheBatch, rows) -> np.ndarray:
+        """The student views of ``rows`` of ``batch`` as uint8 (n, H, W, 3), whatever their stored format."""
+        if isinstance(batch.student_image, np.ndarray):
+            return batch.student_image[np.asarray(rows, dtype=np.int64)]
+        res = self.manifest.student_resolution
+        return np.stack([decode_student_image(batch.student_image[i], self.image_format, (res, res)) for i in rows])
+
     def iter_unit(self, unit: int, batch_rows: int = 64, with_images: bool = True) -> Iterator[CacheBatch]:
         """Stream one unit in batches of ``batch_rows``, joining the tables by key."""
         view_cols = ["image_id", "view_index", "label_index"] + (["student_image"] if with_images else [])
@@ -136,12 +159,12 @@ class CacheReader:
         for vb in views:
             ids = vb.column("image_id").to_pylist()
             vidx = vb.column("view_index").to_numpy()
-            batch = CacheBatch(ids, vidx, vb.column("label_index").to_numpy(zero_copy_only=False), vb.column("student_image").to_pylist() if with_images else [])
+            batch = CacheBatch(ids, vidx, vb.column("label_index").to_numpy(zero_copy_only=False), self._images(vb.column("student_image")) if with_images else [])
             for t, it in titers.items():
                 tb = next(it, None)
                 if tb is None or tb.column("image_id").to_pylist() != ids or not np.array_equal(tb.column("view_index").to_numpy(), vidx):
                     raise CacheError(f"unit {unit}: keys of teacher {t!r} do not match the views table at rows {ids[:1]}..; the cache is damaged. Run `radio cache verify {self.loc.uri}`.")
-                batch.teachers[t] = {name: arrow_to_tensor(tb.column(name)) for name in tcols[t][2:]}
+                batch.teachers[t] = {name: column_tensor(tb, name) for name in tcols[t][2:]}
             yield batch
         for t, it in titers.items():
             if next(it, None) is not None:

@@ -191,11 +191,11 @@ class CacheLocation:
     def _atomic(self, rel: str) -> "CacheLocation._Atomic":
         return CacheLocation._Atomic(self, rel)
 
-    def write_table(self, rel: str, unit: int, table: pa.Table, *, row_group_rows: int, byte_stream_split: list[str]) -> ShardInfo:
-        """Commit one Parquet file atomically (zstd; byte-stream-split on the float tensor leaves)."""
+    def write_table(self, rel: str, unit: int, table: pa.Table, *, row_group_rows: int, byte_stream_split: list[str], compression: str | dict = "zstd") -> ShardInfo:
+        """Commit one Parquet file atomically (``compression``: one codec, or one per column)."""
         with self._atomic(rel) as sink:
             pq.write_table(
-                table, sink, compression="zstd", row_group_size=max(1, row_group_rows),
+                table, sink, compression=compression, row_group_size=max(1, row_group_rows),
                 use_byte_stream_split=byte_stream_split or False,
                 use_dictionary=[c for c in table.column_names if c in ("image_id", "label")],
                 write_statistics=["image_id", "view_index"],

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..normalize import RunningStats
-from .arrow import leaf_path, tensor_to_arrow
+from .arrow import tensor_field, tensor_to_arrow
 from .codec import decode_features, feature_columns
 from .manifest import FORMAT_VERSION, CacheIdentity, Manifest, Moments, Skipped, TargetLayout, TeacherEntry, TeacherStats, ViewsEntry, format_error, load_manifest, save_manifest
 from .store import CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
@@ -29,13 +29,24 @@ def write_views_shard(loc: CacheLocation, unit: int, rows: dict, skipped: list[d
         "image_id": pa.array(rows["image_id"], pa.string()),
         "view_index": pa.array(rows["view_index"], pa.int16()),
         "label_index": pa.array(rows["label_index"], pa.int32()),
-        "crop_box": tensor_to_arrow(np.asarray(rows["crop_box"], np.int32).reshape(-1, 4)),
+        "crop_box": _int_lists(rows["crop_box"], 4),
         "flip": pa.array(rows["flip"], pa.bool_()),
-        "source_hw": tensor_to_arrow(np.asarray(rows["source_hw"], np.int32).reshape(-1, 2)),
+        "source_hw": _int_lists(rows["source_hw"], 2),
         "student_image": pa.array(rows["student_image"], pa.binary()),
     })
     meta = {"kind": "views", "unit": unit, "skipped": skipped, "images": images, "identity": identity.to_dict(), "format_version": FORMAT_VERSION}
     return loc.write_table(views_path(unit), unit, table.replace_schema_metadata(encode_metadata(meta)), row_group_rows=row_group_rows, byte_stream_split=[])
+
+
+def _int_lists(values, n: int) -> pa.FixedSizeListArray:
+    """Small per-row int32 vectors (crop boxes, sizes) as fixed-size lists: readable as lists anywhere."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(values, np.int32).reshape(-1), pa.int32()), n)
+
+
+# Target tensors are one fixed-size binary value per row (radio.cache.arrow), stored uncompressed: float16
+# features and uint8 codes are near-incompressible (lz4 saved 0 %, zstd 8 %), and decompression was the
+# reader's largest cost (the reader: 1135 views/s uncompressed, 957 with lz4; BENCHMARKS.md).
+TARGET_COMPRESSION = "none"
 
 
 def shard_stats(cols: dict, layout: TargetLayout) -> dict:
@@ -58,18 +69,17 @@ def shard_stats(cols: dict, layout: TargetLayout) -> dict:
 def write_teacher_shard(loc: CacheLocation, teacher: str, spec: dict, layout: TargetLayout, unit: int, image_id: list[str], view_index, cols: dict, identity: CacheIdentity, row_group_rows: int) -> tuple[ShardInfo, dict]:
     """Commit one teacher's targets for one unit. ``cols``: the encoded columns (``codec.encode_targets``).
     Returns the shard info and the shard's exact statistics."""
-    table_cols = {"image_id": pa.array(image_id, pa.string()), "view_index": pa.array(np.asarray(view_index), pa.int16())}
-    split = []
-    if cols.get("summary") is not None:
-        table_cols["summary"] = tensor_to_arrow(cols["summary"])
-        split.append(leaf_path("summary", 1))
-    for name in feature_columns(layout.dtype):
-        table_cols[name] = tensor_to_arrow(cols[name])
-        split.append(leaf_path(name, cols[name].ndim - 1))  # floats, and the uint8 codes' zero high bytes
+    fields = [pa.field("image_id", pa.string()), pa.field("view_index", pa.int16())]
+    arrays = [pa.array(image_id, pa.string()), pa.array(np.asarray(view_index), pa.int16())]
+    names = (["summary"] if cols.get("summary") is not None else []) + list(feature_columns(layout.dtype))
+    for name in names:
+        fields.append(tensor_field(name, cols[name].shape[1:], cols[name].dtype))
+        arrays.append(tensor_to_arrow(cols[name]))
     stats = shard_stats(cols, layout)
     meta = {"kind": "teacher", "teacher": teacher, "unit": unit, "spec": spec, "fingerprint": spec["fingerprint"], "layout": layout.to_dict(), "stats": stats, "identity": identity.to_dict(), "format_version": FORMAT_VERSION}
-    table = pa.table(table_cols).replace_schema_metadata(encode_metadata(meta))
-    return loc.write_table(teacher_path(teacher, unit), unit, table, row_group_rows=row_group_rows, byte_stream_split=split), stats
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=encode_metadata(meta)))
+    compression = {"image_id": "zstd", "view_index": "zstd", **{n: TARGET_COMPRESSION for n in names}}
+    return loc.write_table(teacher_path(teacher, unit), unit, table, row_group_rows=row_group_rows, byte_stream_split=[], compression=compression), stats
 
 
 def existing_units(loc: CacheLocation, rel_dir: str) -> set[int]:

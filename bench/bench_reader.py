@@ -1,0 +1,76 @@
+"""The training reader alone, on a synthetic cache with the real shapes of registry teachers.
+
+    python bench/bench_reader.py --teachers clip-vit-b16,dinov2-vitb14-reg,sam-vit-h --views 2048 --student-resolution 224 --workers 1
+
+Builds the cache through the project's own writer (the registry's nominal dims, stored at the default target
+grid, random float16 targets: zstd cannot shrink them, so this is the worst case for bytes), then iterates
+``CacheStream`` exactly as training does (shuffle buffer, Parquet reads, PNG decode of the student views,
+batch assembly) and times it. ``--workers 0``: the stream in this process; ``--workers N``: N DataLoader worker
+processes (the figure is then per worker process). Ends with ``reader: N views/s per process``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--teachers", default="clip-vit-b16,dinov2-vitb14-reg,sam-vit-h")
+    p.add_argument("--views", type=int, default=2048)
+    p.add_argument("--student-resolution", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (0: read in this process)")
+    p.add_argument("--target-dtype", default="float16")
+    p.add_argument("--cache", default=None, help="reuse (or keep) the synthetic cache at this path")
+    ns = p.parse_args()
+    import torch
+
+    from pipelines.synthetic import make_synthetic_cache
+    from radio.cache import CacheReader
+    from radio.data import CacheStream, LoaderConfig, make_loader
+
+    teachers = ns.teachers.split(",")
+    images = min(320, ns.views)
+    views = math.ceil(ns.views / images)
+    root = ns.cache or tempfile.mkdtemp(prefix="bench-reader-")
+    t0 = time.perf_counter()
+    if not os.path.exists(os.path.join(root, "manifest.json")):
+        make_synthetic_cache(root, limit=images, views=views, per_shard=64, teachers=teachers, target_dtype=ns.target_dtype, student_resolution=ns.student_resolution, row_group_rows=64, split="all")
+    t_build = time.perf_counter() - t0
+    reader = CacheReader(root)
+    n_views = reader.num_rows()
+    per_view = sum(reader.entry(t).bytes_per_view for t in teachers) + reader.manifest.views.bytes / n_views
+    print(f"cache: {n_views} views ({images} images x {views}), {per_view / 1e6:.3f} MB per view on disk, built in {t_build:.0f}s; teachers {', '.join(f'{t} {reader.grids[t][0]}x{reader.grids[t][1]}' for t in teachers)}")
+    torch.set_num_threads(1)
+    try:
+        cfg = LoaderConfig(batch_size=ns.batch_size, num_workers=ns.workers, shuffle_buffer=1024, prefetch_factor=2)
+        stream = CacheStream(root, teachers, num_workers=max(1, ns.workers), batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, read_rows=cfg.read_rows)
+        loader = make_loader(stream, cfg)
+        for epoch in range(2):  # epoch 0 warms the page cache (and starts the workers), epoch 1 is timed
+            stream.set_epoch(epoch)
+            t0 = time.perf_counter()
+            rows = 0
+            for b in loader:
+                rows += int(b["weight"].sum())
+            dt = time.perf_counter() - t0
+        keys = sorted(k for k in b if isinstance(b[k], torch.Tensor))
+        print("batch: " + ", ".join(f"{k} {tuple(b[k].shape)} {str(b[k].dtype).replace('torch.', '')}" for k in keys))
+        rate = rows / dt / max(1, ns.workers)
+        print(f"{rows} views in {dt:.2f}s with {ns.workers} worker process(es) ({os.cpu_count()} cores): {rows / dt:.0f} views/s in all, {rows / dt * per_view / 1e6:.0f} MB/s")
+        print(f"reader: {rate:.0f} views/s per process")
+    finally:
+        if not ns.cache:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
