@@ -29,6 +29,7 @@ from radio.normalize import TargetStats
 from radio.student import StudentConfig
 
 from .config import ConfigError, config_to_yaml, flatten_config
+from .online import OnlineTeacherConfig, OnlineTeachers
 from .tracking import MlflowConfig, NullRun, check_tracking_uri, start_run, tracking_uri
 
 __all__ = ["OptimConfig", "TrainJobConfig", "train", "main", "TrainingDiverged"]
@@ -60,6 +61,8 @@ class TrainJobConfig:
     cache: str = "caches/samples-train"
     output: str = "runs/student"
     teachers: list[str] = field(default_factory=_default_teachers)
+    # teachers (of `teachers`) run inside the step on the student's views instead of read from the cache
+    online: dict[str, OnlineTeacherConfig] = field(default_factory=dict)
     student: StudentConfig = field(default_factory=lambda: StudentConfig(size="nano"))
     adapter_hidden: int = 256
     loss: LossConfig = field(default_factory=LossConfig)
@@ -126,17 +129,36 @@ class Trainer:
         # cpu=True without CUDA: under a multi-process launch that selects the gloo backend (MULTI_CPU).
         self.acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.optim.grad_accum, cpu=not torch.cuda.is_available())
         set_seed(cfg.seed)
-        reader = CacheReader(cfg.cache, cfg.teachers)  # a teacher missing from the cache fails here
+        unknown = sorted(set(cfg.online) - set(cfg.teachers))
+        if unknown:
+            raise ConfigError(f"online teachers {unknown} are not in teachers={cfg.teachers}: list every teacher in `teachers`, and the ones to run in the step under `online`")
+        cached = [t for t in cfg.teachers if t not in cfg.online]
+        reader = CacheReader(cfg.cache, cached)  # a teacher missing from the cache fails here
         self.reader = reader
+        self.out = Path(cfg.output)
         self.specs, self.fingerprints = reader.specs, reader.fingerprints
         self.stats = reader.stats
+        res = reader.manifest.student_resolution
+        grid = (res // cfg.student.patch_size, res // cfg.student.patch_size)
+        grids = dict(reader.grids)
+        self.online, self.online_origin = None, {}
+        self.workers = resolve_workers(cfg.loader)
+        stream_kw = dict(batch_size=cfg.loader.batch_size, shuffle_buffer=cfg.loader.shuffle_buffer, read_rows=cfg.loader.read_rows, seed=cfg.seed)
+        if cfg.online:
+            self.online = OnlineTeachers(cfg.online, self.acc.device, res)
+            self.specs.update(self.online.specs)
+            self.fingerprints.update({t: sp["fingerprint"] for t, sp in self.online.specs.items()})
+            held = {t: reader.stats_of(t) for t in cfg.online if t in reader.manifest.teachers}
+            warm = CacheStream(cfg.cache, cached, **stream_kw)  # the same batches on every rank: the same statistics
+            stats, self.online_origin = self.online.statistics(held, warm, grid, self.out, self.acc.device, write=self.acc.is_main_process)
+            self.stats.update(stats)
+            grids.update({t: grid for t in cfg.online})
         summary_teachers = [t for t in cfg.teachers if self.specs[t].get("summary_dim")]
         student_cfg = StudentConfig(**{**asdict(cfg.student), "summary_teachers": summary_teachers})
-        adapters = [AdapterConfig(name=t, summary_dim=self.specs[t].get("summary_dim"), feature_dim=self.specs[t]["feature_dim"], feature_grid=reader.grids[t], hidden=cfg.adapter_hidden) for t in cfg.teachers]
+        adapters = [AdapterConfig(name=t, summary_dim=self.specs[t].get("summary_dim"), feature_dim=self.specs[t]["feature_dim"], feature_grid=grids[t], hidden=cfg.adapter_hidden) for t in cfg.teachers]
         self.student_cfg, self.adapter_cfgs = student_cfg, adapters
         self.model = DistillModel(student_cfg, adapters)
-        self.workers = resolve_workers(cfg.loader)
-        self.stream = CacheStream(cfg.cache, cfg.teachers, rank=self.acc.process_index, world_size=self.acc.num_processes, num_workers=self.workers, batch_size=cfg.loader.batch_size, shuffle_buffer=cfg.loader.shuffle_buffer, read_rows=cfg.loader.read_rows, seed=cfg.seed)
+        self.stream = CacheStream(cfg.cache, cached, rank=self.acc.process_index, world_size=self.acc.num_processes, num_workers=self.workers, **stream_kw)
         self.loader = make_loader(self.stream, cfg.loader, self.workers)
         self.steps_per_epoch = [math.ceil(self.stream.batches_per_reader(e) * self.stream.num_workers / cfg.optim.grad_accum) for e in range(cfg.epochs)]
         self.total_steps = sum(self.steps_per_epoch)
@@ -150,7 +172,7 @@ class Trainer:
             self.model.compile()  # in place: parameter names and checkpoints stay those of the plain model
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
         self.model, self.opt, self.sched = self.acc.prepare(self.model, self.opt, self.sched)
-        self.out = Path(cfg.output)
+        self.cached = cached
         self.state = TrainState()
         self.history: list[dict] = []
 
@@ -197,9 +219,14 @@ class Trainer:
         if not keep.all():
             batch = _select(batch, keep)
         device = self.acc.device
-        targets = prepare_targets(batch, self.cfg.teachers, self.stats, device)
+        images = batch["image"].to(device, non_blocking=True)
+        targets = prepare_targets(batch, self.cached, self.stats, device)
+        if self.online is not None:
+            p = self.cfg.student.patch_size
+            for t, raw in self.online.targets(images, (images.shape[2] // p, images.shape[3] // p)).items():
+                targets[t] = self.stats[t].normalize(raw)
         with self.acc.accumulate(self.model):
-            preds = self.model(batch["image"].to(device, non_blocking=True))
+            preds = self.model(images)
             losses = distill_loss(preds, targets, self.cfg.loss)
             self.acc.backward(losses["loss"] * scale)
             grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip) if self.acc.sync_gradients else None
@@ -328,6 +355,8 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None) -> dict:
     out = Path(cfg.output)
     if out.exists() and (out / "checkpoints" / "latest").exists() and not cfg.resume:
         raise ConfigError(f"output {out} already holds a training run; pass resume=true to continue it, or choose another output=")
+    if not cfg.resume and (out / OnlineTeachers.STATS_FILE).exists():
+        (out / OnlineTeachers.STATS_FILE).unlink()  # a new run computes its own; only a resume reuses them
     trainer = Trainer(cfg, resolved_yaml)
     acc = trainer.acc
     resumed = cfg.resume and trainer.try_resume()
@@ -339,13 +368,19 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None) -> dict:
         tags = {"radio.kind": "student", "radio.student_size": cfg.student.size, "radio.teachers": ",".join(cfg.teachers), "radio.cache_id": trainer.reader.manifest.cache_id, "radio.cache_uri": cfg.cache, "radio.output": str(out.resolve())}
         if cache_run:
             tags["radio.cache_run_id"] = cache_run
+        if cfg.online:
+            tags["radio.online_teachers"] = ",".join(cfg.online)
         tracker = start_run(cfg.mlflow, run_name=cfg.run_name or out.name, tags=tags, run_id=trainer.state.run_id if resumed else None)
         if not resumed:
             params = flatten_config(cfg)
-            params.update({f"cache.fingerprint.{t}": fp for t, fp in trainer.fingerprints.items()})
+            params.update({f"cache.fingerprint.{t}": fp for t, fp in trainer.fingerprints.items() if t not in cfg.online})
+            params.update({f"online.fingerprint.{t}": trainer.fingerprints[t] for t in cfg.online})
+            params.update({f"online.stats.{t}": origin for t, origin in trainer.online_origin.items()})
             params["total_steps"] = trainer.total_steps
             tracker.log_params(params)
             tracker.log_text(resolved_yaml, "config.yaml")
+            if cfg.online:
+                tracker.log_artifact(str(out / OnlineTeachers.STATS_FILE))
         trainer.state.run_id = tracker.run_id
         monitor = _system_metrics(tracker.run_id)
     else:

@@ -190,6 +190,8 @@ class Teacher(torch.nn.Module):
         padding covers the rest of its grid; the whole grid otherwise).
         """
         s = self.spec
+        if isinstance(images, torch.Tensor) and images.ndim == 4 and images.dtype == torch.uint8 and images.shape[1] == 3 and len(images):
+            return self._preprocess_batch(images)
         items = list(images.unbind(0)) if isinstance(images, torch.Tensor) and images.ndim == 4 else list(images)
         pixels, extents = [], []
         for img in items:
@@ -203,6 +205,23 @@ class Teacher(torch.nn.Module):
             extents.append((size[0] / s.patch_size, size[1] / s.patch_size))
             pixels.append(x)
         return pixels, torch.tensor(extents, dtype=torch.float32).reshape(-1, 2)
+
+    def _preprocess_batch(self, images_B3HW: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Same-size images (e.g. a training batch of student views): one resize call for the whole batch.
+        pil_resize treats every channel alike, so B images of 3 channels resize as one (3B, H, W) image,
+        bitwise equal to resizing them one by one."""
+        s = self.spec
+        B, _, H, W = images_B3HW.shape
+        size = self.input_size_for(H, W)
+        x = pil_resize(images_B3HW.to(self.device).reshape(B * 3, H, W), size, s.interpolation).reshape(B, 3, *size)
+        x = (x.to(torch.float64) * s.rescale_factor).to(torch.float32)
+        mean = torch.as_tensor(s.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(s.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+        if s.pad_size is not None:
+            x = torch.nn.functional.pad(x, (0, s.pad_size[1] - size[1], 0, s.pad_size[0] - size[0]), value=0.0)
+        extents = torch.tensor([[size[0] / s.patch_size, size[1] / s.patch_size]], dtype=torch.float32).expand(B, 2)
+        return list(x.unbind(0)), extents.contiguous()
 
     @torch.inference_mode()
     def forward(self, images) -> TeacherOutput:

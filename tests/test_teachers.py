@@ -208,6 +208,11 @@ def test_extreme_aspect_ratios_and_batch_tensor(teacher):
         assert torch.isfinite(out.features_BHWC).all()
     batch = torch.stack([_img(40, 40, 1), _img(40, 40, 2)])
     assert torch.equal(teacher(batch).features_BHWC, teacher(list(batch)).features_BHWC)
+    # the batched preprocessing (one resize call for the whole batch) is bitwise the per-image one
+    for hw in [(40, 40), (30, 52), (64, 64)]:
+        batch = torch.stack([_img(*hw, 3), _img(*hw, 4), _img(*hw, 5)])
+        (px_b, ext_b), (px_i, ext_i) = teacher.preprocess(batch), teacher.preprocess(list(batch))
+        assert all(torch.equal(a, b) for a, b in zip(px_b, px_i)) and torch.equal(ext_b, ext_i), hw
 
 
 def test_sam_valid_region_excludes_padding():

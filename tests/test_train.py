@@ -178,3 +178,90 @@ def test_help_texts(capsys):
     for cmd in (["cache", "--help"], ["train", "--help"], ["eval", "--help"], ["quickstart", "--help"]):
         assert main(cmd) == 0, cmd
         assert "usage: radio" in capsys.readouterr().out
+
+
+# ---- online (hybrid) teachers -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exact_cache(ray_session, tmp_path_factory):
+    """Square 32 px images cached whole at 32 px: the stored student view is exactly the crop the teacher saw,
+    so a teacher run online on the student views must give the cached targets."""
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.cache import CacheJobConfig, run_cache_job
+
+    root = tmp_path_factory.mktemp("exact")
+    src = root / "imgs"
+    for c in ("a", "b"):
+        (src / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.random.default_rng(i + (c == "b") * 99).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(src / c / f"{i}.png")
+    out = root / "c"
+    run_cache_job(load_config(CacheJobConfig, None, [f"output={out}", "source.kind=folder", f"source.path={src}", "teachers=[tiny-clip,tiny-dinov2]", "views.num_views=1", "student_resolution=32", "target_patch=8", "progress=false", "mlflow.enabled=false"]))
+    return str(out)
+
+
+def _online_args(cache, out, *extra):
+    return [f"cache={cache}", f"output={out}", "teachers=[tiny-clip,tiny-dinov2]", "student.patch_size=8", "student.depth=2", "loader.batch_size=6", "loader.num_workers=0", "mlflow.enabled=false", "seed=3", *extra]
+
+
+def test_online_teacher_gives_the_cached_loss(exact_cache, tmp_path):
+    import torch
+
+    from pipelines.train import Trainer, prepare_targets
+    from radio.losses import distill_loss
+
+    cached = Trainer(load_config(TrainJobConfig, None, _online_args(exact_cache, tmp_path / "a")), "")
+    online = Trainer(load_config(TrainJobConfig, None, _online_args(exact_cache, tmp_path / "b", "online={tiny-clip: {}}")), "")
+    assert online.online_origin == {"tiny-clip": "cache"} and online.cached == ["tiny-dinov2"]
+    assert online.fingerprints == cached.fingerprints  # fp32 on CPU, as cached
+    cached.stream.set_epoch(0)
+    batch = next(iter(cached.stream))
+    images = batch["image"]
+    targets_c = prepare_targets(batch, ["tiny-clip", "tiny-dinov2"], cached.stats, "cpu")
+    targets_o = prepare_targets(batch, ["tiny-dinov2"], online.stats, "cpu")
+    for t, raw in online.online.targets(images, (4, 4)).items():
+        targets_o[t] = online.stats[t].normalize(raw)
+    for k in ("summary", "features"):
+        torch.testing.assert_close(targets_o["tiny-clip"][k], targets_c["tiny-clip"][k], atol=2e-2, rtol=1e-2)  # float16 storage
+    online.model.load_state_dict(cached.model.state_dict())
+    with torch.no_grad():
+        lc = distill_loss(cached.model(images), targets_c, cached.cfg.loss)
+        lo = distill_loss(online.model(images), targets_o, online.cfg.loss)
+    for k in lc:
+        torch.testing.assert_close(lo[k], lc[k], atol=2e-3, rtol=2e-3)
+
+
+def test_online_teacher_without_cache_stats_warms_up_and_resume_reuses_them(cache, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "hyb"
+    args = _args(cache, out, "teachers=[syn-clip,syn-sam,tiny-dinov2]", "online={tiny-dinov2: {stats_batches: 2}}", "epochs=2", "checkpoint_every=3")
+    first = train(load_config(TrainJobConfig, None, args[:-2] + ["max_steps=3", "epochs=2", "checkpoint_every=3"]))
+    saved = json.loads((out / "online_stats.json").read_text())
+    assert set(saved) == {"tiny-dinov2"} and len(saved["tiny-dinov2"]["features"]["mean"]) == 32
+    run = MlflowClient().get_run(first["run_id"])
+    assert run.data.params["online.stats.tiny-dinov2"] == "warm-up (16 views)" and run.data.tags["radio.online_teachers"] == "tiny-dinov2"
+    resumed = train(load_config(TrainJobConfig, None, args + ["resume=true"]))
+    assert resumed["step"] == 12 and json.loads((out / "online_stats.json").read_text()) == saved
+    student = json.loads((out / "student" / "config.json").read_text())
+    assert "tiny-dinov2" in student["meta"]["teachers"] and "tiny-dinov2" in student["meta"]["stats"]
+
+
+def test_online_teacher_must_be_listed(cache, tmp_path, capsys):
+    assert main(["train", *_args(cache, tmp_path / "x", "online={tiny-clip: {}}")]) == 2
+    err = capsys.readouterr().err
+    assert "online teachers ['tiny-clip'] are not in teachers" in err and "Traceback" not in err
+
+
+def test_weight_decay_exclusions_come_from_the_model(cache, tmp_path):
+    from pipelines.train import Trainer
+
+    tr = Trainer(load_config(TrainJobConfig, None, _args(cache, tmp_path / "wd")), "")
+    named = dict(tr.model.named_parameters())
+    no_decay = {id(p) for p in tr.opt.param_groups[1]["params"]}
+    assert tr.model.no_weight_decay() == {"trunk.pos_embed", "trunk.summary_tokens", "trunk.register_tokens"}
+    for n, p in named.items():
+        assert (id(p) in no_decay) == (p.ndim < 2 or n in tr.model.no_weight_decay()), n

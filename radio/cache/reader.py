@@ -100,12 +100,13 @@ class CacheReader:
 
     @property
     def stats(self) -> dict[str, TargetStats]:
-        """Each teacher's exact per-channel statistics, as the standardization they define."""
-        out = {}
-        for t in self.teachers:
-            st = self.entry(t).stats
-            out[t] = TargetStats(st.features.mean, st.features.std, st.summary.mean if st.summary else None, st.summary.std if st.summary else None)
-        return out
+        """Each read teacher's exact per-channel statistics, as the standardization they define."""
+        return {t: self.stats_of(t) for t in self.teachers}
+
+    def stats_of(self, teacher: str) -> TargetStats:
+        """The statistics of any teacher the cache holds (read or not)."""
+        st = self.entry(teacher).stats
+        return TargetStats(st.features.mean, st.features.std, st.summary.mean if st.summary else None, st.summary.std if st.summary else None)
 
     @property
     def grids(self) -> dict[str, tuple[int, int]]:
