@@ -203,4 +203,6 @@ class CacheLocation:
         return ShardInfo(rel, unit, table.num_rows, sink.tell(), sink.sha256)
 
     def parquet_file(self, rel: str) -> pq.ParquetFile:
+        if self.is_local:  # memory-mapped: uncompressed tensor pages are read without an extra copy
+            return pq.ParquetFile(pa.memory_map(self.full(rel)))
         return pq.ParquetFile(self.fs.open_input_file(self.full(rel)))
