@@ -250,10 +250,18 @@ def target_grid_for(cfg: CacheJobConfig, teacher: str) -> tuple[int, int] | None
 
 def validate(cfg: CacheJobConfig):
     """Settings checked before Ray or any teacher starts, each naming the key and a valid value."""
-    if cfg.target_patch < 1:
-        raise ConfigError(f"target_patch must be >= 1, got {cfg.target_patch}")
-    if cfg.student_resolution < 1:
-        raise ConfigError(f"student_resolution must be >= 1, got {cfg.student_resolution}")
+    for key in ("target_patch", "student_resolution", "images_per_shard", "row_group_rows", "max_inflight_units", "max_pixels"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    for t, job in cfg.teachers.items():
+        for key in ("batch_size", "actors"):
+            if getattr(job, key) < 1:
+                raise ConfigError(f"teachers.{t}.{key} must be >= 1, got {getattr(job, key)}")
+        for key in ("gpus_per_actor", "cpus_per_actor"):
+            if getattr(job, key) < 0:
+                raise ConfigError(f"teachers.{t}.{key} must be >= 0, got {getattr(job, key)}")
+    if "://" not in cfg.output and os.path.exists(cfg.output) and not os.path.isdir(cfg.output):
+        raise ConfigError(f"output={cfg.output} is a file, not a directory: choose another output path")
     for name, job in [("", cfg), *((f"teachers.{t}.", j) for t, j in cfg.teachers.items())]:
         if isinstance(job.target_grid, int) and not isinstance(job.target_grid, bool) and job.target_grid < 1:
             raise ConfigError(f"{name}target_grid must be >= 1 or 'native', got {job.target_grid}")

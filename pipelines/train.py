@@ -347,9 +347,29 @@ def _loss_figure(history: list[dict], path: Path):
     plt.close(fig)
 
 
+def validate(cfg: TrainJobConfig):
+    """Settings checked before any work, each error naming the key and a valid value."""
+    checks = [("epochs", cfg.epochs, 1), ("loader.batch_size", cfg.loader.batch_size, 1), ("loader.shuffle_buffer", cfg.loader.shuffle_buffer, 1),
+              ("loader.read_rows", cfg.loader.read_rows, 1), ("loader.prefetch_factor", cfg.loader.prefetch_factor, 1), ("checkpoint_every", cfg.checkpoint_every, 1),
+              ("log_every", cfg.log_every, 1), ("keep_checkpoints", cfg.keep_checkpoints, 1), ("optim.grad_accum", cfg.optim.grad_accum, 1),
+              ("optim.warmup_steps", cfg.optim.warmup_steps, 0), ("adapter_hidden", cfg.adapter_hidden, 1)]
+    if cfg.max_steps is not None:
+        checks.append(("max_steps", cfg.max_steps, 1))
+    if cfg.loader.num_workers is not None:
+        checks.append(("loader.num_workers", cfg.loader.num_workers, 0))
+    for key, value, least in checks:
+        if value < least:
+            raise ConfigError(f"{key} must be >= {least}, got {value}")
+    if not cfg.optim.lr > 0:
+        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if not cfg.teachers:
+        raise ConfigError("teachers is empty: list the teachers to distill, e.g. teachers=[tiny-clip,tiny-dinov2]")
+
+
 def train(cfg: TrainJobConfig, resolved_yaml: str | None = None) -> dict:
     """Run (or resume) a training. Returns {"run_id", "output", "student", "step", "history"}."""
     resolved_yaml = resolved_yaml or config_to_yaml(cfg)
+    validate(cfg)
     if cfg.mlflow.enabled:
         check_tracking_uri(tracking_uri(cfg.mlflow))  # fail fast, before any work
     out = Path(cfg.output)

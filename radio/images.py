@@ -8,6 +8,7 @@ the job catches per image, records with its reason, and moves on.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -24,6 +25,9 @@ class BadImage(ValueError):
     """A file that cannot be turned into an RGB image: corrupt, truncated, empty, not an image, too big."""
 
     def __init__(self, name: str, reason: str):
+        # the reason is recorded in the cache manifest: keep it stable from run to run (PIL's messages name
+        # the address of an in-memory stream, "<_io.BytesIO object at 0x7f...>")
+        reason = re.sub(r" at 0x[0-9a-fA-F]+", "", reason)
         super().__init__(f"{name}: {reason}")
         self.name = name
         self.reason = reason

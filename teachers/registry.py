@@ -234,11 +234,11 @@ class Teacher(torch.nn.Module):
         groups: dict[tuple[int, int], list[int]] = {}
         for i, x in enumerate(pixels):
             groups.setdefault(tuple(x.shape[1:]), []).append(i)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
         summaries, feats = [None] * len(pixels), [None] * len(pixels)
         for (h, w), idx in groups.items():
-            with autocast:
-                summary, f = self.family.forward(self.model, torch.stack([pixels[i] for i in idx]).to(dtype))
+            # The model's weights and inputs are in the spec's dtype and nothing else changes it (no autocast):
+            # the numerics are what the fingerprint says, fp32 included, on every device.
+            summary, f = self.family.forward(self.model, torch.stack([pixels[i] for i in idx]).to(dtype))
             f = to_grid(f, (h // p, w // p) if self.spec.pad_size is None else self.spec.feature_grid).float()
             for j, i in enumerate(idx):
                 feats[i] = f[j]

@@ -117,3 +117,34 @@ def test_cli_config_show_errors(capsys):
     assert "views.num_view" in err and "num_views" in err
     assert main(["config", "show", "cache", "views.num_views=3"]) == 0
     assert "num_views: 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad, key", [("max_inflight_units=0", "max_inflight_units"), ("images_per_shard=-5", "images_per_shard"), ("row_group_rows=0", "row_group_rows"),
+                                      ("teachers.tiny-clip.batch_size=0", "teachers.tiny-clip.batch_size"), ("student_resolution=-1", "student_resolution"), ("teachers.tiny-clip.actors=0", "teachers.tiny-clip.actors")])
+def test_bad_cache_settings_fail_before_any_work(tmp_path, capsys, bad, key):
+    from pipelines.cli import main
+
+    assert main(["cache", f"output={tmp_path / 'c'}", "teachers=[tiny-clip]", "mlflow.enabled=false", bad]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "must be >=" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_cache_output_that_is_a_file_fails_first(tmp_path, capsys):
+    from pipelines.cli import main
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["cache", f"output={f}", "teachers=[tiny-clip]", "mlflow.enabled=false"]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, key", [("epochs=0", "epochs"), ("loader.batch_size=0", "loader.batch_size"), ("checkpoint_every=0", "checkpoint_every"), ("log_every=-1", "log_every"),
+                                      ("max_steps=0", "max_steps"), ("optim.lr=0", "optim.lr"), ("loader.num_workers=-2", "loader.num_workers"), ("teachers=[]", "teachers")])
+def test_bad_train_settings_fail_before_any_work(tmp_path, capsys, bad, key):
+    from pipelines.cli import main
+
+    assert main(["train", f"cache={tmp_path / 'none'}", f"output={tmp_path / 'o'}", "mlflow.enabled=false", bad]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

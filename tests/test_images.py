@@ -74,3 +74,14 @@ def test_encode_roundtrip_png_is_lossless():
     arr = np.random.default_rng(0).integers(0, 256, (17, 23, 3), dtype=np.uint8)
     np.testing.assert_array_equal(decode_image(encode_image(arr, "png")), arr)
     assert decode_image(encode_image(arr, "jpeg")).shape == arr.shape
+
+
+def test_skip_reasons_are_stable_across_runs():
+    from radio.images import BadImage, decode_image
+
+    reasons = set()
+    for _ in range(3):
+        with pytest.raises(BadImage) as e:
+            decode_image(b"definitely not an image", name="x.jpg")
+        reasons.add(e.value.reason)
+    assert len(reasons) == 1 and "0x" not in reasons.pop()
