@@ -80,6 +80,17 @@ def _embed(model, reader: CacheReader, teachers: list[str], batch_size: int, vie
     return (torch.cat(feats_student), torch.cat(labels), {t: torch.cat(v) for t, v in teacher_summ.items() if v}, {t: {k: float(torch.cat(v).mean()) for k, v in d.items() if v} for t, d in sums.items()})
 
 
+def _file_stem(image_id: str, limit: int = 80) -> str:
+    """A file-name-safe, length-bounded stem for an image id (ids can be long paths with any characters)."""
+    import hashlib
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).strip("._") or "image"
+    if len(stem) > limit:
+        stem = stem[: limit - 13] + "-" + hashlib.sha256(image_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return stem
+
+
 def _pictures(model, reader: CacheReader, teachers: list[str], n: int, out_dir: Path) -> list[Path]:
     """One PNG per image: input | student trunk | per teacher: adapter output, teacher target.
 
@@ -118,7 +129,7 @@ def _pictures(model, reader: CacheReader, teachers: list[str], n: int, out_dir: 
     paths = []
     for k, (b, i) in enumerate(picked):
         row = np.concatenate([tile[k] for tile in tiles], axis=1)
-        p = out_dir / f"pca_{k:02d}_{b.image_id[i].replace('/', '_')}.png"
+        p = out_dir / f"pca_{k:02d}_{_file_stem(b.image_id[i])}.png"
         Image.fromarray(row).resize((row.shape[1] * 2, row.shape[0] * 2), Image.Resampling.NEAREST).save(p)
         paths.append(p)
     (out_dir / "pca_columns.txt").write_text(" | ".join(names) + "\n")

@@ -87,6 +87,12 @@ class Source:
         return self._ds
 
 
+def _readable_id(name: str) -> str:
+    """A file name as a valid UTF-8 image id: bytes that are not UTF-8 (surrogate-escaped by the OS layer)
+    are written as \\xNN, so the id is stable, printable and storable (Arrow strings must be UTF-8)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
@@ -101,7 +107,9 @@ def _folder_source(cfg: SourceConfig, root: Path, files: list[str] | None = None
         parents = sorted({Path(f).parent.as_posix() for f in files} - {"."})
         labelled = parents and all(Path(f).parent.as_posix() != "." for f in files if Path(f).suffix.lower() in _IMAGE_SUFFIXES)
         labels = parents if labelled else []
-        label_of = (lambda f: labels.index(Path(f).parent.as_posix())) if labels else (lambda f: -1)
+        # a file beside the class folders (README.txt) has no class; it is recorded as skipped when it is
+        # not an image (were it an image, the tree would not count as class folders at all)
+        label_of = (lambda f: labels.index(Path(f).parent.as_posix()) if Path(f).parent.as_posix() in labels else -1) if labels else (lambda f: -1)
     else:
         labels = label_of.labels
     if cfg.limit is not None:
@@ -110,8 +118,12 @@ def _folder_source(cfg: SourceConfig, root: Path, files: list[str] | None = None
     records = []
     for i, f in enumerate(files):
         li = label_of(f)
-        records.append(SourceRecord(image_id=Path(f).as_posix(), index=i, label_index=li))
-        h.update(json.dumps([Path(f).as_posix(), (root / f).stat().st_size, li]).encode())
+        records.append(SourceRecord(image_id=_readable_id(Path(f).as_posix()), index=i, label_index=li))
+        try:
+            size = (root / f).stat().st_size
+        except OSError:
+            size = -1  # vanished or unreadable: recorded as skipped when it is read
+        h.update(json.dumps([Path(f).as_posix(), size, li]).encode())
     return Source(cfg, records, labels, h.hexdigest()[:16], files=files, root=str(root))
 
 
@@ -178,16 +190,27 @@ def open_source(cfg: SourceConfig) -> Source:
         labels: list[str] = []
         label_col = cfg.label_column if cfg.label_column in ds.column_names else None
         feat = ds.features.get(label_col) if label_col else None
-        if isinstance(feat, datasets.ClassLabel):
-            labels = list(feat.names)
         cols = [c for c in (label_col, cfg.id_column) if c]
         meta = ds.select_columns(cols).to_dict() if cols else {}
+        label_index = None
+        if isinstance(feat, datasets.ClassLabel):
+            labels = list(feat.names)
+        elif label_col:
+            values = meta[label_col]
+            if all(isinstance(v, str) for v in values) or all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                # string (or plain integer) labels: classes are their sorted distinct values, recorded in the manifest
+                labels = [str(v) for v in sorted(set(values))]
+                position = {v: i for i, v in enumerate(sorted(set(values)))}
+                label_index = [position[v] for v in values]
+            else:
+                kinds = sorted({type(v).__name__ for v in values})
+                raise SourceError(f"source.label_column {label_col!r} of {cfg.path!r} holds {kinds} values; labels must be class names (strings), integers or a ClassLabel. Set source.label_column to another column, or null for no labels")
         if cfg.id_column and cfg.id_column not in ds.column_names:
             raise SourceError(f"source.id_column {cfg.id_column!r} is not a column of {cfg.path!r}; columns: {ds.column_names}")
         records = []
         for i in range(len(ds)):
             image_id = str(meta[cfg.id_column][i]) if cfg.id_column else f"{cfg.split}-{i:08d}"
-            li = int(meta[label_col][i]) if label_col and labels else -1
+            li = label_index[i] if label_index is not None else (int(meta[label_col][i]) if label_col and labels else -1)
             records.append(SourceRecord(image_id, i, li))
         if len({r.image_id for r in records}) != len(records):
             raise SourceError(f"source.id_column {cfg.id_column!r} of {cfg.path!r} has duplicate values; ids must be unique")

@@ -12,7 +12,7 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = ["BadImage", "DEFAULT_MAX_PIXELS", "decode_image", "to_rgb", "encode_image", "decode_student_image"]
 
@@ -91,6 +91,8 @@ def decode_image(data: bytes | Image.Image, name: str = "<bytes>", max_pixels: i
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()  # forces a full decode, so truncation shows up here and not later
+            # EXIF orientation, as HF datasets and transformers apply it: a phone photo is cached upright
+            img = ImageOps.exif_transpose(img)
             rgb = to_rgb(img)
             arr = np.asarray(rgb, dtype=np.uint8)
     except BadImage:

@@ -291,3 +291,46 @@ def test_input_errors_are_one_clear_line(tmp_path, capsys):
     assert "unknown teacher 'tiny-clop'" in err and "tiny-clip" in err and "Traceback" not in err
     assert main(["cache", f"output={tmp_path / 'y'}", "source.kind=folder", f"source.path={tmp_path / 'none'}"]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_mixed_folder_every_file_cached_or_recorded(ray_session, tmp_path, capsys):
+    """Whatever a folder holds, every good image is cached and every other entry is recorded with a
+    stable, human reason; the job exits 0, and a rerun changes nothing."""
+    rng = np.random.default_rng(5)
+    src = tmp_path / "mixed"
+    good = set()
+    for c in ("a", "b"):
+        (src / c).mkdir(parents=True)
+        for i in range(int(rng.integers(2, 5))):
+            ext = ["png", "jpg", "bmp"][i % 3]
+            Image.fromarray(rng.integers(0, 255, (int(rng.integers(8, 60)), int(rng.integers(8, 60)), 3), dtype=np.uint8)).save(src / c / f"{i}.{ext}")
+            good.add(f"{c}/{i}.{ext}")
+    # a phone photo with EXIF orientation, and a name that is not valid UTF-8
+    img = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(src / "a" / "rotated.jpg", exif=exif.tobytes())
+    good.add("a/rotated.jpg")
+    Image.new("RGB", (12, 12), (1, 2, 3)).save(os.fsdecode(os.path.join(os.fsencode(str(src / "b")), b"caf\xe9.png")), format="PNG")
+    good.add("b/caf\\xe9.png")
+    bad = {"README.txt": b"about this data set", "a/empty.jpg": b"", "b/notes.jpg": b"text, not a jpeg", "a/truncated.png": None}
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+    for name, data in bad.items():
+        (src / name).write_bytes(buf.getvalue()[:200] if data is None else data)
+    out = tmp_path / "c"
+    args = ["cache", f"output={out}", "source.kind=folder", f"source.path={src}", "teachers=[tiny-clip]", "views.num_views=1", "student_resolution=32", "progress=false", "mlflow.enabled=false"]
+    assert main(args) == 0
+    m = load_manifest(CacheLocation(str(out)))
+    cached = set()
+    for f in sorted((out / "views").glob("*.parquet")):
+        cached |= set(pq.read_table(f, columns=["image_id"])["image_id"].to_pylist())
+    skipped = {s.image_id: s.reason for s in m.skipped}
+    assert cached == good and set(skipped) == set(bad)
+    assert all("0x" not in r and r for r in skipped.values())
+    assert m.labels == ["a", "b"]
+    views = pq.read_table(out / "views" / "unit-00000.parquet", columns=["image_id", "source_hw"]).to_pylist()
+    assert {r["image_id"]: r["source_hw"] for r in views}["a/rotated.jpg"] == [40, 20]  # EXIF applied: upright, portrait
+    capsys.readouterr()
+    assert main(args) == 0  # a rerun is a no-op with the same record
+    assert [(s.image_id, s.reason) for s in load_manifest(CacheLocation(str(out))).skipped] == [(s.image_id, s.reason) for s in m.skipped]

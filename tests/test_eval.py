@@ -115,3 +115,13 @@ def test_quickstart_end_to_end_reduced(ray_session, tmp_path, capsys):
     # a rerun resumes: nothing is recomputed or retrained
     assert main(["quickstart", f"workdir={tmp_path / 'qs'}", "limit=24", "students.nano-d4.epochs=2", "students.nano-d2-wide.epochs=2", "experiment=test-quickstart"]) == 0
     assert len(compare_runs("test-quickstart")[0]) == 2
+
+
+def test_picture_names_are_safe_and_bounded():
+    from pipelines.evaluate import _file_stem
+
+    long_id = "a/very/" + "deep/" * 100 + "photo name (1).jpg"
+    stem = _file_stem(long_id)
+    assert len(stem) <= 80 and "/" not in stem and " " not in stem
+    assert _file_stem(long_id) == stem and _file_stem(long_id + "x") != stem  # stable and distinct
+    assert _file_stem("cat/001.jpg") == "cat_001.jpg" and _file_stem("///") == "image"

@@ -85,3 +85,19 @@ def test_skip_reasons_are_stable_across_runs():
             decode_image(b"definitely not an image", name="x.jpg")
         reasons.add(e.value.reason)
     assert len(reasons) == 1 and "0x" not in reasons.pop()
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    from radio.images import decode_image
+
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    arr = decode_image(buf.getvalue(), name="phone.jpg")
+    assert arr.shape == (40, 20, 3)  # upright: portrait, as viewers and HF datasets show it

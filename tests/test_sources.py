@@ -57,3 +57,27 @@ def test_hf_imagefolder_parquet_and_saved(tmp_path):
     assert len(saved.records) == 6 and saved.labels == ["cats", "dogs"]
     with pytest.raises(SourceError, match="no column 'picture'"):
         _open("kind=hf", f"path={tmp_path / 'saved'}", "image_column=picture")
+
+
+def test_string_labels_become_class_indices(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(1)
+    import io
+
+    rows = {"image": [], "label": [], "id": []}
+    for i, name in enumerate(["zebra", "ant", "zebra", "bee", "ant"]):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, format="PNG")
+        rows["image"].append({"bytes": buf.getvalue(), "path": None})
+        rows["label"].append(name)
+        rows["id"].append(f"img-{i}")
+    ds = datasets.Dataset.from_dict(rows, features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string"), "id": datasets.Value("string")}))
+    ds.to_parquet(str(tmp_path / "s.parquet"))
+    src = _open("kind=hf", "builder=parquet", f"path={tmp_path / 's.parquet'}", "split=train", "id_column=id")
+    assert src.labels == ["ant", "bee", "zebra"] and [r.label_index for r in src.records] == [2, 0, 2, 1, 0]
+    assert src.describe()["labels"] == ["ant", "bee", "zebra"]  # recorded in the manifest
+    ds2 = datasets.Dataset.from_dict({"image": rows["image"][:2], "label": [1.5, 2.5]}, features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("float32")}))
+    ds2.to_parquet(str(tmp_path / "f.parquet"))
+    with pytest.raises(SourceError, match="label_column 'label'.*float"):
+        _open("kind=hf", "builder=parquet", f"path={tmp_path / 'f.parquet'}", "split=train")
