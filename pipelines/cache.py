@@ -291,8 +291,11 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
     from teachers import get_spec_template
 
     validate(cfg)
-    for t in cfg.teachers:
+    from teachers import check_source
+
+    for t, job in cfg.teachers.items():
         get_spec_template(t)  # an unknown name fails here, listing the registry
+        check_source(t, job.source, job.revision)  # unloadable weights fail here, in seconds, before Ray
     if not cfg.teachers:
         raise ConfigError("no teachers configured: set teachers=[tiny-clip,...] or a teachers: mapping in the config file")
     source = open_source(cfg.source)

@@ -210,8 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as e:
         print(f"radio: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("radio: interrupted; finished shards are kept, rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if str(e):  # the job said what was kept and how to go on
+            print(str(e), file=sys.stderr)
+        elif argv and argv[0] == "cache":
+            print("radio cache: interrupted; finished shards are kept, rerun the same command to resume", file=sys.stderr)
+        else:
+            print(f"radio {argv[0] if argv else ''}: interrupted".rstrip(), file=sys.stderr)
         return 130
 
 

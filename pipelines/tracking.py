@@ -99,6 +99,11 @@ class Run:
             print(f"[radio] some metrics could not be logged to MLflow: {type(self._error).__name__}: {self._error}", file=sys.stderr)
             self._error = None
 
+    def last_step(self, key: str) -> int | None:
+        """The largest step logged for metric ``key`` (None if none)."""
+        history = self.client.get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=None)
+
     def set_tags(self, tags: dict):
         from mlflow.entities import RunTag
 

@@ -32,11 +32,15 @@ from .config import ConfigError, config_to_yaml, flatten_config
 from .online import OnlineTeacherConfig, OnlineTeachers
 from .tracking import MlflowConfig, NullRun, check_tracking_uri, start_run, tracking_uri
 
-__all__ = ["OptimConfig", "TrainJobConfig", "train", "main", "TrainingDiverged"]
+__all__ = ["OptimConfig", "TrainJobConfig", "train", "main", "TrainingDiverged", "TrainingInterrupted"]
 
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: a checkpoint was written at the last complete step; the message says how to resume."""
 
 
 @dataclass
@@ -175,6 +179,7 @@ class Trainer:
         self.cached = cached
         self.state = TrainState()
         self.history: list[dict] = []
+        self.logged_until = 0  # the last step already in the MLflow run (a resumed run's replayed steps are not logged again)
 
     # -- checkpoints -------------------------------------------------------------------------
     def _ckpt_dir(self, step: int) -> Path:
@@ -266,6 +271,44 @@ class Trainer:
         cfg = self.cfg
         max_steps = cfg.max_steps if cfg.max_steps is not None else self.total_steps
         self._sums, self._count, self._since = {}, 0, self.state.step
+        restore = self._catch_ctrl_c()
+        try:
+            return self._fit(tracker, max_steps)
+        finally:
+            restore()
+
+    def _catch_ctrl_c(self):
+        """The first Ctrl-C asks the loop to stop after the current step, with a checkpoint there (a stop in
+        the middle of a step could not be resumed exactly); a second one stops at once."""
+        import signal
+        import threading
+
+        self._stop = False
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_sigint(signum, frame):
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+            if self.acc.is_main_process:
+                print("\n[radio train] Ctrl-C: finishing this step, then writing a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+    def _should_stop(self, at_sync: bool) -> bool:
+        """Whether every process saw Ctrl-C. One process decides alone; several agree at the metric syncs
+        (an all-reduce there costs nothing extra), so they all stop at the same step."""
+        if self.acc.num_processes == 1:
+            return self._stop
+        if not at_sync:
+            return False
+        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.acc.device)
+        return bool(self.acc.reduce(flag, reduction="sum").item() > 0)
+
+    def _fit(self, tracker, max_steps: int) -> TrainState:
+        cfg = self.cfg
         t_last = time.perf_counter()
         images = 0
         wait_s = step_s = 0.0
@@ -291,11 +334,17 @@ class Trainer:
                         step_s = now - t_last
                         metrics.update({"images_per_s": images * self.acc.num_processes / step_s if step_s > 0 else 0.0, "time/data_wait_fraction": wait_s / step_s if step_s > 0 else 0.0, "progress/epoch": self.state.epoch, "lr": self.sched.get_last_lr()[0]})
                         self.history.append({"step": self.state.step, "loss": metrics["loss"]})
-                        tracker.log_metrics(metrics, step=self.state.step, wait=False)  # sent from a background thread
+                        if self.state.step > self.logged_until:  # a resumed run does not log a replayed step twice
+                            tracker.log_metrics(metrics, step=self.state.step, wait=False)  # sent from a background thread
                         self._progress(metrics, max_steps)
                         t_last, images, wait_s = now, 0, 0.0
                     if checkpoint:
                         self.save_checkpoint()
+                    if self._should_stop(at_sync=self.state.step % cfg.log_every == 0):
+                        self.read_metrics()
+                        if not checkpoint:
+                            self.save_checkpoint()
+                        raise TrainingInterrupted(f"interrupted at step {self.state.step}; checkpoint {self._ckpt_dir(self.state.step)} written")
                     if self.state.step >= max_steps:
                         break
                 t_wait = time.perf_counter()
@@ -366,8 +415,10 @@ def validate(cfg: TrainJobConfig):
         raise ConfigError("teachers is empty: list the teachers to distill, e.g. teachers=[tiny-clip,tiny-dinov2]")
 
 
-def train(cfg: TrainJobConfig, resolved_yaml: str | None = None) -> dict:
-    """Run (or resume) a training. Returns {"run_id", "output", "student", "step", "history"}."""
+def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command: str | None = None) -> dict:
+    """Run (or resume) a training. Returns {"run_id", "output", "student", "step", "history"}.
+
+    ``resume_command``: what Ctrl-C tells the user to run (default: a generic hint)."""
     resolved_yaml = resolved_yaml or config_to_yaml(cfg)
     validate(cfg)
     if cfg.mlflow.enabled:
@@ -391,6 +442,8 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None) -> dict:
         if cfg.online:
             tags["radio.online_teachers"] = ",".join(cfg.online)
         tracker = start_run(cfg.mlflow, run_name=cfg.run_name or out.name, tags=tags, run_id=trainer.state.run_id if resumed else None)
+        if resumed:
+            trainer.logged_until = tracker.last_step("loss") or 0
         if not resumed:
             params = flatten_config(cfg)
             params.update({f"cache.fingerprint.{t}": fp for t, fp in trainer.fingerprints.items() if t not in cfg.online})
@@ -413,6 +466,12 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None) -> dict:
             monitor.finish()
         tracker.end(status="FAILED")
         raise
+    except TrainingInterrupted as e:
+        if monitor:
+            monitor.finish()
+        tracker.end(status="KILLED")
+        hint = resume_command or f"the same radio train command with resume=true (output={cfg.output})"
+        raise TrainingInterrupted(f"radio train: {e}. Resume with:\n  {hint}") from None
     except BaseException:
         if monitor:
             monitor.finish()
@@ -470,6 +529,9 @@ def main(argv: list[str]) -> int:
     cfg = job_config(argv, TrainJobConfig, "usage: radio train [CONFIG] [key=value ...]\n\nDistill a student from a cache. Keys: `radio config show train`.")
     if cfg is None:
         return 0
-    result = train(cfg, config_to_yaml(cfg))
+    import shlex
+
+    resume = "radio train " + " ".join(shlex.quote(a) for a in argv if not a.startswith("resume=")) + " resume=true"
+    result = train(cfg, config_to_yaml(cfg), resume_command=resume)
     print(f"trained {result['step']} steps; student exported to {result['student']}; mlflow run {result['run_id']}")
     return 0

@@ -4,10 +4,10 @@ Depends on torch, transformers and Pillow only; never on ``radio`` or ``pipeline
 """
 
 from .preprocess import pil_resize
-from .registry import REGISTRY, RegistryEntry, Teacher, TeacherLoadError, UnknownTeacher, create_teacher, get_spec_template, list_teachers
+from .registry import REGISTRY, RegistryEntry, Teacher, TeacherLoadError, UnknownTeacher, check_source, create_teacher, get_spec_template, list_teachers
 from .spec import TeacherOutput, TeacherSpec, fingerprint_of
 
 __all__ = [
     "REGISTRY", "RegistryEntry", "Teacher", "TeacherLoadError", "TeacherOutput", "TeacherSpec", "UnknownTeacher",
-    "create_teacher", "fingerprint_of", "get_spec_template", "list_teachers", "pil_resize",
+    "check_source", "create_teacher", "fingerprint_of", "get_spec_template", "list_teachers", "pil_resize",
 ]

@@ -20,7 +20,7 @@ from .preprocess import PIL_CODES, longest_edge_size, normalize_pixels, pad_bott
 from .spec import TeacherOutput, TeacherSpec
 from .tiny import materialize_tiny
 
-__all__ = ["RegistryEntry", "REGISTRY", "list_teachers", "get_spec_template", "create_teacher", "Teacher", "UnknownTeacher", "TeacherLoadError"]
+__all__ = ["RegistryEntry", "REGISTRY", "list_teachers", "get_spec_template", "create_teacher", "check_source", "Teacher", "UnknownTeacher", "TeacherLoadError"]
 
 
 class UnknownTeacher(KeyError):
@@ -252,6 +252,32 @@ class Teacher(torch.nn.Module):
                 feats_BHWC[i, : f.shape[0], : f.shape[1]] = f
         summary_BD = torch.stack(summaries) if summaries[0] is not None else None
         return TeacherOutput(summary_BD, feats_BHWC, extents.to(self.device))
+
+
+def check_source(name: str, source: str | None = None, revision: str | None = None) -> str:
+    """Where teacher ``name``'s weights would load from, checked without loading them (seconds, no GPU):
+    a local directory must hold a checkpoint of the right family; a hub id must be reachable, or in the
+    local hub cache when offline. Raises :class:`TeacherLoadError` naming the teacher, source and fix."""
+    entry = get_spec_template(name)
+    src = source or entry.source
+    if src.startswith("tiny:"):
+        return src
+    local = Path(src).expanduser()
+    if local.exists() or src.startswith(("/", ".", "~")):
+        try:
+            _check_local_dir(local, entry.family)
+        except TeacherLoadError as e:
+            raise TeacherLoadError(f"teacher {name}: {e}") from None
+        return str(local.resolve())
+    try:
+        from transformers.utils import cached_file
+
+        with _quiet_transformers():
+            cached_file(src, "config.json", revision=revision)
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise TeacherLoadError(f"cannot load teacher {name} from {src!r}{' (HF_HUB_OFFLINE=1: only local files are used)' if offline else ''}: {type(e).__name__}: {str(e).splitlines()[0]}. Pass a local directory with teachers.{name}.source=/path/to/checkpoint") from None
+    return src
 
 
 def create_teacher(name: str, *, source: str | None = None, revision: str | None = None, dtype: str | None = None, device: str | torch.device = "cpu") -> Teacher:

@@ -334,3 +334,15 @@ def test_mixed_folder_every_file_cached_or_recorded(ray_session, tmp_path, capsy
     capsys.readouterr()
     assert main(args) == 0  # a rerun is a no-op with the same record
     assert [(s.image_id, s.reason) for s in load_manifest(CacheLocation(str(out))).skipped] == [(s.image_id, s.reason) for s in m.skipped]
+
+
+def test_unloadable_teacher_fails_in_seconds_before_ray(tmp_path, capsys):
+    t0 = time.perf_counter()
+    args = ["cache", f"output={tmp_path / 'c'}", "source.limit=2", "mlflow.enabled=false"]
+    assert main([*args, "teachers=[clip-vit-b16]"]) == 2  # a hub id, offline
+    err = capsys.readouterr().err
+    assert "clip-vit-b16" in err and "HF_HUB_OFFLINE=1" in err and "teachers.clip-vit-b16.source=" in err and "Traceback" not in err
+    assert main([*args, "teachers=[tiny-clip]", f"teachers.tiny-clip.source={tmp_path}"]) == 2  # a directory without a checkpoint
+    err = capsys.readouterr().err
+    assert "teacher tiny-clip" in err and "no config.json" in err and err.count("\n") <= 2
+    assert time.perf_counter() - t0 < 20 and not (tmp_path / "c").exists()

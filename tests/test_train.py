@@ -265,3 +265,31 @@ def test_weight_decay_exclusions_come_from_the_model(cache, tmp_path):
     assert tr.model.no_weight_decay() == {"trunk.pos_embed", "trunk.summary_tokens", "trunk.register_tokens"}
     for n, p in named.items():
         assert (id(p) in no_decay) == (p.ndim < 2 or n in tr.model.no_weight_decay()), n
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resume_logs_no_step_twice(cache, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "int"
+    args = _args(cache, out, "epochs=60", "checkpoint_every=1000", "log_every=2")
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "config.yaml").exists():
+        time.sleep(0.1)
+    time.sleep(3.0)  # some steps into the run
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Ctrl-C: finishing this step" in err and "Resume with:" in err and "resume=true" in err and "Traceback" not in err
+    step = int(err.split("interrupted at step ")[1].split(";")[0])
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{step:08d}"  # written at the interrupt
+    resume_line = err.split("Resume with:\n")[1].strip().splitlines()[0]
+    assert resume_line.startswith("radio train ") and resume_line.endswith("resume=true")
+    import shlex
+
+    resumed = main(shlex.split(resume_line)[1:])  # the printed command, as is
+    assert resumed == 0
+    state = json.loads((out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip() / "trainer_state.json").read_text())
+    steps = [m.step for m in MlflowClient().get_metric_history(state["run_id"], "loss")]
+    assert len(steps) == len(set(steps)) and max(steps) == state["step"] > step
