@@ -26,8 +26,8 @@ from typing import Literal
 import numpy as np
 
 from radio.cache import (
-    CacheIdentity, CacheLocation, CacheMismatch, Manifest, TargetLayout, build_manifest, check_existing, describe_differences,
-    encode_targets, existing_units, save_manifest, shard_meta, teacher_path, views_path, write_teacher_shard, write_views_shard,
+    CacheFormatError, CacheIdentity, CacheLocation, CacheMismatch, Manifest, TargetLayout, build_manifest, check_existing, describe_differences,
+    encode_targets, existing_units, find_damaged, save_manifest, shard_meta, teacher_path, views_path, write_teacher_shard, write_views_shard,
 )
 from radio.images import BadImage, decode_image, encode_image
 from radio.targets import resample_targets, stored_grid
@@ -313,10 +313,24 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
             raise CacheMismatch(f"cache {cfg.output} was built with another source or view policy; refusing to mix. Differences:\n  " + "\n  ".join(diffs) + "\nUse a new output path, or delete the old cache.")
     have_views = existing_units(loc, "views")
     if manifest is None and have_views:
-        meta = shard_meta(loc, views_path(min(have_views)))
+        try:
+            meta = shard_meta(loc, views_path(min(have_views)))
+        except CacheFormatError:
+            raise
+        except Exception:  # unreadable: find_damaged below sets it aside
+            meta = {"identity": identity.to_dict()}
         diffs = describe_differences(meta.get("identity"), identity.to_dict())
         if diffs:
             raise CacheMismatch(f"cache {cfg.output} holds shards of another source or view policy:\n  " + "\n  ".join(diffs))
+    # Only now that this config is known to be this cache's: a truncated or overwritten shard, or one copied in
+    # from another cache, is moved aside (nothing is deleted) and recomputed below.
+    damaged = find_damaged(loc, identity, manifest)
+    for rel, reason in damaged:
+        aside = loc.move_aside(rel)
+        print(f"[radio cache] {loc.full(rel)}: {reason}; moved to {aside}, it will be recomputed", file=sys.stderr)
+    if damaged and manifest is not None:
+        manifest.complete = False  # so the run below rewrites the manifest
+    have_views = existing_units(loc, "views")
 
     ray = init_ray()
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0

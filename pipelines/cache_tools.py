@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from radio.cache import (
-    MIN_COS, CacheError, CacheLocation, Manifest, column_tensor, decode_features, decode_metadata, decode_summary, feature_columns,
+    MIN_COS, CacheError, CacheLocation, Manifest, check_shard, column_tensor, decode_features, decode_metadata, decode_summary, feature_columns, merged_stats, stats_differ,
     load_manifest, save_manifest, teacher_path, views_path,
 )
 from radio.images import decode_image, encode_image
@@ -73,46 +73,43 @@ def verify_cache(uri: str, sample: int = 8, atol: float | None = None, min_cos: 
     loc, m = _open(uri)
     problems: list[str] = []
 
-    def check_file(entry: dict):
-        rel = entry["path"]
-        if not loc.exists(rel):
-            problems.append(f"{rel}: listed in the manifest but missing")
+    def check_file(entry, fingerprint=None):
+        """The shard if it is what the manifest lists (identity, unit, fingerprint, rows, size, checksum)."""
+        reason = check_shard(loc, entry.path, m.identity, entry.unit, entry, fingerprint, checksum=True)
+        if reason is not None:
+            problems.append(f"{entry.path}: {reason}")
             return None
-        if loc.size(rel) != entry["bytes"]:
-            problems.append(f"{rel}: {loc.size(rel)} bytes, manifest says {entry['bytes']}")
-        elif loc.sha256(rel) != entry["sha256"]:
-            problems.append(f"{rel}: checksum differs from the manifest")
-        pf = loc.parquet_file(rel)
-        if pf.metadata.num_rows != entry["rows"]:
-            problems.append(f"{rel}: {pf.metadata.num_rows} rows, manifest says {entry['rows']}")
-        return pf
+        return loc.parquet_file(entry.path)
+
+    def keys_of(pf):
+        t = pf.read(columns=["image_id", "view_index"])
+        return list(zip(t.column("image_id").to_pylist(), t.column("view_index").to_pylist()))
 
     keys_by_unit = {}
     for entry in m.views.shards:
-        entry = entry.to_dict()
         pf = check_file(entry)
         if pf is None:
             continue
-        t = pf.read(columns=["image_id", "view_index"])
-        keys = list(zip(t.column("image_id").to_pylist(), t.column("view_index").to_pylist()))
+        keys = keys_of(pf)
         if len(set(keys)) != len(keys):
-            problems.append(f"{entry['path']}: duplicate keys")
-        keys_by_unit[entry["unit"]] = keys
+            problems.append(f"{entry.path}: duplicate keys")
+        keys_by_unit[entry.unit] = keys
     for name, tinfo in m.teachers.items():
+        good = True
         for entry in tinfo.shards:
-            entry = entry.to_dict()
-            pf = check_file(entry)
+            pf = check_file(entry, tinfo.fingerprint)
             if pf is None:
+                good = False
                 continue
             meta = decode_metadata(pf.schema_arrow.metadata)
-            if meta.get("fingerprint") != tinfo.fingerprint:
-                problems.append(f"{entry['path']}: fingerprint {meta.get('fingerprint')} != manifest {tinfo.fingerprint}")
             if meta.get("layout") != tinfo.layout.to_dict():
-                problems.append(f"{entry['path']}: target layout {meta.get('layout')} != manifest {tinfo.layout.to_dict()}")
-            t = pf.read(columns=["image_id", "view_index"])
-            keys = list(zip(t.column("image_id").to_pylist(), t.column("view_index").to_pylist()))
-            if keys != keys_by_unit.get(entry["unit"]):
-                problems.append(f"{entry['path']}: keys differ from views/unit-{entry['unit']:05d}")
+                problems.append(f"{entry.path}: target layout {meta.get('layout')} != manifest {tinfo.layout.to_dict()}")
+            if keys_of(pf) != keys_by_unit.get(entry.unit):
+                problems.append(f"{entry.path}: keys differ from views/unit-{entry.unit:05d}")
+        if good and stats_differ(merged_stats(loc, tinfo), tinfo.stats):
+            problems.append(f"manifest.json: the statistics of teacher {name!r} differ from those its shards record (recomputed from the shards)")
+    if m.complete and (len(m.views.shards) != m.units or any(len(t.shards) != m.units for t in m.teachers.values())):
+        problems.append(f"manifest.json: marked complete with {m.units} units, but lists {len(m.views.shards)} views shards and " + ", ".join(f"{len(t.shards)} for {n}" for n, t in m.teachers.items()))
     listed = {e.path for e in m.views.shards} | {e.path for t in m.teachers.values() for e in t.shards}
     on_disk = set(loc.list_files("views")) | {f for name in loc.list_dirs("teachers") for f in loc.list_files(f"teachers/{name}")}
     for extra in sorted(on_disk - listed):

@@ -403,7 +403,7 @@ def validate(cfg: TrainJobConfig):
               ("log_every", cfg.log_every, 1), ("keep_checkpoints", cfg.keep_checkpoints, 1), ("optim.grad_accum", cfg.optim.grad_accum, 1),
               ("optim.warmup_steps", cfg.optim.warmup_steps, 0), ("adapter_hidden", cfg.adapter_hidden, 1)]
     if cfg.max_steps is not None:
-        checks.append(("max_steps", cfg.max_steps, 1))
+        checks.append(("max_steps", cfg.max_steps, 0))  # 0: export the initialized student (an untrained baseline)
     if cfg.loader.num_workers is not None:
         checks.append(("loader.num_workers", cfg.loader.num_workers, 0))
     for key, value, least in checks:

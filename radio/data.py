@@ -69,7 +69,7 @@ class CacheStream(IterableDataset):
         self.uri, self.teachers = uri, list(teachers)
         self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
         self.batch_size, self.shuffle_buffer, self.read_rows, self.seed = batch_size, shuffle_buffer, read_rows, seed
-        reader = CacheReader(uri, self.teachers, expect_fingerprints)
+        reader = CacheReader(uri, self.teachers, expect_fingerprints, check=False)  # the trainer's own reader checked the manifest
         self.units = reader.units
         if not self.units:
             raise ValueError(f"cache {uri} has no complete units for teachers {self.teachers}; finish it with `radio cache`")
@@ -169,7 +169,7 @@ class CacheStream(IterableDataset):
         units = epoch_assignment(self.units, self.seed, self.epoch, self.n_readers)[reader_index]
         n_batches = self.batches_per_reader()
         skip = len(range(role, self.skip_batches, self.num_workers))
-        reader = CacheReader(self.uri, self.teachers)
+        reader = CacheReader(self.uri, self.teachers, check=False)  # each unit's files are still checked before they are read
         rng = np.random.default_rng([self.seed, self.epoch, reader_index])
         rows = self._rows(reader, units, rng)
         last = None

@@ -32,7 +32,8 @@ def _cfg(output, *extra) -> CacheJobConfig:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.parquet"))}
+    """Content of the cache's shards (files set aside as damaged, .damaged-*, are not part of it)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.parquet")) if not p.name.startswith(".")}
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +132,12 @@ def test_complete_cache_rerun_is_a_fast_noop(cache_dir):
 
 
 def test_changed_view_policy_is_refused(cache_dir, capsys):
+    before = _digest(cache_dir)
     with pytest.raises(CacheMismatch, match="views.num_views"):
         run_cache_job(_cfg(cache_dir, "teachers=[tiny-clip]", "views.num_views=3"))
     assert main(["cache", f"output={cache_dir}", *BASE, "views.seed=7"]) == 2
     assert "views.seed" in capsys.readouterr().err
+    assert _digest(cache_dir) == before  # a refused run touches nothing
 
 
 def test_changed_teacher_is_refused_then_rebuilt_alone(cache_dir, tmp_path):
@@ -346,3 +349,64 @@ def test_unloadable_teacher_fails_in_seconds_before_ray(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "teacher tiny-clip" in err and "no config.json" in err and err.count("\n") <= 2
     assert time.perf_counter() - t0 < 20 and not (tmp_path / "c").exists()
+
+
+def _damaged_copy(cache_dir, tmp_path, name):
+    import shutil
+
+    out = tmp_path / name
+    shutil.copytree(cache_dir, out)
+    return out
+
+
+def test_truncated_or_foreign_shard_is_named_refused_and_recomputed(ray_session, cache_dir, tmp_path, capsys):
+    from radio.cache import CacheError
+
+    good = _digest(cache_dir)
+    out = _damaged_copy(cache_dir, tmp_path, "trunc")
+    victim = out / "teachers" / "tiny-sam" / "unit-00002.parquet"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    # a views shard of another cache (another source), copied over this one's
+    other = tmp_path / "other"
+    run_cache_job(_cfg(other, "teachers=[tiny-clip]", "source.limit=12", "mlflow.enabled=false"))
+    (out / "views" / "unit-00001.parquet").write_bytes((other / "views" / "unit-00001.parquet").read_bytes())
+    capsys.readouterr()
+    assert main(["cache", "verify", str(out), "--sample", "0"]) == 1
+    text = capsys.readouterr().out
+    assert "teachers/tiny-sam/unit-00002.parquet: not a readable Parquet file" in text and "views/unit-00001.parquet: belongs to another cache" in text
+    with pytest.raises(CacheError, match=r"views/unit-00001\.parquet: belongs to another cache.*radio cache verify"):
+        CacheReader(str(out))  # what training opens: refused before the first step
+    reader = CacheReader(str(out), check=False)  # a stream's reader still checks each unit before reading it
+    with pytest.raises(CacheError, match=r"tiny-sam/unit-00002\.parquet: not a readable Parquet file"):
+        list(reader.iter_unit(2))
+    # rerunning the job recomputes exactly what was damaged
+    s = run_cache_job(_cfg(out, "teachers=[tiny-clip,tiny-sam]", "mlflow.enabled=false"))
+    # only the damaged files: unit 1's views (replayed, so its teachers' shards still match) and unit 2 of tiny-sam
+    assert s.computed == {"views": 1, "tiny-clip": 0, "tiny-sam": 1}
+    assert "it will be recomputed" in capsys.readouterr().err
+    assert len(list((out / "teachers" / "tiny-sam").glob(".damaged-*"))) == 1  # kept aside, not deleted
+    assert _digest(out) == good
+    assert main(["cache", "verify", str(out), "--sample", "0"]) == 0
+
+
+def test_edited_manifest_is_refused(cache_dir, tmp_path, capsys):
+    from radio.cache import CacheError
+
+    out = _damaged_copy(cache_dir, tmp_path, "edit")
+    path = out / "manifest.json"
+    original = path.read_text()
+    m = json.loads(original)
+    m["teachers"]["tiny-clip"]["stats"]["features"]["mean"][0] += 0.5  # edited statistics
+    path.write_text(json.dumps(m))
+    with pytest.raises(CacheError, match="statistics of teacher 'tiny-clip' differ"):
+        CacheReader(str(out))
+    assert main(["cache", "verify", str(out), "--sample", "0"]) == 1
+    assert "statistics of teacher 'tiny-clip' differ" in capsys.readouterr().out
+    m = json.loads(original)
+    m["views"]["shards"].pop()  # a unit removed from the manifest, which still says complete
+    path.write_text(json.dumps(m))
+    with pytest.raises(CacheError, match="says the cache is complete with 4 units, but lists 3 views shards"):
+        CacheReader(str(out))
+    assert main(["train", f"cache={out}", f"output={tmp_path / 'run'}", "teachers=[tiny-clip,tiny-sam]", "mlflow.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert "complete with 4 units" in err and "Traceback" not in err

@@ -140,7 +140,7 @@ def test_cache_output_that_is_a_file_fails_first(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bad, key", [("epochs=0", "epochs"), ("loader.batch_size=0", "loader.batch_size"), ("checkpoint_every=0", "checkpoint_every"), ("log_every=-1", "log_every"),
-                                      ("max_steps=0", "max_steps"), ("optim.lr=0", "optim.lr"), ("loader.num_workers=-2", "loader.num_workers"), ("teachers=[]", "teachers")])
+                                      ("max_steps=-1", "max_steps"), ("optim.lr=0", "optim.lr"), ("loader.num_workers=-2", "loader.num_workers"), ("teachers=[]", "teachers")])
 def test_bad_train_settings_fail_before_any_work(tmp_path, capsys, bad, key):
     from pipelines.cli import main
 

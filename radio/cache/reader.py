@@ -67,7 +67,7 @@ class CacheReader:
     configured for; any difference is refused. Only units complete for every requested teacher are read.
     """
 
-    def __init__(self, uri: str, teachers: list[str] | None = None, expect_fingerprints: dict[str, str] | None = None):
+    def __init__(self, uri: str, teachers: list[str] | None = None, expect_fingerprints: dict[str, str] | None = None, check: bool = True):
         self.loc = CacheLocation(uri)
         manifest = load_manifest(self.loc)
         if manifest is None:
@@ -86,6 +86,46 @@ class CacheReader:
             units &= {s.unit for s in held[t].shards}
         self.units = sorted(units)
         self.rows_per_unit = {s.unit: s.rows for s in manifest.views.shards}
+        self._checked: set[int] = set()
+        if check:
+            self._check_manifest()
+
+    def _damaged(self, what: str) -> CacheError:
+        return CacheError(f"{what}. The cache is damaged or was edited: `radio cache verify {self.loc.uri}` lists every problem, and rerunning the `radio cache` command that built it recomputes what is wrong.")
+
+    def _check_manifest(self):
+        """What a training must not run on: a manifest that claims more than its shard list holds, or
+        statistics that are not those of the shards (every shard keeps its own moments; they are merged again)."""
+        from .writer import check_shard, merged_stats, stats_differ
+
+        m = self.manifest
+        if m.complete and (len(m.views.shards) != m.units or any(len(m.teachers[t].shards) != m.units for t in self.teachers)):
+            raise self._damaged(f"{self.loc.full(MANIFEST_NAME)} says the cache is complete with {m.units} units, but lists {len(m.views.shards)} views shards and {', '.join(f'{len(m.teachers[t].shards)} for {t}' for t in self.teachers)}")
+        for unit in self.units:  # every file (footer, identity, unit, rows, size) before anything is read from it
+            self._check_unit(unit)
+        for t in self.teachers:  # shards of units that are not read (incomplete for another teacher) feed the statistics too
+            for sh in self.entry(t).shards:
+                reason = check_shard(self.loc, sh.path, m.identity, sh.unit, sh, self.entry(t).fingerprint)
+                if reason is not None:
+                    raise self._damaged(f"{self.loc.full(sh.path)}: {reason}")
+        for t in self.teachers:
+            if stats_differ(merged_stats(self.loc, self.entry(t)), self.entry(t).stats):
+                raise self._damaged(f"{self.loc.full(MANIFEST_NAME)}: the statistics of teacher {t!r} differ from those its shards record")
+
+    def _check_unit(self, unit: int):
+        """Each file of ``unit`` is what the manifest lists (identity, unit, fingerprint, rows, size) before it is read."""
+        if unit in self._checked:
+            return
+        from .writer import check_shard
+
+        m = self.manifest
+        entries = [(views_path(unit), next(s for s in m.views.shards if s.unit == unit), None)]
+        entries += [(teacher_path(t, unit), next(s for s in self.entry(t).shards if s.unit == unit), self.entry(t).fingerprint) for t in self.teachers]
+        for rel, entry, fp in entries:
+            reason = check_shard(self.loc, rel, m.identity, unit, entry, fp)
+            if reason is not None:
+                raise self._damaged(f"{self.loc.full(rel)}: {reason}")
+        self._checked.add(unit)
 
     def entry(self, teacher: str) -> TeacherEntry:
         return self.manifest.teachers[teacher]
@@ -152,6 +192,7 @@ class CacheReader:
 
     def iter_unit(self, unit: int, batch_rows: int = 64, with_images: bool = True) -> Iterator[CacheBatch]:
         """Stream one unit in batches of ``batch_rows``, joining the tables by key."""
+        self._check_unit(unit)
         view_cols = ["image_id", "view_index", "label_index"] + (["student_image"] if with_images else [])
         views = self.loc.parquet_file(views_path(unit)).iter_batches(batch_size=batch_rows, columns=view_cols)
         tfiles = {t: self._open_teacher(t, unit) for t in self.teachers}

@@ -144,6 +144,14 @@ class CacheLocation:
             self.fs.delete_file(p)
         return len(stale)
 
+    def move_aside(self, rel: str) -> str:
+        """Rename a file to ``.damaged-<time>-<name>`` beside it (hidden from listings, kept for inspection)."""
+        import time
+
+        target = posixpath.join(posixpath.dirname(self.full(rel)), f".damaged-{time.strftime('%Y%m%dT%H%M%S')}-{posixpath.basename(rel)}")
+        self.fs.move(self.full(rel), target)
+        return target
+
     def delete_dir(self, rel: str):
         if self.exists(rel):
             self.fs.delete_dir(self.full(rel))

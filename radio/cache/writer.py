@@ -19,7 +19,7 @@ from .codec import decode_features, feature_columns
 from .manifest import FORMAT_VERSION, CacheIdentity, Manifest, Moments, Skipped, TargetLayout, TeacherEntry, TeacherStats, ViewsEntry, format_error, load_manifest, save_manifest
 from .store import CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
 
-__all__ = ["write_views_shard", "write_teacher_shard", "shard_stats", "existing_units", "shard_meta", "build_manifest", "check_existing"]
+__all__ = ["write_views_shard", "write_teacher_shard", "shard_stats", "existing_units", "shard_meta", "build_manifest", "check_existing", "check_shard", "find_damaged", "merged_stats", "stats_differ"]
 
 
 def write_views_shard(loc: CacheLocation, unit: int, rows: dict, skipped: list[dict], images: int, identity: CacheIdentity, row_group_rows: int) -> ShardInfo:
@@ -148,3 +148,71 @@ def check_existing(loc: CacheLocation) -> Manifest | None:
         if have:
             shard_meta(loc, views_path(have[0]))
     return manifest
+
+
+def check_shard(loc: CacheLocation, rel: str, identity: CacheIdentity, unit: int, entry: ShardInfo | None = None, fingerprint: str | None = None, checksum: bool = False) -> str | None:
+    """None when the committed file at ``rel`` is what this cache wrote there; else a one-line reason.
+
+    Checks, cheapest first: the file exists and its Parquet footer reads; its format version, cache identity
+    and unit are this cache's (a shard copied in from another cache is caught here); a teacher shard's
+    fingerprint; with a manifest ``entry``: rows, size and (``checksum=True``) the sha256.
+    """
+    if not loc.exists(rel):
+        return "missing"
+    try:
+        pf = loc.parquet_file(rel)
+        meta = decode_metadata(pf.schema_arrow.metadata)
+        rows = pf.metadata.num_rows
+    except Exception as e:  # truncated or overwritten: pyarrow raises ArrowInvalid, OSError, ...
+        return f"not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    if meta.get("format_version") != FORMAT_VERSION:
+        return f"format v{meta.get('format_version')}, this cache is v{FORMAT_VERSION}"
+    if meta.get("identity") != identity.to_dict():
+        return "belongs to another cache (its source, view policy or student views differ from this cache's)"
+    if meta.get("unit") != unit:
+        return f"holds unit {meta.get('unit')}, not unit {unit}"
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        return f"holds targets with fingerprint {meta.get('fingerprint')}, the manifest says {fingerprint}"
+    if entry is not None:
+        if rows != entry.rows:
+            return f"{rows} rows, the manifest says {entry.rows}"
+        size = loc.size(rel)
+        if size != entry.bytes:
+            return f"{size} bytes, the manifest says {entry.bytes}"
+        if checksum and loc.sha256(rel) != entry.sha256:
+            return "checksum differs from the manifest"
+    return None
+
+
+def find_damaged(loc: CacheLocation, identity: CacheIdentity, manifest: Manifest | None) -> list[tuple[str, str]]:
+    """Every committed shard that is not what this cache wrote there: [(path, reason)]. Files the manifest
+    lists are checked against their entry (rows, size); files it does not list (a job killed before its
+    manifest) against their own metadata."""
+    listed = {s.path: s for s in ([*manifest.views.shards, *[s for t in manifest.teachers.values() for s in t.shards]] if manifest else [])}
+    fingerprints = {t: e.fingerprint for t, e in manifest.teachers.items()} if manifest else {}
+    out = []
+    for rel_dir, teacher in [("views", None), *((f"teachers/{t}", t) for t in loc.list_dirs("teachers"))]:
+        for u in sorted(existing_units(loc, rel_dir)):
+            rel = views_path(u) if teacher is None else teacher_path(teacher, u)
+            reason = check_shard(loc, rel, identity, u, listed.get(rel), fingerprints.get(teacher))
+            if reason is not None:
+                out.append((rel, reason))
+    return out
+
+
+def merged_stats(loc: CacheLocation, entry: TeacherEntry) -> TeacherStats:
+    """A teacher's statistics merged again from its shards' own metadata (to check the manifest's)."""
+    f, s = RunningStats(), RunningStats()
+    for sh in entry.shards:
+        meta = decode_metadata(loc.parquet_file(sh.path).schema_arrow.metadata)
+        f.merge(RunningStats.from_dict(meta["stats"]["features"]))
+        if "summary" in meta["stats"]:
+            s.merge(RunningStats.from_dict(meta["stats"]["summary"]))
+    return TeacherStats(Moments(f.mean.tolist(), f.std.tolist(), int(f.count)), Moments(s.mean.tolist(), s.std.tolist(), int(s.count)) if s.count else None)
+
+
+def stats_differ(a: TeacherStats, b: TeacherStats) -> bool:
+    def close(x, y):
+        return x is None and y is None or (x is not None and y is not None and x.count == y.count and np.allclose(x.mean, y.mean, rtol=1e-9, atol=1e-12) and np.allclose(x.std, y.std, rtol=1e-9, atol=1e-12))
+
+    return not (close(a.features, b.features) and close(a.summary, b.summary))
