@@ -19,14 +19,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["TARGET_DTYPES", "MIN_COS", "INT8_MIN_COS", "encode_targets", "decode_features", "decode_summary", "feature_columns", "bytes_per_row"]
+__all__ = ["TARGET_DTYPES", "MIN_COS", "encode_targets", "decode_features", "decode_summary", "feature_columns", "bytes_per_row"]
 
 TARGET_DTYPES = ("float16", "float32", "int8")
 # The worst per-position cosine to float32 that ``radio cache verify`` accepts for each codec (a stored
 # float32 or float16 row is compared at 0.999, as before; int8's bound, measured on real-size random-weight
 # teachers and the tiny presets, is >= 0.9990, so 0.995 leaves a margin for recomputation on other hardware).
 MIN_COS = {"float32": 0.999, "float16": 0.999, "int8": 0.995}
-INT8_MIN_COS = MIN_COS["int8"]
 
 _TORCH = {"float16": torch.float16, "float32": torch.float32}
 

@@ -109,8 +109,25 @@ class TargetLayout:
         return cls(tuple(d["grid"]), d["dtype"], tuple(d["native_grid"]))
 
 
+class _Shards:
+    """Totals over a ``shards`` list (one place for what every table entry derives from its shards)."""
+
+    shards: list[ShardInfo]
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    def by_unit(self) -> dict[int, ShardInfo]:
+        return {s.unit: s for s in self.shards}
+
+
 @dataclass
-class TeacherEntry:
+class TeacherEntry(_Shards):
     spec: dict  # the teacher's TeacherSpec as plain data (the teachers package owns its fields)
     layout: TargetLayout
     stats: TeacherStats
@@ -128,14 +145,6 @@ class TeacherEntry:
     @property
     def feature_dim(self) -> int:
         return int(self.spec["feature_dim"])
-
-    @property
-    def rows(self) -> int:
-        return sum(s.rows for s in self.shards)
-
-    @property
-    def bytes(self) -> int:
-        return sum(s.bytes for s in self.shards)
 
     @property
     def bytes_per_view(self) -> float:
@@ -159,17 +168,9 @@ class TeacherEntry:
 
 
 @dataclass
-class ViewsEntry:
+class ViewsEntry(_Shards):
     policy: dict
     shards: list[ShardInfo]
-
-    @property
-    def rows(self) -> int:
-        return sum(s.rows for s in self.shards)
-
-    @property
-    def bytes(self) -> int:
-        return sum(s.bytes for s in self.shards)
 
     def to_dict(self) -> dict:
         return {"policy": self.policy, "rows": self.rows, "bytes": self.bytes, "shards": [s.to_dict() for s in self.shards]}

@@ -87,6 +87,7 @@ class CacheReader:
         self.units = sorted(units)
         self.rows_per_unit = {s.unit: s.rows for s in manifest.views.shards}
         self._checked: set[int] = set()
+        self._by_unit = None
         if check:
             self._check_manifest()
 
@@ -101,13 +102,15 @@ class CacheReader:
         m = self.manifest
         if m.complete and (len(m.views.shards) != m.units or any(len(m.teachers[t].shards) != m.units for t in self.teachers)):
             raise self._damaged(f"{self.loc.full(MANIFEST_NAME)} says the cache is complete with {m.units} units, but lists {len(m.views.shards)} views shards and {', '.join(f'{len(m.teachers[t].shards)} for {t}' for t in self.teachers)}")
-        for unit in self.units:  # every file (footer, identity, unit, rows, size) before anything is read from it
-            self._check_unit(unit)
-        for t in self.teachers:  # shards of units that are not read (incomplete for another teacher) feed the statistics too
-            for sh in self.entry(t).shards:
-                reason = check_shard(self.loc, sh.path, m.identity, sh.unit, sh, self.entry(t).fingerprint)
-                if reason is not None:
-                    raise self._damaged(f"{self.loc.full(sh.path)}: {reason}")
+        # every file (footer, identity, unit, rows, size) before anything is read from it, each once: the views of
+        # the units read, and all of a teacher's shards (those of unread units feed its statistics too)
+        views = m.views.by_unit()
+        checks = [(views[u], None) for u in self.units] + [(sh, self.entry(t).fingerprint) for t in self.teachers for sh in self.entry(t).shards]
+        for sh, fp in checks:
+            reason = check_shard(self.loc, sh.path, m.identity, sh.unit, sh, fp)
+            if reason is not None:
+                raise self._damaged(f"{self.loc.full(sh.path)}: {reason}")
+        self._checked.update(self.units)
         for t in self.teachers:
             if stats_differ(merged_stats(self.loc, self.entry(t)), self.entry(t).stats):
                 raise self._damaged(f"{self.loc.full(MANIFEST_NAME)}: the statistics of teacher {t!r} differ from those its shards record")
@@ -119,8 +122,10 @@ class CacheReader:
         from .writer import check_shard
 
         m = self.manifest
-        entries = [(views_path(unit), next(s for s in m.views.shards if s.unit == unit), None)]
-        entries += [(teacher_path(t, unit), next(s for s in self.entry(t).shards if s.unit == unit), self.entry(t).fingerprint) for t in self.teachers]
+        if self._by_unit is None:  # shard lookups by unit, built once (a cache may hold many thousands of units)
+            self._by_unit = {None: m.views.by_unit(), **{t: self.entry(t).by_unit() for t in self.teachers}}
+        entries = [(views_path(unit), self._by_unit[None][unit], None)]
+        entries += [(teacher_path(t, unit), self._by_unit[t][unit], self.entry(t).fingerprint) for t in self.teachers]
         for rel, entry, fp in entries:
             reason = check_shard(self.loc, rel, m.identity, unit, entry, fp)
             if reason is not None:

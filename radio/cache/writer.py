@@ -49,7 +49,7 @@ def _int_lists(values, n: int) -> pa.FixedSizeListArray:
 TARGET_COMPRESSION = "none"
 
 
-def shard_stats(cols: dict, layout: TargetLayout) -> dict:
+def shard_stats(cols: dict) -> dict:
     """Exact per-channel moments of one shard's targets, as the trainer will decode them: summary over rows,
     features over every stored position (stored maps cover exactly the view: no padding to leave out)."""
     out = {}
@@ -75,7 +75,7 @@ def write_teacher_shard(loc: CacheLocation, teacher: str, spec: dict, layout: Ta
     for name in names:
         fields.append(tensor_field(name, cols[name].shape[1:], cols[name].dtype))
         arrays.append(tensor_to_arrow(cols[name]))
-    stats = shard_stats(cols, layout)
+    stats = shard_stats(cols)
     meta = {"kind": "teacher", "teacher": teacher, "unit": unit, "spec": spec, "fingerprint": spec["fingerprint"], "layout": layout.to_dict(), "stats": stats, "identity": identity.to_dict(), "format_version": FORMAT_VERSION}
     table = pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=encode_metadata(meta)))
     compression = {"image_id": "zstd", "view_index": "zstd", **{n: TARGET_COMPRESSION for n in names}}
