@@ -33,7 +33,7 @@ from radio.images import BadImage, decode_image, encode_image
 from radio.targets import resample_targets, stored_grid
 from radio.views import ViewPolicy, crop_view, render_view, sample_views
 
-from .config import ConfigError, dump_config, flatten_config
+from .config import ConfigError, check_output_dir, dump_config, flatten_config, require
 from .sources import Source, SourceConfig, SourceError, SourceRecord, open_source
 from .tracking import MlflowConfig, start_run
 
@@ -102,8 +102,8 @@ def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy
         except BadImage as e:
             skipped.append({"image_id": rec.image_id, "reason": e.reason})
             continue
-        except OSError as e:
-            skipped.append({"image_id": rec.image_id, "reason": f"unreadable: {e}"})
+        except OSError as e:  # Unreadable carries a stable reason; anything else: its message, no path
+            skipped.append({"image_id": rec.image_id, "reason": getattr(e, "reason", None) or f"unreadable: {e.strerror or type(e).__name__}"})
             continue
         H, W = img.shape[:2]
         for v in sample_views(policy, rec.image_id, W, H):
@@ -249,24 +249,23 @@ def target_grid_for(cfg: CacheJobConfig, teacher: str) -> tuple[int, int] | None
 
 
 def validate(cfg: CacheJobConfig):
-    """Settings checked before Ray or any teacher starts, each naming the key and a valid value."""
+    """Settings checked before Ray or any teacher starts. Each error is a SettingError naming the key, the
+    value and what is allowed (``load_config(validate=validate)`` adds where the value came from)."""
     for key in ("target_patch", "student_resolution", "images_per_shard", "row_group_rows", "max_inflight_units", "max_pixels"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+        require(getattr(cfg, key) >= 1, key, getattr(cfg, key), ">= 1")
+    require(cfg.source.limit is None or cfg.source.limit >= 1, "source.limit", cfg.source.limit, ">= 1 (or null for every image)")
+    require(bool(cfg.teachers), "teachers", cfg.teachers, "at least one teacher", "e.g. teachers=[tiny-clip,tiny-sam]")
     for t, job in cfg.teachers.items():
         for key in ("batch_size", "actors"):
-            if getattr(job, key) < 1:
-                raise ConfigError(f"teachers.{t}.{key} must be >= 1, got {getattr(job, key)}")
+            require(getattr(job, key) >= 1, f"teachers.{t}.{key}", getattr(job, key), ">= 1")
         for key in ("gpus_per_actor", "cpus_per_actor"):
-            if getattr(job, key) < 0:
-                raise ConfigError(f"teachers.{t}.{key} must be >= 0, got {getattr(job, key)}")
-    if "://" not in cfg.output and os.path.exists(cfg.output) and not os.path.isdir(cfg.output):
-        raise ConfigError(f"output={cfg.output} is a file, not a directory: choose another output path")
+            require(getattr(job, key) >= 0, f"teachers.{t}.{key}", getattr(job, key), ">= 0")
     for name, job in [("", cfg), *((f"teachers.{t}.", j) for t, j in cfg.teachers.items())]:
-        if isinstance(job.target_grid, int) and not isinstance(job.target_grid, bool) and job.target_grid < 1:
-            raise ConfigError(f"{name}target_grid must be >= 1 or 'native', got {job.target_grid}")
-    if cfg.target_grid is None and cfg.student_resolution // cfg.target_patch < 1:
-        raise ConfigError(f"student_resolution {cfg.student_resolution} is smaller than target_patch {cfg.target_patch}: no target grid. Set target_patch to the student's patch size, or target_grid=N")
+        grid = job.target_grid
+        require(not isinstance(grid, int) or isinstance(grid, bool) or grid >= 1, f"{name}target_grid", grid, ">= 1, 'native', or null for the student's grid")
+    require(cfg.target_grid is not None or cfg.student_resolution // cfg.target_patch >= 1, "target_patch", cfg.target_patch,
+            f"<= student_resolution ({cfg.student_resolution})", "Set target_patch to the student's patch size, or target_grid=N")
+    check_output_dir(cfg.output)
 
 
 def init_ray():
@@ -296,8 +295,6 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
     for t, job in cfg.teachers.items():
         get_spec_template(t)  # an unknown name fails here, listing the registry
         check_source(t, job.source, job.revision)  # unloadable weights fail here, in seconds, before Ray
-    if not cfg.teachers:
-        raise ConfigError("no teachers configured: set teachers=[tiny-clip,...] or a teachers: mapping in the config file")
     source = open_source(cfg.source)
     if not source.records:
         raise SourceError(f"source {cfg.source.kind}:{cfg.source.path} has no images")
@@ -467,4 +464,4 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
 
 def finalize_manifest(loc: CacheLocation, cfg: CacheJobConfig, source: Source, identity: CacheIdentity, teachers: list[str], old: Manifest | None, n_units: int) -> Manifest:
     """Rebuild the manifest from the committed files (``radio.cache.build_manifest``)."""
-    return build_manifest(loc, identity, {**source.describe(), "config": dump_config(cfg.source)}, cfg.views.to_dict(), dump_config(cfg), n_units, teachers, old)
+    return build_manifest(loc, identity, {**source.describe(), "config": dump_config(cfg.source)}, cfg.views.to_dict(), dump_config(cfg), n_units, teachers, old, excluded=source.excluded)

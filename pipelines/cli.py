@@ -64,20 +64,23 @@ def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     return None, args
 
 
-def job_config(argv: list[str], cls, usage: str):
-    """A job's resolved config from ``[CONFIG] [key=value ...]``; None after printing ``usage`` for -h."""
+def job_config(argv: list[str], cls, usage: str, validate=None):
+    """A job's resolved and validated config from ``[CONFIG] [key=value ...]``; None after printing
+    ``usage`` for -h. Range errors name the key, its value and whether the file or an override set it."""
     if argv and argv[0] in ("-h", "--help"):
         print(usage)
         return None
     path, overrides = _split_config_args(argv)
-    return load_config(cls, path, overrides)
+    return load_config(cls, path, overrides, validate=validate)
 
 
 def resolve(job: str, args: list[str]):
     """(config object, resolved YAML) for ``job`` from ``[CONFIG] [key=value ...]``."""
     jobs = _job_classes()
     path, overrides = _split_config_args(args)
-    cfg = load_config(jobs[job], path, overrides)
+    from .cache import validate
+
+    cfg = load_config(jobs[job], path, overrides, validate=validate if job == "cache" else None)
     return cfg, config_to_yaml(cfg)
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,13 +25,45 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-__all__ = ["ConfigError", "load_config", "dump_config", "config_to_yaml", "flatten_config", "parse_override"]
+__all__ = ["ConfigError", "SettingError", "require", "check_output_dir", "load_config", "dump_config", "config_to_yaml", "flatten_config", "parse_override"]
 
 _MISSING = dataclasses.MISSING
 
 
 class ConfigError(ValueError):
     """A configuration problem, raised before any work starts. The message says what and where."""
+
+
+class SettingError(ConfigError):
+    """One setting's value is out of range. ``key`` is its dotted path from the job config's root, so
+    ``load_config(..., validate=...)`` can say whether the file or an override set it."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def require(ok: bool, key: str, value: Any, allowed: str, hint: str = ""):
+    """Raise SettingError ``"<key> must be <allowed>, got <value>"`` unless ``ok``."""
+    if not ok:
+        raise SettingError(key, f"'{key}' must be {allowed}, got {value!r}{'. ' + hint if hint else ''}")
+
+
+def check_output_dir(path: str, key: str = "output"):
+    """Fail before any work when a local output location cannot be written: a file in the way, or a
+    folder (or the nearest existing parent) that is not writable. Object-store URIs are not checked."""
+    if "://" in str(path):
+        return
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise SettingError(key, f"'{key}' is {path}, which is a file, not a folder: choose another {key}=")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SettingError(key, f"'{key}' is {path}, but {probe} is a file, not a folder: choose another {key}=")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SettingError(key, f"'{key}' is {path}, but {probe} is not writable: choose another {key}= or fix its permissions")
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -56,8 +90,9 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp, path: str, origin: str) -> Any:
-    """Convert a YAML value to ``tp`` or raise ConfigError naming ``path`` and ``origin``."""
+def _coerce(value: Any, tp, path: str, origins: str | dict) -> Any:
+    """Convert a YAML value to ``tp`` or raise ConfigError naming ``path`` and where it was set."""
+    origin = _origin_of(origins, path)
 
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{origin}: '{path}' must be {expected}, got {value!r} ({type(value).__name__})")
@@ -75,7 +110,7 @@ def _coerce(value: Any, tp, path: str, origin: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise bad(f"a mapping of {tp.__name__} fields")
-        return _build(tp, value, path, origin)
+        return _build(tp, value, path, origins)
     origin_tp = get_origin(tp)
     if origin_tp is Literal:
         choices = get_args(tp)
@@ -85,7 +120,7 @@ def _coerce(value: Any, tp, path: str, origin: str) -> Any:
     if origin_tp in (Union, types.UnionType):
         for arg in get_args(tp):
             try:
-                return _coerce(value, arg, path, origin)
+                return _coerce(value, arg, path, origins)
             except ConfigError:
                 continue
         raise bad(_type_name(tp))
@@ -114,9 +149,9 @@ def _coerce(value: Any, tp, path: str, origin: str) -> Any:
         if origin_tp is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise bad(f"a list of {len(args)} items")
-            return tuple(_coerce(v, a, f"{path}[{i}]", origin) for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_coerce(v, a, f"{path}[{i}]", origins) for i, (v, a) in enumerate(zip(value, args)))
         item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{path}[{i}]", origin) for i, v in enumerate(value)]
+        items = [_coerce(v, item_tp, f"{path}[{i}]", origins) for i, v in enumerate(value)]
         return tuple(items) if origin_tp is tuple else items
     if origin_tp is dict:
         key_tp, val_tp = get_args(tp) or (str, Any)
@@ -125,7 +160,7 @@ def _coerce(value: Any, tp, path: str, origin: str) -> Any:
             value = {str(k): {} for k in value}
         if not isinstance(value, dict):
             raise bad(f"a mapping ({_type_name(tp)})")
-        return {_coerce(k, key_tp, path, origin): _coerce(v if v is not None or not dataclasses.is_dataclass(val_tp) else {}, val_tp, f"{path}.{k}", origin) for k, v in value.items()}
+        return {_coerce(k, key_tp, path, origins): _coerce(v if v is not None or not dataclasses.is_dataclass(val_tp) else {}, val_tp, f"{path}.{k}", origins) for k, v in value.items()}
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise bad(_type_name(tp))
@@ -144,15 +179,27 @@ def _build(cls, data: dict, path: str, origin: str | dict):
     for name, f in fields.items():
         full = f"{prefix}{name}"
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], full, _origin_of(origin, full))
+            kwargs[name] = _coerce(data[name], hints[name], full, origin)
         elif f.default is _MISSING and f.default_factory is _MISSING:
             raise ConfigError(f"missing required value '{full}': set it in the config file or on the command line as {full}=...")
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{_origin_of(origin, path or cls.__name__)}: invalid '{path or cls.__name__}': {e}") from None
+        key = _key_named(e, path, list(fields))
+        raise ConfigError(f"{_origin_of(origin, key)}: {e}" if key != path else f"{_origin_of(origin, key)}: invalid '{path or cls.__name__}': {e}") from None
+
+
+def _key_named(e: Exception, path: str, fields: list[str]) -> str:
+    """The dotted key an error from ``__post_init__`` is about: its SettingError key, else the first
+    field the message names, else the dataclass's own path."""
+    prefix = f"{path}." if path else ""
+    if isinstance(e, SettingError):
+        return e.key if e.key.startswith(prefix) else prefix + e.key
+    text = str(e)
+    for name in sorted(fields, key=len, reverse=True):
+        if re.search(rf"(^|[^\w.]){re.escape(prefix + name)}\b", text) or re.search(rf"(^|[^\w.]){re.escape(name)}\b", text):
+            return prefix + name
+    return path
 
 
 def _origin_of(origin, path: str) -> str:
@@ -259,12 +306,14 @@ def _apply_override(cls, base: dict, keys: list[str], value: Any, origin: dict, 
         tp, node = child_tp, child
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *, base: Any = None):
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *, base: Any = None, validate=None):
     """Resolve a config of dataclass type ``cls``.
 
     Layers, later wins: ``cls()`` defaults (or ``base``, an instance) <- the YAML file at ``path`` <-
     ``overrides`` such as ``["train.lr=3e-4", "teachers.tiny-sam.actors=2"]``.
     Raises ConfigError naming the key and its source on any unknown key, wrong type or missing value.
+    ``validate(cfg)``: the job's range checks; a SettingError it raises is prefixed with where the key's
+    value came from (the file, an override, or the defaults).
     """
     if base is None:
         try:
@@ -287,4 +336,10 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | tupl
     for text in overrides:
         keys, value = parse_override(text)
         _apply_override(cls, data, keys, value, origin, f"override '{text}'")
-    return _build(cls, data, "", origin)
+    cfg = _build(cls, data, "", origin)
+    if validate is not None:
+        try:
+            validate(cfg)
+        except SettingError as e:
+            raise ConfigError(f"{_origin_of(origin, e.key)}: {e}") from None
+    return cfg

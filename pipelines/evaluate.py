@@ -24,7 +24,7 @@ from radio.targets import resample_targets
 from radio.checkpoint import load_student
 from radio.metrics import knn_top1, linear_probe_top1, masked_cosine, pca_rgb
 
-from .config import load_config
+from .config import check_output_dir, load_config, require
 from .tracking import MlflowConfig, NullRun, start_run, tracking_uri
 
 __all__ = ["EvalJobConfig", "evaluate", "main"]
@@ -138,8 +138,7 @@ def _pictures(model, reader: CacheReader, teachers: list[str], n: int, out_dir: 
 
 def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
     """Evaluate one student; log into its MLflow run. Returns the metrics."""
-    if not cfg.student:
-        raise FileNotFoundError("no student given: radio eval RUN_ID_OR_CHECKPOINT_DIR [key=value ...]")
+    validate(cfg)
     student_dir, run_id = _resolve_student(cfg.student, cfg)
     model = load_student(student_dir).eval()
     teachers = list(model.teacher_names)
@@ -177,6 +176,15 @@ def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
     return metrics
 
 
+def validate(cfg: EvalJobConfig):
+    """Range checks before any work, each naming the key (``load_config`` adds the value's origin)."""
+    require(bool(cfg.student), "student", cfg.student, "a checkpoint directory or an MLflow run id", "radio eval RUN_ID_OR_CHECKPOINT_DIR")
+    for key, least in (("knn_k", 1), ("probe_epochs", 0), ("batch_size", 1), ("pictures", 0)):
+        require(getattr(cfg, key) >= least, key, getattr(cfg, key), f">= {least}")
+    if cfg.output:
+        check_output_dir(cfg.output)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: radio eval RUN_ID_OR_CHECKPOINT_DIR [CONFIG] [key=value ...]\n\nKeys: `radio config show eval`.")
@@ -185,7 +193,7 @@ def main(argv: list[str]) -> int:
 
     student = argv[0] if "=" not in argv[0] else None
     path, overrides = _split_config_args(argv[1:] if student else argv)
-    cfg = load_config(EvalJobConfig, path, overrides + ([f"student={student}"] if student else []))
+    cfg = load_config(EvalJobConfig, path, overrides + ([f"student={student}"] if student else []), validate=validate)
     metrics = evaluate(cfg)
     width = max(map(len, metrics)) if metrics else 0
     for k, v in sorted(metrics.items()):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cache import CacheJobConfig, TeacherJobConfig, run_cache_job
-from .config import config_to_yaml, load_config
+from .config import check_output_dir, config_to_yaml, load_config, require
 from .tracking import MlflowConfig
 
 __all__ = ["QuickstartConfig", "StudentVariant", "run_quickstart", "main"]
@@ -53,6 +53,20 @@ class QuickstartConfig:
     experiment: str = "radio-quickstart"
 
 
+def validate(cfg: QuickstartConfig):
+    """Range checks before any work, each naming the key (``load_config`` adds the value's origin)."""
+    for key in ("num_views", "student_resolution", "batch_size"):
+        require(getattr(cfg, key) >= 1, key, getattr(cfg, key), ">= 1")
+    require(cfg.limit is None or cfg.limit >= 1, "limit", cfg.limit, ">= 1 (or null for every sample)")
+    require(bool(cfg.teachers), "teachers", cfg.teachers, "at least one teacher")
+    require(bool(cfg.students), "students", cfg.students, "at least one student")
+    for name, v in cfg.students.items():
+        require(v.epochs >= 1, f"students.{name}.epochs", v.epochs, ">= 1")
+        require(v.lr > 0, f"students.{name}.lr", v.lr, "> 0")
+        require(v.patch_size >= 1 and cfg.student_resolution % v.patch_size == 0, f"students.{name}.patch_size", v.patch_size, f"a divisor of student_resolution ({cfg.student_resolution})")
+    check_output_dir(cfg.workdir, "workdir")
+
+
 def _step(title: str):
     print(f"\n==> {title}", file=sys.stderr, flush=True)
 
@@ -62,6 +76,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     from .evaluate import EvalJobConfig, evaluate
     from .tracking import tracking_uri
     from .train import TrainJobConfig, train
+
+    validate(cfg)
 
     t0 = time.perf_counter()
     work = Path(cfg.workdir)
@@ -105,7 +121,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
 def main(argv: list[str]) -> int:
     from .cli import job_config
 
-    cfg = job_config(argv, QuickstartConfig, "usage: radio quickstart [CONFIG] [key=value ...]\n\nRuns cache -> train x2 -> eval -> compare on built-in samples with tiny teachers. Keys: `radio config show quickstart`.")
+    cfg = job_config(argv, QuickstartConfig, "usage: radio quickstart [CONFIG] [key=value ...]\n\nRuns cache -> train x2 -> eval -> compare on built-in samples with tiny teachers. Keys: `radio config show quickstart`.", validate)
     if cfg is None:
         return 0
     run_quickstart(cfg)

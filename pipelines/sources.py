@@ -11,15 +11,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["SourceConfig", "SourceRecord", "Source", "open_source", "SourceError"]
+__all__ = ["SourceConfig", "SourceRecord", "Source", "open_source", "SourceError", "Unreadable"]
 
 
 class SourceError(ValueError):
     """The configured source cannot be opened; the message names it and the fix."""
+
+
+class Unreadable(OSError):
+    """One record cannot be read; ``reason`` is stable and human (no paths, no addresses): it is recorded."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass
@@ -53,9 +62,13 @@ class SourceRecord:
 class Source:
     """An opened source. ``records`` are in a fixed, deterministic order."""
 
-    def __init__(self, cfg: SourceConfig, records: list[SourceRecord], labels: list[str], fingerprint: str, files: list[str] | None = None, root: str | None = None):
+    def __init__(self, cfg: SourceConfig, records: list[SourceRecord], labels: list[str], fingerprint: str, files: list[str] | None = None, root: str | None = None, excluded: list[dict] | None = None):
         self.cfg, self.records, self.labels, self.fingerprint = cfg, records, labels, fingerprint
         self._files, self._root = files, root
+        # Entries of a folder that are not read at all (hidden, links to folders, unreadable folders):
+        # recorded in the manifest's skipped list, kept out of the records and the fingerprint, so a
+        # `.DS_Store` appearing between runs does not change the cache's identity.
+        self.excluded = excluded or []
         self._ds = None
 
     def __getstate__(self):
@@ -69,8 +82,7 @@ class Source:
     def read_bytes(self, rec: SourceRecord) -> bytes:
         """Encoded bytes of one record. OSError for an unreadable file (the job records it as a skip)."""
         if self._files is not None:
-            with open(os.path.join(self._root, self._files[rec.index]), "rb") as f:
-                return f.read()
+            return _read_regular_file(os.path.join(self._root, self._files[rec.index]))
         ds = self._dataset()
         value = ds[rec.index][self.cfg.image_column]
         if isinstance(value, dict):
@@ -93,16 +105,85 @@ def _readable_id(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _read_regular_file(path: str) -> bytes:
+    """A file's bytes; never blocks on a FIFO or a device. Unreadable with a stable reason otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise Unreadable("broken symbolic link") from None
+        raise Unreadable(f"unreadable: {e.strerror or type(e).__name__}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise Unreadable(f"not a regular file ({_file_kind(mode)})")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except Unreadable:
+        raise
+    except OSError as e:
+        raise Unreadable(f"unreadable: {e.strerror or type(e).__name__}") from None
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _list_folder(root: Path) -> tuple[list[str], list[dict]]:
+    """(files to read, entries not read with their reason), both relative to ``root``, sorted.
+
+    Files are every non-hidden entry that is not a folder: regular files, symbolic links to files, and
+    also FIFOs, sockets, devices and broken links, which are listed so that reading them records a skip.
+    Hidden entries (name starting with '.'), links to folders (not followed: no loops) and folders that
+    cannot be listed are not read, and come back as excluded with a reason."""
+    files: list[str] = []
+    excluded: list[dict] = []
+
+    def rel(path: str) -> str:
+        return Path(os.path.relpath(path, root)).as_posix()
+
+    def unlistable(e: OSError):
+        if e.filename and os.path.abspath(e.filename) != str(root):
+            excluded.append({"image_id": _readable_id(rel(e.filename)), "reason": f"folder not readable: {e.strerror or type(e).__name__}"})
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable, followlinks=False):
+        for d in list(dirnames):
+            full = os.path.join(dirpath, d)
+            if d.startswith("."):
+                dirnames.remove(d)
+                excluded.append({"image_id": _readable_id(rel(full)), "reason": "hidden folder, not read (its name starts with '.')"})
+            elif os.path.islink(full):
+                excluded.append({"image_id": _readable_id(rel(full)), "reason": "symbolic link to a folder, not followed"})
+        for f in filenames:
+            full = os.path.join(dirpath, f)
+            if f.startswith("."):
+                excluded.append({"image_id": _readable_id(rel(full)), "reason": "hidden file, not read (its name starts with '.')"})
+            else:
+                files.append(rel(full))
+    files.sort()
+    excluded.sort(key=lambda e: e["image_id"])
+    return files, excluded
+
+
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 def _folder_source(cfg: SourceConfig, root: Path, files: list[str] | None = None, label_of=None) -> Source:
+    excluded: list[dict] = []
     if files is None:
         if not root.is_dir():
             raise SourceError(f"source.path {root} is not a directory (source.kind=folder)")
-        files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise SourceError(f"source.path {root} cannot be read (permission denied): check its permissions (source.kind=folder)")
+        files, excluded = _list_folder(root)
         if not files:
-            raise SourceError(f"source.path {root} contains no files")
+            hint = f" ({len(excluded)} hidden or unreadable entries; see the manifest after a run)" if excluded else ""
+            raise SourceError(f"source.path {root} contains no files to read{hint}")
     if label_of is None:
         parents = sorted({Path(f).parent.as_posix() for f in files} - {"."})
         labelled = parents and all(Path(f).parent.as_posix() != "." for f in files if Path(f).suffix.lower() in _IMAGE_SUFFIXES)
@@ -124,7 +205,7 @@ def _folder_source(cfg: SourceConfig, root: Path, files: list[str] | None = None
         except OSError:
             size = -1  # vanished or unreadable: recorded as skipped when it is read
         h.update(json.dumps([Path(f).as_posix(), size, li]).encode())
-    return Source(cfg, records, labels, h.hexdigest()[:16], files=files, root=str(root))
+    return Source(cfg, records, labels, h.hexdigest()[:16], files=files, root=str(root), excluded=excluded)
 
 
 def _load_hf(cfg: SourceConfig):

@@ -28,7 +28,7 @@ from radio.losses import LossConfig, distill_loss
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
 
-from .config import ConfigError, config_to_yaml, flatten_config
+from .config import ConfigError, check_output_dir, config_to_yaml, flatten_config, require
 from .online import OnlineTeacherConfig, OnlineTeachers
 from .tracking import MlflowConfig, NullRun, check_tracking_uri, start_run, tracking_uri
 
@@ -133,9 +133,6 @@ class Trainer:
         # cpu=True without CUDA: under a multi-process launch that selects the gloo backend (MULTI_CPU).
         self.acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.optim.grad_accum, cpu=not torch.cuda.is_available())
         set_seed(cfg.seed)
-        unknown = sorted(set(cfg.online) - set(cfg.teachers))
-        if unknown:
-            raise ConfigError(f"online teachers {unknown} are not in teachers={cfg.teachers}: list every teacher in `teachers`, and the ones to run in the step under `online`")
         cached = [t for t in cfg.teachers if t not in cfg.online]
         reader = CacheReader(cfg.cache, cached)  # a teacher missing from the cache fails here
         self.reader = reader
@@ -397,7 +394,8 @@ def _loss_figure(history: list[dict], path: Path):
 
 
 def validate(cfg: TrainJobConfig):
-    """Settings checked before any work, each error naming the key and a valid value."""
+    """Settings checked before any work. Each error is a SettingError naming the key, the value and what is
+    allowed (``load_config(validate=validate)`` adds where the value came from)."""
     checks = [("epochs", cfg.epochs, 1), ("loader.batch_size", cfg.loader.batch_size, 1), ("loader.shuffle_buffer", cfg.loader.shuffle_buffer, 1),
               ("loader.read_rows", cfg.loader.read_rows, 1), ("loader.prefetch_factor", cfg.loader.prefetch_factor, 1), ("checkpoint_every", cfg.checkpoint_every, 1),
               ("log_every", cfg.log_every, 1), ("keep_checkpoints", cfg.keep_checkpoints, 1), ("optim.grad_accum", cfg.optim.grad_accum, 1),
@@ -407,12 +405,13 @@ def validate(cfg: TrainJobConfig):
     if cfg.loader.num_workers is not None:
         checks.append(("loader.num_workers", cfg.loader.num_workers, 0))
     for key, value, least in checks:
-        if value < least:
-            raise ConfigError(f"{key} must be >= {least}, got {value}")
-    if not cfg.optim.lr > 0:
-        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
-    if not cfg.teachers:
-        raise ConfigError("teachers is empty: list the teachers to distill, e.g. teachers=[tiny-clip,tiny-dinov2]")
+        require(value >= least, key, value, f">= {least}")
+    require(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "> 0")
+    require(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, ">= 0")
+    require(bool(cfg.teachers), "teachers", cfg.teachers, "at least one teacher", "List the teachers to distill, e.g. teachers=[tiny-clip,tiny-dinov2]")
+    unknown = sorted(set(cfg.online) - set(cfg.teachers))
+    require(not unknown, "online", sorted(cfg.online), f"a subset of teachers={list(cfg.teachers)}", "List every teacher in `teachers`, and the ones to run in the step under `online`")
+    check_output_dir(cfg.output)
 
 
 def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command: str | None = None) -> dict:
@@ -526,7 +525,7 @@ def _system_metrics(run_id):
 def main(argv: list[str]) -> int:
     from .cli import job_config
 
-    cfg = job_config(argv, TrainJobConfig, "usage: radio train [CONFIG] [key=value ...]\n\nDistill a student from a cache. Keys: `radio config show train`.")
+    cfg = job_config(argv, TrainJobConfig, "usage: radio train [CONFIG] [key=value ...]\n\nDistill a student from a cache. Keys: `radio config show train`.", validate)
     if cfg is None:
         return 0
     import shlex

@@ -321,6 +321,18 @@ def test_mixed_folder_every_file_cached_or_recorded(ray_session, tmp_path, capsy
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
     for name, data in bad.items():
         (src / name).write_bytes(buf.getvalue()[:200] if data is None else data)
+    # entries that are not plain files, hidden ones, and ones we may not read
+    os.mkfifo(src / "a" / "pipe.png")  # opening it for reading would block forever
+    (src / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (src / "b" / ".cache").mkdir()
+    Image.new("RGB", (8, 8)).save(src / "b" / ".cache" / "thumb.png")
+    (src / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (src / "b" / "linked").symlink_to(src / "a", target_is_directory=True)
+    (src / "a" / "secret.png").write_bytes(buf.getvalue())
+    (src / "a" / "secret.png").chmod(0)
+    as_root = os.geteuid() == 0  # root reads anything: then the file is simply cached
+    (good if as_root else bad).update({"a/secret.png": None})
+    bad.update({"a/pipe.png": None, ".DS_Store": None, "b/.cache": None, "a/gone.jpg": None, "b/linked": None})
     out = tmp_path / "c"
     args = ["cache", f"output={out}", "source.kind=folder", f"source.path={src}", "teachers=[tiny-clip]", "views.num_views=1", "student_resolution=32", "progress=false", "mlflow.enabled=false"]
     assert main(args) == 0
@@ -330,7 +342,11 @@ def test_mixed_folder_every_file_cached_or_recorded(ray_session, tmp_path, capsy
         cached |= set(pq.read_table(f, columns=["image_id"])["image_id"].to_pylist())
     skipped = {s.image_id: s.reason for s in m.skipped}
     assert cached == good and set(skipped) == set(bad)
-    assert all("0x" not in r and r for r in skipped.values())
+    assert all("0x" not in r and r and str(tmp_path) not in r for r in skipped.values())
+    assert skipped["a/pipe.png"] == "not a regular file (named pipe)" and skipped["a/gone.jpg"] == "broken symbolic link"
+    assert skipped[".DS_Store"].startswith("hidden file") and skipped["b/.cache"].startswith("hidden folder") and skipped["b/linked"].startswith("symbolic link to a folder")
+    if not as_root:
+        assert skipped["a/secret.png"] == "unreadable: Permission denied"
     assert m.labels == ["a", "b"]
     views = pq.read_table(out / "views" / "unit-00000.parquet", columns=["image_id", "source_hw"]).to_pylist()
     assert {r["image_id"]: r["source_hw"] for r in views}["a/rotated.jpg"] == [40, 20]  # EXIF applied: upright, portrait

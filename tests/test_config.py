@@ -127,7 +127,51 @@ def test_bad_cache_settings_fail_before_any_work(tmp_path, capsys, bad, key):
     assert main(["cache", f"output={tmp_path / 'c'}", "teachers=[tiny-clip]", "mlflow.enabled=false", bad]) == 2
     err = capsys.readouterr().err
     assert key in err and "must be >=" in err and "Traceback" not in err
+    assert f"override '{bad}'" in err  # where the value came from
     assert not (tmp_path / "c").exists()
+
+
+def test_setting_errors_name_their_origin(tmp_path, capsys):
+    from pipelines.cli import main
+
+    f = tmp_path / "cache-x.yaml"
+    f.write_text("images_per_shard: -5\nviews:\n  num_views: 2\n")
+    assert main(["cache", str(f), f"output={tmp_path / 'c'}", "mlflow.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"radio: config error: {f}: 'images_per_shard' must be >= 1, got -5")
+    # the file sets views.num_views, an override sets a bad views.ratio: the override is named
+    assert main(["cache", str(f), "images_per_shard=4", "views.ratio=[2,1]", f"output={tmp_path / 'c'}", "mlflow.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert "override 'views.ratio=[2,1]'" in err and "views.ratio must satisfy" in err and str(f) not in err
+    f.write_text("views:\n  flip_prob: 2\n")
+    assert main(["cache", str(f), f"output={tmp_path / 'c'}", "mlflow.enabled=false"]) == 2
+    assert f"{f}: views.flip_prob must be in [0, 1]" in capsys.readouterr().err
+    assert main(["quickstart", "students.nano-d4.patch_size=5"]) == 2
+    assert "override 'students.nano-d4.patch_size=5': 'students.nano-d4.patch_size' must be a divisor of student_resolution (64)" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path), "knn_k=0"]) == 2
+    assert "override 'knn_k=0': 'knn_k' must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_unwritable_outputs_fail_before_any_work(tmp_path, capsys, monkeypatch):
+    import os
+
+    from pipelines.cli import main
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["cache", f"output={f / 'sub' / 'cache'}", "teachers=[tiny-clip]", "mlflow.enabled=false"]) == 2
+    assert f"{f} is a file, not a folder" in capsys.readouterr().err
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p) == str(ro) else real(p, mode, **k))  # root ignores chmod
+    for argv in (["cache", "teachers=[tiny-clip]"], ["train", f"cache={tmp_path}"], ["quickstart"]):
+        key = "workdir" if argv[0] == "quickstart" else "output"
+        assert main([*argv, f"{key}={ro / 'out'}", "mlflow.enabled=false"] if argv[0] != "quickstart" else [*argv, f"workdir={ro / 'out'}"]) == 2
+        err = capsys.readouterr().err
+        assert f"{ro} is not writable" in err and f"override '{key}=" in err, err
+    assert not (ro / "out").exists()
 
 
 def test_cache_output_that_is_a_file_fails_first(tmp_path, capsys):
@@ -146,5 +190,5 @@ def test_bad_train_settings_fail_before_any_work(tmp_path, capsys, bad, key):
 
     assert main(["train", f"cache={tmp_path / 'none'}", f"output={tmp_path / 'o'}", "mlflow.enabled=false", bad]) == 2
     err = capsys.readouterr().err
-    assert key in err and "Traceback" not in err
+    assert key in err and "Traceback" not in err and f"override '{bad}'" in err
     assert not (tmp_path / "o").exists()

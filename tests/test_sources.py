@@ -41,6 +41,36 @@ def test_folder_labels_from_subfolders_and_fingerprint_ignores_location(tmp_path
         _open("kind=folder", f"path={tmp_path / 'missing'}")
 
 
+def test_folder_hidden_and_unlistable_entries_are_recorded_not_fingerprinted(tmp_path, monkeypatch):
+    import os
+
+    from pipelines.sources import Unreadable
+
+    root = _folder(tmp_path / "a")
+    before = _open("kind=folder", f"path={root}")
+    (root / ".DS_Store").write_bytes(b"x")
+    (root / "dogs" / "locked").mkdir()
+    (root / "dogs" / "locked" / "9.png").write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # a folder we may not list, even as root
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    src = _open("kind=folder", f"path={root}")
+    assert src.records == before.records and src.fingerprint == before.fingerprint  # a .DS_Store changes nothing
+    assert src.excluded == [{"image_id": ".DS_Store", "reason": "hidden file, not read (its name starts with '.')"}, {"image_id": "dogs/locked", "reason": "folder not readable: Permission denied"}]
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(Unreadable, match="^unreadable: Permission denied$"):
+        src.read_bytes(src.records[0])
+
+
 def test_hf_imagefolder_parquet_and_saved(tmp_path):
     import datasets
 

@@ -94,11 +94,12 @@ def shard_meta(loc: CacheLocation, rel: str) -> dict:
     return meta
 
 
-def build_manifest(loc: CacheLocation, identity: CacheIdentity, source: dict, policy: dict, config: dict, n_units: int, required: list[str], old: Manifest | None = None) -> Manifest:
+def build_manifest(loc: CacheLocation, identity: CacheIdentity, source: dict, policy: dict, config: dict, n_units: int, required: list[str], old: Manifest | None = None, excluded: list[dict] = ()) -> Manifest:
     """Rebuild the manifest from the committed files, merging exact statistics; save it and return it.
 
     ``required``: the teachers the cache must hold for ``complete``. Checksums of files whose size did not
-    change since ``old`` are reused, so finishing a large cache does not re-read it.
+    change since ``old`` are reused, so finishing a large cache does not re-read it. ``excluded``: source
+    entries never read (hidden files, unreadable folders), recorded after the shards' own skips.
     """
     old_sha = {s.path: s for s in ([*old.views.shards, *[s for t in old.teachers.values() for s in t.shards]] if old else [])}
 
@@ -114,6 +115,7 @@ def build_manifest(loc: CacheLocation, identity: CacheIdentity, source: dict, po
         view_shards.append(info(views_path(u), u, pf.metadata.num_rows))
         skipped.extend(Skipped(**s) for s in meta.get("skipped", []))
         images += meta.get("images", 0)
+    skipped.extend(Skipped(**s) for s in excluded)
     teachers = {}
     for name in loc.list_dirs("teachers"):
         shards, stats_s, stats_f, meta = [], RunningStats(), RunningStats(), None
