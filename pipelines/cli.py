@@ -145,6 +145,26 @@ def cmd_cache(ns) -> int:
     return 0
 
 
+def cmd_export(ns) -> int:
+    """``radio export STUDENT --onnx OUT.onnx | --pretrained DIR | --push-to-hub ORG/NAME``."""
+    import radio
+    from radio.export import export_onnx
+
+    if not (ns.onnx or ns.pretrained or ns.push_to_hub):
+        print("radio export: say what to write: --onnx OUT.onnx, --pretrained DIR or --push-to-hub ORG/NAME", file=sys.stderr)
+        return 2
+    model = radio.load_student(ns.student)
+    if ns.onnx:
+        rep = export_onnx(model, ns.onnx, opset=ns.opset, check=not ns.no_check)
+        diff = "not checked" if rep["max_abs_diff"] is None else f"max |onnxruntime - torch| {rep['max_abs_diff']:.2e}"
+        print(f"wrote {rep['path']}: input images (B, 3, H, W) float [0, 1]; outputs {', '.join(rep['outputs'])}; {diff}")
+    if ns.pretrained:
+        print(f"wrote {model.save_pretrained(ns.pretrained)} (load it with radio.load_student or torch.hub)")
+    if ns.push_to_hub:
+        print(f"pushed to the hub: {model.push_to_hub(ns.push_to_hub, private=not ns.public)}")
+    return 0
+
+
 def _run_job(job: str):
     def run(ns) -> int:
         import importlib
@@ -165,9 +185,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .compare import CompareError
     from .sources import SourceError
     from .tracking import TrackingUnavailable
+    from radio.export import OnnxExportError
+
     from .train import TrainingDiverged
 
-    return (CacheError, CompareError, SourceError, TeacherLoadError, UnknownTeacher, TrackingUnavailable, TrainingDiverged, CheckpointError, FileNotFoundError)
+    return (CacheError, CompareError, SourceError, TeacherLoadError, UnknownTeacher, TrackingUnavailable, TrainingDiverged, CheckpointError, FileNotFoundError, OnnxExportError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sub.add_parser("cache", help="build a teacher cache: radio cache [CONFIG] [key=value ...]; radio cache info|verify|drop CACHE", description="radio cache [CONFIG] [key=value ...] builds or completes a cache. radio cache info CACHE, radio cache verify CACHE [--sample N], radio cache drop CACHE TEACHER inspect and edit one.")
     cache.add_argument("args", nargs=argparse.REMAINDER)
     cache.set_defaults(func=cmd_cache)
+    ex = sub.add_parser("export", help="write a student as ONNX, as a hub-style directory, or push it to the Hugging Face hub")
+    ex.add_argument("student", help="a student directory, MLflow run id or URI, or hub id")
+    ex.add_argument("--onnx", metavar="OUT.onnx", help="ONNX model with dynamic batch and resolution, checked against PyTorch with onnxruntime")
+    ex.add_argument("--opset", type=int, default=18)
+    ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    ex.add_argument("--pretrained", metavar="DIR", help="save_pretrained: weights, config and a model card")
+    ex.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload to the Hugging Face hub (needs a token: `hf auth login`)")
+    ex.add_argument("--public", action="store_true", help="with --push-to-hub: a public repository (default private)")
+    ex.set_defaults(func=cmd_export)
     for name, help_ in (("train", "distill a student from a cache: radio train [CONFIG] [key=value ...]"), ("eval", "evaluate a student: radio eval RUN_ID_OR_CHECKPOINT [key=value ...]"), ("compare", "table of student runs: radio compare [--experiment NAME] [--sort METRIC]"), ("quickstart", "the whole pipeline on built-in samples and tiny teachers")):
         sp = sub.add_parser(name, help=help_, add_help=False)
         sp.add_argument("args", nargs=argparse.REMAINDER)

@@ -63,7 +63,7 @@ def _embed(model, reader: CacheReader, teachers: list[str], batch_size: int, vie
             continue
         idx = np.nonzero(keep)[0]
         images = torch.from_numpy(reader.student_pixels(batch, idx)).permute(0, 3, 1, 2)
-        out = model(images)
+        out = model.predict(images)
         feats_student.append(out.summary)
         labels.append(torch.from_numpy(batch.label_index[idx].astype(np.int64)))
         h, w = out.features.shape[1:3]
@@ -113,7 +113,7 @@ def _pictures(model, reader: CacheReader, teachers: list[str], n: int, out_dir: 
     picked = picked[:n]
     images = torch.from_numpy(np.concatenate([reader.student_pixels(b, [i]) for b, i in picked])).permute(0, 3, 1, 2)
     with torch.no_grad():
-        out = model(images)
+        out = model.predict(images)
     H, W = images.shape[2:]
     hw = tuple(out.features.shape[1:3])
     tiles = [images.permute(0, 2, 3, 1).numpy(), pca_rgb(out.features, (H, W))]

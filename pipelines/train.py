@@ -155,7 +155,8 @@ class Trainer:
             self.stats.update(stats)
             grids.update({t: grid for t in cfg.online})
         summary_teachers = [t for t in cfg.teachers if self.specs[t].get("summary_dim")]
-        student_cfg = StudentConfig(**{**asdict(cfg.student), "summary_teachers": summary_teachers})
+        # the position grid defaults to the resolution the student trains at (what its config then says)
+        student_cfg = StudentConfig(**{**asdict(cfg.student), "summary_teachers": summary_teachers, "img_size": cfg.student.img_size or res})
         adapters = [AdapterConfig(name=t, summary_dim=self.specs[t].get("summary_dim"), feature_dim=self.specs[t]["feature_dim"], feature_grid=grids[t], hidden=cfg.adapter_hidden) for t in cfg.teachers]
         self.student_cfg, self.adapter_cfgs = student_cfg, adapters
         self.model = DistillModel(student_cfg, adapters)
@@ -371,7 +372,7 @@ class Trainer:
     def export(self) -> Path:
         d = self.out / "student"
         if self.acc.is_main_process:
-            save_student(d, self.acc.unwrap_model(self.model), {"teachers": self.specs, "fingerprints": self.fingerprints, "stats": {t: s.to_dict() for t, s in self.stats.items()}, "cache": self.cfg.cache, "cache_id": self.reader.manifest.cache_id, "mlflow_run_id": self.state.run_id})
+            save_student(d, self.acc.unwrap_model(self.model), {"teachers": self.specs, "fingerprints": self.fingerprints, "stats": {t: s.to_dict() for t, s in self.stats.items()}, "cache": self.cfg.cache, "cache_id": self.reader.manifest.cache_id, "mlflow_run_id": self.state.run_id, "resolution": self.reader.manifest.student_resolution})
         self.acc.wait_for_everyone()
         return d
 

@@ -8,40 +8,81 @@ __version__ = "0.1.0"
 __all__ = ["load_student", "resolve_student", "__version__"]
 
 
-def resolve_student(path_or_run: str, tracking_uri: str | None = None):
-    """(student directory, MLflow run id or None) for an exported directory or a run id.
-
-    A run id is resolved with MLflow (the library's one, optional, use of it): the run's output
-    directory when it is still on this machine, else its ``student`` artifact, downloaded.
-    """
-    import json
+def _student_dir_in(root):
+    """The folder under ``root`` holding a student's config.json and model.safetensors (MLflow nests it)."""
     from pathlib import Path
 
-    p = Path(path_or_run)
+    for cfg in sorted(Path(root).rglob("config.json")):
+        if (cfg.parent / "model.safetensors").is_file():
+            return cfg.parent
+    raise FileNotFoundError(f"{root} holds no student (config.json beside model.safetensors)")
+
+
+def resolve_student(ref: str, tracking_uri: str | None = None, revision: str | None = None):
+    """(student directory, MLflow run id or None) for any way of naming a student:
+
+    - a directory (``OUTPUT/student``, or one written by ``save_pretrained``);
+    - an MLflow run id (its output directory when still on this machine, else its ``student`` artifact)
+      or an MLflow URI (``runs:/<run_id>/student``, ``models:/<name>/<version>``, ``models:/m-<model id>``);
+    - a Hugging Face hub id ``org/name`` (``revision``: a branch, tag or commit), downloaded to the hub
+      cache, or read from it when ``HF_HUB_OFFLINE=1``.
+    """
+    import json
+    import re
+    from pathlib import Path
+
+    p = Path(ref)
     if p.exists():
         cfg = p / "config.json"
         meta = json.loads(cfg.read_text()).get("meta", {}) if cfg.is_file() else {}
         return p, meta.get("mlflow_run_id")
+    if ref.startswith(("runs:/", "models:/")):
+        try:
+            import mlflow
+        except ImportError:
+            raise FileNotFoundError(f"{ref}: MLflow is not installed to resolve it") from None
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=ref)
+        except Exception as e:
+            raise FileNotFoundError(f"{ref}: not found in MLflow at {mlflow.get_tracking_uri()} ({type(e).__name__}: {e})") from None
+        d = _student_dir_in(local)
+        meta = json.loads((d / "config.json").read_text()).get("meta", {})
+        return d, meta.get("mlflow_run_id")
+    if re.fullmatch(r"[0-9a-f]{32}", ref):
+        return _resolve_run(ref, tracking_uri)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
+        from .hub import download
+
+        return download(ref, revision), None
+    raise FileNotFoundError(f"{ref!r} is not a student directory, an MLflow run id or URI (runs:/..., models:/...), or a Hugging Face hub id (org/name)")
+
+
+def _resolve_run(run_id: str, tracking_uri: str | None):
+    from pathlib import Path
+
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
-        raise FileNotFoundError(f"{path_or_run}: no such student directory (and MLflow is not installed to resolve it as a run id)") from None
+        raise FileNotFoundError(f"{run_id}: no such student directory (and MLflow is not installed to resolve it as a run id)") from None
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        run = client.get_run(path_or_run)
+        run = client.get_run(run_id)
     except Exception:
-        raise FileNotFoundError(f"{path_or_run!r} is neither a student directory nor an MLflow run id in {client.tracking_uri}") from None
+        raise FileNotFoundError(f"{run_id!r} is neither a student directory nor an MLflow run id in {client.tracking_uri}") from None
     out = run.data.tags.get("radio.output")
     if out and (Path(out) / "student").is_dir():
-        return Path(out) / "student", path_or_run
-    return Path(client.download_artifacts(path_or_run, "student")), path_or_run
+        return Path(out) / "student", run_id
+    return Path(client.download_artifacts(run_id, "student")), run_id
 
 
-def load_student(path_or_run: str, device: str = "cpu"):
-    """A trained student, ready for inference: ``model(images_uint8_B3HW)`` -> RadioOutput.
+def load_student(ref: str, device: str = "cpu", adaptor_names: list[str] | str | None = None, revision: str | None = None, tracking_uri: str | None = None):
+    """A trained student with NVIDIA RADIO's API, in eval mode: ``summary, features = model(x)``.
 
-    ``path_or_run`` is an exported student directory (``OUTPUT/student``) or an MLflow run id.
+    ``ref``: a directory, an MLflow run id or URI, or a Hugging Face hub id (see :func:`resolve_student`).
+    ``adaptor_names``: teachers (or teacher families, e.g. ``clip``) whose adaptors ``model(x)`` returns.
     """
     from .checkpoint import load_student as _load
 
-    return _load(resolve_student(path_or_run)[0], device)
+    return _load(resolve_student(str(ref), tracking_uri, revision)[0], device, adaptor_names)

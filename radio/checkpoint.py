@@ -5,27 +5,27 @@ A student directory holds ``model.safetensors`` (trunk + heads) and ``config.jso
     {"format": "radio-student/1", "student": StudentConfig, "adapters": [AdapterConfig, ...],
      "meta": {"teachers": {name: spec dict}, "fingerprints": {...}, "stats": {name: TargetStats dict}, ...}}
 
-``load_student(path)`` returns a :class:`RadioModel` whose output mirrors NVIDIA RADIO's public API:
-``summary`` and ``features`` from the trunk, plus ``adapters[teacher]`` in that teacher's own space
-(the training-time standardization is undone), so an adapter output can stand in for the teacher.
+``load_student(path)`` returns a :class:`RadioModel` (``radio/model.py``) with NVIDIA RADIO's public API:
+``summary, features = model(x)``, adaptors chosen by name in their teacher's own space (the
+training-time standardization undone), so an adaptor output can stand in for the teacher.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from .adapters import AdapterConfig, AdapterHeads
+from .adapters import AdapterConfig
+from .model import DistillModel, RadioModel, RadioOutput, StudentPrediction
 from .normalize import TargetStats
-from .student import StudentConfig, StudentOutput, ViTStudent, normalize_images
+from .student import StudentConfig
 
-__all__ = ["DistillModel", "RadioModel", "RadioOutput", "save_student", "load_student", "CheckpointError", "FORMAT"]
+__all__ = ["DistillModel", "RadioModel", "RadioOutput", "StudentPrediction", "save_student", "load_student", "CheckpointError", "FORMAT"]
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FORMAT = "radio-student/1"
@@ -33,71 +33,6 @@ FORMAT = "radio-student/1"
 
 class CheckpointError(FileNotFoundError):
     pass
-
-
-class DistillModel(nn.Module):
-    """Trunk + heads, as trained. ``forward(images)`` -> {teacher: {"summary", "features"}} in standardized space.
-
-    ``images``: uint8 [0, 255] or float [0, 1] (B, 3, H, W), H and W multiples of the patch; normalized
-    here with the student's mean/std, so the trainer and the exported model share one preprocessing.
-    """
-
-    def __init__(self, student: StudentConfig, adapters: list[AdapterConfig]):
-        super().__init__()
-        self.trunk = ViTStudent(student)
-        self.student_cfg, self.adapter_cfgs = self.trunk.cfg, list(adapters)
-        self.heads = AdapterHeads(self.adapter_cfgs, self.trunk.cfg.dim, self.trunk.cfg.summary_teachers)
-
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names that take no weight decay (besides every 1-D parameter: norms and biases)."""
-        return {f"trunk.{n}" for n in self.trunk.no_weight_decay()}
-
-    def forward_all(self, images: torch.Tensor) -> tuple[StudentOutput, dict]:
-        out = self.trunk(normalize_images(images, self.student_cfg.mean, self.student_cfg.std))
-        return out, self.heads(out)
-
-    def forward(self, images: torch.Tensor) -> dict:
-        return self.forward_all(images)[1]
-
-
-@dataclass
-class RadioOutput:
-    summary: torch.Tensor  # (B, D): the first summary token (all of them: summary_tokens)
-    features: torch.Tensor  # (B, h, w, D) trunk features, channels last; features_BCHW() for NCHW
-    summary_tokens: torch.Tensor  # (B, T, D), in StudentConfig.summary_teachers order
-    adapters: dict  # teacher -> {"summary": (B, Dt)?, "features": (B, h, w, Ct)} in the teacher's own space
-
-    def features_BCHW(self) -> torch.Tensor:
-        return self.features.permute(0, 3, 1, 2)
-
-
-class RadioModel(nn.Module):
-    """A loaded student. ``model(images)`` with uint8 or [0, 1] float (B, 3, H, W), H, W multiples of the patch."""
-
-    def __init__(self, model: DistillModel, stats: dict[str, TargetStats], meta: dict):
-        super().__init__()
-        self.model, self.stats, self.meta = model, stats, meta
-
-    @property
-    def teacher_names(self) -> list[str]:
-        return [c.name for c in self.model.adapter_cfgs]
-
-    @property
-    def fingerprints(self) -> dict[str, str]:
-        return dict(self.meta.get("fingerprints", {}))
-
-    @property
-    def patch_size(self) -> int:
-        return self.model.student_cfg.patch_size
-
-    @property
-    def config(self) -> StudentConfig:
-        return self.model.student_cfg
-
-    def forward(self, images: torch.Tensor) -> RadioOutput:
-        out, preds = self.model.forward_all(images)
-        adapters = {t: (self.stats[t].denormalize(p) if t in self.stats else p) for t, p in preds.items()}
-        return RadioOutput(out.summary_BTD[:, 0], out.features_BHWC(), out.summary_BTD, adapters)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -126,7 +61,7 @@ def save_student(path: str | Path, model: DistillModel, meta: dict | None = None
     return d
 
 
-def load_student(path: str | Path, device: str | torch.device = "cpu") -> RadioModel:
+def load_student(path: str | Path, device: str | torch.device = "cpu", adaptor_names: list[str] | str | None = None) -> RadioModel:
     """Load an exported student (a directory with model.safetensors + config.json), in eval mode. No pickle."""
     d = Path(path)
     for f in (WEIGHTS, CONFIG):
@@ -146,4 +81,4 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> RadioM
     model.load_state_dict(state)
     meta = cfg.get("meta", {})
     stats = {t: TargetStats.from_dict(v) for t, v in meta.get("stats", {}).items()}
-    return RadioModel(model, stats, meta).to(device).eval()
+    return RadioModel(model, stats, meta, adaptor_names).to(device).eval()

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .student import tracing
+
 __all__ = ["RunningStats", "TargetStats"]
 
 
@@ -108,12 +110,16 @@ class TargetStats:
 
     def _t(self, key: str, like: torch.Tensor) -> torch.Tensor:
         k = (key, like.device, like.dtype)
-        if k not in self._cache:  # built once per device/dtype, not every step
+        traced = tracing()
+        if k not in self._cache or traced:  # built once per device/dtype, not every step (never cached from a trace)
             values = getattr(self, key)
             if values is None:
                 raise ValueError(f"these statistics have no {key} (the teacher has no summary)")
             t = torch.as_tensor(values, dtype=torch.float64)
-            self._cache[k] = (t + self.eps if key.endswith("std") else t).to(like.device, like.dtype)
+            t = (t + self.eps if key.endswith("std") else t).to(like.device, like.dtype)
+            if traced:
+                return t
+            self._cache[k] = t
         return self._cache[k]
 
     def normalize_features(self, x_BHWC: torch.Tensor) -> torch.Tensor:

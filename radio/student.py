@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["StudentConfig", "StudentOutput", "ViTStudent", "SIZES", "IMAGENET_MEAN", "IMAGENET_STD", "normalize_images", "normalize_uint8", "trunk_param_count"]
+__all__ = ["StudentConfig", "StudentOutput", "ViTStudent", "SIZES", "IMAGENET_MEAN", "IMAGENET_STD", "normalize_images", "normalize_uint8", "trunk_param_count", "tracing"]
 
 # name -> (dim, depth, heads); tiny..large are DeiT/ViT's widths, nano is for CPU tests and the quickstart
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -47,7 +47,7 @@ class StudentConfig:
     mlp_ratio: float = 4.0
     num_registers: int = 4
     summary_teachers: list[str] = field(default_factory=list)  # one summary token each, in this order (at least one token)
-    img_size: int = 224  # reference position grid: img_size // patch_size per side
+    img_size: int | None = None  # reference position grid, img_size // patch_size per side; None: the training resolution (the trainer sets it; a bare model takes 224)
     cpe_max_img_size: int | None = None  # CPE: position grid for this size, randomly windowed in training; None = off
     drop_path: float = 0.0  # stochastic depth of the last block (linear ramp from 0)
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -56,9 +56,9 @@ class StudentConfig:
     def __post_init__(self):
         if self.size not in SIZES:
             raise ValueError(f"unknown student size {self.size!r}; choose one of {list(SIZES)} (dim/depth/heads then override it)")
-        if self.img_size % self.patch_size:
+        if self.img_size is not None and self.img_size % self.patch_size:
             raise ValueError(f"student img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        if self.cpe_max_img_size is not None and self.cpe_max_img_size < self.img_size:
+        if self.cpe_max_img_size is not None and self.cpe_max_img_size < (self.img_size or 224):
             raise ValueError(f"cpe_max_img_size {self.cpe_max_img_size} must be >= img_size {self.img_size}")
         if len(set(self.summary_teachers)) != len(self.summary_teachers):
             raise ValueError(f"summary_teachers has duplicates: {self.summary_teachers}")
@@ -66,7 +66,7 @@ class StudentConfig:
     def resolved(self) -> "StudentConfig":
         """The same config with dim/depth/heads filled from the size preset where they are None."""
         dim, depth, heads = SIZES[self.size]
-        r = replace(self, dim=dim if self.dim is None else self.dim, depth=depth if self.depth is None else self.depth, heads=heads if self.heads is None else self.heads)
+        r = replace(self, dim=dim if self.dim is None else self.dim, depth=depth if self.depth is None else self.depth, heads=heads if self.heads is None else self.heads, img_size=self.img_size or 224)
         if r.dim % r.heads:
             raise ValueError(f"student dim {r.dim} is not divisible by heads {r.heads}")
         return r
@@ -79,6 +79,14 @@ class StudentConfig:
     def pos_grid(self) -> int:
         """Side of the learned position grid (the CPE grid when CPE is on)."""
         return (self.cpe_max_img_size or self.img_size) // self.patch_size
+
+
+def tracing() -> bool:
+    """True under torch.compile, torch.export and ONNX export: shape-dependent shortcuts must not be taken
+    (a graph traced at one size runs at others) and no tensor may be cached from the trace."""
+    import torch.compiler as tc
+
+    return tc.is_compiling() or getattr(tc, "is_exporting", lambda: False)() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def trunk_param_count(cfg: StudentConfig) -> int:
@@ -212,12 +220,12 @@ class ViTStudent(nn.Module):
         G, D = self.pos_grid, self.pos_embed.shape[-1]
         grid = self.pos_embed.reshape(1, G, G, D).permute(0, 3, 1, 2)
         if not self.cfg.cpe_max_img_size:
-            if (h, w) != (G, G):
+            if (h, w) != (G, G) or tracing():  # resizing to the same size is exact: traced graphs always resize
                 grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
             return grid.flatten(2).transpose(1, 2)
         if not self.training:
             s = max(h, w)
-            if s != G:
+            if s != G or tracing():
                 grid = F.interpolate(grid, size=(s, s), mode="bicubic", align_corners=False)
             top, left = (s - h) // 2, (s - w) // 2
             return grid[:, :, top : top + h, left : left + w].flatten(2).transpose(1, 2)
@@ -241,8 +249,7 @@ class ViTStudent(nn.Module):
         """Learned embeddings and tokens: decaying them toward zero only fights what they encode (timm's rule)."""
         return {"pos_embed", "summary_tokens", "register_tokens"}
 
-    def forward_features(self, x_B3HW: torch.Tensor) -> StudentOutput:
-        """Normalized float images (B, 3, H, W), H and W multiples of the patch -> StudentOutput."""
+    def _tokens(self, x_B3HW: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         B, _, H, W = x_B3HW.shape
         p = self.cfg.patch_size
         if H % p or W % p:
@@ -250,11 +257,45 @@ class ViTStudent(nn.Module):
         x = self.patch_embed(x_B3HW)
         h, w = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2) + self._pos(B, h, w)
+        return torch.cat([self.summary_tokens.expand(B, -1, -1), self.register_tokens.expand(B, -1, -1), x], dim=1), (h, w)
+
+    def _split(self, x: torch.Tensor, hw: tuple[int, int]) -> StudentOutput:
         T, R = self.summary_tokens.shape[1], self.register_tokens.shape[1]
-        x = torch.cat([self.summary_tokens.expand(B, -1, -1), self.register_tokens.expand(B, -1, -1), x], dim=1)
+        return StudentOutput(x[:, :T], x[:, T + R :], hw)
+
+    def forward_features(self, x_B3HW: torch.Tensor) -> StudentOutput:
+        """Normalized float images (B, 3, H, W), H and W multiples of the patch -> StudentOutput."""
+        x, hw = self._tokens(x_B3HW)
         for blk in self.blocks:
             x = blk(x)
-        x = self.norm(x)
-        return StudentOutput(x[:, :T], x[:, T + R :], (h, w))
+        return self._split(self.norm(x), hw)
 
     forward = forward_features
+
+    def forward_intermediates(self, x_B3HW: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None, norm: bool = False,
+                              stop_early: bool = False) -> tuple[StudentOutput | None, list[StudentOutput]]:
+        """(final output, one StudentOutput per selected block), timm's convention for ``indices``: an int n
+        takes the last n blocks, a sequence takes those block indices (negative from the end); None: all.
+        ``norm`` applies the final LayerNorm to the intermediates; ``stop_early`` stops after the last
+        selected block (the final output is then None)."""
+        depth = len(self.blocks)
+        if indices is None:
+            take = set(range(depth))
+        elif isinstance(indices, int):
+            if not 0 < indices <= depth:
+                raise ValueError(f"indices={indices}: take between 1 and {depth} last blocks")
+            take = set(range(depth - indices, depth))
+        else:
+            take = {i + depth if i < 0 else i for i in indices}
+            if not take or not all(0 <= i < depth for i in take):
+                raise ValueError(f"indices={list(indices)}: block indices must lie in [-{depth}, {depth - 1}]")
+        x, hw = self._tokens(x_B3HW)
+        inter = []
+        last = max(take)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i in take:
+                inter.append(self._split(self.norm(x) if norm else x, hw))
+            if stop_early and i == last:
+                return None, inter
+        return self._split(self.norm(x), hw), inter

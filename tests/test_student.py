@@ -268,7 +268,7 @@ def test_export_roundtrip_bitwise_and_input_types(tmp_path):
     original = RadioModel(model, stats, meta)
     x = torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8)
     with torch.no_grad():
-        ref, out, out_f = original(x), loaded(x), loaded(x.float() / 255)
+        ref, out, out_f = original.predict(x), loaded.predict(x), loaded.predict(x.float() / 255)
     for a, b in [(ref, out), (out, out_f)]:
         assert torch.equal(a.features, b.features) and torch.equal(a.summary_tokens, b.summary_tokens)
         for t in ("clip", "sam"):

@@ -1,0 +1,313 @@
+"""The student as trained (:class:`DistillModel`) and as users load it (:class:`RadioModel`).
+
+:class:`RadioModel` follows NVIDIA RADIO's public surface, so code written for ``torch.hub.load(
+"NVlabs/RADIO", "radio_model", ...)`` runs on a student of this project:
+
+- ``summary, features = model(x)``: ``x`` float in [0, 1] (or uint8), (B, 3, H, W) with H and W multiples
+  of ``model.min_resolution_step``; ``summary`` (B, T*D) (every summary token, flattened), ``features``
+  (B, N, D), or (B, D, h, w) with ``feature_fmt="NCHW"``.
+- ``adaptor_names=[...]`` (at load time, or the attribute): ``model(x)`` then returns a dict,
+  ``{"backbone": RadioOutput, name: RadioOutput}``, each adaptor in its teacher's own space (the
+  training standardization undone). A name is a teacher (``tiny-clip``) or its family (``clip``) when
+  only one teacher has that family.
+- ``get_nearest_supported_resolution(h, w)``, ``min_resolution_step``, ``preferred_resolution``,
+  ``make_preprocessor_external()``, ``forward_intermediates(...)``, ``embed_dim``, ``patch_size``.
+
+The project's own code calls :meth:`RadioModel.predict`, which returns everything at once
+(:class:`StudentPrediction`: first summary token, features (B, h, w, D), all summary tokens, and every
+adapter in teacher space).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from .adapters import AdapterConfig, AdapterHeads
+from .normalize import TargetStats
+from .student import StudentConfig, StudentOutput, ViTStudent, normalize_images, tracing
+
+__all__ = ["DistillModel", "RadioModel", "RadioOutput", "Resolution", "StudentPrediction", "InputConditioner", "ExportableStudent"]
+
+
+class DistillModel(nn.Module):
+    """Trunk + heads, as trained. ``forward(images)`` -> {teacher: {"summary", "features"}} in standardized space.
+
+    ``images``: uint8 [0, 255] or float [0, 1] (B, 3, H, W), H and W multiples of the patch; normalized
+    here with the student's mean/std, so the trainer and the exported model share one preprocessing.
+    """
+
+    def __init__(self, student: StudentConfig, adapters: list[AdapterConfig]):
+        super().__init__()
+        self.trunk = ViTStudent(student)
+        self.student_cfg, self.adapter_cfgs = self.trunk.cfg, list(adapters)
+        self.heads = AdapterHeads(self.adapter_cfgs, self.trunk.cfg.dim, self.trunk.cfg.summary_teachers)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that take no weight decay (besides every 1-D parameter: norms and biases)."""
+        return {f"trunk.{n}" for n in self.trunk.no_weight_decay()}
+
+    def forward_all(self, images: torch.Tensor) -> tuple[StudentOutput, dict]:
+        out = self.trunk(normalize_images(images, self.student_cfg.mean, self.student_cfg.std))
+        return out, self.heads(out)
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return self.forward_all(images)[1]
+
+
+class Resolution(NamedTuple):
+    height: int
+    width: int
+
+
+class RadioOutput(NamedTuple):
+    """RADIO's output pair: unpack it as ``summary, features = model(x)``."""
+
+    summary: torch.Tensor | None  # (B, C); None for a teacher without a summary (SAM)
+    features: torch.Tensor  # (B, N, C) or (B, C, h, w)
+
+
+@dataclass
+class StudentPrediction:
+    """Everything at once, for the project's own evaluation (``RadioModel.predict``)."""
+
+    summary: torch.Tensor  # (B, D): the first summary token
+    features: torch.Tensor  # (B, h, w, D) trunk features, channels last
+    summary_tokens: torch.Tensor  # (B, T, D), in StudentConfig.summary_teachers order
+    adapters: dict  # teacher -> {"summary": (B, Dt)?, "features": (B, h, w, Ct)} in the teacher's own space
+
+    def features_BCHW(self) -> torch.Tensor:
+        return self.features.permute(0, 3, 1, 2)
+
+
+class InputConditioner(nn.Module):
+    """float [0, 1] (B, 3, H, W) -> normalized with the student's mean/std (what ``make_preprocessor_external`` hands out)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+FEATURE_FMTS = ("NLC", "NCHW")
+
+
+def _fmt(features_BLC: torch.Tensor, hw: tuple[int, int], fmt: str) -> torch.Tensor:
+    if fmt == "NLC":
+        return features_BLC
+    if fmt == "NCHW":
+        B, _, C = features_BLC.shape
+        return features_BLC.reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2)
+    raise ValueError(f"feature_fmt={fmt!r}: choose one of {list(FEATURE_FMTS)}")
+
+
+class RadioModel(nn.Module):
+    """A loaded student with RADIO's API (see the module docstring)."""
+
+    INPUT_TOLERANCE = 1e-3  # resizing and rounding may step this far outside [0, 1]
+
+    def __init__(self, model: DistillModel, stats: dict[str, TargetStats], meta: dict, adaptor_names: list[str] | str | None = None):
+        super().__init__()
+        self.model, self.stats, self.meta = model, stats, meta
+        self.input_conditioner: nn.Module = InputConditioner(model.student_cfg.mean, model.student_cfg.std)
+        self._external = False
+        self.adaptor_names = adaptor_names
+
+    # ---- what the student is -----------------------------------------------------------------
+    @property
+    def teacher_names(self) -> list[str]:
+        return [c.name for c in self.model.adapter_cfgs]
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        return dict(self.meta.get("fingerprints", {}))
+
+    @property
+    def config(self) -> StudentConfig:
+        return self.model.student_cfg
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.student_cfg.patch_size
+
+    @property
+    def min_resolution_step(self) -> int:
+        return self.patch_size
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.student_cfg.dim
+
+    @property
+    def num_summary_tokens(self) -> int:
+        return self.model.student_cfg.num_summary_tokens
+
+    @property
+    def summary_dim(self) -> int:
+        return self.embed_dim * self.num_summary_tokens
+
+    @property
+    def preferred_resolution(self) -> Resolution:
+        """The resolution the student was distilled at."""
+        r = int(self.meta.get("resolution") or self.config.img_size)
+        return Resolution(r, r)
+
+    @property
+    def max_resolution(self) -> int | None:
+        """The CPE position grid's resolution (None without CPE: any multiple of the patch works)."""
+        return self.config.cpe_max_img_size
+
+    def get_nearest_supported_resolution(self, height: int, width: int) -> Resolution:
+        step = self.min_resolution_step
+        return Resolution(max(step, int(round(height / step)) * step), max(step, int(round(width / step)) * step))
+
+    # ---- adaptors ----------------------------------------------------------------------------
+    @property
+    def adaptor_names(self) -> list[str]:
+        return list(self._adaptors)
+
+    @adaptor_names.setter
+    def adaptor_names(self, names: list[str] | str | None):
+        names = [names] if isinstance(names, str) else list(names or [])
+        families = {}
+        for t, spec in self.meta.get("teachers", {}).items():
+            families.setdefault(spec.get("family"), []).append(t)
+        resolved = {}
+        for n in names:
+            if n in self.teacher_names:
+                resolved[n] = n
+            elif len(families.get(n, [])) == 1 and families[n][0] in self.teacher_names:
+                resolved[n] = families[n][0]
+            else:
+                fam = sorted(f for f, ts in families.items() if f and len(ts) == 1)
+                raise ValueError(f"adaptor {n!r} is not one of this student's teachers {self.teacher_names}" + (f" or their families {fam}" if fam else ""))
+        self._adaptors = resolved
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def make_preprocessor_external(self) -> nn.Module:
+        """Hand out the input normalization (float [0, 1] -> mean/std); ``model(x)`` then expects normalized input."""
+        conditioner = self.input_conditioner
+        self.input_conditioner = nn.Identity()
+        self._external = True
+        return conditioner
+
+    def _condition(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(x.shape)}")
+        step = self.min_resolution_step
+        if x.shape[-2] % step or x.shape[-1] % step:
+            near = self.get_nearest_supported_resolution(*x.shape[-2:])
+            raise ValueError(f"the input resolution must be a multiple of min_resolution_step={step}; got {tuple(x.shape[-2:])}, nearest supported: {tuple(near)} (model.get_nearest_supported_resolution)")
+        if self._external:
+            if not torch.is_floating_point(x):
+                raise TypeError(f"make_preprocessor_external() was called: the model expects normalized float input, got {x.dtype}")
+            return x
+        if x.dtype != torch.uint8:
+            if not torch.is_floating_point(x):
+                raise TypeError(f"images must be float in [0, 1] or uint8, got {x.dtype}")
+            if not tracing():
+                lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+                if lo < -self.INPUT_TOLERANCE or hi > 1 + self.INPUT_TOLERANCE:
+                    hint = "divide by 255" if hi > 1.5 else "clamp to [0, 1] after resizing, or call make_preprocessor_external() and normalize yourself"
+                    raise ValueError(f"float images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]: {hint}")
+        return self.input_conditioner(x)
+
+    # ---- forward -----------------------------------------------------------------------------
+    def _adapter(self, teacher: str, pred: dict, hw: tuple[int, int], fmt: str) -> RadioOutput:
+        st = self.stats.get(teacher)
+        p = st.denormalize(pred) if st is not None else pred
+        B, h, w, C = p["features"].shape
+        return RadioOutput(p.get("summary"), _fmt(p["features"].reshape(B, h * w, C), hw, fmt))
+
+    def _final(self, out: StudentOutput, fmt: str):
+        ret = RadioOutput(out.summary_BTD.flatten(1), _fmt(out.features_BLC, out.grid_hw, fmt))
+        if not self._adaptors:
+            return ret
+        preds = self.model.heads(out)
+        return {"backbone": ret, **{n: self._adapter(t, preds[t], out.grid_hw, fmt) for n, t in self._adaptors.items()}}
+
+    def forward(self, x: torch.Tensor, feature_fmt: str = "NLC"):
+        """RADIO's forward: ``RadioOutput(summary, features)``, or a dict with ``backbone`` and each selected adaptor."""
+        if feature_fmt not in FEATURE_FMTS:
+            raise ValueError(f"feature_fmt={feature_fmt!r}: choose one of {list(FEATURE_FMTS)}")
+        return self._final(self.model.trunk(self._condition(x)), feature_fmt)
+
+    def predict(self, x: torch.Tensor) -> StudentPrediction:
+        """Trunk and every adapter (teacher space) at once, features channels last: the project's evaluation."""
+        out = self.model.trunk(self._condition(x))
+        preds = self.model.heads(out)
+        adapters = {t: (self.stats[t].denormalize(p) if t in self.stats else p) for t, p in preds.items()}
+        return StudentPrediction(out.summary_BTD[:, 0], out.features_BHWC(), out.summary_BTD, adapters)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None, return_prefix_tokens: bool = False, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """RADIO's (and timm's) intermediates: a list with one entry per selected block, the patch features
+        in ``output_fmt`` (or ``RadioOutput(summary, features)`` with ``return_prefix_tokens``), after the
+        final output unless ``intermediates_only``: ``(final, intermediates)``."""
+        if output_fmt not in FEATURE_FMTS:
+            raise ValueError(f"output_fmt={output_fmt!r}: choose one of {list(FEATURE_FMTS)}")
+        final, inter = self.model.trunk.forward_intermediates(self._condition(x), indices, norm=norm, stop_early=stop_early and intermediates_only)
+        items = [RadioOutput(o.summary_BTD.flatten(1), _fmt(o.features_BLC, o.grid_hw, output_fmt)) if return_prefix_tokens else _fmt(o.features_BLC, o.grid_hw, output_fmt) for o in inter]
+        if intermediates_only:
+            return items
+        return self._final(final, output_fmt), items
+
+    # ---- hub ---------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory, model_card: bool = True):
+        """Write a loadable student directory (safetensors + config.json, and a README model card)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, save_directory, card=model_card)
+
+    @classmethod
+    def from_pretrained(cls, ref: str, revision: str | None = None, adaptor_names: list[str] | str | None = None, device: str = "cpu") -> "RadioModel":
+        """A student from a directory, a Hugging Face hub id (``org/name``), an MLflow run id or model URI."""
+        from . import load_student
+
+        return load_student(ref, device=device, adaptor_names=adaptor_names, revision=revision)
+
+    def push_to_hub(self, repo_id: str, private: bool = True, token: str | None = None, commit_message: str = "Upload radio student") -> str:
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message)
+
+
+class ExportableStudent(nn.Module):
+    """A graph-friendly view of a student for torch.export, MLflow (pt2) and ONNX: float [0, 1] images
+    (B, 3, H, W) -> a flat dict of tensors: ``summary`` (B, T*D), ``features`` (B, N, D), and for every
+    teacher ``<teacher>.features`` (B, N, Ct) and ``<teacher>.summary`` (B, Dt) in teacher space."""
+
+    def __init__(self, model: RadioModel):
+        super().__init__()
+        self.model = model.model
+        self.conditioner = InputConditioner(model.config.mean, model.config.std)
+        self.stats = dict(model.stats)
+        self.names = list(model.teacher_names)
+
+    def output_names(self) -> list[str]:
+        names = ["summary", "features"]
+        for t in self.names:
+            names.append(f"{t}.features")
+            if self.model.heads.configs[t].summary_dim:
+                names.append(f"{t}.summary")
+        return names
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.model.trunk(self.conditioner(x))
+        preds = self.model.heads(out)
+        result = {"summary": out.summary_BTD.flatten(1), "features": out.features_BLC}
+        for t in self.names:
+            p = self.stats[t].denormalize(preds[t]) if t in self.stats else preds[t]
+            B, h, w, C = p["features"].shape
+            result[f"{t}.features"] = p["features"].reshape(B, h * w, C)
+            if "summary" in p:
+                result[f"{t}.summary"] = p["summary"]
+        return result

@@ -1,0 +1,163 @@
+"""The loaded student's public surface: NVIDIA RADIO's API, the hub (save/load/hub id/torch.hub), ONNX."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import radio
+from radio.adapters import AdapterConfig
+from radio.checkpoint import DistillModel, save_student
+from radio.model import RadioModel, RadioOutput, Resolution
+from radio.normalize import TargetStats
+from radio.student import StudentConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIP = AdapterConfig("tiny-clip", 24, (4, 4), 16, hidden=32)
+SAM = AdapterConfig("tiny-sam", 12, (8, 8), None, hidden=32)
+META = {
+    "teachers": {"tiny-clip": {"family": "clip", "source": "builtin:tiny-clip", "feature_dim": 24}, "tiny-sam": {"family": "sam", "source": "builtin:tiny-sam", "feature_dim": 12}},
+    "fingerprints": {"tiny-clip": "fp-clip", "tiny-sam": "fp-sam"}, "cache_id": "c0ffee", "mlflow_run_id": None, "resolution": 32,
+    "stats": {"tiny-clip": TargetStats([0.5] * 24, [2.0] * 24, [0.1] * 16, [3.0] * 16).to_dict(), "tiny-sam": TargetStats([1.0] * 12, [0.5] * 12).to_dict()},
+}
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = DistillModel(StudentConfig(size="nano", patch_size=8, summary_teachers=["tiny-clip"], img_size=32), [CLIP, SAM]).eval()
+    return save_student(tmp_path_factory.mktemp("s") / "student", model, META)
+
+
+def test_radio_call_conventions(student_dir):
+    model = radio.load_student(str(student_dir))
+    x = torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        summary, features = model(x)  # RADIO: tuple unpacking
+        nchw = model(x, feature_fmt="NCHW")
+        full = model.predict(x)
+    assert summary.shape == (2, model.summary_dim) == (2, 96) and features.shape == (2, 24, 96)
+    assert nchw.features.shape == (2, 96, 4, 6) and torch.equal(nchw.features.permute(0, 2, 3, 1).reshape(2, 24, 96), features)
+    assert torch.equal(full.features.reshape(2, 24, 96), features) and torch.equal(full.summary, summary)  # one summary token here
+    with torch.no_grad():
+        assert torch.equal(model((x * 255).round().to(torch.uint8)).features, model((x * 255).round() / 255).features)  # uint8 works too
+    assert (model.patch_size, model.min_resolution_step, model.embed_dim, model.num_summary_tokens) == (8, 8, 96, 1)
+    assert model.preferred_resolution == Resolution(32, 32) and model.config.img_size == 32
+    assert model.get_nearest_supported_resolution(30, 41) == (32, 40) and model.get_nearest_supported_resolution(1, 1) == (8, 8)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got values in \[0\.\d+, 25\d\]: divide by 255"):
+        model(x * 255)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*clamp"):
+        model(x - 0.2)
+    with pytest.raises(ValueError, match=r"multiple of min_resolution_step=8; got \(30, 48\), nearest supported: \(32, 48\)"):
+        model(torch.rand(1, 3, 30, 48))
+    with pytest.raises(ValueError, match="feature_fmt='NHWC'"):
+        model(x, feature_fmt="NHWC")
+
+
+def test_adaptors_at_load_time_in_teacher_space(student_dir):
+    model = radio.load_student(str(student_dir), adaptor_names=["clip", "tiny-sam"])  # a family name, a teacher name
+    assert model.adaptor_names == ["clip", "tiny-sam"]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        full = model.predict(x)
+    assert set(out) == {"backbone", "clip", "tiny-sam"} and isinstance(out["clip"], RadioOutput)
+    torch.testing.assert_close(out["clip"].summary, full.adapters["tiny-clip"]["summary"])
+    torch.testing.assert_close(out["clip"].features, full.adapters["tiny-clip"]["features"].reshape(2, 16, 24))
+    assert out["tiny-sam"].summary is None and out["tiny-sam"].features.shape == (2, 16, 12)
+    with torch.no_grad():
+        raw = model.model(x)
+    torch.testing.assert_close(out["tiny-sam"].features, (raw["tiny-sam"]["features"] * (0.5 + 1e-6) + 1.0).reshape(2, 16, 12))  # standardization undone
+    with pytest.raises(ValueError, match=r"adaptor 'dino' is not one of this student's teachers \['tiny-clip', 'tiny-sam'\] or their families \['clip', 'sam'\]"):
+        radio.load_student(str(student_dir), adaptor_names="dino")
+
+
+def test_external_preprocessor_and_intermediates(student_dir):
+    model = radio.load_student(str(student_dir))
+    x = torch.rand(2, 3, 32, 40)
+    with torch.no_grad():
+        ref = model(x)
+        inter = model.forward_intermediates(x, indices=[0, -1], output_fmt="NLC", intermediates_only=True)
+        final, with_prefix = model.forward_intermediates(x, indices=2, return_prefix_tokens=True, norm=True)
+    assert len(inter) == 2 and inter[0].shape == (2, 20, 96)
+    assert len(with_prefix) == 2 and with_prefix[0].summary.shape == (2, 96) and with_prefix[0].features.shape == (2, 96, 4, 5)
+    # the last block, normed, is the final output
+    torch.testing.assert_close(with_prefix[-1].features.flatten(2).transpose(1, 2), ref.features)
+    torch.testing.assert_close(final.features.flatten(2).transpose(1, 2), ref.features)
+    with pytest.raises(ValueError, match="indices=\\[7\\]"):
+        model.forward_intermediates(x, indices=[7])
+    cond = model.make_preprocessor_external()
+    with torch.no_grad():
+        ext = model(cond(x))
+    torch.testing.assert_close(ext.features, ref.features)
+    with pytest.raises(TypeError, match="expects normalized float input"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def _hub_layout(cache: Path, repo_id: str, src: Path, revision: str = "main") -> Path:
+    """Lay ``src`` out as huggingface_hub's cache does (refs/<rev> -> snapshots/<commit>/files)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / revision).write_text(commit)
+    for f in src.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    return snap
+
+
+def test_pretrained_roundtrip_hub_id_offline_and_torch_hub(student_dir, tmp_path, monkeypatch):
+    model = radio.load_student(str(student_dir))
+    d = model.save_pretrained(tmp_path / "pretrained")
+    card = (d / "README.md").read_text()
+    assert "fp-clip" in card and "c0ffee" in card and "radio.load_student" in card and "pipeline_tag: image-feature-extraction" in card
+    again = RadioModel.from_pretrained(str(d))
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x).features, model(x).features)
+    cache = tmp_path / "hub"
+    _hub_layout(cache, "acme/radio-nano", d)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    hub = radio.load_student("acme/radio-nano", adaptor_names="clip")
+    with torch.no_grad():
+        assert torch.equal(hub(x)["backbone"].features, model(x).features)
+    with pytest.raises(FileNotFoundError, match="hub student 'acme/missing'.*HF_HUB_OFFLINE=1"):
+        radio.load_student("acme/missing")
+    with pytest.raises(FileNotFoundError, match="not a student directory, an MLflow run id or URI"):
+        radio.load_student("no such thing")
+    hubbed = torch.hub.load(str(ROOT), "radio_student", str(d), source="local", adaptor_names=["sam"])
+    assert hubbed.adaptor_names == ["sam"]
+
+
+def test_onnx_export_matches_pytorch(student_dir, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra (installed by the test extra) is not installed")
+    from pipelines.cli import main
+    from radio.export import ATOL
+
+    out = tmp_path / "student.onnx"
+    assert main(["export", str(student_dir), "--onnx", str(out)]) == 0
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    assert names == ["summary", "features", "tiny-clip.features", "tiny-clip.summary", "tiny-sam.features"]
+    model = radio.load_student(str(student_dir), adaptor_names=["tiny-clip", "tiny-sam"])
+    for shape in ((3, 3, 48, 24), (1, 3, 16, 64)):  # batch and resolution are dynamic
+        x = torch.rand(*shape)
+        got = dict(zip(names, sess.run(None, {"images": x.numpy()})))
+        with torch.no_grad():
+            ref = model(x)
+        torch.testing.assert_close(torch.from_numpy(got["features"]), ref["backbone"].features, atol=ATOL, rtol=0)
+        torch.testing.assert_close(torch.from_numpy(got["tiny-clip.summary"]), ref["tiny-clip"].summary, atol=ATOL, rtol=0)
+        torch.testing.assert_close(torch.from_numpy(got["tiny-sam.features"]), ref["tiny-sam"].features, atol=ATOL, rtol=0)
+    assert main(["export", str(student_dir)]) == 2
