@@ -17,6 +17,7 @@ rerun after any kill computes exactly the missing files, and a rerun of a comple
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -35,7 +36,7 @@ from radio.views import ViewPolicy, crop_view, render_view, sample_views
 
 from .config import ConfigError, check_output_dir, dump_config, flatten_config, require
 from .sources import Source, SourceConfig, SourceError, SourceRecord, open_source
-from .tracking import MlflowConfig, start_run
+from .tracking import MlflowConfig, log_cache_input, start_run
 
 __all__ = ["TeacherJobConfig", "CacheJobConfig", "run_cache_job", "CacheSummary"]
 
@@ -220,8 +221,8 @@ class _Progress:
         self.last = now
         el = now - self.t0
         rate = self.images / el if el > 0 else 0.0
-        eta = (self.total - self.images) / rate if rate > 0 else float("nan")
-        line = f"[radio cache] {self.images}/{self.total} images  {rate:.1f} img/s  ETA {eta:.0f}s  {detail}"
+        eta = f"ETA {(self.total - self.images) / rate:.0f}s" if rate > 0 else "ETA -"  # nothing done yet: no rate
+        line = f"[radio cache] {self.images}/{self.total} images  {rate:.1f} img/s  {eta}  {detail}"
         self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
         self.stream.flush()
 
@@ -268,8 +269,19 @@ def validate(cfg: CacheJobConfig):
     check_output_dir(cfg.output)
 
 
-def init_ray():
-    """Join ``RAY_ADDRESS`` when set, else start (or reuse) a local Ray."""
+def local_ray_cpus(cfg: CacheJobConfig | None = None) -> int:
+    """Logical CPUs for a local Ray: the machine's cores, or what the job's actors reserve plus one for the
+    prepare and write tasks when that is more (a 2-core laptop still holds one actor per teacher; the OS
+    shares the cores). Ray starts one idle worker per logical CPU, so this stays as small as the job allows."""
+    need = 1 + sum(max(1, j.actors) * j.cpus_per_actor for j in cfg.teachers.values()) if cfg is not None else 1
+    return int(max(os.cpu_count() or 1, math.ceil(need)))
+
+
+def init_ray(cfg: CacheJobConfig | None = None):
+    """Join ``RAY_ADDRESS`` when set, else start (or reuse) a local Ray sized by :func:`local_ray_cpus`.
+
+    A local Ray's gRPC servers listen on every interface in Ray 2.x whatever node address is given; its
+    token authentication (on by default) is what guards them. We do not disable it."""
     import ray
 
     if not ray.is_initialized():
@@ -278,9 +290,7 @@ def init_ray():
         if address:
             ray.init(address=address, **kwargs)
         else:
-            # Logical CPUs above the physical count let every teacher hold an actor on a small laptop;
-            # the OS shares the cores. On a real cluster, RAY_ADDRESS is set and this branch is not taken.
-            ray.init(num_cpus=max(8, os.cpu_count() or 1), **kwargs)
+            ray.init(num_cpus=local_ray_cpus(cfg), **kwargs)
     return ray
 
 
@@ -329,7 +339,7 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
         manifest.complete = False  # so the run below rewrites the manifest
     have_views = existing_units(loc, "views")
 
-    ray = init_ray()
+    ray = init_ray(cfg)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     actor_cls = ray.remote(TeacherWorker)
     pools: dict[str, list] = {}
@@ -446,15 +456,18 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
     if run is not None:
         new_manifest.mlflow_run_id = run.run_id
         save_manifest(loc, new_manifest)
-        metrics = {"images": summary.images, "views": summary.views, "skipped": summary.skipped, "seconds": elapsed, "images_per_s": summary.images_per_s, "bytes_written": bytes_written, "steady_views_per_s": steady}
+        # one naming scheme across radio: cache/... what the cache holds, system/... what it cost
+        metrics = {"cache/images": summary.images, "cache/views": summary.views, "cache/skipped": summary.skipped, "cache/bytes_written": bytes_written,
+                   "system/seconds": elapsed, "system/images_per_s": summary.images_per_s, "system/steady_views_per_s": steady}
         for t, entry in new_manifest.teachers.items():
-            metrics[f"bytes_per_view/{t}"] = entry.bytes_per_view
-            metrics[f"bytes_ratio_to_float32_native/{t}"] = entry.bytes_per_view / entry.float32_native_bytes_per_view
+            metrics[f"cache/bytes_per_view/{t}"] = entry.bytes_per_view
+            metrics[f"cache/bytes_ratio_to_float32_native/{t}"] = entry.bytes_per_view / entry.float32_native_bytes_per_view
         for t, r in views_per_s.items():
-            metrics[f"views_per_s/{t}"] = r
-            metrics[f"actor_seconds/{t}"] = busy[t]
-            metrics[f"gpu_hours/{t}"] = busy[t] * (cfg.teachers[t].gpus_per_actor if has_gpu else 0.0) / 3600
+            metrics[f"system/views_per_s/{t}"] = r
+            metrics[f"system/actor_seconds/{t}"] = busy[t]
+            metrics[f"system/gpu_hours/{t}"] = busy[t] * (cfg.teachers[t].gpus_per_actor if has_gpu else 0.0) / 3600
         run.log_metrics(metrics)
+        log_cache_input(run, cfg.output, new_manifest, "output")
         run.log_text(__import__("json").dumps(new_manifest.to_dict(), indent=1, sort_keys=True), "manifest.json")
         if resolved_yaml:
             run.log_text(resolved_yaml, "config.yaml")

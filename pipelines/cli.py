@@ -193,7 +193,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="radio", description="Build agglomerative vision models: cache frozen teachers (Ray), distill students (Accelerate), compare them (MLflow).")
+    p = argparse.ArgumentParser(prog="radio", description="Build agglomerative vision models: cache frozen teachers (Ray), distill students (Accelerate), compare them (MLflow).",
+                                epilog="--verbose (anywhere on the line) shows Ray's and MLflow's informational output.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     t = sub.add_parser("teachers", help="list the teacher registry")
     t.add_argument("--fingerprints", action="store_true", help="load each teacher and show its fingerprint")
@@ -223,8 +224,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+QUIET_LOGGERS = ("mlflow", "alembic", "ray._private.authentication.authentication_token_setup", "ray._private.worker", "ray._private.services")
+
+
+def configure_output(verbose: bool):
+    """Quiet by default: MLflow's INFO lines (database setup, system metrics), its artifact progress bars
+    and Ray's start-up notices are informational; ``--verbose`` brings them back. Warnings still show."""
+    import logging
+    import os
+
+    level = logging.INFO if verbose else logging.WARNING
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(level if name != "ray._private.authentication.authentication_token_setup" or verbose else logging.ERROR)
+    if not verbose:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]  # anywhere on the line: radio --verbose cache ..., radio cache ... --verbose
+    configure_output(verbose)
     parser = build_parser()
     if argv and argv[0] in ("train", "eval", "compare", "quickstart", "cache"):
         # argparse.REMAINDER drops a leading "--option"; these subcommands parse their own arguments

@@ -38,6 +38,8 @@ def compare_runs(experiment: str = "radio-students", sort: str = "eval/knn_top1"
             "teachers": t.get("radio.teachers", ""), "steps": t.get("radio.steps", "?"), "cache": t.get("radio.cache_id", "")[:12],
             "status": r.info.status, **{c: m.get(c) for c in columns},
         })
+    if sort not in columns and f"eval/{sort}" in columns:
+        sort = f"eval/{sort}"  # the short form is accepted too
     if sort not in columns and rows and all(sort not in r for r in rows):
         raise CompareError(f"cannot sort by {sort!r}; metrics available: {columns}")
     rows.sort(key=lambda r: (r.get(sort) is None, -(r.get(sort) or 0.0)))
@@ -45,7 +47,7 @@ def compare_runs(experiment: str = "radio-students", sort: str = "eval/knn_top1"
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
-    head = ["run", "size", "teachers", "steps", "cache"] + [c.removeprefix("eval/") for c in columns]
+    head = ["run", "size", "teachers", "steps", "cache"] + list(columns)  # the names --sort takes
     body = [[str(r["run"]), str(r["size"]), str(r["teachers"]), str(r["steps"]), str(r["cache"])] + ["-" if r.get(c) is None else f"{r[c]:.4f}" for c in columns] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]

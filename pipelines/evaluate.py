@@ -25,7 +25,7 @@ from radio.checkpoint import load_student
 from radio.metrics import knn_top1, linear_probe_top1, masked_cosine, pca_rgb
 
 from .config import check_output_dir, load_config, require
-from .tracking import MlflowConfig, NullRun, start_run, tracking_uri
+from .tracking import MlflowConfig, NullRun, log_cache_input, start_run, tracking_uri
 
 __all__ = ["EvalJobConfig", "evaluate", "main"]
 
@@ -91,15 +91,34 @@ def _file_stem(image_id: str, limit: int = 80) -> str:
     return stem
 
 
+PANEL = 192  # pixels per panel side in the pictures
+HIRES = 4  # the student also sees each picture image upsampled this much (more feature cells: visible structure)
+
+
+def _titled_row(tiles: list[np.ndarray], titles: list[str]) -> np.ndarray:
+    """Side-by-side panels (each resized to PANEL px, nearest) with a title strip above each."""
+    from PIL import Image, ImageDraw
+
+    bar, gap = 16, 4
+    canvas = Image.new("RGB", (len(tiles) * (PANEL + gap) - gap, PANEL + bar), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for j, (tile, title) in enumerate(zip(tiles, titles)):
+        x = j * (PANEL + gap)
+        canvas.paste(Image.fromarray(tile).resize((PANEL, PANEL), Image.Resampling.NEAREST), (x, bar))
+        draw.text((x + 2, 2), title[:30], fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
 def _pictures(model, reader: CacheReader, teachers: list[str], n: int, out_dir: Path) -> list[Path]:
-    """One PNG per image: input | student trunk | per teacher: adapter output, teacher target.
+    """One PNG per image, titled panels: input | student trunk | student trunk at HIRES x the input |
+    per teacher: adapter output, teacher target.
 
     The first ``n`` held-out images of distinct labels are drawn, so the pictures span classes. An
     adapter and its teacher's target share one PCA basis (fit on both), so equal colors mean equal
-    directions in the teacher's feature space.
+    directions in the teacher's feature space. The high-resolution panel feeds the student the same view
+    upsampled (bilinear) to HIRES x its side: a grid HIRES x finer, where the student's structure shows
+    (the training resolution of a laptop run gives only 8 x 8 cells).
     """
-    import io
-
     from PIL import Image
 
     picked, labels = [], set()
@@ -111,28 +130,31 @@ def _pictures(model, reader: CacheReader, teachers: list[str], n: int, out_dir: 
         if len(picked) >= n:
             break
     picked = picked[:n]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*out_dir.glob("pca_*.png"), out_dir / "pca_columns.txt"]:
+        old.unlink(missing_ok=True)
+    if not picked:
+        return []
     images = torch.from_numpy(np.concatenate([reader.student_pixels(b, [i]) for b, i in picked])).permute(0, 3, 1, 2)
+    H, W = images.shape[2:]
+    big = F.interpolate(images.float() / 255, size=(H * HIRES, W * HIRES), mode="bilinear", align_corners=False).clamp(0, 1)
     with torch.no_grad():
         out = model.predict(images)
-    H, W = images.shape[2:]
+        out_big = model.predict(big)
     hw = tuple(out.features.shape[1:3])
-    tiles = [images.permute(0, 2, 3, 1).numpy(), pca_rgb(out.features, (H, W))]
-    names = ["input", "student"]
+    tiles = [images.permute(0, 2, 3, 1).numpy(), pca_rgb(out.features, (H, W)), pca_rgb(out_big.features, (H * HIRES, W * HIRES))]
+    bh, bw = out_big.features.shape[1:3]
+    names = ["input", f"student {hw[0]}x{hw[1]}", f"student x{HIRES} ({bh}x{bw})"]
     for t in teachers:
         target = decode_features({k: np.stack([b.teachers[t][k][i] for b, i in picked]) for k in picked[0][0].teachers[t]})
         both = pca_rgb(torch.cat([out.adapters[t]["features"], resample_targets(target, hw)]), (H, W))
         tiles += [both[: len(picked)], both[len(picked) :]]
         names += [f"{t} adapter", f"{t} target"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("pca_*.png"):
-        old.unlink()
     paths = []
     for k, (b, i) in enumerate(picked):
-        row = np.concatenate([tile[k] for tile in tiles], axis=1)
         p = out_dir / f"pca_{k:02d}_{_file_stem(b.image_id[i])}.png"
-        Image.fromarray(row).resize((row.shape[1] * 2, row.shape[0] * 2), Image.Resampling.NEAREST).save(p)
+        Image.fromarray(_titled_row([tile[k] for tile in tiles], names)).save(p)
         paths.append(p)
-    (out_dir / "pca_columns.txt").write_text(" | ".join(names) + "\n")
     return paths
 
 
@@ -171,9 +193,20 @@ def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
     for p in pics:
         tracker.log_artifact(str(p), "eval/pictures")
     tracker.log_artifact(str(out_dir / "metrics.json"), "eval")
+    log_cache_input(tracker, cfg.val_cache, val.manifest, "evaluation", teachers)
+    log_cache_input(tracker, cfg.train_cache, train.manifest, "evaluation-database", teachers)
+    tracker.set_description(describe_eval(metrics))
     if run_id:
         tracker.end()
     return metrics
+
+
+def describe_eval(metrics: dict[str, float]) -> str:
+    """Markdown for the run's description: the headline numbers first, where a user comparing runs looks."""
+    head = [k for k in ("eval/knn_top1", "eval/linear_top1") if k in metrics]
+    fid = sorted(k for k in metrics if k.endswith("_cos"))
+    rows = "\n".join(f"| `{k}` | {metrics[k]:.4f} |" for k in head + fid)
+    return f"**radio eval** (higher is better; `radio compare` prints the same names)\n\n| metric | value |\n|---|---|\n{rows}\n"
 
 
 def validate(cfg: EvalJobConfig):

@@ -7,13 +7,18 @@ is reported at start, in one line, instead of after MLflow's minutes of retries.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-__all__ = ["MlflowConfig", "TrackingUnavailable", "Run", "NullRun", "start_run", "check_tracking_uri"]
+__all__ = ["MlflowConfig", "TrackingUnavailable", "Run", "NullRun", "start_run", "check_tracking_uri", "EXPERIMENT_KIND", "log_cache_input"]
+
+# The MLflow UI opens an experiment in the mode its kind names; without one it guesses GenAI (traces).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+MODEL_NAME = "radio-student"  # the LoggedModel of a training run (its checkpoint files are the run's `student/` artifacts)
 
 
 @dataclass
@@ -21,6 +26,7 @@ class MlflowConfig:
     enabled: bool = True
     experiment: str = "radio"
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else MLflow's default local store
+    register: str | None = None  # training: also register the logged student model under this name (a new version per run)
 
 
 class TrackingUnavailable(RuntimeError):
@@ -38,6 +44,25 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0):
                 raise TrackingUnavailable(f"MLflow tracking server {uri} answered {r.status} on /health")
     except (urllib.error.URLError, OSError) as e:
         raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable ({e}). Start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix MLFLOW_TRACKING_URI, or run with mlflow.enabled=false.") from None
+
+
+@contextlib.contextmanager
+def _fluent_store(uri: str):
+    """MLflow's fluent API (``mlflow.pytorch.log_model``) pointed at ``uri`` for a block, then put back as it
+    was: its global URI and the MLFLOW_TRACKING_URI variable (MLflow's own helper unsets the variable)."""
+    import mlflow
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    old_global, old_env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri = old_global
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
 
 
 class Run:
@@ -124,6 +149,57 @@ class Run:
     def log_image(self, image, artifact_file: str):
         self.client.log_image(self.run_id, image, artifact_file=artifact_file)
 
+    def log_dataset(self, uri: str, name: str, digest: str, schema: dict[str, str], context: str, profile: dict | None = None):
+        """Record a cache as an MLflow dataset input of this run (source = its URI, digest = its cache id).
+
+        ``schema``: column -> type name; ``context``: MLflow's input context (training, evaluation, output)."""
+        import json
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.types.schema import ColSpec, Schema
+
+        types = {"string": "string", "int": "long", "float": "float", "double": "double", "bool": "boolean", "binary": "binary"}
+        import warnings
+
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": local paths match two equal sources
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(uri)
+        ds = MetaDataset(source, name=name, digest=digest[:36], schema=Schema([ColSpec(types.get(t, "binary"), c) for c, t in schema.items()]))
+        entity = ds._to_mlflow_entity()
+        if profile:
+            entity._profile = json.dumps(profile)
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
+
+    def log_student_model(self, model, student_dir: str, example, register: str | None = None) -> str | None:
+        """Log a student as an MLflow model (pytorch flavour, torch.export's pickle-free pt2 format, with a
+        signature and an input example) linked to this run as a LoggedModel; its safetensors checkpoint rides
+        along as extra files. ``register``: also create a version of that registered model. Returns the model URI."""
+        import mlflow
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import Schema, TensorSpec
+
+        with torch.no_grad():
+            outputs = model(example)
+        signature = ModelSignature(inputs=Schema([TensorSpec(example.numpy().dtype, (-1, 3, -1, -1), "images")]),
+                                   outputs=Schema([TensorSpec(v.numpy().dtype, (-1, -1, v.shape[-1]) if v.ndim == 3 else (-1, v.shape[-1]), k) for k, v in outputs.items()]))
+        files = [os.path.join(student_dir, f) for f in ("config.json", "model.safetensors")]
+        reqs = [f"torch=={torch.__version__.split('+')[0]}", "safetensors"]
+        # the run's store for this call only: MLflow's process-wide URI is left as it was
+        with _fluent_store(self.client.tracking_uri), mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+            # pyfunc serving cannot take a dict-returning tensor model's example as JSON: skip that check only
+            info = mlflow.pytorch.log_model(model, name=MODEL_NAME, signature=signature, input_example=example.numpy(), extra_files=files, pip_requirements=reqs,
+                                            registered_model_name=register, await_registration_for=0, serialization_format="pt2", validate_serving_input=False)
+        self.client.update_run(self.run_id, status="RUNNING")  # leaving the fluent run ended it; end() decides
+        return info.model_uri
+
+    def set_description(self, markdown: str):
+        """The run's description (shown at the top of its page in the MLflow UI)."""
+        self.set_tags({"mlflow.note.content": markdown})
+
     def end(self, status: str = "FINISHED"):
         self.flush()
         self.client.set_terminated(self.run_id, status=status)
@@ -137,6 +213,29 @@ class NullRun:
 
     def __getattr__(self, name):
         return lambda *a, **k: None
+
+
+def log_cache_input(run, uri: str, manifest, context: str, teachers: list[str] | None = None):
+    """Record cache ``uri`` (its typed ``manifest``) as an MLflow dataset input of ``run``: digest = the cache
+    id, schema = the views columns and each teacher's target columns, profile = images, views and layouts."""
+    if isinstance(run, NullRun):
+        return
+    names = list(manifest.teachers) if teachers is None else [t for t in teachers if t in manifest.teachers]
+    schema = {"image_id": "string", "view_index": "int", "label_index": "int", "crop_box": "binary", "flip": "bool", "source_hw": "binary", "student_image": "binary"}
+    for t in names:
+        if manifest.teachers[t].summary_dim:
+            schema[f"{t}.summary"] = "binary"
+        schema[f"{t}.features"] = "binary"
+    profile = {"images": manifest.images, "views": manifest.views.rows, "student_resolution": manifest.student_resolution, "skipped": len(manifest.skipped),
+               "teachers": {t: {"fingerprint": manifest.teachers[t].fingerprint, "grid": list(manifest.teachers[t].layout.grid), "dtype": manifest.teachers[t].layout.dtype} for t in names}}
+    src = manifest.source
+    name = f"radio-cache-{src.get('kind', 'source')}-{src.get('split') or 'all'}-{manifest.cache_id[:8]}"
+    try:
+        run.log_dataset(uri if "://" in uri else os.path.abspath(uri), name, manifest.cache_id, schema, context, profile)
+    except Exception as e:  # never fail a job over its lineage record
+        import sys
+
+        print(f"[radio] cache {uri} not recorded as an MLflow dataset: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def tracking_uri(cfg: MlflowConfig) -> str:
@@ -160,6 +259,8 @@ def start_run(cfg: MlflowConfig, run_name: str, tags: dict | None = None, run_id
             client.update_run(run_id, status="RUNNING")
         return Run(client, run_id, run.info.experiment_id)
     exp = client.get_experiment_by_name(cfg.experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(cfg.experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(cfg.experiment, tags=dict([EXPERIMENT_KIND]))
+    if exp is not None and EXPERIMENT_KIND[0] not in exp.tags:  # made by an older radio, or by hand: give it a kind
+        client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
     run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
     return Run(client, run.info.run_id, exp_id)

@@ -30,7 +30,7 @@ from radio.student import StudentConfig
 
 from .config import ConfigError, check_output_dir, config_to_yaml, flatten_config, require
 from .online import OnlineTeacherConfig, OnlineTeachers
-from .tracking import MlflowConfig, NullRun, check_tracking_uri, start_run, tracking_uri
+from .tracking import MlflowConfig, NullRun, check_tracking_uri, log_cache_input, start_run, tracking_uri
 
 __all__ = ["OptimConfig", "TrainJobConfig", "train", "main", "TrainingDiverged", "TrainingInterrupted"]
 
@@ -330,10 +330,10 @@ class Trainer:
                         metrics = self.read_metrics()  # the host sync; raises on a non-finite loss
                         now = time.perf_counter()
                         step_s = now - t_last
-                        metrics.update({"images_per_s": images * self.acc.num_processes / step_s if step_s > 0 else 0.0, "time/data_wait_fraction": wait_s / step_s if step_s > 0 else 0.0, "progress/epoch": self.state.epoch, "lr": self.sched.get_last_lr()[0]})
+                        metrics.update({"images_per_s": images * self.acc.num_processes / step_s if step_s > 0 else 0.0, "data_wait_fraction": wait_s / step_s if step_s > 0 else 0.0, "epoch": self.state.epoch, "lr": self.sched.get_last_lr()[0]})
                         self.history.append({"step": self.state.step, "loss": metrics["loss"]})
                         if self.state.step > self.logged_until:  # a resumed run does not log a replayed step twice
-                            tracker.log_metrics(metrics, step=self.state.step, wait=False)  # sent from a background thread
+                            tracker.log_metrics(metric_names(metrics), step=self.state.step, wait=False)  # sent from a background thread
                         self._progress(metrics, max_steps)
                         t_last, images, wait_s = now, 0, 0.0
                     if checkpoint:
@@ -443,7 +443,7 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
             tags["radio.online_teachers"] = ",".join(cfg.online)
         tracker = start_run(cfg.mlflow, run_name=cfg.run_name or out.name, tags=tags, run_id=trainer.state.run_id if resumed else None)
         if resumed:
-            trainer.logged_until = tracker.last_step("loss") or 0
+            trainer.logged_until = tracker.last_step("train/loss") or 0
         if not resumed:
             params = flatten_config(cfg)
             params.update({f"cache.fingerprint.{t}": fp for t, fp in trainer.fingerprints.items() if t not in cfg.online})
@@ -452,13 +452,18 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
             params["total_steps"] = trainer.total_steps
             tracker.log_params(params)
             tracker.log_text(resolved_yaml, "config.yaml")
+            log_cache_input(tracker, cfg.cache, trainer.reader.manifest, "training", [t for t in cfg.teachers if t not in cfg.online])
             if cfg.online:
                 tracker.log_artifact(str(out / OnlineTeachers.STATS_FILE))
         trainer.state.run_id = tracker.run_id
-        monitor = _system_metrics(tracker.run_id)
+        monitor = _system_metrics(tracker.run_id, tracking_uri(cfg.mlflow) if cfg.mlflow.enabled else None)
     else:
         monitor = None
-    print(f"[radio train] {'resuming at step ' + str(trainer.state.step) if resumed else 'starting'}: {trainer.total_steps} steps over {cfg.epochs} epochs, {acc.num_processes} process(es) on {acc.device}; run {tracker.run_id}", file=sys.stderr)
+    if acc.is_main_process:
+        steps = trainer.total_steps if cfg.max_steps is None else min(cfg.max_steps, trainer.total_steps)
+        plan = f"{steps} steps" + (f" (max_steps; {cfg.epochs} epochs would be {trainer.total_steps})" if steps < trainer.total_steps else f" over {cfg.epochs} epochs")
+        run = f"; MLflow run {tracker.run_id}" if tracker.run_id else ""
+        print(f"[radio train] {'resuming at step ' + str(trainer.state.step) if resumed else 'starting'}: {plan}, {acc.num_processes} process(es) on {acc.device}{run}", file=sys.stderr)
     try:
         trainer.fit(tracker)
     except TrainingDiverged:
@@ -487,10 +492,34 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
         tracker.log_artifact(str(fig))
         tracker.log_artifact(str(student_dir), "student")
         tracker.set_tags({"radio.steps": trainer.state.step})
+        if tracker.run_id:
+            _log_model(tracker, student_dir, trainer.reader.manifest.student_resolution, cfg.mlflow.register)
         if monitor:
             monitor.finish()
         tracker.end()
     return {"run_id": tracker.run_id, "output": str(out), "student": str(student_dir), "step": trainer.state.step, "history": trainer.history}
+
+
+SYSTEM_METRICS = ("images_per_s", "data_wait_fraction")
+
+
+def metric_names(metrics: dict) -> dict:
+    """The one naming scheme of logged values: ``train/...`` (losses, lr, epoch), ``system/...`` (throughput,
+    waiting), and (from ``radio eval``) ``eval/...``."""
+    return {(f"system/{k}" if k in SYSTEM_METRICS else f"train/{k}"): v for k, v in metrics.items()}
+
+
+def _log_model(tracker, student_dir: Path, resolution: int, register: str | None):
+    """The exported student as an MLflow model of the run (and a registered version with ``register``)."""
+    from radio import load_student
+    from radio.model import ExportableStudent
+
+    try:
+        graph = ExportableStudent(load_student(str(student_dir))).eval()
+        uri = tracker.log_student_model(graph, str(student_dir), torch.rand(2, 3, resolution, resolution), register)
+        tracker.set_tags({"radio.model_uri": uri})
+    except Exception as e:  # the checkpoint is on disk and in the run's artifacts either way
+        print(f"[radio train] student not logged as an MLflow model: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 class _FlushingMonitor:
@@ -508,14 +537,15 @@ class _FlushingMonitor:
         self.monitor.finish()
 
 
-def _system_metrics(run_id):
-    """CPU/memory (and GPU when present) sampled into the run by MLflow's own monitor."""
+def _system_metrics(run_id, uri: str | None = None):
+    """CPU/memory (and GPU when present) sampled into the run by MLflow's own monitor, in the run's store
+    (``uri``; not MLflow's process-wide default, which may name another store)."""
     if run_id is None:
         return None
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        m = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1)
+        m = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1, tracking_uri=uri)
         m.start()
         return _FlushingMonitor(m)
     except Exception as e:  # psutil missing, or an MLflow without the monitor

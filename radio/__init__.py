@@ -18,6 +18,18 @@ def _student_dir_in(root):
     raise FileNotFoundError(f"{root} holds no student (config.json beside model.safetensors)")
 
 
+def _meta(d) -> dict:
+    """A student directory's ``meta`` (empty when its config is missing or unreadable: loading reports that)."""
+    import json
+    from pathlib import Path
+
+    try:
+        cfg = json.loads((Path(d) / "config.json").read_text())
+        return cfg.get("meta", {}) if isinstance(cfg, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def resolve_student(ref: str, tracking_uri: str | None = None, revision: str | None = None):
     """(student directory, MLflow run id or None) for any way of naming a student:
 
@@ -27,29 +39,23 @@ def resolve_student(ref: str, tracking_uri: str | None = None, revision: str | N
     - a Hugging Face hub id ``org/name`` (``revision``: a branch, tag or commit), downloaded to the hub
       cache, or read from it when ``HF_HUB_OFFLINE=1``.
     """
-    import json
     import re
     from pathlib import Path
 
     p = Path(ref)
     if p.exists():
-        cfg = p / "config.json"
-        meta = json.loads(cfg.read_text()).get("meta", {}) if cfg.is_file() else {}
-        return p, meta.get("mlflow_run_id")
+        return p, _meta(p).get("mlflow_run_id")
     if ref.startswith(("runs:/", "models:/")):
         try:
             import mlflow
         except ImportError:
             raise FileNotFoundError(f"{ref}: MLflow is not installed to resolve it") from None
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=ref)
+            local = mlflow.artifacts.download_artifacts(artifact_uri=ref, tracking_uri=tracking_uri)
         except Exception as e:
-            raise FileNotFoundError(f"{ref}: not found in MLflow at {mlflow.get_tracking_uri()} ({type(e).__name__}: {e})") from None
+            raise FileNotFoundError(f"{ref}: not found in MLflow at {tracking_uri or mlflow.get_tracking_uri()} ({type(e).__name__}: {e})") from None
         d = _student_dir_in(local)
-        meta = json.loads((d / "config.json").read_text()).get("meta", {})
-        return d, meta.get("mlflow_run_id")
+        return d, _meta(d).get("mlflow_run_id")
     if re.fullmatch(r"[0-9a-f]{32}", ref):
         return _resolve_run(ref, tracking_uri)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", ref):

@@ -67,18 +67,26 @@ def load_student(path: str | Path, device: str | torch.device = "cpu", adaptor_n
     for f in (WEIGHTS, CONFIG):
         if not (d / f).is_file():
             raise CheckpointError(f"{d} is not a student checkpoint: {d / f} is missing (export one with `radio train`)")
-    cfg = json.loads((d / CONFIG).read_text())
-    if cfg.get("format") != FORMAT:
-        raise ValueError(f"{d / CONFIG}: format {cfg.get('format')!r}, this version reads {FORMAT!r}")
+    try:
+        cfg = json.loads((d / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{d / CONFIG} is not valid JSON ({e}): the student checkpoint is damaged; export it again (radio train ... resume=true re-exports)") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{d / CONFIG}: format {cfg.get('format') if isinstance(cfg, dict) else None!r}, this version reads {FORMAT!r}")
     s = cfg["student"]
     student = StudentConfig(**{**s, "mean": tuple(s["mean"]), "std": tuple(s["std"])})
     adapters = [AdapterConfig(**{**a, "feature_grid": tuple(a["feature_grid"])}) for a in cfg["adapters"]]
     model = DistillModel(student, adapters)
-    state = load_file(str(d / WEIGHTS))
+    try:
+        state = load_file(str(d / WEIGHTS))
+    except Exception as e:  # truncated or not safetensors at all
+        raise CheckpointError(f"{d / WEIGHTS} cannot be read as safetensors ({type(e).__name__}: {e}): the student checkpoint is damaged; export it again") from None
     missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
     if missing or unexpected:
         raise ValueError(f"{d / WEIGHTS} does not match {d / CONFIG}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     model.load_state_dict(state)
     meta = cfg.get("meta", {})
+    if (d / "eval" / "metrics.json").is_file() and "eval" not in meta:  # what `radio eval` measured, for the model card
+        meta["eval"] = json.loads((d / "eval" / "metrics.json").read_text())
     stats = {t: TargetStats.from_dict(v) for t, v in meta.get("stats", {}).items()}
     return RadioModel(model, stats, meta, adaptor_names).to(device).eval()

@@ -280,11 +280,15 @@ def test_cache_run_in_mlflow(cache_dir):
     assert run.data.tags["radio.kind"] == "cache" and run.data.tags["radio.cache_id"] == m.cache_id
     assert run.data.params["views.num_views"] == str(VIEWS) and run.data.params["teachers.tiny-sam.actors"] == "1"
     metrics = run.data.metrics
-    assert metrics["images"] == LIMIT and metrics["views"] == LIMIT * VIEWS and metrics["images_per_s"] > 0
+    assert metrics["cache/images"] == LIMIT and metrics["cache/views"] == LIMIT * VIEWS and metrics["system/images_per_s"] > 0
     sam = m.teachers["tiny-sam"]
-    assert metrics["bytes_per_view/tiny-sam"] == pytest.approx(sam.bytes_per_view)
-    assert metrics["bytes_ratio_to_float32_native/tiny-sam"] == pytest.approx(sam.bytes_per_view / (8 * 8 * 16 * 4))
-    assert "views_per_s/tiny-clip" in metrics and "gpu_hours/tiny-clip" in metrics
+    assert metrics["cache/bytes_per_view/tiny-sam"] == pytest.approx(sam.bytes_per_view)
+    assert metrics["cache/bytes_ratio_to_float32_native/tiny-sam"] == pytest.approx(sam.bytes_per_view / (8 * 8 * 16 * 4))
+    assert "system/views_per_s/tiny-clip" in metrics and "system/gpu_hours/tiny-clip" in metrics
+    assert all(k.split("/")[0] in ("cache", "system") for k in metrics), sorted(metrics)
+    [inp] = run.inputs.dataset_inputs  # the cache, as an MLflow dataset of its run
+    assert inp.dataset.digest == m.cache_id[:36] and {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "output"
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"manifest.json", "config.yaml"}
 
 

@@ -1,5 +1,7 @@
 """`radio eval`, `radio compare`, `radio.load_student` and `radio quickstart`, on tiny teachers."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -63,8 +65,18 @@ def test_eval_logs_into_the_training_run(caches, students):
     client = MlflowClient()
     run = client.get_run(students["trained"]["run_id"])
     assert "eval/knn_top1" in run.data.metrics and "eval/teacher/tiny-dinov2/knn_top1" in run.data.metrics
+    contexts = {{t.key: t.value for t in i.tags}["mlflow.data.context"] for i in run.inputs.dataset_inputs}
+    assert {"training", "evaluation"} <= contexts  # the caches it trained and was evaluated on (the kNN database is the training cache here)
+    assert run.data.tags["mlflow.note.content"].startswith("**radio eval**") and "`eval/knn_top1`" in run.data.tags["mlflow.note.content"]
     pics = [a.path for a in client.list_artifacts(run.info.run_id, "eval/pictures")]
     assert len(pics) == 2 and all(p.endswith(".png") for p in pics)
+    from PIL import Image
+
+    from pipelines.evaluate import PANEL
+
+    local = sorted((Path(students["trained"]["student"]) / "eval").glob("pca_*.png"))
+    panels = 3 + 2 * len(TEACHERS)  # input, student, student at 4x, then adapter and target per teacher
+    assert Image.open(local[0]).size == (panels * (PANEL + 4) - 4, PANEL + 16)  # titled panels in one row
     # by run id, through the CLI
     assert main(["eval", students["trained"]["run_id"], f"val_cache={caches['val']}", f"train_cache={caches['train']}", f"mlflow.experiment={EXP}", "pictures=1"]) == 0
 
@@ -102,6 +114,11 @@ def test_compare_lists_runs_sorted(caches, students, capsys):
     assert vals == sorted(vals, reverse=True) and names.index("trained") < names.index("untrained")
     assert main(["compare", "--experiment", EXP, "--sort", "eval/knn_top1"]) == 0
     out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert "eval/knn_top1" in header and "eval/tiny-clip/features_cos" in header  # printed as --sort takes them
+    assert main(["compare", "--experiment", EXP, "--sort", "knn_top1"]) == 0  # the short form too
+    assert main(["compare", "--experiment", EXP, "--sort", header[-1]]) == 0
+    capsys.readouterr()
     assert "trained" in out and "mlflow ui --backend-store-uri" in out and "127.0.0.1" in out and "compare-runs" in out
     assert main(["compare", "--experiment", "no-such-experiment"]) == 2
 

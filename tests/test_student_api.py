@@ -161,3 +161,19 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path):
         torch.testing.assert_close(torch.from_numpy(got["tiny-clip.summary"]), ref["tiny-clip"].summary, atol=ATOL, rtol=0)
         torch.testing.assert_close(torch.from_numpy(got["tiny-sam.features"]), ref["tiny-sam"].features, atol=ATOL, rtol=0)
     assert main(["export", str(student_dir)]) == 2
+
+
+def test_damaged_student_is_one_clear_error(student_dir, tmp_path, capsys):
+    import shutil
+
+    from pipelines.cli import main
+
+    for name, damage in (("config.json", b"{not json"), ("model.safetensors", b"\x00" * 10)):
+        bad = tmp_path / name
+        shutil.copytree(student_dir, bad)
+        (bad / name).write_bytes(damage)
+        assert main(["export", str(bad), "--pretrained", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert f"{bad / name}" in err and "damaged" in err and "Traceback" not in err
+    assert main(["export", str(tmp_path / "nowhere"), "--onnx", str(tmp_path / "x.onnx")]) == 2
+    assert "not a student directory" in capsys.readouterr().err

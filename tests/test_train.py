@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipelines.cli import main
 from pipelines.config import load_config
@@ -37,17 +38,42 @@ def _args(cache, out, *extra):
 def test_train_logs_params_metrics_artifacts(cache, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    cfg = load_config(TrainJobConfig, None, _args(cache, tmp_path / "run", "epochs=2", "checkpoint_every=4"))
+    cfg = load_config(TrainJobConfig, None, _args(cache, tmp_path / "run", "epochs=2", "checkpoint_every=4", "mlflow.register=radio-nano-test"))
     result = train(cfg)
     client = MlflowClient()
     run = client.get_run(result["run_id"])
     p, m, tags = run.data.params, run.data.metrics, run.data.tags
     assert p["student.size"] == "nano" and p["optim.lr"] == str(cfg.optim.lr) and p["cache.fingerprint.syn-clip"] == "fp-syn-clip"
-    for key in ("loss", "loss/syn-clip/summary", "loss/syn-clip/features", "loss/syn-sam/features", "lr", "grad_norm", "images_per_s", "time/data_wait_fraction", "fidelity/syn-clip/summary", "progress/epoch"):
+    for key in ("train/loss", "train/loss/syn-clip/summary", "train/loss/syn-clip/features", "train/loss/syn-sam/features", "train/lr", "train/grad_norm", "system/images_per_s",
+                "system/data_wait_fraction", "train/fidelity/syn-clip/summary", "train/epoch"):
         assert key in m, key
+    assert all(k.split("/")[0] in ("train", "system") for k in m), sorted(m)  # one naming scheme
     # read (one host sync) every log_every=10 steps, at every checkpoint (4) and at the end
     assert result["step"] == 12
-    assert [h.step for h in client.get_metric_history(run.info.run_id, "loss")] == [4, 8, 10, 12]
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "train/loss")] == [4, 8, 10, 12]
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens in its model-training view
+    [inp] = run.inputs.dataset_inputs
+    assert inp.dataset.digest == tags["radio.cache_id"][:36] and inp.dataset.source_type == "local" and {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
+    assert json.loads(inp.dataset.schema)["mlflow_colspec"][0]["name"] == "image_id" and json.loads(inp.dataset.profile)["teachers"]["syn-clip"]["fingerprint"] == "fp-syn-clip"
+    # the student as an MLflow model: pickle-free pt2, same outputs as radio.load_student
+    import mlflow.pytorch
+
+    import radio
+
+    logged = mlflow.pytorch.load_model(tags["radio.model_uri"])
+    mine = radio.load_student(result["student"], adaptor_names=["syn-clip", "syn-sam"])
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        got, ref = logged(x), mine(x)
+    torch.testing.assert_close(got["features"], ref["backbone"].features)
+    torch.testing.assert_close(got["syn-clip.summary"], ref["syn-clip"].summary)
+    torch.testing.assert_close(got["syn-sam.features"], ref["syn-sam"].features)
+    assert radio.load_student(tags["radio.model_uri"]).teacher_names == ["syn-clip", "syn-sam"]  # the MLflow URI loads too
+    [lm] = client.search_logged_models([run.info.experiment_id])
+    assert lm.source_run_id == run.info.run_id and lm.name == "radio-student"
+    [version] = client.search_model_versions(f"run_id = '{run.info.run_id}'")  # mlflow.register=NAME
+    assert version.name == "radio-nano-test"
     assert tags["radio.teachers"] == "syn-clip,syn-sam" and tags["radio.student_size"] == "nano" and tags["radio.cache_id"]
     assert any(k.startswith("system/") for k in m)
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -154,7 +180,7 @@ def test_real_mlflow_server_and_fail_fast_when_unreachable(cache, tmp_path, monk
         from mlflow.tracking import MlflowClient
 
         run = MlflowClient(uri).get_run(result["run_id"])
-        assert run.info.status == "FINISHED" and "loss" in run.data.metrics
+        assert run.info.status == "FINISHED" and "train/loss" in run.data.metrics
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -253,7 +279,7 @@ def test_online_teacher_without_cache_stats_warms_up_and_resume_reuses_them(cach
 def test_online_teacher_must_be_listed(cache, tmp_path, capsys):
     assert main(["train", *_args(cache, tmp_path / "x", "online={tiny-clip: {}}")]) == 2
     err = capsys.readouterr().err
-    assert "online teachers ['tiny-clip'] are not in teachers" in err and "Traceback" not in err
+    assert "override 'online={tiny-clip: {}}': 'online' must be a subset of teachers=" in err and "Traceback" not in err
 
 
 def test_weight_decay_exclusions_come_from_the_model(cache, tmp_path):
@@ -291,5 +317,5 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_logs_no_step_twice(cache, tmp_pat
     resumed = main(shlex.split(resume_line)[1:])  # the printed command, as is
     assert resumed == 0
     state = json.loads((out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip() / "trainer_state.json").read_text())
-    steps = [m.step for m in MlflowClient().get_metric_history(state["run_id"], "loss")]
+    steps = [m.step for m in MlflowClient().get_metric_history(state["run_id"], "train/loss")]
     assert len(steps) == len(set(steps)) and max(steps) == state["step"] > step
