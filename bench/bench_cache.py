@@ -1,11 +1,17 @@
 """Cache job throughput against bare teacher forward passes on the same views, side by side.
 
     python bench/bench_cache.py [--images 96] [--teachers tiny-clip,tiny-dinov2,tiny-sam]
+        [--source clip-vit-b16=/models/clip ...] [--tuned] [--peak-tflops 989]
 
-Prints views/s for (1) each teacher's bare forward over the recorded crops in one process, (2) the full
+Prints views/s for (1) each teacher's bare forward over the recorded crops in one process (the project's
+``Teacher``: preprocessing + model), (2) with ``--tuned``, the model alone on the preprocessed inputs,
+``torch.compile``d (bf16 autocast on CUDA; the spec's dtype on CPU), with its FLOPs per view counted by
+``FlopCounterMode`` and MFU against ``--peak-tflops`` (GFLOP/s when no peak is given), (3) the full
 `radio cache` job (decode, views, Ray actors, Parquet commit, statistics, manifest) on the same images,
-and the ratio job / bare. Bare is the sum of per-teacher times (the teachers run one after another in a
-single process), i.e. the cost a hand-written loop would pay.
+and the ratios. Bare is the sum of per-teacher times (the teachers run one after another in a single
+process), i.e. the cost a hand-written loop would pay. ``--source NAME=DIR`` loads a teacher from a local
+directory (e.g. a real-size architecture saved with random weights by ``teachers.tiny.save_random_teacher``)
+for the bare forwards and, as ``teachers.NAME.source=DIR``, for the job.
 """
 
 from __future__ import annotations
@@ -30,10 +36,17 @@ def main():
     p.add_argument("--teachers", default="tiny-clip,tiny-dinov2,tiny-sam")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--images-per-shard", type=int, default=32)
+    p.add_argument("--source", action="append", default=[], metavar="NAME=DIR", help="load teacher NAME from DIR (repeatable)")
+    p.add_argument("--tuned", action="store_true", help="also time each model alone, compiled, with a FLOP count")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for MFU (H100 SXM bf16 dense: 989)")
     ns = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     teachers = ns.teachers.split(",")
+    sources = dict(s.split("=", 1) for s in ns.source)
+    unknown = set(sources) - set(teachers)
+    if unknown:
+        p.error(f"--source names {sorted(unknown)}, which are not in --teachers {teachers}")
 
     from pipelines.cache import CacheJobConfig, run_cache_job
     from pipelines.config import load_config
@@ -49,14 +62,20 @@ def main():
         img = decode_image(src.read_bytes(rec))
         crops += [torch.from_numpy(crop_view(img, v)).permute(2, 0, 1) for v in sample_views(policy, rec.image_id, img.shape[1], img.shape[0])]
     n_views = len(crops)
-    bare = {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bare, tuned = {}, {}
     for name in teachers:
-        t = create_teacher(name)
+        t = create_teacher(name, source=sources.get(name), device=device)
         t(crops[:4])  # warm-up
+        _sync(device)
         t0 = time.perf_counter()
         for i in range(0, n_views, ns.batch_size):
             t(crops[i : i + ns.batch_size])
+        _sync(device)
         bare[name] = time.perf_counter() - t0
+        if ns.tuned:
+            tuned[name] = _tuned_forward(t, crops, ns.batch_size, device)
+        del t
     bare_total = sum(bare.values())
 
     tmp = tempfile.mkdtemp(prefix="bench-cache-")
@@ -93,7 +112,7 @@ def main():
             th.join()
 
     def job_seconds(limit: int, out: str):
-        cfg = load_config(CacheJobConfig, None, [f"output={tmp}/{out}", "source.kind=samples", "source.split=all", f"source.limit={limit}", f"views.num_views={ns.views}", f"teachers=[{','.join(teachers)}]", "progress=false", "mlflow.enabled=false", f"images_per_shard={ns.images_per_shard}"] + [f"teachers.{t}.batch_size={ns.batch_size}" for t in teachers])
+        cfg = load_config(CacheJobConfig, None, [f"output={tmp}/{out}", "source.kind=samples", "source.split=all", f"source.limit={limit}", f"views.num_views={ns.views}", f"teachers=[{','.join(teachers)}]", "progress=false", "mlflow.enabled=false", f"images_per_shard={ns.images_per_shard}"] + [f"teachers.{t}.batch_size={ns.batch_size}" for t in teachers] + [f"teachers.{t}.source={d}" for t, d in sources.items()])
         t0 = time.perf_counter()
         s = run_cache_job(cfg)
         return time.perf_counter() - t0, s
@@ -121,7 +140,7 @@ def main():
         t_prep = time.perf_counter() - t0
         t_write = 0.0
         for name in teachers:
-            t = create_teacher(name)
+            t = create_teacher(name, source=sources.get(name))
             layout = TargetLayout(stored_grid(t.spec.feature_grid, target_grid_for(cfg0, name)), cfg0.target_dtype, t.spec.feature_grid)
             outs = [t(crops[i : i + ns.batch_size]) for i in range(0, n_views, ns.batch_size)]
             parts = [encode_targets(o.summary_BD, resample_targets(o.features_BHWC, layout.grid, o.valid_hw_B2), layout.dtype) for o in outs]
@@ -135,6 +154,12 @@ def main():
     for name, sec in bare.items():
         print(f"  bare forward {name:<12} {sec:7.2f}s  {n_views / sec:8.1f} views/s")
     print(f"  bare forward, all teachers  {bare_total:7.2f}s  {n_views / bare_total:8.1f} views/s")
+    for name, r in tuned.items():
+        perf = f"MFU {r['flops_per_view'] * r['views_per_s'] / (ns.peak_tflops * 1e12):.1%}" if ns.peak_tflops else f"{r['flops_per_view'] * r['views_per_s'] / 1e9:.1f} GFLOP/s"
+        print(f"  tuned model {name:<13} {r['seconds']:7.2f}s  {r['views_per_s']:8.1f} views/s  {r['flops_per_view'] / 1e9:.2f} GFLOP/view  {perf}  (compile {r['compile_s']:.1f}s, not counted)")
+    if tuned:
+        tuned_total = sum(r["seconds"] for r in tuned.values())
+        print(f"  tuned models, all teachers  {tuned_total:7.2f}s  {n_views / tuned_total:8.1f} views/s (model only; preprocessing excluded)")
     print(f"  CPU side, in process: prepare {n_views / t_prep:8.1f} views/s, write all teachers {n_views / t_write:8.1f} views/s")
     print(f"  radio cache job, end to end {job:7.2f}s  {n_views / job:8.1f} views/s  ({s.bytes_written / 1e6:.1f} MB written)")
     print(f"  radio cache job, {ns.images // 2} images  {small:7.2f}s (the fixed cost: Ray actors importing torch + transformers, loading teachers)")
@@ -145,6 +170,48 @@ def main():
     print(f"ratio end to end (cache job / bare forward throughput): {bare_total / job:.3f}")
     if s.steady_views_per_s:
         print(f"ratio steady state (cache job / bare forward throughput): {s.steady_views_per_s / (n_views / bare_total):.3f}")
+    if tuned and s.steady_views_per_s:
+        print(f"ratio steady state (cache job / tuned models): {s.steady_views_per_s / (n_views / tuned_total):.3f}")
+    for t, f in s.teacher_busy_fraction.items():
+        print(f"  in the job, {t} busy {f:.0%} of the time work was in flight")
+
+
+def _sync(device: str):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _tuned_forward(teacher, crops, batch_size: int, device: str) -> dict:
+    """The model alone on pre-made inputs: torch.compile, bf16 autocast on CUDA, FLOPs per view counted once."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batches = []
+    for i in range(0, len(crops), batch_size):
+        pixels, _ = teacher.preprocess(crops[i : i + batch_size])
+        groups = {}
+        for x in pixels:
+            groups.setdefault(tuple(x.shape), []).append(x)
+        batches += [torch.stack(g) for g in groups.values()]
+    model, forward = teacher.model, teacher.family.forward
+    dtype = next(model.parameters()).dtype
+    ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "cuda" else (lambda: torch.autocast("cpu", enabled=False))
+    with torch.inference_mode(), ctx():
+        with FlopCounterMode(display=False) as fc:
+            forward(model, batches[0][:1].to(dtype))
+        flops_per_view = fc.get_total_flops()
+        compiled = torch.compile(model)
+        t0 = time.perf_counter()
+        for b in {tuple(b.shape[1:]): b for b in batches}.values():  # compile every input size before timing
+            forward(compiled, b.to(dtype))
+        _sync(device)
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for b in batches:
+            forward(compiled, b.to(dtype))
+        _sync(device)
+        sec = time.perf_counter() - t0
+    n = sum(len(b) for b in batches)
+    return {"seconds": sec, "views_per_s": n / sec, "flops_per_view": flops_per_view, "compile_s": compile_s}
 
 
 if __name__ == "__main__":

@@ -190,6 +190,7 @@ class CacheSummary:
     mlflow_run_id: str | None
     cache_id: str
     steady_views_per_s: float | None = None  # from the first finished unit to the last
+    teacher_busy_fraction: dict[str, float] = field(default_factory=dict)  # actor compute time / (actors x time work was in flight)
 
     def format(self) -> str:
         lines = [
@@ -199,7 +200,8 @@ class CacheSummary:
         ]
         for t, n in self.computed.items():
             rate = self.teacher_views_per_s.get(t)
-            lines.append(f"  {t:<16} units computed {n:<5}" + (f" {rate:.1f} views/s per actor" if rate else ""))
+            busy = self.teacher_busy_fraction.get(t)
+            lines.append(f"  {t:<16} units computed {n:<5}" + (f" {rate:.1f} views/s per actor" if rate else "") + (f", busy {busy:.0%} of the time" if busy is not None else ""))
         if self.mlflow_run_id:
             lines.append(f"  mlflow run {self.mlflow_run_id}")
         return "\n".join(lines)
@@ -394,6 +396,7 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
     busy: dict[str, float] = {t: 0.0 for t in pools}
     rows_by_teacher: dict[str, int] = {t: 0 for t in pools}
     queue = list(work_units)
+    t_work = time.perf_counter()  # from the first unit handed out to the last one done: the busy-fraction window
     unit_rows: dict[int, int] = {}
     completions: list[tuple[float, int]] = []  # (time, views) per finished unit: steady-state throughput
     try:
@@ -449,10 +452,12 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
     new_manifest = finalize_manifest(loc, cfg, source, identity, list(specs), manifest, n_units=len(units))
     elapsed = time.perf_counter() - t_start
     views_per_s = {t: rows_by_teacher[t] / busy[t] for t in pools if busy[t] > 0}
+    window = (completions[-1][0] - t_work) if completions else 0.0
+    busy_fraction = {t: busy[t] / (len(pools[t]) * window) for t in pools if busy[t] > 0 and window > 0}
     # From the first finished unit to the last: the pipeline's rate once start-up (actors importing
     # torch and loading teachers) is behind it.
     steady = sum(v for _, v in completions[1:]) / (completions[-1][0] - completions[0][0]) if len(completions) > 1 and completions[-1][0] > completions[0][0] else None
-    summary = CacheSummary(cfg.output, new_manifest.images, new_manifest.views.rows, len(new_manifest.skipped), elapsed, bytes_written, computed, total_images / elapsed if elapsed > 0 else 0.0, views_per_s, run.run_id if run else None, cache_id, steady)
+    summary = CacheSummary(cfg.output, new_manifest.images, new_manifest.views.rows, len(new_manifest.skipped), elapsed, bytes_written, computed, total_images / elapsed if elapsed > 0 else 0.0, views_per_s, run.run_id if run else None, cache_id, steady, busy_fraction)
     if run is not None:
         new_manifest.mlflow_run_id = run.run_id
         save_manifest(loc, new_manifest)
@@ -465,6 +470,7 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
         for t, r in views_per_s.items():
             metrics[f"system/views_per_s/{t}"] = r
             metrics[f"system/actor_seconds/{t}"] = busy[t]
+            metrics[f"system/busy_fraction/{t}"] = busy_fraction.get(t)
             metrics[f"system/gpu_hours/{t}"] = busy[t] * (cfg.teachers[t].gpus_per_actor if has_gpu else 0.0) / 3600
         run.log_metrics(metrics)
         log_cache_input(run, cfg.output, new_manifest, "output")

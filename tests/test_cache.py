@@ -285,6 +285,7 @@ def test_cache_run_in_mlflow(cache_dir):
     assert metrics["cache/bytes_per_view/tiny-sam"] == pytest.approx(sam.bytes_per_view)
     assert metrics["cache/bytes_ratio_to_float32_native/tiny-sam"] == pytest.approx(sam.bytes_per_view / (8 * 8 * 16 * 4))
     assert "system/views_per_s/tiny-clip" in metrics and "system/gpu_hours/tiny-clip" in metrics
+    assert 0 < metrics["system/busy_fraction/tiny-clip"] <= 1.0 + 1e-6  # compute time over the time work was in flight
     assert all(k.split("/")[0] in ("cache", "system") for k in metrics), sorted(metrics)
     [inp] = run.inputs.dataset_inputs  # the cache, as an MLflow dataset of its run
     assert inp.dataset.digest == m.cache_id[:36] and {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "output"
