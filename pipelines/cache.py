@@ -275,8 +275,12 @@ def local_ray_cpus(cfg: CacheJobConfig | None = None) -> int:
     """Logical CPUs for a local Ray: the machine's cores, or what the job's actors reserve plus one for the
     prepare and write tasks when that is more (a 2-core laptop still holds one actor per teacher; the OS
     shares the cores). Ray starts one idle worker per logical CPU, so this stays as small as the job allows."""
-    need = 1 + sum(max(1, j.actors) * j.cpus_per_actor for j in cfg.teachers.values()) if cfg is not None else 1
-    return int(max(os.cpu_count() or 1, math.ceil(need)))
+    return int(max(os.cpu_count() or 1, math.ceil(1 + (reserved_cpus(cfg) if cfg is not None else 0))))
+
+
+def reserved_cpus(cfg: CacheJobConfig) -> float:
+    """CPUs the job's teacher actors hold for its whole run."""
+    return sum(max(1, j.actors) * j.cpus_per_actor for j in cfg.teachers.values())
 
 
 def init_ray(cfg: CacheJobConfig | None = None):
@@ -342,7 +346,12 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
     have_views = existing_units(loc, "views")
 
     ray = init_ray(cfg)
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    resources = ray.cluster_resources()
+    has_gpu = resources.get("GPU", 0) > 0
+    reserved, cpus = reserved_cpus(cfg), resources.get("CPU", 0)
+    if cpus < reserved + 1:  # actors hold their CPUs all job long: with none left for prepare/write tasks it would wait forever
+        raise ConfigError(f"Ray has {cpus:g} CPUs, but the teacher actors reserve {reserved:g} (teachers.<t>.actors x cpus_per_actor) and the prepare/write "
+                          f"tasks need 1 more: lower teachers.<t>.cpus_per_actor or actors, or give Ray num_cpus >= {math.ceil(reserved + 1)}")
     actor_cls = ray.remote(TeacherWorker)
     pools: dict[str, list] = {}
     for name, job in cfg.teachers.items():

@@ -360,6 +360,13 @@ def test_mixed_folder_every_file_cached_or_recorded(ray_session, tmp_path, capsy
     assert [(s.image_id, s.reason) for s in load_manifest(CacheLocation(str(out))).skipped] == [(s.image_id, s.reason) for s in m.skipped]
 
 
+def test_actors_that_leave_no_cpu_for_tasks_are_refused_not_a_hang(ray_session, tmp_path, capsys):
+    cpus = int(ray_session.cluster_resources()["CPU"])
+    assert main(["cache", f"output={tmp_path / 'c'}", "teachers=[tiny-clip]", f"teachers.tiny-clip.cpus_per_actor={cpus}", "source.limit=2", "mlflow.enabled=false", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert f"Ray has {cpus} CPUs, but the teacher actors reserve {cpus}" in err and f"num_cpus >= {cpus + 1}" in err
+
+
 def test_unloadable_teacher_fails_in_seconds_before_ray(tmp_path, capsys):
     t0 = time.perf_counter()
     args = ["cache", f"output={tmp_path / 'c'}", "source.limit=2", "mlflow.enabled=false"]
