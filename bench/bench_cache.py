@@ -156,7 +156,7 @@ def main():
     print(f"  bare forward, all teachers  {bare_total:7.2f}s  {n_views / bare_total:8.1f} views/s")
     for name, r in tuned.items():
         perf = f"MFU {r['flops_per_view'] * r['views_per_s'] / (ns.peak_tflops * 1e12):.1%}" if ns.peak_tflops else f"{r['flops_per_view'] * r['views_per_s'] / 1e9:.1f} GFLOP/s"
-        print(f"  tuned model {name:<13} {r['seconds']:7.2f}s  {r['views_per_s']:8.1f} views/s  {r["flops_per_view"] / 1e9:.3g} GFLOP/view  {perf}  (compile {r['compile_s']:.1f}s, not counted)")
+        print(f"  tuned model {name:<13} {r['seconds']:7.2f}s  {r['views_per_s']:8.1f} views/s  {r['flops_per_view'] / 1e9:.3g} GFLOP/view  {perf}  (compile {r['compile_s']:.1f}s, not counted)")
     if tuned:
         tuned_total = sum(r["seconds"] for r in tuned.values())
         print(f"  tuned models, all teachers  {tuned_total:7.2f}s  {n_views / tuned_total:8.1f} views/s (model only; preprocessing excluded)")
