@@ -237,6 +237,7 @@ def configure_output(verbose: bool):
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(level if name != "ray._private.authentication.authentication_token_setup" or verbose else logging.ERROR)
     if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level from this on import
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
