@@ -196,10 +196,12 @@ def _key_named(e: Exception, path: str, fields: list[str]) -> str:
     if isinstance(e, SettingError):
         return e.key if e.key.startswith(prefix) else prefix + e.key
     text = str(e)
-    for name in sorted(fields, key=len, reverse=True):
-        if re.search(rf"(^|[^\w.]){re.escape(prefix + name)}\b", text) or re.search(rf"(^|[^\w.]){re.escape(name)}\b", text):
-            return prefix + name
-    return path
+    found = []  # (position of the first mention, -len): the field named first is the one the message is about
+    for name in fields:
+        m = re.search(rf"(^|[^\w.])({re.escape(prefix + name)}|{re.escape(name)})\b", text)
+        if m:
+            found.append((m.start(2), -len(name), name))
+    return prefix + min(found)[2] if found else path
 
 
 def _origin_of(origin, path: str) -> str:

@@ -148,6 +148,8 @@ def test_setting_errors_name_their_origin(tmp_path, capsys):
     assert f"{f}: views.flip_prob must be in [0, 1]" in capsys.readouterr().err
     assert main(["quickstart", "students.nano-d4.patch_size=5"]) == 2
     assert "override 'students.nano-d4.patch_size=5': 'students.nano-d4.patch_size' must be a divisor of student_resolution (64)" in capsys.readouterr().err
+    assert main(["train", f"cache={tmp_path}", "student.size=huge"]) == 2  # the message also names other fields (dim/depth/heads)
+    assert "override 'student.size=huge': unknown student size 'huge'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "knn_k=0"]) == 2
     assert "override 'knn_k=0': 'knn_k' must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
