@@ -177,3 +177,31 @@ def test_damaged_student_is_one_clear_error(student_dir, tmp_path, capsys):
         assert f"{bad / name}" in err and "damaged" in err and "Traceback" not in err
     assert main(["export", str(tmp_path / "nowhere"), "--onnx", str(tmp_path / "x.onnx")]) == 2
     assert "not a student directory" in capsys.readouterr().err
+
+
+def test_push_to_hub_uploads_the_student_directory(student_dir, monkeypatch, capsys):
+    """No network here: a stand-in HfApi records what would be sent."""
+    import huggingface_hub
+
+    from pipelines.cli import main
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private, exist_ok, repo_type):
+            calls["repo"] = (repo_id, private, exist_ok, repo_type)
+
+        def upload_folder(self, repo_id, folder_path, commit_message, repo_type):
+            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            calls["card"] = (Path(folder_path) / "README.md").read_text()
+            return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert main(["export", str(student_dir), "--push-to-hub", "acme/radio-nano"]) == 0
+    assert calls["repo"] == ("acme/radio-nano", True, True, "model")  # private unless --public
+    assert calls["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert 'radio.load_student("acme/radio-nano"' in calls["card"]
+    assert "https://huggingface.co/acme/radio-nano/commit/abc" in capsys.readouterr().out
