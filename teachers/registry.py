@@ -358,6 +358,7 @@ def _spec_from(entry: RegistryEntry, src, revision, dtype, p, model, family, wei
         name=entry.name, family=entry.family, source=src, revision=revision, input_size=tuple(input_hw), resize=rule,
         resize_size=rsize, pad_size=pad_hw, interpolation=resample, rescale_factor=float(p.rescale_factor),
         mean=tuple(float(v) for v in p.image_mean), std=tuple(float(v) for v in p.image_std), patch_size=int(patch),
-        summary_dim=summary_dim, feature_dim=int(feature_dim), feature_grid=grid, dtype=dtype, output=family.output, weights_sha256=weights,
+        summary_dim=summary_dim, feature_dim=int(feature_dim), feature_grid=grid, dtype=dtype, attention=str(getattr(cfg, "_attn_implementation", None) or "eager"),
+        output=family.output, weights_sha256=weights,
     )
     return spec.with_fingerprint()

@@ -253,7 +253,7 @@ def test_fingerprint_stable_across_processes(teacher):
 def test_fingerprint_changes_with_each_output_field(teacher):
     s = teacher.spec
     assert fingerprint_of(s) == s.fingerprint
-    for field, value in [("weights_sha256", "0" * 64), ("revision", "v2"), ("input_size", (s.input_size[0] + 1, s.input_size[1])), ("mean", tuple(m + 0.01 for m in s.mean)), ("resize_size", 999), ("dtype", "bf16"), ("output", s.output + "!"), ("interpolation", "bilinear" if s.interpolation == "bicubic" else "bicubic")]:
+    for field, value in [("weights_sha256", "0" * 64), ("revision", "v2"), ("input_size", (s.input_size[0] + 1, s.input_size[1])), ("mean", tuple(m + 0.01 for m in s.mean)), ("resize_size", 999), ("dtype", "bf16"), ("attention", "eager" if s.attention != "eager" else "sdpa"), ("output", s.output + "!"), ("interpolation", "bilinear" if s.interpolation == "bicubic" else "bicubic")]:
         assert fingerprint_of(dataclasses.replace(s, **{field: value})) != s.fingerprint, field
     for field, value in [("source", "/elsewhere"), ("name", "renamed")]:
         assert fingerprint_of(dataclasses.replace(s, **{field: value})) == s.fingerprint, field
