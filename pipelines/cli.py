@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-QUIET_LOGGERS = ("mlflow", "alembic", "ray._private.authentication.authentication_token_setup", "ray._private.worker", "ray._private.services")
+QUIET_LOGGERS = ("mlflow", "alembic", "ray._private.worker", "ray._private.services")
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"  # its start-up notice is a WARNING
 
 
 def configure_output(verbose: bool):
@@ -233,13 +234,12 @@ def configure_output(verbose: bool):
     import logging
     import os
 
-    level = logging.INFO if verbose else logging.WARNING
     for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(level if name != "ray._private.authentication.authentication_token_setup" or verbose else logging.ERROR)
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level from this on import
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,7 +152,7 @@ class Run:
     def log_dataset(self, uri: str, name: str, digest: str, schema: dict[str, str], context: str, profile: dict | None = None):
         """Record a cache as an MLflow dataset input of this run (source = its URI, digest = its cache id).
 
-        ``schema``: column -> type name; ``context``: MLflow's input context (training, evaluation, output)."""
+        ``schema``: column -> Arrow type name; ``context``: MLflow's input context (training, evaluation, output)."""
         import json
 
         from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -160,13 +160,15 @@ class Run:
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.types.schema import ColSpec, Schema
 
-        types = {"string": "string", "int": "long", "float": "float", "double": "double", "bool": "boolean", "binary": "binary"}
+        def col_type(arrow: str) -> str:  # Arrow -> MLflow's column types; tensors (fixed-size binary) are binary
+            return {"string": "string", "large_string": "string", "bool": "boolean", "float": "float", "double": "double", "int32": "integer", "int64": "long"}.get(arrow, "binary")
+
         import warnings
 
         with warnings.catch_warnings():  # "can be interpreted in multiple ways": local paths match two equal sources
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(uri)
-        ds = MetaDataset(source, name=name, digest=digest[:36], schema=Schema([ColSpec(types.get(t, "binary"), c) for c, t in schema.items()]))
+        ds = MetaDataset(source, name=name, digest=digest[:36], schema=Schema([ColSpec(col_type(t), c) for c, t in schema.items()]))
         entity = ds._to_mlflow_entity()
         if profile:
             entity._profile = json.dumps(profile)
@@ -220,17 +222,15 @@ def log_cache_input(run, uri: str, manifest, context: str, teachers: list[str] |
     id, schema = the views columns and each teacher's target columns, profile = images, views and layouts."""
     if isinstance(run, NullRun):
         return
+    from radio.cache import CacheLocation, column_types
+
     names = list(manifest.teachers) if teachers is None else [t for t in teachers if t in manifest.teachers]
-    schema = {"image_id": "string", "view_index": "int", "label_index": "int", "crop_box": "binary", "flip": "bool", "source_hw": "binary", "student_image": "binary"}
-    for t in names:
-        if manifest.teachers[t].summary_dim:
-            schema[f"{t}.summary"] = "binary"
-        schema[f"{t}.features"] = "binary"
     profile = {"images": manifest.images, "views": manifest.views.rows, "student_resolution": manifest.student_resolution, "skipped": len(manifest.skipped),
                "teachers": {t: {"fingerprint": manifest.teachers[t].fingerprint, "grid": list(manifest.teachers[t].layout.grid), "dtype": manifest.teachers[t].layout.dtype} for t in names}}
     src = manifest.source
     name = f"radio-cache-{src.get('kind', 'source')}-{src.get('split') or 'all'}-{manifest.cache_id[:8]}"
     try:
+        schema = column_types(CacheLocation(uri), manifest, names)  # the shards' own Arrow schemas
         run.log_dataset(uri if "://" in uri else os.path.abspath(uri), name, manifest.cache_id, schema, context, profile)
     except Exception as e:  # never fail a job over its lineage record
         import sys

@@ -37,7 +37,7 @@ pipeline_tag: image-feature-extraction
 # {name}
 
 An agglomerative ViT student (size `{cfg.size}`: dim {cfg.dim}, depth {cfg.depth}, patch {cfg.patch_size}) distilled
-with [radio](https://github.com/) from {len(model.teacher_names)} frozen teachers at {res.height}x{res.width} px.
+with radio (the open agglomerative-distillation pipeline) from {len(model.teacher_names)} frozen teachers at {res.height}x{res.width} px.
 It has NVIDIA RADIO's API: `summary, features = model(x)`, and one adaptor per teacher that predicts that
 teacher's own outputs.
 

@@ -88,13 +88,10 @@ class InputConditioner(nn.Module):
 
     def __init__(self, mean, std):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        return normalize_images(x, self.mean, self.std)  # the trainer's own normalization
 
 
 FEATURE_FMTS = ("NLC", "NCHW")
@@ -221,9 +218,13 @@ class RadioModel(nn.Module):
         return self.input_conditioner(x)
 
     # ---- forward -----------------------------------------------------------------------------
-    def _adapter(self, teacher: str, pred: dict, hw: tuple[int, int], fmt: str) -> RadioOutput:
+    def teacher_space(self, teacher: str, pred: dict) -> dict:
+        """A head's standardized output -> the teacher's own space (the training standardization undone)."""
         st = self.stats.get(teacher)
-        p = st.denormalize(pred) if st is not None else pred
+        return st.denormalize(pred) if st is not None else pred
+
+    def _adapter(self, teacher: str, pred: dict, hw: tuple[int, int], fmt: str) -> RadioOutput:
+        p = self.teacher_space(teacher, pred)
         B, h, w, C = p["features"].shape
         return RadioOutput(p.get("summary"), _fmt(p["features"].reshape(B, h * w, C), hw, fmt))
 
@@ -244,7 +245,7 @@ class RadioModel(nn.Module):
         """Trunk and every adapter (teacher space) at once, features channels last: the project's evaluation."""
         out = self.model.trunk(self._condition(x))
         preds = self.model.heads(out)
-        adapters = {t: (self.stats[t].denormalize(p) if t in self.stats else p) for t, p in preds.items()}
+        adapters = {t: self.teacher_space(t, p) for t, p in preds.items()}
         return StudentPrediction(out.summary_BTD[:, 0], out.features_BHWC(), out.summary_BTD, adapters)
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None, return_prefix_tokens: bool = False, norm: bool = False,
@@ -287,25 +288,23 @@ class ExportableStudent(nn.Module):
 
     def __init__(self, model: RadioModel):
         super().__init__()
-        self.model = model.model
-        self.conditioner = InputConditioner(model.config.mean, model.config.std)
-        self.stats = dict(model.stats)
-        self.names = list(model.teacher_names)
+        self.radio = model
+        self.conditioner = InputConditioner(model.config.mean, model.config.std)  # its own: the model's may be external
 
     def output_names(self) -> list[str]:
         names = ["summary", "features"]
-        for t in self.names:
-            names.append(f"{t}.features")
-            if self.model.heads.configs[t].summary_dim:
-                names.append(f"{t}.summary")
+        for c in self.radio.model.adapter_cfgs:
+            names.append(f"{c.name}.features")
+            if c.summary_dim:
+                names.append(f"{c.name}.summary")
         return names
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.model.trunk(self.conditioner(x))
-        preds = self.model.heads(out)
+        out = self.radio.model.trunk(self.conditioner(x))
+        preds = self.radio.model.heads(out)
         result = {"summary": out.summary_BTD.flatten(1), "features": out.features_BLC}
-        for t in self.names:
-            p = self.stats[t].denormalize(preds[t]) if t in self.stats else preds[t]
+        for t in self.radio.teacher_names:
+            p = self.radio.teacher_space(t, preds[t])
             B, h, w, C = p["features"].shape
             result[f"{t}.features"] = p["features"].reshape(B, h * w, C)
             if "summary" in p:

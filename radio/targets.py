@@ -61,13 +61,17 @@ def resample_targets(feats_BHWC: torch.Tensor, out_hw: tuple[int, int], valid_hw
     if valid_hw_B2 is None:
         if (H, W) == (h, w):
             return x
-        valid_hw_B2 = torch.tensor([[H, W]], device=x.device).expand(B, 2)
-    valid = valid_hw_B2.to(x.device, torch.float64)
-    if (H, W) == (h, w) and bool((valid == torch.tensor([H, W], device=x.device, dtype=torch.float64)).all()):
+        valid_hw_B2 = torch.tensor([[H, W]]).expand(B, 2)
+    # The decisions below read a host copy: free for extents a teacher computed on the host (its
+    # preprocessing), one transfer otherwise, instead of a device sync per check in the training step.
+    host = valid_hw_B2.detach().to("cpu", torch.float64)
+    if host.shape != (B, 2) or (host <= 0).any() or (host[:, 0] > H).any() or (host[:, 1] > W).any():
+        raise ValueError(f"valid_hw must be (B={B}, 2) with 0 < rows <= {H}, 0 < cols <= {W}; got {host.tolist()}")
+    partial = bool((host[:, 0] < H).any() or (host[:, 1] < W).any())
+    if (H, W) == (h, w) and not partial:
         return x
-    if valid.shape != (B, 2) or (valid <= 0).any() or (valid[:, 0] > H).any() or (valid[:, 1] > W).any():
-        raise ValueError(f"valid_hw must be (B={B}, 2) with 0 < rows <= {H}, 0 < cols <= {W}; got {valid.tolist()}")
-    if (valid[:, 0] < H).any() or (valid[:, 1] < W).any():
+    valid = host.to(x.device)
+    if partial:
         # zero weight alone would not silence padding: 0 x inf and 0 x nan are nan
         inside = (torch.arange(H, device=x.device)[None, :, None] < valid[:, 0, None, None]) & (torch.arange(W, device=x.device)[None, None, :] < valid[:, 1, None, None])
         x = torch.where(inside[..., None], x, 0.0)

@@ -251,7 +251,7 @@ class Teacher(torch.nn.Module):
             for i, f in enumerate(feats):
                 feats_BHWC[i, : f.shape[0], : f.shape[1]] = f
         summary_BD = torch.stack(summaries) if summaries[0] is not None else None
-        return TeacherOutput(summary_BD, feats_BHWC, extents.to(self.device))
+        return TeacherOutput(summary_BD, feats_BHWC, extents)  # extents stay on the host, where they were computed
 
 
 def check_source(name: str, source: str | None = None, revision: str | None = None) -> str:

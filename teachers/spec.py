@@ -78,7 +78,7 @@ def fingerprint_of(spec: TeacherSpec) -> str:
 class TeacherOutput:
     """``summary_BD`` (B, D) float32 or None (no summary); ``features_BHWC`` float32; ``valid_hw_B2`` float32:
     the view's extent on each feature map, in cells from the top-left (fractional where SAM's padding
-    starts inside a cell); the rest of the map is padding."""
+    starts inside a cell), on the host; the rest of the map is padding."""
 
     summary_BD: "object"
     features_BHWC: "object"

@@ -19,7 +19,7 @@ from .codec import feature_columns
 from .manifest import MANIFEST_NAME, CacheError, CacheMismatch, Manifest, TeacherEntry, load_manifest
 from .store import CacheLocation, decode_metadata, teacher_path, views_path
 
-__all__ = ["CacheReader", "CacheBatch", "describe_differences"]
+__all__ = ["CacheReader", "CacheBatch", "describe_differences", "column_types"]
 
 
 def describe_differences(have, want, prefix: str = "") -> list[str]:
@@ -38,6 +38,19 @@ def describe_differences(have, want, prefix: str = "") -> list[str]:
     if isinstance(have, (list, tuple)) and isinstance(want, (list, tuple)) and len(have) == len(want):
         return [d for i, (a, b) in enumerate(zip(have, want)) for d in describe_differences(a, b, f"{prefix}[{i}]")]
     return [] if have == want else [f"{prefix or '<root>'}: {have!r} (cache) != {want!r} (config)"]
+
+
+def column_types(loc: CacheLocation, manifest: Manifest, teachers: list[str] | None = None) -> dict[str, str]:
+    """Column -> Arrow type of the views table and of each teacher's targets (``<teacher>.<column>``), read
+    from the first shard footers (the key columns every table repeats are listed once, with the views)."""
+    types = {}
+    if manifest.views.shards:
+        types.update({f.name: str(f.type) for f in loc.parquet_file(manifest.views.shards[0].path).schema_arrow})
+    for t in manifest.teachers if teachers is None else teachers:
+        shards = manifest.teachers[t].shards
+        if shards:
+            types.update({f"{t}.{f.name}": str(f.type) for f in loc.parquet_file(shards[0].path).schema_arrow if f.name not in ("image_id", "view_index")})
+    return types
 
 
 @dataclass
