@@ -12,6 +12,11 @@ and the ratios. Bare is the sum of per-teacher times (the teachers run one after
 process), i.e. the cost a hand-written loop would pay. ``--source NAME=DIR`` loads a teacher from a local
 directory (e.g. a real-size architecture saved with random weights by ``teachers.tiny.save_random_teacher``)
 for the bare forwards and, as ``teachers.NAME.source=DIR``, for the job.
+
+It also prints, per teacher, the two places the job can resize a view to the teacher's input, side by
+side on the same crops: Pillow on one CPU core (what a prepare task does; ``teachers.<t>.resize_in=prepare``,
+the default) and the torch port of Pillow on the teacher's device (``resize_in=device``), plus the
+normalization the actor does after a prepare-task resize. ``--resize-in`` picks the job's path.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ def main():
     p.add_argument("--source", action="append", default=[], metavar="NAME=DIR", help="load teacher NAME from DIR (repeatable)")
     p.add_argument("--tuned", action="store_true", help="also time each model alone, compiled, with a FLOP count")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for MFU (H100 SXM bf16 dense: 989)")
+    p.add_argument("--resize-in", choices=["prepare", "device"], default="prepare", help="where the job resizes views (teachers.<t>.resize_in)")
     ns = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
@@ -63,10 +69,29 @@ def main():
         crops += [torch.from_numpy(crop_view(img, v)).permute(2, 0, 1) for v in sample_views(policy, rec.image_id, img.shape[1], img.shape[0])]
     n_views = len(crops)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    bare, tuned = {}, {}
+    bare, tuned, resize = {}, {}, {}
+    from teachers.preprocess import input_size, pillow_resize
+
     for name in teachers:
         t = create_teacher(name, source=sources.get(name), device=device)
         t(crops[:4])  # warm-up
+        # The two resize paths on the same crops: Pillow on this core (a prepare task) vs the port on the device.
+        hwc = [c.permute(1, 2, 0).numpy() for c in crops]
+        t0 = time.perf_counter()
+        small = [pillow_resize(c, input_size(t.spec, *c.shape[:2]), t.spec.interpolation) for c in hwc]
+        pil_s = time.perf_counter() - t0
+        ready = [torch.from_numpy(x).permute(2, 0, 1) for x in small]
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(0, n_views, ns.batch_size):
+            t.preprocess(crops[i : i + ns.batch_size])
+        _sync(device)
+        port_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i in range(0, n_views, ns.batch_size):
+            t.preprocess(ready[i : i + ns.batch_size], resized=True)
+        _sync(device)
+        resize[name] = (pil_s, port_s, time.perf_counter() - t0)
         _sync(device)
         t0 = time.perf_counter()
         for i in range(0, n_views, ns.batch_size):
@@ -112,7 +137,7 @@ def main():
             th.join()
 
     def job_seconds(limit: int, out: str):
-        cfg = load_config(CacheJobConfig, None, [f"output={tmp}/{out}", "source.kind=samples", "source.split=all", f"source.limit={limit}", f"views.num_views={ns.views}", f"teachers=[{','.join(teachers)}]", "progress=false", "mlflow.enabled=false", f"images_per_shard={ns.images_per_shard}"] + [f"teachers.{t}.batch_size={ns.batch_size}" for t in teachers] + [f"teachers.{t}.source={d}" for t, d in sources.items()])
+        cfg = load_config(CacheJobConfig, None, [f"output={tmp}/{out}", "source.kind=samples", "source.split=all", f"source.limit={limit}", f"views.num_views={ns.views}", f"teachers=[{','.join(teachers)}]", "progress=false", "mlflow.enabled=false", f"images_per_shard={ns.images_per_shard}"] + [f"teachers.{t}.batch_size={ns.batch_size}" for t in teachers] + [f"teachers.{t}.resize_in={ns.resize_in}" for t in teachers] + [f"teachers.{t}.source={d}" for t, d in sources.items()])
         t0 = time.perf_counter()
         s = run_cache_job(cfg)
         return time.perf_counter() - t0, s
@@ -150,7 +175,10 @@ def main():
             t_write += time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp2, ignore_errors=True)
-    print(f"views: {n_views} ({ns.images} images x {ns.views}); teachers: {', '.join(teachers)}; cores: {os.cpu_count()}")
+    print(f"views: {n_views} ({ns.images} images x {ns.views}); teachers: {', '.join(teachers)}; cores: {os.cpu_count()}; device: {device}; job resizes in: {ns.resize_in}")
+    for name, (pil_s, port_s, norm_s) in resize.items():
+        print(f"  resize {name:<18} Pillow, one CPU core {n_views / pil_s:8.1f} views/s   torch port on {device} (+ normalize) {n_views / port_s:8.1f} views/s   "
+              f"normalize only (after Pillow) {n_views / norm_s:8.1f} views/s   ratio Pillow / port {port_s / pil_s:.2f}")
     for name, sec in bare.items():
         print(f"  bare forward {name:<12} {sec:7.2f}s  {n_views / sec:8.1f} views/s")
     print(f"  bare forward, all teachers  {bare_total:7.2f}s  {n_views / bare_total:8.1f} views/s")

@@ -53,6 +53,12 @@ class TeacherJobConfig:
     cpus_per_actor: float = 1.0
     batch_size: int = 32
     target_grid: int | Literal["native"] | None = None  # None: the job's target_grid
+    # Where each view is resized to this teacher's input: "prepare" = Pillow itself, in the CPU prepare tasks
+    # (bitwise the official processor by construction, on cores that are otherwise idle; the actor only
+    # normalizes); "device" = the bitwise torch port of Pillow, on the teacher's device (ships the crops at
+    # their own size instead: less object-store traffic for a teacher whose input is much larger than them).
+    resize_in: Literal["prepare", "device"] = "prepare"
+    compile: bool | None = None  # torch.compile the teacher; None: on CUDA only (fingerprinted either way)
 
 
 def _default_teachers() -> dict[str, TeacherJobConfig]:
@@ -89,12 +95,21 @@ class CacheJobConfig:
 # ---------------------------------------------------------------------------------------------
 # Work done in Ray workers. Plain functions, so they are also callable (and testable) without Ray.
 
-def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy, student_res: int, image_format: str, max_pixels: int, loc: CacheLocation | None, unit: int, row_group_rows: int, identity: CacheIdentity) -> tuple[dict, dict]:
-    """Decode, draw views, crop. Writes the unit's views table when ``loc`` is given.
+def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy, student_res: int, image_format: str, max_pixels: int, loc: CacheLocation | None, unit: int, row_group_rows: int, identity: CacheIdentity,
+                 resize_for: dict[str, dict] | None = None, keep_crops: bool = True) -> tuple[dict, dict]:
+    """Decode, draw views, crop, and resize each crop to the input of every teacher in ``resize_for``
+    (teacher -> spec dict) with Pillow. Writes the unit's views table when ``loc`` is given.
 
     Returns (prepared, info): ``prepared["crops"]`` is a list of uint8 (h, w, 3) crops, one per row, in key
-    order; ``info`` holds the row count, skipped inputs and the committed views shard (if written).
+    order (when ``keep_crops``); ``prepared["inputs"][t]`` the same views at teacher ``t``'s input size. Two
+    teachers with the same input for a view share one array (pickled once). ``info`` holds the row count,
+    skipped inputs and the committed views shard (if written).
     """
+    from teachers import TeacherSpec
+    from teachers.preprocess import input_size, pillow_resize
+
+    specs = {t: TeacherSpec.from_dict(d) for t, d in (resize_for or {}).items()}
+    inputs: dict[str, list] = {t: [] for t in specs}
     rows = {k: [] for k in ("image_id", "view_index", "label_index", "crop_box", "flip", "source_hw", "student_image")}
     crops, skipped = [], []
     for rec in records:
@@ -110,20 +125,31 @@ def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy
         for v in sample_views(policy, rec.image_id, W, H):
             for k, val in (("image_id", rec.image_id), ("view_index", v.view_index), ("label_index", rec.label_index), ("crop_box", v.box), ("flip", v.flip), ("source_hw", (H, W))):
                 rows[k].append(val)
-            crops.append(crop_view(img, v))
+            crop = crop_view(img, v)
+            made: dict = {}
+            for t, spec in specs.items():
+                key = (input_size(spec, *crop.shape[:2]), spec.interpolation)
+                if key not in made:
+                    made[key] = pillow_resize(crop, *key)
+                inputs[t].append(made[key])
+            if keep_crops:
+                crops.append(crop)
             rows["student_image"].append(encode_image(render_view(img, v, (student_res, student_res)), image_format))
     n = len(rows["image_id"])
     info = {"unit": unit, "rows": n, "images": len(records) - len(skipped), "skipped": skipped, "shard": None}
     if loc is not None:
         info["shard"] = write_views_shard(loc, unit, rows, skipped, info["images"], identity, row_group_rows).to_dict()
-    return {"unit": unit, "image_id": rows["image_id"], "view_index": rows["view_index"], "crops": crops}, info
+    return {"unit": unit, "image_id": rows["image_id"], "view_index": rows["view_index"], "crops": crops, "inputs": inputs}, info
 
 
 class TeacherWorker:
-    """Hosts one frozen teacher. Receives crops; returns its targets at the stored grid, encoded.
+    """Hosts one frozen teacher. Receives each unit's views (resized for it by the prepare task, or crops it
+    resizes itself); returns its targets at the stored grid, encoded.
 
     The resampling to the stored grid (area average over the view's extent, ``radio.targets``) and the
-    encoding run on the teacher's device, once, so the cache holds what the trainer uses.
+    encoding run on the teacher's device, once, so the cache holds what the trainer uses. Every batch of a
+    unit is queued on the device before the first result is copied back, so on a GPU the next batch's
+    copy and forward are already running while the host waits for this one.
     """
 
     def __init__(self, name: str, job: dict, device: str, threads: int, target_grid: tuple[int, int] | None, target_dtype: str):
@@ -133,7 +159,10 @@ class TeacherWorker:
 
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
-        self.teacher = create_teacher(name, source=job.get("source"), revision=job.get("revision"), dtype=job.get("dtype"), device=device)
+        compile_ = job.get("compile")
+        self.name = name
+        self.teacher = create_teacher(name, source=job.get("source"), revision=job.get("revision"), dtype=job.get("dtype"), device=device,
+                                      compile=(device.startswith("cuda") if compile_ is None else bool(compile_)))
         self.batch_size = int(job.get("batch_size", 32))
         spec = self.teacher.spec
         self.layout = TargetLayout(stored_grid(spec.feature_grid, target_grid), target_dtype, tuple(spec.feature_grid))
@@ -147,13 +176,14 @@ class TeacherWorker:
         import torch
 
         t0 = time.perf_counter()
-        crops = prepared["crops"]
-        parts = []
-        for i in range(0, len(crops), self.batch_size):
-            imgs = [torch.from_numpy(np.array(c)).permute(2, 0, 1) for c in crops[i : i + self.batch_size]]  # Ray hands read-only arrays
-            out = self.teacher(imgs)
-            feats = resample_targets(out.features_BHWC, self.layout.grid, out.valid_hw_B2)
-            parts.append(encode_targets(out.summary_BD, feats, self.layout.dtype))
+        resized = self.name in prepared.get("inputs", {})
+        views = prepared["inputs"][self.name] if resized else prepared["crops"]
+        pending = []
+        for i in range(0, len(views), self.batch_size):
+            imgs = [torch.from_numpy(np.array(c)).permute(2, 0, 1) for c in views[i : i + self.batch_size]]  # Ray hands read-only arrays
+            out = self.teacher(imgs, resized=resized)
+            pending.append((out.summary_BD, resample_targets(out.features_BHWC, self.layout.grid, out.valid_hw_B2)))
+        parts = [encode_targets(summary, feats, self.layout.dtype) for summary, feats in pending]  # the first copy back waits for the device
         self.calls += 1
         self.busy_s += time.perf_counter() - t0
         if not parts:  # a unit whose images were all skipped
@@ -412,7 +442,9 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
         while queue or inflight:
             while queue and len(unit_left) < cfg.max_inflight_units:
                 u = queue.pop(0)
-                prepared, info = prep.remote(source_ref, units[u], cfg.views, cfg.student_resolution, cfg.student_image_format, cfg.max_pixels, loc if u in todo_views else None, u, cfg.row_group_rows, identity)
+                resize_for = {t: specs[t] for t in pools if u in todo[t] and cfg.teachers[t].resize_in == "prepare"}
+                keep_crops = any(u in todo[t] and cfg.teachers[t].resize_in == "device" for t in pools)
+                prepared, info = prep.remote(source_ref, units[u], cfg.views, cfg.student_resolution, cfg.student_image_format, cfg.max_pixels, loc if u in todo_views else None, u, cfg.row_group_rows, identity, resize_for, keep_crops)
                 inflight[info] = (u, "views")
                 n = 1
                 for name, pool in pools.items():

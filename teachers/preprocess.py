@@ -13,11 +13,15 @@ import functools
 import math
 import re
 
+import numpy as np
 import PIL
+import PIL.Image
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pil_resize", "longest_edge_size", "normalize_pixels", "pad_bottom_right", "PIL_CODES"]
+__all__ = ["pil_resize", "pillow_resize", "input_size", "longest_edge_size", "normalize_pixels", "pad_bottom_right", "PIL_CODES", "MAX_ASPECT"]
+
+MAX_ASPECT = 4.0  # fit_aspect teachers: longest input side / shortest
 
 PIL_CODES = {2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling values the registry's processors use
 
@@ -157,3 +161,42 @@ def normalize_pixels(img_CHW_uint8: torch.Tensor, rescale: float, mean, std) -> 
 def pad_bottom_right(x_CHW: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     H, W = x_CHW.shape[1:]
     return F.pad(x_CHW, (0, size_hw[1] - W, 0, size_hw[0] - H), value=0.0)
+
+
+def input_size(spec, h: int, w: int) -> tuple[int, int]:
+    """(h, w) a whole view of size ``h x w`` is resized to for teacher ``spec`` (before SAM's padding); see
+    :class:`~teachers.spec.TeacherSpec` for the three rules. A plain function of the spec, so the CPU
+    prepare tasks of the cache job compute the same sizes as the teacher. An image already at its input
+    size maps to itself (``input_size(s, *input_size(s, h, w)) == input_size(s, h, w)``)."""
+    if spec.resize == "longest_edge_pad":
+        # An extreme aspect ratio can round a side to 0 (SAM: 10000x50 -> 1024x0); the official
+        # processor raises there, we keep one pixel so a cache job never dies on one odd image.
+        return tuple(max(1, v) for v in longest_edge_size(h, w, spec.resize_size))
+    if spec.resize == "exact":
+        return tuple(spec.input_size)
+    # fit_aspect: the whole view at the teacher's resolution, never cropped. A square view becomes
+    # exactly input_size; otherwise the short side keeps the input side and the long side the
+    # nearest multiple of the patch (position embeddings are interpolated).
+    side, p = spec.resize_size, spec.patch_size
+    if h == w:
+        return tuple(spec.input_size)
+    cells = max(1, round(side * max(h, w) / min(h, w) / p))
+    if cells * p > MAX_ASPECT * side:
+        raise ValueError(f"teacher {spec.name} keeps the view's aspect and takes at most {MAX_ASPECT:g}:1; a {h}x{w} view would need a {side}x{cells * p} input. Narrow views.ratio (e.g. views.ratio=[0.75,1.333]) or use square views.")
+    return (side, cells * p) if w > h else (cells * p, side)
+
+
+_PIL_FILTERS = {"bicubic": PIL.Image.Resampling.BICUBIC, "bilinear": PIL.Image.Resampling.BILINEAR}
+
+
+def pillow_resize(img_HW3: np.ndarray, size_hw: tuple[int, int], interpolation: str = "bicubic") -> np.ndarray:
+    """Resize a uint8 (H, W, 3) array with Pillow itself, as the official processors' PIL backend does
+    (``Image.resize`` without a reducing gap): bitwise what they compute, by construction. The cache job
+    runs this in its CPU prepare tasks, so the teachers' devices only normalize. An unchanged size
+    returns the input as is."""
+    h, w = int(size_hw[0]), int(size_hw[1])
+    if img_HW3.shape[:2] == (h, w):
+        return img_HW3
+    if interpolation not in _PIL_FILTERS:
+        raise ValueError(f"interpolation {interpolation!r} not supported; use one of {sorted(_PIL_FILTERS)}")
+    return np.asarray(PIL.Image.fromarray(np.ascontiguousarray(img_HW3)).resize((w, h), resample=_PIL_FILTERS[interpolation]))

@@ -10,13 +10,13 @@ import contextlib
 import difflib
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from .families import FAMILIES, model_type_of, to_grid
-from .preprocess import PIL_CODES, longest_edge_size, normalize_pixels, pad_bottom_right, pil_resize
+from .preprocess import PIL_CODES, input_size, pil_resize
 from .spec import TeacherOutput, TeacherSpec
 from .tiny import materialize_tiny
 
@@ -90,9 +90,28 @@ def get_spec_template(name: str) -> RegistryEntry:
     return REGISTRY[name]
 
 
-MAX_ASPECT = 4.0  # fit_aspect teachers: longest input side / shortest
-
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def _exact_fp32(device: torch.device, dtype: str):
+    """fp32 means fp32: on CUDA, matmuls and cuDNN convolutions would otherwise be free to use TF32 (PyTorch
+    allows it for convolutions by default), numbers no CPU build reproduces. Other dtypes are untouched."""
+    if device.type != "cuda" or dtype != "fp32":
+        yield
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy TF32 flags warn in favour of fp32_precision; they still rule
+        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @contextlib.contextmanager
@@ -165,55 +184,52 @@ class Teacher(torch.nn.Module):
 
     def input_size_for(self, h: int, w: int) -> tuple[int, int]:
         """(h, w) the whole view of size ``h x w`` is resized to (before SAM's padding). See :class:`TeacherSpec`."""
-        s = self.spec
-        if s.resize == "longest_edge_pad":
-            # An extreme aspect ratio can round a side to 0 (SAM: 10000x50 -> 1024x0); the official
-            # processor raises there, we keep one pixel so a cache job never dies on one odd image.
-            return tuple(max(1, v) for v in longest_edge_size(h, w, s.resize_size))
-        if s.resize == "exact":
-            return tuple(s.input_size)
-        # fit_aspect: the whole view at the teacher's resolution, never cropped. A square view becomes
-        # exactly input_size; otherwise the short side keeps the input side and the long side the
-        # nearest multiple of the patch (position embeddings are interpolated).
-        side, p = s.resize_size, s.patch_size
-        if h == w:
-            return tuple(s.input_size)
-        cells = max(1, round(side * max(h, w) / min(h, w) / p))
-        if cells * p > MAX_ASPECT * side:
-            raise ValueError(f"teacher {s.name} keeps the view's aspect and takes at most {MAX_ASPECT:g}:1; a {h}x{w} view would need a {side}x{cells * p} input. Narrow views.ratio (e.g. views.ratio=[0.75,1.333]) or use square views.")
-        return (side, cells * p) if w > h else (cells * p, side)
+        return input_size(self.spec, h, w)
 
-    def preprocess(self, images) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def preprocess(self, images, resized: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
         """-> (pixel_values: one float32 (3, h, w) per image on the device, extents (B, 2) float32).
 
         ``extents`` is the view's extent on that image's feature grid, in cells (fractional for SAM, whose
         padding covers the rest of its grid; the whole grid otherwise).
+
+        ``resized=True``: the images are already at this teacher's input size (resized with Pillow by
+        :func:`~teachers.preprocess.pillow_resize`, as the cache job's prepare tasks do); only the
+        normalization and padding run here. An image that is not at an input size of this teacher is
+        refused rather than resized twice.
         """
         s = self.spec
         if isinstance(images, torch.Tensor) and images.ndim == 4 and images.dtype == torch.uint8 and images.shape[1] == 3 and len(images):
-            return self._preprocess_batch(images)
+            return self._preprocess_batch(images, resized)
         items = list(images.unbind(0)) if isinstance(images, torch.Tensor) and images.ndim == 4 else list(images)
-        pixels, extents = [], []
-        for img in items:
-            if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
-                raise ValueError(f"teacher {s.name} expects uint8 RGB images shaped (3, H, W), got {tuple(img.shape)} {img.dtype}")
-            size = self.input_size_for(*img.shape[1:])
-            # Resize on the teacher's device: pil_resize is Pillow's arithmetic, bitwise, on any device.
-            x = normalize_pixels(pil_resize(img.to(self.device), size, s.interpolation), s.rescale_factor, s.mean, s.std)
-            if s.pad_size is not None:
-                x = pad_bottom_right(x, s.pad_size)
-            extents.append((size[0] / s.patch_size, size[1] / s.patch_size))
-            pixels.append(x)
-        return pixels, torch.tensor(extents, dtype=torch.float32).reshape(-1, 2)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(items):
+            if not isinstance(img, torch.Tensor) or img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
+                raise ValueError(f"teacher {s.name} expects uint8 RGB images shaped (3, H, W), got {tuple(getattr(img, 'shape', ()))} {getattr(img, 'dtype', type(img).__name__)}")
+            groups.setdefault(tuple(img.shape[1:]), []).append(i)
+        # Same-size images go through the device as one batch: one copy, one resize, one normalization.
+        pixels, extents = [None] * len(items), torch.zeros((len(items), 2), dtype=torch.float32)
+        for idx in groups.values():
+            px, ext = self._preprocess_batch(torch.stack([items[i] for i in idx]), resized)
+            for j, i in enumerate(idx):
+                pixels[i] = px[j]
+            extents[idx] = ext
+        return pixels, extents
 
-    def _preprocess_batch(self, images_B3HW: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Same-size images (e.g. a training batch of student views): one resize call for the whole batch.
-        pil_resize treats every channel alike, so B images of 3 channels resize as one (3B, H, W) image,
-        bitwise equal to resizing them one by one."""
+    def _preprocess_batch(self, images_B3HW: torch.Tensor, resized: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Same-size images: one resize call for the whole batch. pil_resize treats every channel alike, so
+        B images of 3 channels resize as one (3B, H, W) image, bitwise equal to resizing them one by one.
+        On CUDA the uint8 batch is copied from pinned memory without blocking the host."""
         s = self.spec
         B, _, H, W = images_B3HW.shape
         size = self.input_size_for(H, W)
-        x = pil_resize(images_B3HW.to(self.device).reshape(B * 3, H, W), size, s.interpolation).reshape(B, 3, *size)
+        if resized and size != (H, W):
+            raise ValueError(f"teacher {s.name} was handed a {H}x{W} image as already resized, but its input for such a view is {size[0]}x{size[1]}: "
+                             "the image was resized for another teacher (pass resized=False to resize it here)")
+        x = images_B3HW
+        if self.device.type == "cuda":
+            x = x.contiguous().pin_memory()
+        x = x.to(self.device, non_blocking=True)
+        x = pil_resize(x.reshape(B * 3, H, W), size, s.interpolation).reshape(B, 3, *size)
         x = (x.to(torch.float64) * s.rescale_factor).to(torch.float32)
         mean = torch.as_tensor(s.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
         std = torch.as_tensor(s.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
@@ -224,11 +240,12 @@ class Teacher(torch.nn.Module):
         return list(x.unbind(0)), extents.contiguous()
 
     @torch.inference_mode()
-    def forward(self, images) -> TeacherOutput:
+    def forward(self, images, resized: bool = False) -> TeacherOutput:
         """Images of any sizes -> summaries and feature maps. Inputs of one size run as one batch; when a
         batch mixes sizes (non-square views of a ``fit_aspect`` teacher) the feature maps are zero-padded
-        bottom/right to the largest grid and ``valid_hw_B2`` gives each one's extent."""
-        pixels, extents = self.preprocess(images)
+        bottom/right to the largest grid and ``valid_hw_B2`` gives each one's extent. ``resized``: see
+        :meth:`preprocess`."""
+        pixels, extents = self.preprocess(images, resized)
         dtype = _DTYPES[self.spec.dtype]
         p = self.spec.patch_size
         groups: dict[tuple[int, int], list[int]] = {}
@@ -238,7 +255,8 @@ class Teacher(torch.nn.Module):
         for (h, w), idx in groups.items():
             # The model's weights and inputs are in the spec's dtype and nothing else changes it (no autocast):
             # the numerics are what the fingerprint says, fp32 included, on every device.
-            summary, f = self.family.forward(self.model, torch.stack([pixels[i] for i in idx]).to(dtype))
+            with _exact_fp32(self.device, self.spec.dtype):
+                summary, f = self.family.forward(self.model, torch.stack([pixels[i] for i in idx]).to(dtype))
             f = to_grid(f, (h // p, w // p) if self.spec.pad_size is None else self.spec.feature_grid).float()
             for j, i in enumerate(idx):
                 feats[i] = f[j]
@@ -280,12 +298,13 @@ def check_source(name: str, source: str | None = None, revision: str | None = No
     return src
 
 
-def create_teacher(name: str, *, source: str | None = None, revision: str | None = None, dtype: str | None = None, device: str | torch.device = "cpu") -> Teacher:
+def create_teacher(name: str, *, source: str | None = None, revision: str | None = None, dtype: str | None = None, device: str | torch.device = "cpu", compile: bool = False) -> Teacher:
     """Load registry teacher ``name``, frozen, on ``device``.
 
     ``source`` overrides the registry's hub id (a hub id or a local directory); ``revision`` pins a hub
-    revision; ``dtype`` is fp32, bf16 or fp16. Offline (``HF_HUB_OFFLINE=1``) only local directories and
-    the local hub cache are used.
+    revision; ``dtype`` is fp32, bf16 or fp16; ``compile``: run the model through ``torch.compile`` (recorded
+    in the spec and fingerprint). Offline (``HF_HUB_OFFLINE=1``) only local directories and the local hub
+    cache are used.
     """
     entry = get_spec_template(name)
     dtype = dtype or entry.dtype
@@ -315,6 +334,10 @@ def create_teacher(name: str, *, source: str | None = None, revision: str | None
     weights = _weights_sha256(model)
     model = model.to(device=device, dtype=_DTYPES[dtype]).eval().requires_grad_(False)
     spec = _spec_from(entry, src, revision, dtype, processor, model, family, weights)
+    if compile:
+        # Inputs of a fit_aspect teacher vary in width: after the second shape dynamo marks them dynamic.
+        model = torch.compile(model)
+        spec = replace(spec, compiled=True).with_fingerprint()
     return Teacher(spec, model, device)
 
 

@@ -42,6 +42,9 @@ class TeacherSpec:
     output: str  # which tensors are taken as summary and features
     weights_sha256: str
     fingerprint: str = ""
+    # torch.compile'd forward: the same math, fused kernels round differently, so it is fingerprinted. Left out of
+    # the hash when False, so the fingerprints of caches built before this field existed hold.
+    compiled: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -54,6 +57,8 @@ class TeacherSpec:
     def from_dict(cls, d: dict) -> "TeacherSpec":
         kw = {}
         for f in fields(cls):
+            if f.name not in d and f.name == "compiled":  # specs written before the field existed
+                continue
             v = d.get(f.name)
             kw[f.name] = tuple(v) if isinstance(v, list) else v
         return cls(**kw)
@@ -70,6 +75,8 @@ def fingerprint_of(spec: TeacherSpec) -> str:
     so the hash is identical across processes and machines.
     """
     d = {k: v for k, v in spec.to_dict().items() if k not in _NOT_FINGERPRINTED}
+    if not d.get("compiled"):
+        d.pop("compiled", None)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -122,6 +122,36 @@ def test_values_equal_direct_teacher_forward(cache_dir):
         assert reader.student_pixels(batch, [0]).shape == (1, 32, 32, 3)
 
 
+def test_prepare_task_resize_equals_device_resize_bitwise(tmp_path):
+    """The job's two places to resize (Pillow in the prepare task, default; the torch port on the teacher's
+    device, teachers.<t>.resize_in=device) give bitwise the same stored targets, for every family, square and
+    non-square views; teachers with the same input for a view share one array."""
+    import pickle
+
+    from pipelines.cache import TeacherWorker, _identity, prepare_unit
+    from pipelines.sources import SourceConfig, open_source
+    from radio.views import ViewPolicy
+
+    src = open_source(SourceConfig(kind="samples", split="train", limit=6))
+    cfg = _cfg(tmp_path / "c", "views.ratio=[0.75,1.333]", "teachers=[tiny-clip,tiny-dinov2,tiny-sam,tiny-siglip]")
+    policy = ViewPolicy(num_views=3, ratio=(0.75, 1.333))
+    workers = {t: TeacherWorker(t, {"batch_size": 4}, "cpu", 1, None, "float32") for t in cfg.teachers}
+    specs = {t: w.spec()[0] for t, w in workers.items()}
+    args = (src, src.records, policy, 32, "raw", 10**8, None, 0, 64, _identity(cfg, src))
+    resized, _ = prepare_unit(*args, resize_for=specs, keep_crops=False)
+    crops, _ = prepare_unit(*args)
+    assert resized["crops"] == [] and set(resized["inputs"]) == set(specs) and crops["inputs"] == {}
+    assert any(c.shape[0] != c.shape[1] for c in crops["crops"])  # non-square views are covered
+    for t, w in workers.items():
+        a, b = w.run(resized)["cols"], w.run(crops)["cols"]
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), t
+    # tiny-clip and tiny-siglip both take a 32x32 bicubic input for a square view: one array, pickled once
+    square, _ = prepare_unit(src, src.records, ViewPolicy(num_views=2, ratio=(1.0, 1.0)), *args[3:], resize_for=specs, keep_crops=False)
+    clip, siglip = square["inputs"]["tiny-clip"], square["inputs"]["tiny-siglip"]
+    assert all(a is b and a.shape == (32, 32, 3) for a, b in zip(clip, siglip)) and clip[0] is not square["inputs"]["tiny-sam"][0]
+    assert len(pickle.dumps(square["inputs"])) < len(pickle.dumps({t: [np.array(x) for x in v] for t, v in square["inputs"].items()}))
+
+
 def test_complete_cache_rerun_is_a_fast_noop(cache_dir):
     before = _digest(cache_dir)
     t0 = time.perf_counter()

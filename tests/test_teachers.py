@@ -87,6 +87,61 @@ def test_preprocessing_equals_official_pil_processor(real_dirs):
             assert np.abs(ours[0][None].numpy() - ref).max() <= 1e-5, (name, h, w)
 
 
+def test_prepare_path_inputs_equal_official_processor(real_dirs):
+    """The cache job's path: Pillow resizes the view in the CPU prepare task (pillow_resize at input_size), the
+    teacher only normalizes (resized=True). Its pixel values are bitwise those of the teacher's own resize
+    (the torch port) and within 1e-5 of the official processor, for every registry teacher."""
+    from teachers.preprocess import input_size, pillow_resize
+
+    for name, teacher in _all_teachers(real_dirs):
+        s = teacher.spec
+        for i, (h, w) in enumerate(SIZES):
+            img = _img(h, w, i)
+            small = pillow_resize(img.permute(1, 2, 0).numpy(), input_size(s, h, w), s.interpolation)
+            ours, ext = teacher.preprocess([torch.from_numpy(small).permute(2, 0, 1)], resized=True)
+            port, port_ext = teacher.preprocess([img])
+            assert torch.equal(ours[0], port[0]) and torch.equal(ext, port_ext), (name, h, w)
+            assert np.abs(ours[0][None].numpy() - _official(teacher, img)).max() <= 1e-5, (name, h, w)
+
+
+def test_resized_input_of_another_size_is_refused():
+    t = create_teacher("tiny-dinov2")
+    with pytest.raises(ValueError, match=r"tiny-dinov2 was handed a 40x40 image as already resized.*28x28"):
+        t([_img(40, 40)], resized=True)
+
+
+def test_fp32_teacher_equals_plain_fp32_forward_and_bf16_is_another_fingerprint():
+    """fp32 means fp32: the teacher's numbers are the checkpoint's model run in float32 on the official
+    processor's pixels (no autocast, no TF32); a bf16 teacher is another fingerprint with other numbers."""
+    from transformers import AutoImageProcessor
+
+    from teachers.families import FAMILIES
+
+    t32, t16 = create_teacher("tiny-clip"), create_teacher("tiny-clip", dtype="bf16")
+    assert t32.spec.fingerprint != t16.spec.fingerprint
+    img = _img(50, 50, 5)
+    px = AutoImageProcessor.from_pretrained(t32.spec.source)(images=Image.fromarray(img.permute(1, 2, 0).numpy()), return_tensors="pt", do_center_crop=False, size={"height": 32, "width": 32})["pixel_values"]
+    plain = FAMILIES["clip"].load(t32.spec.source, None, torch.float32).eval()  # the checkpoint's own model class, float32
+    with torch.no_grad():
+        ref = plain(pixel_values=px)
+    out32, out16 = t32([img]), t16([img])
+    torch.testing.assert_close(out32.summary_BD, ref.image_embeds, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out32.features_BHWC.flatten(1, 2), ref.last_hidden_state[:, 1:], rtol=0, atol=1e-6)
+    assert (out16.features_BHWC - out32.features_BHWC).abs().max() > 1e-4
+
+
+def test_compiled_teacher_is_fingerprinted_and_matches_eager():
+    eager = create_teacher("tiny-dinov2")
+    compiled = create_teacher("tiny-dinov2", compile=True)
+    assert compiled.spec.compiled and compiled.spec.fingerprint != eager.spec.fingerprint
+    # a spec without the field (written before it existed) keeps its fingerprint
+    d = eager.spec.to_dict()
+    del d["compiled"]
+    assert TeacherSpec.from_dict(d).with_fingerprint().fingerprint == eager.spec.fingerprint
+    imgs = [_img(40, 40, 1), _img(40, 40, 2)]
+    torch.testing.assert_close(compiled(imgs).features_BHWC, eager(imgs).features_BHWC, rtol=1e-4, atol=1e-4)
+
+
 def _coordinate_image(h, w):
     """R encodes the column, G the row (0..255 across the image), B is flat."""
     x = np.round(np.linspace(0, 255, w))[None, :].repeat(h, 0)
@@ -253,7 +308,7 @@ def test_fingerprint_stable_across_processes(teacher):
 def test_fingerprint_changes_with_each_output_field(teacher):
     s = teacher.spec
     assert fingerprint_of(s) == s.fingerprint
-    for field, value in [("weights_sha256", "0" * 64), ("revision", "v2"), ("input_size", (s.input_size[0] + 1, s.input_size[1])), ("mean", tuple(m + 0.01 for m in s.mean)), ("resize_size", 999), ("dtype", "bf16"), ("attention", "eager" if s.attention != "eager" else "sdpa"), ("output", s.output + "!"), ("interpolation", "bilinear" if s.interpolation == "bicubic" else "bicubic")]:
+    for field, value in [("weights_sha256", "0" * 64), ("revision", "v2"), ("input_size", (s.input_size[0] + 1, s.input_size[1])), ("mean", tuple(m + 0.01 for m in s.mean)), ("resize_size", 999), ("dtype", "bf16"), ("attention", "eager" if s.attention != "eager" else "sdpa"), ("output", s.output + "!"), ("interpolation", "bilinear" if s.interpolation == "bicubic" else "bicubic"), ("compiled", True)]:
         assert fingerprint_of(dataclasses.replace(s, **{field: value})) != s.fingerprint, field
     for field, value in [("source", "/elsewhere"), ("name", "renamed")]:
         assert fingerprint_of(dataclasses.replace(s, **{field: value})) == s.fingerprint, field
