@@ -70,28 +70,34 @@ def main():
     n_views = len(crops)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bare, tuned, resize = {}, {}, {}
-    from teachers.preprocess import input_size, pillow_resize
+    from teachers.preprocess import host_resize, resizes_on_host
 
     for name in teachers:
         t = create_teacher(name, source=sources.get(name), device=device)
         t(crops[:4])  # warm-up
-        # The two resize paths on the same crops: Pillow on this core (a prepare task) vs the port on the device.
-        hwc = [c.permute(1, 2, 0).numpy() for c in crops]
-        t0 = time.perf_counter()
-        small = [pillow_resize(c, input_size(t.spec, *c.shape[:2]), t.spec.interpolation) for c in hwc]
-        pil_s = time.perf_counter() - t0
-        ready = [torch.from_numpy(x).permute(2, 0, 1) for x in small]
+        # The two resize paths on the same crops: on this core (a prepare task: Pillow, or torchvision's uint8
+        # bilinear) vs the teacher's preprocess on its device.
+        on_host = resizes_on_host(t.spec)  # DINOv3 rescales, then resizes in float: only on its device
+        if on_host:
+            hwc = [c.permute(1, 2, 0).numpy() for c in crops]
+            t0 = time.perf_counter()
+            small = [host_resize(t.spec, c) for c in hwc]
+            pil_s = time.perf_counter() - t0
+            ready = [torch.from_numpy(x.copy()).permute(2, 0, 1) for x in small]
         _sync(device)
         t0 = time.perf_counter()
         for i in range(0, n_views, ns.batch_size):
             t.preprocess(crops[i : i + ns.batch_size])
         _sync(device)
         port_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for i in range(0, n_views, ns.batch_size):
-            t.preprocess(ready[i : i + ns.batch_size], resized=True)
-        _sync(device)
-        resize[name] = (pil_s, port_s, time.perf_counter() - t0)
+        norm_s = None
+        if on_host:
+            t0 = time.perf_counter()
+            for i in range(0, n_views, ns.batch_size):
+                t.preprocess(ready[i : i + ns.batch_size], resized=True)
+            _sync(device)
+            norm_s = time.perf_counter() - t0
+        resize[name] = (pil_s if on_host else None, port_s, norm_s)
         _sync(device)
         t0 = time.perf_counter()
         for i in range(0, n_views, ns.batch_size):
@@ -177,6 +183,9 @@ def main():
         shutil.rmtree(tmp2, ignore_errors=True)
     print(f"views: {n_views} ({ns.images} images x {ns.views}); teachers: {', '.join(teachers)}; cores: {os.cpu_count()}; device: {device}; job resizes in: {ns.resize_in}")
     for name, (pil_s, port_s, norm_s) in resize.items():
+        if pil_s is None:
+            print(f"  resize {name:<18} only on its device (rescale first, float resize): {n_views / port_s:8.1f} views/s")
+            continue
         print(f"  resize {name:<18} Pillow, one CPU core {n_views / pil_s:8.1f} views/s   torch port on {device} (+ normalize) {n_views / port_s:8.1f} views/s   "
               f"normalize only (after Pillow) {n_views / norm_s:8.1f} views/s   ratio Pillow / port {port_s / pil_s:.2f}")
     for name, sec in bare.items():

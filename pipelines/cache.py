@@ -106,7 +106,7 @@ def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy
     skipped inputs and the committed views shard (if written).
     """
     from teachers import TeacherSpec
-    from teachers.preprocess import input_size, pillow_resize
+    from teachers.preprocess import host_resize, input_size
 
     specs = {t: TeacherSpec.from_dict(d) for t, d in (resize_for or {}).items()}
     inputs: dict[str, list] = {t: [] for t in specs}
@@ -130,7 +130,7 @@ def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy
             for t, spec in specs.items():
                 key = (input_size(spec, *crop.shape[:2]), spec.interpolation)
                 if key not in made:
-                    made[key] = pillow_resize(crop, *key)
+                    made[key] = host_resize(spec, crop)
                 inputs[t].append(made[key])
             if keep_crops:
                 crops.append(crop)
@@ -395,6 +395,12 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
         if spec["resize"] == "fit_aspect" and (ratio[0] < 1 / 4 or ratio[1] > 4):
             raise ConfigError(f"teacher {name} keeps the view's aspect up to 4:1, but views.ratio={list(ratio)} allows more. Narrow views.ratio (e.g. [0.75, 1.333]).")
 
+    from teachers import TeacherSpec
+    from teachers.preprocess import resizes_on_host
+
+    # Resized in the prepare tasks when asked and possible (DINOv3's float-order resize runs on its device).
+    on_host = {t: cfg.teachers[t].resize_in == "prepare" and resizes_on_host(TeacherSpec.from_dict(specs[t])) for t in pools}
+
     # Per-teacher state: refuse a changed teacher unless asked to rebuild it.
     for name, spec in specs.items():
         held = sorted(existing_units(loc, f"teachers/{name}"))
@@ -442,8 +448,8 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
         while queue or inflight:
             while queue and len(unit_left) < cfg.max_inflight_units:
                 u = queue.pop(0)
-                resize_for = {t: specs[t] for t in pools if u in todo[t] and cfg.teachers[t].resize_in == "prepare"}
-                keep_crops = any(u in todo[t] and cfg.teachers[t].resize_in == "device" for t in pools)
+                resize_for = {t: specs[t] for t in pools if u in todo[t] and on_host[t]}
+                keep_crops = any(u in todo[t] and not on_host[t] for t in pools)
                 prepared, info = prep.remote(source_ref, units[u], cfg.views, cfg.student_resolution, cfg.student_image_format, cfg.max_pixels, loc if u in todo_views else None, u, cfg.row_group_rows, identity, resize_for, keep_crops)
                 inflight[info] = (u, "views")
                 n = 1

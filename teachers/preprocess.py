@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pil_resize", "pillow_resize", "input_size", "longest_edge_size", "normalize_pixels", "pad_bottom_right", "PIL_CODES", "MAX_ASPECT"]
+__all__ = ["pil_resize", "pillow_resize", "torchvision_resize", "host_resize", "resizes_on_host", "input_size", "longest_edge_size", "normalize_pixels", "pad_bottom_right", "PIL_CODES", "MAX_ASPECT"]
 
 MAX_ASPECT = 4.0  # fit_aspect teachers: longest input side / shortest
 
@@ -200,3 +200,47 @@ def pillow_resize(img_HW3: np.ndarray, size_hw: tuple[int, int], interpolation: 
     if interpolation not in _PIL_FILTERS:
         raise ValueError(f"interpolation {interpolation!r} not supported; use one of {sorted(_PIL_FILTERS)}")
     return np.asarray(PIL.Image.fromarray(np.ascontiguousarray(img_HW3)).resize((w, h), resample=_PIL_FILTERS[interpolation]))
+
+
+# Teachers whose official processor exists only with a torchvision backend (DINOv3, SAM2, SAM3) resize with
+# torchvision's antialiased bilinear instead of Pillow. Without torchvision installed, these reproduce it.
+TORCHVISION_FILTERS = ("torchvision-bilinear", "torchvision-bilinear-float")
+
+
+def _torchvision_native_uint8(device: torch.device) -> bool:
+    """torchvision's ``_do_native_uint8_resize_on_cpu`` for bilinear: the uint8 kernel runs on a CPU whose
+    capability string names AVX2; otherwise (AVX512 machines included, and every GPU) the image goes through
+    float32 and is rounded back, which can differ from the uint8 kernel by one grey level."""
+    return device.type == "cpu" and "AVX2" in torch.backends.cpu.get_cpu_capability()
+
+
+def torchvision_resize(x_N3HW: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """``torchvision.transforms.v2.functional.resize(x, size, BILINEAR, antialias=True)`` without torchvision:
+    uint8 in, uint8 out (the uint8 kernel or float32 + round, as torchvision picks); float in, float out.
+    Bitwise torchvision's on the same machine and device, by the same torch call."""
+    size = (int(size_hw[0]), int(size_hw[1]))
+    if tuple(x_N3HW.shape[-2:]) == size:
+        return x_N3HW
+    if x_N3HW.dtype != torch.uint8 or _torchvision_native_uint8(x_N3HW.device):
+        return F.interpolate(x_N3HW, size=size, mode="bilinear", antialias=True, align_corners=False)
+    y = F.interpolate(x_N3HW.to(torch.float32), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return y.round_().to(torch.uint8)
+
+
+def resizes_on_host(spec) -> bool:
+    """Whether a view can be resized for ``spec`` before it reaches the teacher (a uint8 image at its input
+    size): Pillow's filters and torchvision's uint8 bilinear can; DINOv3's order (rescale, then resize in
+    float) cannot without shipping float pixels, so that teacher resizes on its own device."""
+    return spec.interpolation in _PIL_FILTERS or spec.interpolation == "torchvision-bilinear"
+
+
+def host_resize(spec, crop_HW3: np.ndarray) -> np.ndarray:
+    """A crop (uint8 H, W, 3) at teacher ``spec``'s input size, resized the way its official processor does,
+    on the CPU (the cache job's prepare tasks)."""
+    size = input_size(spec, *crop_HW3.shape[:2])
+    if spec.interpolation in _PIL_FILTERS:
+        return pillow_resize(crop_HW3, size, spec.interpolation)
+    if spec.interpolation == "torchvision-bilinear":
+        x = torch.from_numpy(np.ascontiguousarray(crop_HW3)).permute(2, 0, 1)[None]
+        return torchvision_resize(x, size)[0].permute(1, 2, 0).contiguous().numpy()
+    raise ValueError(f"teacher {spec.name} ({spec.interpolation}) resizes on its own device, not on the host")

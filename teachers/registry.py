@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .families import FAMILIES, model_type_of, to_grid
-from .preprocess import PIL_CODES, input_size, pil_resize
+from .preprocess import PIL_CODES, input_size, pil_resize, torchvision_resize
 from .spec import TeacherOutput, TeacherSpec
 from .tiny import materialize_tiny
 
@@ -71,10 +71,22 @@ REGISTRY: dict[str, RegistryEntry] = {e.name: e for e in [
     _e("sam-vit-l", "sam", "facebook/sam-vit-large", 1024, None, 256, 64),
     _e("sam-vit-h", "sam", "facebook/sam-vit-huge", 1024, None, 256, 64),
     _e("siglip-b16-224", "siglip", "google/siglip-base-patch16-224", 224, 768, 768, 14),
+    _e("siglip2-b16-224", "siglip", "google/siglip2-base-patch16-224", 224, 768, 768, 14),  # fixed-resolution SigLIP2: SigLIP's architecture
+    _e("siglip2-so400m-p14-384", "siglip", "google/siglip2-so400m-patch14-384", 384, 1152, 1152, 27),
+    _e("dinov3-vits16", "dinov3", "facebook/dinov3-vits16-pretrain-lvd1689m", 224, 384, 384, 14),
+    _e("dinov3-vitb16", "dinov3", "facebook/dinov3-vitb16-pretrain-lvd1689m", 224, 768, 768, 14),
+    _e("dinov3-vitl16", "dinov3", "facebook/dinov3-vitl16-pretrain-lvd1689m", 224, 1024, 1024, 14),
+    _e("sam2.1-hiera-b+", "sam2", "facebook/sam2.1-hiera-base-plus", 1024, None, 256, 64),
+    _e("sam2.1-hiera-l", "sam2", "facebook/sam2.1-hiera-large", 1024, None, 256, 64),
+    _e("sam3", "sam3", "facebook/sam3", 1008, None, 256, 72),
     _e("tiny-clip", "clip", "tiny:tiny-clip", 32, 24, 32, 4),
     _e("tiny-dinov2", "dinov2", "tiny:tiny-dinov2", 28, 32, 32, 7),
     _e("tiny-sam", "sam", "tiny:tiny-sam", 64, None, 16, 8),
     _e("tiny-siglip", "siglip", "tiny:tiny-siglip", 32, 32, 32, 4),
+    _e("tiny-siglip2", "siglip", "tiny:tiny-siglip2", 32, 32, 32, 4),
+    _e("tiny-dinov3", "dinov3", "tiny:tiny-dinov3", 28, 32, 32, 7),
+    _e("tiny-sam2", "sam2", "tiny:tiny-sam2", 64, None, 16, 4),
+    _e("tiny-sam3", "sam3", "tiny:tiny-sam3", 56, None, 16, 4),
 ]}
 
 
@@ -226,11 +238,17 @@ class Teacher(torch.nn.Module):
             raise ValueError(f"teacher {s.name} was handed a {H}x{W} image as already resized, but its input for such a view is {size[0]}x{size[1]}: "
                              "the image was resized for another teacher (pass resized=False to resize it here)")
         x = images_B3HW
+        if s.interpolation == "torchvision-bilinear":
+            x = torchvision_resize(x, size)  # uint8, on the host, where the official processor runs it
         if self.device.type == "cuda":
             x = x.contiguous().pin_memory()
         x = x.to(self.device, non_blocking=True)
-        x = pil_resize(x.reshape(B * 3, H, W), size, s.interpolation).reshape(B, 3, *size)
-        x = (x.to(torch.float64) * s.rescale_factor).to(torch.float32)
+        if s.interpolation == "torchvision-bilinear-float":  # DINOv3's processor: rescale, resize in float32, normalize
+            x = torchvision_resize(x.to(torch.float32) * s.rescale_factor, size)
+        else:
+            if s.interpolation != "torchvision-bilinear":
+                x = pil_resize(x.reshape(B * 3, H, W), size, s.interpolation).reshape(B, 3, *size)
+            x = (x.to(torch.float64) * s.rescale_factor).to(torch.float32)
         mean = torch.as_tensor(s.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
         std = torch.as_tensor(s.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
         x = (x - mean) / std
@@ -321,11 +339,9 @@ def create_teacher(name: str, *, source: str | None = None, revision: str | None
         _check_local_dir(local, entry.family)
         src = str(local.resolve())
     try:
-        from transformers import AutoImageProcessor
-
         with _quiet_transformers():
             model = family.load(src, revision, torch.float32)
-            processor = AutoImageProcessor.from_pretrained(src, revision=revision)
+            processor = _processor(src, revision, family)
     except TeacherLoadError:
         raise
     except (OSError, ValueError, RuntimeError) as e:
@@ -341,6 +357,32 @@ def create_teacher(name: str, *, source: str | None = None, revision: str | None
     return Teacher(spec, model, device)
 
 
+class _ProcessorFacts:
+    """The saved image-processor config of a torchvision-only processor (DINOv3, SAM2, SAM3), read as data:
+    their classes cannot be built without torchvision, and the facts we need are all in the JSON."""
+
+    def __init__(self, d: dict):
+        self.size = d.get("size")
+        self.crop_size, self.pad_size = d.get("crop_size"), d.get("pad_size")
+        self.do_center_crop, self.do_pad = bool(d.get("do_center_crop")), bool(d.get("do_pad"))
+        self.resample = d.get("resample", 2)
+        self.rescale_factor = d.get("rescale_factor", 1 / 255)
+        self.image_mean, self.image_std = d.get("image_mean"), d.get("image_std")
+        if not self.size or self.image_mean is None or self.image_std is None:
+            raise ValueError(f"image-processor config lacks size, image_mean or image_std: {sorted(d)}")
+
+
+def _processor(src, revision, family):
+    from transformers import AutoImageProcessor
+
+    if family.resize == "pillow":
+        return AutoImageProcessor.from_pretrained(src, revision=revision)
+    from transformers.image_processing_utils import ImageProcessingMixin
+
+    d, _ = ImageProcessingMixin.get_image_processor_dict(src, revision=revision)
+    return _ProcessorFacts(d)
+
+
 def _spec_from(entry: RegistryEntry, src, revision, dtype, p, model, family, weights) -> TeacherSpec:
     """The spec, from the checkpoint's own image-processor config. Every teacher takes the whole view:
 
@@ -353,7 +395,7 @@ def _spec_from(entry: RegistryEntry, src, revision, dtype, p, model, family, wei
     """
     size, crop, pad = p.size, getattr(p, "crop_size", None), getattr(p, "pad_size", None)
     cfg = model.config
-    patch = cfg.patch_size
+    patch = int(family.stride(cfg))
     if _size(size, "longest_edge") and getattr(p, "do_pad", False):
         rule, rsize, pad_hw = "longest_edge_pad", int(_size(size, "longest_edge")), (int(_size(pad, "height")), int(_size(pad, "width")))
         input_hw = pad_hw
@@ -370,13 +412,12 @@ def _spec_from(entry: RegistryEntry, src, revision, dtype, p, model, family, wei
         rule, rsize, pad_hw = "exact", (int(_size(size, "height")), int(_size(size, "width"))), None
         input_hw = rsize
     grid = (input_hw[0] // patch, input_hw[1] // patch)
-    feature_dim = getattr(cfg, "output_channels", None) if entry.family == "sam" else cfg.hidden_size
-    summary_dim = None
-    if family.has_summary:
-        summary_dim = getattr(cfg, "projection_dim", None) if entry.family == "clip" else cfg.hidden_size
+    summary_dim, feature_dim = family.dims(cfg)
     resample = PIL_CODES.get(int(p.resample), None)
-    if resample is None:
-        raise TeacherLoadError(f"{src}: image processor resample={p.resample} is not bilinear or bicubic")
+    if resample is None or (family.resize != "pillow" and resample != "bilinear"):
+        raise TeacherLoadError(f"{src}: image processor resample={p.resample} is not {'bilinear or bicubic' if family.resize == 'pillow' else 'bilinear'}")
+    if family.resize != "pillow":
+        resample = "torchvision-bilinear-float" if family.resize == "torchvision-float" else "torchvision-bilinear"
     spec = TeacherSpec(
         name=entry.name, family=entry.family, source=src, revision=revision, input_size=tuple(input_hw), resize=rule,
         resize_size=rsize, pad_size=pad_hw, interpolation=resample, rescale_factor=float(p.rescale_factor),

@@ -17,7 +17,7 @@ class TeacherSpec:
     """The facts of a loaded teacher. Travels as plain data (``to_dict``) into every cache shard."""
 
     name: str
-    family: str  # clip | dinov2 | sam | siglip
+    family: str  # clip | dinov2 | dinov3 | sam | sam2 | sam3 | siglip
     source: str  # hub id or local directory the weights came from
     revision: str | None
     input_size: tuple[int, int]  # (H, W) of pixel_values for a square view
@@ -29,7 +29,7 @@ class TeacherSpec:
     resize: str
     resize_size: int | tuple[int, int]
     pad_size: tuple[int, int] | None
-    interpolation: str  # bicubic | bilinear (Pillow's)
+    interpolation: str  # bicubic | bilinear (Pillow's) | torchvision-bilinear (antialiased, uint8) | torchvision-bilinear-float (after rescale)
     rescale_factor: float
     mean: tuple[float, ...]
     std: tuple[float, ...]

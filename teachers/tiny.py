@@ -74,7 +74,70 @@ def _tiny_siglip(d: str):
     T.SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(d)
 
 
-TINY_BUILDERS = {"tiny-clip": _tiny_clip, "tiny-dinov2": _tiny_dinov2, "tiny-sam": _tiny_sam, "tiny-siglip": _tiny_siglip}
+def _tiny_siglip2(d: str):
+    """SigLIP2's fixed-resolution checkpoints are SigLIP's architecture (model_type siglip) with their own
+    processor config (bilinear resize, mean = std = 0.5); NaFlex variants are another model and not supported."""
+    import transformers as T
+
+    cfg = T.SiglipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8), text_config=_TEXT)
+    _init(T.SiglipModel(cfg)).save_pretrained(d)
+    T.SiglipImageProcessorPil(size={"height": 32, "width": 32}, resample=2).save_pretrained(d)
+
+
+def _write_processor(d: str, cls: str, **facts):
+    """A torchvision-only processor's config (DINOv3, SAM2, SAM3), written as data: its class cannot be built
+    without torchvision, and these keys are all the registry reads."""
+    import json
+
+    with open(os.path.join(d, "preprocessor_config.json"), "w") as f:
+        json.dump({"image_processor_type": cls, "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, **facts}, f, indent=2)
+
+
+def _tiny_dinov3(d: str):
+    import transformers as T
+
+    cfg = T.DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=4, num_register_tokens=2)
+    _init(T.DINOv3ViTModel(cfg)).save_pretrained(d)
+    _write_processor(d, "DINOv3ViTImageProcessor", size={"height": 28, "width": 28}, resample=2, **_IMAGENET)
+
+
+def _sam2_vision(T, hidden, blocks, heads, windows, global_blocks, background, image=1024, fpn=256):
+    dims = [hidden * 2**i for i in range(4)]
+    b = T.Sam2HieraDetConfig(hidden_size=hidden, num_attention_heads=heads[0], image_size=[image, image], patch_kernel_size=[7, 7], patch_stride=[4, 4], patch_padding=[3, 3], query_stride=[2, 2],
+                             window_positional_embedding_background_size=background, num_query_pool_stages=3, blocks_per_stage=blocks, embed_dim_per_stage=dims,
+                             num_attention_heads_per_stage=heads, window_size_per_stage=windows, global_attention_blocks=global_blocks)
+    g = image // 4
+    return T.Sam2VisionConfig(backbone_config=b, backbone_channel_list=dims[::-1], backbone_feature_sizes=[[g, g], [g // 2, g // 2], [g // 4, g // 4]], fpn_hidden_size=fpn, fpn_top_down_levels=[2, 3], num_feature_levels=3)
+
+
+def _tiny_sam2(d: str):
+    """The whole SAM2 model, as published checkpoints are (the registry loads its vision encoder out of it)."""
+    import transformers as T
+
+    vision = _sam2_vision(T, 16, [1, 1, 2, 1], [1, 1, 2, 2], [4, 4, 4, 2], [3], [4, 4], image=64, fpn=16)
+    cfg = T.Sam2Config(vision_config=vision, prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4),
+                       mask_decoder_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16))
+    _init(T.Sam2Model(cfg)).save_pretrained(d)
+    _write_processor(d, "Sam2ImageProcessor", size={"height": 64, "width": 64}, resample=2, **_IMAGENET)
+
+
+def _sam3_vision(T, hidden, inter, layers, heads, image, window, global_attn, pretrain, fpn=256):
+    v = T.Sam3ViTConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads, image_size=image, patch_size=14, window_size=window, global_attn_indexes=global_attn, pretrain_image_size=pretrain)
+    g = image // 14
+    return T.Sam3VisionConfig(backbone_config=v, fpn_hidden_size=fpn, backbone_feature_sizes=[[4 * g, 4 * g], [2 * g, 2 * g], [g, g]])
+
+
+def _tiny_sam3(d: str):
+    """SAM3's vision encoder alone (model_type sam3_vision_model). The published checkpoint is the whole SAM3
+    (detector, tracker, text encoder); the registry takes its vision_encoder, which no test here exercises."""
+    import transformers as T
+
+    _init(T.Sam3VisionModel(_sam3_vision(T, 32, 64, 2, 2, 56, 2, [1], 28, fpn=16))).save_pretrained(d)
+    _write_processor(d, "Sam3ImageProcessor", size={"height": 56, "width": 56}, resample=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+
+
+TINY_BUILDERS = {"tiny-clip": _tiny_clip, "tiny-dinov2": _tiny_dinov2, "tiny-sam": _tiny_sam, "tiny-siglip": _tiny_siglip,
+                 "tiny-siglip2": _tiny_siglip2, "tiny-dinov3": _tiny_dinov3, "tiny-sam2": _tiny_sam2, "tiny-sam3": _tiny_sam3}
 
 
 def radio_home() -> Path:
@@ -154,6 +217,49 @@ def _siglip_arch(hidden, layers, heads, inter, size, patch):
     return build
 
 
+def _siglip2_arch(hidden, layers, heads, inter, size, patch):
+    def build(T, shrink):
+        h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
+        cfg = T.SiglipVisionConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a, image_size=size, patch_size=patch)
+        return T.SiglipVisionModel(cfg), T.SiglipImageProcessorPil(size={"height": size, "width": size}, resample=2)
+    return build
+
+
+class _JsonProcessor:
+    """Stands in for a torchvision-only processor class when writing its config."""
+
+    def __init__(self, cls, **facts):
+        self.cls, self.facts = cls, facts
+
+    def save_pretrained(self, d):
+        _write_processor(d, self.cls, **self.facts)
+
+
+def _dinov3_arch(hidden, layers, heads, inter, gated=False):
+    def build(T, shrink):
+        h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
+        cfg = T.DINOv3ViTConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a, image_size=224, patch_size=16, num_register_tokens=4, use_gated_mlp=gated, layerscale_value=1.0)
+        return T.DINOv3ViTModel(cfg), _JsonProcessor("DINOv3ViTImageProcessor", size={"height": 224, "width": 224}, resample=2, **_IMAGENET)
+    return build
+
+
+def _sam2_arch(hidden, blocks, heads, windows, global_blocks, background):
+    def build(T, shrink):
+        if shrink:
+            vision = _sam2_vision(T, 16, [1, 1, 2, 1], [1, 1, 2, 2], [8, 4, 14, 7], [3], background, fpn=16)
+        else:
+            vision = _sam2_vision(T, hidden, blocks, heads, windows, global_blocks, background)
+        return T.Sam2VisionModel(vision), _JsonProcessor("Sam2ImageProcessor", size={"height": 1024, "width": 1024}, resample=2, **_IMAGENET)
+    return build
+
+
+def _sam3_arch():
+    def build(T, shrink):
+        vision = _sam3_vision(T, 32, 64, 1, 2, 1008, 24, [0], 336, fpn=16) if shrink else _sam3_vision(T, 1024, 4736, 32, 16, 1008, 24, [7, 15, 23, 31], 336)
+        return T.Sam3VisionModel(vision), _JsonProcessor("Sam3ImageProcessor", size={"height": 1008, "width": 1008}, resample=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    return build
+
+
 REAL_ARCHITECTURES = {
     "clip-vit-b16": _clip_arch(768, 12, 12, 3072, 224, 16, 512),
     "clip-vit-l14": _clip_arch(1024, 24, 16, 4096, 224, 14, 768),
@@ -163,6 +269,14 @@ REAL_ARCHITECTURES = {
     "sam-vit-l": _sam_arch(1024, 24, 16, [5, 11, 17, 23]),
     "sam-vit-h": _sam_arch(1280, 32, 16, [7, 15, 23, 31]),
     "siglip-b16-224": _siglip_arch(768, 12, 12, 3072, 224, 16),
+    "siglip2-b16-224": _siglip2_arch(768, 12, 12, 3072, 224, 16),
+    "siglip2-so400m-p14-384": _siglip2_arch(1152, 27, 16, 4304, 384, 14),
+    "dinov3-vits16": _dinov3_arch(384, 12, 6, 1536),
+    "dinov3-vitb16": _dinov3_arch(768, 12, 12, 3072),
+    "dinov3-vitl16": _dinov3_arch(1024, 24, 16, 4096),
+    "sam2.1-hiera-b+": _sam2_arch(112, [2, 3, 16, 3], [2, 4, 8, 16], [8, 4, 14, 7], [12, 16, 20], [14, 14]),
+    "sam2.1-hiera-l": _sam2_arch(144, [2, 6, 36, 4], [2, 4, 8, 16], [8, 4, 16, 8], [23, 33, 43], [7, 7]),
+    "sam3": _sam3_arch(),
 }
 
 

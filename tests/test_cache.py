@@ -123,9 +123,10 @@ def test_values_equal_direct_teacher_forward(cache_dir):
 
 
 def test_prepare_task_resize_equals_device_resize_bitwise(tmp_path):
-    """The job's two places to resize (Pillow in the prepare task, default; the torch port on the teacher's
-    device, teachers.<t>.resize_in=device) give bitwise the same stored targets, for every family, square and
-    non-square views; teachers with the same input for a view share one array."""
+    """The job's two places to resize (in the prepare task, default: Pillow, or torchvision's uint8 bilinear for
+    SAM2; on the teacher's device, teachers.<t>.resize_in=device) give bitwise the same stored targets, for
+    every family that can resize on the host, square and non-square views; teachers with the same input for
+    a view share one array. (DINOv3 resizes in float after rescaling: always on its device.)"""
     import pickle
 
     from pipelines.cache import TeacherWorker, _identity, prepare_unit
@@ -133,10 +134,14 @@ def test_prepare_task_resize_equals_device_resize_bitwise(tmp_path):
     from radio.views import ViewPolicy
 
     src = open_source(SourceConfig(kind="samples", split="train", limit=6))
-    cfg = _cfg(tmp_path / "c", "views.ratio=[0.75,1.333]", "teachers=[tiny-clip,tiny-dinov2,tiny-sam,tiny-siglip]")
+    from teachers import TeacherSpec
+    from teachers.preprocess import resizes_on_host
+
+    cfg = _cfg(tmp_path / "c", "views.ratio=[0.75,1.333]", "teachers=[tiny-clip,tiny-dinov2,tiny-sam,tiny-siglip,tiny-sam2]")
     policy = ViewPolicy(num_views=3, ratio=(0.75, 1.333))
     workers = {t: TeacherWorker(t, {"batch_size": 4}, "cpu", 1, None, "float32") for t in cfg.teachers}
     specs = {t: w.spec()[0] for t, w in workers.items()}
+    assert all(resizes_on_host(TeacherSpec.from_dict(d)) for d in specs.values())
     args = (src, src.records, policy, 32, "raw", 10**8, None, 0, 64, _identity(cfg, src))
     resized, _ = prepare_unit(*args, resize_for=specs, keep_crops=False)
     crops, _ = prepare_unit(*args)

@@ -44,11 +44,37 @@ def _all_teachers(real_dirs):
     yield from ((n, create_teacher(n, source=real_dirs[n])) for n in REAL)
 
 
+def _torchvision_official(teacher, img_3HW):
+    """What a torchvision-only processor (DINOv3, SAM2, SAM3; torchvision is not installed here) computes,
+    written out from transformers' TorchvisionBackend and torchvision's v2 ``resize``: a fixed (height, width)
+    resize with antialiased bilinear (torchvision's uint8 kernel on an AVX2 CPU, float32 + round elsewhere),
+    then the fused rescale + normalize, ``(x - mean / scale) / (std / scale)``. DINOv3's processor rescales
+    first and resizes in float32."""
+    import torch.nn.functional as F
+
+    d = json.load(open(os.path.join(teacher.spec.source, "preprocessor_config.json")))
+    size = (d["size"]["height"], d["size"]["width"])
+    scale = d["rescale_factor"]
+    mean, std = torch.tensor(d["image_mean"])[:, None, None], torch.tensor(d["image_std"])[:, None, None]
+    x = img_3HW[None]
+    if d["image_processor_type"].startswith("DINOv3"):
+        x = F.interpolate(x * scale, size=size, mode="bilinear", antialias=True, align_corners=False)  # uint8 * float -> float32
+        return ((x - mean) / std).numpy()
+    if "AVX2" in torch.backends.cpu.get_cpu_capability():
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    else:
+        x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False).round().to(torch.uint8)
+    return ((x.float() - mean / scale) / (std / scale)).numpy()
+
+
 def _official(teacher, img_3HW):
     """The official PIL processor's pixel_values for a whole view: as published, except that a center-crop
     processor is called with ``do_center_crop=False`` and ``size`` = our input size (the crop size for a
-    square view; the aspect kept otherwise)."""
+    square view; the aspect kept otherwise). Torchvision-only processors: :func:`_torchvision_official`."""
     from transformers import AutoImageProcessor
+
+    if teacher.family.resize != "pillow":
+        return _torchvision_official(teacher, img_3HW)
 
     proc = AutoImageProcessor.from_pretrained(teacher.spec.source)
     assert proc.backend == "pil"
@@ -69,7 +95,7 @@ def test_shapes_and_dtypes(teacher):
     assert out.features_BHWC.shape == (2, *s.feature_grid, s.feature_dim) and out.features_BHWC.dtype == torch.float32
     assert out.valid_hw_B2.tolist() == [list(map(float, s.feature_grid))] * 2
     if s.summary_dim is None:
-        assert out.summary_BD is None and s.family == "sam"
+        assert out.summary_BD is None and s.family in ("sam", "sam2", "sam3")
     else:
         assert out.summary_BD.shape == (2, s.summary_dim) and out.summary_BD.dtype == torch.float32
     assert out.valid_hw_B2.shape == (2, 2)
@@ -88,16 +114,21 @@ def test_preprocessing_equals_official_pil_processor(real_dirs):
 
 
 def test_prepare_path_inputs_equal_official_processor(real_dirs):
-    """The cache job's path: Pillow resizes the view in the CPU prepare task (pillow_resize at input_size), the
-    teacher only normalizes (resized=True). Its pixel values are bitwise those of the teacher's own resize
+    """The cache job's path: the CPU prepare task resizes the view (Pillow, or torchvision's uint8 bilinear for
+    SAM2/SAM3), the teacher only normalizes (resized=True). Its pixel values are bitwise those of the teacher's own resize
     (the torch port) and within 1e-5 of the official processor, for every registry teacher."""
-    from teachers.preprocess import input_size, pillow_resize
+    from teachers.preprocess import host_resize, resizes_on_host
 
     for name, teacher in _all_teachers(real_dirs):
         s = teacher.spec
+        if not resizes_on_host(s):  # DINOv3 rescales before it resizes, in float: the job resizes on its device
+            assert s.family == "dinov3"
+            with pytest.raises(ValueError, match="resizes on its own device"):
+                host_resize(s, _img(8, 8).permute(1, 2, 0).numpy())
+            continue
         for i, (h, w) in enumerate(SIZES):
             img = _img(h, w, i)
-            small = pillow_resize(img.permute(1, 2, 0).numpy(), input_size(s, h, w), s.interpolation)
+            small = host_resize(s, img.permute(1, 2, 0).numpy()).copy()
             ours, ext = teacher.preprocess([torch.from_numpy(small).permute(2, 0, 1)], resized=True)
             port, port_ext = teacher.preprocess([img])
             assert torch.equal(ours[0], port[0]) and torch.equal(ext, port_ext), (name, h, w)
@@ -239,7 +270,6 @@ def test_extreme_images_match_official_processor(teacher, hw):
     img = _img(*hw, seed=11)
     if s.resize == "fit_aspect" and hw[0] != hw[1]:
         return  # refused with a clear message: test_fit_aspect_keeps_the_view_aspect_and_refuses_wide_views
-    proc = AutoImageProcessor.from_pretrained(s.source)
     ours, valid = teacher.preprocess([img])
     out = teacher([img])
     assert torch.isfinite(out.features_BHWC).all()
@@ -248,7 +278,7 @@ def test_extreme_images_match_official_processor(teacher, hw):
         # The short side rounds to 0 pixels: the official processor raises; we keep one pixel (a sliver of
         # one feature row/column) rather than fail a cache job on one odd image.
         with pytest.raises(ValueError):
-            proc(images=pil, return_tensors="np")
+            AutoImageProcessor.from_pretrained(s.source)(images=pil, return_tensors="np")
         assert sorted(valid[0].tolist()) == [1 / s.patch_size, s.feature_grid[0]]
         return
     ref = _official(teacher, img)
