@@ -69,6 +69,10 @@ class TrainJobConfig:
     online: dict[str, OnlineTeacherConfig] = field(default_factory=dict)
     student: StudentConfig = field(default_factory=lambda: StudentConfig(size="nano"))
     adapter_hidden: int = 256
+    # How each teacher's targets are standardized before the loss: "channel" (per-channel mean/std) or "phis"
+    # (PHI-S, arXiv:2410.01680: rotate to the covariance's eigenbasis, spread the variance evenly with a Hadamard
+    # matrix, one scalar scale; fitted to the cache's exact second moments). Exported students undo either.
+    standardize: Literal["channel", "phis"] = "channel"
     loss: LossConfig = field(default_factory=LossConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -138,7 +142,7 @@ class Trainer:
         self.reader = reader
         self.out = Path(cfg.output)
         self.specs, self.fingerprints = reader.specs, reader.fingerprints
-        self.stats = reader.stats
+        self.stats = reader.stats if cfg.standardize == "channel" else {t: reader.phis_stats_of(t) for t in cached}
         res = reader.manifest.student_resolution
         grid = (res // cfg.student.patch_size, res // cfg.student.patch_size)
         grids = dict(reader.grids)
@@ -412,6 +416,8 @@ def validate(cfg: TrainJobConfig):
     require(bool(cfg.teachers), "teachers", cfg.teachers, "at least one teacher", "List the teachers to distill, e.g. teachers=[tiny-clip,tiny-dinov2]")
     unknown = sorted(set(cfg.online) - set(cfg.teachers))
     require(not unknown, "online", sorted(cfg.online), f"a subset of teachers={list(cfg.teachers)}", "List every teacher in `teachers`, and the ones to run in the step under `online`")
+    require(cfg.standardize == "channel" or not cfg.online, "standardize", cfg.standardize, "channel when teachers run online",
+            "PHI-S is fitted to a cache's exact second moments; online teachers have none. Use standardize=channel, or cache those teachers")
     check_output_dir(cfg.output)
 
 

@@ -166,6 +166,13 @@ class CacheReader:
         st = self.entry(teacher).stats
         return TargetStats(st.features.mean, st.features.std, st.summary.mean if st.summary else None, st.summary.std if st.summary else None)
 
+    def phis_stats_of(self, teacher: str) -> TargetStats:
+        """PHI-S standardization of ``teacher``, fitted to the exact covariance merged from its shards."""
+        from .writer import merged_moments
+
+        f, s = merged_moments(self.loc, self.entry(teacher))
+        return TargetStats.phis_from_moments(f, s)
+
     @property
     def grids(self) -> dict[str, tuple[int, int]]:
         """The grid each teacher's targets are stored at."""

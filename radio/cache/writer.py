@@ -13,13 +13,13 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from ..normalize import RunningStats
+from ..normalize import RunningMoments, RunningStats
 from .arrow import tensor_field, tensor_to_arrow
 from .codec import decode_features, feature_columns
 from .manifest import FORMAT_VERSION, CacheIdentity, Manifest, Moments, Skipped, TargetLayout, TeacherEntry, TeacherStats, ViewsEntry, format_error, load_manifest, save_manifest
 from .store import CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
 
-__all__ = ["write_views_shard", "write_teacher_shard", "shard_stats", "existing_units", "shard_meta", "build_manifest", "check_existing", "check_shard", "find_damaged", "merged_stats", "stats_differ"]
+__all__ = ["write_views_shard", "write_teacher_shard", "shard_stats", "existing_units", "shard_meta", "build_manifest", "check_existing", "check_shard", "find_damaged", "merged_stats", "merged_moments", "stats_differ"]
 
 
 def write_views_shard(loc: CacheLocation, unit: int, rows: dict, skipped: list[dict], images: int, identity: CacheIdentity, row_group_rows: int) -> ShardInfo:
@@ -54,11 +54,11 @@ def shard_stats(cols: dict) -> dict:
     features over every stored position (stored maps cover exactly the view: no padding to leave out)."""
     out = {}
     if cols.get("summary") is not None:
-        s = RunningStats()
+        s = RunningMoments()
         if len(cols["summary"]):
             s.update(cols["summary"].astype(np.float64))
         out["summary"] = s.to_dict()
-    f = RunningStats()
+    f = RunningMoments()  # with the full second moments: what standardize=phis needs, mergeable across shards
     if len(cols["features"]):
         feats = decode_features(cols).numpy()
         f.update(feats.reshape(-1, feats.shape[-1]).astype(np.float64))
@@ -211,6 +211,22 @@ def merged_stats(loc: CacheLocation, entry: TeacherEntry) -> TeacherStats:
         if "summary" in meta["stats"]:
             s.merge(RunningStats.from_dict(meta["stats"]["summary"]))
     return TeacherStats(Moments(f.mean.tolist(), f.std.tolist(), int(f.count)), Moments(s.mean.tolist(), s.std.tolist(), int(s.count)) if s.count else None)
+
+
+def merged_moments(loc: CacheLocation, entry: TeacherEntry) -> tuple[RunningMoments, RunningMoments | None]:
+    """A teacher's features (and summary) moments with full covariance, merged from its shards' metadata
+    (read on demand: the manifest keeps per-channel statistics only). Raises ValueError for shards written
+    before second moments were stored."""
+    f, s = RunningMoments(), RunningMoments()
+    for sh in entry.shards:
+        meta = decode_metadata(loc.parquet_file(sh.path).schema_arrow.metadata)
+        try:
+            f.merge(RunningMoments.from_dict(meta["stats"]["features"]))
+            if "summary" in meta["stats"]:
+                s.merge(RunningMoments.from_dict(meta["stats"]["summary"]))
+        except ValueError as e:
+            raise ValueError(f"{loc.full(sh.path)}: {e}. Rebuild this teacher's targets (radio cache ... rebuild=[{entry.spec['name']}]) or use standardize=channel") from None
+    return f, (s if s.count else None)
 
 
 def stats_differ(a: TeacherStats, b: TeacherStats) -> bool:
