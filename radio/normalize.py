@@ -43,8 +43,13 @@ class RunningStats:
             raise ValueError(f"RunningStats.update expects (N, C), got {x.shape}")
         if len(x) == 0:
             return self
+        return self.merge(self._chunk(x))
+
+    @classmethod
+    def _chunk(cls, x: np.ndarray) -> "RunningStats":
+        """One chunk's own two-pass moments (subclasses add what they keep)."""
         mean = x.mean(0)
-        return self.merge(RunningStats(len(x), mean, ((x - mean) ** 2).sum(0)))
+        return RunningStats(len(x), mean, ((x - mean) ** 2).sum(0))
 
     def merge(self, other: "RunningStats") -> "RunningStats":
         """Fold ``other`` into this one (in place; returns self)."""
@@ -107,18 +112,12 @@ class RunningMoments(RunningStats):
         super().__init__(count, mean, m2)
         self._cov = None if cov_m2 is None else np.asarray(cov_m2, np.float64)
 
-    def update(self, x_NC) -> "RunningMoments":
-        if isinstance(x_NC, torch.Tensor):
-            x_NC = x_NC.detach().cpu().double().numpy()
-        x = np.asarray(x_NC, np.float64)
-        if x.ndim != 2:
-            raise ValueError(f"RunningMoments.update expects (N, C), got {x.shape}")
-        if len(x) == 0:
-            return self
+    @classmethod
+    def _chunk(cls, x: np.ndarray) -> "RunningMoments":
         mean = x.mean(0)
         c = (x - mean).astype(np.float32)
         cov = (c.T @ c).astype(np.float64)
-        return self.merge(RunningMoments(len(x), mean, np.diag(cov).copy(), cov))
+        return RunningMoments(len(x), mean, np.diag(cov).copy(), cov)
 
     def merge(self, other: "RunningStats") -> "RunningMoments":
         if other.count == 0:
