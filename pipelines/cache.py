@@ -28,7 +28,7 @@ import numpy as np
 
 from radio.cache import (
     CacheFormatError, CacheIdentity, CacheLocation, CacheMismatch, Manifest, TargetLayout, build_manifest, check_existing, describe_differences,
-    encode_targets, existing_units, find_damaged, save_manifest, shard_meta, teacher_path, views_path, write_teacher_shard, write_views_shard,
+    encode_targets, grid_suffix, existing_units, find_damaged, save_manifest, shard_meta, teacher_path, views_path, write_teacher_shard, write_views_shard,
 )
 from radio.images import BadImage, decode_image, encode_image
 from radio.targets import resample_targets, stored_grid
@@ -73,7 +73,11 @@ class CacheJobConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     views: ViewPolicy = field(default_factory=ViewPolicy)
     teachers: dict[str, TeacherJobConfig] = field(default_factory=_default_teachers)
-    student_resolution: int = 64  # side of the square student view stored with every row
+    student_resolution: int = 64  # side of the square student view stored with every row (the highest a run trains at)
+    # Multi-resolution distillation: the lower student resolutions runs of this cache will also train at. Views
+    # are stored once, at student_resolution; the trainer derives lower ones. Each teacher's targets are also
+    # stored at the grid of each (resolution // target_patch, never finer than the teacher's own grid).
+    lower_resolutions: list[int] = field(default_factory=list)
     # Targets are stored at target_grid x target_grid (default: student_resolution // target_patch, the
     # grid of a student with that patch size), or "native" (the teacher's own grid); never finer than the
     # teacher's own grid. Per teacher: teachers.<t>.target_grid.
@@ -152,7 +156,7 @@ class TeacherWorker:
     copy and forward are already running while the host waits for this one.
     """
 
-    def __init__(self, name: str, job: dict, device: str, threads: int, target_grid: tuple[int, int] | None, target_dtype: str):
+    def __init__(self, name: str, job: dict, device: str, threads: int, target_grid: tuple[int, int] | None, target_dtype: str, extra_grids: list[tuple[int, int]] = ()):
         import torch
 
         from teachers import create_teacher
@@ -165,7 +169,13 @@ class TeacherWorker:
                                       compile=(device.startswith("cuda") if compile_ is None else bool(compile_)))
         self.batch_size = int(job.get("batch_size", 32))
         spec = self.teacher.spec
-        self.layout = TargetLayout(stored_grid(spec.feature_grid, target_grid), target_dtype, tuple(spec.feature_grid))
+        main = stored_grid(spec.feature_grid, target_grid)
+        extra = []
+        for g in extra_grids:  # each capped by the teacher's own grid; a grid already stored is not stored twice
+            g = stored_grid(spec.feature_grid, g)
+            if g != main and g not in extra:
+                extra.append(g)
+        self.layout = TargetLayout(main, target_dtype, tuple(spec.feature_grid), tuple(sorted(extra, reverse=True)))
         self.busy_s = 0.0
         self.calls = 0
 
@@ -182,16 +192,22 @@ class TeacherWorker:
         for i in range(0, len(views), self.batch_size):
             imgs = [torch.from_numpy(np.array(c)).permute(2, 0, 1) for c in views[i : i + self.batch_size]]  # Ray hands read-only arrays
             out = self.teacher(imgs, resized=resized)
-            pending.append((out.summary_BD, resample_targets(out.features_BHWC, self.layout.grid, out.valid_hw_B2)))
-        parts = [encode_targets(summary, feats, self.layout.dtype) for summary, feats in pending]  # the first copy back waits for the device
+            pending.append((out.summary_BD, [resample_targets(out.features_BHWC, g, out.valid_hw_B2) for g in self.layout.grids]))
+        parts = [self._encode(summary, maps) for summary, maps in pending]  # the first copy back waits for the device
         self.calls += 1
         self.busy_s += time.perf_counter() - t0
         if not parts:  # a unit whose images were all skipped
             spec = self.teacher.spec
-            empty = torch.zeros((0, *self.layout.grid, spec.feature_dim))
-            parts = [encode_targets(torch.zeros((0, spec.summary_dim)) if spec.summary_dim else None, empty, self.layout.dtype)]
+            parts = [self._encode(torch.zeros((0, spec.summary_dim)) if spec.summary_dim else None, [torch.zeros((0, *g, spec.feature_dim)) for g in self.layout.grids])]
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return {"unit": prepared["unit"], "image_id": prepared["image_id"], "view_index": prepared["view_index"], "cols": cols, "seconds": time.perf_counter() - t0}
+
+    def _encode(self, summary, maps: list) -> dict:
+        """The stored columns of one batch: the main grid's under their own names, each extra grid's suffixed."""
+        cols = encode_targets(summary, maps[0], self.layout.dtype)
+        for g, m in zip(self.layout.extra_grids, maps[1:]):
+            cols.update({k + grid_suffix(g): v for k, v in encode_targets(None, m, self.layout.dtype).items()})
+        return cols
 
     def stats(self) -> dict:
         return {"busy_s": self.busy_s, "calls": self.calls}
@@ -281,6 +297,14 @@ def target_grid_for(cfg: CacheJobConfig, teacher: str) -> tuple[int, int] | None
     return (int(g), int(g))
 
 
+def extra_grids_for(cfg: CacheJobConfig, teacher: str) -> list[tuple[int, int]]:
+    """The grids of ``cfg.lower_resolutions`` for ``teacher`` (before its own grid caps them): none when the
+    teacher's grid is set explicitly (target_grid=N or native), which then serves every resolution."""
+    if cfg.teachers[teacher].target_grid is not None or cfg.target_grid is not None:
+        return []
+    return [(r // cfg.target_patch, r // cfg.target_patch) for r in sorted(set(cfg.lower_resolutions), reverse=True)]
+
+
 def validate(cfg: CacheJobConfig):
     """Settings checked before Ray or any teacher starts. Each error is a SettingError naming the key, the
     value and what is allowed (``load_config(validate=validate)`` adds where the value came from)."""
@@ -298,6 +322,10 @@ def validate(cfg: CacheJobConfig):
         require(not isinstance(grid, int) or isinstance(grid, bool) or grid >= 1, f"{name}target_grid", grid, ">= 1, 'native', or null for the student's grid")
     require(cfg.target_grid is not None or cfg.student_resolution // cfg.target_patch >= 1, "target_patch", cfg.target_patch,
             f"<= student_resolution ({cfg.student_resolution})", "Set target_patch to the student's patch size, or target_grid=N")
+    for i, r in enumerate(cfg.lower_resolutions):
+        require(isinstance(r, int) and cfg.target_patch <= r < cfg.student_resolution, f"lower_resolutions[{i}]", r,
+                f"an integer with target_patch ({cfg.target_patch}) <= it < student_resolution ({cfg.student_resolution})",
+                "Views are stored once at student_resolution, the highest resolution a run trains at; list the lower ones here")
     check_output_dir(cfg.output)
 
 
@@ -387,7 +415,7 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
     for name, job in cfg.teachers.items():
         opts = {"num_cpus": job.cpus_per_actor, "num_gpus": job.gpus_per_actor if has_gpu else 0, "max_restarts": 3, "max_task_retries": 3}
         device = "cuda" if has_gpu and job.gpus_per_actor > 0 else "cpu"
-        pools[name] = [actor_cls.options(**opts).remote(name, dump_config(job), device, max(1, int(job.cpus_per_actor)), target_grid_for(cfg, name), cfg.target_dtype) for _ in range(max(1, job.actors))]
+        pools[name] = [actor_cls.options(**opts).remote(name, dump_config(job), device, max(1, int(job.cpus_per_actor)), target_grid_for(cfg, name), cfg.target_dtype, extra_grids_for(cfg, name)) for _ in range(max(1, job.actors))]
     specs, layouts = {}, {}
     for name, (spec, layout) in zip(pools, ray.get([p[0].spec.remote() for p in pools.values()])):
         specs[name], layouts[name] = spec, layout

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from radio.cache import (
-    MIN_COS, CacheError, CacheLocation, Manifest, check_shard, column_tensor, decode_features, decode_metadata, decode_summary, feature_columns, merged_stats, stats_differ,
+    MIN_COS, CacheError, CacheLocation, Manifest, check_shard, column_tensor, decode_features, decode_metadata, decode_summary, feature_columns, grid_suffix, merged_stats, stats_differ,
     load_manifest, save_manifest, teacher_path, views_path,
 )
 from radio.images import decode_image, encode_image
@@ -39,6 +39,7 @@ def cache_info(uri: str) -> str:
     for name, t in sorted(m.teachers.items()):
         s, lay = t.spec, t.layout
         grid = f"{lay.grid[0]}x{lay.grid[1]}" + (f" (native {lay.native_grid[0]}x{lay.native_grid[1]})" if tuple(lay.grid) != tuple(lay.native_grid) else " (native)")
+        grid += "".join(f" + {g[0]}x{g[1]}" for g in lay.extra_grids)  # the grids of lower_resolutions
         lines.append(
             f"  {name:<16} fingerprint {t.fingerprint}  rows {t.rows}  {t.bytes_per_view / 1024:.1f} KiB/view ({t.bytes_per_view / t.float32_native_bytes_per_view:.3f} vs f32 native)"
             f"  {lay.dtype}  summary {s.get('summary_dim') or '-'}  features {s['feature_dim']} @ {grid}  stats {'exact' if t.stats.exact else 'sampled'}{'' if t.complete else '  INCOMPLETE'}"
@@ -174,9 +175,13 @@ def _recompute(loc, m: Manifest, keys_by_unit, sample, atol, min_cos, seed, out)
         for name, teacher in teachers.items():
             layout = m.teachers[name].layout
             trow = loc.parquet_file(teacher_path(name, u)).read().slice(i, 1)
-            cols = {c: column_tensor(trow, c) for c in ("summary", *feature_columns(layout.dtype)) if c in trow.column_names}
             got = teacher([crop])
-            pairs = [("features", resample_targets(got.features_BHWC, layout.grid, got.valid_hw_B2)[0].numpy(), decode_features(cols)[0].numpy())]
+            pairs = []
+            for g in layout.grids:  # every stored grid, the lower resolutions' included
+                extra = None if tuple(g) == tuple(layout.grid) else g
+                cols = {c.split("@")[0]: column_tensor(trow, c) for c in feature_columns(layout.dtype, extra)}
+                pairs.append(("features" + grid_suffix(extra), resample_targets(got.features_BHWC, g, got.valid_hw_B2)[0].numpy(), decode_features(cols)[0].numpy()))
+            cols = {c: column_tensor(trow, c) for c in ("summary",) if c in trow.column_names}
             if got.summary_BD is not None:
                 pairs.append(("summary", got.summary_BD[0].numpy(), decode_summary(cols)[0].numpy()))
             bound = min_cos if min_cos is not None else MIN_COS[layout.dtype]

@@ -13,7 +13,7 @@ import torch
 from pipelines.cache import CacheJobConfig, _identity, finalize_manifest, prepare_unit
 from pipelines.config import load_config
 from pipelines.sources import open_source
-from radio.cache import CacheLocation, TargetLayout, encode_targets, write_teacher_shard
+from radio.cache import CacheLocation, TargetLayout, encode_targets, grid_suffix, write_teacher_shard
 
 # name -> (summary_dim or None, feature_dim, grid)
 TEACHERS = {"syn-clip": (8, 6, (4, 4)), "syn-sam": (None, 5, (8, 8))}
@@ -28,13 +28,19 @@ def registry_shapes(names: list[str], student_resolution: int, target_patch: int
     return {n: (get_spec_template(n).summary_dim, get_spec_template(n).feature_dim, stored_grid(get_spec_template(n).feature_grid, (g, g))) for n in names}
 
 
-def make_synthetic_cache(out, limit: int = 20, views: int = 2, per_shard: int = 6, teachers=TEACHERS, seed: int = 0, target_dtype: str = "float16", student_resolution: int = 32, row_group_rows: int = 4, split: str = "train"):
+def make_synthetic_cache(out, limit: int = 20, views: int = 2, per_shard: int = 6, teachers=TEACHERS, seed: int = 0, target_dtype: str = "float16", student_resolution: int = 32, row_group_rows: int = 4, split: str = "train",
+                         lower_resolutions: list[int] = (), target_patch: int = 16, student_image_format: str = "raw"):
     """Write a complete cache at ``out`` from the built-in samples; returns its manifest.
 
-    ``teachers``: {name: (summary_dim or None, feature_dim, (h, w))} or a list of registry names."""
+    ``teachers``: {name: (summary_dim or None, feature_dim, (h, w))} or a list of registry names.
+    ``lower_resolutions``: each teacher's targets are also stored at ``r // target_patch`` (capped by its grid),
+    area-averaged from the main grid's, as the cache job stores them."""
+    from radio.targets import resample_targets, stored_grid
+
     if isinstance(teachers, (list, tuple)):
-        teachers = registry_shapes(list(teachers), student_resolution)
-    cfg = load_config(CacheJobConfig, None, [f"output={out}", f"source.limit={limit}", f"source.split={split}", f"views.num_views={views}", f"images_per_shard={per_shard}", f"student_resolution={student_resolution}", "mlflow.enabled=false"])
+        teachers = registry_shapes(list(teachers), student_resolution, target_patch)
+    cfg = load_config(CacheJobConfig, None, [f"output={out}", f"source.limit={limit}", f"source.split={split}", f"views.num_views={views}", f"images_per_shard={per_shard}", f"student_resolution={student_resolution}", "mlflow.enabled=false",
+                                             f"student_image_format={student_image_format}", f"lower_resolutions={list(lower_resolutions)}", f"target_patch={target_patch}"])
     cfg.teachers = {}
     src = open_source(cfg.source)
     loc = CacheLocation(str(out))
@@ -49,6 +55,10 @@ def make_synthetic_cache(out, limit: int = 20, views: int = 2, per_shard: int = 
         n = len(prepared["image_id"])
         for name, (sdim, fdim, grid) in teachers.items():
             summary = torch.from_numpy(rng.standard_normal(size=(n, sdim), dtype=np.float32)) if sdim else None
-            cols = encode_targets(summary, torch.from_numpy(rng.standard_normal(size=(n, *grid, fdim), dtype=np.float32)), target_dtype)
-            write_teacher_shard(loc, name, specs[name], TargetLayout(tuple(grid), target_dtype, tuple(grid)), u, prepared["image_id"], prepared["view_index"], cols, identity, row_group_rows)
+            feats = torch.from_numpy(rng.standard_normal(size=(n, *grid, fdim), dtype=np.float32))
+            cols = encode_targets(summary, feats, target_dtype)
+            extra = sorted({stored_grid(grid, (r // target_patch, r // target_patch)) for r in lower_resolutions} - {tuple(grid)}, reverse=True)
+            for g in extra:
+                cols.update({k + grid_suffix(g): v for k, v in encode_targets(None, resample_targets(feats, g), target_dtype).items()})
+            write_teacher_shard(loc, name, specs[name], TargetLayout(tuple(grid), target_dtype, tuple(grid), tuple(extra)), u, prepared["image_id"], prepared["view_index"], cols, identity, row_group_rows)
     return finalize_manifest(loc, cfg, src, identity, list(teachers), None, n_units=len(units))

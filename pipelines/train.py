@@ -23,7 +23,7 @@ import torch
 from radio.adapters import AdapterConfig
 from radio.cache import CacheReader, decode_features, decode_summary
 from radio.checkpoint import DistillModel, save_student
-from radio.data import CacheStream, LoaderConfig, ThreadPrefetcher, make_loader, resolve_workers
+from radio.data import CacheStream, LoaderConfig, ResolutionSchedule, ThreadPrefetcher, make_loader, resolve_workers
 from radio.losses import LossConfig, distill_loss
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
@@ -74,6 +74,9 @@ class TrainJobConfig:
     # matrix, one scalar scale; fitted to the cache's exact second moments). Exported students undo either.
     standardize: Literal["channel", "phis"] = "channel"
     loss: LossConfig = field(default_factory=LossConfig)
+    # Multi-resolution distillation: the student resolution of each batch (default: the cache's stored one).
+    # e.g. resolution.mode=cycle resolution.resolutions=[64,128] (every teacher at a low and a high resolution)
+    resolution: ResolutionSchedule = field(default_factory=ResolutionSchedule)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     epochs: int = 10
@@ -122,7 +125,12 @@ def prepare_targets(batch: dict, teachers: list[str], stats: dict[str, TargetSta
 
 
 def _select(batch: dict, keep: torch.Tensor) -> dict:
-    return {k: (v[keep] if isinstance(v, torch.Tensor) else [x for x, m in zip(v, keep.tolist()) if m]) for k, v in batch.items()}
+    def pick(v):
+        if isinstance(v, torch.Tensor):
+            return v[keep]
+        return [x for x, m in zip(v, keep.tolist()) if m] if isinstance(v, list) else v  # a batch-wide value (resolution)
+
+    return {k: pick(v) for k, v in batch.items()}
 
 
 class Trainer:
@@ -148,7 +156,7 @@ class Trainer:
         grids = dict(reader.grids)
         self.online, self.online_origin = None, {}
         self.workers = resolve_workers(cfg.loader)
-        stream_kw = dict(batch_size=cfg.loader.batch_size, shuffle_buffer=cfg.loader.shuffle_buffer, read_rows=cfg.loader.read_rows, seed=cfg.seed)
+        stream_kw = dict(batch_size=cfg.loader.batch_size, shuffle_buffer=cfg.loader.shuffle_buffer, read_rows=cfg.loader.read_rows, seed=cfg.seed, patch_size=cfg.student.patch_size)
         if cfg.online:
             self.online = OnlineTeachers(cfg.online, self.acc.device, res)
             self.specs.update(self.online.specs)
@@ -164,7 +172,11 @@ class Trainer:
         adapters = [AdapterConfig(name=t, summary_dim=self.specs[t].get("summary_dim"), feature_dim=self.specs[t]["feature_dim"], feature_grid=grids[t], hidden=cfg.adapter_hidden) for t in cfg.teachers]
         self.student_cfg, self.adapter_cfgs = student_cfg, adapters
         self.model = DistillModel(student_cfg, adapters)
-        self.stream = CacheStream(cfg.cache, cached, rank=self.acc.process_index, world_size=self.acc.num_processes, num_workers=self.workers, **stream_kw)
+        above = [r for r in cfg.resolution.resolutions if r > res]
+        if above:
+            raise ConfigError(f"'resolution.resolutions' {cfg.resolution.resolutions}: {above} above the {res}px views cache {cfg.cache} stores. Views are stored at the highest resolution a run trains at: build a cache with student_resolution={max(above)} (and lower_resolutions=[...] for the others)")
+        self.stream = CacheStream(cfg.cache, cached, rank=self.acc.process_index, world_size=self.acc.num_processes, num_workers=self.workers, schedule=cfg.resolution, **stream_kw)
+        self.resolutions = self.stream.schedule.resolutions
         self.loader = make_loader(self.stream, cfg.loader, self.workers)
         self.steps_per_epoch = [math.ceil(self.stream.batches_per_reader(e) * self.stream.num_workers / cfg.optim.grad_accum) for e in range(cfg.epochs)]
         self.total_steps = sum(self.steps_per_epoch)
@@ -416,6 +428,8 @@ def validate(cfg: TrainJobConfig):
     require(bool(cfg.teachers), "teachers", cfg.teachers, "at least one teacher", "List the teachers to distill, e.g. teachers=[tiny-clip,tiny-dinov2]")
     unknown = sorted(set(cfg.online) - set(cfg.teachers))
     require(not unknown, "online", sorted(cfg.online), f"a subset of teachers={list(cfg.teachers)}", "List every teacher in `teachers`, and the ones to run in the step under `online`")
+    for i, r in enumerate(cfg.resolution.resolutions):
+        require(r >= cfg.student.patch_size and r % cfg.student.patch_size == 0, f"resolution.resolutions[{i}]", r, f"a positive multiple of student.patch_size ({cfg.student.patch_size})")
     require(cfg.standardize == "channel" or not cfg.online, "standardize", cfg.standardize, "channel when teachers run online",
             "PHI-S is fitted to a cache's exact second moments; online teachers have none. Use standardize=channel, or cache those teachers")
     check_output_dir(cfg.output)

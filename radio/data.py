@@ -17,16 +17,18 @@ epoch replays the row stream without decoding the skipped rows and continues bit
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .cache import CacheReader
+from .cache import CacheReader, TargetLayout, grid_suffix
 from .images import decode_student_image
+from .views import derive_resolution
 
-__all__ = ["LoaderConfig", "CacheStream", "make_loader", "resolve_workers", "epoch_assignment", "batches_per_epoch"]
+__all__ = ["LoaderConfig", "ResolutionSchedule", "CacheStream", "make_loader", "resolve_workers", "epoch_assignment", "batches_per_epoch"]
 
 
 @dataclass
@@ -39,6 +41,46 @@ class LoaderConfig:
     num_workers: int | None = None
     prefetch_factor: int = 4  # batches each worker (or the reader thread) keeps ready
     read_rows: int = 64  # rows per Parquet read
+
+
+@dataclass
+class ResolutionSchedule:
+    """The student resolution of each batch (multi-resolution distillation).
+
+    ``fixed``: every batch at ``resolutions[0]``. ``cycle``: batch b at ``resolutions[b % n]``, so every teacher
+    is matched at every resolution in turn (RADIOv2.5's low + high resolution training: ``[432, 1024]``).
+    ``sample``: each batch draws its resolution from ``resolutions`` with probabilities ``weights`` (uniform when
+    empty), as C-RADIOv4 samples from {128..432} and {512..1152}. Empty ``resolutions``: the cache's stored
+    resolution. A batch's resolution is a pure function of (seed, epoch, batch index), the same on every rank,
+    so resume replays it exactly. Lower resolutions are derived from the stored views in the loader
+    (``radio.views.derive_resolution``); each teacher's targets come from the stored grid nearest the student's
+    grid at that resolution (``lower_resolutions`` of ``radio cache`` stores them).
+    """
+
+    mode: Literal["fixed", "cycle", "sample"] = "fixed"
+    resolutions: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.mode == "fixed" and len(self.resolutions) > 1:
+            raise ValueError(f"resolution.resolutions lists {self.resolutions} but resolution.mode is fixed: use mode=cycle or mode=sample, or one resolution")
+        if self.weights and (len(self.weights) != len(self.resolutions) or any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
+            raise ValueError(f"resolution.weights {self.weights} must be one non-negative weight per resolution in {self.resolutions}, not all zero")
+        if self.weights and self.mode != "sample":
+            raise ValueError(f"resolution.weights is set but resolution.mode is {self.mode}: weights apply to mode=sample")
+
+    def resolved(self, stored: int) -> "ResolutionSchedule":
+        return self if self.resolutions else ResolutionSchedule("fixed", [stored])
+
+    def resolution(self, seed: int, epoch: int, batch: int) -> int:
+        """The resolution of batch ``batch`` (of a rank, counted from the epoch's start) of ``epoch``."""
+        rs = self.resolutions
+        if self.mode == "fixed" or len(rs) == 1:
+            return rs[0]
+        if self.mode == "cycle":
+            return rs[batch % len(rs)]
+        p = np.asarray(self.weights or [1.0] * len(rs), dtype=np.float64)
+        return rs[int(np.random.default_rng([seed, epoch, batch, 0x2E5]).choice(len(rs), p=p / p.sum()))]
 
 
 def epoch_assignment(units: list[int], seed: int, epoch: int, n_readers: int) -> list[list[int]]:
@@ -57,14 +99,16 @@ def batches_per_epoch(rows_per_unit: dict[int, int], units: list[int], seed: int
 class CacheStream(IterableDataset):
     """Yields ready batches (dicts of tensors) for one rank; use with ``DataLoader(batch_size=None)``.
 
-    Batch contents: ``image`` uint8 (B, 3, H, W); ``weight`` float (B,) (0 marks padding); ``image_id``
+    Batch contents: ``image`` uint8 (B, 3, H, W) at the batch's ``resolution`` (int; see
+    :class:`ResolutionSchedule`); ``weight`` float (B,) (0 marks padding); ``image_id``
     list[str]; ``view_index`` and ``label`` int64 (B,); per teacher its stored columns in their stored dtype
     (``<t>/summary`` (B, D), ``<t>/features`` (B, h, w, C) at the stored grid, and for int8 caches
     ``<t>/features_scale`` and ``<t>/features_offset`` (B, C)): decode them where they are used, with
     ``radio.cache.decode_features`` (the trainer does so on its device).
     """
 
-    def __init__(self, uri: str, teachers: list[str], *, rank: int = 0, world_size: int = 1, num_workers: int = 1, batch_size: int = 32, shuffle_buffer: int = 256, read_rows: int = 64, seed: int = 0, expect_fingerprints: dict[str, str] | None = None):
+    def __init__(self, uri: str, teachers: list[str], *, rank: int = 0, world_size: int = 1, num_workers: int = 1, batch_size: int = 32, shuffle_buffer: int = 256, read_rows: int = 64, seed: int = 0, expect_fingerprints: dict[str, str] | None = None,
+                 schedule: ResolutionSchedule | None = None, patch_size: int = 16):
         super().__init__()
         self.uri, self.teachers = uri, list(teachers)
         self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
@@ -75,6 +119,12 @@ class CacheStream(IterableDataset):
             raise ValueError(f"cache {uri} has no complete units for teachers {self.teachers}; finish it with `radio cache`")
         self.rows_per_unit = {u: reader.rows_per_unit[u] for u in self.units}
         self.image_format, self.resolution = reader.image_format, reader.manifest.student_resolution
+        self.schedule = (schedule or ResolutionSchedule()).resolved(self.resolution)
+        self.patch_size = patch_size
+        self.layouts: dict[str, TargetLayout] = {t: reader.entry(t).layout for t in self.teachers}
+        for r in self.schedule.resolutions:
+            if r > self.resolution:
+                raise ValueError(f"resolution {r} is above the {self.resolution}px views cache {uri} stores: build a cache with student_resolution={r} (and lower_resolutions for the others)")
         self.pin_memory = torch.cuda.is_available()  # in a worker process, shared memory takes precedence
         self.epoch = 0
         self.skip_batches = 0  # batches of this epoch already consumed (by the whole rank)
@@ -108,9 +158,13 @@ class CacheStream(IterableDataset):
             buf[j], buf[-1] = buf[-1], buf[j]
             yield buf.pop()
 
-    def _materialize(self, refs: list, weights: list[float]) -> dict:
+    def _materialize(self, refs: list, weights: list[float], resolution: int | None = None) -> dict:
         """One batch from row references, column by column: rows are gathered per source chunk with one
-        fancy index each (no per-row Python for tensors), targets keep their stored dtype."""
+        fancy index each (no per-row Python for tensors), targets keep their stored dtype.
+
+        At a ``resolution`` below the stored one, the views are derived here and each teacher's columns come
+        from the stored grid that serves the student's grid best (``TargetLayout.pick_grid``), under the main
+        grid's names."""
         groups: dict[int, tuple] = {}
         for pos, (b, i) in enumerate(refs):
             g = groups.get(id(b))
@@ -133,16 +187,25 @@ class CacheStream(IterableDataset):
             images = self._empty((len(refs), self.resolution, self.resolution, 3), torch.uint8)
             for k, (b, i) in enumerate(refs):
                 images[k] = torch.from_numpy(decode_student_image(b.student_image[i], self.image_format, (self.resolution, self.resolution)))
+        images = images.permute(0, 3, 1, 2)  # (B, 3, H, W) view of channels-last pixels
+        resolution = resolution or self.resolution
+        if resolution != self.resolution:
+            images = derive_resolution(images, resolution)
         out: dict = {
-            "image": images.permute(0, 3, 1, 2),  # (B, 3, H, W) view of channels-last pixels
+            "image": images,
+            "resolution": resolution,
             "weight": torch.tensor(weights, dtype=torch.float32),
             "image_id": [b.image_id[i] for b, i in refs],
             "view_index": gather(lambda b: b.view_index).long(),
             "label": gather(lambda b: b.label_index).long(),
         }
+        g = resolution // self.patch_size
         for t in self.teachers:
-            for key in refs[0][0].teachers[t]:
-                out[f"{t}/{key}"] = gather(lambda b: b.teachers[t][key])
+            suffix = grid_suffix(self.layouts[t].pick_grid((g, g)))
+            cols = refs[0][0].teachers[t]
+            for key in [k for k in cols if "@" not in k]:
+                src = key + suffix if key + suffix in cols else key  # the summary is the same at every grid
+                out[f"{t}/{key}"] = gather(lambda b: b.teachers[t][src])
         return out
 
     def _empty(self, shape, dtype) -> torch.Tensor:
@@ -191,7 +254,7 @@ class CacheStream(IterableDataset):
             if not refs:  # a reader without any unit this epoch: borrow one row of the cache, weight 0
                 first = next(reader.iter_unit(self.units[0], 1))
                 refs, weights = [(first, 0)] * self.batch_size, [0.0] * self.batch_size
-            yield self._materialize(refs, weights)
+            yield self._materialize(refs, weights, self.schedule.resolution(self.seed, self.epoch, k * self.num_workers + role))
 
 
 class ThreadPrefetcher:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-__all__ = ["ViewPolicy", "View", "sample_view", "sample_views", "crop_view", "render_view"]
+__all__ = ["ViewPolicy", "View", "sample_view", "sample_views", "crop_view", "render_view", "derive_resolution"]
 
 
 @dataclass
@@ -150,3 +150,22 @@ def render_view(image_HW3: np.ndarray, view: View, size_hw: tuple[int, int]) -> 
     if crop.shape[0] == h and crop.shape[1] == w:
         return crop
     return np.asarray(Image.fromarray(crop).resize((w, h), Image.Resampling.BICUBIC, reducing_gap=None))
+
+
+def derive_resolution(images_B3HW, size: int):
+    """Stored student views -> the same views at a lower square resolution ``size``: uint8 (B, 3, H, W) ->
+    uint8 (B, 3, size, size), antialiased bicubic (torch's, PIL's filter family), rounded.
+
+    A multi-resolution cache stores each view once, at its highest resolution; the loader derives the lower
+    ones with this, so every resolution of a view shows the same pixels. Identity when ``size`` is the stored one.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    H, W = images_B3HW.shape[-2:]
+    if (H, W) == (size, size):
+        return images_B3HW
+    if size > min(H, W):
+        raise ValueError(f"cannot derive {size}px views from {H}x{W} stored views: a cache stores views at the highest resolution a run trains at")
+    x = F.interpolate(images_B3HW.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8)

@@ -2,7 +2,7 @@
 atomic shard files, and a key-checking reader."""
 
 from .arrow import arrow_to_tensor, column_tensor, tensor_field, tensor_to_arrow
-from .codec import MIN_COS, TARGET_DTYPES, bytes_per_row, decode_features, decode_summary, encode_targets, feature_columns
+from .codec import MIN_COS, TARGET_DTYPES, bytes_per_row, decode_features, decode_summary, encode_targets, feature_columns, grid_suffix
 from .manifest import (
     FORMAT_VERSION, MANIFEST_NAME, CacheError, CacheFormatError, CacheIdentity, CacheMismatch, Manifest, Moments, Skipped,
     TargetLayout, TeacherEntry, TeacherStats, ViewsEntry, load_manifest, save_manifest,
@@ -16,6 +16,6 @@ __all__ = [
     "CacheLocation", "CacheMismatch", "CacheReader", "Manifest", "Moments", "ShardInfo", "Skipped", "TargetLayout", "TeacherEntry",
     "TeacherStats", "ViewsEntry", "arrow_to_tensor", "build_manifest", "bytes_per_row", "check_existing", "decode_features",
     "decode_metadata", "decode_summary", "describe_differences", "encode_metadata", "encode_targets", "existing_units",
-    "feature_columns", "column_types", "check_shard", "find_damaged", "merged_moments", "merged_stats", "stats_differ", "load_manifest", "save_manifest", "shard_meta", "shard_stats", "tensor_to_arrow", "tensor_field", "column_tensor",
+    "feature_columns", "grid_suffix", "column_types", "check_shard", "find_damaged", "merged_moments", "merged_stats", "stats_differ", "load_manifest", "save_manifest", "shard_meta", "shard_stats", "tensor_to_arrow", "tensor_field", "column_tensor",
     "teacher_path", "views_path", "write_teacher_shard", "write_views_shard",
 ]

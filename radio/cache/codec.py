@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["TARGET_DTYPES", "MIN_COS", "encode_targets", "decode_features", "decode_summary", "feature_columns", "bytes_per_row"]
+__all__ = ["TARGET_DTYPES", "MIN_COS", "encode_targets", "decode_features", "decode_summary", "feature_columns", "grid_suffix", "bytes_per_row"]
 
 TARGET_DTYPES = ("float16", "float32", "int8")
 # The worst per-position cosine to float32 that ``radio cache verify`` accepts for each codec (a stored
@@ -30,9 +30,15 @@ MIN_COS = {"float32": 0.999, "float16": 0.999, "int8": 0.995}
 _TORCH = {"float16": torch.float16, "float32": torch.float32}
 
 
-def feature_columns(dtype: str) -> tuple[str, ...]:
-    """The Parquet columns that hold a teacher's feature map in ``dtype``."""
-    return ("features", "features_scale", "features_offset") if dtype == "int8" else ("features",)
+def grid_suffix(grid: tuple[int, int] | None) -> str:
+    """The column suffix of a feature map stored at an extra grid (``@8x8``); "" for the main grid (None)."""
+    return "" if grid is None else f"@{int(grid[0])}x{int(grid[1])}"
+
+
+def feature_columns(dtype: str, grid: tuple[int, int] | None = None) -> tuple[str, ...]:
+    """The Parquet columns that hold a teacher's feature map in ``dtype`` (at an extra ``grid``, suffixed)."""
+    names = ("features", "features_scale", "features_offset") if dtype == "int8" else ("features",)
+    return tuple(n + grid_suffix(grid) for n in names)
 
 
 def _check(dtype: str):

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from .codec import bytes_per_row
+from .codec import bytes_per_row, feature_columns
 from .store import CacheLocation, ShardInfo
 
 __all__ = [
@@ -95,18 +95,47 @@ class TeacherStats:
 
 @dataclass
 class TargetLayout:
-    """How one teacher's targets are stored: the grid (covering exactly the view) and the dtype."""
+    """How one teacher's targets are stored: the grid (covering exactly the view) and the dtype.
+
+    ``extra_grids``: further grids the same targets are stored at, for the lower resolutions a multi-resolution
+    run trains at (columns ``features@HxW``, see ``codec.feature_columns``); ``grid`` is the grid of the
+    stored student resolution, the highest."""
 
     grid: tuple[int, int]
     dtype: str  # float16 | float32 | int8
     native_grid: tuple[int, int]  # the teacher's own grid for a square view
+    extra_grids: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def grids(self) -> list[tuple[int, int]]:
+        """Every grid stored, the main one first."""
+        return [tuple(self.grid), *(tuple(g) for g in self.extra_grids)]
+
+    def feature_columns(self) -> list[str]:
+        """Every stored feature column, the main grid's first."""
+        return [*feature_columns(self.dtype), *(c for g in self.extra_grids for c in feature_columns(self.dtype, g))]
+
+    def pick_grid(self, want: tuple[int, int]) -> tuple[int, int] | None:
+        """The stored grid that serves a student grid ``want`` best: ``want`` itself, else the coarsest grid
+        finer than it (area-averaged down in the loss), else the finest grid (upsampled). None: the main grid."""
+        grids = self.grids
+        want = (int(want[0]), int(want[1]))
+        if want in grids:
+            best = want
+        else:
+            finer = [g for g in grids if g[0] >= want[0] and g[1] >= want[1]]
+            best = min(finer, key=lambda g: g[0] * g[1]) if finer else max(grids, key=lambda g: g[0] * g[1])
+        return None if best == tuple(self.grid) else best
 
     def to_dict(self) -> dict:
-        return {"grid": list(self.grid), "dtype": self.dtype, "native_grid": list(self.native_grid)}
+        d = {"grid": list(self.grid), "dtype": self.dtype, "native_grid": list(self.native_grid)}
+        if self.extra_grids:  # absent for a one-resolution cache: its layout (and resume checks) as before
+            d["extra_grids"] = [list(g) for g in self.extra_grids]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TargetLayout":
-        return cls(tuple(d["grid"]), d["dtype"], tuple(d["native_grid"]))
+        return cls(tuple(d["grid"]), d["dtype"], tuple(d["native_grid"]), tuple(tuple(g) for g in d.get("extra_grids", ())))
 
 
 class _Shards:

@@ -15,7 +15,6 @@ import numpy as np
 from ..images import decode_student_image
 from ..normalize import TargetStats
 from .arrow import column_tensor
-from .codec import feature_columns
 from .manifest import MANIFEST_NAME, CacheError, CacheMismatch, Manifest, TeacherEntry, load_manifest
 from .store import CacheLocation, decode_metadata, teacher_path, views_path
 
@@ -221,7 +220,7 @@ class CacheReader:
         view_cols = ["image_id", "view_index", "label_index"] + (["student_image"] if with_images else [])
         views = self.loc.parquet_file(views_path(unit)).iter_batches(batch_size=batch_rows, columns=view_cols)
         tfiles = {t: self._open_teacher(t, unit) for t in self.teachers}
-        tcols = {t: ["image_id", "view_index", *(["summary"] if self.entry(t).summary_dim else []), *feature_columns(self.entry(t).layout.dtype)] for t in self.teachers}
+        tcols = {t: ["image_id", "view_index", *(["summary"] if self.entry(t).summary_dim else []), *self.entry(t).layout.feature_columns()] for t in self.teachers}
         titers = {t: pf.iter_batches(batch_size=batch_rows, columns=tcols[t]) for t, pf in tfiles.items()}
         for vb in views:
             ids = vb.column("image_id").to_pylist()

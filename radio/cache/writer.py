@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from ..normalize import RunningMoments, RunningStats
 from .arrow import tensor_field, tensor_to_arrow
-from .codec import decode_features, feature_columns
+from .codec import decode_features
 from .manifest import FORMAT_VERSION, CacheIdentity, Manifest, Moments, Skipped, TargetLayout, TeacherEntry, TeacherStats, ViewsEntry, format_error, load_manifest, save_manifest
 from .store import CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
 
@@ -71,7 +71,7 @@ def write_teacher_shard(loc: CacheLocation, teacher: str, spec: dict, layout: Ta
     Returns the shard info and the shard's exact statistics."""
     fields = [pa.field("image_id", pa.string()), pa.field("view_index", pa.int16())]
     arrays = [pa.array(image_id, pa.string()), pa.array(np.asarray(view_index), pa.int16())]
-    names = (["summary"] if cols.get("summary") is not None else []) + list(feature_columns(layout.dtype))
+    names = (["summary"] if cols.get("summary") is not None else []) + layout.feature_columns()
     for name in names:
         fields.append(tensor_field(name, cols[name].shape[1:], cols[name].dtype))
         arrays.append(tensor_to_arrow(cols[name]))
