@@ -10,7 +10,19 @@ from .tracking import MlflowConfig, tracking_uri
 
 __all__ = ["main", "compare_runs", "format_table", "ui_command"]
 
-KEY_METRICS = ("eval/knn_top1", "eval/linear_top1")
+KEY_METRICS = ("eval/knn_top1", "eval/linear_top1", "eval/dense_miou")
+
+
+def _column_order(name: str) -> tuple:
+    """Headline numbers, then zero-shot, then the resolution sweep (by resolution), then fidelity."""
+    if name in KEY_METRICS:
+        return (0, KEY_METRICS.index(name), "")
+    if name.endswith("zeroshot_top1") and "/res" not in name:
+        return (1, 0, name)
+    if name.startswith("eval/res"):
+        r = name.split("/")[1][3:]
+        return (2, int(r) if r.isdigit() else 0, name)
+    return (3, 0, name)
 
 
 class CompareError(ValueError):
@@ -28,8 +40,8 @@ def compare_runs(experiment: str = "radio-students", sort: str = "eval/knn_top1"
         names = [e.name for e in client.search_experiments()]
         raise CompareError(f"no MLflow experiment {experiment!r} at {uri}; experiments there: {names}")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`radio.kind` = 'student'", max_results=1000)
-    fidelity = sorted({k for r in runs for k in r.data.metrics if k.startswith("eval/") and k.endswith("_cos") and "/teacher/" not in k})
-    columns = list(KEY_METRICS) + fidelity
+    found = {k for r in runs for k in r.data.metrics if k.startswith("eval/") and "/teacher/" not in k}
+    columns = sorted(found | {k for k in KEY_METRICS[:2]}, key=_column_order)
     rows = []
     for r in runs:
         m, t = r.data.metrics, r.data.tags

@@ -4,6 +4,16 @@
   the teacher's targets on a held-out cache (features: over valid positions, on the student's grid);
 - ``eval/knn_top1`` (cosine, k=20) and ``eval/linear_top1`` on the student's summary, with the same
   protocol on each teacher's own summary as reference (``eval/teacher/<t>/knn_top1``);
+- ``eval/dense_miou``: a dense linear probe (semantic segmentation, mIoU at pixel resolution) on the student's
+  patch features, trained and tested on the built-in scenes (``radio.samples.load_scene_index``: images made of
+  regions of the sample classes, with per-pixel masks);
+- ``eval/<t>/zeroshot_top1``: zero-shot classification through the adaptor of each language-aligned teacher
+  (CLIP, SigLIP) against that teacher's text embeddings of the class names (``zero_shot_templates``), with the
+  teacher's own stored summary as reference (``eval/teacher/<t>/zeroshot_top1``);
+- the resolution sweep (``resolutions``): ``eval/res<r>/...`` fidelity, kNN, dense mIoU and zero-shot at each
+  resolution, and ``eval/res<r>/summary_consistency``, the cosine between the student's summary at ``r`` and at
+  the evaluation cache's resolution: the mode-switching check (a student that learned another representation at
+  high resolution, as RADIOv2.1 did, shows it here and in the zero-shot numbers);
 - pictures: a PCA of spatial features as RGB for a few fixed images (student trunk, each adapter, each
   teacher target), written to disk and logged as MLflow images; and the loss curve.
 """
@@ -22,9 +32,11 @@ import torch.nn.functional as F
 from radio.cache import CacheReader, decode_features, decode_summary
 from radio.targets import resample_targets
 from radio.checkpoint import load_student
-from radio.metrics import knn_top1, linear_probe_top1, masked_cosine, pca_rgb
+from radio.cache import grid_suffix
+from radio.metrics import dense_probe_miou, knn_top1, linear_probe_top1, masked_cosine, pca_rgb, zero_shot_top1
+from radio.views import derive_resolution
 
-from .config import check_output_dir, load_config, require
+from .config import ConfigError, check_output_dir, load_config, require
 from .tracking import MlflowConfig, NullRun, log_cache_input, start_run, tracking_uri
 
 __all__ = ["EvalJobConfig", "evaluate", "main"]
@@ -39,6 +51,13 @@ class EvalJobConfig:
     probe_epochs: int = 300
     batch_size: int = 64
     pictures: int = 4  # fixed held-out images rendered as PCA pictures
+    # the resolution sweep: every metric again at each of these (views derived from the caches' stored ones;
+    # above the stored resolution they are upsampled, so only the student's behaviour changes, not the content)
+    resolutions: list[int] = field(default_factory=list)
+    dense: bool = True  # the dense linear probe on the built-in scenes
+    dense_epochs: int = 200
+    zero_shot: bool = True  # through each language-aligned teacher's adaptor
+    zero_shot_templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     output: str | None = None  # default: <student dir>/eval
     run_id: str | None = None  # the MLflow run to log into (default: the student's training run)
     mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="radio-students"))
@@ -51,33 +70,106 @@ def _resolve_student(ref: str, cfg: EvalJobConfig) -> tuple[Path, str | None]:
     return path, cfg.run_id or run_id
 
 
+def at_resolution(images_B3HW: torch.Tensor, size: int | None) -> torch.Tensor:
+    """uint8 views at ``size`` px: derived (antialiased) below their resolution, bicubic-upsampled above it."""
+    if size is None or images_B3HW.shape[-1] == size:
+        return images_B3HW
+    if size < images_B3HW.shape[-1]:
+        return derive_resolution(images_B3HW, size)
+    return F.interpolate(images_B3HW.float(), size=(size, size), mode="bicubic", align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+
+
 @torch.no_grad()
-def _embed(model, reader: CacheReader, teachers: list[str], batch_size: int, view0_only: bool, student_grid_for_targets: bool = True):
-    """Run the student over a cache; collect summaries, labels, teacher summaries and fidelity."""
+def _embed(model, reader: CacheReader, teachers: list[str], batch_size: int, view0_only: bool, resolution: int | None = None):
+    """Run the student over a cache (at ``resolution``, default the stored one); collect summaries, labels,
+    teacher summaries, adaptor summaries (teacher space) and fidelity (against the stored grid nearest the
+    student's)."""
     feats_student, labels = [], []
     teacher_summ = {t: [] for t in teachers}
+    adapter_summ = {t: [] for t in teachers}
     sums = {t: {"summary": [], "features": []} for t in teachers}
     for batch in reader.iter_batches(batch_rows=batch_size):
         keep = np.ones(len(batch), bool) if not view0_only else (batch.view_index == 0)
         if not keep.any():
             continue
         idx = np.nonzero(keep)[0]
-        images = torch.from_numpy(reader.student_pixels(batch, idx)).permute(0, 3, 1, 2)
+        images = at_resolution(torch.from_numpy(reader.student_pixels(batch, idx)).permute(0, 3, 1, 2), resolution)
         out = model.predict(images)
         feats_student.append(out.summary)
         labels.append(torch.from_numpy(batch.label_index[idx].astype(np.int64)))
         h, w = out.features.shape[1:3]
         for t in teachers:
             tb = batch.teachers[t]
-            cols = {k: v[idx] for k, v in tb.items()}
+            suffix = grid_suffix(reader.entry(t).layout.pick_grid((h, w)))
+            cols = {k: tb[k + suffix if k + suffix in tb else k][idx] for k in tb if "@" not in k}
             if "summary" in tb:
                 target = decode_summary(cols)
                 teacher_summ[t].append(target)
+                adapter_summ[t].append(out.adapters[t]["summary"].float())
                 sums[t]["summary"].append(F.cosine_similarity(out.adapters[t]["summary"].float(), target, dim=-1))
             # as in training: stored targets cover exactly the view, moved to the student's grid if it differs
             tgt = resample_targets(decode_features(cols), (h, w))
             sums[t]["features"].append(masked_cosine(out.adapters[t]["features"], tgt))
-    return (torch.cat(feats_student), torch.cat(labels), {t: torch.cat(v) for t, v in teacher_summ.items() if v}, {t: {k: float(torch.cat(v).mean()) for k, v in d.items() if v} for t, d in sums.items()})
+    return Embedded(torch.cat(feats_student), torch.cat(labels), {t: torch.cat(v) for t, v in teacher_summ.items() if v}, {t: torch.cat(v) for t, v in adapter_summ.items() if v},
+                    {t: {k: float(torch.cat(v).mean()) for k, v in d.items() if v} for t, d in sums.items()})
+
+
+@dataclass
+class Embedded:
+    summary: torch.Tensor  # (N, D) the student's summary
+    labels: torch.Tensor  # (N,)
+    teacher_summary: dict  # t -> (N, Dt) stored targets
+    adapter_summary: dict  # t -> (N, Dt) the student's adaptor, in the teacher's space
+    fidelity: dict  # t -> {"summary": mean cos, "features": mean cos}
+
+
+@torch.no_grad()
+def _scene_features(model, split: str, size: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's patch features (N, h, w, D) and the masks (N, size, size) of the built-in scenes of ``split``,
+    each scene resized to ``size`` (PIL bicubic; masks nearest)."""
+    from PIL import Image
+
+    from radio.samples import load_scene_index
+
+    recs = load_scene_index(split)
+    imgs = np.stack([np.asarray(Image.open(r.path).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)) for r in recs])
+    masks = np.stack([np.asarray(Image.open(r.mask_path).resize((size, size), Image.Resampling.NEAREST)) for r in recs])
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2)
+    feats = torch.cat([model.predict(x[i : i + batch_size]).features.float() for i in range(0, len(x), batch_size)])
+    return feats, torch.from_numpy(masks.astype(np.int64))
+
+
+def dense_miou(model, size: int, batch_size: int = 64, epochs: int = 200) -> float:
+    """The dense linear probe at ``size`` px: mIoU of a linear head on the student's patch features, trained on
+    the scenes' train split, tested on their val split."""
+    from radio.samples import CLASSES
+
+    tr_f, tr_m = _scene_features(model, "train", size, batch_size)
+    te_f, te_m = _scene_features(model, "val", size, batch_size)
+    return dense_probe_miou(tr_f, tr_m, te_f, te_m, len(CLASSES), epochs=epochs)
+
+
+def class_text_embeddings(model, teachers: list[str], class_names: list[str], templates: list[str]) -> dict[str, torch.Tensor]:
+    """Each language-aligned teacher's text embedding of every class (the mean of its normalized templates):
+    {teacher: (K, D)}. A teacher whose text tower cannot be loaded is reported and left out."""
+    from teachers import UnknownTeacher, is_language_aligned, text_embeddings
+
+    out = {}
+    for t in teachers:
+        try:
+            if not is_language_aligned(t):
+                continue
+        except UnknownTeacher:
+            continue
+        spec = model.meta.get("teachers", {}).get(t, {})
+        source = spec.get("source") if spec.get("source") and Path(str(spec.get("source"))).exists() else None
+        try:
+            emb = text_embeddings(t, [tpl.format(c) for c in class_names for tpl in templates], source=source)
+        except Exception as e:  # a vision-only checkpoint, an offline hub: zero-shot is skipped for this teacher, said so
+            print(f"[radio eval] zero-shot through {t} skipped: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        out[t] = F.normalize(F.normalize(emb, dim=-1).reshape(len(class_names), len(templates), -1).mean(1), dim=-1)
+    return out
 
 
 def _file_stem(image_id: str, limit: int = 80) -> str:
@@ -164,27 +256,54 @@ def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
     student_dir, run_id = _resolve_student(cfg.student, cfg)
     model = load_student(student_dir).eval()
     teachers = list(model.teacher_names)
+    step = model.min_resolution_step
+    bad = [r for r in cfg.resolutions if r % step]
+    if bad:
+        raise ConfigError(f"'resolutions' {cfg.resolutions}: {bad} not multiples of this student's min_resolution_step {step} (its patch size); nearest: {[max(step, round(r / step) * step) for r in bad]}")
     val = CacheReader(cfg.val_cache, teachers)
     train = CacheReader(cfg.train_cache, teachers)
     for name, reader in (("val_cache", val), ("train_cache", train)):
         for t in teachers:
             if reader.fingerprints[t] != model.fingerprints.get(t):
                 print(f"[radio eval] warning: {name} holds {t} with fingerprint {reader.fingerprints[t]}, the student was trained on {model.fingerprints.get(t)}", file=sys.stderr)
-    q_x, q_y, q_teacher, fidelity = _embed(model, val, teachers, cfg.batch_size, view0_only=True)
-    db_x, db_y, db_teacher, _ = _embed(model, train, teachers, cfg.batch_size, view0_only=True)
+    q = _embed(model, val, teachers, cfg.batch_size, view0_only=True)
+    db = _embed(model, train, teachers, cfg.batch_size, view0_only=True)
     metrics: dict[str, float] = {}
-    for t, d in fidelity.items():
+    for t, d in q.fidelity.items():
         for k, v in d.items():
             metrics[f"eval/{t}/{k}_cos"] = v
-    labeled = bool((q_y >= 0).all() and (db_y >= 0).all())
+    labeled = bool((q.labels >= 0).all() and (db.labels >= 0).all())
+    text = {}
     if labeled:
-        metrics["eval/knn_top1"] = knn_top1(db_x, db_y, q_x, q_y, k=cfg.knn_k)
-        metrics["eval/linear_top1"] = linear_probe_top1(db_x, db_y, q_x, q_y, epochs=cfg.probe_epochs)
-        for t in q_teacher:
-            metrics[f"eval/teacher/{t}/knn_top1"] = knn_top1(db_teacher[t], db_y, q_teacher[t], q_y, k=cfg.knn_k)
-            metrics[f"eval/teacher/{t}/linear_top1"] = linear_probe_top1(db_teacher[t], db_y, q_teacher[t], q_y, epochs=cfg.probe_epochs)
+        metrics["eval/knn_top1"] = knn_top1(db.summary, db.labels, q.summary, q.labels, k=cfg.knn_k)
+        metrics["eval/linear_top1"] = linear_probe_top1(db.summary, db.labels, q.summary, q.labels, epochs=cfg.probe_epochs)
+        for t in q.teacher_summary:
+            metrics[f"eval/teacher/{t}/knn_top1"] = knn_top1(db.teacher_summary[t], db.labels, q.teacher_summary[t], q.labels, k=cfg.knn_k)
+            metrics[f"eval/teacher/{t}/linear_top1"] = linear_probe_top1(db.teacher_summary[t], db.labels, q.teacher_summary[t], q.labels, epochs=cfg.probe_epochs)
+        if cfg.zero_shot and val.labels:
+            text = class_text_embeddings(model, [t for t in teachers if t in q.adapter_summary], val.labels, cfg.zero_shot_templates)
+            for t, emb in text.items():
+                metrics[f"eval/{t}/zeroshot_top1"] = zero_shot_top1(q.adapter_summary[t], q.labels, emb)
+                metrics[f"eval/teacher/{t}/zeroshot_top1"] = zero_shot_top1(q.teacher_summary[t], q.labels, emb)
     else:
-        print("[radio eval] the caches carry no labels: kNN and linear probe skipped", file=sys.stderr)
+        print("[radio eval] the caches carry no labels: kNN, linear probe and zero-shot skipped", file=sys.stderr)
+    base = val.manifest.student_resolution
+    if cfg.dense:
+        metrics["eval/dense_miou"] = dense_miou(model, base, cfg.batch_size, cfg.dense_epochs)
+    for r in sorted(set(cfg.resolutions)):
+        p = f"eval/res{r}"
+        qr = q if r == base else _embed(model, val, teachers, cfg.batch_size, view0_only=True, resolution=r)
+        for t, d in qr.fidelity.items():
+            for k, v in d.items():
+                metrics[f"{p}/{t}/{k}_cos"] = v
+        metrics[f"{p}/summary_consistency"] = float(F.cosine_similarity(qr.summary.float(), q.summary.float(), dim=-1).mean())
+        if labeled:
+            dbr = db if r == base else _embed(model, train, teachers, cfg.batch_size, view0_only=True, resolution=r)
+            metrics[f"{p}/knn_top1"] = knn_top1(dbr.summary, dbr.labels, qr.summary, qr.labels, k=cfg.knn_k)
+            for t, emb in text.items():
+                metrics[f"{p}/{t}/zeroshot_top1"] = zero_shot_top1(qr.adapter_summary[t], qr.labels, emb)
+        if cfg.dense:
+            metrics[f"{p}/dense_miou"] = metrics["eval/dense_miou"] if r == base else dense_miou(model, r, cfg.batch_size, cfg.dense_epochs)
     out_dir = Path(cfg.output) if cfg.output else student_dir / "eval"
     pics = _pictures(model, val, teachers, cfg.pictures, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
@@ -203,7 +322,7 @@ def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
 
 def describe_eval(metrics: dict[str, float]) -> str:
     """Markdown for the run's description: the headline numbers first, where a user comparing runs looks."""
-    head = [k for k in ("eval/knn_top1", "eval/linear_top1") if k in metrics]
+    head = [k for k in ("eval/knn_top1", "eval/linear_top1", "eval/dense_miou") if k in metrics] + sorted(k for k in metrics if k.endswith("zeroshot_top1") and "/teacher/" not in k and "/res" not in k)
     fid = sorted(k for k in metrics if k.endswith("_cos"))
     rows = "\n".join(f"| `{k}` | {metrics[k]:.4f} |" for k in head + fid)
     return f"**radio eval** (higher is better; `radio compare` prints the same names)\n\n| metric | value |\n|---|---|\n{rows}\n"
@@ -212,8 +331,13 @@ def describe_eval(metrics: dict[str, float]) -> str:
 def validate(cfg: EvalJobConfig):
     """Range checks before any work, each naming the key (``load_config`` adds the value's origin)."""
     require(bool(cfg.student), "student", cfg.student, "a checkpoint directory or an MLflow run id", "radio eval RUN_ID_OR_CHECKPOINT_DIR")
-    for key, least in (("knn_k", 1), ("probe_epochs", 0), ("batch_size", 1), ("pictures", 0)):
+    for key, least in (("knn_k", 1), ("probe_epochs", 0), ("batch_size", 1), ("pictures", 0), ("dense_epochs", 0)):
         require(getattr(cfg, key) >= least, key, getattr(cfg, key), f">= {least}")
+    for i, r in enumerate(cfg.resolutions):
+        require(r >= 1, f"resolutions[{i}]", r, ">= 1")
+    for i, tpl in enumerate(cfg.zero_shot_templates):
+        require(tpl.count("{}") == 1, f"zero_shot_templates[{i}]", tpl, "a prompt with one {} where the class name goes", "e.g. 'a photo of a {}.'")
+    require(bool(cfg.zero_shot_templates) or not cfg.zero_shot, "zero_shot_templates", cfg.zero_shot_templates, "at least one template when zero_shot=true")
     if cfg.output:
         check_output_dir(cfg.output)
 

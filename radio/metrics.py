@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["knn_top1", "linear_probe_top1", "pca_rgb", "masked_cosine"]
+__all__ = ["knn_top1", "linear_probe_top1", "pca_rgb", "masked_cosine", "mean_iou", "dense_probe_miou", "zero_shot_top1"]
 
 
 @torch.no_grad()
@@ -73,3 +73,52 @@ def pca_rgb(feats_NHWC: torch.Tensor | np.ndarray, out_hw: tuple[int, int] | Non
     if out_hw is not None:
         rgb = F.interpolate(rgb.permute(0, 3, 1, 2), size=out_hw, mode="nearest").permute(0, 2, 3, 1)
     return (rgb.numpy() * 255).round().astype(np.uint8)
+
+
+@torch.no_grad()
+def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """Mean intersection-over-union of integer label maps (any shape, same for both), over the classes present
+    in ``target`` or ``pred`` (a class absent from both has no IoU; ADE20k's protocol averages over classes too)."""
+    p, t = pred.reshape(-1).long(), target.reshape(-1).long()
+    conf = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes).double()
+    inter, union = conf.diag(), conf.sum(0) + conf.sum(1) - conf.diag()
+    present = union > 0
+    return float((inter[present] / union[present]).mean()) if present.any() else float("nan")
+
+
+def dense_probe_miou(train_f: torch.Tensor, train_m: torch.Tensor, test_f: torch.Tensor, test_m: torch.Tensor, num_classes: int, epochs: int = 200, lr: float = 0.05, weight_decay: float = 1e-3, seed: int = 0) -> float:
+    """Semantic segmentation by a linear probe on frozen patch features (the dense probe of RADIO, UNIC, DINOv3).
+
+    ``*_f``: (N, h, w, D) features; ``*_m``: (N, H, W) int class masks at pixel resolution. Features are
+    standardized, one linear layer maps each patch to class logits, the logits are upsampled bilinearly to the
+    mask's pixels and trained with cross-entropy (full-batch AdamW). Returns the test mIoU at pixel resolution.
+    """
+    g = torch.Generator().manual_seed(seed)
+    D = train_f.shape[-1]
+    mean, std = train_f.float().reshape(-1, D).mean(0), train_f.float().reshape(-1, D).std(0) + 1e-6
+    head = torch.nn.Linear(D, num_classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
+        head.bias.zero_()
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def logits(f: torch.Tensor, hw) -> torch.Tensor:
+        x = head((f.float() - mean) / std).permute(0, 3, 1, 2)  # (N, K, h, w)
+        return F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
+
+    with torch.enable_grad():
+        for _ in range(epochs):
+            opt.zero_grad()
+            F.cross_entropy(logits(train_f, train_m.shape[-2:]), train_m.long()).backward()
+            opt.step()
+    with torch.no_grad():
+        pred = logits(test_f, test_m.shape[-2:]).argmax(1)
+    return mean_iou(pred, test_m, num_classes)
+
+
+@torch.no_grad()
+def zero_shot_top1(image_emb: torch.Tensor, labels: torch.Tensor, text_emb: torch.Tensor) -> float:
+    """Top-1 of zero-shot classification: each image takes the class whose text embedding is the most
+    cosine-similar to its embedding. ``image_emb`` (N, D), ``labels`` (N,), ``text_emb`` (K, D), one row per class."""
+    sim = F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
+    return float((sim.argmax(1) == labels.long()).float().mean())

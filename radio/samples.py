@@ -34,6 +34,11 @@ __all__ = [
     "render_sample",
     "load_sample_index",
     "sample_classes",
+    "SCENES_DIR",
+    "SceneRecord",
+    "render_scene",
+    "generate_scenes",
+    "load_scene_index",
 ]
 
 SAMPLES_DIR = Path(__file__).parent / "assets" / "samples"
@@ -511,8 +516,9 @@ _GENERATORS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = 
 # rendering one image, and the whole set
 
 
-def _finish(rng: np.random.Generator, img: np.ndarray) -> Image.Image:
-    """Camera-ish post-processing: exposure/contrast/saturation, optional flip, blur and sensor noise."""
+def _finish(rng: np.random.Generator, img: np.ndarray, masks: list | None = None) -> Image.Image:
+    """Camera-ish post-processing: exposure/contrast/saturation, optional flip, blur and sensor noise.
+    ``masks``: per-pixel label maps of the image, flipped in place (list items replaced) with it."""
     img = np.clip(img, 0, 1)
     gray = img.mean(axis=-1, keepdims=True)
     img = gray + (img - gray) * rng.uniform(0.75, 1.2)  # saturation
@@ -520,6 +526,8 @@ def _finish(rng: np.random.Generator, img: np.ndarray) -> Image.Image:
     img = np.clip(img, 0, 1) ** rng.uniform(0.85, 1.2)
     if rng.random() < 0.5:
         img = img[:, ::-1]
+        for k in range(len(masks or [])):
+            masks[k] = np.ascontiguousarray(masks[k][:, ::-1])
     pil = Image.fromarray(np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8), "RGB")
     radius = rng.uniform(0.0, 1.0)
     if radius > 0.35:
@@ -576,6 +584,70 @@ def generate_samples(out_dir: str | Path, per_class: int = 32, seed: int = 0) ->
     return rows
 
 
+# --------------------------------------------------------------------------------------------------
+# scenes: images made of regions of several classes, with per-pixel masks (the dense linear probe's data)
+
+SCENES_DIR = Path(__file__).parent / "assets" / "scenes"
+SCENE_SIDE = 128
+
+
+@dataclass(frozen=True)
+class SceneRecord:
+    image_id: str
+    path: Path
+    mask_path: Path  # uint8 PNG, the class index (``CLASSES``) of every pixel
+    split: str
+
+
+def render_scene(index: int, seed: int = 0) -> tuple[Image.Image, np.ndarray]:
+    """Scene ``index``: 2-4 regions (a warped Voronoi partition), each a texture of a distinct class.
+    Returns the RGB image and its uint8 (H, W) mask of class indices (deterministic in ``(seed, index)``)."""
+    rng = np.random.default_rng([seed, 7_919, index])
+    h = w = SCENE_SIDE
+    k = int(rng.integers(2, 5))
+    classes = rng.choice(len(CLASSES), size=k, replace=False)
+    yy, xx = _grid(h, w)
+    warp = 12.0 * (_fbm(rng, xx / 40, yy / 40, octaves=3) - 0.5)
+    centers = rng.uniform(0.15, 0.85, (k, 2)) * (h, w)
+    dist = np.stack([np.hypot(yy + warp - cy, xx - warp - cx) for cy, cx in centers])
+    region = dist.argmin(0)
+    mask = classes[region].astype(np.uint8)
+    img = np.zeros((h, w, 3))
+    for j, c in enumerate(classes):
+        layer = _GENERATORS[CLASSES[int(c)]](np.random.default_rng([seed, 7_919, index, j]), h, w)
+        img[region == j] = layer[region == j]
+    masks = [mask]
+    pil = _finish(rng, img, masks)
+    return pil, masks[0]
+
+
+def generate_scenes(out_dir: str | Path, count: int = 48, seed: int = 0) -> list[dict[str, str]]:
+    """Write ``count`` scenes (JPEG + PNG mask) and ``index.csv`` (image_id, path, mask, split; every 4th is val)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        img, mask = render_scene(i, seed)
+        image_id = f"scene_{i:03d}"
+        (out_dir / f"{image_id}.jpg").write_bytes(_encode_jpeg(img))
+        Image.fromarray(mask, "L").save(out_dir / f"{image_id}.png", optimize=True)
+        rows.append({"image_id": image_id, "path": f"{image_id}.jpg", "mask": f"{image_id}.png", "split": "val" if i % 4 == 3 else "train"})
+    with open(out_dir / INDEX_NAME, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image_id", "path", "mask", "split"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def load_scene_index(split: str | None = None, root: str | Path | None = None) -> list[SceneRecord]:
+    """The scenes (shipped in :data:`SCENES_DIR` unless ``root``) of ``split`` ("train", "val" or None)."""
+    if split not in (None, "train", "val"):
+        raise ValueError(f"split must be 'train', 'val' or None, not {split!r}")
+    root = Path(root) if root is not None else SCENES_DIR
+    with open(root / INDEX_NAME, newline="") as f:
+        return [SceneRecord(r["image_id"], (root / r["path"]).resolve(), (root / r["mask"]).resolve(), r["split"]) for r in csv.DictReader(f) if split in (None, r["split"])]
+
+
 if __name__ == "__main__":
     import shutil
 
@@ -584,3 +656,8 @@ if __name__ == "__main__":
     rows = generate_samples(SAMPLES_DIR)
     total = sum(p.stat().st_size for p in SAMPLES_DIR.rglob("*") if p.is_file())
     print(f"wrote {len(rows)} images to {SAMPLES_DIR} ({total / 1e6:.2f} MB)")
+    if SCENES_DIR.exists():
+        shutil.rmtree(SCENES_DIR)
+    rows = generate_scenes(SCENES_DIR)
+    total = sum(p.stat().st_size for p in SCENES_DIR.rglob("*") if p.is_file())
+    print(f"wrote {len(rows)} scenes with masks to {SCENES_DIR} ({total / 1e6:.2f} MB)")

@@ -44,6 +44,29 @@ def _tiny_clip(d: str):
     cfg = T.CLIPConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8), text_config=_TEXT, projection_dim=24)
     _init(T.CLIPModel(cfg)).save_pretrained(d)
     T.CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
+    _tiny_tokenizer(d, _TEXT["max_position_embeddings"])
+
+
+# The tiny text towers' words: prompt templates and the built-in sample classes (radio.samples.CLASSES; this
+# package does not import radio). Any other word is [UNK]: zero-shot through a tiny teacher is a plumbing test.
+_WORDS = ("a photo of the an image texture picture pattern . , landscape stripes checkerboard rings bubbles waves polygons fur bricks leaves").split()
+
+
+def _tiny_tokenizer(d: str, max_length: int):
+    """A word-level tokenizer for a tiny text tower (ids < its vocab_size; bos 0, eos = pad 1, as _TEXT says),
+    saved like a published one so the real loading code (AutoTokenizer) reads it."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "[UNK]": 2, **{w: i + 3 for i, w in enumerate(dict.fromkeys(_WORDS))}}
+    if len(vocab) > _TEXT["vocab_size"]:
+        raise ValueError(f"tiny tokenizer: {len(vocab)} words exceed the tiny text tower's vocab_size {_TEXT['vocab_size']}")
+    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="[UNK]", model_max_length=max_length).save_pretrained(d)
 
 
 def _tiny_dinov2(d: str):

@@ -142,3 +142,26 @@ def test_picture_names_are_safe_and_bounded():
     assert len(stem) <= 80 and "/" not in stem and " " not in stem
     assert _file_stem(long_id) == stem and _file_stem(long_id + "x") != stem  # stable and distinct
     assert _file_stem("cat/001.jpg") == "cat_001.jpg" and _file_stem("///") == "image"
+
+
+def test_resolution_sweep_dense_probe_and_zero_shot_are_logged_and_compared(caches, students, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.config import ConfigError
+
+    m = _eval(caches, students["trained"], "resolutions=[16,32,64]", "dense_epochs=50")
+    for r in (16, 32, 64):
+        for key in ("knn_top1", "summary_consistency", "dense_miou", "tiny-clip/summary_cos", "tiny-sam/features_cos", "tiny-clip/zeroshot_top1"):
+            assert 0.0 <= m[f"eval/res{r}/{key}"] <= 1.0 + 1e-6, (r, key)
+    assert m["eval/res32/summary_consistency"] == pytest.approx(1.0)  # 32 px is the evaluation cache's own resolution
+    assert m["eval/res32/knn_top1"] == m["eval/knn_top1"] and m["eval/res32/dense_miou"] == m["eval/dense_miou"]
+    assert m["eval/res16/summary_consistency"] < 1.0
+    assert 0.0 <= m["eval/tiny-clip/zeroshot_top1"] <= 1.0 and "eval/teacher/tiny-clip/zeroshot_top1" in m
+    assert "eval/tiny-dinov2/zeroshot_top1" not in m  # no text tower
+    logged = MlflowClient().get_run(students["trained"]["run_id"]).data.metrics
+    assert {"eval/dense_miou", "eval/res64/knn_top1", "eval/tiny-clip/zeroshot_top1"} <= set(logged)
+    assert main(["compare", "--experiment", EXP, "--sort", "dense_miou"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header.index("eval/dense_miou") < header.index("eval/tiny-clip/zeroshot_top1") < header.index("eval/res16/knn_top1") < header.index("eval/res64/knn_top1")
+    with pytest.raises(ConfigError, match=r"\[20\] not multiples of this student's min_resolution_step 8"):
+        _eval(caches, students["trained"], "resolutions=[20]")

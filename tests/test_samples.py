@@ -173,3 +173,32 @@ def test_classes_separable_by_cheap_descriptor():
 def test_mean_color_alone_is_not_enough():
     acc = _knn_accuracy(_mean_color)
     assert acc < 0.6, f"mean colour alone gives kNN val accuracy {acc:.2f}: classes are too easy"
+
+
+def test_scenes_masks_are_shipped_deterministic_and_aligned(tmp_path):
+    """The dense probe's data: scenes of 2-4 class regions with per-pixel masks, regenerated identically."""
+    import numpy as np
+    from PIL import Image
+
+    from radio.samples import CLASSES, SCENES_DIR, generate_scenes, load_scene_index, render_scene
+
+    recs = load_scene_index()
+    assert len(recs) == 48 and {r.split for r in recs} == {"train", "val"} and len(load_scene_index("val")) == 12
+    seen = set()
+    for r in recs:
+        img, mask = Image.open(r.path), np.asarray(Image.open(r.mask_path))
+        assert img.size == (mask.shape[1], mask.shape[0]) and mask.dtype == np.uint8 and mask.max() < len(CLASSES)
+        assert 2 <= len(np.unique(mask)) <= 4
+        seen |= set(np.unique(mask).tolist())
+    assert seen == set(range(len(CLASSES)))  # every class appears somewhere
+    generate_scenes(tmp_path / "s", count=4)
+    for i in range(4):  # masks bit-identical (they come from numpy alone); images as the samples are compared
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "s" / f"scene_{i:03d}.png")), np.asarray(Image.open(SCENES_DIR / f"scene_{i:03d}.png")))
+        a = np.asarray(Image.open(tmp_path / "s" / f"scene_{i:03d}.jpg"), dtype=np.int16)
+        assert np.abs(a - np.asarray(Image.open(SCENES_DIR / f"scene_{i:03d}.jpg"), dtype=np.int16)).mean() <= 1.0
+    # the mask labels the pixels: each region's texture differs from the others' (flip applied to both)
+    img, mask = render_scene(5)
+    x = np.asarray(img, dtype=np.float64)
+    means = [x[mask == c].mean(0) for c in np.unique(mask)]
+    assert min(np.abs(a - b).sum() for i, a in enumerate(means) for b in means[i + 1:]) > 5
+    assert sum(p.stat().st_size for p in SCENES_DIR.rglob("*") if p.is_file()) < 700_000
