@@ -1,8 +1,10 @@
 """``radio quickstart``: the whole pipeline on embedded defaults, on a laptop CPU.
 
 Built-in sample images -> tiny CLIP, DINOv2 and SAM teachers on local Ray -> two local Parquet caches
-(train views, held-out full images) -> two students distilled with Accelerate -> both evaluated the
-same way -> a comparison table and the ``mlflow ui`` command that shows the same comparison.
+(train views, held-out full images; views stored at 64 px, targets at the grids of 64 and 32 px) -> two
+students distilled with Accelerate (one at 32 and 64 px in turn, one at 64 px) -> both evaluated the same
+way (kNN, linear and dense probes, zero-shot, fidelity, each at both resolutions) -> a comparison table and
+the ``mlflow ui`` command that shows the same comparison.
 Every step is the real command (``radio cache``, ``radio train``, ``radio eval``, ``radio compare``)
 run in-process, and every step resumes: rerunning the quickstart skips what is done.
 """
@@ -32,11 +34,13 @@ class StudentVariant:
     patch_size: int = 8
     epochs: int = 40
     lr: float = 2e-3
+    # multi-resolution: the resolutions its batches cycle through (every teacher at each); empty: the stored one only
+    resolutions: list[int] = field(default_factory=list)
 
 
 def _default_students() -> dict[str, StudentVariant]:
     return {
-        "nano-d4": StudentVariant(size="nano", depth=4),
+        "nano-d4": StudentVariant(size="nano", depth=4, resolutions=[32, 64]),
         "nano-d2-wide": StudentVariant(size="nano", depth=2, dim=128, heads=4),
     }
 
@@ -46,7 +50,8 @@ class QuickstartConfig:
     workdir: str = "quickstart"  # caches, runs and pictures are written here
     teachers: list[str] = field(default_factory=lambda: ["tiny-clip", "tiny-dinov2", "tiny-sam"])
     num_views: int = 2
-    student_resolution: int = 64
+    student_resolution: int = 64  # views are stored at this (the highest) resolution
+    low_resolution: int | None = 32  # also stored: each teacher's targets at its grid; evaluated at both (null: one resolution)
     limit: int | None = None  # images per split, for a faster smoke run
     students: dict[str, StudentVariant] = field(default_factory=_default_students)
     batch_size: int = 32
@@ -64,6 +69,14 @@ def validate(cfg: QuickstartConfig):
         require(v.epochs >= 1, f"students.{name}.epochs", v.epochs, ">= 1")
         require(v.lr > 0, f"students.{name}.lr", v.lr, "> 0")
         require(v.patch_size >= 1 and cfg.student_resolution % v.patch_size == 0, f"students.{name}.patch_size", v.patch_size, f"a divisor of student_resolution ({cfg.student_resolution})")
+        for i, r in enumerate(v.resolutions):
+            require(r in _resolutions(cfg) and r % v.patch_size == 0, f"students.{name}.resolutions[{i}]", r, f"one of the cached resolutions {_resolutions(cfg)} and a multiple of its patch size")
+    if cfg.low_resolution is not None:
+        require(1 <= cfg.low_resolution < cfg.student_resolution, "low_resolution", cfg.low_resolution, f"below student_resolution ({cfg.student_resolution}), or null")
+
+
+def _resolutions(cfg: QuickstartConfig) -> list[int]:
+    return sorted({cfg.student_resolution, *([cfg.low_resolution] if cfg.low_resolution else [])})
     check_output_dir(cfg.workdir, "workdir")
 
 
@@ -85,7 +98,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     caches = {}
     for split, views in (("train", cfg.num_views), ("val", 1)):
         _step(f"radio cache: {split} split of the built-in samples, {views} view(s) per image, teachers {', '.join(cfg.teachers)}")
-        cache_cfg = load_config(CacheJobConfig, None, [f"output={work / 'caches' / split}", "source.kind=samples", f"source.split={split}", f"views.num_views={views}", f"student_resolution={cfg.student_resolution}", f"target_patch={min(v.patch_size for v in cfg.students.values())}", f"mlflow.experiment={cfg.experiment}-caches"] + ([f"source.limit={cfg.limit}"] if cfg.limit else []))
+        cache_cfg = load_config(CacheJobConfig, None, [f"output={work / 'caches' / split}", "source.kind=samples", f"source.split={split}", f"views.num_views={views}", f"student_resolution={cfg.student_resolution}", f"target_patch={min(v.patch_size for v in cfg.students.values())}", f"mlflow.experiment={cfg.experiment}-caches"]
+                                + ([f"source.limit={cfg.limit}"] if cfg.limit else []) + ([f"lower_resolutions=[{cfg.low_resolution}]"] if cfg.low_resolution else []))
         cache_cfg.teachers = teachers
         summary = run_cache_job(cache_cfg, config_to_yaml(cache_cfg))
         print(summary.format(), file=sys.stderr)
@@ -94,9 +108,12 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     for name, v in cfg.students.items():
         out = work / "runs" / name
         resume = (out / "checkpoints" / "latest").exists()
-        _step(f"radio train: student {name} ({v.size}, depth {v.depth or 'preset'}, dim {v.dim or 'preset'}) for {v.epochs} epochs" + (" (resuming)" if resume else ""))
+        at = f"at {' and '.join(f'{r}px' for r in v.resolutions)} in turn" if len(v.resolutions) > 1 else f"at {v.resolutions[0] if v.resolutions else cfg.student_resolution}px"
+        _step(f"radio train: student {name} ({v.size}, depth {v.depth or 'preset'}, dim {v.dim or 'preset'}) for {v.epochs} epochs {at}" + (" (resuming)" if resume else ""))
         overrides = [f"cache={caches['train']}", f"output={out}", f"student.size={v.size}", f"student.patch_size={v.patch_size}", f"epochs={v.epochs}", f"optim.lr={v.lr}", f"loader.batch_size={cfg.batch_size}", f"run_name={name}", f"mlflow.experiment={cfg.experiment}", f"teachers=[{','.join(cfg.teachers)}]", f"resume={str(resume).lower()}"]
         overrides += [f"student.{k}={getattr(v, k)}" for k in ("dim", "depth", "heads") if getattr(v, k) is not None]
+        if v.resolutions:
+            overrides += [f"resolution.mode={'cycle' if len(v.resolutions) > 1 else 'fixed'}", f"resolution.resolutions={list(v.resolutions)}"]
         tcfg = load_config(TrainJobConfig, None, overrides)
         if resume and (out / "student" / "model.safetensors").exists():
             import json
@@ -106,12 +123,15 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         else:
             runs[name] = train(tcfg, config_to_yaml(tcfg))["run_id"]
         _step(f"radio eval: student {name}")
-        ecfg = load_config(EvalJobConfig, None, [f"student={out / 'student'}", f"val_cache={caches['val']}", f"train_cache={caches['train']}", f"run_id={runs[name]}", f"mlflow.experiment={cfg.experiment}"])
+        ecfg = load_config(EvalJobConfig, None, [f"student={out / 'student'}", f"val_cache={caches['val']}", f"train_cache={caches['train']}", f"run_id={runs[name]}", f"mlflow.experiment={cfg.experiment}", f"resolutions={_resolutions(cfg)}"])
         metrics = evaluate(ecfg)
         print("  " + "  ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if k.startswith("eval/") and "/teacher/" not in k), file=sys.stderr)
     _step("radio compare")
     rows, columns, exp_id = compare_runs(cfg.experiment, "eval/knn_top1")
-    print(format_table(rows, columns))
+    # the headline columns here (fidelity per teacher and resolution: `radio compare --experiment ...` shows every one)
+    short = [c for c in columns if not c.endswith("_cos") and "/teacher/" not in c]
+    print(format_table(rows, short))
+    print(f"(every metric: radio compare --experiment {cfg.experiment})")
     cmd, url = ui_command(tracking_uri(MlflowConfig()), exp_id, [r["run_id"] for r in rows])
     print(f"\nquickstart finished in {time.perf_counter() - t0:.0f}s. See both students side by side in MLflow:\n  {cmd}\n  then open {url}")
     print(f"Pictures (PCA of features, student vs teachers): {work / 'runs'}/*/student/eval/")
