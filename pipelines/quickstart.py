@@ -34,13 +34,12 @@ class StudentVariant:
     patch_size: int = 8
     epochs: int = 40
     lr: float = 2e-3
-    # multi-resolution: the resolutions its batches cycle through (every teacher at each); empty: the stored one only
-    resolutions: list[int] = field(default_factory=list)
+    multires: bool = False  # train at every cached resolution in turn (every teacher at each); else at student_resolution
 
 
 def _default_students() -> dict[str, StudentVariant]:
     return {
-        "nano-d4": StudentVariant(size="nano", depth=4, resolutions=[32, 64]),
+        "nano-d4": StudentVariant(size="nano", depth=4, multires=True),
         "nano-d2-wide": StudentVariant(size="nano", depth=2, dim=128, heads=4),
     }
 
@@ -69,15 +68,17 @@ def validate(cfg: QuickstartConfig):
         require(v.epochs >= 1, f"students.{name}.epochs", v.epochs, ">= 1")
         require(v.lr > 0, f"students.{name}.lr", v.lr, "> 0")
         require(v.patch_size >= 1 and cfg.student_resolution % v.patch_size == 0, f"students.{name}.patch_size", v.patch_size, f"a divisor of student_resolution ({cfg.student_resolution})")
-        for i, r in enumerate(v.resolutions):
-            require(r in _resolutions(cfg) and r % v.patch_size == 0, f"students.{name}.resolutions[{i}]", r, f"one of the cached resolutions {_resolutions(cfg)} and a multiple of its patch size")
+        if v.multires:
+            require(all(r % v.patch_size == 0 for r in _resolutions(cfg)), f"students.{name}.patch_size", v.patch_size, f"a divisor of every cached resolution {_resolutions(cfg)} (multires=true)")
     if cfg.low_resolution is not None:
         require(1 <= cfg.low_resolution < cfg.student_resolution, "low_resolution", cfg.low_resolution, f"below student_resolution ({cfg.student_resolution}), or null")
 
 
+    check_output_dir(cfg.workdir, "workdir")
+
+
 def _resolutions(cfg: QuickstartConfig) -> list[int]:
     return sorted({cfg.student_resolution, *([cfg.low_resolution] if cfg.low_resolution else [])})
-    check_output_dir(cfg.workdir, "workdir")
 
 
 def _step(title: str):
@@ -108,12 +109,13 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     for name, v in cfg.students.items():
         out = work / "runs" / name
         resume = (out / "checkpoints" / "latest").exists()
-        at = f"at {' and '.join(f'{r}px' for r in v.resolutions)} in turn" if len(v.resolutions) > 1 else f"at {v.resolutions[0] if v.resolutions else cfg.student_resolution}px"
+        res = _resolutions(cfg) if v.multires else [cfg.student_resolution]
+        at = f"at {' and '.join(f'{r}px' for r in res)} in turn" if len(res) > 1 else f"at {res[0]}px"
         _step(f"radio train: student {name} ({v.size}, depth {v.depth or 'preset'}, dim {v.dim or 'preset'}) for {v.epochs} epochs {at}" + (" (resuming)" if resume else ""))
         overrides = [f"cache={caches['train']}", f"output={out}", f"student.size={v.size}", f"student.patch_size={v.patch_size}", f"epochs={v.epochs}", f"optim.lr={v.lr}", f"loader.batch_size={cfg.batch_size}", f"run_name={name}", f"mlflow.experiment={cfg.experiment}", f"teachers=[{','.join(cfg.teachers)}]", f"resume={str(resume).lower()}"]
         overrides += [f"student.{k}={getattr(v, k)}" for k in ("dim", "depth", "heads") if getattr(v, k) is not None]
-        if v.resolutions:
-            overrides += [f"resolution.mode={'cycle' if len(v.resolutions) > 1 else 'fixed'}", f"resolution.resolutions={list(v.resolutions)}"]
+        if len(res) > 1:
+            overrides += ["resolution.mode=cycle", f"resolution.resolutions={res}"]
         tcfg = load_config(TrainJobConfig, None, overrides)
         if resume and (out / "student" / "model.safetensors").exists():
             import json

@@ -129,6 +129,8 @@ def test_quickstart_end_to_end_reduced(ray_session, tmp_path, capsys):
     assert "nano-d4" in out and "nano-d2-wide" in out and "mlflow ui" in out
     rows, _, _ = compare_runs("test-quickstart")
     assert {r["run"] for r in rows} == {"nano-d4", "nano-d2-wide"} and all(r["eval/knn_top1"] is not None for r in rows)
+    # two resolutions and one dense metric: the new pieces at laptop scale
+    assert all(r.get(k) is not None for r in rows for k in ("eval/dense_miou", "eval/res32/summary_consistency", "eval/res64/knn_top1", "eval/tiny-clip/zeroshot_top1"))
     # a rerun resumes: nothing is recomputed or retrained
     assert main(["quickstart", f"workdir={tmp_path / 'qs'}", "limit=24", "students.nano-d4.epochs=2", "students.nano-d2-wide.epochs=2", "experiment=test-quickstart"]) == 0
     assert len(compare_runs("test-quickstart")[0]) == 2
