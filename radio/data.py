@@ -129,6 +129,14 @@ class CacheStream(IterableDataset):
         self.epoch = 0
         self.skip_batches = 0  # batches of this epoch already consumed (by the whole rank)
 
+    def grids_read(self) -> dict[str, list[tuple[int, int]]]:
+        """Per teacher, the extra stored grids some resolution of the schedule is served from (the others are not read)."""
+        out = {}
+        for t, lay in self.layouts.items():
+            picks = {lay.pick_grid((r // self.patch_size, r // self.patch_size)) for r in self.schedule.resolutions}
+            out[t] = sorted(g for g in picks if g is not None)
+        return out
+
     def set_epoch(self, epoch: int, skip_batches: int = 0):
         self.epoch, self.skip_batches = epoch, skip_batches
 
@@ -233,6 +241,7 @@ class CacheStream(IterableDataset):
         n_batches = self.batches_per_reader()
         skip = len(range(role, self.skip_batches, self.num_workers))
         reader = CacheReader(self.uri, self.teachers, check=False)  # each unit's files are still checked before they are read
+        reader.extra_grids = self.grids_read()  # only the grids this schedule's resolutions use
         rng = np.random.default_rng([self.seed, self.epoch, reader_index])
         rows = self._rows(reader, units, rng)
         last = None

@@ -130,3 +130,15 @@ def test_train_end_to_end_at_two_resolutions_and_refusal_above_the_stored_one(ca
     assert main(["train", *args, f"output={tmp_path}/run2", "resolution.mode=cycle", "resolution.resolutions=[32,128]"]) == 2
     err = capsys.readouterr().err
     assert "[128] above the 64px views" in err and "student_resolution=128" in err
+
+
+def test_only_the_grids_a_schedule_uses_are_read(cache):
+    assert _stream(cache, ResolutionSchedule()).grids_read() == {"syn-clip": [], "syn-sam": []}  # 64 px: main grids only
+    assert _stream(cache, ResolutionSchedule("cycle", [32, 64])).grids_read() == {"syn-clip": [], "syn-sam": [(4, 4)]}
+    reader = CacheReader(cache, list(TEACHERS))
+    reader.extra_grids = {"syn-sam": [(4, 4)]}
+    cols = next(reader.iter_unit(0, batch_rows=2)).teachers
+    assert set(cols["syn-sam"]) == {"features", "features@4x4"} and set(cols["syn-clip"]) == {"summary", "features", "features@2x2"}
+    # the stream at 64 px on a multi-resolution cache gives what it gives on the main grids alone
+    b = next(iter(make_loader(_stream(cache, ResolutionSchedule()), LoaderConfig(num_workers=0))))
+    assert b["syn-sam/features"].shape[1:3] == (8, 8)

@@ -15,6 +15,7 @@ import numpy as np
 from ..images import decode_student_image
 from ..normalize import TargetStats
 from .arrow import column_tensor
+from .codec import grid_suffix
 from .manifest import MANIFEST_NAME, CacheError, CacheMismatch, Manifest, TeacherEntry, load_manifest
 from .store import CacheLocation, decode_metadata, teacher_path, views_path
 
@@ -85,6 +86,8 @@ class CacheReader:
         if manifest is None:
             raise CacheError(f"no cache at {uri}: {MANIFEST_NAME} not found (build one with `radio cache CONFIG output={uri}`)")
         self.manifest: Manifest = manifest
+        # teacher -> the extra grids (of TargetLayout.extra_grids) to read; absent teacher: every grid stored
+        self.extra_grids: dict[str, list[tuple[int, int]]] = {}
         held = manifest.teachers
         self.teachers = list(held) if teachers is None else list(teachers)
         missing = [t for t in self.teachers if t not in held]
@@ -214,13 +217,21 @@ class CacheReader:
         res = self.manifest.student_resolution
         return np.stack([decode_student_image(batch.student_image[i], self.image_format, (res, res)) for i in rows])
 
+    def _feature_columns(self, t: str) -> list[str]:
+        """The feature columns of ``t`` that are read: the main grid's, and the extra grids in ``self.extra_grids``."""
+        cols = self.entry(t).layout.feature_columns()
+        if t not in self.extra_grids:
+            return cols
+        keep = {grid_suffix(tuple(g)) for g in self.extra_grids[t]}
+        return [c for c in cols if "@" not in c or c[c.index("@"):] in keep]
+
     def iter_unit(self, unit: int, batch_rows: int = 64, with_images: bool = True) -> Iterator[CacheBatch]:
         """Stream one unit in batches of ``batch_rows``, joining the tables by key."""
         self._check_unit(unit)
         view_cols = ["image_id", "view_index", "label_index"] + (["student_image"] if with_images else [])
         views = self.loc.parquet_file(views_path(unit)).iter_batches(batch_size=batch_rows, columns=view_cols)
         tfiles = {t: self._open_teacher(t, unit) for t in self.teachers}
-        tcols = {t: ["image_id", "view_index", *(["summary"] if self.entry(t).summary_dim else []), *self.entry(t).layout.feature_columns()] for t in self.teachers}
+        tcols = {t: ["image_id", "view_index", *(["summary"] if self.entry(t).summary_dim else []), *self._feature_columns(t)] for t in self.teachers}
         titers = {t: pf.iter_batches(batch_size=batch_rows, columns=tcols[t]) for t, pf in tfiles.items()}
         for vb in views:
             ids = vb.column("image_id").to_pylist()
