@@ -28,10 +28,10 @@ import numpy as np
 
 from radio.cache import (
     CacheFormatError, CacheIdentity, CacheLocation, CacheMismatch, Manifest, TargetLayout, build_manifest, check_existing, describe_differences,
-    encode_targets, grid_suffix, existing_units, find_damaged, save_manifest, shard_meta, teacher_path, views_path, write_teacher_shard, write_views_shard,
+    existing_units, find_damaged, save_manifest, shard_meta, teacher_path, views_path, write_teacher_shard, write_views_shard,
 )
 from radio.images import BadImage, decode_image, encode_image
-from radio.targets import resample_targets, stored_grid
+from radio.targets import resample_targets
 from radio.views import ViewPolicy, crop_view, render_view, sample_views
 
 from .config import ConfigError, check_output_dir, dump_config, flatten_config, require
@@ -169,13 +169,7 @@ class TeacherWorker:
                                       compile=(device.startswith("cuda") if compile_ is None else bool(compile_)))
         self.batch_size = int(job.get("batch_size", 32))
         spec = self.teacher.spec
-        main = stored_grid(spec.feature_grid, target_grid)
-        extra = []
-        for g in extra_grids:  # each capped by the teacher's own grid; a grid already stored is not stored twice
-            g = stored_grid(spec.feature_grid, g)
-            if g != main and g not in extra:
-                extra.append(g)
-        self.layout = TargetLayout(main, target_dtype, tuple(spec.feature_grid), tuple(sorted(extra, reverse=True)))
+        self.layout = TargetLayout.stored(spec.feature_grid, target_grid, extra_grids, target_dtype)
         self.busy_s = 0.0
         self.calls = 0
 
@@ -193,21 +187,14 @@ class TeacherWorker:
             imgs = [torch.from_numpy(np.array(c)).permute(2, 0, 1) for c in views[i : i + self.batch_size]]  # Ray hands read-only arrays
             out = self.teacher(imgs, resized=resized)
             pending.append((out.summary_BD, [resample_targets(out.features_BHWC, g, out.valid_hw_B2) for g in self.layout.grids]))
-        parts = [self._encode(summary, maps) for summary, maps in pending]  # the first copy back waits for the device
+        parts = [self.layout.encode(summary, maps) for summary, maps in pending]  # the first copy back waits for the device
         self.calls += 1
         self.busy_s += time.perf_counter() - t0
         if not parts:  # a unit whose images were all skipped
             spec = self.teacher.spec
-            parts = [self._encode(torch.zeros((0, spec.summary_dim)) if spec.summary_dim else None, [torch.zeros((0, *g, spec.feature_dim)) for g in self.layout.grids])]
+            parts = [self.layout.encode(torch.zeros((0, spec.summary_dim)) if spec.summary_dim else None, [torch.zeros((0, *g, spec.feature_dim)) for g in self.layout.grids])]
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return {"unit": prepared["unit"], "image_id": prepared["image_id"], "view_index": prepared["view_index"], "cols": cols, "seconds": time.perf_counter() - t0}
-
-    def _encode(self, summary, maps: list) -> dict:
-        """The stored columns of one batch: the main grid's under their own names, each extra grid's suffixed."""
-        cols = encode_targets(summary, maps[0], self.layout.dtype)
-        for g, m in zip(self.layout.extra_grids, maps[1:]):
-            cols.update({k + grid_suffix(g): v for k, v in encode_targets(None, m, self.layout.dtype).items()})
-        return cols
 
     def stats(self) -> dict:
         return {"busy_s": self.busy_s, "calls": self.calls}

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from radio.cache import CacheReader, decode_features, decode_summary
 from radio.targets import resample_targets
 from radio.checkpoint import load_student
-from radio.cache import grid_suffix
 from radio.metrics import dense_probe_miou, knn_top1, linear_probe_top1, masked_cosine, pca_rgb, zero_shot_top1
 from radio.views import derive_resolution
 
@@ -100,8 +99,8 @@ def _embed(model, reader: CacheReader, teachers: list[str], batch_size: int, vie
         h, w = out.features.shape[1:3]
         for t in teachers:
             tb = batch.teachers[t]
-            suffix = grid_suffix(reader.entry(t).layout.pick_grid((h, w)))
-            cols = {k: tb[k + suffix if k + suffix in tb else k][idx] for k in tb if "@" not in k}
+            layout = reader.entry(t).layout
+            cols = {k: v[idx] for k, v in layout.columns_at(tb, layout.pick_grid((h, w))).items()}
             if "summary" in tb:
                 target = decode_summary(cols)
                 teacher_summ[t].append(target)

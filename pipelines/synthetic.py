@@ -13,7 +13,7 @@ import torch
 from pipelines.cache import CacheJobConfig, _identity, finalize_manifest, prepare_unit
 from pipelines.config import load_config
 from pipelines.sources import open_source
-from radio.cache import CacheLocation, TargetLayout, encode_targets, grid_suffix, write_teacher_shard
+from radio.cache import CacheLocation, TargetLayout, write_teacher_shard
 
 # name -> (summary_dim or None, feature_dim, grid)
 TEACHERS = {"syn-clip": (8, 6, (4, 4)), "syn-sam": (None, 5, (8, 8))}
@@ -35,7 +35,7 @@ def make_synthetic_cache(out, limit: int = 20, views: int = 2, per_shard: int = 
     ``teachers``: {name: (summary_dim or None, feature_dim, (h, w))} or a list of registry names.
     ``lower_resolutions``: each teacher's targets are also stored at ``r // target_patch`` (capped by its grid),
     area-averaged from the main grid's, as the cache job stores them."""
-    from radio.targets import resample_targets, stored_grid
+    from radio.targets import resample_targets
 
     if isinstance(teachers, (list, tuple)):
         teachers = registry_shapes(list(teachers), student_resolution, target_patch)
@@ -56,9 +56,7 @@ def make_synthetic_cache(out, limit: int = 20, views: int = 2, per_shard: int = 
         for name, (sdim, fdim, grid) in teachers.items():
             summary = torch.from_numpy(rng.standard_normal(size=(n, sdim), dtype=np.float32)) if sdim else None
             feats = torch.from_numpy(rng.standard_normal(size=(n, *grid, fdim), dtype=np.float32))
-            cols = encode_targets(summary, feats, target_dtype)
-            extra = sorted({stored_grid(grid, (r // target_patch, r // target_patch)) for r in lower_resolutions} - {tuple(grid)}, reverse=True)
-            for g in extra:
-                cols.update({k + grid_suffix(g): v for k, v in encode_targets(None, resample_targets(feats, g), target_dtype).items()})
-            write_teacher_shard(loc, name, specs[name], TargetLayout(tuple(grid), target_dtype, tuple(grid), tuple(extra)), u, prepared["image_id"], prepared["view_index"], cols, identity, row_group_rows)
+            layout = TargetLayout.stored(tuple(grid), None, [(r // target_patch, r // target_patch) for r in lower_resolutions], target_dtype)
+            cols = layout.encode(summary, [resample_targets(feats, g) for g in layout.grids])
+            write_teacher_shard(loc, name, specs[name], layout, u, prepared["image_id"], prepared["view_index"], cols, identity, row_group_rows)
     return finalize_manifest(loc, cfg, src, identity, list(teachers), None, n_units=len(units))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .cache import CacheReader, TargetLayout, grid_suffix
+from .cache import CacheReader, TargetLayout
 from .images import decode_student_image
 from .views import derive_resolution
 
@@ -122,6 +122,8 @@ class CacheStream(IterableDataset):
         self.schedule = (schedule or ResolutionSchedule()).resolved(self.resolution)
         self.patch_size = patch_size
         self.layouts: dict[str, TargetLayout] = {t: reader.entry(t).layout for t in self.teachers}
+        # resolution -> teacher -> the stored grid its batches are served from (None: the main grid), decided once
+        self.served = {r: {t: lay.pick_grid((r // patch_size, r // patch_size)) for t, lay in self.layouts.items()} for r in self.schedule.resolutions}
         for r in self.schedule.resolutions:
             if r > self.resolution:
                 raise ValueError(f"resolution {r} is above the {self.resolution}px views cache {uri} stores: build a cache with student_resolution={r} (and lower_resolutions for the others)")
@@ -131,11 +133,7 @@ class CacheStream(IterableDataset):
 
     def grids_read(self) -> dict[str, list[tuple[int, int]]]:
         """Per teacher, the extra stored grids some resolution of the schedule is served from (the others are not read)."""
-        out = {}
-        for t, lay in self.layouts.items():
-            picks = {lay.pick_grid((r // self.patch_size, r // self.patch_size)) for r in self.schedule.resolutions}
-            out[t] = sorted(g for g in picks if g is not None)
-        return out
+        return {t: sorted({by_t[t] for by_t in self.served.values()} - {None}) for t in self.layouts}
 
     def set_epoch(self, epoch: int, skip_batches: int = 0):
         self.epoch, self.skip_batches = epoch, skip_batches
@@ -207,12 +205,9 @@ class CacheStream(IterableDataset):
             "view_index": gather(lambda b: b.view_index).long(),
             "label": gather(lambda b: b.label_index).long(),
         }
-        g = resolution // self.patch_size
         for t in self.teachers:
-            suffix = grid_suffix(self.layouts[t].pick_grid((g, g)))
-            cols = refs[0][0].teachers[t]
-            for key in [k for k in cols if "@" not in k]:
-                src = key + suffix if key + suffix in cols else key  # the summary is the same at every grid
+            names = self.layouts[t].columns_at({k: k for k in refs[0][0].teachers[t]}, self.served[resolution][t])  # served name -> stored name
+            for key, src in names.items():
                 out[f"{t}/{key}"] = gather(lambda b: b.teachers[t][src])
         return out
 

@@ -96,24 +96,29 @@ def test_shards_readable_by_datasets(cache_dir):
     assert len(ds) == LIMIT * VIEWS and row["image_id"] and row["view_index"] in range(VIEWS)
 
 
-def test_values_equal_direct_teacher_forward(cache_dir):
+def _replayed_forward(m, batch, name: str, limit: int):
+    """Teacher ``name``'s output on each row of ``batch``, recomputed from the source image and the replayed view."""
     from pipelines.sources import SourceConfig, open_source
     from radio.images import decode_image
     from radio.views import ViewPolicy, crop_view, sample_view
     from teachers import create_teacher
 
-    m = load_manifest(CacheLocation(str(cache_dir)))
-    src = open_source(load_config(SourceConfig, None, ["kind=samples", "split=train", f"limit={LIMIT}"]))
+    src = open_source(load_config(SourceConfig, None, ["kind=samples", "split=train", f"limit={limit}"]))
     policy = ViewPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.views.policy.items()})
+    by_id = {r.image_id: r for r in src.records}
+    teacher = create_teacher(name)
+    for i in range(len(batch)):
+        img = decode_image(src.read_bytes(by_id[batch.image_id[i]]))
+        view = sample_view(policy, batch.image_id[i], int(batch.view_index[i]), img.shape[1], img.shape[0])
+        yield teacher([torch.from_numpy(crop_view(img, view)).permute(2, 0, 1)])
+
+
+def test_values_equal_direct_teacher_forward(cache_dir):
+    m = load_manifest(CacheLocation(str(cache_dir)))
     reader = CacheReader(str(cache_dir), ["tiny-clip", "tiny-sam"])
     batch = next(reader.iter_unit(1, batch_rows=5))
-    by_id = {r.image_id: r for r in src.records}
     for name in ("tiny-clip", "tiny-sam"):
-        teacher = create_teacher(name)
-        for i in range(len(batch)):
-            img = decode_image(src.read_bytes(by_id[batch.image_id[i]]))
-            view = sample_view(policy, batch.image_id[i], int(batch.view_index[i]), img.shape[1], img.shape[0])
-            out = teacher([torch.from_numpy(crop_view(img, view)).permute(2, 0, 1)])
+        for i, out in enumerate(_replayed_forward(m, batch, name, LIMIT)):
             want = resample_targets(out.features_BHWC, m.teachers[name].layout.grid, out.valid_hw_B2)
             np.testing.assert_allclose(batch.teachers[name]["features"][i].astype(np.float32), want[0].numpy(), rtol=2e-3, atol=2e-3)
             if out.summary_BD is not None:
@@ -478,27 +483,15 @@ def test_edited_manifest_is_refused(cache_dir, tmp_path, capsys):
 def test_lower_resolutions_store_each_teachers_targets_at_every_grid(ray_session, tmp_path):
     """Multi-resolution caches: one stored view per row, and each teacher's targets at the grid of every
     resolution (capped by its own grid), each the area average of the teacher's map over the whole view."""
-    from pipelines.sources import SourceConfig, open_source
-    from radio.images import decode_image
-    from radio.views import ViewPolicy, crop_view, sample_view
-    from teachers import create_teacher
-
     out = tmp_path / "mr"
     assert main(["cache", f"output={out}", "source.limit=6", "images_per_shard=6", "views.num_views=2", "student_resolution=32", "lower_resolutions=[16]", "target_patch=8",
                  "mlflow.enabled=false", "progress=false", "teachers=[tiny-clip,tiny-sam]"]) == 0
     m = load_manifest(CacheLocation(str(out)))
     lay = {t: m.teachers[t].layout for t in ("tiny-clip", "tiny-sam")}
     assert lay["tiny-sam"].grids == [(4, 4), (2, 2)] and lay["tiny-clip"].grids == [(4, 4), (2, 2)]
-    src = open_source(load_config(SourceConfig, None, ["kind=samples", "split=train", "limit=6"]))
-    policy = ViewPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.views.policy.items()})
     batch = next(CacheReader(str(out), ["tiny-clip", "tiny-sam"]).iter_unit(0, batch_rows=3))
-    by_id = {r.image_id: r for r in src.records}
     for name in ("tiny-clip", "tiny-sam"):
-        teacher = create_teacher(name)
-        for i in range(len(batch)):
-            img = decode_image(src.read_bytes(by_id[batch.image_id[i]]))
-            view = sample_view(policy, batch.image_id[i], int(batch.view_index[i]), img.shape[1], img.shape[0])
-            got = teacher([torch.from_numpy(crop_view(img, view)).permute(2, 0, 1)])
+        for i, got in enumerate(_replayed_forward(m, batch, name, 6)):
             for g, col in (((4, 4), "features"), ((2, 2), "features@2x2")):
                 want = resample_targets(got.features_BHWC, g, got.valid_hw_B2)[0].numpy()
                 np.testing.assert_allclose(batch.teachers[name][col][i].astype(np.float32), want, rtol=2e-3, atol=2e-3)

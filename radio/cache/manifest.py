@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from .codec import bytes_per_row, feature_columns
+from .codec import bytes_per_row, encode_targets, feature_columns, grid_suffix
 from .store import CacheLocation, ShardInfo
 
 __all__ = [
@@ -110,6 +110,31 @@ class TargetLayout:
     def grids(self) -> list[tuple[int, int]]:
         """Every grid stored, the main one first."""
         return [tuple(self.grid), *(tuple(g) for g in self.extra_grids)]
+
+    @classmethod
+    def stored(cls, native_grid, target_grid, extra_targets, dtype: str) -> "TargetLayout":
+        """The layout of a teacher with grid ``native_grid`` asked for ``target_grid`` (None: native) and the
+        grids ``extra_targets`` of lower resolutions: each capped by the teacher's own grid
+        (``radio.targets.stored_grid``), none stored twice, the extra grids finest first."""
+        from ..targets import stored_grid
+
+        main = stored_grid(native_grid, target_grid)
+        extra = {stored_grid(native_grid, g) for g in extra_targets} - {main}
+        return cls(main, dtype, tuple(native_grid), tuple(sorted(extra, reverse=True)))
+
+    def encode(self, summary, maps: list) -> dict:
+        """The stored columns of one batch: ``maps`` holds the feature maps at ``self.grids``, in that order; the
+        main grid's columns keep their names, each extra grid's are suffixed (``@HxW``)."""
+        cols = encode_targets(summary, maps[0], self.dtype)
+        for g, m in zip(self.extra_grids, maps[1:]):
+            cols.update({k + grid_suffix(g): v for k, v in encode_targets(None, m, self.dtype).items()})
+        return cols
+
+    def columns_at(self, cols: dict, grid: tuple[int, int] | None) -> dict:
+        """A row batch's columns as served at stored ``grid`` (None: the main grid; see ``pick_grid``), under the
+        main grid's names. The summary is the same at every grid."""
+        suffix = grid_suffix(grid)
+        return {k: cols[k + suffix] if k + suffix in cols else cols[k] for k in cols if "@" not in k}
 
     def feature_columns(self) -> list[str]:
         """Every stored feature column, the main grid's first."""
