@@ -1,24 +1,30 @@
 """``radio cache``: frozen teachers on Ray actors stream their targets into fingerprinted Parquet shards.
 
-Dataflow, per *unit* (a fixed chunk of source images)::
+The job in four steps (``run_cache_job``)::
 
-    prepare_unit (CPU task)            decode, draw K views, crop; write views/unit-N.parquet
-        -> TeacherWorker.run (GPU/CPU) one actor pool per teacher, sized independently; targets resampled
-                                       to the stored grid and encoded on the teacher's device
-        -> write_teacher_shard (CPU)   exact per-shard statistics; commit teachers/<t>/unit-N.parquet
+    plan      (no Ray)   the manifest and one listing per directory: what is committed, damaged, missing
+    run       (Ray)      per *unit* (a fixed chunk of source images) still missing:
+                           prepare_unit (CPU task)            decode, draw K views, crop; commit views/unit-N
+                           -> TeacherWorker.run (GPU/CPU)     one actor pool per teacher; targets resampled to
+                                                              the stored grid and encoded on its device
+                           -> write_teacher_result (CPU)      exact moments; commit teachers/<t>/unit-N
+    finalize  (no Ray)   manifest and each changed teacher's merged statistics, from the commit records
+    report               summary line, MLflow
 
-The cache format itself (tables, codecs, manifest, statistics) lives in ``radio/cache``; this module only
-orchestrates Ray, progress and MLflow.
+The cache format itself (tables, codecs, commit records, manifest, statistics) lives in ``radio/cache``; this
+module only orchestrates Ray, progress and MLflow.
 
-At most ``max_inflight_units`` units are in flight, so memory stays flat however large the source is.
-Each (unit, table) file is committed atomically, and the set of committed files *is* the job's state: a
-rerun after any kill computes exactly the missing files, and a rerun of a complete cache does nothing.
+At most ``max_inflight_units`` units are in flight, so memory stays flat however large the source is. A
+shard counts as done once its commit record is written beside it, and the set of commit records *is* the
+job's state: a rerun after any kill computes exactly the missing files, and a rerun of a complete cache
+reads the manifest, lists each directory once and returns without starting Ray or loading a teacher.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import posixpath
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,8 +33,8 @@ from typing import Literal
 import numpy as np
 
 from radio.cache import (
-    CacheFormatError, CacheIdentity, CacheLocation, CacheMismatch, Manifest, TargetLayout, build_manifest, check_existing, describe_differences,
-    existing_units, find_damaged, save_manifest, shard_meta, teacher_path, views_path, write_teacher_shard, write_views_shard,
+    CacheFormatError, CacheIdentity, CacheLocation, CacheMismatch, Manifest, MomentsMerger, TableState, TargetLayout, build_manifest, check_existing, commit_path,
+    describe_differences, save_manifest, scan_table, shard_meta, teacher_path, write_teacher_shard, write_views_shard,
 )
 from radio.images import BadImage, decode_image, encode_image
 from radio.targets import resample_targets
@@ -107,7 +113,8 @@ def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy
     Returns (prepared, info): ``prepared["crops"]`` is a list of uint8 (h, w, 3) crops, one per row, in key
     order (when ``keep_crops``); ``prepared["inputs"][t]`` the same views at teacher ``t``'s input size. Two
     teachers with the same input for a view share one array (pickled once). ``info`` holds the row count,
-    skipped inputs and the committed views shard (if written).
+    skipped inputs and the views shard's commit (if written). ``source`` needs to hold only ``records``
+    (``Source.part``): a task is sent its unit's records, never the whole source.
     """
     from teachers import TeacherSpec
     from teachers.preprocess import host_resize, input_size
@@ -140,9 +147,9 @@ def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy
                 crops.append(crop)
             rows["student_image"].append(encode_image(render_view(img, v, (student_res, student_res)), image_format))
     n = len(rows["image_id"])
-    info = {"unit": unit, "rows": n, "images": len(records) - len(skipped), "skipped": skipped, "shard": None}
+    info = {"unit": unit, "rows": n, "images": len(records) - len(skipped), "skipped": skipped, "commit": None}
     if loc is not None:
-        info["shard"] = write_views_shard(loc, unit, rows, skipped, info["images"], identity, row_group_rows).to_dict()
+        info["commit"] = write_views_shard(loc, unit, rows, skipped, info["images"], identity, row_group_rows)
     return {"unit": unit, "image_id": rows["image_id"], "view_index": rows["view_index"], "crops": crops, "inputs": inputs}, info
 
 
@@ -200,10 +207,11 @@ class TeacherWorker:
         return {"busy_s": self.busy_s, "calls": self.calls}
 
 
-def write_teacher_result(loc: CacheLocation, teacher: str, spec: dict, layout: dict, result: dict, row_group_rows: int, identity: CacheIdentity) -> dict:
-    """Commit one teacher's targets for one unit (a Ray task). Returns the shard info and its statistics."""
-    info, stats = write_teacher_shard(loc, teacher, spec, TargetLayout.from_dict(layout), result["unit"], result["image_id"], result["view_index"], result["cols"], identity, row_group_rows)
-    return {"teacher": teacher, "shard": info.to_dict(), "stats": stats, "seconds": result["seconds"], "rows": info.rows}
+def write_teacher_result(loc: CacheLocation, teacher: str, spec: dict, layout: dict, result: dict, row_group_rows: int, identity: CacheIdentity, request: str) -> dict:
+    """Write and commit one teacher's targets for one unit (a Ray task). Returns the commit (size, checksum,
+    rows, moments) and the actor's seconds."""
+    commit = write_teacher_shard(loc, teacher, spec, TargetLayout.from_dict(layout), result["unit"], result["image_id"], result["view_index"], result["cols"], identity, row_group_rows, request)
+    return {"teacher": teacher, "commit": commit, "seconds": result["seconds"], "rows": commit.shard.rows}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,61 +353,172 @@ def init_ray(cfg: CacheJobConfig | None = None):
     return ray
 
 
-def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> CacheSummary:
-    """Build or complete the cache at ``cfg.output``. Idempotent: a complete cache is a fast no-op."""
-    t_start = time.perf_counter()
-    from teachers import get_spec_template
+# ---------------------------------------------------------------------------------------------
+# The driver: plan (no Ray) -> run (the Ray pipeline) -> finalize (manifest, merged statistics) -> report.
 
-    validate(cfg)
-    from teachers import check_source
+def teacher_request(cfg: CacheJobConfig, teacher: str) -> str:
+    """What ``teacher``'s targets are asked to be, known without loading it: the weights' cheap identity
+    (``teachers.source_key``), every job setting that changes the stored targets, and the cache identity's
+    student resolution. Targets committed under the same request are trusted as they are; under another,
+    the teacher is loaded and its fingerprint and layout decide (reuse, refuse, or ``rebuild``)."""
+    import hashlib
+    import json
 
-    for t, job in cfg.teachers.items():
-        get_spec_template(t)  # an unknown name fails here, listing the registry
-        check_source(t, job.source, job.revision)  # unloadable weights fail here, in seconds, before Ray
-    source = open_source(cfg.source)
-    if not source.records:
-        raise SourceError(f"source {cfg.source.kind}:{cfg.source.path} has no images")
+    from teachers import source_key
+
+    job = cfg.teachers[teacher]
+    key = {"teacher": teacher, "weights": source_key(teacher, job.source, job.revision), "revision": job.revision, "dtype": job.dtype, "compile": job.compile,
+           "target_grid": target_grid_for(cfg, teacher), "extra_grids": extra_grids_for(cfg, teacher), "target_dtype": cfg.target_dtype}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+@dataclass
+class CachePlan:
+    """What exists and what is missing, from the manifest and one listing per directory (no data read)."""
+
+    loc: CacheLocation
+    identity: CacheIdentity
+    n_units: int
+    manifest: Manifest | None
+    views: TableState
+    tables: dict[str, TableState]  # every teacher directory on storage (the config's and others)
+    requests: dict[str, str]  # the config's teachers
+    trusted: dict[str, bool]  # teacher -> its committed targets are this request's (or it holds none)
+    todo_views: list[int]
+    todo: dict[str, list[int]]
+    cleaned: int = 0  # temporary files, records without a shard, shards without a record: removed
+    set_aside: int = 0  # damaged shards moved aside
+
+    @property
+    def work_units(self) -> list[int]:
+        return sorted(set(self.todo_views).union(*self.todo.values()))
+
+    @property
+    def needs_teachers(self) -> list[str]:
+        """Teachers to start: those with work, and those whose committed targets must be checked against their
+        loaded fingerprint (the request changed)."""
+        return [t for t in self.requests if self.todo[t] or not self.trusted[t]]
+
+    @property
+    def up_to_date(self) -> bool:
+        """Nothing to compute and nothing to record: the manifest already says all of it."""
+        m = self.manifest
+        return (not self.needs_teachers and not self.todo_views and m is not None and m.complete and not self.set_aside and not self.cleaned
+                and not self.views.adopted and all(st.adopted == 0 for st in self.tables.values()) and set(self.requests) <= set(m.teachers)
+                and all(m.teachers[t].request == r and m.teachers[t].moments is not None for t, r in self.requests.items()))
+
+
+def plan_cache_job(cfg: CacheJobConfig, n_units: int, identity: CacheIdentity, requests: dict[str, str | None], say=print) -> CachePlan:
+    """Reconcile the cache at ``cfg.output`` with the config, without Ray or any teacher: refuse another cache's
+    root, set damaged shards aside, remove what killed writers left, and list the work per table.
+    ``requests``: each configured teacher's :func:`teacher_request`."""
     loc = CacheLocation(cfg.output)
-    identity = _identity(cfg, source)
-    cache_id = identity.cache_id
-    units = [source.records[i : i + cfg.images_per_shard] for i in range(0, len(source.records), cfg.images_per_shard)]
     manifest = check_existing(loc)  # a cache of another format version is refused here
-    removed = loc.remove_tmp()
     if manifest is not None:
         diffs = describe_differences(manifest.identity.to_dict(), identity.to_dict())
         if diffs:
             raise CacheMismatch(f"cache {cfg.output} was built with another source or view policy; refusing to mix. Differences:\n  " + "\n  ".join(diffs) + "\nUse a new output path, or delete the old cache.")
-    have_views = existing_units(loc, "views")
-    if manifest is None and have_views:
-        try:
-            meta = shard_meta(loc, views_path(min(have_views)))
-        except CacheFormatError:
-            raise
-        except Exception:  # unreadable: find_damaged below sets it aside
-            meta = {"identity": identity.to_dict()}
-        diffs = describe_differences(meta.get("identity"), identity.to_dict())
-        if diffs:
-            raise CacheMismatch(f"cache {cfg.output} holds shards of another source or view policy:\n  " + "\n  ".join(diffs))
-    # Only now that this config is known to be this cache's: a truncated or overwritten shard, or one copied in
-    # from another cache, is moved aside (nothing is deleted) and recomputed below.
-    damaged = find_damaged(loc, identity, manifest)
-    for rel, reason in damaged:
-        aside = loc.move_aside(rel)
-        print(f"[radio cache] {loc.full(rel)}: {reason}; moved to {aside}, it will be recomputed", file=sys.stderr)
-    if damaged and manifest is not None:
-        manifest.complete = False  # so the run below rewrites the manifest
-    have_views = existing_units(loc, "views")
+    else:
+        first = sorted(n for n in loc.scan("views") if n.endswith(".parquet") and n.startswith("unit-"))
+        if first:  # shards of a job killed before its first manifest: one footer says whose they are
+            try:
+                meta = shard_meta(loc, f"views/{first[0]}")
+            except CacheFormatError:
+                raise
+            except Exception:  # unreadable: the scan below sets it aside
+                meta = {"identity": identity.to_dict()}
+            diffs = describe_differences(meta.get("identity"), identity.to_dict())
+            if diffs:
+                raise CacheMismatch(f"cache {cfg.output} holds shards of another source or view policy:\n  " + "\n  ".join(diffs))
+    for t in cfg.rebuild:
+        if t in cfg.teachers:
+            loc.delete_dir(f"teachers/{t}")
+    listed = {s.path: s for s in ([*manifest.views.shards, *[s for e in manifest.teachers.values() for s in e.shards]] if manifest else [])}
+    entries = manifest.teachers if manifest else {}
+    views = scan_table(loc, None, identity, listed)
+    tables = {t: scan_table(loc, t, identity, listed, entries.get(t)) for t in sorted(set(loc.list_dirs("teachers")) | set(cfg.teachers))}
+    cleaned = set_aside = 0
+    for st in [views, *tables.values()]:
+        # a damaged, truncated or foreign shard is moved aside (nothing deleted) and recomputed; what a killed
+        # writer left (a shard without its record, a record without its shard, a temporary file) is removed
+        for rel, reason in st.damaged:
+            aside = loc.move_aside(rel)
+            if loc.exists(commit_path(rel)):
+                loc.move_aside(commit_path(rel))
+            say(f"[radio cache] {loc.full(rel)}: {reason}; moved to {aside}, it will be recomputed")
+            set_aside += 1
+        for rel in [*st.uncommitted, *st.orphans]:
+            loc.delete(rel)
+            cleaned += 1
+    trusted = {t: all(c.request == requests[t] for c in tables[t].commits.values()) for t in cfg.teachers}
+    todo_views = [u for u in range(n_units) if u not in views.commits]
+    todo = {t: [u for u in range(n_units) if u not in tables[t].commits] for t in cfg.teachers}
+    return CachePlan(loc, identity, n_units, manifest, views, tables, requests, trusted, todo_views, todo, cleaned, set_aside)
 
-    ray = init_ray(cfg)
-    resources = ray.cluster_resources()
-    has_gpu = resources.get("GPU", 0) > 0
-    reserved, cpus = reserved_cpus(cfg), resources.get("CPU", 0)
-    if cpus < reserved + 1:  # actors hold their CPUs all job long: with none left for prepare/write tasks it would wait forever
-        raise ConfigError(f"Ray has {cpus:g} CPUs, but the teacher actors reserve {reserved:g} (teachers.<t>.actors x cpus_per_actor) and the prepare/write "
-                          f"tasks need 1 more: lower teachers.<t>.cpus_per_actor or actors, or give Ray num_cpus >= {math.ceil(reserved + 1)}")
+
+def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> CacheSummary:
+    """Build or complete the cache at ``cfg.output``. Idempotent: a complete cache is a no-op that reads the
+    manifest and lists each directory once, without starting Ray."""
+    t_start = time.perf_counter()
+    from teachers import check_source, get_spec_template
+
+    validate(cfg)
+    for t, job in cfg.teachers.items():
+        get_spec_template(t)  # an unknown name fails here, listing the registry
+        check_source(t, job.source, job.revision)  # unloadable weights fail here, in seconds, before Ray
+    source = open_source(cfg.source)
+    if not len(source):
+        raise SourceError(f"source {cfg.source.kind}:{cfg.source.path} has no images")
+    identity = _identity(cfg, source)
+    n_units = math.ceil(len(source) / cfg.images_per_shard)
+    plan = plan_cache_job(cfg, n_units, identity, {t: teacher_request(cfg, t) for t in cfg.teachers}, say=lambda m: print(m, file=sys.stderr))
+    if plan.up_to_date:
+        m = plan.manifest
+        return CacheSummary(cfg.output, m.images, m.views.rows, len(m.skipped), time.perf_counter() - t_start, 0, {"views": 0, **{t: 0 for t in cfg.teachers}}, 0.0, {}, m.mlflow_run_id, identity.cache_id)
+    run = None
+    if plan.work_units:
+        run = start_run(cfg.mlflow, run_name=f"cache-{os.path.basename(os.path.normpath(cfg.output))}", tags={"radio.kind": "cache", "radio.cache_id": identity.cache_id, "radio.cache_uri": plan.loc.uri, "radio.teachers": ",".join(sorted(cfg.teachers))})
+        if run is not None:
+            run.log_params(flatten_config(cfg))
+    try:
+        result = _run_pipeline(cfg, plan, source) if plan.needs_teachers or plan.todo_views else RunResult()
+    except BaseException:
+        if run is not None:
+            run.end(status="KILLED" if not isinstance(sys.exc_info()[1], Exception) else "FAILED")
+        raise
+    manifest = finalize_cache(cfg, plan, source, result)
+    summary = _summary(cfg, plan, manifest, result, time.perf_counter() - t_start, run)
+    if run is not None:
+        _report(run, cfg, manifest, summary, result, resolved_yaml)
+    return summary
+
+
+@dataclass
+class RunResult:
+    """What the Ray pipeline did: commits (views: by unit; teachers: by teacher and unit), teacher specs and
+    layouts, moments merged so far, and the cost figures."""
+
+    views: dict[int, object] = field(default_factory=dict)
+    commits: dict[str, dict[int, object]] = field(default_factory=dict)
+    specs: dict[str, dict] = field(default_factory=dict)
+    mergers: dict[str, MomentsMerger] = field(default_factory=dict)
+    bytes_written: int = 0
+    busy: dict[str, float] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    actors: dict[str, int] = field(default_factory=dict)
+    window_s: float = 0.0  # from the first unit handed out to the last one done
+    completions: list[tuple[float, int]] = field(default_factory=list)  # (time, views) per finished unit
+    has_gpu: bool = False
+
+
+def _start_teachers(ray, cfg: CacheJobConfig, plan: CachePlan, names: list[str], has_gpu: bool) -> tuple[dict, dict, dict]:
+    """Actor pools for ``names``; (pools, specs, layouts). A teacher whose committed targets were computed
+    under another request is checked by its loaded fingerprint and layout: the same targets are kept, others
+    refused (or deleted and recomputed with ``rebuild``)."""
     actor_cls = ray.remote(TeacherWorker)
     pools: dict[str, list] = {}
-    for name, job in cfg.teachers.items():
+    for name in names:
+        job = cfg.teachers[name]
         opts = {"num_cpus": job.cpus_per_actor, "num_gpus": job.gpus_per_actor if has_gpu else 0, "max_restarts": 3, "max_task_retries": 3}
         device = "cuda" if has_gpu and job.gpus_per_actor > 0 else "cpu"
         pools[name] = [actor_cls.options(**opts).remote(name, dump_config(job), device, max(1, int(job.cpus_per_actor)), target_grid_for(cfg, name), cfg.target_dtype, extra_grids_for(cfg, name)) for _ in range(max(1, job.actors))]
@@ -409,140 +528,188 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
         ratio = tuple(cfg.views.ratio)
         if spec["resize"] == "fit_aspect" and (ratio[0] < 1 / 4 or ratio[1] > 4):
             raise ConfigError(f"teacher {name} keeps the view's aspect up to 4:1, but views.ratio={list(ratio)} allows more. Narrow views.ratio (e.g. [0.75, 1.333]).")
+        held = plan.tables[name].commits
+        if not held:
+            continue
+        old_fp, old_layout = _held_identity(plan, name)
+        if old_fp != spec["fingerprint"] or old_layout != layout:
+            old_spec = plan.manifest.teachers[name].spec if plan.manifest and name in plan.manifest.teachers else shard_meta(plan.loc, teacher_path(name, min(held))).get("spec", {})
+            diffs = [d for d in describe_differences({**old_spec, "layout": old_layout}, {**spec, "layout": layout}) if not d.startswith("fingerprint")]
+            raise CacheMismatch(f"cache {cfg.output} holds teacher {name!r} computed or stored differently (fingerprint {old_fp}, the config gives {spec['fingerprint']}). Differences:\n  " + "\n  ".join(diffs or ["(weights)"]) + f"\nRecompute only this teacher with rebuild=[{name}], or use a new output path.")
+        plan.trusted[name] = True  # same weights and layout under a new request key: the targets stand
+    return pools, specs, layouts
 
+
+def _held_identity(plan: CachePlan, teacher: str) -> tuple[str, dict]:
+    """(fingerprint, layout) of a teacher's committed targets: from the manifest, else from a commit record."""
+    if plan.manifest and teacher in plan.manifest.teachers:
+        e = plan.manifest.teachers[teacher]
+        return e.fingerprint, e.layout.to_dict()
+    c = next(iter(plan.tables[teacher].commits.values()))
+    return c.fingerprint, c.layout
+
+
+def _run_pipeline(cfg: CacheJobConfig, plan: CachePlan, source: Source) -> RunResult:
+    """The Ray pipeline: prepare tasks -> teacher actors -> write tasks, at most ``max_inflight_units`` units in
+    flight. Each teacher's moments are merged as its commits arrive (in unit order)."""
+    ray = init_ray(cfg)
+    resources = ray.cluster_resources()
+    has_gpu = resources.get("GPU", 0) > 0
+    reserved, cpus = reserved_cpus(cfg), resources.get("CPU", 0)
+    if cpus < reserved + 1:  # actors hold their CPUs all job long: with none left for prepare/write tasks it would wait forever
+        raise ConfigError(f"Ray has {cpus:g} CPUs, but the teacher actors reserve {reserved:g} (teachers.<t>.actors x cpus_per_actor) and the prepare/write "
+                          f"tasks need 1 more: lower teachers.<t>.cpus_per_actor or actors, or give Ray num_cpus >= {math.ceil(reserved + 1)}")
+    pools, specs, layouts = _start_teachers(ray, cfg, plan, plan.needs_teachers, has_gpu)
     from teachers import TeacherSpec
     from teachers.preprocess import resizes_on_host
 
+    todo = {t: set(plan.todo[t]) for t in pools if plan.todo[t]}
+    todo_views = set(plan.todo_views)
     # Resized in the prepare tasks when asked and possible (DINOv3's float-order resize runs on its device).
-    on_host = {t: cfg.teachers[t].resize_in == "prepare" and resizes_on_host(TeacherSpec.from_dict(specs[t])) for t in pools}
-
-    # Per-teacher state: refuse a changed teacher unless asked to rebuild it.
-    for name, spec in specs.items():
-        held = sorted(existing_units(loc, f"teachers/{name}"))
-        if not held:
-            continue
-        meta = shard_meta(loc, teacher_path(name, held[0]))
-        old, old_layout = meta.get("spec"), meta.get("layout")
-        if old and (old["fingerprint"] != spec["fingerprint"] or old_layout != layouts[name]):
-            if name in cfg.rebuild:
-                loc.delete_dir(f"teachers/{name}")
-                continue
-            diffs = [d for d in describe_differences({**old, "layout": old_layout}, {**spec, "layout": layouts[name]}) if not d.startswith("fingerprint")]
-            raise CacheMismatch(f"cache {cfg.output} holds teacher {name!r} computed or stored differently (fingerprint {old['fingerprint']}, the config gives {spec['fingerprint']}). Differences:\n  " + "\n  ".join(diffs or ["(weights)"]) + f"\nRecompute only this teacher with rebuild=[{name}], or use a new output path.")
-        elif name in cfg.rebuild:
-            loc.delete_dir(f"teachers/{name}")
-
-    todo_views = [u for u in range(len(units)) if u not in have_views]
-    todo = {name: [u for u in range(len(units)) if u not in existing_units(loc, f"teachers/{name}")] for name in pools}
-    work_units = sorted(set(todo_views).union(*todo.values()))
+    on_host = {t: cfg.teachers[t].resize_in == "prepare" and resizes_on_host(TeacherSpec.from_dict(specs[t])) for t in todo}
+    res = RunResult(specs=specs, has_gpu=has_gpu, actors={t: len(p) for t, p in pools.items()})
+    res.mergers = {t: MomentsMerger(plan.loc, t, plan.n_units, set(plan.tables[t].commits)) for t in todo}
+    res.busy, res.rows = {t: 0.0 for t in todo}, {t: 0 for t in todo}
     computed = {"views": len(todo_views), **{t: len(v) for t, v in todo.items()}}
-    total_images = sum(len(units[u]) for u in work_units)
-
-    run = start_run(cfg.mlflow, run_name=f"cache-{os.path.basename(os.path.normpath(cfg.output))}", tags={"radio.kind": "cache", "radio.cache_id": cache_id, "radio.cache_uri": loc.uri, "radio.teachers": ",".join(sorted(pools))}) if work_units else None
-    if run is not None:
-        run.log_params(flatten_config(cfg))
-
-    progress = _Progress(cfg.progress, total_images)
-    if work_units:
-        progress.update(0, f"{len(work_units)} units to do, {len(units) - len(work_units)} already cached" + (f", {removed} stale temp files removed" if removed else ""), force=True)
+    done = {k: 0 for k in computed}
+    work = plan.work_units
+    progress = _Progress(cfg.progress, sum(min(cfg.images_per_shard, len(source) - u * cfg.images_per_shard) for u in work))
+    if work:
+        progress.update(0, f"{len(work)} units to do, {plan.n_units - len(work)} already cached" + (f", {plan.cleaned} leftovers of killed writers removed" if plan.cleaned else ""), force=True)
     prep = ray.remote(prepare_unit).options(num_returns=2, num_cpus=1, max_retries=3)
     write = ray.remote(write_teacher_result).options(num_cpus=1, max_retries=3)
-    source_ref = ray.put(source)
     rr = {name: 0 for name in pools}
     inflight: dict = {}  # ref -> (unit, kind)
     unit_left: dict[int, int] = {}
-    done_units = {name: 0 for name in ["views", *pools]}
-    bytes_written = 0
-    busy: dict[str, float] = {t: 0.0 for t in pools}
-    rows_by_teacher: dict[str, int] = {t: 0 for t in pools}
-    queue = list(work_units)
-    t_work = time.perf_counter()  # from the first unit handed out to the last one done: the busy-fraction window
     unit_rows: dict[int, int] = {}
-    completions: list[tuple[float, int]] = []  # (time, views) per finished unit: steady-state throughput
+    queue = list(work)
+    t_work = time.perf_counter()
     try:
         while queue or inflight:
             while queue and len(unit_left) < cfg.max_inflight_units:
                 u = queue.pop(0)
-                resize_for = {t: specs[t] for t in pools if u in todo[t] and on_host[t]}
-                keep_crops = any(u in todo[t] and not on_host[t] for t in pools)
-                prepared, info = prep.remote(source_ref, units[u], cfg.views, cfg.student_resolution, cfg.student_image_format, cfg.max_pixels, loc if u in todo_views else None, u, cfg.row_group_rows, identity, resize_for, keep_crops)
+                lo = u * cfg.images_per_shard
+                part = source.part(lo, lo + cfg.images_per_shard)  # the task is sent its unit's records only
+                need = [t for t in todo if u in todo[t]]
+                resize_for = {t: specs[t] for t in need if on_host[t]}
+                keep_crops = any(not on_host[t] for t in need)
+                prepared, info = prep.remote(part, part.records, cfg.views, cfg.student_resolution, cfg.student_image_format, cfg.max_pixels, plan.loc if u in todo_views else None, u, cfg.row_group_rows, plan.identity, resize_for, keep_crops)
                 inflight[info] = (u, "views")
-                n = 1
-                for name, pool in pools.items():
-                    if u in todo[name]:
-                        actor = pool[rr[name] % len(pool)]
-                        rr[name] += 1
-                        res = actor.run.remote(prepared)
-                        inflight[write.remote(loc, name, specs[name], layouts[name], res, cfg.row_group_rows, identity)] = (u, name)
-                        n += 1
-                unit_left[u] = n
+                for name in need:
+                    pool = pools[name]
+                    actor = pool[rr[name] % len(pool)]
+                    rr[name] += 1
+                    inflight[write.remote(plan.loc, name, specs[name], layouts[name], actor.run.remote(prepared), cfg.row_group_rows, plan.identity, plan.requests[name])] = (u, name)
+                unit_left[u] = 1 + len(need)
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:
                 u, kind = inflight.pop(ref)
                 out = ray.get(ref)
+                images = 0
                 if kind == "views":
                     unit_rows[u] = out["rows"]
-                    if out["shard"]:
-                        bytes_written += out["shard"]["bytes"]
-                        done_units["views"] += 1
-                    images = len(units[u])
+                    images = out["images"] + len(out["skipped"])
+                    if out["commit"] is not None:
+                        res.views[u] = out["commit"]
+                        res.bytes_written += out["commit"].shard.bytes
+                        done["views"] += 1
                 else:
-                    bytes_written += out["shard"]["bytes"]
-                    busy[kind] += out["seconds"]
-                    rows_by_teacher[kind] += out["rows"]
-                    done_units[kind] += 1
-                    images = 0
+                    c = out["commit"]
+                    res.mergers[kind].add(u, c.moments)
+                    res.commits.setdefault(kind, {})[u] = c.without_moments()
+                    res.bytes_written += c.shard.bytes
+                    res.busy[kind] += out["seconds"]
+                    res.rows[kind] += out["rows"]
+                    done[kind] += 1
                 unit_left[u] -= 1
                 if unit_left[u] == 0:
                     del unit_left[u]
-                    completions.append((time.perf_counter(), unit_rows.get(u, 0)))
-                progress.update(images, "  ".join(f"{k} {v}/{computed[k]}" for k, v in done_units.items() if computed[k]))
-    except BaseException:
+                    res.completions.append((time.perf_counter(), unit_rows.get(u, 0)))
+                progress.update(images, "  ".join(f"{k} {v}/{computed[k]}" for k, v in done.items() if computed[k]))
+    finally:
         progress.close()
-        if run is not None:
-            run.end(status="KILLED" if not isinstance(sys.exc_info()[1], Exception) else "FAILED")
-        raise
-    progress.close()
-    for pool in pools.values():
-        for a in pool:
-            ray.kill(a)
+        for pool in pools.values():
+            for a in pool:
+                ray.kill(a)
+    res.window_s = (res.completions[-1][0] - t_work) if res.completions else 0.0
+    return res
 
-    if not work_units and manifest is not None and manifest.complete and set(pools) <= set(manifest.teachers):
-        elapsed = time.perf_counter() - t_start
-        return CacheSummary(cfg.output, manifest.images, manifest.views.rows, len(manifest.skipped), elapsed, 0, computed, 0.0, {}, manifest.mlflow_run_id, cache_id)
 
-    new_manifest = finalize_manifest(loc, cfg, source, identity, list(specs), manifest, n_units=len(units))
-    elapsed = time.perf_counter() - t_start
-    views_per_s = {t: rows_by_teacher[t] / busy[t] for t in pools if busy[t] > 0}
-    window = (completions[-1][0] - t_work) if completions else 0.0
-    busy_fraction = {t: busy[t] / (len(pools[t]) * window) for t in pools if busy[t] > 0 and window > 0}
-    # From the first finished unit to the last: the pipeline's rate once start-up (actors importing
-    # torch and loading teachers) is behind it.
-    steady = sum(v for _, v in completions[1:]) / (completions[-1][0] - completions[0][0]) if len(completions) > 1 and completions[-1][0] > completions[0][0] else None
-    summary = CacheSummary(cfg.output, new_manifest.images, new_manifest.views.rows, len(new_manifest.skipped), elapsed, bytes_written, computed, total_images / elapsed if elapsed > 0 else 0.0, views_per_s, run.run_id if run else None, cache_id, steady, busy_fraction)
-    if run is not None:
-        new_manifest.mlflow_run_id = run.run_id
-        save_manifest(loc, new_manifest)
-        # one naming scheme across radio: cache/... what the cache holds, system/... what it cost
-        metrics = {"cache/images": summary.images, "cache/views": summary.views, "cache/skipped": summary.skipped, "cache/bytes_written": bytes_written,
-                   "system/seconds": elapsed, "system/images_per_s": summary.images_per_s, "system/steady_views_per_s": steady}
-        for t, entry in new_manifest.teachers.items():
-            metrics[f"cache/bytes_per_view/{t}"] = entry.bytes_per_view
-            metrics[f"cache/bytes_ratio_to_float32_native/{t}"] = entry.bytes_per_view / entry.float32_native_bytes_per_view
-        for t, r in views_per_s.items():
-            metrics[f"system/views_per_s/{t}"] = r
-            metrics[f"system/actor_seconds/{t}"] = busy[t]
-            metrics[f"system/busy_fraction/{t}"] = busy_fraction.get(t)
-            metrics[f"system/gpu_hours/{t}"] = busy[t] * (cfg.teachers[t].gpus_per_actor if has_gpu else 0.0) / 3600
-        run.log_metrics(metrics)
-        log_cache_input(run, cfg.output, new_manifest, "output")
-        run.log_text(__import__("json").dumps(new_manifest.to_dict(), indent=1, sort_keys=True), "manifest.json")
-        if resolved_yaml:
-            run.log_text(resolved_yaml, "config.yaml")
-        run.end()
-    return summary
+def finalize_cache(cfg: CacheJobConfig, plan: CachePlan, source: Source, result: RunResult) -> Manifest:
+    """The manifest and each changed teacher's merged statistics, from commit records only (those held from
+    the plan, and this run's); a teacher none of whose shards changed keeps its merged statistics file."""
+    old = plan.manifest
+    views = _with_mtimes(plan.loc, "views", {**plan.views.commits, **result.views})
+    teachers = {}
+    for name, st in plan.tables.items():
+        commits = _with_mtimes(plan.loc, f"teachers/{name}", {**st.commits, **result.commits.get(name, {})})
+        if not commits:
+            continue
+        old_entry = old.teachers.get(name) if old else None
+        spec = result.specs.get(name) or (old_entry.spec if old_entry else shard_meta(plan.loc, teacher_path(name, min(commits))).get("spec"))
+        teachers[name] = (spec, old_entry, commits, result.mergers.get(name), plan.requests.get(name) if plan.trusted.get(name) else None)
+    return build_manifest(plan.loc, plan.identity, {**source.describe(), "config": dump_config(cfg.source)}, cfg.views.to_dict(), dump_config(cfg), plan.n_units, list(cfg.teachers),
+                          views, teachers, old, excluded=source.excluded)
+
+
+def _with_mtimes(loc: CacheLocation, rel_dir: str, commits: dict) -> dict:
+    """The commits with each shard's modification time as listed now (one listing), for the manifest: a later
+    rerun that lists another time for a file knows it was written again, without reading it."""
+    from dataclasses import replace
+
+    if not commits:
+        return commits
+    stat = loc.scan_stat(rel_dir)
+    return {u: replace(c, shard=replace(c.shard, mtime_ns=stat.get(posixpath.basename(c.shard.path), (0, None))[1])) for u, c in commits.items()}
+
+
+def _summary(cfg: CacheJobConfig, plan: CachePlan, m: Manifest, r: RunResult, elapsed: float, run) -> CacheSummary:
+    computed = {"views": len(r.views), **{t: len(r.commits.get(t, {})) for t in cfg.teachers}}
+    views_per_s = {t: r.rows[t] / r.busy[t] for t in r.busy if r.busy[t] > 0}
+    busy_fraction = {t: r.busy[t] / (r.actors[t] * r.window_s) for t in r.busy if r.busy[t] > 0 and r.window_s > 0}
+    c = r.completions
+    # From the first finished unit to the last: the pipeline's rate once start-up (actors importing torch and
+    # loading teachers) is behind it.
+    steady = sum(v for _, v in c[1:]) / (c[-1][0] - c[0][0]) if len(c) > 1 and c[-1][0] > c[0][0] else None
+    work_images = sum(min(cfg.images_per_shard, m.source.get("num_images", 0) - u * cfg.images_per_shard) for u in plan.work_units)
+    return CacheSummary(cfg.output, m.images, m.views.rows, len(m.skipped), elapsed, r.bytes_written, computed, work_images / elapsed if elapsed > 0 else 0.0,
+                        views_per_s, run.run_id if run else m.mlflow_run_id, plan.identity.cache_id, steady, busy_fraction)
+
+
+def _report(run, cfg: CacheJobConfig, m: Manifest, summary: CacheSummary, r: RunResult, resolved_yaml: str | None):
+    """The run's manifest, metrics and config in MLflow (one naming scheme across radio: cache/... what the
+    cache holds, system/... what it cost)."""
+    import json
+
+    m.mlflow_run_id = run.run_id
+    save_manifest(CacheLocation(cfg.output), m)
+    metrics = {"cache/images": summary.images, "cache/views": summary.views, "cache/skipped": summary.skipped, "cache/bytes_written": summary.bytes_written,
+               "system/seconds": summary.seconds, "system/images_per_s": summary.images_per_s, "system/steady_views_per_s": summary.steady_views_per_s}
+    for t, entry in m.teachers.items():
+        metrics[f"cache/bytes_per_view/{t}"] = entry.bytes_per_view
+        metrics[f"cache/bytes_ratio_to_float32_native/{t}"] = entry.bytes_per_view / entry.float32_native_bytes_per_view
+    for t, rate in summary.teacher_views_per_s.items():
+        metrics[f"system/views_per_s/{t}"] = rate
+        metrics[f"system/actor_seconds/{t}"] = r.busy[t]
+        metrics[f"system/busy_fraction/{t}"] = summary.teacher_busy_fraction.get(t)
+        metrics[f"system/gpu_hours/{t}"] = r.busy[t] * (cfg.teachers[t].gpus_per_actor if r.has_gpu else 0.0) / 3600
+    run.log_metrics(metrics)
+    log_cache_input(run, cfg.output, m, "output")
+    run.log_text(json.dumps(m.to_dict(), indent=1, sort_keys=True), "manifest.json")
+    if resolved_yaml:
+        run.log_text(resolved_yaml, "config.yaml")
+    run.end()
 
 
 def finalize_manifest(loc: CacheLocation, cfg: CacheJobConfig, source: Source, identity: CacheIdentity, teachers: list[str], old: Manifest | None, n_units: int) -> Manifest:
-    """Rebuild the manifest from the committed files (``radio.cache.build_manifest``)."""
-    return build_manifest(loc, identity, {**source.describe(), "config": dump_config(cfg.source)}, cfg.views.to_dict(), dump_config(cfg), n_units, teachers, old, excluded=source.excluded)
+    """The manifest of the shards committed at ``loc`` (for caches written without the job, e.g. synthetic ones):
+    plan from the listings, then finalize from the commit records."""
+    cfg = _with_teachers(cfg, teachers)
+    plan = plan_cache_job(cfg, n_units, identity, {t: None for t in teachers}, say=lambda m: None)
+    return finalize_cache(cfg, plan, source, RunResult())
+
+
+def _with_teachers(cfg: CacheJobConfig, teachers: list[str]) -> CacheJobConfig:
+    from dataclasses import replace
+
+    return replace(cfg, teachers={t: cfg.teachers.get(t, TeacherJobConfig()) for t in teachers}, rebuild=[])

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+import posixpath
 import random
 import sys
 
 import numpy as np
 
 from radio.cache import (
-    MIN_COS, CacheError, CacheLocation, Manifest, check_shard, column_tensor, decode_features, decode_metadata, decode_summary, feature_columns, grid_suffix, merged_stats, stats_differ,
-    load_manifest, save_manifest, teacher_path, views_path,
+    MIN_COS, CacheError, CacheLocation, Manifest, TeacherStats, column_tensor, decode_features, decode_summary, feature_columns, grid_suffix, load_manifest, save_manifest,
+    stats_differ, teacher_path, views_path,
 )
 from radio.images import decode_image, encode_image
 from radio.views import ViewPolicy, crop_view, render_view, sample_view
@@ -61,69 +63,139 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def verify_cache(uri: str, sample: int = 8, atol: float | None = None, min_cos: float | None = None, seed: int = 0, out=None) -> bool:
-    """Check manifest against shards, then recompute ``sample`` random rows with the teachers.
+def verify_cache(uri: str, sample: int = 8, atol: float | None = None, min_cos: float | None = None, seed: int = 0, out=None, full: bool = False) -> bool:
+    """Check a cache at the cost its size allows, and report every problem found (never stops at the first).
 
-    Recomputed targets go through the same resampling and codec as the cache job. Per teacher, the worst
-    cosine over rows and grid positions (features) and rows (summary) is reported and must reach
-    ``min_cos`` (default: the codec's bound, ``radio.cache.MIN_COS``: 0.999 for float16/float32, 0.995 for
-    int8). ``atol`` (default: none) also bounds the largest absolute difference.
-    Returns True when everything matches. Differences are printed, one line each.
+    Every file, structurally: one listing per directory (each listed shard present, with its size and commit
+    record; nothing unlisted), each Parquet footer (format, cache identity, unit, fingerprint, layout, rows),
+    each commit record's header (size, checksum, rows against the manifest), every table's keys against the
+    views, and the merged statistics (checksum, and the manifest's per-channel values). Then ``sample`` units
+    drawn with ``seed``: every file of them is checksummed and one row of each recomputed with the teachers
+    (same resampling and codec as the job; the worst cosine must reach ``min_cos``, default the codec's bound
+    ``radio.cache.MIN_COS``; ``atol`` also bounds the largest absolute difference). ``full``: checksum every
+    file and merge the statistics again from every commit record. Files found damaged are not recomputed.
+    Prints what it read (bytes, against the cache's). Returns True when everything matches.
     """
+    from radio.cache import MomentsMerger, RecordError, commit_path, open_checked, read_merged_moments, read_record
+    from radio.cache.state import _per_channel
+
     out = out or sys.stdout
     loc, m = _open(uri)
     problems: list[str] = []
+    read = {"bytes": 0}
+    damaged: set[str] = set()
+    missing: set[str] = set()
 
-    def check_file(entry, fingerprint=None):
-        """The shard if it is what the manifest lists (identity, unit, fingerprint, rows, size, checksum)."""
-        reason = check_shard(loc, entry.path, m.identity, entry.unit, entry, fingerprint, checksum=True)
-        if reason is not None:
-            problems.append(f"{entry.path}: {reason}")
-            return None
-        return loc.parquet_file(entry.path)
+    def bad(rel: str, reason: str):
+        problems.append(f"{rel}: {reason}")
+        damaged.add(rel)
 
-    def keys_of(pf):
-        t = pf.read(columns=["image_id", "view_index"])
-        return list(zip(t.column("image_id").to_pylist(), t.column("view_index").to_pylist()))
-
+    tables = [("views", None, m.views.shards)] + [(f"teachers/{t}", t, e.shards) for t, e in m.teachers.items()]
+    total = m.views.bytes + sum(e.bytes for e in m.teachers.values())
+    # 1. listings: present, sized, committed, nothing unlisted
+    for rel_dir, _, shards in tables:
+        names = loc.scan(rel_dir)
+        listed = set()
+        for sh in shards:
+            base = posixpath.basename(sh.path)
+            listed |= {base, base[:-8] + ".commit"}
+            if base not in names:
+                bad(sh.path, "missing")
+                missing.add(sh.path)
+            elif names[base] != sh.bytes:
+                bad(sh.path, f"{names[base]} bytes, the manifest says {sh.bytes}")
+            elif base[:-8] + ".commit" not in names:
+                bad(sh.path, "its commit record is missing")
+        for extra in sorted(n for n in names if not n.startswith(".") and n not in listed):
+            problems.append(f"{rel_dir}/{extra}: on storage but not in the manifest (rerun radio cache to record it)")
+    for t in sorted(set(loc.list_dirs("teachers")) - set(m.teachers)):
+        problems.append(f"teachers/{t}: on storage but not in the manifest (rerun radio cache to record it, or `radio cache drop {uri} {t}`)")
+    # 2. footers, commit headers and keys of every file not already found damaged
     keys_by_unit = {}
-    for entry in m.views.shards:
-        pf = check_file(entry)
-        if pf is None:
-            continue
-        keys = keys_of(pf)
-        if len(set(keys)) != len(keys):
-            problems.append(f"{entry.path}: duplicate keys")
-        keys_by_unit[entry.unit] = keys
-    for name, tinfo in m.teachers.items():
-        good = True
-        for entry in tinfo.shards:
-            pf = check_file(entry, tinfo.fingerprint)
-            if pf is None:
-                good = False
+    for rel_dir, t, shards in tables:
+        e = m.teachers.get(t) if t else None
+        for sh in shards:
+            if sh.path in missing:
                 continue
-            meta = decode_metadata(pf.schema_arrow.metadata)
-            if meta.get("layout") != tinfo.layout.to_dict():
-                problems.append(f"{entry.path}: target layout {meta.get('layout')} != manifest {tinfo.layout.to_dict()}")
-            if keys_of(pf) != keys_by_unit.get(entry.unit):
-                problems.append(f"{entry.path}: keys differ from views/unit-{entry.unit:05d}")
-        if good and stats_differ(merged_stats(loc, tinfo), tinfo.stats):
-            problems.append(f"manifest.json: the statistics of teacher {name!r} differ from those its shards record (recomputed from the shards)")
+            pf, reason = open_checked(loc, sh.path, m.identity, sh.unit, sh, e.fingerprint if e else None, e.layout.to_dict() if e else None)
+            if reason:
+                bad(sh.path, reason)
+                continue
+            read["bytes"] += pf.metadata.serialized_size + 8
+            try:
+                header, _ = read_record(loc, commit_path(sh.path), arrays=False)
+                read["bytes"] += 16 + len(json.dumps(header))
+                rec = header.get("shard", {})
+                if (rec.get("bytes"), rec.get("sha256"), rec.get("rows")) != (sh.bytes, sh.sha256, sh.rows):
+                    bad(sh.path, "its commit record and the manifest disagree on its size, checksum or rows")
+                    continue
+            except (RecordError, OSError) as err:
+                bad(sh.path, f"its commit record is unreadable ({str(err).splitlines()[0][:120]})")
+                continue
+            keys = pf.read(columns=["image_id", "view_index"])
+            read["bytes"] += sum(pf.metadata.row_group(g).column(c).total_compressed_size for g in range(pf.num_row_groups) for c in range(2))
+            k = list(zip(keys.column("image_id").to_pylist(), keys.column("view_index").to_pylist()))
+            if t is None:
+                if len(set(k)) != len(k):
+                    bad(sh.path, "duplicate keys")
+                keys_by_unit[sh.unit] = k
+            elif sh.unit in keys_by_unit and k != keys_by_unit[sh.unit]:
+                bad(sh.path, f"keys differ from views/unit-{sh.unit:05d}")
     if m.complete and (len(m.views.shards) != m.units or any(len(t.shards) != m.units for t in m.teachers.values())):
         problems.append(f"manifest.json: marked complete with {m.units} units, but lists {len(m.views.shards)} views shards and " + ", ".join(f"{len(t.shards)} for {n}" for n, t in m.teachers.items()))
-    listed = {e.path for e in m.views.shards} | {e.path for t in m.teachers.values() for e in t.shards}
-    on_disk = set(loc.list_files("views")) | {f for name in loc.list_dirs("teachers") for f in loc.list_files(f"teachers/{name}")}
-    for extra in sorted(on_disk - listed):
-        problems.append(f"{extra}: on disk but not in the manifest (rerun radio cache to record it)")
-    n_files = len(listed)
-    print(f"checked {n_files} files: {'OK' if not problems else f'{len(problems)} problem(s)'}", file=out)
-
+    # 3. merged statistics: the file's checksum, the manifest's per-channel values, and (full) a merge again from every record
+    for name, e in m.teachers.items():
+        if e.moments is None:
+            problems.append(f"manifest.json: no merged statistics for teacher {name!r}")
+            continue
+        try:
+            f, s = read_merged_moments(loc, e.moments)
+            read["bytes"] += e.moments.bytes
+        except (CacheError, OSError, RecordError) as err:
+            problems.append(str(err).split(". Rerun")[0])
+            continue
+        if stats_differ(TeacherStats(_per_channel(f), _per_channel(s)), e.stats):
+            problems.append(f"manifest.json: the statistics of teacher {name!r} differ from its merged statistics file {e.moments.path}")
+        if full and not any(sh.path in damaged for sh in e.shards):
+            merger = MomentsMerger(loc, name, m.units, {sh.unit for sh in e.shards})
+            f2, s2 = merger.finish()
+            read["bytes"] += sum(loc.size(commit_path(sh.path)) for sh in e.shards)
+            if stats_differ(TeacherStats(_per_channel(f2), _per_channel(s2)), TeacherStats(_per_channel(f), _per_channel(s))) or not np.allclose(f2.cov, f.cov, rtol=1e-9, atol=1e-12):
+                problems.append(f"{e.moments.path}: differs from the merge of its teacher's {len(e.shards)} commit records")
+    # 4. checksums: every file (full) or every file of the sampled units
+    units = sorted(keys_by_unit)
+    picks = units if full else sorted(random.Random(seed).sample(units, min(sample, len(units))))
+    for rel_dir, t, shards in tables:
+        by_unit = {sh.unit: sh for sh in shards}
+        for u in picks:
+            sh = by_unit.get(u)
+            if sh is None or sh.path in damaged:
+                continue
+            read["bytes"] += sh.bytes
+            if loc.sha256(sh.path) != sh.sha256:
+                bad(sh.path, "checksum differs from the one recorded when it was written")
+    n_files = sum(len(sh) for _, _, sh in tables)
+    print(f"checked {n_files} files (listing, footers, commit records, keys; checksums of {'all' if full else f'{len(picks)} sampled unit(s)'}): {'OK' if not problems else f'{len(problems)} problem(s)'}", file=out)
     if sample > 0 and keys_by_unit:
-        problems.extend(_recompute(loc, m, keys_by_unit, sample, atol, min_cos, seed, out))
+        intact = {u: k for u, k in keys_by_unit.items() if all(sh.path not in damaged for _, _, shards in tables for sh in shards if sh.unit == u)}
+        rows = [(u, random.Random(seed * 7919 + u).randrange(len(intact[u]))) for u in picks if u in intact and intact[u]]
+        if rows:
+            problems.extend(_recompute(loc, m, intact, rows, atol, min_cos, out, read))
+    print(f"read {read['bytes'] / 1e6:.2f} MB of the cache's {total / 1e6:.2f} MB ({100 * read['bytes'] / max(1, total):.2f} %)", file=out)
     for p in problems:
         print(f"MISMATCH {p}", file=out)
     print("verify: OK" if not problems else f"verify: FAILED ({len(problems)} problem(s))", file=out)
     return not problems
+
+
+def _row_at(pf, i: int):
+    """Row ``i`` of a Parquet file, reading only its row group."""
+    for g in range(pf.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if i < n:
+            return pf.read_row_group(g).slice(i, 1), pf.metadata.row_group(g).total_byte_size
+        i -= n
+    raise IndexError(i)
 
 
 def _worst_cos(fresh, stored) -> float:
@@ -133,7 +205,7 @@ def _worst_cos(fresh, stored) -> float:
     return float(cos.min())
 
 
-def _recompute(loc, m: Manifest, keys_by_unit, sample, atol, min_cos, seed, out) -> list[str]:
+def _recompute(loc, m: Manifest, keys_by_unit, picks, atol, min_cos, out, read) -> list[str]:
     import torch
 
     from radio.targets import resample_targets
@@ -143,14 +215,11 @@ def _recompute(loc, m: Manifest, keys_by_unit, sample, atol, min_cos, seed, out)
     from .sources import SourceConfig, open_source
 
     problems = []
-    rng = random.Random(seed)
-    all_rows = [(u, i) for u, keys in sorted(keys_by_unit.items()) for i in range(len(keys))]
-    picks = sorted(rng.sample(all_rows, min(sample, len(all_rows))))
     src_cfg = load_config(SourceConfig, overrides=[f"{k}={_yaml(v)}" for k, v in m.source["config"].items()])
     source = open_source(src_cfg)
     if source.fingerprint != m.identity.source_fingerprint:
         return [f"source {src_cfg.kind}:{src_cfg.path} has changed since the cache was built (fingerprint {source.fingerprint} != {m.identity.source_fingerprint}); cannot recompute"]
-    by_id = {r.image_id: r for r in source.records}
+    ips = m.identity.images_per_shard
     policy = ViewPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.views.policy.items()})
     res = m.student_resolution
     teachers = {}
@@ -162,8 +231,14 @@ def _recompute(loc, m: Manifest, keys_by_unit, sample, atol, min_cos, seed, out)
     worst = {}
     for u, i in picks:
         image_id, view_index = keys_by_unit[u][i]
-        vrow = loc.parquet_file(views_path(u)).read().slice(i, 1)
-        img = decode_image(source.read_bytes(by_id[image_id]), name=image_id)
+        vrow, n = _row_at(loc.parquet_file(views_path(u)), i)
+        read["bytes"] += n
+        part = source.part(u * ips, (u + 1) * ips)
+        rec = next((r for r in part.records if r.image_id == image_id), None)
+        if rec is None:
+            problems.append(f"{image_id}: not in unit {u} of the source")
+            continue
+        img = decode_image(source.read_bytes(rec), name=image_id)
         view = sample_view(policy, image_id, view_index, img.shape[1], img.shape[0])
         if list(view.box) != vrow.column("crop_box").to_pylist()[0] or view.flip != vrow.column("flip").to_pylist()[0]:
             problems.append(f"{image_id} view {view_index}: recorded crop/flip differ from the view policy's replay")
@@ -174,7 +249,8 @@ def _recompute(loc, m: Manifest, keys_by_unit, sample, atol, min_cos, seed, out)
         crop = torch.from_numpy(crop_view(img, view)).permute(2, 0, 1)
         for name, teacher in teachers.items():
             layout = m.teachers[name].layout
-            trow = loc.parquet_file(teacher_path(name, u)).read().slice(i, 1)
+            trow, n = _row_at(loc.parquet_file(teacher_path(name, u)), i)
+            read["bytes"] += n
             got = teacher([crop])
             pairs = []
             for g in layout.grids:  # every stored grid, the lower resolutions' included
@@ -210,7 +286,11 @@ def drop_teacher(uri: str, teacher: str) -> dict:
     loc, m = _open(uri)
     if teacher not in m.teachers and teacher not in loc.list_dirs("teachers"):
         raise CacheError(f"cache {uri} has no teacher {teacher!r}; it holds {sorted(m.teachers)}")
+    from radio.cache import stats_path
+
     loc.delete_dir(f"teachers/{teacher}")
+    if loc.exists(stats_path(teacher)):
+        loc.delete(stats_path(teacher))
     m.teachers.pop(teacher, None)
     save_manifest(loc, m)
     return m
@@ -221,9 +301,10 @@ def main(argv: list[str]) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("info", help="what a cache holds")
     i.add_argument("cache")
-    v = sub.add_parser("verify", help="check manifest, shards and keys; recompute a sample with the teachers")
+    v = sub.add_parser("verify", help="check every file's structure, checksum a sample of units and recompute a row of each with the teachers")
     v.add_argument("cache")
-    v.add_argument("--sample", type=int, default=8, help="rows to recompute (0: only check files)")
+    v.add_argument("--sample", type=int, default=8, help="units drawn (seeded): every file of them checksummed, one row of each recomputed with the teachers (0: structure only)")
+    v.add_argument("--full", action="store_true", help="checksum every file and merge the statistics again from every commit record")
     v.add_argument("--atol", type=float, default=None, help="largest allowed absolute difference (default: not checked)")
     v.add_argument("--min-cos", type=float, default=None, help="smallest allowed cosine per grid position / summary (default: 0.999 for float16 and float32 targets, 0.995 for int8)")
     v.add_argument("--seed", type=int, default=0)
@@ -235,7 +316,7 @@ def main(argv: list[str]) -> int:
         print(cache_info(ns.cache))
         return 0
     if ns.cmd == "verify":
-        return 0 if verify_cache(ns.cache, ns.sample, ns.atol, ns.min_cos, ns.seed) else 1
+        return 0 if verify_cache(ns.cache, ns.sample, ns.atol, ns.min_cos, ns.seed, full=ns.full) else 1
     drop_teacher(ns.cache, ns.teacher)
     print(f"dropped {ns.teacher} from {ns.cache}")
     return 0

@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import stat
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["SourceConfig", "SourceRecord", "Source", "open_source", "SourceError", "Unreadable"]
+import numpy as np
+
+__all__ = ["SourceConfig", "SourceRecord", "Source", "PackedStrings", "open_source", "SourceError", "Unreadable"]
 
 
 class SourceError(ValueError):
@@ -59,17 +62,85 @@ class SourceRecord:
     label_index: int  # -1 when unlabeled
 
 
-class Source:
-    """An opened source. ``records`` are in a fixed, deterministic order."""
+class PackedStrings:
+    """Many strings in one buffer plus int64 offsets: ~(length + 8) bytes each, against ~60 + length for a list
+    of Python strings (a 10^8-image source's ids and paths must fit a driver). Immutable; slices are cheap."""
 
-    def __init__(self, cfg: SourceConfig, records: list[SourceRecord], labels: list[str], fingerprint: str, files: list[str] | None = None, root: str | None = None, excluded: list[dict] | None = None):
-        self.cfg, self.records, self.labels, self.fingerprint = cfg, records, labels, fingerprint
-        self._files, self._root = files, root
+    def __init__(self, blob: bytes, offsets: np.ndarray):
+        self.blob, self.offsets = blob, offsets
+
+    @classmethod
+    def of(cls, strings) -> "PackedStrings":
+        parts = [x.encode("utf-8", "surrogateescape") for x in strings]
+        offsets = np.zeros(len(parts) + 1, np.int64)
+        np.cumsum([len(b) for b in parts], out=offsets[1:])
+        return cls(b"".join(parts), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return self.blob[self.offsets[i] : self.offsets[i + 1]].decode("utf-8", "surrogateescape")
+
+    def slice(self, a: int, b: int) -> "PackedStrings":
+        b = min(b, len(self))
+        lo, hi = int(self.offsets[a]), int(self.offsets[b])
+        return PackedStrings(self.blob[lo:hi], self.offsets[a : b + 1] - lo)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.blob) + self.offsets.nbytes
+
+
+_HF_CACHE: dict = {}  # one opened data set per worker process (a task is sent a part of the source, not the data set)
+
+
+class Source:
+    """An opened source: records in a fixed, deterministic order, held compactly (ids and file names packed,
+    labels as an int32 array), and a way to read one record's bytes.
+
+    ``part(a, b)`` is the source restricted to records ``a..b-1``: what one prepare task is sent (pickling the
+    whole source into every task would cost O(source) per unit, O(source^2) per job)."""
+
+    def __init__(self, cfg: SourceConfig, ids: PackedStrings | None, label_idx: np.ndarray, labels: list[str], fingerprint: str, files: PackedStrings | None = None, root: str | None = None,
+                 excluded: list[dict] | None = None, offset: int = 0):
+        self.cfg, self.labels, self.fingerprint = cfg, labels, fingerprint
+        self._ids, self._label_idx, self._files, self._root, self._offset = ids, np.asarray(label_idx, np.int32), files, root, offset
         # Entries of a folder that are not read at all (hidden, links to folders, unreadable folders):
         # recorded in the manifest's skipped list, kept out of the records and the fingerprint, so a
         # `.DS_Store` appearing between runs does not change the cache's identity.
         self.excluded = excluded or []
         self._ds = None
+
+    def __len__(self) -> int:
+        return len(self._label_idx)
+
+    def image_id(self, i: int) -> str:
+        """The id of record ``i`` (counted within this source or part)."""
+        if self._ids is None:  # a data set without an id column: ids are split and row
+            return f"{self.cfg.split}-{self._offset + i:08d}"
+        return self._ids[i]
+
+    def record(self, i: int) -> SourceRecord:
+        return SourceRecord(self.image_id(i), self._offset + i, int(self._label_idx[i]))
+
+    @property
+    def records(self) -> list[SourceRecord]:
+        """Every record as an object (for a part or a small source; the job itself never builds this list)."""
+        return [self.record(i) for i in range(len(self))]
+
+    def part(self, a: int, b: int) -> "Source":
+        """Records ``a..b-1`` only, with what is needed to read them (the excluded list stays with the driver)."""
+        b = min(b, len(self))
+        p = Source(self.cfg, self._ids.slice(a, b) if self._ids is not None else None, self._label_idx[a:b], self.labels, self.fingerprint,
+                   self._files.slice(a, b) if self._files is not None and self._files is not self._ids else None, self._root, None, self._offset + a)
+        if self._files is not None and self._files is self._ids:
+            p._files = p._ids
+        return p
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -77,12 +148,12 @@ class Source:
         return state
 
     def describe(self) -> dict:
-        return {"kind": self.cfg.kind, "path": self.cfg.path, "builder": self.cfg.builder, "split": self.cfg.split, "num_images": len(self.records), "fingerprint": self.fingerprint, "labels": self.labels}
+        return {"kind": self.cfg.kind, "path": self.cfg.path, "builder": self.cfg.builder, "split": self.cfg.split, "num_images": len(self), "fingerprint": self.fingerprint, "labels": self.labels}
 
     def read_bytes(self, rec: SourceRecord) -> bytes:
         """Encoded bytes of one record. OSError for an unreadable file (the job records it as a skip)."""
         if self._files is not None:
-            return _read_regular_file(os.path.join(self._root, self._files[rec.index]))
+            return _read_regular_file(os.path.join(self._root, self._files[rec.index - self._offset]))
         ds = self._dataset()
         value = ds[rec.index][self.cfg.image_column]
         if isinstance(value, dict):
@@ -95,7 +166,10 @@ class Source:
 
     def _dataset(self):
         if self._ds is None:
-            self._ds = _load_hf(self.cfg)[0]
+            key = json.dumps(asdict(self.cfg), sort_keys=True)
+            if key not in _HF_CACHE:
+                _HF_CACHE[key] = _load_hf(self.cfg)[0]
+            self._ds = _HF_CACHE[key]
         return self._ds
 
 
@@ -185,27 +259,32 @@ def _folder_source(cfg: SourceConfig, root: Path, files: list[str] | None = None
             hint = f" ({len(excluded)} hidden or unreadable entries; see the manifest after a run)" if excluded else ""
             raise SourceError(f"source.path {root} contains no files to read{hint}")
     if label_of is None:
-        parents = sorted({Path(f).parent.as_posix() for f in files} - {"."})
-        labelled = parents and all(Path(f).parent.as_posix() != "." for f in files if Path(f).suffix.lower() in _IMAGE_SUFFIXES)
+        parents = sorted({posixpath.dirname(f) for f in files} - {""})
+        labelled = parents and all(posixpath.dirname(f) != "" for f in files if posixpath.splitext(f)[1].lower() in _IMAGE_SUFFIXES)
         labels = parents if labelled else []
         # a file beside the class folders (README.txt) has no class; it is recorded as skipped when it is
         # not an image (were it an image, the tree would not count as class folders at all)
-        label_of = (lambda f: labels.index(Path(f).parent.as_posix()) if Path(f).parent.as_posix() in labels else -1) if labels else (lambda f: -1)
+        position = {c: i for i, c in enumerate(labels)}
+        label_of = (lambda f: position.get(posixpath.dirname(f) or ".", -1)) if labels else (lambda f: -1)
     else:
         labels = label_of.labels
     if cfg.limit is not None:
         files = files[: cfg.limit]
     h = hashlib.sha256()
-    records = []
+    label_idx = np.empty(len(files), np.int32)
+    ids = []
     for i, f in enumerate(files):
-        li = label_of(f)
-        records.append(SourceRecord(image_id=_readable_id(Path(f).as_posix()), index=i, label_index=li))
+        li = label_idx[i] = label_of(f)
+        ids.append(_readable_id(f))
         try:
-            size = (root / f).stat().st_size
+            size = os.stat(os.path.join(root, f)).st_size
         except OSError:
             size = -1  # vanished or unreadable: recorded as skipped when it is read
-        h.update(json.dumps([Path(f).as_posix(), size, li]).encode())
-    return Source(cfg, records, labels, h.hexdigest()[:16], files=files, root=str(root), excluded=excluded)
+        h.update(json.dumps([f, size, int(li)]).encode())
+    packed_ids = PackedStrings.of(ids)
+    del ids
+    packed_files = packed_ids if all(packed_ids[i] == f for i, f in enumerate(files)) else PackedStrings.of(files)  # ids are the paths unless a name is not UTF-8
+    return Source(cfg, packed_ids, label_idx, labels, h.hexdigest()[:16], files=packed_files, root=str(root), excluded=excluded)
 
 
 def _load_hf(cfg: SourceConfig):
@@ -260,7 +339,7 @@ def open_source(cfg: SourceConfig) -> Source:
         label_of.labels = classes
         src = _folder_source(cfg, root, files, label_of)
         # ids of the sample set are its own stable names, not file paths
-        src.records = [SourceRecord(r.image_id, i, r.label_index) for i, r in enumerate(recs)]
+        src._ids = PackedStrings.of([r.image_id for r in recs])
         return src
     if cfg.kind == "folder":
         if not cfg.path:
@@ -288,15 +367,16 @@ def open_source(cfg: SourceConfig) -> Source:
                 raise SourceError(f"source.label_column {label_col!r} of {cfg.path!r} holds {kinds} values; labels must be class names (strings), integers or a ClassLabel. Set source.label_column to another column, or null for no labels")
         if cfg.id_column and cfg.id_column not in ds.column_names:
             raise SourceError(f"source.id_column {cfg.id_column!r} is not a column of {cfg.path!r}; columns: {ds.column_names}")
-        records = []
-        for i in range(len(ds)):
-            image_id = str(meta[cfg.id_column][i]) if cfg.id_column else f"{cfg.split}-{i:08d}"
-            li = label_index[i] if label_index is not None else (int(meta[label_col][i]) if label_col and labels else -1)
-            records.append(SourceRecord(image_id, i, li))
-        if len({r.image_id for r in records}) != len(records):
-            raise SourceError(f"source.id_column {cfg.id_column!r} of {cfg.path!r} has duplicate values; ids must be unique")
+        if label_index is None:
+            label_index = [int(v) for v in meta[label_col]] if label_col and labels else np.full(len(ds), -1, np.int32)
+        ids = None
+        if cfg.id_column:
+            values = [str(v) for v in meta[cfg.id_column]]
+            if len(set(values)) != len(values):
+                raise SourceError(f"source.id_column {cfg.id_column!r} of {cfg.path!r} has duplicate values; ids must be unique")
+            ids = PackedStrings.of(values)
         fp = hashlib.sha256(json.dumps([ds._fingerprint, cfg.split, cfg.limit, cfg.image_column, cfg.id_column]).encode()).hexdigest()[:16]
-        src = Source(cfg, records, labels, fp)
+        src = Source(cfg, ids, np.asarray(label_index, np.int32), labels, fp)
         src._ds = ds
         return src
     raise SourceError(f"unknown source.kind {cfg.kind!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -314,6 +315,31 @@ def check_source(name: str, source: str | None = None, revision: str | None = No
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise TeacherLoadError(f"cannot load teacher {name} from {src!r}{' (HF_HUB_OFFLINE=1: only local files are used)' if offline else ''}: {type(e).__name__}: {str(e).splitlines()[0]}. Pass a local directory with teachers.{name}.source=/path/to/checkpoint") from None
     return src
+
+
+def source_key(name: str, source: str | None = None, revision: str | None = None) -> str:
+    """A cheap identity of the weights teacher ``name`` would load, without loading them (milliseconds): the
+    tiny preset's name; a local directory's file names, sizes and modification times; a hub id's resolved
+    snapshot (its commit hash) or, when it cannot be resolved, the id and revision. Equal keys let a job trust
+    targets already computed without loading the teacher; a different key means the teacher is loaded and its
+    fingerprint (a hash of the loaded weights) decides."""
+    entry = get_spec_template(name)
+    src = source or entry.source
+    if src.startswith("tiny:"):
+        return src
+    local = Path(src).expanduser()
+    if local.exists() or src.startswith(("/", ".", "~")):
+        files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
+        return "dir:" + hashlib.sha256(json.dumps([(p.relative_to(local).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()).hexdigest()[:16]
+    rev = revision if revision is not None else entry.revision
+    try:
+        from transformers.utils import cached_file
+
+        with _quiet_transformers():
+            path = cached_file(src, "config.json", revision=rev)
+        return f"hub:{src}@{Path(path).parent.name}"  # .../snapshots/<commit>/config.json
+    except Exception:
+        return f"hub:{src}@{rev}"
 
 
 def create_teacher(name: str, *, source: str | None = None, revision: str | None = None, dtype: str | None = None, device: str | torch.device = "cpu", compile: bool = False) -> Teacher:

@@ -270,8 +270,11 @@ def test_info_verify_and_file_uri(ray_session, cache_dir, tmp_path, capsys):
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
     try:
-        assert main(["cache", "verify", str(cache_dir), "--sample", "0"]) == 1
+        assert main(["cache", "verify", str(cache_dir), "--sample", "0"]) == 0  # structure only: same size, same footer
+        assert main(["cache", "verify", str(cache_dir), "--sample", "0", "--full"]) == 1  # every checksum
         assert "checksum" in capsys.readouterr().out
+        assert main(["cache", "verify", str(cache_dir), "--sample", "8", "--seed", "3"]) == 1  # a sample covering every unit
+        assert "unit-00001.parquet: checksum differs" in capsys.readouterr().out
     finally:
         victim.write_bytes(saved)
 
@@ -442,17 +445,19 @@ def test_truncated_or_foreign_shard_is_named_refused_and_recomputed(ray_session,
     assert main(["cache", "verify", str(out), "--sample", "0"]) == 1
     text = capsys.readouterr().out
     assert "teachers/tiny-sam/unit-00002.parquet: not a readable Parquet file" in text and "views/unit-00001.parquet: belongs to another cache" in text
-    with pytest.raises(CacheError, match=r"views/unit-00001\.parquet: belongs to another cache.*radio cache verify"):
-        CacheReader(str(out))  # what training opens: refused before the first step
-    reader = CacheReader(str(out), check=False)  # a stream's reader still checks each unit before reading it
+    with pytest.raises(CacheError, match=r"tiny-sam/unit-00002\.parquet: \d+ bytes, the manifest says \d+.*radio cache verify"):
+        CacheReader(str(out))  # what training opens: refused before the first step, from one listing per directory
+    reader = CacheReader(str(out), check=False)  # a stream's reader checks each file's own footer as it opens it
     with pytest.raises(CacheError, match=r"tiny-sam/unit-00002\.parquet: not a readable Parquet file"):
         list(reader.iter_unit(2))
+    with pytest.raises(CacheError, match=r"views/unit-00001\.parquet: belongs to another cache"):
+        list(reader.iter_unit(1))
     # rerunning the job recomputes exactly what was damaged
     s = run_cache_job(_cfg(out, "teachers=[tiny-clip,tiny-sam]", "mlflow.enabled=false"))
     # only the damaged files: unit 1's views (replayed, so its teachers' shards still match) and unit 2 of tiny-sam
     assert s.computed == {"views": 1, "tiny-clip": 0, "tiny-sam": 1}
     assert "it will be recomputed" in capsys.readouterr().err
-    assert len(list((out / "teachers" / "tiny-sam").glob(".damaged-*"))) == 1  # kept aside, not deleted
+    assert len(list((out / "teachers" / "tiny-sam").glob(".damaged-*.parquet"))) == 1  # kept aside (with its record), not deleted
     assert _digest(out) == good
     assert main(["cache", "verify", str(out), "--sample", "0"]) == 0
 

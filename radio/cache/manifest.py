@@ -1,9 +1,11 @@
 """The cache manifest as typed dataclasses: identity, views, teachers (spec, layout, statistics, shards),
 skipped inputs. The JSON on disk is ``Manifest.to_dict()``; nothing outside ``radio/cache`` reads its keys.
 
-``FORMAT_VERSION`` changes whenever a reader of the old format would misread the new one. Version 2
-(this one): teacher inputs cover the whole view; targets are stored at a chosen grid (``layout``) with
-no padding and no ``valid_hw``; int8 targets carry per-channel scales.
+``FORMAT_VERSION`` changes whenever a reader of the old format would misread the new one. Version 2:
+teacher inputs cover the whole view; targets are stored at a chosen grid (``layout``) with no padding and
+no ``valid_hw``; int8 targets carry per-channel scales. Version 3 (this one): every shard has a commit
+record beside it (``radio.cache.commit``) holding its size, checksum, rows and moments; footers no longer
+carry statistics; each teacher's merged moments are one file, ``stats/<teacher>.moments``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from .codec import bytes_per_row, encode_targets, feature_columns, grid_suffix
+from .commit import FileRef
 from .store import CacheLocation, ShardInfo
 
 __all__ = [
@@ -20,7 +23,7 @@ __all__ = [
     "TeacherStats", "TargetLayout", "TeacherEntry", "ViewsEntry", "Skipped", "Manifest", "load_manifest", "save_manifest",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 
 
@@ -39,8 +42,8 @@ class CacheFormatError(CacheError):
 def format_error(uri: str, found) -> CacheFormatError:
     return CacheFormatError(
         f"cache {uri} is in format v{found}, this version of radio reads format v{FORMAT_VERSION} only "
-        f"(v2 stores teacher targets that cover the whole view, at the student's grid; v1 caches hold center-cropped, "
-        f"padded targets). Rebuild it: rerun the `radio cache` command that built it with a new output=PATH, "
+        f"(v3 keeps a commit record beside every shard and each teacher's statistics in one file; v2 kept them in every shard's "
+        f"footer; v1 caches hold center-cropped, padded targets). Rebuild it: rerun the `radio cache` command that built it with a new output=PATH, "
         f"or delete {uri} and rerun it unchanged."
     )
 
@@ -187,6 +190,8 @@ class TeacherEntry(_Shards):
     stats: TeacherStats
     shards: list[ShardInfo]
     complete: bool
+    moments: FileRef | None = None  # the merged moments (stats/<teacher>.moments), with its size and sha256
+    request: str | None = None  # the request key the targets were computed for (planning without loading the teacher)
 
     @property
     def fingerprint(self) -> str:
@@ -214,11 +219,13 @@ class TeacherEntry(_Shards):
             "spec": self.spec, "fingerprint": self.fingerprint, "layout": self.layout.to_dict(), "stats": self.stats.to_dict(),
             "shards": [s.to_dict() for s in self.shards], "rows": self.rows, "bytes": self.bytes, "bytes_per_view": self.bytes_per_view,
             "float32_native_bytes_per_view": self.float32_native_bytes_per_view, "complete": self.complete,
+            "moments": self.moments.to_dict() if self.moments else None, "request": self.request,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "TeacherEntry":
-        return cls(d["spec"], TargetLayout.from_dict(d["layout"]), TeacherStats.from_dict(d["stats"]), [ShardInfo(**s) for s in d["shards"]], d["complete"])
+        return cls(d["spec"], TargetLayout.from_dict(d["layout"]), TeacherStats.from_dict(d["stats"]), [ShardInfo(**s) for s in d["shards"]], d["complete"],
+                   FileRef(**d["moments"]) if d.get("moments") else None, d.get("request"))
 
 
 @dataclass

@@ -7,6 +7,7 @@ or reordered row is an error, never a silent misalignment.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -16,8 +17,8 @@ from ..images import decode_student_image
 from ..normalize import TargetStats
 from .arrow import column_tensor
 from .codec import grid_suffix
-from .manifest import MANIFEST_NAME, CacheError, CacheMismatch, Manifest, TeacherEntry, load_manifest
-from .store import CacheLocation, decode_metadata, teacher_path, views_path
+from .manifest import MANIFEST_NAME, CacheError, CacheMismatch, Manifest, TeacherEntry, TeacherStats, load_manifest
+from .store import CacheLocation, teacher_path, views_path
 
 __all__ = ["CacheReader", "CacheBatch", "describe_differences", "column_types"]
 
@@ -101,8 +102,8 @@ class CacheReader:
             units &= {s.unit for s in held[t].shards}
         self.units = sorted(units)
         self.rows_per_unit = {s.unit: s.rows for s in manifest.views.shards}
-        self._checked: set[int] = set()
         self._by_unit = None
+        self._moments: dict[str, tuple] = {}
         if check:
             self._check_manifest()
 
@@ -110,42 +111,49 @@ class CacheReader:
         return CacheError(f"{what}. The cache is damaged or was edited: `radio cache verify {self.loc.uri}` lists every problem, and rerunning the `radio cache` command that built it recomputes what is wrong.")
 
     def _check_manifest(self):
-        """What a training must not run on: a manifest that claims more than its shard list holds, or
-        statistics that are not those of the shards (every shard keeps its own moments; they are merged again)."""
-        from .writer import check_shard, merged_stats, stats_differ
-
+        """What a training must not start on, checked from the manifest and one listing per directory (no file
+        is opened): a manifest that claims more than its shard list holds, and shards or merged statistics that
+        are missing or whose size is not the one committed. Each shard's footer (identity, unit, fingerprint,
+        layout, rows) is checked when it is streamed, and the merged moments' checksum when they are read."""
         m = self.manifest
         if m.complete and (len(m.views.shards) != m.units or any(len(m.teachers[t].shards) != m.units for t in self.teachers)):
             raise self._damaged(f"{self.loc.full(MANIFEST_NAME)} says the cache is complete with {m.units} units, but lists {len(m.views.shards)} views shards and {', '.join(f'{len(m.teachers[t].shards)} for {t}' for t in self.teachers)}")
-        # every file (footer, identity, unit, rows, size) before anything is read from it, each once: the views of
-        # the units read, and all of a teacher's shards (those of unread units feed its statistics too)
         views = m.views.by_unit()
-        checks = [(views[u], None) for u in self.units] + [(sh, self.entry(t).fingerprint) for t in self.teachers for sh in self.entry(t).shards]
-        for sh, fp in checks:
-            reason = check_shard(self.loc, sh.path, m.identity, sh.unit, sh, fp)
-            if reason is not None:
-                raise self._damaged(f"{self.loc.full(sh.path)}: {reason}")
-        self._checked.update(self.units)
-        for t in self.teachers:
-            if stats_differ(merged_stats(self.loc, self.entry(t)), self.entry(t).stats):
-                raise self._damaged(f"{self.loc.full(MANIFEST_NAME)}: the statistics of teacher {t!r} differ from those its shards record")
+        tables = [("views", [views[u] for u in self.units])] + [(f"teachers/{t}", self.entry(t).shards) for t in self.teachers]
+        refs = [self.entry(t).moments for t in self.teachers]
+        if any(r is None for r in refs):
+            raise self._damaged(f"{self.loc.full(MANIFEST_NAME)} lists no merged statistics for teacher(s) {[t for t, r in zip(self.teachers, refs) if r is None]}")
+        tables.append(("stats", refs))
+        for rel_dir, files in tables:
+            sizes = self.loc.scan(rel_dir)
+            for f in files:
+                size = sizes.get(posixpath.basename(f.path))
+                if size is None:
+                    raise self._damaged(f"{self.loc.full(f.path)}: missing")
+                if size != f.bytes:
+                    raise self._damaged(f"{self.loc.full(f.path)}: {size} bytes, the manifest says {f.bytes}")
+        for t in self.teachers:  # one small file per teacher, checksummed: the manifest's statistics must be its
+            self.merged_moments(t)
 
-    def _check_unit(self, unit: int):
-        """Each file of ``unit`` is what the manifest lists (identity, unit, fingerprint, rows, size) before it is read."""
-        if unit in self._checked:
-            return
-        from .writer import check_shard
+    def _open_unit(self, unit: int) -> dict:
+        """The files of ``unit`` (None: the views; else teacher name -> ParquetFile), each footer read once and
+        checked against the manifest (identity, unit, fingerprint, layout, rows) before any row is used."""
+        from .writer import open_checked
 
         m = self.manifest
         if self._by_unit is None:  # shard lookups by unit, built once (a cache may hold many thousands of units)
             self._by_unit = {None: m.views.by_unit(), **{t: self.entry(t).by_unit() for t in self.teachers}}
-        entries = [(views_path(unit), self._by_unit[None][unit], None)]
-        entries += [(teacher_path(t, unit), self._by_unit[t][unit], self.entry(t).fingerprint) for t in self.teachers]
-        for rel, entry, fp in entries:
-            reason = check_shard(self.loc, rel, m.identity, unit, entry, fp)
+        files = {}
+        for t in [None, *self.teachers]:
+            rel = views_path(unit) if t is None else teacher_path(t, unit)
+            e = None if t is None else self.entry(t)
+            pf, reason = open_checked(self.loc, rel, m.identity, unit, self._by_unit[t][unit], e.fingerprint if e else None, e.layout.to_dict() if e else None)
             if reason is not None:
+                if e is not None and reason.startswith("holds targets with fingerprint"):
+                    raise CacheMismatch(f"{self.loc.full(rel)} {reason}: mixed targets in one cache. Rerun the `radio cache` command that built {self.loc.uri} to recompute it.")
                 raise self._damaged(f"{self.loc.full(rel)}: {reason}")
-        self._checked.add(unit)
+            files[t] = pf
+        return files
 
     def entry(self, teacher: str) -> TeacherEntry:
         return self.manifest.teachers[teacher]
@@ -168,12 +176,26 @@ class CacheReader:
         st = self.entry(teacher).stats
         return TargetStats(st.features.mean, st.features.std, st.summary.mean if st.summary else None, st.summary.std if st.summary else None)
 
+    def merged_moments(self, teacher: str):
+        """(features, summary or None) :class:`RunningMoments` of ``teacher`` merged over every unit, with full
+        second moments: one file, checked against the manifest's checksum."""
+        from .state import _per_channel, read_merged_moments
+        from .writer import stats_differ
+
+        if teacher not in self._moments:
+            ref = self.entry(teacher).moments
+            if ref is None:
+                raise self._damaged(f"{self.loc.full(MANIFEST_NAME)} lists no merged statistics for teacher {teacher!r}")
+            f, s = read_merged_moments(self.loc, ref)
+            if stats_differ(TeacherStats(_per_channel(f), _per_channel(s)), self.entry(teacher).stats):
+                raise self._damaged(f"{self.loc.full(MANIFEST_NAME)}: the statistics of teacher {teacher!r} differ from those in {self.loc.full(ref.path)}")
+            self._moments[teacher] = (f, s)
+        return self._moments[teacher]
+
     def phis_stats_of(self, teacher: str) -> TargetStats:
         """PHI-S standardization of ``teacher``, fitted to the exact covariance merged from its shards."""
-        from .writer import merged_moments
-
-        f, s = merged_moments(self.loc, self.entry(teacher))
-        return TargetStats.phis_from_moments(f, s)
+        f, s = self.merged_moments(teacher)
+        return TargetStats.phis_from_moments(f, s if s is not None and s.count else None)
 
     @property
     def grids(self) -> dict[str, tuple[int, int]]:
@@ -186,14 +208,6 @@ class CacheReader:
 
     def num_rows(self, units: list[int] | None = None) -> int:
         return sum(self.rows_per_unit[u] for u in (self.units if units is None else units))
-
-    def _open_teacher(self, t: str, unit: int):
-        pf = self.loc.parquet_file(teacher_path(t, unit))
-        meta = decode_metadata(pf.schema_arrow.metadata)
-        want = self.entry(t).fingerprint
-        if meta.get("fingerprint") != want:
-            raise CacheMismatch(f"{self.loc.full(teacher_path(t, unit))} has fingerprint {meta.get('fingerprint')}, the manifest says {want}: mixed targets in one cache")
-        return pf
 
     @property
     def image_format(self) -> str:
@@ -227,10 +241,10 @@ class CacheReader:
 
     def iter_unit(self, unit: int, batch_rows: int = 64, with_images: bool = True) -> Iterator[CacheBatch]:
         """Stream one unit in batches of ``batch_rows``, joining the tables by key."""
-        self._check_unit(unit)
+        files = self._open_unit(unit)
         view_cols = ["image_id", "view_index", "label_index"] + (["student_image"] if with_images else [])
-        views = self.loc.parquet_file(views_path(unit)).iter_batches(batch_size=batch_rows, columns=view_cols)
-        tfiles = {t: self._open_teacher(t, unit) for t in self.teachers}
+        views = files.pop(None).iter_batches(batch_size=batch_rows, columns=view_cols)
+        tfiles = files
         tcols = {t: ["image_id", "view_index", *(["summary"] if self.entry(t).summary_dim else []), *self._feature_columns(t)] for t in self.teachers}
         titers = {t: pf.iter_batches(batch_size=batch_rows, columns=tcols[t]) for t, pf in tfiles.items()}
         for vb in views:

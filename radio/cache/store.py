@@ -4,7 +4,10 @@ A cache root is a local path or any pyarrow filesystem URI (``file://``, ``s3://
 
     manifest.json                          provenance, specs, statistics, shard list, skipped inputs
     views/unit-00000.parquet               keys, crop boxes, flips, the student's view as image bytes
+    views/unit-00000.commit                its commit record: size, sha256, rows, skips (radio.cache.commit)
     teachers/<name>/unit-00000.parquet     keys and that teacher's targets, one file per unit
+    teachers/<name>/unit-00000.commit      its commit record: size, sha256, rows, exact moments (binary)
+    stats/<name>.moments                   the teacher's moments merged over every unit (PHI-S, standardization)
 
 A *unit* is a fixed, deterministic chunk of source images. Each (unit, table) file is written once,
 atomically: to a temporary name, then renamed (object stores make a single PUT atomic already). A file
@@ -59,16 +62,22 @@ def decode_metadata(schema_metadata: dict[bytes, bytes] | None) -> dict:
 
 @dataclass
 class ShardInfo:
-    """One committed file: its path relative to the root, row count, size and content checksum."""
+    """One committed file: its path relative to the root, row count, size and content checksum, and (in the
+    manifest) the modification time storage listed for it when the manifest was written: a file changed since
+    lists another, which a rerun notices from its listing alone."""
 
     path: str
     unit: int
     rows: int
     bytes: int
     sha256: str
+    mtime_ns: int | None = None
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "unit": self.unit, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+        d = {"path": self.path, "unit": self.unit, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+        if self.mtime_ns is not None:  # commit records leave it out: they stay byte-identical across reruns
+            d["mtime_ns"] = self.mtime_ns
+        return d
 
 
 class _HashingSink:
@@ -132,17 +141,22 @@ class CacheLocation:
         info = self.fs.get_file_info(pafs.FileSelector(self.full(rel_dir), allow_not_found=True))
         return sorted(posixpath.relpath(i.path, self.root) for i in info if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and not i.base_name.startswith("."))
 
+    def scan_stat(self, rel_dir: str) -> dict[str, tuple[int, int | None]]:
+        """Every file directly in ``rel_dir`` (hidden and temporary ones included): name -> (size, mtime_ns).
+        One listing (one paginated LIST on an object store), however many files it holds."""
+        info = self.fs.get_file_info(pafs.FileSelector(self.full(rel_dir), allow_not_found=True))
+        return {i.base_name: (i.size, i.mtime_ns) for i in info if i.type == pafs.FileType.File}
+
+    def scan(self, rel_dir: str) -> dict[str, int]:
+        """:meth:`scan_stat`, sizes only."""
+        return {k: v[0] for k, v in self.scan_stat(rel_dir).items()}
+
     def list_dirs(self, rel_dir: str) -> list[str]:
         info = self.fs.get_file_info(pafs.FileSelector(self.full(rel_dir), allow_not_found=True))
         return sorted(i.base_name for i in info if i.type == pafs.FileType.Directory)
 
-    def remove_tmp(self) -> int:
-        """Delete temporary files left by a killed writer. Returns how many were removed."""
-        info = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True, allow_not_found=True))
-        stale = [i.path for i in info if i.type == pafs.FileType.File and i.base_name.startswith(".tmp-")]
-        for p in stale:
-            self.fs.delete_file(p)
-        return len(stale)
+    def delete(self, rel: str):
+        self.fs.delete_file(self.full(rel))
 
     def move_aside(self, rel: str) -> str:
         """Rename a file to ``.damaged-<time>-<name>`` beside it (hidden from listings, kept for inspection)."""
