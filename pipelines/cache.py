@@ -388,6 +388,7 @@ class CachePlan:
     todo: dict[str, list[int]]
     cleaned: int = 0  # temporary files, records without a shard, shards without a record: removed
     set_aside: int = 0  # damaged shards moved aside
+    stale_stats: list[str] = field(default_factory=list)  # teachers whose merged statistics file is missing or was written again
 
     @property
     def work_units(self) -> list[int]:
@@ -403,7 +404,7 @@ class CachePlan:
     def up_to_date(self) -> bool:
         """Nothing to compute and nothing to record: the manifest already says all of it."""
         m = self.manifest
-        return (not self.needs_teachers and not self.todo_views and m is not None and m.complete and not self.set_aside and not self.cleaned
+        return (not self.needs_teachers and not self.todo_views and m is not None and m.complete and not self.set_aside and not self.cleaned and not self.stale_stats
                 and not self.views.adopted and all(st.adopted == 0 for st in self.tables.values()) and set(self.requests) <= set(m.teachers)
                 and all(m.teachers[t].request == r and m.teachers[t].moments is not None for t, r in self.requests.items()))
 
@@ -451,9 +452,18 @@ def plan_cache_job(cfg: CacheJobConfig, n_units: int, identity: CacheIdentity, r
             loc.delete(rel)
             cleaned += 1
     trusted = {t: all(c.request == requests[t] for c in tables[t].commits.values()) for t in cfg.teachers}
+    stats = loc.scan_stat("stats")
+    stale = [t for t, e in entries.items() if _stats_stale(e, stats)]
     todo_views = [u for u in range(n_units) if u not in views.commits]
     todo = {t: [u for u in range(n_units) if u not in tables[t].commits] for t in cfg.teachers}
-    return CachePlan(loc, identity, n_units, manifest, views, tables, requests, trusted, todo_views, todo, cleaned, set_aside)
+    return CachePlan(loc, identity, n_units, manifest, views, tables, requests, trusted, todo_views, todo, cleaned, set_aside, stale)
+
+
+def _stats_stale(entry, listed: dict) -> bool:
+    """The teacher's merged statistics file is missing, or lists another size or time than the manifest recorded."""
+    ref = entry.moments
+    got = listed.get(posixpath.basename(ref.path)) if ref else None
+    return got is None or got[0] != ref.bytes or (ref.mtime_ns is not None and got[1] != ref.mtime_ns)
 
 
 def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> CacheSummary:
@@ -646,10 +656,20 @@ def finalize_cache(cfg: CacheJobConfig, plan: CachePlan, source: Source, result:
         if not commits:
             continue
         old_entry = old.teachers.get(name) if old else None
+        if old_entry is not None and name in plan.stale_stats:  # merged again from the commit records
+            from dataclasses import replace
+
+            old_entry = replace(old_entry, moments=None)
         spec = result.specs.get(name) or (old_entry.spec if old_entry else shard_meta(plan.loc, teacher_path(name, min(commits))).get("spec"))
         teachers[name] = (spec, old_entry, commits, result.mergers.get(name), plan.requests.get(name) if plan.trusted.get(name) else None)
-    return build_manifest(plan.loc, plan.identity, {**source.describe(), "config": dump_config(cfg.source)}, cfg.views.to_dict(), dump_config(cfg), plan.n_units, list(cfg.teachers),
-                          views, teachers, old, excluded=source.excluded)
+    m = build_manifest(plan.loc, plan.identity, {**source.describe(), "config": dump_config(cfg.source)}, cfg.views.to_dict(), dump_config(cfg), plan.n_units, list(cfg.teachers),
+                       views, teachers, old, excluded=source.excluded)
+    stat = plan.loc.scan_stat("stats")  # the times the statistics files list now: a rerun sees one written again
+    for e in m.teachers.values():
+        if e.moments is not None:
+            e.moments.mtime_ns = stat.get(posixpath.basename(e.moments.path), (0, None))[1]
+    save_manifest(plan.loc, m)
+    return m
 
 
 def _with_mtimes(loc: CacheLocation, rel_dir: str, commits: dict) -> dict:

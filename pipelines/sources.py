@@ -226,19 +226,18 @@ def _list_folder(root: Path) -> tuple[list[str], list[dict]]:
             excluded.append({"image_id": _readable_id(rel(e.filename)), "reason": f"folder not readable: {e.strerror or type(e).__name__}"})
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable, followlinks=False):
+        prefix = rel(dirpath) + "/" if dirpath != str(root) else ""  # once per folder, not per file (10^6 files)
         for d in list(dirnames):
-            full = os.path.join(dirpath, d)
             if d.startswith("."):
                 dirnames.remove(d)
-                excluded.append({"image_id": _readable_id(rel(full)), "reason": "hidden folder, not read (its name starts with '.')"})
-            elif os.path.islink(full):
-                excluded.append({"image_id": _readable_id(rel(full)), "reason": "symbolic link to a folder, not followed"})
+                excluded.append({"image_id": _readable_id(prefix + d), "reason": "hidden folder, not read (its name starts with '.')"})
+            elif os.path.islink(os.path.join(dirpath, d)):
+                excluded.append({"image_id": _readable_id(prefix + d), "reason": "symbolic link to a folder, not followed"})
         for f in filenames:
-            full = os.path.join(dirpath, f)
             if f.startswith("."):
-                excluded.append({"image_id": _readable_id(rel(full)), "reason": "hidden file, not read (its name starts with '.')"})
+                excluded.append({"image_id": _readable_id(prefix + f), "reason": "hidden file, not read (its name starts with '.')"})
             else:
-                files.append(rel(full))
+                files.append(prefix + f)
     files.sort()
     excluded.sort(key=lambda e: e["image_id"])
     return files, excluded
@@ -273,14 +272,15 @@ def _folder_source(cfg: SourceConfig, root: Path, files: list[str] | None = None
     h = hashlib.sha256()
     label_idx = np.empty(len(files), np.int32)
     ids = []
+    base = str(root) + os.sep
     for i, f in enumerate(files):
         li = label_idx[i] = label_of(f)
         ids.append(_readable_id(f))
         try:
-            size = os.stat(os.path.join(root, f)).st_size
+            size = os.stat(base + f).st_size
         except OSError:
             size = -1  # vanished or unreadable: recorded as skipped when it is read
-        h.update(json.dumps([f, size, int(li)]).encode())
+        h.update(f"{f}\0{size}\0{li}\n".encode("utf-8", "surrogateescape"))
     packed_ids = PackedStrings.of(ids)
     del ids
     packed_files = packed_ids if all(packed_ids[i] == f for i, f in enumerate(files)) else PackedStrings.of(files)  # ids are the paths unless a name is not UTF-8

@@ -114,6 +114,7 @@ class CacheStream(IterableDataset):
         self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
         self.batch_size, self.shuffle_buffer, self.read_rows, self.seed = batch_size, shuffle_buffer, read_rows, seed
         reader = CacheReader(uri, self.teachers, expect_fingerprints, check=False)  # the trainer's own reader checked the manifest
+        self.manifest = reader.manifest  # read once; each epoch's readers reuse it
         self.units = reader.units
         if not self.units:
             raise ValueError(f"cache {uri} has no complete units for teachers {self.teachers}; finish it with `radio cache`")
@@ -235,7 +236,7 @@ class CacheStream(IterableDataset):
         units = epoch_assignment(self.units, self.seed, self.epoch, self.n_readers)[reader_index]
         n_batches = self.batches_per_reader()
         skip = len(range(role, self.skip_batches, self.num_workers))
-        reader = CacheReader(self.uri, self.teachers, check=False)  # each unit's files are still checked before they are read
+        reader = CacheReader(self.uri, self.teachers, check=False, manifest=self.manifest)  # each file's footer is checked as it is opened
         reader.extra_grids = self.grids_read()  # only the grids this schedule's resolutions use
         rng = np.random.default_rng([self.seed, self.epoch, reader_index])
         rows = self._rows(reader, units, rng)

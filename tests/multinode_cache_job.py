@@ -11,6 +11,8 @@ thread waits until a few shards are committed, then removes the worker node that
 actors while the job is mid-flight: ``graceful`` SIGTERMs its raylet first (which tells the GCS it is going)
 then kills what is left; ``kill`` SIGKILLs every process of the node at once, unannounced, as a crash would.
 
+``MULTINODE_DRIVER_ENV`` (a JSON object) is added to the driver's environment only, once the cluster is up.
+
 Either way OUTPUT.json gets a report of what happened (what was removed and when, where its actors went,
 timings, the job's error if it failed) for the test to check; the test compares the caches itself.
 
@@ -127,6 +129,9 @@ def run_cluster(output: Path, graceful: bool) -> dict:
             cluster.add_node(num_cpus=WORKER_CPUS)
         cluster.wait_for_nodes()
         os.environ["RAY_ADDRESS"] = cluster.address  # the job's init_ray joins it
+        # Settings for the driver alone (its core worker reads RAY_* when the job connects; the cluster's
+        # processes, started above, never see them).
+        os.environ.update(json.loads(os.environ.pop("MULTINODE_DRIVER_ENV", "{}")))
         report["cluster_start_s"] = time.time() - t0
         cfg = load_config(CacheJobConfig, str(CONFIG), overrides(output))
         done = threading.Event()

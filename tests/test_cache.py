@@ -32,8 +32,10 @@ def _cfg(output, *extra) -> CacheJobConfig:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    """Content of the cache's shards (files set aside as damaged, .damaged-*, are not part of it)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.parquet")) if not p.name.startswith(".")}
+    """Content of the cache's shards, their commit records and the merged statistics (files set aside as
+    damaged, .damaged-*, are not part of it; the manifest holds times)."""
+    files = [p for pattern in ("*.parquet", "*.commit", "*.moments") for p in root.rglob(pattern)]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files) if not p.name.startswith(".")}
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,7 @@ class FileRef:
     path: str
     bytes: int
     sha256: str
+    mtime_ns: int | None = None  # as listed when the manifest was written: another time means it was written again
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -81,9 +81,9 @@ class CacheReader:
     configured for; any difference is refused. Only units complete for every requested teacher are read.
     """
 
-    def __init__(self, uri: str, teachers: list[str] | None = None, expect_fingerprints: dict[str, str] | None = None, check: bool = True):
+    def __init__(self, uri: str, teachers: list[str] | None = None, expect_fingerprints: dict[str, str] | None = None, check: bool = True, manifest: Manifest | None = None):
         self.loc = CacheLocation(uri)
-        manifest = load_manifest(self.loc)
+        manifest = manifest or load_manifest(self.loc)  # a stream passes the one it read: the manifest is read once per run
         if manifest is None:
             raise CacheError(f"no cache at {uri}: {MANIFEST_NAME} not found (build one with `radio cache CONFIG output={uri}`)")
         self.manifest: Manifest = manifest

@@ -59,6 +59,8 @@ def scan_table(loc: CacheLocation, teacher: str | None, identity: CacheIdentity,
     from .writer import open_checked
 
     st = TableState(teacher)
+    cache_id = identity.cache_id  # a hash of the identity: once, not per file
+    fingerprint, request, layout = (entry.fingerprint, entry.request, entry.layout.to_dict()) if entry else (None, None, None)
     files = loc.scan_stat(st.rel_dir)
     shards, records = {}, {}
     for name, (size, _) in files.items():
@@ -81,14 +83,13 @@ def scan_table(loc: CacheLocation, teacher: str | None, identity: CacheIdentity,
                 continue
             if prev.mtime_ns is not None and mtime is not None and mtime != prev.mtime_ns:
                 # written again since the manifest listed it (same size): its own footer and checksum decide
-                pf, reason = open_checked(loc, rel, identity, u, prev, entry.fingerprint if entry else None, entry.layout.to_dict() if entry else None)
+                pf, reason = open_checked(loc, rel, identity, u, prev, fingerprint, layout)
                 reason = reason or (None if loc.sha256(rel) == prev.sha256 else "checksum differs from the one recorded when it was written")
                 if reason:
                     st.damaged.append((rel, f"changed since it was committed: {reason}"))
                     continue
                 st.adopted += 1  # the same bytes (a copied cache): recorded again with its new time
-            st.commits[u] = Commit(ShardInfo(prev.path, prev.unit, prev.rows, prev.bytes, prev.sha256), identity.cache_id, teacher, entry.fingerprint if entry else None,
-                                   entry.request if entry else None, entry.layout.to_dict() if entry else None)
+            st.commits[u] = Commit(ShardInfo(prev.path, prev.unit, prev.rows, prev.bytes, prev.sha256), cache_id, teacher, fingerprint, request, layout)
             continue
         try:
             header, _ = read_record(loc, commit_path(rel), arrays=False)
@@ -97,7 +98,7 @@ def scan_table(loc: CacheLocation, teacher: str | None, identity: CacheIdentity,
             st.damaged.append((rel, f"its commit record is unreadable ({str(e).splitlines()[0][:160]})"))
             continue
         reason = (
-            "its commit record belongs to another cache" if c.cache_id != identity.cache_id
+            "its commit record belongs to another cache" if c.cache_id != cache_id
             else f"its commit record is for {c.shard.path}" if c.shard.path != rel or c.shard.unit != u or c.teacher != teacher
             else f"{size} bytes, its commit record says {c.shard.bytes}" if c.shard.bytes != size
             else None

@@ -1,0 +1,290 @@
+"""`radio cache`, `cache info|verify`, `train` and `eval` on a real S3 object store (the loopback SeaweedFS
+server of tests/s3server.py), with the S3 requests of each phase counted on the server.
+
+A cache is built with tiny teachers at s3://.../c1, killed (SIGKILL) after its first committed teacher
+shard and resumed; its shards and commit records must be byte-identical to a one-shot build on local disk.
+A teacher is then added (only it is computed), a no-op rerun must write nothing and list each directory
+once whatever the number of units (compared with a second cache of four times the units), and info,
+verify, train and eval run on it.  Request counts are printed per phase (`pytest -s` shows them).
+"""
+
+import collections
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from pipelines.cli import main
+from radio.cache import CacheLocation, load_manifest
+
+# Registers the session-scoped `s3_server` fixture (harmless when another module or a conftest does too).
+pytest_plugins = ["tests.s3server"]
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 600  # hang guard for every `radio` subprocess
+
+# c1: 12 images, 6 units of 2 images x 2 views; c2: 24 images, 24 units of 1 image x 2 views (4x the units)
+COMMON = ["views.num_views=2", "student_resolution=32", "target_patch=8", "progress=false", "mlflow.enabled=false"]
+C1 = ["source.limit=12", "images_per_shard=2", *COMMON]
+C2 = ["source.limit=24", "images_per_shard=1", *COMMON]
+C1_UNITS, C2_UNITS = 6, 24
+BOTH = "teachers=[tiny-clip,tiny-sam]"
+WRITES = ("PUT", "POST", "DELETE", "COPY")
+
+COUNTS: dict[str, dict] = {}  # phase -> request counts, printed as they are measured
+
+
+def _record(phase: str, n) -> dict:
+    COUNTS[phase] = dict(sorted(n.items()))
+    print(f"[s3 requests] {phase:<34} {COUNTS[phase]}", flush=True)
+    return COUNTS[phase]
+
+
+# ---- the server, and a Ray whose workers hold its credentials --------------------------------------------
+
+@pytest.fixture(scope="module")
+def s3(s3_server, ray_session):
+    """The S3 server, and the session Ray (exported as RAY_ADDRESS, which the `radio` subprocesses join) with
+    the server's AWS_* credentials in its workers' environment.
+
+    s3_server comes first, so a Ray started here inherits the credentials it exports; a Ray that an earlier
+    module started without them (its workers would get ACCESS_DENIED) is restarted, as the conftest starts it."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def worker_key():
+        return os.environ.get("AWS_ACCESS_KEY_ID")
+
+    if ray.get(worker_key.remote(), timeout=120) != s3_server.access_key:
+        ray.shutdown()
+        ctx = ray.init(num_cpus=8, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        os.environ["RAY_ADDRESS"] = ctx.address_info["address"]
+        assert ray.get(worker_key.remote(), timeout=120) == s3_server.access_key
+    return s3_server
+
+
+def _env(s3) -> dict:
+    return {**os.environ, **s3.env, "PYTHONUNBUFFERED": "1"}
+
+
+def _cache_cmd(out: str, *args) -> list[str]:
+    return [sys.executable, "-m", "pipelines.cli", "cache", f"output={out}", *args]
+
+
+def _run(s3, cmd: list[str]) -> str:
+    """Run a `radio` subprocess to completion (hang guard: TIMEOUT); its stdout."""
+    p = subprocess.run(cmd, cwd=ROOT, env=_env(s3), capture_output=True, text=True, timeout=TIMEOUT)
+    assert p.returncode == 0, f"{' '.join(cmd)}\nexit {p.returncode}\n--- stdout ---\n{p.stdout[-3000:]}\n--- stderr ---\n{p.stderr[-6000:]}"
+    return p.stdout
+
+
+def _computed(summary: str) -> dict[str, int]:
+    """{'views': n, teacher: n} from the `units computed` lines `radio cache` prints."""
+    return {m[1]: int(m[2]) for m in re.finditer(r"^\s+(\S+)\s+units computed (\d+)", summary, re.M)}
+
+
+def _is_shard(name: str) -> bool:
+    return not name.startswith(".") and name.endswith((".parquet", ".commit"))
+
+
+def _digest_s3(s3, prefix: str, keep=_is_shard) -> dict[str, str]:
+    """sha256 of every kept object under ``prefix`` (read with the server's own S3 filesystem), by relative path."""
+    fs = s3.filesystem()
+    root = s3.path(prefix)
+    out = {}
+    for i in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if i.type == pafs.FileType.File and keep(i.base_name):
+            with fs.open_input_stream(i.path) as f:
+                out[i.path[len(root) + 1:]] = hashlib.sha256(f.read()).hexdigest()
+    return dict(sorted(out.items()))
+
+
+def _digest_local(root: Path, keep=_is_shard) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file() and keep(p.name)}
+
+
+def _by_dir(requests, kinds=None) -> dict[str, int]:
+    """Requests per parent directory of their key (for messages)."""
+    c = collections.Counter()
+    for r in requests:
+        if kinds is None or r.method in kinds:
+            c[r.path.rsplit("/", 1)[0]] += 1
+    return dict(c)
+
+
+# ---- the caches -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def c1_clip(s3, tmp_path_factory):
+    """c1 with tiny-clip: killed after its first committed teacher shard, then resumed; and the same config
+    built in one go on local disk. Returns what each step saw."""
+    uri = s3.uri("c1")
+    fs = s3.filesystem()
+    seen = {}
+    local = tmp_path_factory.mktemp("s3-ref") / "c1"
+    assert main(["cache", f"output={local}", *C1, "teachers=[tiny-clip]"]) == 0  # one-shot reference, local disk
+
+    cmd = _cache_cmd(uri, *C1, "teachers=[tiny-clip]", "max_inflight_units=1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(s3), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + TIMEOUT
+        while time.time() < deadline and proc.poll() is None:
+            names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(s3.path("c1/teachers/tiny-clip"), allow_not_found=True))]
+            if any(n.endswith(".commit") for n in names):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                seen["killed_with"] = sorted(names)
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    seen["killed_stderr"] = proc.stderr.read().decode(errors="replace")[-3000:]
+    proc.stderr.close()
+    if "killed_with" in seen:
+        m = load_manifest(CacheLocation(uri))
+        seen["manifest_at_kill"] = None if m is None else m.complete
+        time.sleep(1.0)  # let Ray reap the dead driver's tasks
+        with s3.counting() as n:
+            seen["resumed"] = _computed(_run(s3, cmd))
+        _record("c1 resume after kill (tiny-clip)", n)
+    seen.update(uri=uri, local=local)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def c1(c1_clip, s3):
+    """c1 with tiny-sam added to tiny-clip."""
+    uri = c1_clip["uri"]
+    assert "resumed" in c1_clip, "the killed build was not resumed (see test_killed_build_resumed_on_s3_equals_local_one_shot)"
+    before = _digest_s3(s3, "c1")
+    with s3.counting() as n:
+        computed = _computed(_run(s3, _cache_cmd(uri, *C1, BOTH)))
+    _record("c1 add tiny-sam", n)
+    return dict(uri=uri, before=before, computed=computed, requests=n.requests)
+
+
+@pytest.fixture(scope="module")
+def c2(s3):
+    """A second cache with 4x the units (same teachers, so the same directories)."""
+    uri = s3.uri("c2")
+    with s3.counting() as n:
+        computed = _computed(_run(s3, _cache_cmd(uri, *C2, BOTH)))
+    _record("c2 one-shot build (2 teachers)", n)
+    assert computed == {"views": C2_UNITS, "tiny-clip": C2_UNITS, "tiny-sam": C2_UNITS}
+    return dict(uri=uri)
+
+
+# ---- the tests --------------------------------------------------------------------------------------------
+
+def test_killed_build_resumed_on_s3_equals_local_one_shot(c1_clip, s3):
+    seen = c1_clip
+    assert "killed_with" in seen, f"the job finished or failed before it could be killed: {seen['killed_stderr']}"
+    assert seen["manifest_at_kill"] in (None, False), "the killed job's manifest says complete"
+    assert "resumed" in seen
+    assert seen["resumed"].get("tiny-clip", 0) < C1_UNITS, f"the resume recomputed every unit: {seen['resumed']}"
+    on_s3, local = _digest_s3(s3, "c1"), _digest_local(seen["local"])
+    assert len(local) == 2 * 2 * C1_UNITS  # views and tiny-clip: a Parquet file and its commit record per unit
+    assert on_s3 == local, {k: (on_s3.get(k), local.get(k)) for k in set(on_s3) | set(local) if on_s3.get(k) != local.get(k)}
+    # the merged statistics (merged in unit order) are the same bytes too
+    moments = lambda name: name.endswith(".moments")  # noqa: E731
+    assert _digest_s3(s3, "c1", moments) == _digest_local(seen["local"], moments) != {}
+    m = load_manifest(CacheLocation(seen["uri"]))
+    assert m.complete and m.units == C1_UNITS and set(m.teachers) == {"tiny-clip"}
+
+
+def test_adding_a_teacher_on_s3_computes_and_writes_only_it(c1, s3):
+    assert c1["computed"] == {"views": 0, "tiny-clip": 0, "tiny-sam": C1_UNITS}
+    after = _digest_s3(s3, "c1")
+    assert {k: v for k, v in after.items() if not k.startswith("teachers/tiny-sam/")} == c1["before"]
+    assert len([k for k in after if k.startswith("teachers/tiny-sam/")]) == 2 * C1_UNITS
+    # objects were written in the new teacher's directory, its merged statistics and the manifest only
+    # (keys ending in "/" are the empty directory markers pyarrow's create_dir puts for every parent)
+    written = {r.path for r in c1["requests"] if r.method in ("PUT", "POST", "DELETE") and not r.path.endswith("/")}
+    stray = sorted(p for p in written if not re.match(r"/[^/]+/c1/(teachers/tiny-sam/|stats/|manifest\.json$)", p))
+    assert not stray, stray
+    markers = collections.Counter(r.path for r in c1["requests"] if r.method == "PUT" and r.path.endswith("/"))
+    print(f"[s3 requests] c1 add tiny-sam: directory-marker PUTs {dict(markers)}", flush=True)
+    m = load_manifest(CacheLocation(c1["uri"]))
+    assert m.complete and set(m.teachers) == {"tiny-clip", "tiny-sam"}
+
+
+def test_noop_rerun_writes_nothing_and_lists_each_directory_once(c1, c2, s3):
+    got = {}
+    for name, (uri, args, units) in {"c1": (c1["uri"], C1, C1_UNITS), "c2": (c2["uri"], C2, C2_UNITS)}.items():
+        with s3.counting() as n:
+            computed = _computed(_run(s3, _cache_cmd(uri, *args, BOTH)))
+        got[name] = _record(f"{name} no-op rerun ({units} units)", n)
+        assert computed == {"views": 0, "tiny-clip": 0, "tiny-sam": 0}
+        assert not any(n[k] for k in WRITES), n.requests
+        # views/, teachers/, teachers/tiny-clip/, teachers/tiny-sam/: one listing each (< 1000 keys)
+        assert n["LIST"] <= 4, n.requests
+    assert got["c1"]["LIST"] == got["c2"]["LIST"], got
+    reads = lambda c: c.get("HEAD", 0) + c.get("GET", 0) + c.get("GET_RANGE", 0)  # noqa: E731
+    assert reads(got["c1"]) == reads(got["c2"]), got  # the manifest only, whatever the number of units
+
+
+def test_info_and_verify_on_s3(c1, c2, s3, capsys):
+    for name, uri, units in (("c1", c1["uri"], C1_UNITS), ("c2", c2["uri"], C2_UNITS)):
+        capsys.readouterr()
+        with s3.counting() as n:
+            assert main(["cache", "info", uri]) == 0
+        out = capsys.readouterr().out
+        assert "tiny-clip" in out and "tiny-sam" in out and "complete" in out and f"units {units}" in out, out
+        with capsys.disabled():
+            _record(f"{name} cache info", n)
+        assert not any(n[k] for k in WRITES), n.requests
+        with s3.counting() as n:
+            assert main(["cache", "verify", uri]) == 0  # the default sample
+        out = capsys.readouterr().out
+        assert "verify: OK" in out, out
+        with capsys.disabled():
+            _record(f"{name} cache verify ({units} units)", n)
+            print(f"[s3 requests] {name} verify says: {' '.join(l for l in out.splitlines() if 'read' in l)[:300]}")
+        assert not any(n[k] for k in WRITES), n.requests
+
+
+def _train(uri: str, out: Path, *extra) -> list[str]:
+    return ["train", f"cache={uri}", f"output={out}", BOTH, "student.patch_size=8", "student.depth=2", "loader.batch_size=8", "loader.num_workers=0",
+            "loader.shuffle_buffer=8", "loader.read_rows=8", "max_steps=2", "mlflow.enabled=false", *extra]
+
+
+def test_train_on_s3_reads_per_teacher_and_per_file_streamed(c1, c2, s3, tmp_path):
+    got = {}
+    for name, uri in (("c1", c1["uri"]), ("c2", c2["uri"])):
+        with s3.counting() as n:
+            assert main(_train(uri, tmp_path / name)) == 0
+        got[name] = _record(f"{name} train, 2 steps", n)
+        assert not any(n[k] for k in WRITES), n.requests  # the run's output is local
+        assert (tmp_path / name / "student").is_dir()
+        streamed = {r.path for r in n.requests if r.path.endswith(".parquet")}
+        per_shard = collections.Counter(r.path for r in n.requests if r.path.endswith(".parquet") and r.method == "HEAD")
+        other = [r for r in n.requests if not r.path.endswith(".parquet")]
+        with_paths = collections.Counter((r.method, r.path.split("/", 2)[-1]) for r in other)
+        print(f"[s3 requests] {name} train: {len(streamed)} Parquet files opened, HEADs per file {sorted(set(per_shard.values()))}; other requests {dict(with_paths)}", flush=True)
+        got[name + "_files"] = len(streamed)
+        got[name + "_other"] = sorted(with_paths.items())
+        # start: the manifest, one listing per directory read (views, each teacher, stats), each teacher's merged moments
+        assert n["LIST"] <= 4, _by_dir(n.requests)
+        assert max(per_shard.values()) <= 2, per_shard  # each streamed file opened about once
+        assert len(other) <= 4 + 3 * 2 + 2 * 2, with_paths  # listings, manifest (HEAD+GET, twice at most), per teacher HEAD+GET of its moments
+    # what the start reads does not depend on the number of units
+    assert got["c1_other"] == got["c2_other"], (got["c1_other"], got["c2_other"])
+
+
+def test_eval_on_s3(c1, s3, tmp_path):
+    student = tmp_path / "run"
+    assert main(_train(c1["uri"], student)) == 0
+    with s3.counting() as n:
+        assert main(["eval", str(student / "student"), f"val_cache={c1['uri']}", f"train_cache={c1['uri']}", f"output={tmp_path / 'eval'}", "pictures=1", "probe_epochs=5",
+                     "dense=false", "zero_shot=false", "mlflow.enabled=false"]) == 0
+    _record("c1 eval (val = train = c1)", n)
+    assert not any(n[k] for k in WRITES), n.requests
