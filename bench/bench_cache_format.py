@@ -111,8 +111,8 @@ def main():
                 sizes = []
                 for k in (1, n):
                     cols = encode_targets(summary[:k] if summary is not None else None, feats[:k], dtype)
-                    info, _ = write_teacher_shard(loc, f"{name}-{tag}-{k}", spec.to_dict(), TargetLayout(grid_hw, dtype, spec.feature_grid), 0, ids[:k], vidx[:k], cols, ident, 64)
-                    sizes.append(info.bytes)
+                    commit = write_teacher_shard(loc, f"{name}-{tag}-{k}", spec.to_dict(), TargetLayout(grid_hw, dtype, spec.feature_grid), 0, ids[:k], vidx[:k], cols, ident, 64)
+                    sizes.append(commit.shard.bytes)
                 return (sizes[1] - sizes[0]) / max(1, n - 1)
 
             r = {"teacher": name, "views": n, "s_per_view": t_fwd, "load_s": t1 - t0, "native": spec.feature_grid, "grid": grid, "dim": spec.feature_dim}

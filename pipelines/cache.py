@@ -529,7 +529,10 @@ def _start_teachers(ray, cfg: CacheJobConfig, plan: CachePlan, names: list[str],
     pools: dict[str, list] = {}
     for name in names:
         job = cfg.teachers[name]
-        opts = {"num_cpus": job.cpus_per_actor, "num_gpus": job.gpus_per_actor if has_gpu else 0, "max_restarts": 3, "max_task_retries": 3}
+        # A call to an actor on a node that crashed fails at once (ActorUnavailableError) and Ray's backoff spends a
+        # few retries in ~1 s, while the node is declared dead only after ~15 s of missed health checks: retry
+        # until the actor is back (run() has no side effects); max_restarts bounds an actor that keeps dying.
+        opts = {"num_cpus": job.cpus_per_actor, "num_gpus": job.gpus_per_actor if has_gpu else 0, "max_restarts": 3, "max_task_retries": -1}
         device = "cuda" if has_gpu and job.gpus_per_actor > 0 else "cpu"
         pools[name] = [actor_cls.options(**opts).remote(name, dump_config(job), device, max(1, int(job.cpus_per_actor)), target_grid_for(cfg, name), cfg.target_dtype, extra_grids_for(cfg, name)) for _ in range(max(1, job.actors))]
     specs, layouts = {}, {}
@@ -701,6 +704,8 @@ def _report(run, cfg: CacheJobConfig, m: Manifest, summary: CacheSummary, r: Run
     cache holds, system/... what it cost)."""
     import json
 
+    if run.run_id is None:  # tracking disabled
+        return
     m.mlflow_run_id = run.run_id
     save_manifest(CacheLocation(cfg.output), m)
     metrics = {"cache/images": summary.images, "cache/views": summary.views, "cache/skipped": summary.skipped, "cache/bytes_written": summary.bytes_written,

@@ -156,7 +156,7 @@ class Trainer:
         grids = dict(reader.grids)
         self.online, self.online_origin = None, {}
         self.workers = resolve_workers(cfg.loader)
-        stream_kw = dict(batch_size=cfg.loader.batch_size, shuffle_buffer=cfg.loader.shuffle_buffer, read_rows=cfg.loader.read_rows, seed=cfg.seed, patch_size=cfg.student.patch_size)
+        stream_kw = dict(manifest=reader.manifest, batch_size=cfg.loader.batch_size, shuffle_buffer=cfg.loader.shuffle_buffer, read_rows=cfg.loader.read_rows, seed=cfg.seed, patch_size=cfg.student.patch_size)
         if cfg.online:
             self.online = OnlineTeachers(cfg.online, self.acc.device, res)
             self.specs.update(self.online.specs)

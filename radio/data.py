@@ -108,12 +108,12 @@ class CacheStream(IterableDataset):
     """
 
     def __init__(self, uri: str, teachers: list[str], *, rank: int = 0, world_size: int = 1, num_workers: int = 1, batch_size: int = 32, shuffle_buffer: int = 256, read_rows: int = 64, seed: int = 0, expect_fingerprints: dict[str, str] | None = None,
-                 schedule: ResolutionSchedule | None = None, patch_size: int = 16):
+                 schedule: ResolutionSchedule | None = None, patch_size: int = 16, manifest=None):
         super().__init__()
         self.uri, self.teachers = uri, list(teachers)
         self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
         self.batch_size, self.shuffle_buffer, self.read_rows, self.seed = batch_size, shuffle_buffer, read_rows, seed
-        reader = CacheReader(uri, self.teachers, expect_fingerprints, check=False)  # the trainer's own reader checked the manifest
+        reader = CacheReader(uri, self.teachers, expect_fingerprints, check=False, manifest=manifest)  # the trainer's own reader checked the manifest
         self.manifest = reader.manifest  # read once; each epoch's readers reuse it
         self.units = reader.units
         if not self.units:

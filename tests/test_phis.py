@@ -78,14 +78,14 @@ def test_cache_second_moments_are_exact_and_trainer_exports_teacher_space(tmp_pa
     from pipelines.synthetic import make_synthetic_cache
     from pipelines.train import TrainJobConfig, train
     from radio import load_student
-    from radio.cache import CacheReader, decode_features, merged_moments
+    from radio.cache import CacheReader, decode_features
 
     cache = tmp_path / "c"
     make_synthetic_cache(cache, limit=12, views=2, per_shard=4, teachers={"syn-a": (8, 12, (4, 4)), "syn-b": (None, 16, (4, 4))})
     reader = CacheReader(str(cache), ["syn-a", "syn-b"])
     rows = [b.teachers["syn-a"] for u in range(reader.manifest.units) for b in reader.iter_unit(u, batch_rows=64)]
     feats = np.concatenate([decode_features(r).numpy().reshape(-1, 12) for r in rows]).astype(np.float64)
-    f, s = merged_moments(reader.loc, reader.entry("syn-a"))
+    f, s = reader.merged_moments("syn-a")
     np.testing.assert_allclose(f.cov, np.cov(feats, rowvar=False, ddof=0), rtol=1e-5, atol=1e-6)
     assert s is not None and s.count == 24
 

@@ -37,14 +37,14 @@ C2 = ["source.limit=24", "images_per_shard=1", *COMMON]
 C1_UNITS, C2_UNITS = 6, 24
 BOTH = "teachers=[tiny-clip,tiny-sam]"
 WRITES = ("PUT", "POST", "DELETE", "COPY")
-
-COUNTS: dict[str, dict] = {}  # phase -> request counts, printed as they are measured
+DIRS = 2 + 2 + 1  # directories of a cache with two teachers: views/, teachers/, teachers/<t>/ x 2, stats/
 
 
 def _record(phase: str, n) -> dict:
-    COUNTS[phase] = dict(sorted(n.items()))
-    print(f"[s3 requests] {phase:<34} {COUNTS[phase]}", flush=True)
-    return COUNTS[phase]
+    """Print one phase's request counts (shown with `pytest -s`); return them as a plain dict."""
+    counts = dict(sorted(n.items()))
+    print(f"[s3 requests] {phase:<34} {counts}", flush=True)
+    return counts
 
 
 # ---- the server, and a Ray whose workers hold its credentials --------------------------------------------
@@ -64,6 +64,7 @@ def s3(s3_server, ray_session):
 
     if ray.get(worker_key.remote(), timeout=120) != s3_server.access_key:
         ray.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)  # the old one's: start a new local Ray, not join (as the conftest does)
         ctx = ray.init(num_cpus=8, include_dashboard=False, configure_logging=False, log_to_driver=False)
         os.environ["RAY_ADDRESS"] = ctx.address_info["address"]
         assert ray.get(worker_key.remote(), timeout=120) == s3_server.access_key
@@ -110,13 +111,17 @@ def _digest_local(root: Path, keep=_is_shard) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file() and keep(p.name)}
 
 
-def _by_dir(requests, kinds=None) -> dict[str, int]:
-    """Requests per parent directory of their key (for messages)."""
-    c = collections.Counter()
+def _by_file_type(requests) -> dict[str, dict[str, int]]:
+    """Requests by the kind of object they touched (parquet, commit, moments, manifest.json, listing) and kind."""
+    out: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for r in requests:
-        if kinds is None or r.method in kinds:
-            c[r.path.rsplit("/", 1)[0]] += 1
-    return dict(c)
+        name = r.path.rsplit("/", 1)[-1]
+        kind = "GET_RANGE" if r.method == "GET" and r.code == "206" else r.method
+        top = r.path.count("/") == 1  # the bucket (or the client's probe of a bucket that does not exist)
+        what = ("listing" if top and r.method == "GET" else "bucket" if top else "dir marker" if r.path.endswith("/") else name if name == "manifest.json"
+                else name.rsplit(".", 1)[-1] if "." in name else name)
+        out[what][kind] += 1
+    return {k: dict(v) for k, v in sorted(out.items())}
 
 
 # ---- the caches -------------------------------------------------------------------------------------------
@@ -179,6 +184,7 @@ def c2(s3):
     with s3.counting() as n:
         computed = _computed(_run(s3, _cache_cmd(uri, *C2, BOTH)))
     _record("c2 one-shot build (2 teachers)", n)
+    print(f"[s3 requests] c2 build by object: {_by_file_type(n.requests)}", flush=True)
     assert computed == {"views": C2_UNITS, "tiny-clip": C2_UNITS, "tiny-sam": C2_UNITS}
     return dict(uri=uri)
 
@@ -225,14 +231,15 @@ def test_noop_rerun_writes_nothing_and_lists_each_directory_once(c1, c2, s3):
         got[name] = _record(f"{name} no-op rerun ({units} units)", n)
         assert computed == {"views": 0, "tiny-clip": 0, "tiny-sam": 0}
         assert not any(n[k] for k in WRITES), n.requests
-        # views/, teachers/, teachers/tiny-clip/, teachers/tiny-sam/: one listing each (< 1000 keys)
-        assert n["LIST"] <= 4, n.requests
+        # one listing (< 1000 keys: one page) per directory: views/, teachers/, teachers/<each>/, stats/
+        assert n["LIST"] <= DIRS, n.requests
     assert got["c1"]["LIST"] == got["c2"]["LIST"], got
     reads = lambda c: c.get("HEAD", 0) + c.get("GET", 0) + c.get("GET_RANGE", 0)  # noqa: E731
     assert reads(got["c1"]) == reads(got["c2"]), got  # the manifest only, whatever the number of units
 
 
 def test_info_and_verify_on_s3(c1, c2, s3, capsys):
+    info, got = {}, {}
     for name, uri, units in (("c1", c1["uri"], C1_UNITS), ("c2", c2["uri"], C2_UNITS)):
         capsys.readouterr()
         with s3.counting() as n:
@@ -240,44 +247,50 @@ def test_info_and_verify_on_s3(c1, c2, s3, capsys):
         out = capsys.readouterr().out
         assert "tiny-clip" in out and "tiny-sam" in out and "complete" in out and f"units {units}" in out, out
         with capsys.disabled():
-            _record(f"{name} cache info", n)
-        assert not any(n[k] for k in WRITES), n.requests
+            info[name] = _record(f"{name} cache info", n)
+        assert {r.path.rsplit("/", 1)[-1] for r in n.requests} == {"manifest.json"}, n.requests  # the manifest only
         with s3.counting() as n:
             assert main(["cache", "verify", uri]) == 0  # the default sample
         out = capsys.readouterr().out
         assert "verify: OK" in out, out
         with capsys.disabled():
-            _record(f"{name} cache verify ({units} units)", n)
-            print(f"[s3 requests] {name} verify says: {' '.join(l for l in out.splitlines() if 'read' in l)[:300]}")
+            got[name] = _record(f"{name} cache verify ({units} units)", n)
+            print(f"[s3 requests] {name} verify by object: {_by_file_type(n.requests)}; it says: {' '.join(l for l in out.splitlines() if 'read' in l)[:200]}", flush=True)
         assert not any(n[k] for k in WRITES), n.requests
+    assert info["c1"] == info["c2"], info
+    # verify: one listing per directory whatever the size; every footer and the sampled files: reads grow with the files
+    assert got["c1"]["LIST"] == got["c2"]["LIST"] <= DIRS, got
 
 
 def _train(uri: str, out: Path, *extra) -> list[str]:
-    return ["train", f"cache={uri}", f"output={out}", BOTH, "student.patch_size=8", "student.depth=2", "loader.batch_size=8", "loader.num_workers=0",
-            "loader.shuffle_buffer=8", "loader.read_rows=8", "max_steps=2", "mlflow.enabled=false", *extra]
+    """Two steps of 2 rows, one batch prefetched, a 2-row shuffle buffer: a few units streamed, not the cache."""
+    return ["train", f"cache={uri}", f"output={out}", BOTH, "student.patch_size=8", "student.depth=2", "loader.batch_size=2", "loader.num_workers=0",
+            "loader.shuffle_buffer=2", "loader.read_rows=2", "loader.prefetch_factor=1", "max_steps=2", "mlflow.enabled=false", *extra]
 
 
 def test_train_on_s3_reads_per_teacher_and_per_file_streamed(c1, c2, s3, tmp_path):
     got = {}
-    for name, uri in (("c1", c1["uri"]), ("c2", c2["uri"])):
+    for name, uri, units in (("c1", c1["uri"], C1_UNITS), ("c2", c2["uri"], C2_UNITS)):
         with s3.counting() as n:
             assert main(_train(uri, tmp_path / name)) == 0
-        got[name] = _record(f"{name} train, 2 steps", n)
+        _record(f"{name} train, 2 steps ({units} units)", n)
         assert not any(n[k] for k in WRITES), n.requests  # the run's output is local
         assert (tmp_path / name / "student").is_dir()
-        streamed = {r.path for r in n.requests if r.path.endswith(".parquet")}
-        per_shard = collections.Counter(r.path for r in n.requests if r.path.endswith(".parquet") and r.method == "HEAD")
-        other = [r for r in n.requests if not r.path.endswith(".parquet")]
-        with_paths = collections.Counter((r.method, r.path.split("/", 2)[-1]) for r in other)
-        print(f"[s3 requests] {name} train: {len(streamed)} Parquet files opened, HEADs per file {sorted(set(per_shard.values()))}; other requests {dict(with_paths)}", flush=True)
-        got[name + "_files"] = len(streamed)
-        got[name + "_other"] = sorted(with_paths.items())
-        # start: the manifest, one listing per directory read (views, each teacher, stats), each teacher's merged moments
-        assert n["LIST"] <= 4, _by_dir(n.requests)
-        assert max(per_shard.values()) <= 2, per_shard  # each streamed file opened about once
-        assert len(other) <= 4 + 3 * 2 + 2 * 2, with_paths  # listings, manifest (HEAD+GET, twice at most), per teacher HEAD+GET of its moments
-    # what the start reads does not depend on the number of units
-    assert got["c1_other"] == got["c2_other"], (got["c1_other"], got["c2_other"])
+        shard_reqs = [r for r in n.requests if r.path.endswith(".parquet")]
+        files = {r.path for r in shard_reqs}
+        heads = collections.Counter(r.path for r in shard_reqs if r.method == "HEAD")
+        other = collections.Counter((r.method, r.path.split("/", 2)[-1].removeprefix(name + "/")) for r in n.requests if not r.path.endswith(".parquet"))
+        print(f"[s3 requests] {name} train: {len(files)} of {3 * units} Parquet files streamed, {len(shard_reqs)} requests on them "
+              f"(HEADs per file {sorted(set(heads.values()))}); other requests {dict(other)}", flush=True)
+        got[name] = (len(files), sorted(other.items()))
+        # per file streamed: a HEAD (open), its footer and its column chunks
+        assert max(heads.values()) == 1 and len(shard_reqs) <= 6 * len(files), collections.Counter((r.method, r.path) for r in shard_reqs)
+        # the rest (the start): the manifest, one listing per directory read (views/, each teacher's, stats/), each teacher's merged moments
+        assert n["LIST"] <= DIRS - 1, _by_file_type(n.requests)
+        # (LISTs log as GET on the bucket) at most: the manifest read twice (HEAD, HEAD, GET each), each teacher's moments (HEAD, GET)
+        assert sum(c for (method, key), c in other.items() if (method, key) != ("GET", s3.bucket)) <= 2 * 3 + 2 * 2, other
+    assert got["c2"][0] < 3 * C2_UNITS // 2, got  # streamed lazily: two steps do not open the whole cache
+    assert got["c1"][1] == got["c2"][1], got  # what the start reads does not depend on the number of units
 
 
 def test_eval_on_s3(c1, s3, tmp_path):
@@ -287,4 +300,5 @@ def test_eval_on_s3(c1, s3, tmp_path):
         assert main(["eval", str(student / "student"), f"val_cache={c1['uri']}", f"train_cache={c1['uri']}", f"output={tmp_path / 'eval'}", "pictures=1", "probe_epochs=5",
                      "dense=false", "zero_shot=false", "mlflow.enabled=false"]) == 0
     _record("c1 eval (val = train = c1)", n)
+    print(f"[s3 requests] c1 eval by object: {_by_file_type(n.requests)}", flush=True)
     assert not any(n[k] for k in WRITES), n.requests

@@ -294,11 +294,15 @@ class Manifest:
 def load_manifest(loc: CacheLocation) -> Manifest | None:
     """The manifest at ``loc``, or None when there is none. A manifest of another format version, one that
     is not valid JSON, or one missing fields is a :class:`CacheError` naming the file and what to do."""
-    if not loc.exists(MANIFEST_NAME):
-        return None
     path = loc.full(MANIFEST_NAME)
     try:
-        d = json.loads(loc.read_bytes(MANIFEST_NAME))
+        data = loc.read_bytes(MANIFEST_NAME)  # one read (no separate existence check: a request less on an object store)
+    except OSError:
+        if not loc.exists(MANIFEST_NAME):
+            return None
+        raise
+    try:
+        d = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise CacheError(f"{path} is not valid JSON ({e}). The shards are intact: rerun the `radio cache` command that built this cache to rewrite the manifest from them.") from None
     version = d.get("format_version") if isinstance(d, dict) else None

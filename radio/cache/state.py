@@ -197,7 +197,7 @@ def read_merged_moments(loc: CacheLocation, ref: FileRef, where: str = "") -> tu
 def build_manifest(loc: CacheLocation, identity: CacheIdentity, source: dict, policy: dict, config: dict, n_units: int, required: list[str],
                    views: dict[int, Commit], teachers: dict[str, tuple[dict, TeacherEntry | None, dict[int, Commit], MomentsMerger | None, str | None]],
                    old: Manifest | None = None, excluded: list[dict] = ()) -> Manifest:
-    """Write the merged statistics and the manifest from commit records; return the manifest.
+    """Write the merged statistics and build the manifest from commit records (the caller saves it).
 
     ``teachers``: name -> (spec, its old manifest entry or None, its commits by unit, a merger holding this run's
     moments or None when none were computed, the request key its targets are known to answer or None). A teacher whose shards are exactly those of its old entry
@@ -225,5 +225,4 @@ def build_manifest(loc: CacheLocation, identity: CacheIdentity, source: dict, po
         complete=len(views) == n_units and all(name in entries and entries[name].complete for name in required),
         config=config, mlflow_run_id=old.mlflow_run_id if old else None, updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    save_manifest(loc, manifest)
     return manifest

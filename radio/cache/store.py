@@ -196,7 +196,8 @@ class CacheLocation:
             self.tmp = posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(final)}") if loc.is_local else final
 
         def __enter__(self) -> _HashingSink:
-            self.loc.fs.create_dir(posixpath.dirname(self.final), recursive=True)
+            if self.loc.is_local:  # an object store has no folders: creating one is a HEAD and a marker PUT per level, per file
+                self.loc.fs.create_dir(posixpath.dirname(self.final), recursive=True)
             self.sink = _HashingSink(self.loc.fs.open_output_stream(self.tmp))
             return self.sink
 
