@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from .codec import bytes_per_row, encode_targets, feature_columns, grid_suffix
 from .commit import FileRef

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..normalize import RunningMoments
 from .commit import Commit, FileRef, RecordError, commit_path, encode_record, moments_arrays, moments_from, read_record, sha256_bytes, stats_path
-from .manifest import CacheIdentity, Manifest, Moments, Skipped, TargetLayout, TeacherEntry, TeacherStats, ViewsEntry, save_manifest
+from .manifest import CacheIdentity, Manifest, Moments, Skipped, TargetLayout, TeacherEntry, TeacherStats, ViewsEntry
 from .store import CacheLocation, ShardInfo, teacher_path, views_path
 
 __all__ = ["TableState", "scan_table", "MomentsMerger", "build_manifest", "read_merged_moments", "table_dirs"]

@@ -8,8 +8,6 @@ streamed. Statistics live in the commit records and in one merged file per teach
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pyarrow as pa
 
