@@ -31,6 +31,8 @@ def main():
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (0: read in this process)")
     p.add_argument("--target-dtype", default="float16")
     p.add_argument("--cache", default=None, help="reuse (or keep) the synthetic cache at this path")
+    p.add_argument("--checksums", type=int, default=0, metavar="ROUNDS",
+                   help="instead: time in-process epochs with Parquet page CRC32 verification on and off, alternately, ROUNDS times each; print the ratio")
     ns = p.parse_args()
     import torch
 
@@ -51,6 +53,8 @@ def main():
     per_view = sum(reader.entry(t).bytes_per_view for t in teachers) + reader.manifest.views.bytes / n_views
     print(f"cache: {n_views} views ({images} images x {views}), {per_view / 1e6:.3f} MB per view on disk, built in {t_build:.0f}s; teachers {', '.join(f'{t} {reader.grids[t][0]}x{reader.grids[t][1]}' for t in teachers)}")
     torch.set_num_threads(1)
+    if ns.checksums:
+        return _checksum_cost(root, teachers, ns, cleanup=not ns.cache)
     try:
         cfg = LoaderConfig(batch_size=ns.batch_size, num_workers=ns.workers, shuffle_buffer=1024, prefetch_factor=2)
         stream = CacheStream(root, teachers, num_workers=max(1, ns.workers), batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, read_rows=cfg.read_rows)
@@ -69,6 +73,32 @@ def main():
         print(f"reader: {rate:.0f} views/s per process")
     finally:
         if not ns.cache:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _checksum_cost(root, teachers, ns, cleanup: bool):
+    """The reader's cost of checking every page's CRC32 (radio.cache.store.VERIFY_PAGES), side by side in one run."""
+    import radio.cache.store as store
+    from radio.data import CacheStream
+
+    try:
+        stream = CacheStream(root, teachers, num_workers=1, batch_size=ns.batch_size, shuffle_buffer=1024)
+        rates = {True: [], False: []}
+        for r in range(2 * ns.checksums + 1):
+            on = r % 2 == 1  # round 0 warms the page cache (timed but not counted)
+            store.VERIFY_PAGES = on
+            stream.set_epoch(r)
+            t0 = time.perf_counter()
+            rows = sum(int(b["weight"].sum()) for b in stream)
+            rate = rows / (time.perf_counter() - t0)
+            if r:
+                rates[on].append(rate)
+            print(f"  round {r}: page checksums {'on ' if on else 'off'} {rate:.0f} views/s")
+        med = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
+        print(f"reader with page checksums / without: {med[True] / med[False]:.3f} (medians {med[True]:.0f} / {med[False]:.0f} views/s over {ns.checksums} rounds each)")
+    finally:
+        store.VERIFY_PAGES = True
+        if cleanup:
             shutil.rmtree(root, ignore_errors=True)
 
 

@@ -132,7 +132,11 @@ def verify_cache(uri: str, sample: int = 8, atol: float | None = None, min_cos: 
             except (RecordError, OSError) as err:
                 bad(sh.path, f"its commit record is unreadable ({str(err).splitlines()[0][:120]})")
                 continue
-            keys = pf.read(columns=["image_id", "view_index"])
+            try:
+                keys = pf.read(columns=["image_id", "view_index"])
+            except (OSError, ValueError) as err:  # a page checksum that fails
+                bad(sh.path, f"its key columns do not read back as written ({str(err).splitlines()[0][:120]})")
+                continue
             read["bytes"] += sum(pf.metadata.row_group(g).column(c).total_compressed_size for g in range(pf.num_row_groups) for c in range(2))
             k = list(zip(keys.column("image_id").to_pylist(), keys.column("view_index").to_pylist()))
             if t is None:
@@ -231,7 +235,11 @@ def _recompute(loc, m: Manifest, keys_by_unit, picks, atol, min_cos, out, read) 
     worst = {}
     for u, i in picks:
         image_id, view_index = keys_by_unit[u][i]
-        vrow, n = _row_at(loc.parquet_file(views_path(u)), i)
+        try:
+            vrow, n = _row_at(loc.parquet_file(views_path(u)), i)
+        except (OSError, ValueError) as err:
+            problems.append(f"{views_path(u)}: row {i} does not read back as written ({str(err).splitlines()[0][:120]})")
+            continue
         read["bytes"] += n
         part = source.part(u * ips, (u + 1) * ips)
         rec = next((r for r in part.records if r.image_id == image_id), None)
@@ -249,7 +257,11 @@ def _recompute(loc, m: Manifest, keys_by_unit, picks, atol, min_cos, out, read) 
         crop = torch.from_numpy(crop_view(img, view)).permute(2, 0, 1)
         for name, teacher in teachers.items():
             layout = m.teachers[name].layout
-            trow, n = _row_at(loc.parquet_file(teacher_path(name, u)), i)
+            try:
+                trow, n = _row_at(loc.parquet_file(teacher_path(name, u)), i)
+            except (OSError, ValueError) as err:
+                problems.append(f"{teacher_path(name, u)}: row {i} does not read back as written ({str(err).splitlines()[0][:120]})")
+                continue
             read["bytes"] += n
             got = teacher([crop])
             pairs = []

@@ -224,3 +224,27 @@ def test_synthetic_cache_is_complete_and_its_stats_match(tmp_path):
         f, _ = r.merged_moments(t)  # checksummed against the manifest
         assert f.count == m.teachers[t].stats.features.count
     assert json.loads((tmp_path / "syn" / "manifest.json").read_text())["format_version"] == 3
+
+
+def test_a_changed_byte_is_refused_where_it_is_read(built, tmp_path):
+    """Same size and, as with `cp -p`, the same time: the listing cannot tell. Every Parquet page carries a
+    CRC32 that the reader checks: training stops naming the file, and verify's checksums find it."""
+    import shutil
+
+    from radio.cache import CacheError
+
+    out = tmp_path / "c"
+    shutil.copytree(built, out, copy_function=shutil.copy2)
+    victim = out / "teachers" / "tiny-clip" / "unit-00004.parquet"
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    for k in range(8):
+        data[len(data) // 2 + k] ^= 0x5A
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    reader = CacheReader(str(out))  # opens: sizes and times are those committed
+    with pytest.raises(CacheError, match=r"tiny-clip/unit-00004\.parquet: a page does not read back as written.*radio cache verify"):
+        list(reader.iter_unit(4))
+    buf = io.StringIO()
+    assert not verify_cache(str(out), sample=0, full=True, out=buf)
+    assert "tiny-clip/unit-00004.parquet" in buf.getvalue() and "verify: FAILED" in buf.getvalue()

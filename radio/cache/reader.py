@@ -246,8 +246,8 @@ class CacheReader:
         views = files.pop(None).iter_batches(batch_size=batch_rows, columns=view_cols)
         tfiles = files
         tcols = {t: ["image_id", "view_index", *(["summary"] if self.entry(t).summary_dim else []), *self._feature_columns(t)] for t in self.teachers}
-        titers = {t: pf.iter_batches(batch_size=batch_rows, columns=tcols[t]) for t, pf in tfiles.items()}
-        for vb in views:
+        titers = {t: self._checked(pf.iter_batches(batch_size=batch_rows, columns=tcols[t]), unit, t) for t, pf in tfiles.items()}
+        for vb in self._checked(views, unit, None):
             ids = vb.column("image_id").to_pylist()
             vidx = vb.column("view_index").to_numpy()
             batch = CacheBatch(ids, vidx, vb.column("label_index").to_numpy(zero_copy_only=False), self._images(vb.column("student_image")) if with_images else [])
@@ -260,6 +260,18 @@ class CacheReader:
         for t, it in titers.items():
             if next(it, None) is not None:
                 raise CacheError(f"unit {unit}: teacher {t!r} has more rows than the views table; the cache is damaged")
+
+    def _checked(self, batches, unit: int, teacher: str | None):
+        """``batches`` of one shard; a page whose checksum fails (or that does not decode) is a CacheError naming the file."""
+        rel = views_path(unit) if teacher is None else teacher_path(teacher, unit)
+        while True:
+            try:
+                b = next(batches)
+            except StopIteration:
+                return
+            except (OSError, ValueError) as e:  # pyarrow: "CRC checksum verification failed", ArrowInvalid, ...
+                raise self._damaged(f"{self.loc.full(rel)}: a page does not read back as written ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+            yield b
 
     def iter_batches(self, units: list[int] | None = None, batch_rows: int = 64, with_images: bool = True) -> Iterator[CacheBatch]:
         for u in self.units if units is None else units:

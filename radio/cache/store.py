@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 _META_PREFIX = "radio."
+VERIFY_PAGES = True  # check every Parquet page's CRC32 as it is read (bench/bench_reader.py --checksums measures the cost)
 
 
 def unit_name(unit: int) -> str:
@@ -222,10 +223,12 @@ class CacheLocation:
                 use_byte_stream_split=byte_stream_split or False,
                 use_dictionary=[c for c in table.column_names if c in ("image_id", "label")],
                 write_statistics=["image_id", "view_index"],
+                write_page_checksum=True,  # CRC32 per page: every byte a reader uses is checked as it is read
             )
         return ShardInfo(rel, unit, table.num_rows, sink.tell(), sink.sha256)
 
     def parquet_file(self, rel: str) -> pq.ParquetFile:
+        """The shard, its pages' CRC32 checked as they are read (``VERIFY_PAGES``): a changed byte is an error, never a value."""
         if self.is_local:  # memory-mapped: uncompressed tensor pages are read without an extra copy
-            return pq.ParquetFile(pa.memory_map(self.full(rel)))
-        return pq.ParquetFile(self.fs.open_input_file(self.full(rel)))
+            return pq.ParquetFile(pa.memory_map(self.full(rel)), page_checksum_verification=VERIFY_PAGES)
+        return pq.ParquetFile(self.fs.open_input_file(self.full(rel)), page_checksum_verification=VERIFY_PAGES)
