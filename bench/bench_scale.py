@@ -269,7 +269,6 @@ def bench_real_dims(work: Path, views_per_unit: int = 256):
     from pipelines.synthetic import registry_shapes
     from radio.cache import CacheIdentity, CacheLocation, TargetLayout, commit_path, write_teacher_shard
     from radio.cache.state import write_merged_moments
-    from radio.normalize import RunningMoments
 
     names = ["clip-vit-b16", "dinov2-vitb14-reg", "sam-vit-h"]
     print(f"real dims: {names}, one unit of {views_per_unit} views at 224 px, targets at 14x14 float16")
@@ -291,7 +290,7 @@ def bench_real_dims(work: Path, views_per_unit: int = 256):
         k = sum(pf.metadata.row_group(g).column(i).total_compressed_size for g in range(pf.num_row_groups) for i in range(2))
         cb = loc.size(commit_path(c.shard.path))
         m = c.moments
-        ref = write_merged_moments(loc, t, spec["fingerprint"], m["features"], m.get("summary", None) or None)
+        ref = write_merged_moments(loc, t, spec["fingerprint"], m["features"], m.get("summary"))
         target_bytes += c.shard.bytes
         footer += f
         keys_bytes += k
@@ -301,7 +300,6 @@ def bench_real_dims(work: Path, views_per_unit: int = 256):
         emit(f"real/{t}/footer_KB", f / 1e3, "KB", "(read once when the shard is streamed)")
         emit(f"real/{t}/commit_record_MB", cb / 1e6, "MB", "(moments in binary; read only by a finalize that merges it)")
         emit(f"real/{t}/merged_stats_MB", ref.bytes / 1e6, "MB", "(one per teacher, read once at train start)")
-    del RunningMoments
     manifest_per_file = 260  # bytes per shard entry in manifest.json (measured on the synthetic caches: see synthetic/manifest_bytes_per_file)
     files = 4 * TARGET_UNITS
     views_bytes = views_per_unit * 224 * 224 * 3  # raw student views

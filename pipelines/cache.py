@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 
 from radio.cache import (
-    CacheFormatError, CacheIdentity, CacheLocation, CacheMismatch, Manifest, MomentsMerger, TableState, TargetLayout, build_manifest, check_existing, commit_path,
+    CacheFormatError, CacheIdentity, CacheLocation, CacheMismatch, Manifest, MomentsMerger, TableState, TargetLayout, build_manifest, commit_path, load_manifest,
     describe_differences, save_manifest, scan_table, shard_meta, teacher_path, write_teacher_shard, write_views_shard,
 )
 from radio.images import BadImage, decode_image, encode_image
@@ -414,7 +414,7 @@ def plan_cache_job(cfg: CacheJobConfig, n_units: int, identity: CacheIdentity, r
     root, set damaged shards aside, remove what killed writers left, and list the work per table.
     ``requests``: each configured teacher's :func:`teacher_request`."""
     loc = CacheLocation(cfg.output)
-    manifest = check_existing(loc)  # a cache of another format version is refused here
+    manifest = load_manifest(loc)  # a manifest of another format version is refused here; shards alone, by shard_meta below
     if manifest is not None:
         diffs = describe_differences(manifest.identity.to_dict(), identity.to_dict())
         if diffs:
@@ -586,7 +586,7 @@ def _run_pipeline(cfg: CacheJobConfig, plan: CachePlan, source: Source) -> RunRe
     computed = {"views": len(todo_views), **{t: len(v) for t, v in todo.items()}}
     done = {k: 0 for k in computed}
     work = plan.work_units
-    progress = _Progress(cfg.progress, sum(min(cfg.images_per_shard, len(source) - u * cfg.images_per_shard) for u in work))
+    progress = _Progress(cfg.progress, _images_in(cfg, len(source), work))
     if work:
         progress.update(0, f"{len(work)} units to do, {plan.n_units - len(work)} already cached" + (f", {plan.cleaned} leftovers of killed writers removed" if plan.cleaned else ""), force=True)
     prep = ray.remote(prepare_unit).options(num_returns=2, num_cpus=1, max_retries=3)
@@ -686,6 +686,11 @@ def _with_mtimes(loc: CacheLocation, rel_dir: str, commits: dict) -> dict:
     return {u: replace(c, shard=replace(c.shard, mtime_ns=stat.get(posixpath.basename(c.shard.path), (0, None))[1])) for u, c in commits.items()}
 
 
+def _images_in(cfg: CacheJobConfig, n_images: int, units: list[int]) -> int:
+    """Source images in ``units`` (the last unit may be short)."""
+    return sum(min(cfg.images_per_shard, n_images - u * cfg.images_per_shard) for u in units)
+
+
 def _summary(cfg: CacheJobConfig, plan: CachePlan, m: Manifest, r: RunResult, elapsed: float, run) -> CacheSummary:
     computed = {"views": len(r.views), **{t: len(r.commits.get(t, {})) for t in cfg.teachers}}
     views_per_s = {t: r.rows[t] / r.busy[t] for t in r.busy if r.busy[t] > 0}
@@ -694,7 +699,7 @@ def _summary(cfg: CacheJobConfig, plan: CachePlan, m: Manifest, r: RunResult, el
     # From the first finished unit to the last: the pipeline's rate once start-up (actors importing torch and
     # loading teachers) is behind it.
     steady = sum(v for _, v in c[1:]) / (c[-1][0] - c[0][0]) if len(c) > 1 and c[-1][0] > c[0][0] else None
-    work_images = sum(min(cfg.images_per_shard, m.source.get("num_images", 0) - u * cfg.images_per_shard) for u in plan.work_units)
+    work_images = _images_in(cfg, m.source.get("num_images", 0), plan.work_units)
     return CacheSummary(cfg.output, m.images, m.views.rows, len(m.skipped), elapsed, r.bytes_written, computed, work_images / elapsed if elapsed > 0 else 0.0,
                         views_per_s, run.run_id if run else m.mlflow_run_id, plan.identity.cache_id, steady, busy_fraction)
 
@@ -726,8 +731,8 @@ def _report(run, cfg: CacheJobConfig, m: Manifest, summary: CacheSummary, r: Run
     run.end()
 
 
-def finalize_manifest(loc: CacheLocation, cfg: CacheJobConfig, source: Source, identity: CacheIdentity, teachers: list[str], old: Manifest | None, n_units: int) -> Manifest:
-    """The manifest of the shards committed at ``loc`` (for caches written without the job, e.g. synthetic ones):
+def finalize_manifest(cfg: CacheJobConfig, source: Source, identity: CacheIdentity, teachers: list[str], n_units: int) -> Manifest:
+    """The manifest of the shards committed at ``cfg.output`` (for caches written without the job, e.g. synthetic ones):
     plan from the listings, then finalize from the commit records."""
     cfg = _with_teachers(cfg, teachers)
     plan = plan_cache_job(cfg, n_units, identity, {t: None for t in teachers}, say=lambda m: None)

@@ -59,4 +59,4 @@ def make_synthetic_cache(out, limit: int = 20, views: int = 2, per_shard: int = 
             layout = TargetLayout.stored(tuple(grid), None, [(r // target_patch, r // target_patch) for r in lower_resolutions], target_dtype)
             cols = layout.encode(summary, [resample_targets(feats, g) for g in layout.grids])
             write_teacher_shard(loc, name, specs[name], layout, u, prepared["image_id"], prepared["view_index"], cols, identity, row_group_rows)
-    return finalize_manifest(loc, cfg, src, identity, list(teachers), None, n_units=len(units))
+    return finalize_manifest(cfg, src, identity, list(teachers), n_units=len(units))

@@ -291,26 +291,39 @@ class Teacher(torch.nn.Module):
         return TeacherOutput(summary_BD, feats_BHWC, extents)  # extents stay on the host, where they were computed
 
 
+def _locate(name: str, source: str | None) -> tuple[RegistryEntry, str, Path | None]:
+    """(registry entry, the source to load, its local directory or None for a tiny preset or a hub id)."""
+    entry = get_spec_template(name)
+    src = source or entry.source
+    if src.startswith("tiny:"):
+        return entry, src, None
+    local = Path(src).expanduser()
+    return entry, src, local if local.exists() or src.startswith(("/", ".", "~")) else None
+
+
+def _hub_config(src: str, revision: str | None) -> str:
+    """The local path of a hub checkpoint's config.json (downloaded, or from the hub cache when offline)."""
+    from transformers.utils import cached_file
+
+    with _quiet_transformers():
+        return cached_file(src, "config.json", revision=revision)
+
+
 def check_source(name: str, source: str | None = None, revision: str | None = None) -> str:
     """Where teacher ``name``'s weights would load from, checked without loading them (seconds, no GPU):
     a local directory must hold a checkpoint of the right family; a hub id must be reachable, or in the
     local hub cache when offline. Raises :class:`TeacherLoadError` naming the teacher, source and fix."""
-    entry = get_spec_template(name)
-    src = source or entry.source
+    entry, src, local = _locate(name, source)
     if src.startswith("tiny:"):
         return src
-    local = Path(src).expanduser()
-    if local.exists() or src.startswith(("/", ".", "~")):
+    if local is not None:
         try:
             _check_local_dir(local, entry.family)
         except TeacherLoadError as e:
             raise TeacherLoadError(f"teacher {name}: {e}") from None
         return str(local.resolve())
     try:
-        from transformers.utils import cached_file
-
-        with _quiet_transformers():
-            cached_file(src, "config.json", revision=revision)
+        _hub_config(src, revision)
     except Exception as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise TeacherLoadError(f"cannot load teacher {name} from {src!r}{' (HF_HUB_OFFLINE=1: only local files are used)' if offline else ''}: {type(e).__name__}: {str(e).splitlines()[0]}. Pass a local directory with teachers.{name}.source=/path/to/checkpoint") from None
@@ -323,21 +336,15 @@ def source_key(name: str, source: str | None = None, revision: str | None = None
     snapshot (its commit hash) or, when it cannot be resolved, the id and revision. Equal keys let a job trust
     targets already computed without loading the teacher; a different key means the teacher is loaded and its
     fingerprint (a hash of the loaded weights) decides."""
-    entry = get_spec_template(name)
-    src = source or entry.source
+    entry, src, local = _locate(name, source)
     if src.startswith("tiny:"):
         return src
-    local = Path(src).expanduser()
-    if local.exists() or src.startswith(("/", ".", "~")):
+    if local is not None:
         files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
         return "dir:" + hashlib.sha256(json.dumps([(p.relative_to(local).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()).hexdigest()[:16]
     rev = revision if revision is not None else entry.revision
     try:
-        from transformers.utils import cached_file
-
-        with _quiet_transformers():
-            path = cached_file(src, "config.json", revision=rev)
-        return f"hub:{src}@{Path(path).parent.name}"  # .../snapshots/<commit>/config.json
+        return f"hub:{src}@{Path(_hub_config(src, rev)).parent.name}"  # .../snapshots/<commit>/config.json
     except Exception:
         return f"hub:{src}@{rev}"
 

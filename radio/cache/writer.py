@@ -15,10 +15,10 @@ from ..normalize import RunningMoments
 from .arrow import tensor_field, tensor_to_arrow
 from .codec import decode_features
 from .commit import Commit, commit_path, read_record
-from .manifest import FORMAT_VERSION, CacheIdentity, Manifest, TargetLayout, TeacherStats, format_error, load_manifest
+from .manifest import FORMAT_VERSION, CacheIdentity, TargetLayout, TeacherStats, format_error
 from .store import CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
 
-__all__ = ["write_views_shard", "write_teacher_shard", "shard_moments", "existing_units", "shard_meta", "check_existing", "check_footer", "open_checked", "stats_differ"]
+__all__ = ["write_views_shard", "write_teacher_shard", "shard_moments", "shard_meta", "check_footer", "open_checked", "stats_differ"]
 
 
 def write_views_shard(loc: CacheLocation, unit: int, rows: dict, skipped: list[dict], images: int, identity: CacheIdentity, row_group_rows: int) -> Commit:
@@ -87,29 +87,12 @@ def write_teacher_shard(loc: CacheLocation, teacher: str, spec: dict, layout: Ta
     return Commit.from_record(*read_record(loc, commit_path(info.path), data=data))
 
 
-def existing_units(loc: CacheLocation, rel_dir: str) -> set[int]:
-    """Units with a committed shard (Parquet file and commit record) in ``rel_dir``: one listing."""
-    names = loc.scan(rel_dir)
-    return {int(n[5:-8]) for n in names if n.startswith("unit-") and n.endswith(".parquet") and n[:-8] + ".commit" in names}
-
-
 def shard_meta(loc: CacheLocation, rel: str) -> dict:
     """A shard's radio metadata; a shard of another format version is refused."""
     meta = decode_metadata(loc.parquet_file(rel).schema_arrow.metadata)
     if meta.get("format_version") != FORMAT_VERSION:
         raise format_error(loc.uri, meta.get("format_version"))
     return meta
-
-
-def check_existing(loc: CacheLocation) -> Manifest | None:
-    """The manifest at ``loc`` (None if absent); refuses a cache of another format version even when only
-    shards were committed (a job killed before its first manifest): one footer is read."""
-    manifest = load_manifest(loc)
-    if manifest is None:
-        have = sorted(n for n in loc.scan("views") if n.startswith("unit-") and n.endswith(".parquet"))
-        if have:
-            shard_meta(loc, f"views/{have[0]}")
-    return manifest
 
 
 def check_footer(meta: dict, rows: int, identity: CacheIdentity, unit: int, entry: ShardInfo | None = None, fingerprint: str | None = None, layout: dict | None = None) -> str | None:
