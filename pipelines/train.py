@@ -8,6 +8,7 @@ DataLoader is deliberately *not* passed to ``accelerator.prepare``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import torch
 
 from radio.adapters import AdapterConfig
 from radio.cache import CacheReader, decode_features, decode_summary
-from radio.checkpoint import DistillModel, save_student
+from radio.checkpoint import CheckpointError, DistillModel, save_student
 from radio.data import CacheStream, LoaderConfig, ResolutionSchedule, ThreadPrefetcher, make_loader, resolve_workers
 from radio.losses import LossConfig, distill_loss
 from radio.normalize import TargetStats
@@ -88,6 +89,7 @@ class TrainJobConfig:
     compile: bool = False  # torch.compile the student (pays off on a GPU for long runs)
     keep_checkpoints: int = 2
     resume: bool = False
+    resume_from: str | None = None  # with resume=true: a checkpoint of OUTPUT/checkpoints (e.g. step-00000050) instead of the latest
     run_name: str | None = None
     audit_keys: bool = False  # write OUTPUT/audit/epoch<e>-rank<r>.json: the keys each rank trained on
     mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="radio-students"))
@@ -203,9 +205,11 @@ class Trainer:
         d = self._ckpt_dir(self.state.step)
         self.acc.wait_for_everyone()
         self.acc.save_state(str(d))
+        self.acc.wait_for_everyone()  # every rank's files are on disk before they are checksummed
         if self.acc.is_main_process:
             self.state.last_good = str(d)
             (d / "trainer_state.json").write_text(json.dumps({**asdict(self.state), "history": self.history}))
+            write_checksums(d, self.out)
             # `latest` is written last: a checkpoint is used only once it is complete
             tmp = self.out / "checkpoints" / ".latest.tmp"
             tmp.write_text(d.name)
@@ -215,15 +219,16 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
         self.acc.wait_for_everyone()
 
-    def try_resume(self) -> bool:
-        latest = self.out / "checkpoints" / "latest"
-        if not latest.exists():
-            return False
-        d = self.out / "checkpoints" / latest.read_text().strip()
-        self.acc.load_state(str(d))
-        saved = json.loads((d / "trainer_state.json").read_text())
-        self.history = saved.pop("history", [])
-        self.state = TrainState(**saved)
+    def try_resume(self, d: Path) -> bool:
+        """Load checkpoint ``d`` (already checked against its checksums by :func:`resume_checkpoint`)."""
+        try:
+            self.acc.load_state(str(d))
+            saved = json.loads((d / "trainer_state.json").read_text())
+            self.history = saved.pop("history", [])
+            self.state = TrainState(**saved)
+        except Exception as e:  # checksums matched, so the files are as written: a checkpoint of another model or version
+            raise CheckpointError(f"checkpoint {d} cannot be resumed by this run ({type(e).__name__}: {str(e).splitlines()[0][:300]}): "
+                                  f"it was written for other settings. {_restart_hint(d.parent.parent, d)}") from None
         return True
 
     # -- the loop ----------------------------------------------------------------------------
@@ -410,6 +415,77 @@ def _loss_figure(history: list[dict], path: Path):
     plt.close(fig)
 
 
+CHECKSUMS = "checksums.json"
+
+
+def _digest(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return {"bytes": os.fstat(f.fileno()).st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+
+
+def write_checksums(d: Path, out: Path) -> None:
+    """Record the size and sha256 of every file of checkpoint ``d`` (weights, optimizer, scheduler, random
+    states, trainer state) and of the run's online statistics, which a resume reuses."""
+    rec = {"files": {str(p.relative_to(d)): _digest(p) for p in sorted(d.rglob("*")) if p.is_file() and p.name != CHECKSUMS}}
+    online = out / OnlineTeachers.STATS_FILE
+    if online.is_file():
+        rec["online_stats"] = _digest(online)
+    tmp = d / f".{CHECKSUMS}.tmp"
+    tmp.write_text(json.dumps(rec, indent=1))
+    os.replace(tmp, d / CHECKSUMS)
+
+
+def _restart_hint(out: Path, but: Path | None = None) -> str:
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("step-*") if (p / CHECKSUMS).is_file() and p.name != getattr(but, "name", None))
+    older = f"resume from another checkpoint with resume=true resume_from=<one of {', '.join(ckpts)}>, or " if ckpts else ""
+    return f"Choose: {older}start afresh with resume=false and another output= (or delete {out})"
+
+
+def checkpoint_problems(d: Path, out: Path) -> list[str]:
+    """What in checkpoint ``d`` differs from its recorded checksums (missing, other size, other sha256)."""
+    try:
+        rec = json.loads((d / CHECKSUMS).read_text())
+        files = rec["files"]
+    except FileNotFoundError:
+        return [f"{d / CHECKSUMS} is missing (the checkpoint was not completed, or predates checksums)"]
+    except (ValueError, KeyError, TypeError) as e:
+        return [f"{d / CHECKSUMS} cannot be read ({type(e).__name__})"]
+    expect = {d / rel: v for rel, v in files.items()}
+    if "online_stats" in rec:
+        expect[out / OnlineTeachers.STATS_FILE] = rec["online_stats"]
+    problems = []
+    for path, want in expect.items():
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+            continue
+        got = _digest(path)
+        if got["bytes"] != want["bytes"]:
+            problems.append(f"{path} has {got['bytes']} bytes, {want['bytes']} were written")
+        elif got["sha256"] != want["sha256"]:
+            problems.append(f"{path} does not match its recorded sha256 (changed since it was written)")
+    return problems
+
+
+def resume_checkpoint(out: Path, name: str | None = None) -> Path | None:
+    """The checkpoint a resume continues from (``name`` under OUTPUT/checkpoints, else the latest), its files
+    checked against their checksums; None when the output holds none. A damaged one is refused naming the
+    file and the choices."""
+    ckdir = out / "checkpoints"
+    if name is None:
+        latest = ckdir / "latest"
+        if not latest.is_file():
+            return None
+        name = latest.read_text().strip()
+    d = ckdir / Path(name).name
+    if not d.is_dir():
+        raise ConfigError(f"resume_from={name}: no checkpoint {d}. {_restart_hint(out)}")
+    problems = checkpoint_problems(d, out)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s): {'; '.join(problems[1:3])})" if len(problems) > 1 else ""
+        raise CheckpointError(f"checkpoint {d} is damaged: {problems[0]}{more}. Nothing was resumed from it. {_restart_hint(out, d)}")
+    return d
+
+
 def validate(cfg: TrainJobConfig):
     """Settings checked before any work. Each error is a SettingError naming the key, the value and what is
     allowed (``load_config(validate=validate)`` adds where the value came from)."""
@@ -423,6 +499,7 @@ def validate(cfg: TrainJobConfig):
         checks.append(("loader.num_workers", cfg.loader.num_workers, 0))
     for key, value, least in checks:
         require(value >= least, key, value, f">= {least}")
+    require(cfg.resume or cfg.resume_from is None, "resume_from", cfg.resume_from, "set only with resume=true", "Add resume=true to continue from that checkpoint")
     require(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "> 0")
     require(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, ">= 0")
     require(bool(cfg.teachers), "teachers", cfg.teachers, "at least one teacher", "List the teachers to distill, e.g. teachers=[tiny-clip,tiny-dinov2]")
@@ -446,11 +523,12 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
     out = Path(cfg.output)
     if out.exists() and (out / "checkpoints" / "latest").exists() and not cfg.resume:
         raise ConfigError(f"output {out} already holds a training run; pass resume=true to continue it, or choose another output=")
-    if not cfg.resume and (out / OnlineTeachers.STATS_FILE).exists():
-        (out / OnlineTeachers.STATS_FILE).unlink()  # a new run computes its own; only a resume reuses them
+    ckpt = resume_checkpoint(out, cfg.resume_from) if cfg.resume else None  # checked before any work
+    if ckpt is None:
+        (out / OnlineTeachers.STATS_FILE).unlink(missing_ok=True)  # a new run computes its own; only a checked resume reuses them
     trainer = Trainer(cfg, resolved_yaml)
     acc = trainer.acc
-    resumed = cfg.resume and trainer.try_resume()
+    resumed = ckpt is not None and trainer.try_resume(ckpt)
     tracker = NullRun()
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

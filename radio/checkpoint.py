@@ -12,13 +12,15 @@ training-time standardization undone), so an adaptor output can stand in for the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 
 from .adapters import AdapterConfig
 from .model import DistillModel, RadioModel, RadioOutput, StudentPrediction
@@ -54,9 +56,11 @@ def save_student(path: str | Path, model: DistillModel, meta: dict | None = None
     d = Path(path)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    cfg = {"format": FORMAT, "student": asdict(model.student_cfg), "adapters": [asdict(c) for c in model.adapter_cfgs], "meta": meta or {}}
+    blob = save_bytes(state, metadata={"format": FORMAT})
+    # the config records the weights' sha256: load_student refuses weights changed since they were written
+    cfg = {"format": FORMAT, "weights_sha256": hashlib.sha256(blob).hexdigest(), "student": asdict(model.student_cfg), "adapters": [asdict(c) for c in model.adapter_cfgs], "meta": meta or {}}
     text = json.dumps(cfg, indent=1)  # before any write: a non-JSON meta fails without touching the directory
-    _atomic_write(d / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": FORMAT}))
+    _atomic_write(d / WEIGHTS, lambda p: p.write_bytes(blob))
     _atomic_write(d / CONFIG, lambda p: p.write_text(text))
     return d
 
@@ -77,8 +81,13 @@ def load_student(path: str | Path, device: str | torch.device = "cpu", adaptor_n
     student = StudentConfig(**{**s, "mean": tuple(s["mean"]), "std": tuple(s["std"])})
     adapters = [AdapterConfig(**{**a, "feature_grid": tuple(a["feature_grid"])}) for a in cfg["adapters"]]
     model = DistillModel(student, adapters)
+    blob = (d / WEIGHTS).read_bytes()
+    want = cfg.get("weights_sha256")  # absent in students written before checksums: loaded as they are
+    if want is not None and hashlib.sha256(blob).hexdigest() != want:
+        raise CheckpointError(f"{d / WEIGHTS} does not match the sha256 recorded in {d / CONFIG} ({len(blob)} bytes): the weights were changed or damaged since export. "
+                              "Export the student again (radio train ... resume=true re-exports from the last checkpoint) or load another copy")
     try:
-        state = load_file(str(d / WEIGHTS))
+        state = load_bytes(blob)
     except Exception as e:  # truncated or not safetensors at all
         raise CheckpointError(f"{d / WEIGHTS} cannot be read as safetensors ({type(e).__name__}: {e}): the student checkpoint is damaged; export it again") from None
     missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()

@@ -20,6 +20,7 @@ adapter in teacher space).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -109,7 +110,9 @@ def _fmt(features_BLC: torch.Tensor, hw: tuple[int, int], fmt: str) -> torch.Ten
 class RadioModel(nn.Module):
     """A loaded student with RADIO's API (see the module docstring)."""
 
-    INPUT_TOLERANCE = 1e-3  # resizing and rounding may step this far outside [0, 1]
+    # Bicubic resizing overshoots [0, 1] (RADIO takes such images as they come); a range this far out is not
+    # an overshoot but another scale, e.g. 0-255 floats or an already normalized image.
+    INPUT_RANGE = (-0.5, 1.5)
 
     def __init__(self, model: DistillModel, stats: dict[str, TargetStats], meta: dict, adaptor_names: list[str] | str | None = None):
         super().__init__()
@@ -196,6 +199,17 @@ class RadioModel(nn.Module):
         self._external = True
         return conditioner
 
+    @staticmethod
+    def _check_finite(x: torch.Tensor) -> tuple[float | None, float | None]:
+        """Refuse NaN or Inf pixels (they would reach every output); returns the value range (None when tracing)."""
+        if tracing():
+            return None, None
+        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"images hold {bad} NaN or Inf value(s) of {x.numel()}: fix the input (e.g. a failed decode or a division by zero); the model refuses non-finite pixels")
+        return lo, hi
+
     def _condition(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(x.shape)}")
@@ -206,15 +220,15 @@ class RadioModel(nn.Module):
         if self._external:
             if not torch.is_floating_point(x):
                 raise TypeError(f"make_preprocessor_external() was called: the model expects normalized float input, got {x.dtype}")
+            self._check_finite(x)
             return x
         if x.dtype != torch.uint8:
             if not torch.is_floating_point(x):
                 raise TypeError(f"images must be float in [0, 1] or uint8, got {x.dtype}")
-            if not tracing():
-                lo, hi = (float(v) for v in torch.aminmax(x.detach()))
-                if lo < -self.INPUT_TOLERANCE or hi > 1 + self.INPUT_TOLERANCE:
-                    hint = "divide by 255" if hi > 1.5 else "clamp to [0, 1] after resizing, or call make_preprocessor_external() and normalize yourself"
-                    raise ValueError(f"float images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]: {hint}")
+            lo, hi = self._check_finite(x)
+            if lo is not None and (lo < self.INPUT_RANGE[0] or hi > self.INPUT_RANGE[1]):
+                hint = "divide by 255" if lo >= self.INPUT_RANGE[0] and hi > 2 else "the model normalizes itself: pass [0, 1] images, or call make_preprocessor_external() and normalize yourself"
+                raise ValueError(f"float images must lie in [0, 1] (resampling overshoot up to {self.INPUT_RANGE} is accepted), got values in [{lo:.3g}, {hi:.3g}]: {hint}")
         return self.input_conditioner(x)
 
     # ---- forward -----------------------------------------------------------------------------

@@ -48,10 +48,17 @@ def test_radio_call_conventions(student_dir):
     assert (model.patch_size, model.min_resolution_step, model.embed_dim, model.num_summary_tokens) == (8, 8, 96, 1)
     assert model.preferred_resolution == Resolution(32, 32) and model.config.img_size == 32
     assert model.get_nearest_supported_resolution(30, 41) == (32, 40) and model.get_nearest_supported_resolution(1, 1) == (8, 8)
-    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got values in \[0\.\d+, 25\d\]: divide by 255"):
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*, got values in \[0\.\d+, 25\d\]: divide by 255"):
         model(x * 255)
-    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*clamp"):
-        model(x - 0.2)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*normalizes itself"):
+        model((x - 0.5) / 0.2)  # an image normalized twice
+    with torch.no_grad():  # bicubic overshoot, as RADIO takes it
+        assert model(x * 0.95 + 0.06).features.shape == features.shape and model(x * 1.02 - 0.01).features.shape == features.shape
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[0, 1, 2, 3] = bad
+        with pytest.raises(ValueError, match=rf"images hold 1 NaN or Inf value\(s\) of {y.numel()}:"):
+            model(y)
     with pytest.raises(ValueError, match=r"multiple of min_resolution_step=8; got \(30, 48\), nearest supported: \(32, 48\)"):
         model(torch.rand(1, 3, 30, 48))
     with pytest.raises(ValueError, match="feature_fmt='NHWC'"):
@@ -163,6 +170,12 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path):
     assert main(["export", str(student_dir)]) == 2
 
 
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
 def test_damaged_student_is_one_clear_error(student_dir, tmp_path, capsys):
     import shutil
 
@@ -175,6 +188,20 @@ def test_damaged_student_is_one_clear_error(student_dir, tmp_path, capsys):
         assert main(["export", str(bad), "--pretrained", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
         assert f"{bad / name}" in err and "damaged" in err and "Traceback" not in err
+    # 64 bytes flipped in the weights, same size: the sha256 in config.json refuses them, in the API and the CLI
+    flipped = tmp_path / "flipped"
+    shutil.copytree(student_dir, flipped)
+    w = bytearray((flipped / "model.safetensors").read_bytes())
+    for i in range(64):
+        w[len(w) // 2 + i] ^= 0xFF
+    (flipped / "model.safetensors").write_bytes(bytes(w))
+    with pytest.raises(radio.checkpoint.CheckpointError, match=r"model.safetensors does not match the sha256 recorded in .*config.json .*changed or damaged"):
+        radio.load_student(str(flipped))
+    assert main(["export", str(flipped), "--pretrained", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert "does not match the sha256" in err and "Traceback" not in err and not (tmp_path / "out2").exists()
+    cfg = json.loads((student_dir / "config.json").read_text())
+    assert len(cfg["weights_sha256"]) == 64 and (student_dir / "model.safetensors").stat().st_mode & 0o777 == 0o644 & ~_umask()
     assert main(["export", str(tmp_path / "nowhere"), "--onnx", str(tmp_path / "x.onnx")]) == 2
     assert "not a student directory" in capsys.readouterr().err
 

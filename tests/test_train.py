@@ -17,6 +17,7 @@ from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.train import TrainingDiverged, TrainJobConfig, train
 from radio.cache import CacheMismatch
+from radio.checkpoint import CheckpointError
 
 from pipelines.synthetic import make_synthetic_cache
 
@@ -138,6 +139,40 @@ def test_existing_output_without_resume_is_refused(cache, tmp_path, capsys):
     assert main(["train", *args]) == 0
     assert main(["train", *args]) == 2
     assert "resume=true" in capsys.readouterr().err
+
+
+def _flip(path: Path, n: int = 16):
+    b = bytearray(path.read_bytes())
+    for i in range(n):
+        b[len(b) // 2 + i] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+def test_damaged_checkpoint_is_refused_naming_the_file_and_the_choices(cache, tmp_path, capsys):
+    import shutil
+
+    args = _args(cache, tmp_path / "run", "epochs=1", "checkpoint_every=2", "mlflow.enabled=false")
+    assert main(["train", *args]) == 0  # 6 steps: checkpoints 4 and 6 kept
+    capsys.readouterr()
+    step6 = "checkpoints/step-00000006"
+    damages = {
+        "model.safetensors": lambda p: _flip(p),  # same size, other bytes
+        "optimizer.bin": lambda p: p.write_bytes(p.read_bytes()[:100]),  # truncated
+        "trainer_state.json": lambda p: p.write_text(p.read_text().replace('"step": 6', '"step": 7')),
+    }
+    for name, damage in damages.items():
+        out = tmp_path / f"bad-{name}"
+        shutil.copytree(tmp_path / "run", out)
+        damage(out / step6 / name)
+        assert main(["train", *_args(cache, out, "epochs=1", "checkpoint_every=2", "mlflow.enabled=false", "resume=true")]) == 2
+        err = capsys.readouterr().err
+        assert f"checkpoint {out / step6} is damaged: {out / step6 / name}" in err, err
+        assert "resume=true resume_from=<one of step-00000004>" in err and "resume=false" in err and "Traceback" not in err
+    # the choice the message offers works: the older checkpoint, checked, resumed and trained on to the end
+    r = train(load_config(TrainJobConfig, None, _args(cache, out, "epochs=1", "checkpoint_every=2", "mlflow.enabled=false", "resume=true", "resume_from=step-00000004")))
+    assert r["step"] == 6 and [h["step"] for h in r["history"]][-1] == 6
+    assert main(["train", *_args(cache, out, "resume_from=step-00000004")]) == 2
+    assert "'resume_from' must be set only with resume=true" in capsys.readouterr().err
 
 
 def test_two_process_accelerate_launch_sees_every_key_once(cache, tmp_path):
@@ -270,6 +305,16 @@ def test_online_teacher_without_cache_stats_warms_up_and_resume_reuses_them(cach
     assert set(saved) == {"tiny-dinov2"} and len(saved["tiny-dinov2"]["features"]["mean"]) == 32
     run = MlflowClient().get_run(first["run_id"])
     assert run.data.params["online.stats.tiny-dinov2"] == "warm-up (16 views)" and run.data.tags["radio.online_teachers"] == "tiny-dinov2"
+    # edited statistics (same size) are refused by the checkpoint's record of them; the untouched run resumes
+    import shutil
+
+    edited = tmp_path / "hyb-edited"
+    shutil.copytree(out, edited)
+    text = (edited / "online_stats.json").read_text()
+    i = next(i for i, c in enumerate(text) if c.isdigit() and c != "9")
+    (edited / "online_stats.json").write_text(text[:i] + str(int(text[i]) + 1) + text[i + 1:])
+    with pytest.raises(CheckpointError, match=r"online_stats.json does not match its recorded sha256"):
+        train(load_config(TrainJobConfig, None, _args(cache, edited, *args[2:], "resume=true")))
     resumed = train(load_config(TrainJobConfig, None, args + ["resume=true"]))
     assert resumed["step"] == 12 and json.loads((out / "online_stats.json").read_text()) == saved
     student = json.loads((out / "student" / "config.json").read_text())
