@@ -11,7 +11,7 @@ import torch
 
 from pipelines.cache import CacheJobConfig, run_cache_job, target_grid_for
 from pipelines.cli import main
-from pipelines.config import ConfigError, load_config
+from pipelines.config import load_config
 from radio.cache import (
     FORMAT_VERSION, MIN_COS, CacheError, CacheFormatError, CacheLocation, CacheMismatch, CacheReader, decode_features,
     encode_targets, load_manifest,

@@ -1,6 +1,5 @@
 """The new evaluations on cases with a known answer: mIoU, the dense linear probe, zero-shot, text towers."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
