@@ -317,10 +317,16 @@ def validate(cfg: CacheJobConfig):
         require(not isinstance(grid, int) or isinstance(grid, bool) or grid >= 1, f"{name}target_grid", grid, ">= 1, 'native', or null for the student's grid")
     require(cfg.target_grid is not None or cfg.student_resolution // cfg.target_patch >= 1, "target_patch", cfg.target_patch,
             f"<= student_resolution ({cfg.student_resolution})", "Set target_patch to the student's patch size, or target_grid=N")
+    tp = cfg.target_patch
+    require(cfg.student_resolution % tp == 0, "student_resolution", cfg.student_resolution, f"a multiple of target_patch ({tp}), the student's patch size, so its grid is whole",
+            f"e.g. student_resolution={max(tp, cfg.student_resolution // tp * tp)}", also=("target_patch",))
     for i, r in enumerate(cfg.lower_resolutions):
-        require(isinstance(r, int) and cfg.target_patch <= r < cfg.student_resolution, f"lower_resolutions[{i}]", r,
-                f"an integer with target_patch ({cfg.target_patch}) <= it < student_resolution ({cfg.student_resolution})",
-                "Views are stored once at student_resolution, the highest resolution a run trains at; list the lower ones here")
+        require(isinstance(r, int) and tp <= r < cfg.student_resolution, f"lower_resolutions[{i}]", r,
+                f"an integer with target_patch ({tp}) <= it < student_resolution ({cfg.student_resolution})",
+                "Views are stored once at student_resolution, the highest resolution a run trains at; list the lower ones here", also=("student_resolution", "target_patch"))
+        require(r % tp == 0, f"lower_resolutions[{i}]", r, f"a multiple of target_patch ({tp}), so the student's grid at it is whole", f"e.g. {max(tp, r // tp * tp)}", also=("target_patch",))
+    dup = sorted({r for r in cfg.lower_resolutions if cfg.lower_resolutions.count(r) > 1})
+    require(not dup, "lower_resolutions", cfg.lower_resolutions, f"distinct resolutions ({dup} repeated)", "List each once")
     check_output_dir(cfg.output)
 
 

@@ -38,15 +38,16 @@ class SettingError(ConfigError):
     """One setting's value is out of range. ``key`` is its dotted path from the job config's root, so
     ``load_config(..., validate=...)`` can say whether the file or an override set it."""
 
-    def __init__(self, key: str, message: str):
+    def __init__(self, key: str, message: str, also: tuple[str, ...] = ()):
         super().__init__(message)
-        self.key = key
+        self.key, self.keys = key, (key, *also)
 
 
-def require(ok: bool, key: str, value: Any, allowed: str, hint: str = ""):
-    """Raise SettingError ``"<key> must be <allowed>, got <value>"`` unless ``ok``."""
+def require(ok: bool, key: str, value: Any, allowed: str, hint: str = "", also: tuple[str, ...] = ()):
+    """Raise SettingError ``"<key> must be <allowed>, got <value>"`` unless ``ok``. ``also``: the other keys a
+    cross-key rule reads, so the error names where each of them was set."""
     if not ok:
-        raise SettingError(key, f"'{key}' must be {allowed}, got {value!r}{'. ' + hint if hint else ''}")
+        raise SettingError(key, f"'{key}' must be {allowed}, got {value!r}{'. ' + hint if hint else ''}", also)
 
 
 def check_output_dir(path: str, key: str = "output"):
@@ -207,8 +208,8 @@ def _key_named(e: Exception, path: str, fields: list[str]) -> str:
 def _origin_of(origin, path: str) -> str:
     if isinstance(origin, str):
         return origin
-    # Longest recorded prefix wins: an override of `a.b` explains an error in `a.b.c`.
-    parts = path.split(".")
+    # Longest recorded prefix wins: an override of `a.b` explains an error in `a.b.c` and in `a.b[2]`.
+    parts = re.sub(r"\[\d+\]", "", path).split(".")
     for n in range(len(parts), 0, -1):
         key = ".".join(parts[:n])
         if key in origin:
@@ -308,6 +309,13 @@ def _apply_override(cls, base: dict, keys: list[str], value: Any, origin: dict, 
         tp, node = child_tp, child
 
 
+def _origins_of(origin: dict, keys: tuple[str, ...]) -> str:
+    """Where the keys of one rule were set: each layer once, the file or overrides before the defaults."""
+    found = list(dict.fromkeys(_origin_of(origin, k) for k in keys))
+    set_by_user = [o for o in found if o != "defaults"]
+    return " and ".join(set_by_user) if set_by_user else "defaults"
+
+
 def load_config(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *, base: Any = None, validate=None):
     """Resolve a config of dataclass type ``cls``.
 
@@ -343,5 +351,5 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | tupl
         try:
             validate(cfg)
         except SettingError as e:
-            raise ConfigError(f"{_origin_of(origin, e.key)}: {e}") from None
+            raise ConfigError(f"{_origins_of(origin, e.keys)}: {e}") from None
     return cfg

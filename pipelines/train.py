@@ -154,6 +154,13 @@ class Trainer:
         self.specs, self.fingerprints = reader.specs, reader.fingerprints
         self.stats = reader.stats if cfg.standardize == "channel" else {t: reader.phis_stats_of(t) for t in cached}
         res = reader.manifest.student_resolution
+        ps = cfg.student.patch_size
+        if res % ps:
+            fits = [p for p in range(2, min(res, 32) + 1) if res % p == 0]
+            raise ConfigError(f"'student.patch_size' {ps} does not divide the {res}px views cache {cfg.cache} stores: the student's grid must be whole. Choose a patch size dividing {res} (e.g. {fits[-3:]}) or a cache built with a student_resolution that is a multiple of {ps}")
+        rows = reader.manifest.views.rows // max(1, self.acc.num_processes)
+        if cfg.loader.batch_size > rows:
+            raise ConfigError(f"'loader.batch_size' {cfg.loader.batch_size} is larger than the {rows} views each of the {self.acc.num_processes} process(es) reads per epoch from cache {cfg.cache}: every step would be one partial batch. Use loader.batch_size <= {rows}, or cache more images")
         grid = (res // cfg.student.patch_size, res // cfg.student.patch_size)
         grids = dict(reader.grids)
         self.online, self.online_origin = None, {}
@@ -418,6 +425,13 @@ def _loss_figure(history: list[dict], path: Path):
 CHECKSUMS = "checksums.json"
 
 
+def _nearest_hint(name: str, choices) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(name, list(choices), n=1)
+    return f"Did you mean {near[0]!r}?" if near else ""
+
+
 def _digest(path: Path) -> dict:
     with open(path, "rb") as f:
         return {"bytes": os.fstat(f.fileno()).st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
@@ -505,8 +519,29 @@ def validate(cfg: TrainJobConfig):
     require(bool(cfg.teachers), "teachers", cfg.teachers, "at least one teacher", "List the teachers to distill, e.g. teachers=[tiny-clip,tiny-dinov2]")
     unknown = sorted(set(cfg.online) - set(cfg.teachers))
     require(not unknown, "online", sorted(cfg.online), f"a subset of teachers={list(cfg.teachers)}", "List every teacher in `teachers`, and the ones to run in the step under `online`")
+    require(cfg.student.patch_size >= 1, "student.patch_size", cfg.student.patch_size, ">= 1")
     for i, r in enumerate(cfg.resolution.resolutions):
-        require(r >= cfg.student.patch_size and r % cfg.student.patch_size == 0, f"resolution.resolutions[{i}]", r, f"a positive multiple of student.patch_size ({cfg.student.patch_size})")
+        require(r >= cfg.student.patch_size and r % cfg.student.patch_size == 0, f"resolution.resolutions[{i}]", r, f"a positive multiple of student.patch_size ({cfg.student.patch_size})", also=("student.patch_size",))
+    dup = sorted({r for r in cfg.resolution.resolutions if cfg.resolution.resolutions.count(r) > 1})
+    require(not dup, "resolution.resolutions", cfg.resolution.resolutions, f"distinct resolutions ({dup} repeated)", "List each once; with mode=sample, resolution.weights sets how often each is drawn")
+    # the loss: weights are non-negative, name listed teachers, and leave something to learn
+    lc = cfg.loss
+    for t, w in lc.weights.items():
+        require(t in cfg.teachers, f"loss.weights.{t}", w, f"the weight of one of teachers={list(cfg.teachers)}", _nearest_hint(t, cfg.teachers), also=("teachers",))
+        require(w >= 0 and math.isfinite(w), f"loss.weights.{t}", w, ">= 0 (0 leaves the teacher out of the loss)")
+    require(any(lc.weights.get(t, 1.0) > 0 for t in cfg.teachers), "loss.weights", dict(lc.weights), "> 0 for at least one teacher", also=("teachers",))
+    for key in ("summary_weight", "feature_weight", "feature_cos", "feature_smooth_l1", "smooth_l1_beta"):
+        v = getattr(lc, key)
+        require(v >= 0 and math.isfinite(v), f"loss.{key}", v, ">= 0")
+    require(lc.summary_weight + lc.feature_weight > 0, "loss.feature_weight", lc.feature_weight, "> 0 when loss.summary_weight is 0 (nothing would be learned)", also=("loss.summary_weight",))
+    require(lc.feature_cos + lc.feature_smooth_l1 > 0 or lc.feature_weight == 0, "loss.feature_cos", lc.feature_cos, "> 0 when loss.feature_smooth_l1 is 0 (the feature loss would be zero)", also=("loss.feature_smooth_l1",))
+    oc = cfg.optim
+    require(oc.grad_clip > 0, "optim.grad_clip", oc.grad_clip, "> 0 (the largest gradient norm kept)")
+    require(0 <= oc.min_lr_ratio <= 1, "optim.min_lr_ratio", oc.min_lr_ratio, "in [0, 1] (the cosine's floor as a share of optim.lr)")
+    for i, b in enumerate(oc.betas):
+        require(0 <= b < 1, f"optim.betas[{i}]", b, "in [0, 1)")
+    for t, oc_t in cfg.online.items():
+        require(oc_t.stats_batches >= 1, f"online.{t}.stats_batches", oc_t.stats_batches, ">= 1 (warm-up batches for the statistics when the cache holds none)")
     require(cfg.standardize == "channel" or not cfg.online, "standardize", cfg.standardize, "channel when teachers run online",
             "PHI-S is fitted to a cache's exact second moments; online teachers have none. Use standardize=channel, or cache those teachers")
     check_output_dir(cfg.output)

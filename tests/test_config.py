@@ -194,3 +194,33 @@ def test_bad_train_settings_fail_before_any_work(tmp_path, capsys, bad, key):
     err = capsys.readouterr().err
     assert key in err and "Traceback" not in err and f"override '{bad}'" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("job, bad, expect", [
+    ("train", ["loss.weights={tiny-clip: -1}"], "'loss.weights.tiny-clip' must be >= 0"),
+    ("train", ["loss.weights={tiny-clp: 1}"], "must be the weight of one of teachers=['tiny-clip', 'tiny-dinov2', 'tiny-sam'], got 1.0. Did you mean 'tiny-clip'?"),
+    ("train", ["loss.weights={tiny-clip: 0, tiny-dinov2: 0, tiny-sam: 0}"], "'loss.weights' must be > 0 for at least one teacher"),
+    ("train", ["loss.summary_weight=0", "loss.feature_weight=0"], "nothing would be learned"),
+    ("train", ["loss.smooth_l1_beta=-1"], "'loss.smooth_l1_beta' must be >= 0"),
+    ("train", ["resolution.mode=cycle", "resolution.resolutions=[32,32]"], "'resolution.resolutions' must be distinct resolutions ([32] repeated)"),
+    ("train", ["resolution.resolutions=[32,64]"], "resolution.mode is fixed: use mode=cycle or mode=sample"),
+    ("train", ["student.patch_size=7", "resolution.resolutions=[32]"], "'resolution.resolutions[0]' must be a positive multiple of student.patch_size (7)"),
+    ("train", ["online={tiny-dinov2: {stats_batches: 0}}"], "'online.tiny-dinov2.stats_batches' must be >= 1"),
+    ("train", ["optim.grad_clip=0"], "'optim.grad_clip' must be > 0"),
+    ("train", ["optim.betas=[0.9,1.0]"], "'optim.betas[1]' must be in [0, 1)"),
+    ("train", ["resume_from=step-00000010"], "'resume_from' must be set only with resume=true"),
+    ("cache", ["lower_resolutions=[30]", "target_patch=8", "student_resolution=64"], "'lower_resolutions[0]' must be a multiple of target_patch (8)"),
+    ("cache", ["lower_resolutions=[32,32]", "target_patch=8", "student_resolution=64"], "'lower_resolutions' must be distinct resolutions ([32] repeated)"),
+    ("cache", ["student_resolution=60", "target_patch=8"], "'student_resolution' must be a multiple of target_patch (8)"),
+])
+def test_cross_key_settings_fail_before_any_work_naming_every_origin(tmp_path, capsys, job, bad, expect):
+    """Rules over several keys (patch multiples, duplicates, modes against their lists, weights against teachers)
+    refuse before any work, and the error names each override that set one of the keys, not the defaults."""
+    from pipelines.cli import main
+
+    base = ["teachers=[tiny-clip]"] if job == "cache" else [f"cache={tmp_path / 'none'}"]
+    assert main([job, *base, f"output={tmp_path / 'o'}", "mlflow.enabled=false", *bad]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and "Traceback" not in err, err
+    assert err.startswith("radio: config error: override '") and "defaults" not in err.split(": ")[2], err
+    assert not (tmp_path / "o").exists()

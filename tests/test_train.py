@@ -89,6 +89,12 @@ def test_missing_teacher_fails_at_start(cache, tmp_path, capsys):
     assert main(["train", *_args(cache, tmp_path / "y", "teachers=[syn-clip,syn-dino]")]) == 2
     assert "syn-dino" in capsys.readouterr().err
     assert not (tmp_path / "x" / "checkpoints").exists()
+    # settings that only the cache can refute, refused once its manifest is read, before any step
+    assert main(["train", *_args(cache, tmp_path / "p", "student.patch_size=7")]) == 2
+    assert "'student.patch_size' 7 does not divide the 32px views cache" in capsys.readouterr().err
+    assert main(["train", *_args(cache, tmp_path / "b", "loader.batch_size=49")]) == 2  # 24 images x 2 views
+    assert "'loader.batch_size' 49 is larger than the 48 views each of the 1 process(es) reads per epoch" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "checkpoints").exists() and not (tmp_path / "b" / "checkpoints").exists()
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(cache, tmp_path, monkeypatch):
