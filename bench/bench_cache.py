@@ -57,55 +57,23 @@ def main():
     from pipelines.cache import CacheJobConfig, run_cache_job
     from pipelines.config import load_config
     from pipelines.sources import SourceConfig, open_source
-    from radio.images import decode_image
-    from radio.views import ViewPolicy, crop_view, sample_views
+    from radio.views import ViewPolicy
     from teachers import create_teacher
 
     src = open_source(SourceConfig(kind="samples", split="all", limit=ns.images))
     policy = ViewPolicy(num_views=ns.views)
-    crops = []
-    for rec in src.records:
-        img = decode_image(src.read_bytes(rec))
-        crops += [torch.from_numpy(crop_view(img, v)).permute(2, 0, 1) for v in sample_views(policy, rec.image_id, img.shape[1], img.shape[0])]
+    crops = view_crops(src, policy)
     n_views = len(crops)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bare, tuned, resize = {}, {}, {}
-    from teachers.preprocess import host_resize, resizes_on_host
 
     for name in teachers:
         t = create_teacher(name, source=sources.get(name), device=device)
         t(crops[:4])  # warm-up
-        # The two resize paths on the same crops: on this core (a prepare task: Pillow, or torchvision's uint8
-        # bilinear) vs the teacher's preprocess on its device.
-        on_host = resizes_on_host(t.spec)  # DINOv3 rescales, then resizes in float: only on its device
-        if on_host:
-            hwc = [c.permute(1, 2, 0).numpy() for c in crops]
-            t0 = time.perf_counter()
-            small = [host_resize(t.spec, c) for c in hwc]
-            pil_s = time.perf_counter() - t0
-            ready = [torch.from_numpy(x.copy()).permute(2, 0, 1) for x in small]
-        _sync(device)
-        t0 = time.perf_counter()
-        for i in range(0, n_views, ns.batch_size):
-            t.preprocess(crops[i : i + ns.batch_size])
-        _sync(device)
-        port_s = time.perf_counter() - t0
-        norm_s = None
-        if on_host:
-            t0 = time.perf_counter()
-            for i in range(0, n_views, ns.batch_size):
-                t.preprocess(ready[i : i + ns.batch_size], resized=True)
-            _sync(device)
-            norm_s = time.perf_counter() - t0
-        resize[name] = (pil_s if on_host else None, port_s, norm_s)
-        _sync(device)
-        t0 = time.perf_counter()
-        for i in range(0, n_views, ns.batch_size):
-            t(crops[i : i + ns.batch_size])
-        _sync(device)
-        bare[name] = time.perf_counter() - t0
+        resize[name] = resize_seconds(t, crops, ns.batch_size, device)
+        bare[name] = bare_seconds(t, crops, ns.batch_size, device)
         if ns.tuned:
-            tuned[name] = _tuned_forward(t, crops, ns.batch_size, device)
+            tuned[name] = tuned_forward(t, crops, ns.batch_size, device)
         del t
     bare_total = sum(bare.values())
 
@@ -113,34 +81,6 @@ def main():
     from pipelines.cache import init_ray
 
     init_ray(load_config(CacheJobConfig, None, [f"teachers=[{','.join(teachers)}]"]))  # Ray start-up is a fixed cost of any job; it is not what this measures
-
-    import threading
-
-    import psutil
-
-    def peak_rss_during(fn):
-        """Run fn() while sampling the summed RSS of this process and all its children (Ray's workers)."""
-        peak, stop = [0], threading.Event()
-
-        def sample():
-            me = psutil.Process()
-            while not stop.is_set():
-                total = 0
-                for p in [me, *me.children(recursive=True)]:
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                peak[0] = max(peak[0], total)
-                stop.wait(0.1)
-
-        th = threading.Thread(target=sample, daemon=True)
-        th.start()
-        try:
-            return fn(), peak[0]
-        finally:
-            stop.set()
-            th.join()
 
     def job_seconds(limit: int, out: str):
         cfg = load_config(CacheJobConfig, None, [f"output={tmp}/{out}", "source.kind=samples", "source.split=all", f"source.limit={limit}", f"views.num_views={ns.views}", f"teachers=[{','.join(teachers)}]", "progress=false", "mlflow.enabled=false", f"images_per_shard={ns.images_per_shard}"] + [f"teachers.{t}.batch_size={ns.batch_size}" for t in teachers] + [f"teachers.{t}.resize_in={ns.resize_in}" for t in teachers] + [f"teachers.{t}.source={d}" for t, d in sources.items()])
@@ -213,13 +153,95 @@ def main():
         print(f"  in the job, {t} busy {f:.0%} of the time work was in flight")
 
 
+def view_crops(src, policy) -> list:
+    """Every view of every record of an opened source, cropped as the job crops them: uint8 (3, H, W) tensors."""
+    from radio.images import decode_image
+    from radio.views import crop_view, sample_views
+
+    crops = []
+    for rec in src.records:
+        img = decode_image(src.read_bytes(rec))
+        crops += [torch.from_numpy(crop_view(img, v)).permute(2, 0, 1) for v in sample_views(policy, rec.image_id, img.shape[1], img.shape[0])]
+    return crops
+
+
+def resize_seconds(t, crops, batch_size: int, device: str) -> tuple[float | None, float, float | None]:
+    """The two places the job can resize ``crops`` to teacher ``t``'s input, on the same crops: (Pillow on this
+    core, as a prepare task does, or None where the teacher resizes only on its device; the torch port of Pillow
+    + normalization on ``device``; the normalization alone after Pillow, what the actor then does, or None)."""
+    from teachers.preprocess import host_resize, resizes_on_host
+
+    n_views = len(crops)
+    pil_s = norm_s = None
+    on_host = resizes_on_host(t.spec)  # DINOv3 rescales, then resizes in float: only on its device
+    if on_host:
+        hwc = [c.permute(1, 2, 0).numpy() for c in crops]
+        t0 = time.perf_counter()
+        small = [host_resize(t.spec, c) for c in hwc]
+        pil_s = time.perf_counter() - t0
+        ready = [torch.from_numpy(x.copy()).permute(2, 0, 1) for x in small]
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(0, n_views, batch_size):
+        t.preprocess(crops[i : i + batch_size])
+    _sync(device)
+    port_s = time.perf_counter() - t0
+    if on_host:
+        t0 = time.perf_counter()
+        for i in range(0, n_views, batch_size):
+            t.preprocess(ready[i : i + batch_size], resized=True)
+        _sync(device)
+        norm_s = time.perf_counter() - t0
+    return pil_s, port_s, norm_s
+
+
+def bare_seconds(t, crops, batch_size: int, device: str) -> float:
+    """Seconds for the project's ``Teacher`` (preprocessing + model) over ``crops`` in batches."""
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(0, len(crops), batch_size):
+        t(crops[i : i + batch_size])
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def peak_rss_during(fn):
+    """(fn(), peak summed RSS in bytes of this process and all its children (Ray's workers) while it ran)."""
+    import threading
+
+    import psutil
+
+    peak, stop = [0], threading.Event()
+
+    def sample():
+        me = psutil.Process()
+        while not stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak[0] = max(peak[0], total)
+            stop.wait(0.1)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        return fn(), peak[0]
+    finally:
+        stop.set()
+        th.join()
+
+
 def _sync(device: str):
     if device == "cuda":
         torch.cuda.synchronize()
 
 
-def _tuned_forward(teacher, crops, batch_size: int, device: str) -> dict:
-    """The model alone on pre-made inputs: torch.compile, bf16 autocast on CUDA, FLOPs per view counted once."""
+def tuned_forward(teacher, crops, batch_size: int, device: str, compile: bool = True) -> dict:
+    """The model alone on pre-made inputs: torch.compile (unless ``compile`` is False), bf16 autocast on CUDA, FLOPs
+    per view counted once. Returns seconds, views_per_s, flops_per_view and compile_s (the first pass per input size)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     batches = []
@@ -236,7 +258,7 @@ def _tuned_forward(teacher, crops, batch_size: int, device: str) -> dict:
         with FlopCounterMode(display=False) as fc:
             forward(model, batches[0][:1].to(dtype))
         flops_per_view = fc.get_total_flops()
-        compiled = torch.compile(model)
+        compiled = torch.compile(model) if compile else model
         t0 = time.perf_counter()
         for b in {tuple(b.shape[1:]): b for b in batches}.values():  # compile every input size before timing
             forward(compiled, b.to(dtype))

@@ -38,7 +38,6 @@ def main():
 
     from pipelines.synthetic import make_synthetic_cache
     from radio.cache import CacheReader
-    from radio.data import CacheStream, LoaderConfig, make_loader
 
     teachers = ns.teachers.split(",")
     images = min(320, ns.views)
@@ -56,16 +55,7 @@ def main():
     if ns.checksums:
         return _checksum_cost(root, teachers, ns, cleanup=not ns.cache)
     try:
-        cfg = LoaderConfig(batch_size=ns.batch_size, num_workers=ns.workers, shuffle_buffer=1024, prefetch_factor=2)
-        stream = CacheStream(root, teachers, num_workers=max(1, ns.workers), batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, read_rows=cfg.read_rows)
-        loader = make_loader(stream, cfg)
-        for epoch in range(2):  # epoch 0 warms the page cache (and starts the workers), epoch 1 is timed
-            stream.set_epoch(epoch)
-            t0 = time.perf_counter()
-            rows = 0
-            for b in loader:
-                rows += int(b["weight"].sum())
-            dt = time.perf_counter() - t0
+        rows, dt, b = read_rate(root, teachers, ns.workers, ns.batch_size)
         keys = sorted(k for k in b if isinstance(b[k], torch.Tensor))
         print("batch: " + ", ".join(f"{k} {tuple(b[k].shape)} {str(b[k].dtype).replace('torch.', '')}" for k in keys))
         rate = rows / dt / max(1, ns.workers)
@@ -74,6 +64,25 @@ def main():
     finally:
         if not ns.cache:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def read_rate(root: str, teachers: list[str], workers: int, batch_size: int, epochs: int = 2) -> tuple[int, float, dict]:
+    """(views, seconds, last batch) of the last of ``epochs`` epochs of ``CacheStream`` through ``make_loader``, as
+    training reads (shuffle buffer, Parquet reads, batch assembly); earlier epochs warm the page cache and start the
+    ``workers`` (0: the stream in this process)."""
+    from radio.data import CacheStream, LoaderConfig, make_loader
+
+    cfg = LoaderConfig(batch_size=batch_size, num_workers=workers, shuffle_buffer=1024, prefetch_factor=2)
+    stream = CacheStream(root, teachers, num_workers=max(1, workers), batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, read_rows=cfg.read_rows)
+    loader = make_loader(stream, cfg)
+    for epoch in range(epochs):
+        stream.set_epoch(epoch)
+        t0 = time.perf_counter()
+        rows = 0
+        for b in loader:
+            rows += int(b["weight"].sum())
+        dt = time.perf_counter() - t0
+    return rows, dt, b
 
 
 def _checksum_cost(root, teachers, ns, cleanup: bool):

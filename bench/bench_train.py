@@ -47,10 +47,7 @@ def main():
         torch.set_num_threads(ns.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from pipelines.config import load_config
-    from pipelines.train import Trainer, TrainJobConfig
     from radio.cache import CacheReader
-    from radio.data import ThreadPrefetcher
 
     reader = CacheReader(ns.cache)
     teachers = list(reader.teachers)
@@ -58,60 +55,25 @@ def main():
     hybrid = ns.online.split(",") if ns.online else [t for t in teachers if reader.entry(t).spec["family"] != "sam"]
     cuda = torch.cuda.is_available()
 
-    def trainer(online: list[str]) -> Trainer:
-        args = [f"cache={ns.cache}", "output=/tmp/bench-train", f"teachers=[{','.join(teachers)}]", f"student.size={ns.size}", f"student.patch_size={ns.patch}", f"loader.batch_size={ns.batch_size}", "epochs=1000", "mlflow.enabled=false", f"compile={str(ns.compile).lower()}"]
-        args += [f"loader.num_workers={ns.workers}"] if ns.workers is not None else []
-        args += [f"online.{t}.source={sources[t]}" for t in online] + [f"online.{t}.stats_batches=2" for t in online]
-        return Trainer(load_config(TrainJobConfig, None, args), "")
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
-    def batches(tr):  # what Trainer.fit iterates: worker processes, or the reader thread
-        epoch = 0
-        while True:
-            tr.stream.set_epoch(epoch)
-            yield from tr.loader if tr.workers > 0 else ThreadPrefetcher(tr.loader, 4)
-            epoch += 1
-
-    def timed(tr, it, held=None) -> tuple[float, list]:
-        """Seconds per step over ns.steps steps, from the loader (held=None) or from held batches."""
-        sync()
-        t0 = time.perf_counter()
-        got = []
-        for k in range(ns.steps):
-            b = next(it) if held is None else held[k]
-            tr._accumulate(tr.train_step(b))
-            got.append(b)
-        tr.read_metrics()  # the step's one host sync, as in fit()
-        sync()
-        return (time.perf_counter() - t0) / ns.steps, got
+    def trainer(online: list[str]):
+        return make_trainer(ns.cache, teachers, size=ns.size, patch=ns.patch, batch_size=ns.batch_size, compile=ns.compile, workers=ns.workers, online=online, sources=sources)
 
     results = {}
     for mode, online in (("cached", []), ("hybrid", hybrid), ("online", teachers)):
         tr = trainer(online)
-        tr._sums, tr._count, tr._since = {}, 0, 0
-        it = batches(tr)
-        for _ in range(3):  # warm-up (and compilation)
-            tr._accumulate(tr.train_step(next(it)))
-        tr.read_metrics()
+        it = loader_batches(tr)
+        warm_up(tr, it, 3)  # (and compilation)
         runs, mem_runs = [], []
         for _ in range(ns.repeats if mode == "cached" else 1):
-            t, held = timed(tr, it)
+            t, held = timed_steps(tr, ns.steps, it)
             runs.append(t)
             if mode == "cached":  # the same batches again, already in memory (on the device with a GPU)
-                dev = [{k: (v.to(tr.acc.device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()} for b in held]
-                mem_runs.append(timed(tr, None, dev)[0])
+                dev = [to_device(b, tr.acc.device) for b in held]
+                mem_runs.append(timed_steps(tr, ns.steps, held=dev)[0])
         results[mode] = statistics.median(runs)
         if mode == "cached":
             results["memory"] = statistics.median(mem_runs)
-            from torch.utils.flop_counter import FlopCounterMode
-
-            b = next(it)
-            with FlopCounterMode(display=False) as fc:
-                tr.train_step(b)
-            flops = fc.get_total_flops()
+            flops = step_flops(tr, next(it))
         del tr
     device = torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     print(f"student {ns.size}/p{ns.patch} at {reader.manifest.student_resolution}px, batch {ns.batch_size}, teachers {', '.join(teachers)}; hybrid online: {', '.join(hybrid)}; compile {ns.compile}; {device}")
@@ -120,8 +82,86 @@ def main():
     print(f"(a) cached / memory steps/s: {results['memory'] / results['cached']:.3f}  (goal >= 0.95 on CPU, >= 0.9 on a GPU)")
     print(f"(b) hybrid / cached steps/s: {results['cached'] / results['hybrid']:.3f};  (c) all online / cached: {results['cached'] / results['online']:.3f}")
     achieved = flops / results["memory"]
-    peak = next((v for k, v in PEAK_BF16.items() if cuda and k in torch.cuda.get_device_name()), None)
+    peak = peak_flops()
     print(f"(d) student step {flops / 1e9:.1f} GFLOP (forward + backward, counted), {achieved / 1e12:.3f} TFLOP/s achieved" + (f", MFU {achieved / peak * 100:.1f}% of {peak / 1e12:.0f} TFLOP/s bf16" if peak else ", MFU: no GPU peak to compare with here"))
+
+
+def peak_flops() -> float | None:
+    """The CUDA device's dense bf16 peak in FLOP/s when known (PEAK_BF16), else None (no GPU, or another GPU)."""
+    if not torch.cuda.is_available():
+        return None
+    return next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
+
+
+def make_trainer(cache: str, teachers: list[str], *, size: str, patch: int, batch_size: int, compile: bool = False, workers: int | None = None, online: list[str] = (), sources: dict | None = None,
+                 output: str = "/tmp/bench-train", extra: list[str] = ()):
+    """The real ``Trainer`` on ``cache`` (MLflow off), ready for ``train_step``: ``online`` teachers run in the step,
+    loaded from ``sources[t]``; ``workers`` None is the trainer's default; ``extra``: more ``key=value`` overrides."""
+    from pipelines.config import load_config
+    from pipelines.train import Trainer, TrainJobConfig
+
+    args = [f"cache={cache}", f"output={output}", f"teachers=[{','.join(teachers)}]", f"student.size={size}", f"student.patch_size={patch}", f"loader.batch_size={batch_size}", "epochs=1000", "mlflow.enabled=false", f"compile={str(compile).lower()}"]
+    args += [f"loader.num_workers={workers}"] if workers is not None else []
+    args += [f"online.{t}.source={(sources or {})[t]}" for t in online if (sources or {}).get(t)] + [f"online.{t}.stats_batches=2" for t in online]
+    tr = Trainer(load_config(TrainJobConfig, None, args + list(extra)), "")
+    tr._sums, tr._count, tr._since = {}, 0, 0
+    return tr
+
+
+def loader_batches(tr):
+    """What ``Trainer.fit`` iterates, epoch after epoch: worker processes, or the reader thread."""
+    from radio.data import ThreadPrefetcher
+
+    epoch = 0
+    while True:
+        tr.stream.set_epoch(epoch)
+        yield from tr.loader if tr.workers > 0 else ThreadPrefetcher(tr.loader, 4)
+        epoch += 1
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def warm_up(tr, it, steps: int = 3):
+    for _ in range(steps):
+        tr._accumulate(tr.train_step(next(it)))
+    tr.read_metrics()
+    _sync()
+
+
+def timed_steps(tr, steps: int, it=None, held: list | None = None) -> tuple[float, list]:
+    """(seconds per step over ``steps`` steps, the batches used), from the loader ``it`` or from ``held`` batches.
+    Losses are read once at the end, as ``fit()`` reads them every ``log_every`` steps."""
+    _sync()
+    t0 = time.perf_counter()
+    got = []
+    for k in range(steps):
+        b = next(it) if held is None else held[k]
+        tr._accumulate(tr.train_step(b))
+        got.append(b)
+    tr.read_metrics()  # the step's one host sync, as in fit()
+    _sync()
+    return (time.perf_counter() - t0) / steps, got
+
+
+def to_device(batch: dict, device) -> dict:
+    """A loader batch moved to ``device``, except ``weight``: the step reads it on the host (no device sync)."""
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) and k != "weight" else v) for k, v in batch.items()}
+
+
+def step_flops(tr, batch) -> int:
+    """FLOPs of one real training step (forward + backward) on ``batch``, counted by FlopCounterMode; a compiled
+    model runs eagerly for the count (a compiled graph's kernels would not be seen)."""
+    import contextlib
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    eager = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else contextlib.nullcontext()
+    with eager, FlopCounterMode(display=False) as fc:
+        tr.train_step(batch)
+    return fc.get_total_flops()
 
 
 if __name__ == "__main__":

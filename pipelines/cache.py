@@ -342,6 +342,32 @@ def reserved_cpus(cfg: CacheJobConfig) -> float:
     return sum(max(1, j.actors) * j.cpus_per_actor for j in cfg.teachers.values())
 
 
+class RayUnavailable(ConnectionError):
+    """``RAY_ADDRESS`` names a cluster that does not answer."""
+
+
+def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
+    """Fail in seconds, naming ``RAY_ADDRESS``, when nothing listens at the cluster address it gives
+    (``host:port`` or ``ray://host:port``). Ray itself would retry its GCS connection for minutes, printing
+    only its own timeouts. ``auto`` and other forms are left to Ray."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    deadline, err = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=max(0.5, min(3.0, deadline - time.monotonic()))):
+                return
+        except OSError as e:  # refused, unresolvable, unreachable, timed out: retried while a head node may be starting
+            err = e
+            time.sleep(0.5)
+    raise RayUnavailable(f"RAY_ADDRESS={address}: no Ray cluster answers at {host}:{port} after {timeout_s:.0f} s ({type(err).__name__}: {err}). "
+                         "Start the head node there (ray start --head --port=...), fix the address, or unset RAY_ADDRESS to run on a local Ray")
+
+
 def init_ray(cfg: CacheJobConfig | None = None):
     """Join ``RAY_ADDRESS`` when set, else start (or reuse) a local Ray sized by :func:`local_ray_cpus`.
 
@@ -353,6 +379,7 @@ def init_ray(cfg: CacheJobConfig | None = None):
         address = os.environ.get("RAY_ADDRESS")
         kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=False)
         if address:
+            check_ray_address(address)
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=local_ray_cpus(cfg), **kwargs)

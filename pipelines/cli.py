@@ -182,6 +182,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from radio.checkpoint import CheckpointError
 
+    from .cache import RayUnavailable
     from .compare import CompareError
     from .sources import SourceError
     from .tracking import TrackingUnavailable
@@ -189,7 +190,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from .train import TrainingDiverged
 
-    return (CacheError, CompareError, SourceError, TeacherLoadError, UnknownTeacher, TrackingUnavailable, TrainingDiverged, CheckpointError, FileNotFoundError, OnnxExportError)
+    return (CacheError, RayUnavailable, CompareError, SourceError, TeacherLoadError, UnknownTeacher, TrackingUnavailable, TrainingDiverged, CheckpointError, FileNotFoundError, OnnxExportError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -505,3 +505,24 @@ def test_lower_resolutions_store_each_teachers_targets_at_every_grid(ray_session
     # the same job with other lower resolutions is another layout: refused, not mixed into the cache
     assert main(["cache", f"output={out}", "source.limit=6", "images_per_shard=6", "views.num_views=2", "student_resolution=32", "target_patch=8",
                  "mlflow.enabled=false", "progress=false", "teachers=[tiny-clip,tiny-sam]"]) != 0
+
+
+def test_unreachable_ray_address_fails_in_seconds_with_one_line(tmp_path):
+    """RAY_ADDRESS naming a port where nothing listens: one radio line naming it, well within 30 s (Ray alone
+    retries its GCS connection for minutes, printing only its own timeouts), and nothing written."""
+    import socket
+
+    with socket.socket() as s:  # a free port, closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "c"
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "HF_HUB_OFFLINE": "1"}
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "pipelines.cli", "cache", "teachers=[tiny-clip]", "source.limit=4", f"output={out}", "mlflow.enabled=false"],
+                       cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"radio: error: RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers") and "unset RAY_ADDRESS" in lines[-1], p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and took < 60, took  # 10 s of retries plus interpreter start on a loaded machine
+    assert not out.exists()
