@@ -175,6 +175,14 @@ def _run_job(job: str):
     return run
 
 
+def cmd_sync(ns) -> int:
+    from .tracking import replay_pending
+
+    n = replay_pending(ns.path, ns.tracking_uri)
+    print(f"sent {n} MLflow record(s) from {ns.path}")
+    return 0
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input, printed as one clear message instead of a traceback."""
     from radio.cache import CacheError
@@ -218,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload to the Hugging Face hub (needs a token: `hf auth login`)")
     ex.add_argument("--public", action="store_true", help="with --push-to-hub: a public repository (default private)")
     ex.set_defaults(func=cmd_export)
+    sy = sub.add_parser("sync", help="send the MLflow records a run kept while its tracking server did not answer", description=f"radio sync OUTPUT sends OUTPUT/{'mlflow-pending.jsonl'} (written when the tracking store stopped answering mid-run) to the store, in order; what cannot be sent stays for the next try.")
+    sy.add_argument("path", help="a training output directory (or its pending file)")
+    sy.add_argument("--tracking-uri", help="send to this store instead of the one each record names")
+    sy.set_defaults(func=cmd_sync)
     for name, help_ in (("train", "distill a student from a cache: radio train [CONFIG] [key=value ...]"), ("eval", "evaluate a student: radio eval RUN_ID_OR_CHECKPOINT [key=value ...]"), ("compare", "table of student runs: radio compare [--experiment NAME] [--sort METRIC]"), ("quickstart", "the whole pipeline on built-in samples and tiny teachers")):
         sp = sub.add_parser(name, help=help_, add_help=False)
         sp.add_argument("args", nargs=argparse.REMAINDER)

@@ -31,7 +31,7 @@ from radio.student import StudentConfig
 
 from .config import ConfigError, check_output_dir, config_to_yaml, flatten_config, require
 from .online import OnlineTeacherConfig, OnlineTeachers
-from .tracking import MlflowConfig, NullRun, check_tracking_uri, log_cache_input, start_run, tracking_uri
+from .tracking import PENDING, MlflowConfig, NullRun, check_tracking_uri, log_cache_input, replay_pending, start_run, tracking_uri
 
 __all__ = ["OptimConfig", "TrainJobConfig", "train", "main", "TrainingDiverged", "TrainingInterrupted"]
 
@@ -574,7 +574,12 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
             tags["radio.cache_run_id"] = cache_run
         if cfg.online:
             tags["radio.online_teachers"] = ",".join(cfg.online)
-        tracker = start_run(cfg.mlflow, run_name=cfg.run_name or out.name, tags=tags, run_id=trainer.state.run_id if resumed else None)
+        if cfg.mlflow.enabled and (out / PENDING).is_file():  # what an earlier run of this output could not send
+            try:
+                print(f"[radio train] sent {replay_pending(out)} MLflow record(s) kept by the earlier run", file=sys.stderr)
+            except Exception as e:
+                print(f"[radio train] {e}", file=sys.stderr)
+        tracker = start_run(cfg.mlflow, run_name=cfg.run_name or out.name, tags=tags, run_id=trainer.state.run_id if resumed else None, pending=out / PENDING)
         if resumed:
             trainer.logged_until = tracker.last_step("train/loss") or 0
         if not resumed:
@@ -590,6 +595,8 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
                 tracker.log_artifact(str(out / OnlineTeachers.STATS_FILE))
         trainer.state.run_id = tracker.run_id
         monitor = _system_metrics(tracker.run_id, tracking_uri(cfg.mlflow) if cfg.mlflow.enabled else None)
+        if monitor is not None:
+            tracker.on_offline.append(monitor.stop)  # its samples cannot be kept: stop sampling, not the training
     else:
         monitor = None
     if acc.is_main_process:
@@ -644,13 +651,8 @@ def metric_names(metrics: dict) -> dict:
 
 def _log_model(tracker, student_dir: Path, resolution: int, register: str | None):
     """The exported student as an MLflow model of the run (and a registered version with ``register``)."""
-    from radio import load_student
-    from radio.model import ExportableStudent
-
     try:
-        graph = ExportableStudent(load_student(str(student_dir))).eval()
-        uri = tracker.log_student_model(graph, str(student_dir), torch.rand(2, 3, resolution, resolution), register)
-        tracker.set_tags({"radio.model_uri": uri})
+        tracker.log_student_model(str(student_dir), resolution, register)
     except Exception as e:  # the checkpoint is on disk and in the run's artifacts either way
         print(f"[radio train] student not logged as an MLflow model: {type(e).__name__}: {e}", file=sys.stderr)
 
@@ -661,7 +663,13 @@ class _FlushingMonitor:
     def __init__(self, monitor):
         self.monitor = monitor
 
+    def stop(self):
+        self.stopped = True
+        self.monitor.finish()
+
     def finish(self):
+        if getattr(self, "stopped", False):
+            return
         try:
             self.monitor.collect_metrics()
             self.monitor.publish_metrics(self.monitor.aggregate_metrics())

@@ -202,29 +202,78 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_real_mlflow_server_and_fail_fast_when_unreachable(cache, tmp_path, monkeypatch, capsys):
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/srv.db", "--default-artifact-root", str(tmp_path / "srv-artifacts"), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _mlflow_server(port: int, root: Path) -> subprocess.Popen:
+    """`mlflow server` on loopback in its own process group (its workers die with it), once /health answers.
+    Artifacts go through the server (mlflow-artifacts:/), as with a remote server."""
+    import urllib.request
+
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", f"sqlite:///{root}/srv.db",
+                               "--artifacts-destination", str(root / "srv-artifacts"), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return server
+        except OSError:
+            time.sleep(0.5)
+    _kill(server)
+    raise RuntimeError("mlflow server did not start")
+
+
+def _kill(server: subprocess.Popen):
     try:
-        uri = f"http://127.0.0.1:{port}"
-        import urllib.request
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.wait(timeout=60)
 
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        result = train(load_config(TrainJobConfig, None, _args(cache, tmp_path / "srv-run", "epochs=1")))
-        from mlflow.tracking import MlflowClient
 
-        run = MlflowClient(uri).get_run(result["run_id"])
-        assert run.info.status == "FINISHED" and "train/loss" in run.data.metrics
+def test_real_mlflow_server_lost_mid_run_and_fail_fast_when_unreachable(cache, tmp_path, monkeypatch, capsys):
+    """Against a real `mlflow server` on loopback, SIGKILLed mid-training: the run
+    goes on, warns once, keeps what it could not send, exits 0 with the student; `radio sync` sends it all once
+    the server is back. And a server that is not there at start fails in one line."""
+    from mlflow.tracking import MlflowClient
+
+    import pipelines.train as T
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    for k, v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+        monkeypatch.setenv(k, v)  # what start_run sets by default; restored after the test
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    server = _mlflow_server(port, tmp_path)
+    try:
+        # the server dies right after the checkpoint at step 2 (of 12); metrics are next sent at step 5
+        save = T.Trainer.save_checkpoint
+
+        def save_then_kill(self):
+            save(self)
+            if self.state.step == 2:
+                _kill(server)
+
+        monkeypatch.setattr(T.Trainer, "save_checkpoint", save_then_kill)
+        out = tmp_path / "lost"
+        capsys.readouterr()
+        assert main(["train", *_args(cache, out, "epochs=2", "checkpoint_every=2", "log_every=5")]) == 0
+        err = capsys.readouterr().err
+        assert err.count("stopped answering") == 1 and "the job goes on" in err and "Traceback" not in err, err
+        assert f"kept in {out / 'mlflow-pending.jsonl'}" in err and f"radio sync {out}" in err
+        assert (out / "student" / "model.safetensors").is_file() and (out / "mlflow-pending.jsonl").is_file()
+        kept = [json.loads(line)["op"] for line in (out / "mlflow-pending.jsonl").read_text().splitlines()]
+        assert {"metrics", "artifact", "student_model", "tags", "terminated"} <= set(kept) and kept[-1] == "terminated", kept
+        run_id = json.loads((out / "mlflow-pending.jsonl").read_text().splitlines()[0])["run_id"]
+        assert main(["sync", str(out)]) == 2  # still down: one line, and every record stays
+        assert "stay in" in capsys.readouterr().err and len((out / "mlflow-pending.jsonl").read_text().splitlines()) == len(kept)
+        server = _mlflow_server(port, tmp_path)  # back, on the same store
+        assert main(["sync", str(out)]) == 0
+        assert f"sent {len(kept)} MLflow record(s)" in capsys.readouterr().out and not (out / "mlflow-pending.jsonl").exists()
+        client = MlflowClient(uri)
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags.get("radio.model_uri", "").startswith("models:/")
+        assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [2, 4, 5, 6, 8, 10, 12]  # each once, sent live or replayed
+        assert {a.path for a in client.list_artifacts(run_id)} >= {"student", "loss_curve.png", "config.yaml"}
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        _kill(server)
     dead = f"http://127.0.0.1:{_free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
     t0 = time.time()
