@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 
 from radio.cache import (
-    CacheFormatError, CacheIdentity, CacheLocation, CacheMismatch, Manifest, MomentsMerger, TableState, TargetLayout, build_manifest, commit_path, load_manifest,
+    CacheFormatError, CacheIdentity, CacheLocation, CacheMismatch, Manifest, ManifestDamaged, MomentsMerger, TableState, TargetLayout, build_manifest, commit_path, load_manifest,
     describe_differences, save_manifest, scan_table, shard_meta, teacher_path, write_teacher_shard, write_views_shard,
 )
 from radio.images import BadImage, decode_image, encode_image
@@ -447,7 +447,11 @@ def plan_cache_job(cfg: CacheJobConfig, n_units: int, identity: CacheIdentity, r
     root, set damaged shards aside, remove what killed writers left, and list the work per table.
     ``requests``: each configured teacher's :func:`teacher_request`."""
     loc = CacheLocation(cfg.output)
-    manifest = load_manifest(loc)  # a manifest of another format version is refused here; shards alone, by shard_meta below
+    try:
+        manifest = load_manifest(loc)  # a manifest of another format version is refused here; shards alone, by shard_meta below
+    except ManifestDamaged as e:  # the shards' own records win: plan as after a kill before the first manifest
+        say(f"  {str(e).split(': it was')[0]}: rewriting it from the shards' own records")
+        manifest = None
     if manifest is not None:
         diffs = describe_differences(manifest.identity.to_dict(), identity.to_dict())
         if diffs:

@@ -79,8 +79,15 @@ def verify_cache(uri: str, sample: int = 8, atol: float | None = None, min_cos: 
     from radio.cache import MomentsMerger, RecordError, commit_path, open_checked, read_merged_moments, read_record
     from radio.cache.state import _per_channel
 
+    from radio.cache import ManifestDamaged
+
     out = out or sys.stdout
-    loc, m = _open(uri)
+    try:
+        loc, m = _open(uri)
+    except ManifestDamaged as e:  # nothing else can be checked against it: one problem, and the repair
+        print(f"MISMATCH {e}", file=out)
+        print("verify: FAILED (1 problem(s))", file=out)
+        return False
     problems: list[str] = []
     read = {"bytes": 0}
     damaged: set[str] = set()

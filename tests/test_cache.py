@@ -464,27 +464,37 @@ def test_truncated_or_foreign_shard_is_named_refused_and_recomputed(ray_session,
     assert main(["cache", "verify", str(out), "--sample", "0"]) == 0
 
 
-def test_edited_manifest_is_refused(cache_dir, tmp_path, capsys):
-    from radio.cache import CacheError
+def test_edited_manifest_is_refused_and_rewritten_from_the_shards(ray_session, cache_dir, tmp_path, capsys):
+    """The manifest carries its own sha256: edited statistics, a dropped shard or a layout that lies (float16
+    for int8 shards) are refused by training, eval's reader and verify, and the job's rerun rewrites the
+    manifest from the shards' own records (nothing recomputed), byte for byte what it was."""
+    from radio.cache import ManifestDamaged
 
-    out = _damaged_copy(cache_dir, tmp_path, "edit")
-    path = out / "manifest.json"
-    original = path.read_text()
-    m = json.loads(original)
-    m["teachers"]["tiny-clip"]["stats"]["features"]["mean"][0] += 0.5  # edited statistics
-    path.write_text(json.dumps(m))
-    with pytest.raises(CacheError, match="statistics of teacher 'tiny-clip' differ"):
-        CacheReader(str(out))
-    assert main(["cache", "verify", str(out), "--sample", "0"]) == 1
-    assert "statistics of teacher 'tiny-clip' differ" in capsys.readouterr().out
-    m = json.loads(original)
-    m["views"]["shards"].pop()  # a unit removed from the manifest, which still says complete
-    path.write_text(json.dumps(m))
-    with pytest.raises(CacheError, match="says the cache is complete with 4 units, but lists 3 views shards"):
-        CacheReader(str(out))
-    assert main(["train", f"cache={out}", f"output={tmp_path / 'run'}", "teachers=[tiny-clip,tiny-sam]", "mlflow.enabled=false"]) == 2
-    err = capsys.readouterr().err
-    assert "complete with 4 units" in err and "Traceback" not in err
+    original = json.loads((cache_dir / "manifest.json").read_text())
+    edits = {
+        "stats": lambda m: m["teachers"]["tiny-clip"]["stats"]["features"]["mean"].__setitem__(0, m["teachers"]["tiny-clip"]["stats"]["features"]["mean"][0] + 0.5),
+        "dropped": lambda m: m["views"]["shards"].pop(),
+        "layout": lambda m: m["teachers"]["tiny-sam"]["layout"].__setitem__("dtype", "float16" if m["teachers"]["tiny-sam"]["layout"]["dtype"] != "float16" else "int8"),
+    }
+    for name, edit in edits.items():
+        out = _damaged_copy(cache_dir, tmp_path, f"edit-{name}")
+        m = json.loads(json.dumps(original))
+        edit(m)
+        (out / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True))
+        with pytest.raises(ManifestDamaged, match=r"manifest.json does not match its recorded sha256"):
+            CacheReader(str(out))
+        assert main(["train", f"cache={out}", f"output={tmp_path / name}", "teachers=[tiny-clip,tiny-sam]", "mlflow.enabled=false"]) == 2
+        err = capsys.readouterr().err
+        assert "does not match its recorded sha256" in err and "rerun the `radio cache` command" in err and "Traceback" not in err
+        assert main(["cache", "verify", str(out)]) == 1
+        assert "MISMATCH" in capsys.readouterr().out
+    # the rerun: the shards win, no unit is recomputed, and the manifest is what the job wrote
+    s = run_cache_job(_cfg(out, "teachers=[tiny-clip,tiny-sam]"))
+    assert sum(s.computed.values()) == 0, s.computed
+    assert "rewriting it from the shards' own records" in capsys.readouterr().err
+    fixed = json.loads((out / "manifest.json").read_text())
+    assert fixed["teachers"]["tiny-sam"]["layout"] == original["teachers"]["tiny-sam"]["layout"] and fixed["views"] == original["views"]
+    CacheReader(str(out))  # accepted again
 
 
 def test_lower_resolutions_store_each_teachers_targets_at_every_grid(ray_session, tmp_path):

@@ -4,7 +4,7 @@ atomic shard files, and a key-checking reader."""
 from .arrow import arrow_to_tensor, column_tensor, tensor_field, tensor_to_arrow
 from .codec import MIN_COS, TARGET_DTYPES, bytes_per_row, decode_features, decode_summary, encode_targets, feature_columns, grid_suffix
 from .manifest import (
-    FORMAT_VERSION, MANIFEST_NAME, CacheError, CacheFormatError, CacheIdentity, CacheMismatch, Manifest, Moments, Skipped,
+    FORMAT_VERSION, MANIFEST_NAME, CacheError, CacheFormatError, CacheIdentity, CacheMismatch, Manifest, ManifestDamaged, Moments, Skipped,
     TargetLayout, TeacherEntry, TeacherStats, ViewsEntry, load_manifest, save_manifest,
 )
 from .reader import CacheBatch, CacheReader, column_types, describe_differences
@@ -14,7 +14,7 @@ from .state import MomentsMerger, TableState, build_manifest, read_merged_moment
 from .writer import check_footer, open_checked, shard_meta, shard_moments, stats_differ, write_teacher_shard, write_views_shard
 
 __all__ = [
-    "FORMAT_VERSION", "MANIFEST_NAME", "MIN_COS", "TARGET_DTYPES", "CacheBatch", "CacheError", "CacheFormatError", "CacheIdentity",
+    "FORMAT_VERSION", "MANIFEST_NAME", "MIN_COS", "TARGET_DTYPES", "CacheBatch", "CacheError", "CacheFormatError", "CacheIdentity", "ManifestDamaged",
     "CacheLocation", "CacheMismatch", "CacheReader", "Manifest", "Moments", "ShardInfo", "Skipped", "TargetLayout", "TeacherEntry",
     "TeacherStats", "ViewsEntry", "arrow_to_tensor", "build_manifest", "bytes_per_row", "decode_features",
     "decode_metadata", "decode_summary", "describe_differences", "encode_metadata", "encode_targets",

@@ -19,7 +19,7 @@ from .commit import FileRef
 from .store import CacheLocation, ShardInfo
 
 __all__ = [
-    "FORMAT_VERSION", "MANIFEST_NAME", "CacheError", "CacheMismatch", "CacheFormatError", "CacheIdentity", "Moments",
+    "FORMAT_VERSION", "MANIFEST_NAME", "CacheError", "CacheMismatch", "CacheFormatError", "ManifestDamaged", "CacheIdentity", "Moments",
     "TeacherStats", "TargetLayout", "TeacherEntry", "ViewsEntry", "Skipped", "Manifest", "load_manifest", "save_manifest",
 ]
 
@@ -33,6 +33,10 @@ class CacheError(RuntimeError):
 
 class CacheMismatch(CacheError):
     """A cache holds something other than what the config asks for (teachers, fingerprints, views)."""
+
+
+class ManifestDamaged(CacheError):
+    """The manifest's content differs from its recorded checksum: rebuilt from the shards by the job's rerun."""
 
 
 class CacheFormatError(CacheError):
@@ -308,11 +312,23 @@ def load_manifest(loc: CacheLocation) -> Manifest | None:
     version = d.get("format_version") if isinstance(d, dict) else None
     if version != FORMAT_VERSION:
         raise format_error(loc.uri, version)
+    recorded = d.pop("sha256", None)
+    if recorded != _digest(d):
+        what = "has no recorded sha256" if recorded is None else "does not match its recorded sha256"
+        raise ManifestDamaged(f"{path} {what}: it was edited or damaged since the job wrote it, and its layouts, statistics and shard list cannot be trusted. "
+                              f"The shards are intact and carry their own records: rerun the `radio cache` command that built {loc.uri} to rewrite the manifest from them.")
     try:
         return Manifest.from_dict(d)
     except (KeyError, TypeError) as e:
         raise CacheError(f"{path} is missing or has malformed field {e}. Rerun the `radio cache` command that built this cache to rewrite it from the shards.") from None
 
 
+def _digest(d: dict) -> str:
+    """sha256 of a manifest's content (every field but the checksum itself), independent of indentation."""
+    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def save_manifest(loc: CacheLocation, manifest: Manifest):
-    loc.write_bytes_atomic(MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=1, sort_keys=True).encode())
+    d = manifest.to_dict()
+    d = json.loads(json.dumps(d))  # as it reads back (tuples as lists), so the checksum covers what a reader sees
+    loc.write_bytes_atomic(MANIFEST_NAME, json.dumps({**d, "sha256": _digest(d)}, indent=1, sort_keys=True).encode())
