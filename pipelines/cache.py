@@ -40,7 +40,7 @@ from radio.images import BadImage, decode_image, encode_image
 from radio.targets import resample_targets
 from radio.views import ViewPolicy, crop_view, render_view, sample_views
 
-from .config import ConfigError, check_output_dir, dump_config, flatten_config, require
+from .config import ConfigError, DiskFull, check_output_dir, disk_full, dump_config, flatten_config, require
 from .sources import Source, SourceConfig, SourceError, SourceRecord, open_source
 from .tracking import MlflowConfig, log_cache_input, start_run
 
@@ -529,11 +529,15 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
             run.log_params(flatten_config(cfg))
     try:
         result = _run_pipeline(cfg, plan, source) if plan.needs_teachers or plan.todo_views else RunResult()
-    except BaseException:
+        manifest = finalize_cache(cfg, plan, source, result)
+    except BaseException as e:
         if run is not None:
-            run.end(status="KILLED" if not isinstance(sys.exc_info()[1], Exception) else "FAILED")
+            run.end(status="KILLED" if not isinstance(e, Exception) else "FAILED")
+        full = disk_full(e) if isinstance(e, Exception) else None
+        if full is not None:
+            raise DiskFull(f"no space left writing cache {cfg.output} ({full}): every unit committed before is kept, and a half-written file is removed by the rerun. "
+                           "Free space there and rerun the same command to resume") from None
         raise
-    manifest = finalize_cache(cfg, plan, source, result)
     summary = _summary(cfg, plan, manifest, result, time.perf_counter() - t_start, run)
     if run is not None:
         _report(run, cfg, manifest, summary, result, resolved_yaml)

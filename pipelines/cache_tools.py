@@ -261,7 +261,7 @@ def _recompute(loc, m: Manifest, keys_by_unit, picks, atol, min_cos, out, read) 
         student = encode_image(render_view(img, view, (res, res)), m.identity.student_image_format)
         if m.identity.student_image_format in ("png", "raw") and student != vrow.column("student_image").to_pylist()[0]:
             problems.append(f"{image_id} view {view_index}: stored student image differs from the replayed view")
-        crop = torch.from_numpy(crop_view(img, view)).permute(2, 0, 1)
+        crop = torch.from_numpy(np.array(crop_view(img, view))).permute(2, 0, 1)
         for name, teacher in teachers.items():
             layout = m.teachers[name].layout
             try:

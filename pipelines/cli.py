@@ -191,6 +191,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from radio.checkpoint import CheckpointError
 
     from .cache import RayUnavailable
+    from .config import DiskFull
     from .compare import CompareError
     from .sources import SourceError
     from .tracking import TrackingUnavailable
@@ -198,7 +199,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from .train import TrainingDiverged
 
-    return (CacheError, RayUnavailable, CompareError, SourceError, TeacherLoadError, UnknownTeacher, TrackingUnavailable, TrainingDiverged, CheckpointError, FileNotFoundError, OnnxExportError)
+    return (CacheError, RayUnavailable, DiskFull, CompareError, SourceError, TeacherLoadError, UnknownTeacher, TrackingUnavailable, TrainingDiverged, CheckpointError, FileNotFoundError, OnnxExportError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,6 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0) if isinstance(e.code, int) else 2
     except _user_errors() as e:
         print(f"radio: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # no space left, from any writer: one line, never a traceback over finished work
+        from .config import disk_full
+
+        full = disk_full(e)
+        if full is None:
+            raise
+        print(f"radio: error: no space left on device ({full}). Work finished before this point is kept; free space and rerun the same command", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         if str(e):  # the job said what was kept and how to go on

@@ -25,7 +25,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-__all__ = ["ConfigError", "SettingError", "require", "check_output_dir", "load_config", "dump_config", "config_to_yaml", "flatten_config", "parse_override"]
+__all__ = ["ConfigError", "SettingError", "DiskFull", "disk_full", "require", "check_output_dir", "load_config", "dump_config", "config_to_yaml", "flatten_config", "parse_override"]
 
 _MISSING = dataclasses.MISSING
 
@@ -41,6 +41,39 @@ class SettingError(ConfigError):
     def __init__(self, key: str, message: str, also: tuple[str, ...] = ()):
         super().__init__(message)
         self.key, self.keys = key, (key, *also)
+
+
+class DiskFull(OSError):
+    """No space left where a job writes; the message names the place and what was kept."""
+
+
+_FULL_MARKERS = ("No space left on device", "os error 28", "[Errno 28]", "Disk quota exceeded", "[Errno 122]")
+
+
+def disk_full(e: BaseException, where: str | os.PathLike | None = None) -> str | None:
+    """The no-space error inside ``e`` (its causes, a Ray task's cause, or a message from C++/Rust writers
+    that lost the errno), as text; None when ``e`` is something else. ``where``: the local folder being
+    written; a writer whose message lost the cause (torch's zip writer: "iostream error") is taken to have
+    hit a full disk when that file system has almost nothing left."""
+    first, seen = e, set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (28, 122):
+            return f"{e.strerror}: {e.filename}" if e.filename else str(e)
+        text = str(e)
+        if any(m in text for m in _FULL_MARKERS):
+            return next(line for line in text.splitlines() if any(m in line for m in _FULL_MARKERS)).strip()[:300]
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__  # ray.exceptions.RayTaskError keeps .cause
+    if where is not None and isinstance(first, (OSError, RuntimeError)) and "://" not in str(where):
+        import shutil
+
+        p = Path(where)
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        free = shutil.disk_usage(p).free
+        if free < 64 * 2**20:
+            return f"{type(first).__name__} while writing, with {free / 2**20:.1f} MiB left on the file system of {where}"
+    return None
 
 
 def require(ok: bool, key: str, value: Any, allowed: str, hint: str = "", also: tuple[str, ...] = ()):

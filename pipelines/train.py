@@ -29,7 +29,7 @@ from radio.losses import LossConfig, distill_loss
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
 
-from .config import ConfigError, check_output_dir, config_to_yaml, flatten_config, require
+from .config import ConfigError, DiskFull, check_output_dir, config_to_yaml, disk_full, flatten_config, require
 from .online import OnlineTeacherConfig, OnlineTeachers
 from .tracking import PENDING, MlflowConfig, NullRun, check_tracking_uri, log_cache_input, replay_pending, start_run, tracking_uri
 
@@ -211,12 +211,21 @@ class Trainer:
     def save_checkpoint(self):
         d = self._ckpt_dir(self.state.step)
         self.acc.wait_for_everyone()
-        self.acc.save_state(str(d))
-        self.acc.wait_for_everyone()  # every rank's files are on disk before they are checksummed
+        try:
+            self.acc.save_state(str(d))
+            self.acc.wait_for_everyone()  # every rank's files are on disk before they are checksummed
+            if self.acc.is_main_process:
+                (d / "trainer_state.json").write_text(json.dumps({**asdict(self.state), "last_good": str(d), "history": self.history}))
+                write_checksums(d, self.out)
+        except Exception as e:
+            full = disk_full(e, d)
+            if full is None:
+                raise
+            shutil.rmtree(d, ignore_errors=True)  # a partial checkpoint is never used (`latest` still names the last complete one)
+            kept = f"the last complete checkpoint, {self.state.last_good}, is kept" if self.state.last_good else "no checkpoint was complete yet"
+            raise DiskFull(f"no space left writing checkpoint {d} ({full}): the partial checkpoint was removed and {kept}. Free space under {self.out} and resume with resume=true") from None
         if self.acc.is_main_process:
             self.state.last_good = str(d)
-            (d / "trainer_state.json").write_text(json.dumps({**asdict(self.state), "history": self.history}))
-            write_checksums(d, self.out)
             # `latest` is written last: a checkpoint is used only once it is complete
             tmp = self.out / "checkpoints" / ".latest.tmp"
             tmp.write_text(d.name)
@@ -400,9 +409,20 @@ class Trainer:
     def export(self) -> Path:
         d = self.out / "student"
         if self.acc.is_main_process:
-            save_student(d, self.acc.unwrap_model(self.model), {"teachers": self.specs, "fingerprints": self.fingerprints, "stats": {t: s.to_dict() for t, s in self.stats.items()}, "cache": self.cfg.cache, "cache_id": self.reader.manifest.cache_id, "mlflow_run_id": self.state.run_id, "resolution": self.reader.manifest.student_resolution})
+            try:
+                self._save_student(d)
+            except Exception as e:
+                full = disk_full(e, d)
+                if full is None:
+                    raise
+                raise DiskFull(f"no space left exporting the student to {d} ({full}): the final checkpoint {self.state.last_good} is kept. Free space and rerun with resume=true to export it") from None
         self.acc.wait_for_everyone()
         return d
+
+    def _save_student(self, d: Path):
+        meta = {"teachers": self.specs, "fingerprints": self.fingerprints, "stats": {t: s.to_dict() for t, s in self.stats.items()}, "cache": self.cfg.cache,
+                "cache_id": self.reader.manifest.cache_id, "mlflow_run_id": self.state.run_id, "resolution": self.reader.manifest.student_resolution}
+        save_student(d, self.acc.unwrap_model(self.model), meta)
 
 
 def _loss_figure(history: list[dict], path: Path):

@@ -36,3 +36,28 @@ def ray_session():
     yield ray
     ray.shutdown()
     os.environ.pop("RAY_ADDRESS", None)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of a given size (``small_disk(bytes)`` -> its path), to fill up for real: the kernel's own
+    ENOSPC, through every writer (Python, safetensors' Rust, torch's C++, Arrow). Needs root (as the
+    project's machines and CI run); ``resize(bytes)`` frees space as a user would."""
+    import subprocess
+
+    mounts = []
+
+    class Disk:
+        def __call__(self, size: int):
+            d = tmp_path / f"disk{len(mounts)}"
+            d.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], check=True, capture_output=True)
+            mounts.append(d)
+            return d
+
+        def resize(self, d, size: int):
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(d)], check=True, capture_output=True)
+
+    yield Disk()
+    for d in mounts:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)

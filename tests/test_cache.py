@@ -447,6 +447,18 @@ def test_truncated_or_foreign_shard_is_named_refused_and_recomputed(ray_session,
     assert main(["cache", "verify", str(out), "--sample", "0"]) == 1
     text = capsys.readouterr().out
     assert "teachers/tiny-sam/unit-00002.parquet: not a readable Parquet file" in text and "views/unit-00001.parquet: belongs to another cache" in text
+    # sampling every unit: the damaged files are named, not recomputed, and the intact units still are
+    assert main(["cache", "verify", str(out), "--sample", "4"]) == 1
+    text = capsys.readouterr().out
+    assert "not a readable Parquet file" in text and "belongs to another cache" in text and "Traceback" not in text
+    swapped = _damaged_copy(cache_dir, tmp_path, "swap")  # two shards of one teacher swapped, their records not
+    a, b = swapped / "teachers" / "tiny-clip" / "unit-00000.parquet", swapped / "teachers" / "tiny-clip" / "unit-00003.parquet"
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+    assert main(["cache", "verify", str(swapped), "--sample", "4"]) == 1
+    text = capsys.readouterr().out
+    assert "teachers/tiny-clip/unit-00000.parquet" in text and "teachers/tiny-clip/unit-00003.parquet" in text and "verify: FAILED" in text, text
     with pytest.raises(CacheError, match=r"tiny-sam/unit-00002\.parquet: \d+ bytes, the manifest says \d+.*radio cache verify"):
         CacheReader(str(out))  # what training opens: refused before the first step, from one listing per directory
     reader = CacheReader(str(out), check=False)  # a stream's reader checks each file's own footer as it opens it
@@ -536,3 +548,18 @@ def test_unreachable_ray_address_fails_in_seconds_with_one_line(tmp_path):
     assert lines[-1].startswith(f"radio: error: RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers") and "unset RAY_ADDRESS" in lines[-1], p.stderr[-2000:]
     assert "Traceback" not in p.stderr and took < 60, took  # 10 s of retries plus interpreter start on a loaded machine
     assert not out.exists()
+
+
+def test_disk_full_mid_job_is_one_line_and_the_rerun_completes_byte_identical(ray_session, cache_dir, small_disk, capsys):
+    """A real full disk under the job (a 200 KB tmpfs for a ~300 KB cache): one line naming the cache and what is
+    kept, no traceback; with space freed, the same command finishes it byte for byte as a one-shot build."""
+    disk = small_disk(200 * 1024)
+    out = disk / "c"
+    assert main(["cache", f"output={out}", *BASE, "teachers=[tiny-clip,tiny-sam]"]) == 2
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if x.startswith("radio: error:")]
+    assert line and f"no space left writing cache {out}" in line[0] and "rerun the same command to resume" in line[0], err
+    assert "Traceback" not in err
+    small_disk.resize(disk, 16 * 2**20)
+    assert main(["cache", f"output={out}", *BASE, "teachers=[tiny-clip,tiny-sam]"]) == 0
+    assert _digest(out) == _digest(cache_dir)

@@ -2,17 +2,23 @@
 its JSON holds every figure the GPU run reports, numeric where a CPU can measure it, null with the reason where it
 needs CUDA."""
 
+import importlib
 import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import gpu_suite  # noqa: E402
 
 
-def test_smoke_reports_every_figure(ray_session, tmp_path):
+@pytest.fixture(scope="module")
+def gpu_suite():
+    sys.path.insert(0, str(ROOT / "bench"))
+    return importlib.import_module("gpu_suite")
+
+
+def test_smoke_reports_every_figure(gpu_suite, ray_session, tmp_path):
     # In process, on the session's Ray (a subprocess would pay another ~5 s of imports; the CLI is the same main()).
     out = tmp_path / "out"
     assert gpu_suite.main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
@@ -40,7 +46,7 @@ def test_smoke_reports_every_figure(ray_session, tmp_path):
     assert not (tmp_path / "work").exists() or list((tmp_path / "work").iterdir())  # --work is kept for reruns
 
 
-def test_budget_and_failures_become_null_with_the_reason(tmp_path):
+def test_budget_and_failures_become_null_with_the_reason(gpu_suite, tmp_path):
     specs = gpu_suite.figure_specs(gpu_suite.SMOKE)
     suite = gpu_suite.Suite(tmp_path, specs, {"smoke": True}, budget_s=1000)
 

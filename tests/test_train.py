@@ -181,6 +181,25 @@ def test_damaged_checkpoint_is_refused_naming_the_file_and_the_choices(cache, tm
     assert "'resume_from' must be set only with resume=true" in capsys.readouterr().err
 
 
+def test_disk_full_is_one_line_keeps_the_last_checkpoint_and_resumes(cache, tmp_path, small_disk, capsys):
+    """A real full disk (a 6 MB tmpfs; a checkpoint of this student is ~3.9 MB): the second checkpoint cannot be
+    written. One line names it and what is kept; the partial checkpoint is removed; after space is freed the
+    run resumes from the kept one and ends as an uninterrupted run does."""
+    disk = small_disk(6 * 2**20)
+    out = disk / "run"
+    args = _args(cache, out, "epochs=1", "checkpoint_every=2", "keep_checkpoints=1", "mlflow.enabled=false")
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if x.startswith("radio: error:")]
+    assert line and f"no space left writing checkpoint {out / 'checkpoints' / 'step-00000004'}" in line[0], err
+    assert f"the last complete checkpoint, {out / 'checkpoints' / 'step-00000002'}, is kept" in line[0] and "resume=true" in line[0] and "Traceback" not in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-00000002"]
+    small_disk.resize(disk, 64 * 2**20)
+    resumed = train(load_config(TrainJobConfig, None, [*args, "resume=true"]))
+    ref = train(load_config(TrainJobConfig, None, _args(cache, tmp_path / "ref", "epochs=1", "checkpoint_every=2", "mlflow.enabled=false")))
+    assert resumed["step"] == 6 and [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in ref["history"]], rel=1e-5, abs=1e-6)
+
+
 def test_two_process_accelerate_launch_sees_every_key_once(cache, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu",
