@@ -209,26 +209,33 @@ def test_adding_a_teacher_computes_only_that_teacher(ray_session, tmp_path):
     assert _digest(out) == before  # deterministic: the same bytes again
 
 
-def test_kill_driver_and_resume_equals_uninterrupted(ray_session, cache_dir, tmp_path):
-    out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, "-m", "pipelines.cli", "cache", f"output={out}", *BASE, "teachers=[tiny-clip,tiny-sam]", "max_inflight_units=1", "mlflow.enabled=false"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    killed_partial = False
-    while time.time() < deadline and proc.poll() is None:
-        if list((out / "teachers").glob("*/unit-*.parquet")) if (out / "teachers").exists() else []:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            killed_partial = True
-            break
-        time.sleep(0.02)
-    assert killed_partial, f"the job finished or failed before it could be killed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+def test_kill_inside_a_shard_write_and_resume_equals_uninterrupted(cache_dir, tmp_path, ray_session):
+    """The job, on its own Ray, is killed (every process of it, SIGKILL) while a teacher shard is half written:
+    the test hook RADIO_TEST_PAUSE_WRITES holds the writer after the first row group, so the kill lands inside
+    the write every time. The rerun removes the orphan and ends byte-identical to a one-shot build."""
+    from radio.cache.store import PAUSE_WRITES_ENV
+
+    out, hold = tmp_path / "killed", tmp_path / "hold"
+    hold.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, whose workers see the hook
+    env.update({"PYTHONUNBUFFERED": "1", PAUSE_WRITES_ENV: str(hold)})
+    args = [sys.executable, "-m", "pipelines.cli", "cache", f"output={out}", *BASE, "teachers=[tiny-clip,tiny-sam]", "mlflow.enabled=false"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not (hold / "paused").exists():
+            time.sleep(0.05)
+        assert (hold / "paused").exists(), f"no write paused: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else 'timed out'}"
+        half = Path((hold / "paused").read_text())
+        assert not half.exists() and list(half.parent.glob(".*")), "the shard is being written to a hidden temporary file"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray and the paused writer: a machine losing power
+        proc.wait()
     assert load_manifest(CacheLocation(str(out))) is None or not load_manifest(CacheLocation(str(out))).complete
-    time.sleep(1.0)  # let Ray reap the dead driver's tasks
-    s = run_cache_job(_cfg(out, "teachers=[tiny-clip,tiny-sam]"))
-    assert sum(s.computed.values()) < 3 * (LIMIT // PER_SHARD)  # only what was missing
+    s = run_cache_job(_cfg(out, "teachers=[tiny-clip,tiny-sam]", "mlflow.enabled=false"))
+    assert sum(s.computed.values()) < 3 * (LIMIT // PER_SHARD) and s.computed[half.parent.name] >= 1  # only what was missing
     assert _digest(out) == _digest(cache_dir)
+    assert not [p for p in out.rglob(".*") if ".tmp" in p.name], "the orphaned temporary file is removed"
 
 
 def test_bad_files_are_skipped_and_recorded(ray_session, tmp_path):

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -217,14 +219,13 @@ class CacheLocation:
 
     def write_table(self, rel: str, unit: int, table: pa.Table, *, row_group_rows: int, byte_stream_split: list[str], compression: str | dict = "zstd") -> ShardInfo:
         """Commit one Parquet file atomically (``compression``: one codec, or one per column)."""
+        kw = dict(compression=compression, use_byte_stream_split=byte_stream_split or False, use_dictionary=[c for c in table.column_names if c in ("image_id", "label")],
+                  write_statistics=["image_id", "view_index"], write_page_checksum=True)  # CRC32 per page: every byte a reader uses is checked as it is read
         with self._atomic(rel) as sink:
-            pq.write_table(
-                table, sink, compression=compression, row_group_size=max(1, row_group_rows),
-                use_byte_stream_split=byte_stream_split or False,
-                use_dictionary=[c for c in table.column_names if c in ("image_id", "label")],
-                write_statistics=["image_id", "view_index"],
-                write_page_checksum=True,  # CRC32 per page: every byte a reader uses is checked as it is read
-            )
+            pause = os.environ.get(PAUSE_WRITES_ENV)
+            if pause and rel.startswith("teachers/") and not os.path.exists(os.path.join(pause, "paused")):
+                _write_pausing(sink, table, max(1, row_group_rows), kw, pause, self.full(rel))
+            pq.write_table(table, sink, row_group_size=max(1, row_group_rows), **kw)
         return ShardInfo(rel, unit, table.num_rows, sink.tell(), sink.sha256)
 
     def parquet_file(self, rel: str) -> pq.ParquetFile:
@@ -232,3 +233,19 @@ class CacheLocation:
         if self.is_local:  # memory-mapped: uncompressed tensor pages are read without an extra copy
             return pq.ParquetFile(pa.memory_map(self.full(rel)), page_checksum_verification=VERIFY_PAGES)
         return pq.ParquetFile(self.fs.open_input_file(self.full(rel)), page_checksum_verification=VERIFY_PAGES)
+
+
+# A test hook, off unless the variable names a folder: the first teacher shard written stops after its first
+# row group (the file open, no footer), says so with a file ``paused`` in that folder, and waits to be killed,
+# so a test can land a kill inside a shard write every time.
+PAUSE_WRITES_ENV = "RADIO_TEST_PAUSE_WRITES"
+
+
+def _write_pausing(sink, table: pa.Table, rows: int, kw: dict, folder: str, path: str):
+    w = pq.ParquetWriter(sink, table.schema, **kw)
+    w.write_table(table.slice(0, rows), row_group_size=rows)
+    sink.flush() if hasattr(sink, "flush") else None
+    with open(os.path.join(folder, "paused"), "w") as f:
+        f.write(path)
+    time.sleep(600)  # killed long before; never left running if the test is not there to kill it
+    raise RuntimeError(f"{PAUSE_WRITES_ENV}: nobody killed the paused writer of {path}")
