@@ -161,7 +161,7 @@ def view_crops(src, policy) -> list:
     crops = []
     for rec in src.records:
         img = decode_image(src.read_bytes(rec))
-        crops += [torch.from_numpy(crop_view(img, v)).permute(2, 0, 1) for v in sample_views(policy, rec.image_id, img.shape[1], img.shape[0])]
+        crops += [torch.from_numpy(np.array(crop_view(img, v))).permute(2, 0, 1) for v in sample_views(policy, rec.image_id, img.shape[1], img.shape[0])]  # a writable copy
     return crops
 
 
@@ -205,8 +205,9 @@ def bare_seconds(t, crops, batch_size: int, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def peak_rss_during(fn):
-    """(fn(), peak summed RSS in bytes of this process and all its children (Ray's workers) while it ran)."""
+def peak_rss_during(fn, samples: list | None = None, probe=None):
+    """(fn(), peak summed RSS in bytes of this process and all its children (Ray's workers) while it ran), sampled
+    every 0.1 s. ``samples``: a list to append each sample to, as (rss, probe()) (probe: e.g. units done so far)."""
     import threading
 
     import psutil
@@ -223,6 +224,8 @@ def peak_rss_during(fn):
                 except psutil.Error:
                     pass
             peak[0] = max(peak[0], total)
+            if samples is not None:
+                samples.append((total, probe() if probe else None))
             stop.wait(0.1)
 
     th = threading.Thread(target=sample, daemon=True)

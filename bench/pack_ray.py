@@ -4,7 +4,7 @@
 
 Downloads (``pip download --only-binary=:all: --no-deps`` for the target Python and manylinux x86_64) the Ray
 wheel of the version installed here and the few wheels Ray needs that a torch + transformers + accelerate +
-onnxruntime machine lacks (jsonschema and its dependencies, msgpack, click), unzips them into one tree, drops
+onnxruntime machine lacks (jsonschema and its dependencies, msgpack, click, requests and its dependencies), unzips them into one tree, drops
 what ``radio cache`` never loads (Java jars, the dashboard's web client, RLlib, Serve, Tune, Train, ray.llm) and
 writes ``--out`` (tar.xz: the device tool carries at most 64 MiB). ``.whl/`` is ignored by git.
 
@@ -26,8 +26,9 @@ import tempfile
 import zipfile
 
 # Ray's own requirements (its METADATA: click, filelock, jsonschema, msgpack, packaging, protobuf, pyyaml, requests)
-# minus what torch (filelock), transformers (packaging, pyyaml, requests) and onnxruntime (protobuf) bring.
-EXTRA = ["jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "attrs", "msgpack", "click"]
+# minus what torch (filelock), transformers and accelerate (packaging, pyyaml) and onnxruntime (protobuf) bring.
+# transformers 5 no longer pulls requests in (huggingface_hub uses httpx), and Ray imports it at start-up.
+EXTRA = ["jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "attrs", "msgpack", "click", "requests", "urllib3", "idna", "charset-normalizer", "certifi"]
 DROP = ["ray/jars", "ray/dashboard/client/build", "ray/rllib", "ray/serve", "ray/tune", "ray/train", "ray/llm"]
 
 
