@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -153,6 +154,12 @@ def cmd_export(ns) -> int:
     if not (ns.onnx or ns.pretrained or ns.push_to_hub):
         print("radio export: say what to write: --onnx OUT.onnx, --pretrained DIR or --push-to-hub ORG/NAME", file=sys.stderr)
         return 2
+    from .config import check_output_dir
+
+    if ns.pretrained:
+        check_output_dir(ns.pretrained, "--pretrained")  # before the student is loaded or anything is written
+    if ns.onnx:
+        check_output_dir(os.path.dirname(os.path.abspath(ns.onnx)), "--onnx")
     model = radio.load_student(ns.student)
     if ns.onnx:
         rep = export_onnx(model, ns.onnx, opset=ns.opset, check=not ns.no_check)
@@ -281,13 +288,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"radio: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # no space left, from any writer: one line, never a traceback over finished work
+        import errno
+
         from .config import disk_full
 
         full = disk_full(e)
-        if full is None:
-            raise
-        print(f"radio: error: no space left on device ({full}). Work finished before this point is kept; free space and rerun the same command", file=sys.stderr)
-        return 2
+        if full is not None:
+            print(f"radio: error: no space left on device ({full}). Work finished before this point is kept; free space and rerun the same command", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EISDIR):
+            print(f"radio: error: cannot write {e.filename or ''}: {e.strerror}. Choose another destination or fix its permissions", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt as e:
         if str(e):  # the job said what was kept and how to go on
             print(str(e), file=sys.stderr)

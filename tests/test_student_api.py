@@ -204,6 +204,20 @@ def test_damaged_student_is_one_clear_error(student_dir, tmp_path, capsys):
     assert "not a student directory" in capsys.readouterr().err
 
 
+def test_export_to_an_unwritable_place_is_one_line(student_dir, tmp_path, small_disk, capsys):
+    """A destination under a file, or on a read-only mount (a real one): refused before anything is written."""
+    from pipelines.cli import main
+
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    ro = small_disk(1 << 20, read_only=True)
+    for flag, dest in (("--pretrained", f / "sub"), ("--pretrained", ro / "out"), ("--onnx", ro / "x.onnx"), ("--onnx", f / "x.onnx")):
+        assert main(["export", str(student_dir), flag, str(dest)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("radio: config error: ") and flag in err and "Traceback" not in err, err
+        assert ("is a file, not a folder" in err) if str(dest).startswith(str(f)) else ("is not writable" in err), err
+
+
 def test_push_to_hub_uploads_the_student_directory(student_dir, monkeypatch, capsys):
     """No network here: a stand-in HfApi records what would be sent."""
     import huggingface_hub

@@ -417,14 +417,21 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_logs_no_step_twice(cache, tmp_pat
 
     out = tmp_path / "int"
     args = _args(cache, out, "epochs=60", "checkpoint_every=1000", "log_every=2")
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "config.yaml").exists():
-        time.sleep(0.1)
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not any("[radio train] starting" in x for x in lines):
+        time.sleep(0.1)  # the loop (and its Ctrl-C handler) starts right after this line, however loaded the machine
+    assert proc.poll() is None, "".join(lines)[-3000:]
     time.sleep(3.0)  # some steps into the run
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    err = err.decode()
+    proc.wait(timeout=120)
+    reader.join(timeout=30)
+    err = "".join(lines)
     assert proc.returncode == 130, err[-3000:]
     assert "Ctrl-C: finishing this step" in err and "Resume with:" in err and "resume=true" in err and "Traceback" not in err
     assert " INFO mlflow" not in err and "Token authentication" not in err, err  # quiet unless --verbose
