@@ -684,8 +684,11 @@ class _FlushingMonitor:
         self.monitor = monitor
 
     def stop(self):
+        """The store is gone: ask the sampler thread to end, without waiting on its retries or flushing."""
         self.stopped = True
-        self.monitor.finish()
+        event = getattr(self.monitor, "_shutdown_event", None)
+        if event is not None:
+            event.set()
 
     def finish(self):
         if getattr(self, "stopped", False):
