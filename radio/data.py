@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .cache import CacheReader, TargetLayout
 from .images import decode_student_image
+from .prefetch import ThreadPrefetcher
 from .views import derive_resolution
 
 __all__ = ["LoaderConfig", "ResolutionSchedule", "CacheStream", "make_loader", "resolve_workers", "epoch_assignment", "batches_per_epoch"]
@@ -152,14 +153,16 @@ class CacheStream(IterableDataset):
     def _rows(self, reader: CacheReader, units: list[int], rng: np.random.Generator):
         """(batch, row) references in shuffled order; nothing is decoded here."""
         buf: list = []
-        for u in units:
-            for batch in reader.iter_unit(u, self.read_rows):
-                for i in range(len(batch)):
-                    buf.append((batch, i))
-                    if len(buf) >= self.shuffle_buffer:
-                        j = int(rng.integers(len(buf)))
-                        buf[j], buf[-1] = buf[-1], buf[j]
-                        yield buf.pop()
+        # Parquet reads (page CRC32 checks, decompression, the key join) run one thread ahead of the shuffle
+        # and batch assembly below: Arrow releases the GIL, so on a spare core the checks cost no views/s
+        read = ThreadPrefetcher((b for u in units for b in reader.iter_unit(u, self.read_rows)), depth=2)
+        for batch in read:
+            for i in range(len(batch)):
+                buf.append((batch, i))
+                if len(buf) >= self.shuffle_buffer:
+                    j = int(rng.integers(len(buf)))
+                    buf[j], buf[-1] = buf[-1], buf[j]
+                    yield buf.pop()
         while buf:
             j = int(rng.integers(len(buf)))
             buf[j], buf[-1] = buf[-1], buf[j]
@@ -260,58 +263,6 @@ class CacheStream(IterableDataset):
                 first = next(reader.iter_unit(self.units[0], 1))
                 refs, weights = [(first, 0)] * self.batch_size, [0.0] * self.batch_size
             yield self._materialize(refs, weights, self.schedule.resolution(self.seed, self.epoch, k * self.num_workers + role))
-
-
-class ThreadPrefetcher:
-    """Iterates ``iterable`` in a background thread, ``depth`` items ahead.
-
-    Parquet reads and PNG decodes release the GIL, so on a CPU box a thread overlaps them with the
-    training step without the inter-process copies and core contention of DataLoader worker processes
-    (measured in BENCHMARKS.md). Exceptions are re-raised in the consumer; ``close`` stops the thread.
-    """
-
-    _END = object()
-
-    def __init__(self, iterable, depth: int = 4):
-        import queue
-        import threading
-
-        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(iterable,), daemon=True)
-        self._thread.start()
-
-    def _run(self, iterable):
-        import queue
-
-        try:
-            for item in iterable:
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-            self._q.put(self._END)
-        except BaseException as e:  # handed to the consumer
-            self._q.put(e)
-
-    def __iter__(self):
-        try:
-            while True:
-                item = self._q.get()
-                if item is self._END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self.close()
-
-    def close(self):
-        self._stop.set()
 
 
 def resolve_workers(cfg: LoaderConfig) -> int:

@@ -227,8 +227,9 @@ def test_synthetic_cache_is_complete_and_its_stats_match(tmp_path):
 
 
 def test_a_changed_byte_is_refused_where_it_is_read(built, tmp_path):
-    """Same size and, as with `cp -p`, the same time: the listing cannot tell. Every Parquet page carries a
-    CRC32 that the reader checks: training stops naming the file, and verify's checksums find it."""
+    """Same size and, as with `cp -p`, the same time: the listing cannot tell. A stream hashes each local shard
+    whole (xxh3-128, recorded at commit) when it opens it, and every Parquet page carries a CRC32 that the
+    other readers check: training stops naming the file, and verify's checksums find it."""
     import shutil
 
     from radio.cache import CacheError
@@ -243,8 +244,14 @@ def test_a_changed_byte_is_refused_where_it_is_read(built, tmp_path):
     victim.write_bytes(bytes(data))
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     reader = CacheReader(str(out))  # opens: sizes and times are those committed
-    with pytest.raises(CacheError, match=r"tiny-clip/unit-00004\.parquet: a page does not read back as written.*radio cache verify"):
+    with pytest.raises(CacheError, match=r"tiny-clip/unit-00004\.parquet: its content changed since it was committed \(xxh3 .*radio cache verify"):
         list(reader.iter_unit(4))
+    import radio.cache.store as store
+
+    assert reader.manifest.teachers["tiny-clip"].by_unit()[4].xxh3  # recorded at commit
+    pf = store.CacheLocation(str(out)).parquet_file("teachers/tiny-clip/unit-00004.parquet")  # what eval, verify and the job's rerun open
+    with pytest.raises(OSError, match="CRC"):
+        pf.read()
     buf = io.StringIO()
     assert not verify_cache(str(out), sample=0, full=True, out=buf)
     assert "tiny-clip/unit-00004.parquet" in buf.getvalue() and "verify: FAILED" in buf.getvalue()

@@ -147,7 +147,7 @@ class CacheReader:
         for t in [None, *self.teachers]:
             rel = views_path(unit) if t is None else teacher_path(t, unit)
             e = None if t is None else self.entry(t)
-            pf, reason = open_checked(self.loc, rel, m.identity, unit, self._by_unit[t][unit], e.fingerprint if e else None, e.layout.to_dict() if e else None)
+            pf, reason = open_checked(self.loc, rel, m.identity, unit, self._by_unit[t][unit], e.fingerprint if e else None, e.layout.to_dict() if e else None, stream=True)
             if reason is not None:
                 if e is not None and reason.startswith("holds targets with fingerprint"):
                     raise CacheMismatch(f"{self.loc.full(rel)} {reason}: mixed targets in one cache. Rerun the `radio cache` command that built {self.loc.uri} to recompute it.")
@@ -241,13 +241,24 @@ class CacheReader:
 
     def iter_unit(self, unit: int, batch_rows: int = 64, with_images: bool = True) -> Iterator[CacheBatch]:
         """Stream one unit in batches of ``batch_rows``, joining the tables by key."""
+        from ..prefetch import ThreadPrefetcher
+
         files = self._open_unit(unit)
         view_cols = ["image_id", "view_index", "label_index"] + (["student_image"] if with_images else [])
-        views = files.pop(None).iter_batches(batch_size=batch_rows, columns=view_cols)
-        tfiles = files
         tcols = {t: ["image_id", "view_index", *(["summary"] if self.entry(t).summary_dim else []), *self._feature_columns(t)] for t in self.teachers}
-        titers = {t: self._checked(pf.iter_batches(batch_size=batch_rows, columns=tcols[t]), unit, t) for t, pf in tfiles.items()}
-        for vb in self._checked(views, unit, None):
+        # each file read (pages CRC32-checked, decompressed) in a thread of its own, a batch ahead: Arrow
+        # releases the GIL, so the files' checks and decoding run side by side on the cores there are
+        readers = {t: ThreadPrefetcher(self._checked(pf.iter_batches(batch_size=batch_rows, columns=view_cols if t is None else tcols[t]), unit, t), depth=2) for t, pf in files.items()}
+        try:
+            yield from self._join(unit, {t: iter(r) for t, r in readers.items()}, tcols, with_images)
+        finally:
+            for r in readers.values():
+                r.close()
+
+    def _join(self, unit: int, its: dict, tcols: dict, with_images: bool) -> Iterator[CacheBatch]:
+        """Batches of the views table joined with each teacher's, by key, failing on any mismatch."""
+        titers = {t: it for t, it in its.items() if t is not None}
+        for vb in its[None]:
             ids = vb.column("image_id").to_pylist()
             vidx = vb.column("view_index").to_numpy()
             batch = CacheBatch(ids, vidx, vb.column("label_index").to_numpy(zero_copy_only=False), self._images(vb.column("student_image")) if with_images else [])

@@ -89,7 +89,7 @@ def scan_table(loc: CacheLocation, teacher: str | None, identity: CacheIdentity,
                     st.damaged.append((rel, f"changed since it was committed: {reason}"))
                     continue
                 st.adopted += 1  # the same bytes (a copied cache): recorded again with its new time
-            st.commits[u] = Commit(ShardInfo(prev.path, prev.unit, prev.rows, prev.bytes, prev.sha256), cache_id, teacher, fingerprint, request, layout)
+            st.commits[u] = Commit(ShardInfo(prev.path, prev.unit, prev.rows, prev.bytes, prev.sha256, xxh3=prev.xxh3), cache_id, teacher, fingerprint, request, layout)
             continue
         try:
             header, _ = read_record(loc, commit_path(rel), arrays=False)

@@ -16,7 +16,7 @@ from .arrow import tensor_field, tensor_to_arrow
 from .codec import decode_features
 from .commit import Commit, commit_path, read_record
 from .manifest import FORMAT_VERSION, CacheIdentity, TargetLayout, TeacherStats, format_error
-from .store import CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
+from .store import CacheLocation, ChangedFile, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
 
 __all__ = ["write_views_shard", "write_teacher_shard", "shard_moments", "shard_meta", "check_footer", "open_checked", "stats_differ"]
 
@@ -113,15 +113,19 @@ def check_footer(meta: dict, rows: int, identity: CacheIdentity, unit: int, entr
     return None
 
 
-def open_checked(loc: CacheLocation, rel: str, identity: CacheIdentity, unit: int, entry: ShardInfo | None = None, fingerprint: str | None = None, layout: dict | None = None):
+def open_checked(loc: CacheLocation, rel: str, identity: CacheIdentity, unit: int, entry: ShardInfo | None = None, fingerprint: str | None = None, layout: dict | None = None,
+                 stream: bool = False):
     """(ParquetFile, None) for a shard whose footer checks out (:func:`check_footer`), else (None, reason).
-    The footer is read once, here, and the returned file streams without reading it again."""
+    The footer is read once, here, and the returned file streams without reading it again. ``stream``: the
+    whole file is about to be read: check it at once against its recorded hash (``CacheLocation.open_verified``)."""
     try:
-        pf = loc.parquet_file(rel)
+        pf = loc.open_verified(rel, entry) if stream else loc.parquet_file(rel)
         meta = decode_metadata(pf.schema_arrow.metadata)
         rows = pf.metadata.num_rows
     except FileNotFoundError:
         return None, "missing"
+    except ChangedFile as e:
+        return None, str(e)
     except Exception as e:  # truncated or overwritten: pyarrow raises ArrowInvalid, OSError, ...
         return None, f"not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
     reason = check_footer(meta, rows, identity, unit, entry, fingerprint, layout)
