@@ -657,7 +657,7 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
         if monitor:
             monitor.finish()
         tracker.end()
-    return {"run_id": tracker.run_id, "output": str(out), "student": str(student_dir), "step": trainer.state.step, "history": trainer.history}
+    return {"run_id": tracker.run_id, "output": str(out), "student": str(student_dir), "step": trainer.state.step, "history": trainer.history, "main": acc.is_main_process}
 
 
 SYSTEM_METRICS = ("images_per_s", "data_wait_fraction")
@@ -727,5 +727,7 @@ def main(argv: list[str]) -> int:
 
     resume = "radio train " + " ".join(shlex.quote(a) for a in argv if not a.startswith("resume=")) + " resume=true"
     result = train(cfg, config_to_yaml(cfg), resume_command=resume)
-    print(f"trained {result['step']} steps; student exported to {result['student']}; mlflow run {result['run_id']}")
+    if result["main"]:  # one line per training, not one per process
+        run = f"; mlflow run {result['run_id']}" if result["run_id"] else ""
+        print(f"trained {result['step']} steps; student exported to {result['student']}{run}")
     return 0

@@ -77,8 +77,8 @@ def save_pretrained(model, save_directory, card: bool = True, repo_id: str | Non
     from .checkpoint import save_student
 
     d = save_student(save_directory, model.model, model.meta)
-    if card:
-        (d / "README.md").write_text(model_card(model, repo_id))
+    if card:  # a local directory's card names the directory: it is what load_student takes
+        (d / "README.md").write_text(model_card(model, repo_id or str(d.resolve())))
     return d
 
 

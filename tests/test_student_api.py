@@ -121,6 +121,7 @@ def test_pretrained_roundtrip_hub_id_offline_and_torch_hub(student_dir, tmp_path
     d = model.save_pretrained(tmp_path / "pretrained")
     card = (d / "README.md").read_text()
     assert "fp-clip" in card and "c0ffee" in card and "radio.load_student" in card and "pipeline_tag: image-feature-extraction" in card
+    assert f"\n# {d.resolve()}\n" in card and "PATH_OR_HUB_ID" not in card and f'radio.load_student("{d.resolve()}"' in card
     again = RadioModel.from_pretrained(str(d))
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
