@@ -27,7 +27,8 @@ import zipfile
 
 # Ray's own requirements (its METADATA: click, filelock, jsonschema, msgpack, packaging, protobuf, pyyaml, requests)
 # minus what torch (filelock), transformers and accelerate (packaging, pyyaml) and onnxruntime (protobuf) bring.
-# transformers 5 no longer pulls requests in (huggingface_hub uses httpx), and Ray imports it at start-up.
+# transformers 5 no longer pulls requests in (huggingface_hub uses httpx), and Ray imports it at start-up. The host must
+# still have protobuf, pyyaml, filelock, packaging and typing_extensions (checked: a Python 3.12 with only those runs Ray).
 EXTRA = ["jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "attrs", "msgpack", "click", "requests", "urllib3", "idna", "charset-normalizer", "certifi"]
 DROP = ["ray/jars", "ray/dashboard/client/build", "ray/rllib", "ray/serve", "ray/tune", "ray/train", "ray/llm"]
 
@@ -60,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray-version", default=None, help="default: the Ray installed here")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", ".whl", "ray312.tar.xz"))
     p.add_argument("--keep-tree", default=None, metavar="DIR", help="also leave the unpacked tree at DIR (to test it here)")
+    p.add_argument("--also", action="append", default=[], metavar="REQ", help="another wheel to pack (e.g. protobuf, for a machine without onnxruntime)")
     ns = p.parse_args(argv)
     version = ns.ray_version or local_ray_version()
     work = tempfile.mkdtemp(prefix="pack-ray-")
     try:
         wheels, tree = os.path.join(work, "wheels"), os.path.join(work, "tree")
-        download([f"ray=={version}", *EXTRA], ns.python, wheels)
+        download([f"ray=={version}", *EXTRA, *ns.also], ns.python, wheels)
         for whl in sorted(glob.glob(os.path.join(wheels, "*.whl"))):
             print(f"  {os.path.basename(whl)}  {os.path.getsize(whl) / 2**20:.1f} MiB")
             _unzip(whl, tree)

@@ -384,9 +384,12 @@ def log_cache_input(run, uri: str, manifest, context: str, teachers: list[str] |
 
 
 def tracking_uri(cfg: MlflowConfig) -> str:
-    import mlflow
-
-    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        import mlflow
+    except ImportError:
+        raise TrackingUnavailable(f"MLflow is not installed here{f' (tracking store {uri})' if uri else ''}: pip install mlflow, or run with mlflow.enabled=false") from None
+    return uri or mlflow.get_tracking_uri()
 
 
 def start_run(cfg: MlflowConfig, run_name: str, tags: dict | None = None, run_id: str | None = None, pending: str | os.PathLike | None = None) -> Run | NullRun:

@@ -425,8 +425,13 @@ class Trainer:
         save_student(d, self.acc.unwrap_model(self.model), meta)
 
 
-def _loss_figure(history: list[dict], path: Path):
-    import matplotlib
+def _loss_figure(history: list[dict], path: Path) -> bool:
+    """The loss curve as a PNG; False (and one line) where matplotlib is not installed (e.g. a bare GPU host)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"[radio train] matplotlib is not installed: {path} not drawn (the losses are in trainer_state.json)", file=sys.stderr)
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -440,6 +445,7 @@ def _loss_figure(history: list[dict], path: Path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return True
 
 
 CHECKSUMS = "checksums.json"
@@ -648,8 +654,8 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
     student_dir = trainer.export()
     if acc.is_main_process:
         fig = out / "loss_curve.png"
-        _loss_figure(trainer.history, fig)
-        tracker.log_artifact(str(fig))
+        if _loss_figure(trainer.history, fig):
+            tracker.log_artifact(str(fig))
         tracker.log_artifact(str(student_dir), "student")
         tracker.set_tags({"radio.steps": trainer.state.step})
         if tracker.run_id:

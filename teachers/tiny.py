@@ -20,6 +20,13 @@ _TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_lay
 _IMAGENET = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
 
 
+def _processor(name: str):
+    """transformers' PIL image processor class ``name``: ``<name>Pil`` in transformers 5, ``<name>`` before."""
+    import transformers as T
+
+    return getattr(T, f"{name}Pil", None) or getattr(T, name)
+
+
 def _init(model: torch.nn.Module) -> torch.nn.Module:
     """Re-initialize every parameter from the seeded generator.
 
@@ -43,7 +50,7 @@ def _tiny_clip(d: str):
 
     cfg = T.CLIPConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8), text_config=_TEXT, projection_dim=24)
     _init(T.CLIPModel(cfg)).save_pretrained(d)
-    T.CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
+    _processor("CLIPImageProcessor")(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
     _tiny_tokenizer(d, _TEXT["max_position_embeddings"])
 
 
@@ -74,7 +81,7 @@ def _tiny_dinov2(d: str):
 
     cfg = T.Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=28, patch_size=4, num_register_tokens=2)
     _init(T.Dinov2WithRegistersModel(cfg)).save_pretrained(d)
-    T.BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}, **_IMAGENET).save_pretrained(d)
+    _processor("BitImageProcessor")(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}, **_IMAGENET).save_pretrained(d)
 
 
 def _tiny_sam(d: str):
@@ -86,7 +93,7 @@ def _tiny_sam(d: str):
         mask_decoder_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16),
     )
     _init(T.SamModel(cfg)).save_pretrained(d)
-    T.SamImageProcessorPil(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16}).save_pretrained(d)
+    _processor("SamImageProcessor")(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16}).save_pretrained(d)
 
 
 def _tiny_siglip(d: str):
@@ -94,7 +101,7 @@ def _tiny_siglip(d: str):
 
     cfg = T.SiglipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8), text_config=_TEXT)
     _init(T.SiglipModel(cfg)).save_pretrained(d)
-    T.SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(d)
+    _processor("SiglipImageProcessor")(size={"height": 32, "width": 32}).save_pretrained(d)
 
 
 def _tiny_siglip2(d: str):
@@ -104,7 +111,7 @@ def _tiny_siglip2(d: str):
 
     cfg = T.SiglipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8), text_config=_TEXT)
     _init(T.SiglipModel(cfg)).save_pretrained(d)
-    T.SiglipImageProcessorPil(size={"height": 32, "width": 32}, resample=2).save_pretrained(d)
+    _processor("SiglipImageProcessor")(size={"height": 32, "width": 32}, resample=2).save_pretrained(d)
 
 
 def _write_processor(d: str, cls: str, **facts):
@@ -208,7 +215,7 @@ def _clip_arch(hidden, layers, heads, inter, size, patch, proj):
     def build(T, shrink):
         h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
         cfg = T.CLIPVisionConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a, image_size=size, patch_size=patch, projection_dim=proj)
-        proc = T.CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
+        proc = _processor("CLIPImageProcessor")(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
         return T.CLIPVisionModelWithProjection(cfg), proc
     return build
 
@@ -219,7 +226,7 @@ def _dinov2_arch(hidden, layers, heads, registers, swiglu=False):
         kw = dict(hidden_size=h, num_hidden_layers=n, num_attention_heads=a, mlp_ratio=4, image_size=518, patch_size=14, use_swiglu_ffn=swiglu)
         cfg = T.Dinov2WithRegistersConfig(num_register_tokens=4, **kw) if registers else T.Dinov2Config(**kw)
         model = T.Dinov2WithRegistersModel(cfg) if registers else T.Dinov2Model(cfg)
-        return model, T.BitImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, **_IMAGENET)
+        return model, _processor("BitImageProcessor")(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, **_IMAGENET)
     return build
 
 
@@ -227,7 +234,7 @@ def _sam_arch(hidden, layers, heads, global_attn):
     def build(T, shrink):
         h, n, a, g = (32, 1, 2, [0]) if shrink else (hidden, layers, heads, global_attn)
         cfg = T.SamVisionConfig(hidden_size=h, num_hidden_layers=n, num_attention_heads=a, mlp_dim=4 * h, global_attn_indexes=g, output_channels=16 if shrink else 256, image_size=1024, patch_size=16, window_size=14)
-        proc = T.SamImageProcessorPil(size={"longest_edge": 1024}, pad_size={"height": 1024, "width": 1024}, **_IMAGENET)
+        proc = _processor("SamImageProcessor")(size={"longest_edge": 1024}, pad_size={"height": 1024, "width": 1024}, **_IMAGENET)
         return T.SamVisionModel(cfg), proc
     return build
 
@@ -236,7 +243,7 @@ def _siglip_arch(hidden, layers, heads, inter, size, patch):
     def build(T, shrink):
         h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
         cfg = T.SiglipVisionConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a, image_size=size, patch_size=patch)
-        return T.SiglipVisionModel(cfg), T.SiglipImageProcessorPil(size={"height": size, "width": size})
+        return T.SiglipVisionModel(cfg), _processor("SiglipImageProcessor")(size={"height": size, "width": size})
     return build
 
 
@@ -244,7 +251,7 @@ def _siglip2_arch(hidden, layers, heads, inter, size, patch):
     def build(T, shrink):
         h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
         cfg = T.SiglipVisionConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a, image_size=size, patch_size=patch)
-        return T.SiglipVisionModel(cfg), T.SiglipImageProcessorPil(size={"height": size, "width": size}, resample=2)
+        return T.SiglipVisionModel(cfg), _processor("SiglipImageProcessor")(size={"height": size, "width": size}, resample=2)
     return build
 
 

@@ -29,21 +29,26 @@ def test_smoke_reports_every_figure(gpu_suite, ray_session, tmp_path):
     assert set(specs) >= {"cache/job_over_tuned", "cache/mfu_in_job/sam", "cache/busy_fraction/sam", "cache/resize_device_over_prepare/sam", "cache/peak_host_mib_2n",
                           "cache/sam_device_over_prepare_job", "train/cached_over_resident", "train/mfu", "train/data_wait_fraction", "train/hybrid_steps_per_s",
                           "train/online_steps_per_s", "reader/views_per_s"}
+    import torch
+
+    cpu = not torch.cuda.is_available()
     for name, f in figures.items():
         assert f["name"] == name and f["unit"] == specs[name]["unit"] and f["goal"] == specs[name]["goal"]
-        if specs[name]["cuda"]:
+        if specs[name]["cuda"] and cpu:
             assert f["value"] is None and "CUDA" in f["reason"], f
+        elif specs[name]["cuda"]:  # a GPU without a known peak has no MFU either
+            assert isinstance(f["value"], float) or "peak" in f["reason"], f
         else:
             assert isinstance(f["value"], (int, float)) and "error" not in f and "reason" not in f, f
         if f["goal"] is not None and f["value"] is not None:
             assert isinstance(f["met"], bool), f
     meta = doc["meta"]
-    assert meta["complete"] and meta["smoke"] and meta["commit"] and meta["machine"].startswith("cpu") and meta["date"]
+    assert meta["complete"] and meta["smoke"] and meta["commit"] and meta["machine"].startswith("cpu") == cpu and meta["date"]
     assert meta["teachers"] == {"clip": "tiny-clip", "dinov2": "tiny-dinov2", "sam": "tiny-sam"}
     # The same figures, one JSON line each as they came (what a run cut short leaves)
     lines = [json.loads(x) for x in (out / "gpu_suite.jsonl").read_text().splitlines()]
     assert "meta" in lines[0] and {x["name"] for x in lines[1:]} == set(specs)
-    assert not (tmp_path / "work").exists() or list((tmp_path / "work").iterdir())  # --work is kept for reruns
+    assert (tmp_path / "work" / "train-cache" / "manifest.json").is_file()  # --work is kept (a rerun reuses what it built)
 
 
 def test_budget_and_failures_become_null_with_the_reason(gpu_suite, tmp_path):
