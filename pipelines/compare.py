@@ -58,13 +58,71 @@ def compare_runs(experiment: str = "radio-students", sort: str = "eval/knn_top1"
     return rows, columns, exp.experiment_id
 
 
-def format_table(rows: list[dict], columns: list[str]) -> str:
-    head = ["run", "size", "teachers", "steps", "cache"] + list(columns)  # the names --sort takes
-    body = [[str(r["run"]), str(r["size"]), str(r["teachers"]), str(r["steps"]), str(r["cache"])] + ["-" if r.get(c) is None else f"{r[c]:.4f}" for c in columns] for r in rows]
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _lines(head: list[str], body: list[list[str]]) -> list[str]:
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in body]
-    return "\n".join(lines)
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+    return lines + ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in body]
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "~"
+
+
+def _wide(rows: list[dict], columns: list[str]) -> list[str]:
+    """One row per student, one column per metric (the names --sort takes)."""
+    head = ["run", "size", "teachers", "steps", "cache"] + list(columns)
+    body = [[str(r["run"]), str(r["size"]), str(r["teachers"]), str(r["steps"]), str(r["cache"])] + [_fmt(r.get(c)) for c in columns] for r in rows]
+    return _lines(head, body)
+
+
+def _tall(rows: list[dict], columns: list[str], name_width: int = 16) -> list[str]:
+    """Students as columns, one metric per row: what fits a terminal when the students are few."""
+    head = ["metric"] + [_short(str(r["run"]), name_width) for r in rows]
+    body = [["size"] + [str(r["size"]) for r in rows], ["steps"] + [str(r["steps"]) for r in rows]]
+    body += [[c] + [_fmt(r.get(c)) for r in rows] for c in columns]
+    return _lines(head, body)
+
+
+def format_table(rows: list[dict], columns: list[str], width: int | None = None, layout: str = "auto") -> str:
+    """The comparison, fitted to ``width`` columns (default: the terminal's).
+
+    ``layout``: ``wide`` (a row per student, every column, however wide), ``tall`` (a column per student),
+    or ``auto``: wide if it fits, else tall if it fits (few students), else wide with the metrics that fit,
+    in headline order, and a line saying how to see the rest."""
+    import shutil
+
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    fits = lambda lines: max(len(x) for x in lines) <= width  # noqa: E731
+    if layout == "wide":
+        return "\n".join(_wide(rows, columns))
+    if layout == "tall":
+        return "\n".join(_tall(rows, columns))
+    wide = _wide(rows, columns)
+    if fits(wide):
+        return "\n".join(wide)
+    tall = _tall(rows, columns)
+    if fits(tall):
+        teachers = sorted({r["teachers"] for r in rows})
+        note = f"teachers: {teachers[0]}" if len(teachers) == 1 else "teachers differ: radio compare --wide lists them"
+        return "\n".join(tall + [_short(f"({note})", width)])
+    for n in range(len(columns), -1, -1):
+        lines = _compact(rows, columns[:n])
+        if fits(lines) or n == 0:
+            break
+    hidden = len(columns) - n
+    more = f"({hidden} more metrics: radio compare --all, --tall, or --columns a,b)" if hidden else ""
+    return "\n".join(lines + ([_short(more, width)] if more else []))
+
+
+def _compact(rows: list[dict], columns: list[str]) -> list[str]:
+    """Many students on a narrow terminal: run, size, steps and the metrics (without the eval/ prefix)."""
+    head = ["run", "size", "steps"] + [c.removeprefix("eval/") for c in columns]
+    body = [[_short(str(r["run"]), 20), str(r["size"]), str(r["steps"])] + [_fmt(r.get(c)) for c in columns] for r in rows]
+    return _lines(head, body)
 
 
 def ui_command(uri: str, experiment_id: str, run_ids: list[str], port: int = 5000) -> tuple[str, str]:
@@ -80,9 +138,20 @@ def main(argv: list[str]) -> int:
     p.add_argument("--sort", default="eval/knn_top1", help="metric to sort by, descending (default eval/knn_top1)")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or MLflow's default store")
     p.add_argument("--screenshot", metavar="PNG", default=None, help="also open the compare view in headless Chromium and save a screenshot")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--all", dest="layout", action="store_const", const="wide", help="every metric, a row per student, however wide")
+    shape.add_argument("--wide", dest="layout", action="store_const", const="wide", help="the same as --all")
+    shape.add_argument("--tall", dest="layout", action="store_const", const="tall", help="a column per student, a row per metric")
+    p.add_argument("--columns", default=None, help="comma-separated metrics to show (e.g. knn_top1,dense_miou); the default fits the terminal")
     ns = p.parse_args(argv)
     rows, columns, exp_id = compare_runs(ns.experiment, ns.sort, ns.tracking_uri)
-    print(format_table(rows, columns))
+    if ns.columns:
+        want = [c if c in columns else f"eval/{c}" for c in ns.columns.split(",") if c]
+        unknown = [c for c in want if c not in columns]
+        if unknown:
+            raise CompareError(f"--columns: no metric {unknown} in experiment {ns.experiment!r}; metrics available: {columns}")
+        columns = want
+    print(format_table(rows, columns, layout=ns.layout or "auto"))
     uri = ns.tracking_uri or tracking_uri(MlflowConfig())
     cmd, url = ui_command(uri, exp_id, [r["run_id"] for r in rows])
     print(f"\n{len(rows)} student run(s) in experiment {ns.experiment!r}, sorted by {ns.sort}.")

@@ -104,7 +104,7 @@ def test_load_student_equals_trainer_model(caches, tmp_path):
         model(torch.zeros(1, 3, 30, 32, dtype=torch.uint8))
 
 
-def test_compare_lists_runs_sorted(caches, students, capsys):
+def test_compare_lists_runs_sorted(caches, students, capsys, monkeypatch):
     for s in students.values():
         _eval(caches, s)
     rows, columns, _ = compare_runs(EXP, "eval/tiny-clip/features_cos")
@@ -112,7 +112,7 @@ def test_compare_lists_runs_sorted(caches, students, capsys):
     assert set(names) >= {"trained", "untrained"}
     vals = [r["eval/tiny-clip/features_cos"] for r in rows if r.get("eval/tiny-clip/features_cos") is not None]
     assert vals == sorted(vals, reverse=True) and names.index("trained") < names.index("untrained")
-    assert main(["compare", "--experiment", EXP, "--sort", "eval/knn_top1"]) == 0
+    assert main(["compare", "--experiment", EXP, "--sort", "eval/knn_top1", "--all"]) == 0
     out = capsys.readouterr().out
     header = out.splitlines()[0].split()
     assert "eval/knn_top1" in header and "eval/tiny-clip/features_cos" in header  # printed as --sort takes them
@@ -121,6 +121,21 @@ def test_compare_lists_runs_sorted(caches, students, capsys):
     capsys.readouterr()
     assert "trained" in out and "mlflow ui --backend-store-uri" in out and "127.0.0.1" in out and "compare-runs" in out
     assert main(["compare", "--experiment", "no-such-experiment"]) == 2
+    # the table fits the terminal: at 80 and 120 columns every line of it does, with each run's headline numbers
+    by_run = {r["run"]: r for r in rows}
+    for cols in (80, 120):
+        monkeypatch.setenv("COLUMNS", str(cols))
+        capsys.readouterr()
+        assert main(["compare", "--experiment", EXP]) == 0
+        table = capsys.readouterr().out.split("\n\n")[0].splitlines()
+        assert max(len(x) for x in table) <= cols, (cols, table)
+        text = "\n".join(table)
+        for name in ("trained", "untrained"):
+            assert name in text and f"{by_run[name]['eval/knn_top1']:.4f}" in text and f"{by_run[name]['eval/linear_top1']:.4f}" in text
+    assert main(["compare", "--experiment", EXP, "--columns", "knn_top1,dense_miou"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[-2:] == ["eval/knn_top1", "eval/dense_miou"]
+    assert main(["compare", "--experiment", EXP, "--columns", "knn_top2"]) == 2
+    assert "--columns: no metric ['eval/knn_top2']" in capsys.readouterr().err
 
 
 def test_quickstart_end_to_end_reduced(ray_session, tmp_path, capsys):
@@ -162,7 +177,7 @@ def test_resolution_sweep_dense_probe_and_zero_shot_are_logged_and_compared(cach
     assert "eval/tiny-dinov2/zeroshot_top1" not in m  # no text tower
     logged = MlflowClient().get_run(students["trained"]["run_id"]).data.metrics
     assert {"eval/dense_miou", "eval/res64/knn_top1", "eval/tiny-clip/zeroshot_top1"} <= set(logged)
-    assert main(["compare", "--experiment", EXP, "--sort", "dense_miou"]) == 0
+    assert main(["compare", "--experiment", EXP, "--sort", "dense_miou", "--all"]) == 0
     header = capsys.readouterr().out.splitlines()[0].split()
     assert header.index("eval/dense_miou") < header.index("eval/tiny-clip/zeroshot_top1") < header.index("eval/res16/knn_top1") < header.index("eval/res64/knn_top1")
     with pytest.raises(ConfigError, match=r"\[20\] not multiples of this student's min_resolution_step 8"):

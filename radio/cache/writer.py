@@ -117,18 +117,23 @@ def open_checked(loc: CacheLocation, rel: str, identity: CacheIdentity, unit: in
                  stream: bool = False):
     """(ParquetFile, None) for a shard whose footer checks out (:func:`check_footer`), else (None, reason).
     The footer is read once, here, and the returned file streams without reading it again. ``stream``: the
-    whole file is about to be read: check it at once against its recorded hash (``CacheLocation.open_verified``)."""
+    whole file is about to be read: once its footer checks out, check every byte at once against the recorded
+    hash (``CacheLocation.check_whole``) and read it without page checks."""
+    whole = stream and loc.hashed_whole(entry)
     try:
-        pf = loc.open_verified(rel, entry) if stream else loc.parquet_file(rel)
+        pf = loc.parquet_file(rel, verify_pages=not whole)
         meta = decode_metadata(pf.schema_arrow.metadata)
         rows = pf.metadata.num_rows
     except FileNotFoundError:
         return None, "missing"
-    except ChangedFile as e:
-        return None, str(e)
     except Exception as e:  # truncated or overwritten: pyarrow raises ArrowInvalid, OSError, ...
         return None, f"not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
     reason = check_footer(meta, rows, identity, unit, entry, fingerprint, layout)
+    if reason is None and whole:  # the footer names the right shard; now every byte of it, at once
+        try:
+            loc.check_whole(rel, entry)
+        except ChangedFile as e:
+            reason = str(e)
     return (None, reason) if reason else (pf, None)
 
 
