@@ -128,7 +128,9 @@ def _compact(rows: list[dict], columns: list[str]) -> list[str]:
 def ui_command(uri: str, experiment_id: str, run_ids: list[str], port: int = 5000) -> tuple[str, str]:
     """The ``mlflow ui`` command for store ``uri`` (loopback only) and the URL of the compare view."""
     cmd = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}"
-    query = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps([experiment_id])})
+    # workflowType: MLflow 3.17 keeps its GenAI / model-training toggle in the browser's local storage (GenAI for a
+    # fresh browser) and ignores the experiment's kind tag; the URL's parameter wins over both
+    query = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps([experiment_id]), "workflowType": "machine_learning"})
     return cmd, f"http://127.0.0.1:{port}/#/compare-runs?{query}"
 
 

@@ -91,6 +91,15 @@ class InputConditioner(nn.Module):
         super().__init__()
         self.mean, self.std = tuple(mean), tuple(std)
 
+    @property
+    def norm_mean(self) -> torch.Tensor:
+        """RADIO's name: the mean as a (3, 1, 1) tensor."""
+        return torch.tensor(self.mean).view(3, 1, 1)
+
+    @property
+    def norm_std(self) -> torch.Tensor:
+        return torch.tensor(self.std).view(3, 1, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return normalize_images(x, self.mean, self.std)  # the trainer's own normalization
 
@@ -164,6 +173,29 @@ class RadioModel(nn.Module):
     def max_resolution(self) -> int | None:
         """The CPE position grid's resolution (None without CPE: any multiple of the patch works)."""
         return self.config.cpe_max_img_size
+
+    # RADIO's names for what it has (aliases), and for what it does not (no windowed attention, nothing to fuse)
+    @property
+    def num_cls_tokens(self) -> int:
+        return self.num_summary_tokens
+
+    @property
+    def summary_idxs(self) -> torch.Tensor:
+        """Indices (into ``teacher_names``) of the teachers with a summary token, in token order."""
+        names = self.teacher_names
+        return torch.tensor([names.index(t) for t in self.config.summary_teachers if t in names], dtype=torch.int64)
+
+    @property
+    def window_size(self) -> None:
+        return None  # no ViTDet windowed attention: every block attends globally
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.trunk.blocks
+
+    def switch_to_deploy(self) -> "RadioModel":
+        """RADIO fuses re-parameterized layers here; a radio student has none: a no-op, for drop-in code."""
+        return self
 
     def get_nearest_supported_resolution(self, height: int, width: int) -> Resolution:
         step = self.min_resolution_step
@@ -263,13 +295,30 @@ class RadioModel(nn.Module):
         return StudentPrediction(out.summary_BTD[:, 0], out.features_BHWC(), out.summary_BTD, adapters)
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None, return_prefix_tokens: bool = False, norm: bool = False,
-                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False, aggregation: str = "sparse"):
         """RADIO's (and timm's) intermediates: a list with one entry per selected block, the patch features
         in ``output_fmt`` (or ``RadioOutput(summary, features)`` with ``return_prefix_tokens``), after the
-        final output unless ``intermediates_only``: ``(final, intermediates)``."""
+        final output unless ``intermediates_only``: ``(final, intermediates)``. ``aggregation``: ``sparse``,
+        each selected block's output; ``dense``, as RADIO, the mean over the blocks since the previous selected
+        one (the first entry averages every block up to it)."""
         if output_fmt not in FEATURE_FMTS:
             raise ValueError(f"output_fmt={output_fmt!r}: choose one of {list(FEATURE_FMTS)}")
-        final, inter = self.model.trunk.forward_intermediates(self._condition(x), indices, norm=norm, stop_early=stop_early and intermediates_only)
+        if aggregation not in ("sparse", "dense"):
+            raise ValueError(f"aggregation={aggregation!r}: choose 'sparse' or 'dense'")
+        trunk = self.model.trunk
+        if aggregation == "dense":
+            depth = len(trunk.blocks)
+            want = sorted({i + depth if i < 0 else i for i in (range(depth - indices, depth) if isinstance(indices, int) else (indices if indices is not None else range(depth)))})
+            final, every = trunk.forward_intermediates(self._condition(x), None, norm=norm, stop_early=stop_early and intermediates_only)
+            inter, start = [], 0
+            for i in want:
+                if not 0 <= i < depth:
+                    raise ValueError(f"indices={indices}: block indices must lie in [-{depth}, {depth - 1}]")
+                group = every[start : i + 1]
+                inter.append(type(group[0])(torch.stack([o.summary_BTD for o in group]).mean(0), torch.stack([o.features_BLC for o in group]).mean(0), group[0].grid_hw))
+                start = i + 1
+        else:
+            final, inter = trunk.forward_intermediates(self._condition(x), indices, norm=norm, stop_early=stop_early and intermediates_only)
         items = [RadioOutput(o.summary_BTD.flatten(1), _fmt(o.features_BLC, o.grid_hw, output_fmt)) if return_prefix_tokens else _fmt(o.features_BLC, o.grid_hw, output_fmt) for o in inter]
         if intermediates_only:
             return items

@@ -120,6 +120,7 @@ def test_compare_lists_runs_sorted(caches, students, capsys, monkeypatch):
     assert main(["compare", "--experiment", EXP, "--sort", header[-1]]) == 0
     capsys.readouterr()
     assert "trained" in out and "mlflow ui --backend-store-uri" in out and "127.0.0.1" in out and "compare-runs" in out
+    assert "workflowType=machine_learning" in out  # the model-training view, whatever a browser's local storage says
     assert main(["compare", "--experiment", "no-such-experiment"]) == 2
     # the table fits the terminal: at 80 and 120 columns every line of it does, with each run's headline numbers
     by_run = {r["run"]: r for r in rows}

@@ -245,3 +245,36 @@ def test_push_to_hub_uploads_the_student_directory(student_dir, monkeypatch, cap
     assert calls["files"] == ["README.md", "config.json", "model.safetensors"]
     assert 'radio.load_student("acme/radio-nano"' in calls["card"]
     assert "https://huggingface.co/acme/radio-nano/commit/abc" in capsys.readouterr().out
+
+
+def test_radio_style_script_runs_with_only_the_repository_changed(student_dir):
+    """User code written as NVlabs/RADIO's README and examples use the model; only REPO differs."""
+    REPO, version = str(ROOT), str(student_dir)
+    model = torch.hub.load(REPO, "radio_model", version=version, progress=True, skip_validation=True, adaptor_names=["clip"], source="local")
+    model.eval()
+    model.switch_to_deploy()  # a no-op here: nothing to fuse
+    conditioner = model.make_preprocessor_external()
+    assert conditioner.norm_mean.shape == (3, 1, 1) and conditioner.norm_std.shape == (3, 1, 1)
+    nearest = model.get_nearest_supported_resolution(30, 41)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 60, 70), size=tuple(nearest), mode="bicubic", align_corners=False)  # overshoots [0, 1]
+    x = conditioner(x)
+    with torch.no_grad():
+        out = model(x)
+        summary, spatial = out["backbone"]
+        clip_summary, clip_features = out["clip"]
+        sparse = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+        same = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True, aggregation="dense")  # one block per group
+        inter = model.forward_intermediates(x, indices=[1], intermediates_only=True, aggregation="dense")  # blocks 0 and 1 averaged
+    assert summary.shape[0] == 1 and spatial.shape == (1, nearest[0] // model.patch_size * (nearest[1] // model.patch_size), model.embed_dim)
+    assert clip_summary.shape == (1, 16) and all(torch.allclose(a, b) for a, b in zip(same, sparse))
+    assert len(inter) == 1 and torch.allclose(inter[0], (sparse[0] + sparse[1]) / 2, atol=1e-6)
+    assert model.window_size is None and model.num_cls_tokens == model.num_summary_tokens and len(model.blocks) == model.config.depth
+    assert model.summary_idxs.tolist() == [model.teacher_names.index(t) for t in model.config.summary_teachers]
+    # PCA of the features, as RADIO's examples visualize them
+    f = spatial[0] - spatial[0].mean(0)
+    _, _, v = torch.pca_lowrank(f, q=3)
+    assert (f @ v[:, :3]).shape == (spatial.shape[1], 3)
+    with pytest.raises(ValueError, match="vitdet_window_size=8 is not supported"):
+        torch.hub.load(REPO, "radio_model", version=version, vitdet_window_size=8, source="local")
+    with pytest.raises(ValueError, match="version= names the student to load"):
+        torch.hub.load(REPO, "radio_model", source="local")
