@@ -7,6 +7,10 @@ __version__ = "0.1.0"
 
 __all__ = ["load_student", "resolve_student", "__version__"]
 
+from . import hf as _hf  # noqa: E402
+
+_hf.install()  # transformers.AutoModel.from_pretrained(student) works once transformers' Auto classes load
+
 
 def _student_dir_in(root):
     """The folder under ``root`` holding a student's config.json and model.safetensors (MLflow nests it)."""

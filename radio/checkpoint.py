@@ -58,7 +58,7 @@ def save_student(path: str | Path, model: DistillModel, meta: dict | None = None
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     blob = save_bytes(state, metadata={"format": FORMAT})
     # the config records the weights' sha256: load_student refuses weights changed since they were written
-    cfg = {"format": FORMAT, "weights_sha256": hashlib.sha256(blob).hexdigest(), "student": asdict(model.student_cfg), "adapters": [asdict(c) for c in model.adapter_cfgs], "meta": meta or {}}
+    cfg = {"format": FORMAT, "model_type": "radio-student", "weights_sha256": hashlib.sha256(blob).hexdigest(), "student": asdict(model.student_cfg), "adapters": [asdict(c) for c in model.adapter_cfgs], "meta": meta or {}}
     text = json.dumps(cfg, indent=1)  # before any write: a non-JSON meta fails without touching the directory
     _atomic_write(d / WEIGHTS, lambda p: p.write_bytes(blob))
     _atomic_write(d / CONFIG, lambda p: p.write_text(text))

@@ -278,3 +278,21 @@ def test_radio_style_script_runs_with_only_the_repository_changed(student_dir):
         torch.hub.load(REPO, "radio_model", version=version, vitdet_window_size=8, source="local")
     with pytest.raises(ValueError, match="version= names the student to load"):
         torch.hub.load(REPO, "radio_model", source="local")
+
+
+def test_transformers_automodel_loads_an_exported_student(student_dir):
+    """After `import radio` (and only then: no remote code), AutoModel.from_pretrained(dir) is the student. In a
+    fresh interpreter, so the registration that waits for transformers' Auto classes to load is what runs."""
+    import subprocess
+    import sys
+
+    code = ("import json, radio, torch\nfrom transformers import AutoModel, AutoConfig\n"
+            f"m = AutoModel.from_pretrained({str(student_dir)!r}, adaptor_names=['clip'])\n"
+            f"ref = radio.load_student({str(student_dir)!r}, adaptor_names=['clip'])\n"
+            "x = torch.rand(1, 3, 32, 32)\n"
+            "print(json.dumps({'type': type(m).__name__, 'same': bool(torch.equal(m(x)['clip'].summary, ref(x)['clip'].summary)), 'model_type': AutoConfig.from_pretrained("
+            f"{str(student_dir)!r}).model_type}}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"type": "RadioModel", "same": True, "model_type": "radio-student"}
+    assert json.loads((student_dir / "config.json").read_text())["model_type"] == "radio-student"

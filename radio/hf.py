@@ -1,0 +1,74 @@
+"""transformers' Auto classes for radio students: after ``import radio``,
+``transformers.AutoModel.from_pretrained(student_dir_or_hub_id)`` returns the student (a :class:`RadioModel`,
+as ``radio.load_student`` does). No remote code: the classes are registered in this process, by this package.
+
+Registering needs transformers' Auto modules, which take seconds to import; ``import radio`` must not pay that.
+So the registration runs when transformers' ``modeling_auto`` is first imported (an import hook), or at once if
+it already is.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+
+MODEL_TYPE = "radio-student"  # the model_type key of an exported student's config.json
+_TARGET = "transformers.models.auto.modeling_auto"
+_done = False
+
+
+def register() -> None:
+    """Register the student's config and model with AutoConfig / AutoModel (idempotent)."""
+    global _done
+    if _done:
+        return
+    from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+
+    class RadioStudentConfig(PretrainedConfig):
+        model_type = MODEL_TYPE
+
+    class RadioStudentAutoModel(PreTrainedModel):
+        """Only a loader: ``from_pretrained`` returns the :class:`radio.model.RadioModel` itself."""
+
+        config_class = RadioStudentConfig
+
+        @classmethod
+        def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, revision=None, adaptor_names=None, device_map=None, **kwargs):
+            from . import load_student
+
+            device = device_map if isinstance(device_map, str) and device_map != "auto" else "cpu"
+            return load_student(str(pretrained_model_name_or_path), device=device, adaptor_names=adaptor_names, revision=revision)
+
+    AutoConfig.register(MODEL_TYPE, RadioStudentConfig, exist_ok=True)
+    AutoModel.register(RadioStudentConfig, RadioStudentAutoModel, exist_ok=True)
+    _done = True
+
+
+class _RegisterOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _TARGET:
+            return None
+        sys.meta_path.remove(self)  # the real finders locate it; this hook runs once
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            try:
+                register()
+            except Exception as e:  # a transformers without these hooks: AutoModel just does not know radio students
+                print(f"[radio] not registered with transformers' AutoModel: {type(e).__name__}: {e}", file=sys.stderr)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def install() -> None:
+    """Register now if transformers' Auto modules are loaded, else when they are."""
+    if _TARGET in sys.modules:
+        register()
+    elif not any(isinstance(f, _RegisterOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterOnImport())
