@@ -220,12 +220,12 @@ class ViTStudent(nn.Module):
         G, D = self.pos_grid, self.pos_embed.shape[-1]
         grid = self.pos_embed.reshape(1, G, G, D).permute(0, 3, 1, 2)
         if not self.cfg.cpe_max_img_size:
-            if (h, w) != (G, G) or tracing():  # resizing to the same size is exact: traced graphs always resize
+            if tracing() or (h, w) != (G, G):  # resizing to the same size is exact: traced graphs always resize (tested first: no size guard)
                 grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
             return grid.flatten(2).transpose(1, 2)
         if not self.training:
             s = max(h, w)
-            if s != G or tracing():
+            if tracing() or s != G:
                 grid = F.interpolate(grid, size=(s, s), mode="bicubic", align_corners=False)
             top, left = (s - h) // 2, (s - w) // 2
             return grid[:, :, top : top + h, left : left + w].flatten(2).transpose(1, 2)

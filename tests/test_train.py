@@ -64,12 +64,15 @@ def test_train_logs_params_metrics_artifacts(cache, tmp_path):
 
     logged = mlflow.pytorch.load_model(tags["radio.model_uri"])
     mine = radio.load_student(result["student"], adaptor_names=["syn-clip", "syn-sam"])
-    x = torch.rand(3, 3, 32, 32)
-    with torch.no_grad():
-        got, ref = logged(x), mine(x)
-    torch.testing.assert_close(got["features"], ref["backbone"].features)
-    torch.testing.assert_close(got["syn-clip.summary"], ref["syn-clip"].summary)
-    torch.testing.assert_close(got["syn-sam.features"], ref["syn-sam"].features)
+    for hw in ((32, 32), (16, 48), (64, 40)):  # every resolution the student takes, not only the one it was logged at
+        x = torch.rand(3, 3, *hw)
+        with torch.no_grad():
+            got, ref = logged(x), mine(x)
+        torch.testing.assert_close(got["features"], ref["backbone"].features)
+        torch.testing.assert_close(got["syn-clip.summary"], ref["syn-clip"].summary)
+        torch.testing.assert_close(got["syn-sam.features"], ref["syn-sam"].features)
+    with pytest.raises(Exception, match=r"% 8 == 0"):  # not a multiple of the patch: refused, as by the student
+        logged(torch.rand(1, 3, 33, 32))
     assert radio.load_student(tags["radio.model_uri"]).teacher_names == ["syn-clip", "syn-sam"]  # the MLflow URI loads too
     [lm] = client.search_logged_models([run.info.experiment_id])
     assert lm.source_run_id == run.info.run_id and lm.name == "radio-student"
