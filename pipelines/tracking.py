@@ -273,31 +273,25 @@ def _send_dataset(client, run_id: str, uri: str, name: str, digest: str, schema:
 
 
 def _send_student(client, run_id: str, student_dir: str, resolution: int, register: str | None = None) -> str:
-    """Log a student as an MLflow model (pytorch flavour, torch.export's pickle-free pt2 format, with a
-    signature and an input example) linked to the run as a LoggedModel; its safetensors checkpoint rides
-    along as extra files. ``register``: also create a version of that registered model. Returns the model URI."""
+    """Log a student as an MLflow model of the run (``pipelines.mlflow_student``: torch.export's pickle-free pt2
+    with dynamic H and W, and a servable pyfunc), named after the run and linked to it as a LoggedModel, with
+    the run's eval metrics once ``radio eval`` logged them. ``register``: also create a version of that
+    registered model. Returns the model URI."""
+    import re
+
     import mlflow
-    import mlflow.pytorch
     import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
+    from mlflow.models import Model
 
-    from radio import load_student
-    from radio.model import ExportableStudent
+    from . import mlflow_student
 
-    model = ExportableStudent(load_student(str(student_dir))).eval()
-    example = torch.rand(2, 3, resolution, resolution)
-    with torch.no_grad():
-        outputs = model(example)
-    signature = ModelSignature(inputs=Schema([TensorSpec(example.numpy().dtype, (-1, 3, -1, -1), "images")]),
-                               outputs=Schema([TensorSpec(v.numpy().dtype, (-1, -1, v.shape[-1]) if v.ndim == 3 else (-1, v.shape[-1]), k) for k, v in outputs.items()]))
-    files = [os.path.join(student_dir, f) for f in ("config.json", "model.safetensors")]
-    reqs = [f"torch=={torch.__version__.split('+')[0]}", "safetensors"]
+    run = client.get_run(run_id)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", run.info.run_name or "radio-student").strip("-") or MODEL_NAME
+    reqs = [f"torch=={torch.__version__.split('+')[0]}", "safetensors"]  # and radio itself: serve with --env-manager local
     # the run's store for this call only: MLflow's process-wide URI is left as it was
     with _fluent_store(client.tracking_uri), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        # pyfunc serving cannot take a dict-returning tensor model's example as JSON: skip that check only
-        info = mlflow.pytorch.log_model(model, name=MODEL_NAME, signature=signature, input_example=example.numpy(), extra_files=files, pip_requirements=reqs,
-                                        registered_model_name=register, await_registration_for=0, serialization_format="pt2", validate_serving_input=False)
+        info = Model.log(artifact_path=None, name=name, flavor=mlflow_student, registered_model_name=register, await_registration_for=0,
+                         student_dir=str(student_dir), resolution=resolution, pip_requirements=reqs)
     client.update_run(run_id, status="RUNNING")  # leaving the fluent run ended it; end() decides
     _send_tags(client, run_id, {"radio.model_uri": info.model_uri})
     return info.model_uri

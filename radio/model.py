@@ -363,7 +363,11 @@ class ExportableStudent(nn.Module):
         return names
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.radio.model.trunk(self.conditioner(x))
+        return self.forward_normalized(self.conditioner(x))
+
+    def forward_normalized(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The same outputs from an already normalized batch (the student's mean/std applied)."""
+        out = self.radio.model.trunk(x)
         preds = self.radio.model.heads(out)
         result = {"summary": out.summary_BTD.flatten(1), "features": out.features_BLC}
         for t in self.radio.teacher_names:

@@ -73,9 +73,45 @@ def test_train_logs_params_metrics_artifacts(cache, tmp_path):
         torch.testing.assert_close(got["syn-sam.features"], ref["syn-sam"].features)
     with pytest.raises(Exception, match=r"% 8 == 0"):  # not a multiple of the patch: refused, as by the student
         logged(torch.rand(1, 3, 33, 32))
+    # the same model through pyfunc (numpy in, named arrays out), at two resolutions, named after its run
+    import mlflow.pyfunc
+    import numpy as np
+
+    assert client.get_logged_model(tags["radio.model_uri"].split("/")[-1]).name == run.info.run_name
+    served = mlflow.pyfunc.load_model(tags["radio.model_uri"])
+    for hw in ((32, 32), (16, 48)):
+        x = np.random.rand(2, 3, *hw).astype(np.float32)
+        got = served.predict(x)
+        with torch.no_grad():
+            ref = mine(torch.from_numpy(x))
+        np.testing.assert_allclose(got["syn-clip.summary"], ref["syn-clip"].summary.numpy(), atol=1e-5)
+        np.testing.assert_allclose(got["features"], ref["backbone"].features.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="divide by 255"):
+        served.predict(np.random.rand(1, 3, 32, 32).astype(np.float32) * 255)
+    # and `mlflow models serve` on loopback answers a request with those numbers
+    import urllib.request
+
+    port = _free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", tags["radio.model_uri"], "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, cwd=ROOT)
+    try:
+        x = np.random.rand(1, 3, 32, 32).astype(np.float32)
+        deadline, answer = time.time() + 180, None
+        while time.time() < deadline and srv.poll() is None and answer is None:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": x.tolist()}).encode(), headers={"Content-Type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
+            except OSError:
+                time.sleep(0.5)
+        assert answer is not None, srv.stderr.read().decode()[-3000:] if srv.poll() is not None else "no answer"
+        with torch.no_grad():
+            ref = mine(torch.from_numpy(x))
+        np.testing.assert_allclose(np.asarray(answer["predictions"]["syn-sam.features"]), ref["syn-sam"].features.numpy(), atol=1e-4)
+    finally:
+        _kill(srv)
     assert radio.load_student(tags["radio.model_uri"]).teacher_names == ["syn-clip", "syn-sam"]  # the MLflow URI loads too
     [lm] = client.search_logged_models([run.info.experiment_id])
-    assert lm.source_run_id == run.info.run_id and lm.name == "radio-student"
+    assert lm.source_run_id == run.info.run_id and lm.name == run.info.run_name == "run"  # named after its run
     [version] = client.search_model_versions(f"run_id = '{run.info.run_id}'")  # mlflow.register=NAME
     assert version.name == "radio-nano-test"
     assert tags["radio.teachers"] == "syn-clip,syn-sam" and tags["radio.student_size"] == "nano" and tags["radio.cache_id"]
