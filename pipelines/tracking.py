@@ -140,13 +140,16 @@ class Run:
         items = {k: str(v)[:6000] for k, v in params.items()}
         self._do({"op": "params", "params": items}, lambda: _send_params(self.client, self.run_id, items))
 
-    def log_metrics(self, metrics: dict, step: int | None = None, wait: bool = True):
+    def log_metrics(self, metrics: dict, step: int | None = None, wait: bool = True, model_id: str | None = None, dataset: tuple[str, str] | None = None):
         """Log numbers at ``step``. ``wait=False``: hand them to a background thread and return at once (the
-        training loop never waits on the tracking store); ``flush`` / ``end`` wait for what is queued."""
+        training loop never waits on the tracking store); ``flush`` / ``end`` wait for what is queued.
+        ``model_id`` / ``dataset`` (name, digest): the logged model and the dataset they measure, which
+        MLflow's model page shows."""
         import time
 
         ts = int(time.time() * 1000)
-        rows = [[k, float(v), ts, step or 0] for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        extra = [model_id, *(dataset or (None, None))] if model_id or dataset else []
+        rows = [[k, float(v), ts, step or 0, *extra] for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
         if wait:
             self._send_metrics(rows)
             return
@@ -182,6 +185,12 @@ class Run:
         """The largest step logged for metric ``key`` (None if none, or if the store does not answer)."""
         history = self._do({"op": "none"}, lambda: self.client.get_metric_history(self.run_id, key)) or []
         return max((m.step for m in history), default=None)
+
+    def model_id(self) -> str | None:
+        """The id of the MLflow model this run logged (its ``radio.model_uri`` tag), if any."""
+        run = self._do({"op": "none"}, lambda: self.client.get_run(self.run_id))
+        uri = run.data.tags.get("radio.model_uri", "") if run is not None else ""
+        return uri.split("/", 1)[1] if uri.startswith("models:/m-") else None
 
     def set_tags(self, tags: dict):
         items = {k: str(v) for k, v in tags.items()}
@@ -232,7 +241,7 @@ def _send_params(client, run_id: str, params: dict):
 def _send_metrics(client, run_id: str, rows: list):
     from mlflow.entities import Metric
 
-    items = [Metric(k, v, ts, step) for k, v, ts, step in rows]
+    items = [Metric(*row) for row in rows]  # key, value, timestamp, step[, model_id, dataset_name, dataset_digest]
     for i in range(0, len(items), 1000):
         client.log_batch(run_id, metrics=items[i : i + 1000])
 
@@ -356,6 +365,12 @@ class NullRun:
         return lambda *a, **k: None
 
 
+def cache_dataset(manifest) -> tuple[str, str]:
+    """(name, digest) under which a cache is an MLflow dataset."""
+    src = manifest.source
+    return f"radio-cache-{src.get('kind', 'source')}-{src.get('split') or 'all'}-{manifest.cache_id[:8]}", manifest.cache_id[:36]
+
+
 def log_cache_input(run, uri: str, manifest, context: str, teachers: list[str] | None = None):
     """Record cache ``uri`` (its typed ``manifest``) as an MLflow dataset input of ``run``: digest = the cache
     id, schema = the views columns and each teacher's target columns, profile = images, views and layouts."""
@@ -366,8 +381,7 @@ def log_cache_input(run, uri: str, manifest, context: str, teachers: list[str] |
     names = list(manifest.teachers) if teachers is None else [t for t in teachers if t in manifest.teachers]
     profile = {"images": manifest.images, "views": manifest.views.rows, "student_resolution": manifest.student_resolution, "skipped": len(manifest.skipped),
                "teachers": {t: {"fingerprint": manifest.teachers[t].fingerprint, "grid": list(manifest.teachers[t].layout.grid), "dtype": manifest.teachers[t].layout.dtype} for t in names}}
-    src = manifest.source
-    name = f"radio-cache-{src.get('kind', 'source')}-{src.get('split') or 'all'}-{manifest.cache_id[:8]}"
+    name = cache_dataset(manifest)[0]
     try:
         schema = column_types(CacheLocation(uri), manifest, names)  # the shards' own Arrow schemas
         run.log_dataset(uri if "://" in uri else os.path.abspath(uri), name, manifest.cache_id, schema, context, profile)

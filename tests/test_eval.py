@@ -67,6 +67,11 @@ def test_eval_logs_into_the_training_run(caches, students):
     assert "eval/knn_top1" in run.data.metrics and "eval/teacher/tiny-dinov2/knn_top1" in run.data.metrics
     contexts = {{t.key: t.value for t in i.tags}["mlflow.data.context"] for i in run.inputs.dataset_inputs}
     assert {"training", "evaluation"} <= contexts  # the caches it trained and was evaluated on (the kNN database is the training cache here)
+    # the logged model carries the eval numbers, measured on the val cache (MLflow's model page shows both)
+    model = client.get_logged_model(run.data.tags["radio.model_uri"].split("/")[-1])
+    by_key = {m.key: m for m in model.metrics or []}
+    assert "eval/knn_top1" in by_key and by_key["eval/knn_top1"].value == run.data.metrics["eval/knn_top1"]
+    assert by_key["eval/knn_top1"].dataset_name.startswith("radio-cache-") and by_key["eval/knn_top1"].dataset_digest
     assert run.data.tags["mlflow.note.content"].startswith("**radio eval**") and "`eval/knn_top1`" in run.data.tags["mlflow.note.content"]
     pics = [a.path for a in client.list_artifacts(run.info.run_id, "eval/pictures")]
     assert len(pics) == 2 and all(p.endswith(".png") for p in pics)
