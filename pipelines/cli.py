@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, config_to_yaml, load_config
+from .config import ConfigError, config_to_yaml, job_config, load_config, split_config_args  # noqa: F401  (job_config: the jobs' entry)
 
 __all__ = ["main", "JOBS"]
 
@@ -59,26 +59,10 @@ def _infer_job(config: str, jobs: dict) -> str:
     raise ConfigError(f"cannot tell which job {config} configures; name the file cache*.yaml, train*.yaml, eval*.yaml or quickstart*.yaml, or pass the job name ({', '.join(jobs)})")
 
 
-def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
-    if args and "=" not in args[0]:
-        return args[0], args[1:]
-    return None, args
-
-
-def job_config(argv: list[str], cls, usage: str, validate=None):
-    """A job's resolved and validated config from ``[CONFIG] [key=value ...]``; None after printing
-    ``usage`` for -h. Range errors name the key, its value and whether the file or an override set it."""
-    if argv and argv[0] in ("-h", "--help"):
-        print(usage)
-        return None
-    path, overrides = _split_config_args(argv)
-    return load_config(cls, path, overrides, validate=validate)
-
-
 def resolve(job: str, args: list[str]):
     """(config object, resolved YAML) for ``job`` from ``[CONFIG] [key=value ...]``."""
     jobs = _job_classes()
-    path, overrides = _split_config_args(args)
+    path, overrides = split_config_args(args)
     from .cache import validate
 
     cfg = load_config(jobs[job], path, overrides, validate=validate if job == "cache" else None)

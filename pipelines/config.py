@@ -25,7 +25,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-__all__ = ["ConfigError", "SettingError", "DiskFull", "disk_full", "require", "check_output_dir", "load_config", "dump_config", "config_to_yaml", "flatten_config", "parse_override"]
+__all__ = ["ConfigError", "SettingError", "DiskFull", "disk_full", "job_config", "split_config_args", "require", "check_output_dir", "load_config", "dump_config", "config_to_yaml", "flatten_config", "parse_override"]
 
 _MISSING = dataclasses.MISSING
 
@@ -347,6 +347,23 @@ def _origins_of(origin: dict, keys: tuple[str, ...]) -> str:
     found = list(dict.fromkeys(_origin_of(origin, k) for k in keys))
     set_by_user = [o for o in found if o != "defaults"]
     return " and ".join(set_by_user) if set_by_user else "defaults"
+
+
+def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """``[CONFIG] [key=value ...]`` -> (the config file or None, the overrides)."""
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def job_config(argv: list[str], cls, usage: str, validate=None):
+    """A job's resolved and validated config from ``[CONFIG] [key=value ...]``; None after printing
+    ``usage`` for -h. Range errors name the key, its value and whether the file or an override set it."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return None
+    path, overrides = split_config_args(argv)
+    return load_config(cls, path, overrides, validate=validate)
 
 
 def load_config(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *, base: Any = None, validate=None):

@@ -346,10 +346,10 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: radio eval RUN_ID_OR_CHECKPOINT_DIR [CONFIG] [key=value ...]\n\nKeys: `radio config show eval`.")
         return 0 if argv else 2
-    from .cli import _split_config_args
+    from .config import split_config_args
 
     student = argv[0] if "=" not in argv[0] else None
-    path, overrides = _split_config_args(argv[1:] if student else argv)
+    path, overrides = split_config_args(argv[1:] if student else argv)
     cfg = load_config(EvalJobConfig, path, overrides + ([f"student={student}"] if student else []), validate=validate)
     metrics = evaluate(cfg)
     width = max(map(len, metrics)) if metrics else 0

@@ -141,7 +141,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from .cli import job_config
+    from .config import job_config
 
     cfg = job_config(argv, QuickstartConfig, "usage: radio quickstart [CONFIG] [key=value ...]\n\nRuns cache -> train x2 -> eval -> compare on built-in samples with tiny teachers. Keys: `radio config show quickstart`.", validate)
     if cfg is None:

@@ -724,7 +724,7 @@ def _system_metrics(run_id, uri: str | None = None):
 
 
 def main(argv: list[str]) -> int:
-    from .cli import job_config
+    from .config import job_config
 
     cfg = job_config(argv, TrainJobConfig, "usage: radio train [CONFIG] [key=value ...]\n\nDistill a student from a cache. Keys: `radio config show train`.", validate)
     if cfg is None:
