@@ -223,6 +223,16 @@ class RadioModel(nn.Module):
                 raise ValueError(f"adaptor {n!r} is not one of this student's teachers {self.teacher_names}" + (f" or their families {fam}" if fam else ""))
         self._adaptors = resolved
 
+    @property
+    def adaptors(self) -> dict[str, "Adaptor"]:
+        """RADIO's ``model.adaptors[name]``: one per selected adaptor name, with ``tokenizer`` and
+        ``encode_text`` for a language-aligned teacher (CLIP, SigLIP)."""
+        cache = self.__dict__.setdefault("_adaptor_objs", {})
+        for n, t in self._adaptors.items():
+            if n not in cache or cache[n].teacher != t:
+                cache[n] = Adaptor(self, n, t)
+        return {n: cache[n] for n in self._adaptors}
+
     # ---- inputs ------------------------------------------------------------------------------
     def make_preprocessor_external(self) -> nn.Module:
         """Hand out the input normalization (float [0, 1] -> mean/std); ``model(x)`` then expects normalized input."""
@@ -342,6 +352,46 @@ class RadioModel(nn.Module):
         from .hub import push_to_hub
 
         return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message)
+
+
+class Adaptor:
+    """One adaptor of a loaded student, as RADIO names it. Its outputs come from ``model(x)[name]``; a
+    language-aligned teacher's text side is loaded on first use from the source the student recorded for it
+    (``meta["teachers"][t]["source"]``), so zero-shot works as in RADIO::
+
+        adaptor = model.adaptors["clip"]
+        tokens = adaptor.tokenizer(["a photo of a cat"])
+        text = adaptor.encode_text(tokens, normalize=True)   # (1, D), the space of model(x)["clip"].summary
+    """
+
+    def __init__(self, model: "RadioModel", name: str, teacher: str):
+        self.model, self.name, self.teacher = model, name, teacher
+        self._tower = None
+
+    def _text(self):
+        if self._tower is None:
+            from teachers import load_text_tower  # a sibling library: only when text is asked for
+
+            spec = self.model.meta.get("teachers", {}).get(self.teacher, {})
+            src = spec.get("source")
+            import os
+
+            try:
+                self._tower = load_text_tower(self.teacher, source=src if src and os.path.exists(str(src)) else None, revision=spec.get("revision"))
+            except Exception as e:
+                raise ValueError(f"adaptor {self.name!r} (teacher {self.teacher}): no text encoder can be loaded ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
+                                 "Text needs the teacher's full checkpoint (text tower and tokenizer) at the source the student recorded, or in the hub cache") from None
+        return self._tower
+
+    @property
+    def tokenizer(self):
+        """``tokenizer(texts)`` -> a token batch for :meth:`encode_text` (padded and truncated as the teacher's)."""
+        return self._text().tokenizer
+
+    def encode_text(self, tokens, normalize: bool = False) -> torch.Tensor:
+        """Text features (N, D) in the space of this adaptor's summary; ``normalize``: unit length."""
+        z = self._text().encode(tokens)
+        return torch.nn.functional.normalize(z, dim=-1) if normalize else z
 
 
 class ExportableStudent(nn.Module):

@@ -16,7 +16,7 @@ import torch
 from .registry import TeacherLoadError, _quiet_transformers, check_source, get_spec_template
 from .tiny import _TEXT, _tiny_tokenizer, materialize_tiny
 
-__all__ = ["LANGUAGE_FAMILIES", "is_language_aligned", "text_embeddings"]
+__all__ = ["LANGUAGE_FAMILIES", "TextTower", "is_language_aligned", "load_text_tower", "text_embeddings"]
 
 # family -> (full model class in transformers, tokenizer padding its text tower expects)
 LANGUAGE_FAMILIES = {"clip": ("CLIPModel", "longest"), "siglip": ("SiglipModel", "max_length")}
@@ -27,9 +27,27 @@ def is_language_aligned(name: str) -> bool:
     return get_spec_template(name).family in LANGUAGE_FAMILIES
 
 
-@torch.no_grad()
-def text_embeddings(name: str, prompts: list[str], *, source: str | None = None, revision: str | None = None, device: str | torch.device = "cpu", batch_size: int = 256) -> torch.Tensor:
-    """float32 (len(prompts), D) text features of teacher ``name`` (not normalized)."""
+class TextTower:
+    """A language-aligned teacher's text side: ``tokenizer(texts)`` -> a batch for ``encode(batch)`` -> float32
+    (N, D) text features in the space of the teacher's summary (not normalized)."""
+
+    def __init__(self, model, tokenizer, family: str, padding: str):
+        self.model, self._tokenizer, self.family, self.padding = model, tokenizer, family, padding
+
+    def tokenizer(self, texts: list[str] | str):
+        return self._tokenizer([texts] if isinstance(texts, str) else list(texts), padding=self.padding, truncation=True, return_tensors="pt")
+
+    @torch.no_grad()
+    def encode(self, batch) -> torch.Tensor:
+        ids = batch["input_ids"] if not isinstance(batch, torch.Tensor) else batch
+        extra = {"attention_mask": batch["attention_mask"]} if not isinstance(batch, torch.Tensor) and "attention_mask" in batch and self.family == "clip" else {}
+        dev = next(self.model.parameters()).device
+        feats = self.model.get_text_features(input_ids=ids.to(dev), **{k: v.to(dev) for k, v in extra.items()})
+        return (feats if isinstance(feats, torch.Tensor) else feats.pooler_output).float()
+
+
+def load_text_tower(name: str, *, source: str | None = None, revision: str | None = None, device: str | torch.device = "cpu") -> TextTower:
+    """The text tower and tokenizer of teacher ``name`` from its checkpoint (the registry's source, or ``source``)."""
     import transformers as T
 
     entry = get_spec_template(name)
@@ -54,9 +72,11 @@ def text_embeddings(name: str, prompts: list[str], *, source: str | None = None,
     except (OSError, ValueError, TypeError) as e:
         raise TeacherLoadError(f"teacher {name}: cannot load its text tower and tokenizer from {src!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
                                "zero-shot needs the whole checkpoint (a vision-only one has no text tower)") from None
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i : i + batch_size], padding=padding, truncation=True, return_tensors="pt").to(device)
-        feats = model.get_text_features(input_ids=enc["input_ids"], **({"attention_mask": enc["attention_mask"]} if "attention_mask" in enc and entry.family == "clip" else {}))
-        out.append((feats if isinstance(feats, torch.Tensor) else feats.pooler_output).float().cpu())
-    return torch.cat(out)
+    return TextTower(model, tokenizer, entry.family, padding)
+
+
+@torch.no_grad()
+def text_embeddings(name: str, prompts: list[str], *, source: str | None = None, revision: str | None = None, device: str | torch.device = "cpu", batch_size: int = 256) -> torch.Tensor:
+    """float32 (len(prompts), D) text features of teacher ``name`` (not normalized)."""
+    tower = load_text_tower(name, source=source, revision=revision, device=device)
+    return torch.cat([tower.encode(tower.tokenizer(prompts[i : i + batch_size])).cpu() for i in range(0, len(prompts), batch_size)])

@@ -188,3 +188,23 @@ def test_resolution_sweep_dense_probe_and_zero_shot_are_logged_and_compared(cach
     assert header.index("eval/dense_miou") < header.index("eval/tiny-clip/zeroshot_top1") < header.index("eval/res16/knn_top1") < header.index("eval/res64/knn_top1")
     with pytest.raises(ConfigError, match=r"\[20\] not multiples of this student's min_resolution_step 8"):
         _eval(caches, students["trained"], "resolutions=[20]")
+
+
+def test_adaptor_text_side_as_radio_users_call_it(students):
+    """RADIO's zero-shot path: model.adaptors[name].tokenizer / encode_text, loaded from the source the student
+    recorded for its teacher; the text lands in the space of the adaptor's summary, as eval's zero-shot uses it."""
+    import torch.nn.functional as F
+
+    import radio
+    from teachers import text_embeddings
+
+    model = radio.load_student(students["trained"]["student"], adaptor_names=["tiny-clip", "tiny-dinov2"])
+    clip = model.adaptors["tiny-clip"]
+    prompts = ["a photo of a circle", "a photo of stripes"]
+    z = clip.encode_text(clip.tokenizer(prompts), normalize=True)
+    with torch.no_grad():
+        summary = model(torch.rand(1, 3, 32, 32))["tiny-clip"].summary
+    assert z.shape == (2, summary.shape[-1]) and torch.allclose(z.norm(dim=-1), torch.ones(2))
+    assert torch.allclose(z, F.normalize(text_embeddings("tiny-clip", prompts), dim=-1), atol=1e-5)
+    with pytest.raises(ValueError, match=r"adaptor 'tiny-dinov2' \(teacher tiny-dinov2\): no text encoder.*has no text tower"):
+        model.adaptors["tiny-dinov2"].encode_text(torch.zeros(1, 4, dtype=torch.long))
