@@ -4,7 +4,11 @@ The graph is :class:`radio.model.ExportableStudent`: input ``images`` float [0, 
 dynamic batch, height and width (multiples of the patch); outputs ``summary`` (B, T*D), ``features``
 (B, N, D) and, per teacher, ``<teacher>.features`` (B, N, Ct) and ``<teacher>.summary`` (B, Dt) in
 the teacher's space. After writing, the file is run with onnxruntime on two input sizes and compared
-with PyTorch; the export fails if any output differs by more than ``ATOL``.
+with PyTorch; the export fails if any output differs by more than ``ATOL``. Weights under 1 GB are stored in
+the one ``.onnx`` file; bigger ones in ``OUT.onnx.data`` beside it (ONNX's protobuf limit is 2 GB), which must
+travel with it. A side that is not a multiple of the patch fails in onnxruntime (a Reshape that needs whole
+patches), as the student refuses it; ONNX graphs cannot raise on values, so the [0, 1] range and NaN checks
+of the PyTorch model are not in the file: feed it float32 images in [0, 1].
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 __all__ = ["export_onnx", "ATOL", "OnnxExportError"]
 
 ATOL = 1e-4  # float32 CPU: measured ~2e-6 on the nano student (tests pin 1e-4)
+ONNX_SINGLE_FILE_LIMIT = 1 << 30  # weights below this are stored inside the .onnx file (one self-contained file)
 
 
 class OnnxExportError(RuntimeError):
@@ -43,10 +48,12 @@ def export_onnx(model, path: str | Path, opset: int = 18, check: bool = True, ve
     x = torch.rand(2, 3, r.height, r.width)
     auto = torch.export.Dim.AUTO
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    n_bytes = sum(p.numel() * p.element_size() for p in graph.parameters())
+    external = n_bytes >= ONNX_SINGLE_FILE_LIMIT  # protobuf caps one file at 2 GB: bigger weights go to OUT.onnx.data
     with sink, torch.no_grad():
         torch.onnx.export(graph, (x,), str(path), dynamo=True, opset_version=opset, input_names=["images"], output_names=names,
-                          dynamic_shapes=({0: auto, 2: auto, 3: auto},), verbose=verbose)
-    report = {"path": str(path), "outputs": names, "max_abs_diff": None}
+                          dynamic_shapes=({0: auto, 2: auto, 3: auto},), verbose=verbose, external_data=external)
+    report = {"path": str(path), "outputs": names, "max_abs_diff": None, "external_data": str(path) + ".data" if external else None}
     if check:
         report["max_abs_diff"] = check_onnx(graph, path, [x, torch.rand(1, 3, r.height + 2 * model.patch_size, max(model.patch_size, r.width - model.patch_size))])
     return report

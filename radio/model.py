@@ -413,6 +413,11 @@ class ExportableStudent(nn.Module):
         return names
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Whole patches only, in every runtime: traced, the check below is a guard (torch.export) or a Reshape
+        # to (B, 3, H/p, p, W/p, p) that fails on a partial patch (ONNX), where the student raises.
+        B, C, H, W = x.shape
+        p = self.radio.patch_size
+        x = x.reshape(B, C, H // p, p, W // p, p).reshape(B, C, H, W)
         return self.forward_normalized(self.conditioner(x))
 
     def forward_normalized(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -167,6 +167,12 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path):
         torch.testing.assert_close(torch.from_numpy(got["tiny-clip.summary"]), ref["tiny-clip"].summary, atol=ATOL, rtol=0)
         torch.testing.assert_close(torch.from_numpy(got["tiny-sam.features"]), ref["tiny-sam"].features, atol=ATOL, rtol=0)
     assert main(["export", str(student_dir)]) == 2
+    # one self-contained file at this size, and a partial patch refused as by PyTorch (never floored to a grid)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student.onnx"]
+    with pytest.raises(Exception, match="(?i)reshape"):
+        sess.run(None, {"images": torch.rand(1, 3, 65, 64).numpy()})
+    with pytest.raises(ValueError, match="multiple of min_resolution_step"):
+        model(torch.rand(1, 3, 65, 64))
 
 
 def _umask() -> int:
