@@ -357,7 +357,7 @@ class RadioModel(nn.Module):
 class Adaptor:
     """One adaptor of a loaded student, as RADIO names it. Its outputs come from ``model(x)[name]``; a
     language-aligned teacher's text side is loaded on first use from the source the student recorded for it
-    (``meta["teachers"][t]["source"]``), so zero-shot works as in RADIO::
+    (the ``source`` of its teacher in the student's meta), so zero-shot works as in RADIO::
 
         adaptor = model.adaptors["clip"]
         tokens = adaptor.tokenizer(["a photo of a cat"])

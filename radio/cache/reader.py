@@ -147,7 +147,7 @@ class CacheReader:
         for t in [None, *self.teachers]:
             rel = views_path(unit) if t is None else teacher_path(t, unit)
             e = None if t is None else self.entry(t)
-            pf, reason = open_checked(self.loc, rel, m.identity, unit, self._by_unit[t][unit], e.fingerprint if e else None, e.layout.to_dict() if e else None, stream=True)
+            pf, reason = open_checked(self.loc, rel, m.identity, unit, self._by_unit[t][unit], e.fingerprint if e else None, e.layout.to_dict() if e else None, stream=True, hash_now=False)
             if reason is not None:
                 if e is not None and reason.startswith("holds targets with fingerprint"):
                     raise CacheMismatch(f"{self.loc.full(rel)} {reason}: mixed targets in one cache. Rerun the `radio cache` command that built {self.loc.uri} to recompute it.")
@@ -248,12 +248,26 @@ class CacheReader:
         tcols = {t: ["image_id", "view_index", *(["summary"] if self.entry(t).summary_dim else []), *self._feature_columns(t)] for t in self.teachers}
         # each file read (pages CRC32-checked, decompressed) in a thread of its own, a batch ahead: Arrow
         # releases the GIL, so the files' checks and decoding run side by side on the cores there are
-        readers = {t: ThreadPrefetcher(self._checked(pf.iter_batches(batch_size=batch_rows, columns=view_cols if t is None else tcols[t]), unit, t), depth=2) for t, pf in files.items()}
+        readers = {t: ThreadPrefetcher(self._read(pf, unit, t, batch_rows, view_cols if t is None else tcols[t]), depth=2) for t, pf in files.items()}
         try:
             yield from self._join(unit, {t: iter(r) for t, r in readers.items()}, tcols, with_images)
         finally:
             for r in readers.values():
                 r.close()
+
+    def _read(self, pf, unit: int, teacher: str | None, batch_rows: int, columns: list[str]):
+        """One shard's batches, in its reading thread: a local shard is first hashed whole against its commit
+        record (the files of a unit side by side), any other has its pages' CRC32s checked as they are read."""
+        from .store import ChangedFile
+
+        rel = views_path(unit) if teacher is None else teacher_path(teacher, unit)
+        info = self._by_unit[teacher][unit]
+        if self.loc.hashed_whole(info):
+            try:
+                self.loc.check_whole(rel, info)
+            except ChangedFile as e:
+                raise self._damaged(f"{self.loc.full(rel)}: {e}") from None
+        yield from self._checked(pf.iter_batches(batch_size=batch_rows, columns=columns), unit, teacher)
 
     def _join(self, unit: int, its: dict, tcols: dict, with_images: bool) -> Iterator[CacheBatch]:
         """Batches of the views table joined with each teacher's, by key, failing on any mismatch."""

@@ -114,11 +114,12 @@ def check_footer(meta: dict, rows: int, identity: CacheIdentity, unit: int, entr
 
 
 def open_checked(loc: CacheLocation, rel: str, identity: CacheIdentity, unit: int, entry: ShardInfo | None = None, fingerprint: str | None = None, layout: dict | None = None,
-                 stream: bool = False):
+                 stream: bool = False, hash_now: bool = True):
     """(ParquetFile, None) for a shard whose footer checks out (:func:`check_footer`), else (None, reason).
     The footer is read once, here, and the returned file streams without reading it again. ``stream``: the
     whole file is about to be read: once its footer checks out, check every byte at once against the recorded
-    hash (``CacheLocation.check_whole``) and read it without page checks."""
+    hash (``CacheLocation.check_whole``; ``hash_now=False``: the caller does, before reading) and read it
+    without page checks."""
     whole = stream and loc.hashed_whole(entry)
     try:
         pf = loc.parquet_file(rel, verify_pages=not whole)
@@ -129,7 +130,7 @@ def open_checked(loc: CacheLocation, rel: str, identity: CacheIdentity, unit: in
     except Exception as e:  # truncated or overwritten: pyarrow raises ArrowInvalid, OSError, ...
         return None, f"not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
     reason = check_footer(meta, rows, identity, unit, entry, fingerprint, layout)
-    if reason is None and whole:  # the footer names the right shard; now every byte of it, at once
+    if reason is None and whole and hash_now:  # the footer names the right shard; now every byte of it, at once (else the caller does)
         try:
             loc.check_whole(rel, entry)
         except ChangedFile as e:
