@@ -126,7 +126,7 @@ class Run:
         """Append one record to the pending file (from the loop and the sender thread alike)."""
         import json
 
-        if self.pending is None:
+        if self.pending is None or entry.get("op") == "none":  # a read that could not be made: nothing to replay
             return
         line = json.dumps({"uri": self.client.tracking_uri, "run_id": self.run_id, **entry}) + "\n"
         with self._lock:
