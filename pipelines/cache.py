@@ -42,7 +42,7 @@ from radio.views import ViewPolicy, crop_view, render_view, sample_views
 
 from .config import ConfigError, DiskFull, check_output_dir, disk_full, dump_config, flatten_config, require
 from .sources import Source, SourceConfig, SourceError, SourceRecord, open_source
-from .tracking import MlflowConfig, log_cache_input, start_run
+from .tracking import PENDING, MlflowConfig, log_cache_input, start_run
 
 __all__ = ["TeacherJobConfig", "CacheJobConfig", "run_cache_job", "CacheSummary"]
 
@@ -524,7 +524,9 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
         return CacheSummary(cfg.output, m.images, m.views.rows, len(m.skipped), time.perf_counter() - t_start, 0, {"views": 0, **{t: 0 for t in cfg.teachers}}, 0.0, {}, m.mlflow_run_id, identity.cache_id)
     run = None
     if plan.work_units:
-        run = start_run(cfg.mlflow, run_name=f"cache-{os.path.basename(os.path.normpath(cfg.output))}", tags={"radio.kind": "cache", "radio.cache_id": identity.cache_id, "radio.cache_uri": plan.loc.uri, "radio.teachers": ",".join(sorted(cfg.teachers))})
+        pending = os.path.join(cfg.output, PENDING) if plan.loc.is_local else None  # what a lost tracking server could not take: `radio sync OUTPUT`
+        run = start_run(cfg.mlflow, run_name=f"cache-{os.path.basename(os.path.normpath(cfg.output))}", tags={"radio.kind": "cache", "radio.cache_id": identity.cache_id, "radio.cache_uri": plan.loc.uri, "radio.teachers": ",".join(sorted(cfg.teachers))},
+                        pending=pending)
         if run is not None:
             run.log_params(flatten_config(cfg))
     try:

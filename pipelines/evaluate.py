@@ -36,7 +36,7 @@ from radio.metrics import dense_probe_miou, knn_top1, linear_probe_top1, masked_
 from radio.views import derive_resolution
 
 from .config import ConfigError, check_output_dir, load_config, require
-from .tracking import MlflowConfig, NullRun, cache_dataset, log_cache_input, start_run, tracking_uri
+from .tracking import PENDING, MlflowConfig, NullRun, cache_dataset, log_cache_input, start_run, tracking_uri
 
 __all__ = ["EvalJobConfig", "evaluate", "main"]
 
@@ -306,7 +306,7 @@ def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
     out_dir = Path(cfg.output) if cfg.output else student_dir / "eval"
     pics = _pictures(model, val, teachers, cfg.pictures, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-    tracker = start_run(cfg.mlflow, run_name="eval", run_id=run_id) if run_id else NullRun()
+    tracker = start_run(cfg.mlflow, run_name="eval", run_id=run_id, pending=out_dir / PENDING) if run_id else NullRun()
     model_id = tracker.model_id() if run_id else None  # the model page then shows these numbers, measured on the val cache
     tracker.log_metrics(metrics, model_id=model_id, dataset=cache_dataset(val.manifest) if model_id else None)
     for p in pics:

@@ -485,3 +485,35 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_logs_no_step_twice(cache, tmp_pat
     state = json.loads((out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip() / "trainer_state.json").read_text())
     steps = [m.step for m in MlflowClient().get_metric_history(state["run_id"], "train/loss")]
     assert len(steps) == len(set(steps)) and max(steps) == state["step"] > step
+
+
+def test_offline_run_keeps_every_record_and_sync_replays_them_in_order(tmp_path, capsys, monkeypatch):
+    """The pending-file machinery without a server: a Run whose store refuses connections keeps params, metrics,
+    tags, text and the end status (warning once), and `radio sync --tracking-uri` sends them to a store that has
+    the run, exactly once; a kept record that cannot be sent stays for the next try."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import PENDING, Run
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once (start_run's default would retry 3 times)
+    store = f"sqlite:///{tmp_path}/store.db"
+    live = MlflowClient(store)
+    run_id = live.create_run(live.create_experiment("offline")).info.run_id
+    dead = MlflowClient(f"http://127.0.0.1:{_free_port()}")
+    r = Run(dead, run_id, "0", pending=tmp_path / "out" / PENDING)
+    r.log_params({"a": 1})
+    r.log_metrics({"train/loss": 0.5}, step=3)
+    r.log_metrics({"train/loss": 0.25}, step=4, wait=False)
+    r.set_tags({"radio.steps": 4})
+    assert r.last_step("train/loss") is None  # a read while offline: nothing, and nothing kept for it
+    r.end()
+    err = capsys.readouterr().err
+    assert err.count("stopped answering") == 1 and "5 MLflow record(s)" in err
+    ops = [json.loads(x)["op"] for x in (tmp_path / "out" / PENDING).read_text().splitlines()]
+    assert ops[0] == "params" and sorted(ops[1:4]) == ["metrics", "metrics", "tags"] and ops[4] == "terminated"  # the background sender's batch may land after the tags
+    assert main(["sync", str(tmp_path / "out"), "--tracking-uri", store]) == 0
+    got = live.get_run(run_id)
+    assert got.data.params == {"a": "1"} and got.data.tags["radio.steps"] == "4" and got.info.status == "FINISHED"
+    assert [(m.step, m.value) for m in live.get_metric_history(run_id, "train/loss")] == [(3, 0.5), (4, 0.25)]
+    assert not (tmp_path / "out" / PENDING).exists()
+    assert main(["sync", str(tmp_path / "out")]) == 2 and "no pending MLflow records here" in capsys.readouterr().err
