@@ -29,7 +29,7 @@ from radio.losses import LossConfig, distill_loss
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
 
-from .config import ConfigError, DiskFull, check_output_dir, config_to_yaml, disk_full, flatten_config, require
+from .config import ConfigError, DiskFull, _nearest, check_output_dir, config_to_yaml, disk_full, flatten_config, require
 from .online import OnlineTeacherConfig, OnlineTeachers
 from .tracking import PENDING, MlflowConfig, NullRun, check_tracking_uri, log_cache_input, replay_pending, start_run, tracking_uri
 
@@ -451,13 +451,6 @@ def _loss_figure(history: list[dict], path: Path) -> bool:
 CHECKSUMS = "checksums.json"
 
 
-def _nearest_hint(name: str, choices) -> str:
-    import difflib
-
-    near = difflib.get_close_matches(name, list(choices), n=1)
-    return f"Did you mean {near[0]!r}?" if near else ""
-
-
 def _digest(path: Path) -> dict:
     with open(path, "rb") as f:
         return {"bytes": os.fstat(f.fileno()).st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
@@ -553,7 +546,7 @@ def validate(cfg: TrainJobConfig):
     # the loss: weights are non-negative, name listed teachers, and leave something to learn
     lc = cfg.loss
     for t, w in lc.weights.items():
-        require(t in cfg.teachers, f"loss.weights.{t}", w, f"the weight of one of teachers={list(cfg.teachers)}", _nearest_hint(t, cfg.teachers), also=("teachers",))
+        require(t in cfg.teachers, f"loss.weights.{t}", w, f"the weight of one of teachers={list(cfg.teachers)}", _nearest(t, list(cfg.teachers)).strip(), also=("teachers",))
         require(w >= 0 and math.isfinite(w), f"loss.weights.{t}", w, ">= 0 (0 leaves the teacher out of the loss)")
     require(any(lc.weights.get(t, 1.0) > 0 for t in cfg.teachers), "loss.weights", dict(lc.weights), "> 0 for at least one teacher", also=("teachers",))
     for key in ("summary_weight", "feature_weight", "feature_cos", "feature_smooth_l1", "smooth_l1_beta"):

@@ -21,6 +21,7 @@ adapter in teacher space).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -374,10 +375,8 @@ class Adaptor:
 
             spec = self.model.meta.get("teachers", {}).get(self.teacher, {})
             src = spec.get("source")
-            import os
-
             try:
-                self._tower = load_text_tower(self.teacher, source=src if src and os.path.exists(str(src)) else None, revision=spec.get("revision"))
+                self._tower = load_text_tower(self.teacher, source=src if src and Path(str(src)).exists() else None, revision=spec.get("revision"))
             except Exception as e:
                 raise ValueError(f"adaptor {self.name!r} (teacher {self.teacher}): no text encoder can be loaded ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
                                  "Text needs the teacher's full checkpoint (text tower and tokenizer) at the source the student recorded, or in the hub cache") from None
