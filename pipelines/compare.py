@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 import urllib.parse
 
 from .tracking import MlflowConfig, tracking_uri
 
-__all__ = ["main", "compare_runs", "format_table", "ui_command"]
+__all__ = ["main", "compare_runs", "compare_links", "format_table", "headline_metrics", "save_compare_view", "ui_command"]
 
 KEY_METRICS = ("eval/knn_top1", "eval/linear_top1", "eval/dense_miou")
 
@@ -125,13 +127,61 @@ def _compact(rows: list[dict], columns: list[str]) -> list[str]:
     return _lines(head, body)
 
 
-def ui_command(uri: str, experiment_id: str, run_ids: list[str], port: int = 5000) -> tuple[str, str]:
-    """The ``mlflow ui`` command for store ``uri`` (loopback only) and the URL of the compare view."""
+VIEW_KEY = "radio-students"  # the saved view radio writes: experiment tag mlflow.sharedViewState.radio-students
+
+
+def headline_metrics(columns: list[str], n: int = 6) -> list[str]:
+    """The metrics a comparison opens with: knn, linear, dense, then zero-shot (what the first screen shows)."""
+    return [c for c in sorted(columns, key=_column_order) if _column_order(c)[0] <= 1][:n]
+
+
+def save_compare_view(uri: str, experiment_id: str, columns: list[str], n_runs: int) -> str | None:
+    """Save (or update) the experiment's "radio: students compared" view and return its key, or None if the store
+    refused it (the caller then links the plain compare page).
+
+    MLflow 3.17 cannot be told what its compare-runs page shows first (a parallel-coordinates plot of three
+    parameters against the first metric, then run details and parameters; the metrics come ~1.6 screens down).
+    What a client can decide is a saved view of the experiment's runs page: an experiment tag
+    ``mlflow.sharedViewState.<key>`` holding the page's search facets and chart layout, opened by the URL
+    parameter ``viewStateShareKey``. radio's view filters to the student runs, sorts them by eval/knn_top1, hides
+    the run list so the charts get the width, and opens with one section of bar charts, one per headline eval
+    metric; MLflow appends its own sections (every other metric) below."""
+    from mlflow.tracking import MlflowClient
+
+    section = "radio-headline"
+    charts = [{"uuid": f"radio-{i}", "type": "BAR", "metricKey": m, "metricSectionId": section, "deleted": False, "isGenerated": False, "runsCountToCompare": max(10, n_runs)}
+              for i, m in enumerate(headline_metrics(columns))]
+    state = {"searchFilter": "tags.`radio.kind` = 'student'", "orderByKey": "metrics.`eval/knn_top1`", "orderByAsc": False, "lifecycleFilter": "Active",
+             "compareRunCharts": charts, "compareRunSections": [{"uuid": section, "name": "Students compared: headline eval metrics (radio)", "display": True, "isReordered": True, "deleted": False, "isGenerated": False}],
+             "isAccordionReordered": True, "hideEmptyCharts": True, "runListHidden": True, "runsHiddenMode": "SHOW_ALL"}
+    envelope = {"name": "radio: students compared", "createdAt": int(time.time() * 1000), "updatedAt": int(time.time() * 1000), "state": json.dumps(state)}
+    try:
+        MlflowClient(tracking_uri=uri).set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(envelope))
+    except Exception as e:  # a read-only or unreachable store: the plain compare page still works
+        print(f"radio compare: could not save the comparison view in {uri} ({type(e).__name__}: {str(e)[:200]}); linking MLflow's compare page instead", file=sys.stderr)
+        return None
+    return VIEW_KEY
+
+
+def ui_command(uri: str, experiment_id: str, run_ids: list[str], port: int = 5000, view: str | None = None) -> tuple[str, str]:
+    """The ``mlflow ui`` command for store ``uri`` (loopback only) and the URL of the comparison: the saved
+    ``view`` of the experiment's runs page in chart mode when given, else MLflow's compare-runs page."""
     cmd = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}"
     # workflowType: MLflow 3.17 keeps its GenAI / model-training toggle in the browser's local storage (GenAI for a
     # fresh browser) and ignores the experiment's kind tag; the URL's parameter wins over both
+    if view:
+        query = urllib.parse.urlencode({"viewStateShareKey": view, "compareRunsMode": "CHART", "workflowType": "machine_learning"})
+        return cmd, f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?{query}"
     query = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps([experiment_id]), "workflowType": "machine_learning"})
     return cmd, f"http://127.0.0.1:{port}/#/compare-runs?{query}"
+
+
+def compare_links(uri: str, experiment_id: str, rows: list[dict], columns: list[str]) -> tuple[str, str, str, str | None]:
+    """``(mlflow ui command, the comparison's URL, MLflow's compare-runs URL, view key)``; saves radio's view first."""
+    ids = [r["run_id"] for r in rows]
+    view = save_compare_view(uri, experiment_id, columns, len(rows))
+    cmd, url = ui_command(uri, experiment_id, ids, view=view)
+    return cmd, url, ui_command(uri, experiment_id, ids)[1], view
 
 
 def main(argv: list[str]) -> int:
@@ -155,13 +205,13 @@ def main(argv: list[str]) -> int:
         columns = want
     print(format_table(rows, columns, layout=ns.layout or "auto"))
     uri = ns.tracking_uri or tracking_uri(MlflowConfig())
-    cmd, url = ui_command(uri, exp_id, [r["run_id"] for r in rows])
+    cmd, url, table_url, view = compare_links(uri, exp_id, rows, columns)
     print(f"\n{len(rows)} student run(s) in experiment {ns.experiment!r}, sorted by {ns.sort}.")
-    print(f"Open the same comparison in MLflow:\n  {cmd}\n  then browse {url}")
+    print(f"Open the same comparison in MLflow (headline eval metrics as charts, first screen):\n  {cmd}\n  then browse {url}\n"
+          f"  every parameter and metric in one table: {table_url}")
     if ns.screenshot:
         from .screenshot import screenshot_compare
 
-        ids = [r["run_id"] for r in rows]
-        png = screenshot_compare(uri, lambda port: ui_command(uri, exp_id, ids, port)[1], ns.screenshot)
-        print(f"screenshot of the compare view: {png}")
+        png, _ = screenshot_compare(uri, lambda port: ui_command(uri, exp_id, [r["run_id"] for r in rows], port, view)[1], ns.screenshot, texts=tuple(headline_metrics(columns)[:3]))
+        print(f"screenshot of the comparison's first screen: {png}")
     return 0

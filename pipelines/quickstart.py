@@ -86,7 +86,7 @@ def _step(title: str):
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:
-    from .compare import compare_runs, format_table, ui_command
+    from .compare import compare_links, compare_runs, format_table
     from .evaluate import EvalJobConfig, evaluate
     from .tracking import tracking_uri
     from .train import TrainJobConfig, train
@@ -134,8 +134,9 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     short = [c for c in columns if not c.endswith("_cos") and "/teacher/" not in c]
     print(format_table(rows, short))
     print(f"(every metric: radio compare --experiment {cfg.experiment})")
-    cmd, url = ui_command(tracking_uri(MlflowConfig()), exp_id, [r["run_id"] for r in rows])
-    print(f"\nquickstart finished in {time.perf_counter() - t0:.0f}s. See both students side by side in MLflow:\n  {cmd}\n  then open {url}")
+    cmd, url, table_url, _ = compare_links(tracking_uri(MlflowConfig()), exp_id, rows, columns)
+    print(f"\nquickstart finished in {time.perf_counter() - t0:.0f}s. See both students side by side in MLflow:\n  {cmd}\n  then open {url}\n"
+          f"  (every parameter and metric in one table: {table_url})")
     print(f"Pictures (PCA of features, student vs teachers): {work / 'runs'}/*/student/eval/")
     return {"runs": runs, "caches": caches, "rows": rows}
 

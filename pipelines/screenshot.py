@@ -1,11 +1,17 @@
-"""A real browser on the MLflow compare view: ``radio compare --screenshot compare.png``.
+"""A real browser on the MLflow view radio links to: ``radio compare --screenshot compare.png``.
 
-Starts ``mlflow ui`` on 127.0.0.1 against the given store, opens the experiment's compare-runs page in
-headless Chromium, saves a screenshot, and stops the server. Needs Debian's ``chromium`` package.
+Starts ``mlflow ui`` on 127.0.0.1 against the given store, opens the page in headless Chromium at a laptop's
+first screen (1440 x 900 by default), waits until the page shows what it was asked to look for, saves a
+screenshot of that first screen, and reports where each looked-for text lies on it. The browser is driven over
+the Chrome DevTools Protocol on loopback (aiohttp's websocket client, which MLflow already depends on). Needs
+Debian's ``chromium`` package.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import shutil
 import socket
 import subprocess
@@ -15,7 +21,29 @@ import time
 import urllib.request
 from pathlib import Path
 
-__all__ = ["find_chromium", "screenshot_compare"]
+__all__ = ["find_chromium", "open_page", "screenshot_compare", "serve_mlflow_ui"]
+
+# Where each looked-for text lies: for every text, the rectangles of the elements whose own text it is, and the
+# rectangle and text of the nearest ancestor that holds every text in `together` (a chart card: its title, the
+# students' names and the values).
+_PROBE_JS = r"""
+((texts, together) => {
+  const own = (e) => [...e.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent).join('').trim();
+  const rect = (e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const els = [...document.querySelectorAll('body *')];
+  const out = {viewport: [window.innerWidth, window.innerHeight], texts: {}};
+  for (const t of texts) {
+    out.texts[t] = els.filter(e => own(e) === t).map(e => {
+      let box = e;
+      while (together.length && box.parentElement && !together.every(s => box.innerText && box.innerText.includes(s))) box = box.parentElement;
+      const hit = {rect: rect(e)};
+      if (together.length && box !== document.body) { hit.box = rect(box); hit.box_text = box.innerText; }
+      return hit;
+    });
+  }
+  return out;
+})(%s, %s)
+"""
 
 
 def find_chromium() -> str | None:
@@ -32,40 +60,108 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def screenshot_compare(tracking_uri: str, url_for_port, out_png: str | Path, wait_s: float = 120.0, budget_ms: int = 20000, dom_out: str | Path | None = None) -> Path:
-    """Serve ``tracking_uri`` with ``mlflow ui`` on loopback and screenshot ``url_for_port(port)``.
+class serve_mlflow_ui:
+    """``with serve_mlflow_ui(uri) as port:`` -- ``mlflow ui`` for the store ``uri`` on 127.0.0.1, stopped on exit."""
 
-    With ``dom_out``, the rendered page's DOM is saved too (what a test can read without OCR).
-    """
+    def __init__(self, tracking_uri: str, wait_s: float = 120.0):
+        self.uri, self.wait_s = tracking_uri, wait_s
+
+    def __enter__(self) -> int:
+        self.port = _free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", self.uri, "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + self.wait_s
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2)
+                return self.port
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.__exit__()
+                    err = self.proc.stderr.read().decode()[-2000:] if self.proc.stderr else ""
+                    raise RuntimeError(f"mlflow ui did not start on 127.0.0.1:{self.port} within {self.wait_s:.0f}s: {err}") from None
+                time.sleep(0.5)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def _drive(ws_url: str, url: str, size: tuple[int, int], texts: list[str], together: list[str], ready, timeout_s: float) -> tuple[bytes, dict]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, max_msg_size=0) as ws:
+        ids = iter(range(1, 1 << 30))
+
+        async def call(method: str, **params):
+            i = next(ids)
+            await ws.send_json({"id": i, "method": method, "params": params})
+            while True:
+                msg = await ws.receive_json()
+                if msg.get("id") == i:
+                    if "error" in msg:
+                        raise RuntimeError(f"chromium: {method}: {msg['error']}")
+                    return msg["result"]
+
+        await call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1, mobile=False)
+        await call("Page.enable")
+        await call("Page.navigate", url=url)
+        expr = _PROBE_JS % (json.dumps(texts), json.dumps(together))
+        deadline, seen = time.time() + timeout_s, {}
+        while True:
+            res = await call("Runtime.evaluate", expression=expr, returnByValue=True)
+            seen = res.get("result", {}).get("value") or {}
+            if seen and ready(seen):
+                await asyncio.sleep(1.0)  # let the charts finish their transitions, then look again
+                seen = (await call("Runtime.evaluate", expression=expr, returnByValue=True))["result"]["value"]
+                break
+            if time.time() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        shot = await call("Page.captureScreenshot", format="png")
+        return base64.b64decode(shot["data"]), seen
+
+
+def open_page(url: str, out_png: str | Path, size: tuple[int, int] = (1440, 900), texts: tuple[str, ...] = (), together: tuple[str, ...] = (), ready=None, timeout_s: float = 120.0) -> dict:
+    """Open ``url`` in headless Chromium with a ``size`` viewport, wait until ``ready(probe)`` (default: every
+    text in ``texts`` is on the page) or ``timeout_s``, save the first screen to ``out_png``, and return the
+    probe: ``{"viewport": [w, h], "texts": {text: [{"rect": [l, t, r, b], "box": [...], "box_text": ...}]}}``."""
     chromium = find_chromium()
     if chromium is None:
         raise FileNotFoundError("Chromium is not installed (Debian: apt-get install chromium)")
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    texts, together = list(texts), list(together)
+    ready = ready or (lambda seen: all(seen["texts"].get(t) for t in texts))
     out_png = Path(out_png).resolve()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        deadline = time.time() + wait_s
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"mlflow ui did not start on 127.0.0.1:{port}: {server.stderr.read().decode()[-2000:] if server.stderr else ''}") from None
-                time.sleep(0.5)
-        with tempfile.TemporaryDirectory() as profile:
-            base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--hide-scrollbars", "--window-size=1600,3400", f"--virtual-time-budget={budget_ms}"]
-            subprocess.run([*base, f"--screenshot={out_png}", url_for_port(port)], capture_output=True, timeout=180, check=False)
-            if dom_out is not None:
-                dom = subprocess.run([*base, "--dump-dom", url_for_port(port)], capture_output=True, timeout=180, check=False, text=True).stdout
-                Path(dom_out).write_text(dom)
-        if not out_png.exists():
-            raise RuntimeError("chromium did not write a screenshot")
-        return out_png
-    finally:
-        server.terminate()
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                                 "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+                                 f"--window-size={size[0]},{size[1]}", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            port_file, deadline = Path(profile) / "DevToolsActivePort", time.time() + 60
+            while not (port_file.exists() and port_file.read_text().strip()):
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"chromium did not open its DevTools port: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else 'timed out after 60s'}")
+                time.sleep(0.2)
+            port = int(port_file.read_text().split()[0])
+            pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
+            ws_url = next(p["webSocketDebuggerUrl"] for p in pages if p.get("type") == "page")
+            png, seen = asyncio.run(_drive(ws_url, url, size, texts, together, ready, timeout_s))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    out_png.write_bytes(png)
+    return seen
+
+
+def screenshot_compare(tracking_uri: str, url_for_port, out_png: str | Path, texts: tuple[str, ...] = (), together: tuple[str, ...] = (), size: tuple[int, int] = (1440, 900), timeout_s: float = 120.0) -> tuple[Path, dict]:
+    """Serve ``tracking_uri`` with ``mlflow ui`` on loopback, open ``url_for_port(port)`` and save its first screen."""
+    with serve_mlflow_ui(tracking_uri) as port:
+        seen = open_page(url_for_port(port), out_png, size=size, texts=texts, together=together, timeout_s=timeout_s)
+    return Path(out_png).resolve(), seen

@@ -1,5 +1,6 @@
 """`radio eval`, `radio compare`, `radio.load_student` and `radio quickstart`, on tiny teachers."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from pipelines.cli import main
 from pipelines.compare import compare_runs
 from pipelines.config import load_config
 from pipelines.evaluate import EvalJobConfig, evaluate
+from pipelines.screenshot import find_chromium
 from pipelines.tracking import NullRun
 from pipelines.train import Trainer, TrainJobConfig, train
 from radio.normalize import TargetStats
@@ -144,17 +146,61 @@ def test_compare_lists_runs_sorted(caches, students, capsys, monkeypatch):
     assert "--columns: no metric ['eval/knn_top2']" in capsys.readouterr().err
 
 
-def test_quickstart_end_to_end_reduced(ray_session, tmp_path, capsys):
-    assert main(["quickstart", f"workdir={tmp_path / 'qs'}", "limit=24", "students.nano-d4.epochs=2", "students.nano-d2-wide.epochs=2", "experiment=test-quickstart"]) == 0
-    out = capsys.readouterr().out
+QS_ARGS = ["limit=24", "students.nano-d4.epochs=2", "students.nano-d2-wide.epochs=2", "experiment=test-quickstart"]
+
+
+@pytest.fixture(scope="module")
+def quickstart(ray_session, tmp_path_factory):
+    """One reduced quickstart, its stdout kept: the end-to-end test and the browser test share it."""
+    import contextlib
+    import io
+
+    work, out = tmp_path_factory.mktemp("qs") / "qs", io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["quickstart", f"workdir={work}", *QS_ARGS]) == 0
+    return {"workdir": work, "stdout": out.getvalue()}
+
+
+def test_quickstart_end_to_end_reduced(quickstart, capsys):
+    out = quickstart["stdout"]
     assert "nano-d4" in out and "nano-d2-wide" in out and "mlflow ui" in out
     rows, _, _ = compare_runs("test-quickstart")
     assert {r["run"] for r in rows} == {"nano-d4", "nano-d2-wide"} and all(r["eval/knn_top1"] is not None for r in rows)
     # two resolutions and one dense metric: the new pieces at laptop scale
     assert all(r.get(k) is not None for r in rows for k in ("eval/dense_miou", "eval/res32/summary_consistency", "eval/res64/knn_top1", "eval/tiny-clip/zeroshot_top1"))
     # a rerun resumes: nothing is recomputed or retrained
-    assert main(["quickstart", f"workdir={tmp_path / 'qs'}", "limit=24", "students.nano-d4.epochs=2", "students.nano-d2-wide.epochs=2", "experiment=test-quickstart"]) == 0
+    assert main(["quickstart", f"workdir={quickstart['workdir']}", *QS_ARGS]) == 0
     assert len(compare_runs("test-quickstart")[0]) == 2
+
+
+@pytest.mark.skipif(find_chromium() is None and not os.environ.get("RADIO_REQUIRE_CHROMIUM"), reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+def test_the_printed_link_opens_on_both_students_eval_metrics(quickstart, tmp_path):
+    """Follow the link the quickstart printed in a fresh headless Chromium (no local storage) at 1440 x 900:
+    the first screen, without scrolling, holds a chart per headline eval metric, each naming both students and
+    showing both values (what `mlflow ui` renders, read from the page's own layout)."""
+    import re
+
+    from pipelines.compare import headline_metrics
+    from pipelines.screenshot import open_page, serve_mlflow_ui
+
+    link = re.search(r"then open (http://127\.0\.0\.1:5000/\S+)", quickstart["stdout"]).group(1)
+    assert "viewStateShareKey=" in link and "workflowType=machine_learning" in link and "compareRunsMode=CHART" in link
+    rows, columns, _ = compare_runs("test-quickstart")
+    names, metrics = [r["run"] for r in rows], headline_metrics(columns)[:3]
+    assert metrics == ["eval/knn_top1", "eval/linear_top1", "eval/dense_miou"]
+    with serve_mlflow_ui(os.environ["MLFLOW_TRACKING_URI"]) as port:
+        seen = open_page(link.replace(":5000/", f":{port}/"), tmp_path / "first-screen.png", size=(1440, 900), texts=(*metrics, *names), together=tuple(names))
+    w, h = seen["viewport"]
+    assert (w, h) == (1440, 900)
+    inside = lambda r: r[0] >= 0 and r[1] >= 0 and r[2] <= w and r[3] <= h and r[2] > r[0] and r[3] > r[1]  # noqa: E731
+    for m in metrics:
+        cards = [hit for hit in seen["texts"].get(m, []) if "box" in hit and inside(hit["rect"]) and inside(hit["box"])]
+        assert cards, f"no chart of {m} on the first screen: {seen['texts'].get(m)}"
+        text = cards[0]["box_text"].split("\n")
+        for r in rows:
+            assert r["run"] in text and f"{r[m]:.2f}" in text, (m, r["run"], r[m], text)
+    # the GenAI view would show traces and token usage instead; the screenshot is kept for the README's description
+    assert (tmp_path / "first-screen.png").stat().st_size > 10_000
 
 
 def test_picture_names_are_safe_and_bounded():
@@ -208,3 +254,32 @@ def test_adaptor_text_side_as_radio_users_call_it(students):
     assert torch.allclose(z, F.normalize(text_embeddings("tiny-clip", prompts), dim=-1), atol=1e-5)
     with pytest.raises(ValueError, match=r"adaptor 'tiny-dinov2' \(teacher tiny-dinov2\): no text encoder.*has no text tower"):
         model.adaptors["tiny-dinov2"].encode_text(torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_compare_view_is_saved_and_a_refusing_store_falls_back_to_the_compare_page(monkeypatch, capsys):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.compare import VIEW_KEY, compare_links, headline_metrics
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("test-compare-view")
+    cols = ["eval/res32/knn_top1", "eval/tiny-clip/zeroshot_top1", "eval/dense_miou", "eval/knn_top1", "eval/linear_top1", "eval/tiny-clip/summary_cos"]
+    assert headline_metrics(cols) == ["eval/knn_top1", "eval/linear_top1", "eval/dense_miou", "eval/tiny-clip/zeroshot_top1"]
+    rows = [{"run_id": "a" * 32}, {"run_id": "b" * 32}]
+    cmd, url, table, view = compare_links(uri, exp_id, rows, cols)
+    assert view == VIEW_KEY and f"#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}&compareRunsMode=CHART&workflowType=machine_learning" in url
+    assert "#/compare-runs?" in table and "127.0.0.1" in cmd
+    envelope = json.loads(client.get_experiment(exp_id).tags[f"mlflow.sharedViewState.{VIEW_KEY}"])
+    state = json.loads(envelope["state"])  # what MLflow 3.17's runs page reads: search facets and chart layout
+    assert envelope["name"] and isinstance(envelope["createdAt"], int)
+    assert [c["metricKey"] for c in state["compareRunCharts"]] == headline_metrics(cols)
+    assert {c["metricSectionId"] for c in state["compareRunCharts"]} == {state["compareRunSections"][0]["uuid"]}
+    assert state["searchFilter"] == "tags.`radio.kind` = 'student'" and state["runListHidden"] is True
+    # a store that refuses the tag: one line, and the link is MLflow's compare page
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", lambda *a, **k: (_ for _ in ()).throw(PermissionError("read-only store")))
+    cmd, url, table, view = compare_links(uri, exp_id, rows, cols)
+    assert view is None and url == table and "#/compare-runs?" in url
+    assert "could not save the comparison view" in capsys.readouterr().err
