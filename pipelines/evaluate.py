@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from radio.cache import CacheReader, decode_features, decode_summary
 from radio.targets import resample_targets
-from radio.checkpoint import load_student
+from radio.model import load_student
 from radio.metrics import dense_probe_miou, knn_top1, linear_probe_top1, masked_cosine, pca_rgb, zero_shot_top1
 from radio.views import derive_resolution
 

@@ -46,12 +46,13 @@ def save_model(path, mlflow_model=None, student_dir: str = "", resolution: int =
 
 def _load_pyfunc(data_path: str, model_config=None):
     """MLflow's pyfunc entry: ``data_path`` is the model's ``data`` folder; the student's files sit beside it."""
-    from radio import _student_dir_in, load_student
+    from radio import load_student
+    from radio.resolve import student_dir_in
 
     root = Path(data_path)
     while not (root / "MLmodel").is_file() and root != root.parent:
         root = root.parent
-    return StudentPyfunc(load_student(str(_student_dir_in(root))))
+    return StudentPyfunc(load_student(str(student_dir_in(root))))
 
 
 class StudentPyfunc:

@@ -23,7 +23,8 @@ import torch
 
 from radio.adapters import AdapterConfig
 from radio.cache import CacheReader, decode_features, decode_summary
-from radio.checkpoint import CheckpointError, DistillModel, save_student
+from radio.checkpoint import CheckpointError, save_student
+from radio.model import DistillModel
 from radio.data import CacheStream, LoaderConfig, ResolutionSchedule, ThreadPrefetcher, make_loader, resolve_workers
 from radio.losses import LossConfig, distill_loss
 from radio.normalize import TargetStats

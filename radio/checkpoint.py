@@ -5,9 +5,9 @@ A student directory holds ``model.safetensors`` (trunk + heads) and ``config.jso
     {"format": "radio-student/1", "student": StudentConfig, "adapters": [AdapterConfig, ...],
      "meta": {"teachers": {name: spec dict}, "fingerprints": {...}, "stats": {name: TargetStats dict}, ...}}
 
-``load_student(path)`` returns a :class:`RadioModel` (``radio/model.py``) with NVIDIA RADIO's public API:
-``summary, features = model(x)``, adaptors chosen by name in their teacher's own space (the
-training-time standardization undone), so an adaptor output can stand in for the teacher.
+``read_student(path)`` checks and reads those files; ``radio.model.load_student(path)`` builds the
+:class:`RadioModel` from them (NVIDIA RADIO's public API: ``summary, features = model(x)``, adaptors chosen by
+name in their teacher's own space). This module sits below ``radio/model.py``: it never imports it.
 """
 
 from __future__ import annotations
@@ -17,17 +17,16 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from .adapters import AdapterConfig
-from .model import DistillModel, RadioModel, RadioOutput, StudentPrediction
-from .normalize import TargetStats
 from .student import StudentConfig
 
-__all__ = ["DistillModel", "RadioModel", "RadioOutput", "StudentPrediction", "save_student", "load_student", "CheckpointError", "FORMAT"]
+__all__ = ["save_student", "read_student", "StudentFiles", "CheckpointError", "FORMAT"]
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FORMAT = "radio-student/1"
@@ -47,8 +46,9 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_student(path: str | Path, model: DistillModel, meta: dict | None = None) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` into directory ``path``; returns it.
+def save_student(path: str | Path, model, meta: dict | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` of ``model`` (a ``radio.model.DistillModel``) into
+    directory ``path``; returns it.
 
     ``meta``: plain JSON data to keep with the weights: ``teachers`` (spec dicts), ``fingerprints``,
     ``stats`` (teacher -> ``TargetStats.to_dict()``, undone by the loaded model), provenance.
@@ -65,8 +65,19 @@ def save_student(path: str | Path, model: DistillModel, meta: dict | None = None
     return d
 
 
-def load_student(path: str | Path, device: str | torch.device = "cpu", adaptor_names: list[str] | str | None = None) -> RadioModel:
-    """Load an exported student (a directory with model.safetensors + config.json), in eval mode. No pickle."""
+class StudentFiles(NamedTuple):
+    """What a student directory holds, checked: configs, the weights' tensors and ``meta``."""
+
+    path: Path
+    student: StudentConfig
+    adapters: list[AdapterConfig]
+    state: dict[str, torch.Tensor]
+    meta: dict
+
+
+def read_student(path: str | Path) -> StudentFiles:
+    """Read an exported student (a directory with model.safetensors + config.json). No pickle. Missing, damaged
+    or changed files are one :class:`CheckpointError` naming the file and the repair."""
     d = Path(path)
     for f in (WEIGHTS, CONFIG):
         if not (d / f).is_file():
@@ -80,7 +91,6 @@ def load_student(path: str | Path, device: str | torch.device = "cpu", adaptor_n
     s = cfg["student"]
     student = StudentConfig(**{**s, "mean": tuple(s["mean"]), "std": tuple(s["std"])})
     adapters = [AdapterConfig(**{**a, "feature_grid": tuple(a["feature_grid"])}) for a in cfg["adapters"]]
-    model = DistillModel(student, adapters)
     blob = (d / WEIGHTS).read_bytes()
     want = cfg.get("weights_sha256")  # absent in students written before checksums: loaded as they are
     if want is not None and hashlib.sha256(blob).hexdigest() != want:
@@ -90,12 +100,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu", adaptor_n
         state = load_bytes(blob)
     except Exception as e:  # truncated or not safetensors at all
         raise CheckpointError(f"{d / WEIGHTS} cannot be read as safetensors ({type(e).__name__}: {e}): the student checkpoint is damaged; export it again") from None
-    missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
-    if missing or unexpected:
-        raise ValueError(f"{d / WEIGHTS} does not match {d / CONFIG}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    model.load_state_dict(state)
     meta = cfg.get("meta", {})
     if (d / "eval" / "metrics.json").is_file() and "eval" not in meta:  # what `radio eval` measured, for the model card
         meta["eval"] = json.loads((d / "eval" / "metrics.json").read_text())
-    stats = {t: TargetStats.from_dict(v) for t, v in meta.get("stats", {}).items()}
-    return RadioModel(model, stats, meta, adaptor_names).to(device).eval()
+    return StudentFiles(d, student, adapters, state, meta)

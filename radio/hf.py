@@ -35,10 +35,10 @@ def register() -> None:
 
         @classmethod
         def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, revision=None, adaptor_names=None, device_map=None, **kwargs):
-            from . import load_student
+            from .model import RadioModel
 
             device = device_map if isinstance(device_map, str) and device_map != "auto" else "cpu"
-            return load_student(str(pretrained_model_name_or_path), device=device, adaptor_names=adaptor_names, revision=revision)
+            return RadioModel.from_pretrained(str(pretrained_model_name_or_path), revision=revision, adaptor_names=adaptor_names, device=device)
 
     AutoConfig.register(MODEL_TYPE, RadioStudentConfig, exist_ok=True)
     AutoModel.register(RadioStudentConfig, RadioStudentAutoModel, exist_ok=True)

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from .adapters import AdapterConfig, AdapterHeads
+from .checkpoint import read_student
 from .normalize import TargetStats
 from .student import StudentConfig, StudentOutput, ViTStudent, normalize_images, tracing
 
@@ -345,9 +346,9 @@ class RadioModel(nn.Module):
     @classmethod
     def from_pretrained(cls, ref: str, revision: str | None = None, adaptor_names: list[str] | str | None = None, device: str = "cpu") -> "RadioModel":
         """A student from a directory, a Hugging Face hub id (``org/name``), an MLflow run id or model URI."""
-        from . import load_student
+        from .resolve import resolve_student
 
-        return load_student(ref, device=device, adaptor_names=adaptor_names, revision=revision)
+        return load_student(resolve_student(str(ref), revision=revision)[0], device, adaptor_names)
 
     def push_to_hub(self, repo_id: str, private: bool = True, token: str | None = None, commit_message: str = "Upload radio student") -> str:
         from .hub import push_to_hub
@@ -431,3 +432,17 @@ class ExportableStudent(nn.Module):
             if "summary" in p:
                 result[f"{t}.summary"] = p["summary"]
         return result
+
+
+def load_student(path, device: str | torch.device = "cpu", adaptor_names: list[str] | str | None = None) -> RadioModel:
+    """The student in directory ``path`` (model.safetensors + config.json), in eval mode. No pickle.
+
+    ``radio.load_student`` takes any name of a student (run id, MLflow URI, hub id) and calls this."""
+    f = read_student(path)
+    model = DistillModel(f.student, f.adapters)
+    missing, unexpected = model.state_dict().keys() - f.state.keys(), f.state.keys() - model.state_dict().keys()
+    if missing or unexpected:
+        raise ValueError(f"{f.path / 'model.safetensors'} does not match {f.path / 'config.json'}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    model.load_state_dict(f.state)
+    stats = {t: TargetStats.from_dict(v) for t, v in f.meta.get("stats", {}).items()}
+    return RadioModel(model, stats, f.meta, adaptor_names).to(device).eval()

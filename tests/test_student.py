@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from radio.adapters import AdapterConfig, AdapterHeads, resample_targets, resample_valid_mask
-from radio.checkpoint import DistillModel, RadioModel, load_student, save_student
+from radio.checkpoint import save_student
+from radio.model import DistillModel, RadioModel, load_student
 from radio.losses import LossConfig, distill_loss
 from radio.normalize import RunningStats, TargetStats
 from radio.student import IMAGENET_MEAN, IMAGENET_STD, SIZES, StudentConfig, ViTStudent, normalize_uint8, trunk_param_count

@@ -9,7 +9,8 @@ import torch
 
 import radio
 from radio.adapters import AdapterConfig
-from radio.checkpoint import DistillModel, save_student
+from radio.checkpoint import save_student
+from radio.model import DistillModel
 from radio.model import RadioModel, RadioOutput, Resolution
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
