@@ -15,7 +15,7 @@ __all__ = ["main", "compare_runs", "compare_links", "format_table", "headline_me
 KEY_METRICS = ("eval/knn_top1", "eval/linear_top1", "eval/dense_miou")
 
 
-def _column_order(name: str) -> tuple:
+def metric_order(name: str) -> tuple:
     """Headline numbers, then zero-shot, then the resolution sweep (by resolution), then fidelity."""
     if name in KEY_METRICS:
         return (0, KEY_METRICS.index(name), "")
@@ -43,7 +43,7 @@ def compare_runs(experiment: str = "radio-students", sort: str = "eval/knn_top1"
         raise CompareError(f"no MLflow experiment {experiment!r} at {uri}; experiments there: {names}")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`radio.kind` = 'student'", max_results=1000)
     found = {k for r in runs for k in r.data.metrics if k.startswith("eval/") and "/teacher/" not in k}
-    columns = sorted(found | {k for k in KEY_METRICS[:2]}, key=_column_order)
+    columns = sorted(found | {k for k in KEY_METRICS[:2]}, key=metric_order)
     rows = []
     for r in runs:
         m, t = r.data.metrics, r.data.tags
@@ -132,7 +132,7 @@ VIEW_KEY = "radio-students"  # the saved view radio writes: experiment tag mlflo
 
 def headline_metrics(columns: list[str], n: int = 6) -> list[str]:
     """The metrics a comparison opens with: knn, linear, dense, then zero-shot (what the first screen shows)."""
-    return [c for c in sorted(columns, key=_column_order) if _column_order(c)[0] <= 1][:n]
+    return [c for c in sorted(columns, key=metric_order) if metric_order(c)[0] <= 1][:n]
 
 
 def save_compare_view(uri: str, experiment_id: str, columns: list[str], n_runs: int) -> str | None:

@@ -36,6 +36,7 @@ from radio.metrics import dense_probe_miou, knn_top1, linear_probe_top1, masked_
 from radio.views import derive_resolution
 
 from .config import ConfigError, check_output_dir, load_config, require
+from .compare import metric_order
 from .tracking import PENDING, MlflowConfig, NullRun, cache_dataset, log_cache_input, start_run, tracking_uri
 
 __all__ = ["EvalJobConfig", "evaluate", "main"]
@@ -308,13 +309,14 @@ def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     tracker = start_run(cfg.mlflow, run_name="eval", run_id=run_id, pending=out_dir / PENDING) if run_id else NullRun()
     model_id = tracker.model_id() if run_id else None  # the model page then shows these numbers, measured on the val cache
-    tracker.log_metrics(metrics, model_id=model_id, dataset=cache_dataset(val.manifest) if model_id else None)
+    # headline numbers first: the model page lists its metrics in the order they were logged
+    tracker.log_metrics(dict(sorted(metrics.items(), key=lambda kv: metric_order(kv[0]))), model_id=model_id, dataset=cache_dataset(val.manifest) if model_id else None)
     for p in pics:
         tracker.log_artifact(str(p), "eval/pictures")
     tracker.log_artifact(str(out_dir / "metrics.json"), "eval")
     log_cache_input(tracker, cfg.val_cache, val.manifest, "evaluation", teachers)
     log_cache_input(tracker, cfg.train_cache, train.manifest, "evaluation-database", teachers)
-    tracker.set_description(describe_eval(metrics))
+    tracker.set_description(describe_eval(metrics), model_id=model_id)
     if run_id:
         tracker.end()
     return metrics

@@ -216,9 +216,13 @@ class Run:
         return self._do({"op": "student_model", "student_dir": os.path.abspath(student_dir), "resolution": resolution, "register": register},
                         lambda: _send_student(self.client, self.run_id, student_dir, resolution, register))
 
-    def set_description(self, markdown: str):
-        """The run's description (shown at the top of its page in the MLflow UI)."""
+    def set_description(self, markdown: str, model_id: str | None = None):
+        """The run's description (shown at the top of its page in the MLflow UI); with ``model_id``, the logged
+        model's too (the Description of its page)."""
         self.set_tags({"mlflow.note.content": markdown})
+        if model_id:
+            tags = {"mlflow.note.content": markdown}
+            self._do({"op": "model_tags", "model_id": model_id, "tags": tags}, lambda: self.client.set_logged_model_tags(model_id, tags))
 
     def end(self, status: str = "FINISHED"):
         import sys
@@ -315,6 +319,7 @@ _SENDERS = {
     "dataset": lambda c, r, e: _send_dataset(c, r, **e["args"]),
     "student_model": lambda c, r, e: _send_student(c, r, e["student_dir"], e["resolution"], e["register"]),
     "terminated": lambda c, r, e: c.set_terminated(r, status=e["status"]),
+    "model_tags": lambda c, r, e: c.set_logged_model_tags(e["model_id"], e["tags"]),
 }
 
 

@@ -32,7 +32,7 @@ from radio.student import StudentConfig
 
 from .config import ConfigError, DiskFull, _nearest, check_output_dir, config_to_yaml, disk_full, flatten_config, require
 from .online import OnlineTeacherConfig, OnlineTeachers
-from .tracking import PENDING, MlflowConfig, NullRun, check_tracking_uri, log_cache_input, replay_pending, start_run, tracking_uri
+from .tracking import PENDING, MlflowConfig, NullRun, cache_dataset, check_tracking_uri, log_cache_input, replay_pending, start_run, tracking_uri
 
 __all__ = ["OptimConfig", "TrainJobConfig", "train", "main", "TrainingDiverged", "TrainingInterrupted"]
 
@@ -203,6 +203,7 @@ class Trainer:
         self.cached = cached
         self.state = TrainState()
         self.history: list[dict] = []
+        self.last_metrics: dict[str, float] = {}  # the last logged step's values: the logged model's training figures
         self.logged_until = 0  # the last step already in the MLflow run (a resumed run's replayed steps are not logged again)
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -370,6 +371,7 @@ class Trainer:
                         step_s = now - t_last
                         metrics.update({"images_per_s": images * self.acc.num_processes / step_s if step_s > 0 else 0.0, "data_wait_fraction": wait_s / step_s if step_s > 0 else 0.0, "epoch": self.state.epoch, "lr": self.sched.get_last_lr()[0]})
                         self.history.append({"step": self.state.step, "loss": metrics["loss"]})
+                        self.last_metrics = metrics
                         if self.state.step > self.logged_until:  # a resumed run does not log a replayed step twice
                             tracker.log_metrics(metric_names(metrics), step=self.state.step, wait=False)  # sent from a background thread
                         self._progress(metrics, max_steps)
@@ -654,6 +656,10 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
         tracker.set_tags({"radio.steps": trainer.state.step})
         if tracker.run_id:
             _log_model(tracker, student_dir, trainer.reader.manifest.student_resolution, cfg.mlflow.register)
+            model_id = tracker.model_id()
+            losses = {k: v for k, v in metric_names(trainer.last_metrics).items() if k.startswith("train/loss")}
+            if model_id and losses:  # the model's page then names the training cache among its datasets, with its final losses
+                tracker.log_metrics(losses, step=trainer.state.step, model_id=model_id, dataset=cache_dataset(trainer.reader.manifest))
         if monitor:
             monitor.finish()
         tracker.end()

@@ -8,6 +8,7 @@ import torch
 
 import radio
 from pipelines.cache import CacheJobConfig, run_cache_job
+from radio.cache import CacheReader
 from pipelines.cli import main
 from pipelines.compare import compare_runs
 from pipelines.config import load_config
@@ -74,6 +75,14 @@ def test_eval_logs_into_the_training_run(caches, students):
     by_key = {m.key: m for m in model.metrics or []}
     assert "eval/knn_top1" in by_key and by_key["eval/knn_top1"].value == run.data.metrics["eval/knn_top1"]
     assert by_key["eval/knn_top1"].dataset_name.startswith("radio-cache-") and by_key["eval/knn_top1"].dataset_digest
+    # ... and its training cache (the final losses, measured on it): the page's "Datasets used" names both
+    datasets = {(m.dataset_name, m.dataset_digest) for m in model.metrics if m.dataset_name}
+    train_id, val_id = (CacheReader(caches[s]).manifest.cache_id for s in ("train", "val"))
+    assert {d for _, d in datasets} == {train_id, val_id}, datasets
+    assert by_key["train/loss"].dataset_digest == train_id and by_key["train/loss"].value == pytest.approx(run.data.metrics["train/loss"])
+    evals = [m.key for m in model.metrics if m.key.startswith("eval/")]
+    assert evals[:3] == ["eval/knn_top1", "eval/linear_top1", "eval/dense_miou"] or evals[:2] == ["eval/knn_top1", "eval/linear_top1"], evals[:5]  # headline first
+    assert model.tags["mlflow.note.content"] == run.data.tags["mlflow.note.content"]  # the model page's Description
     assert run.data.tags["mlflow.note.content"].startswith("**radio eval**") and "`eval/knn_top1`" in run.data.tags["mlflow.note.content"]
     pics = [a.path for a in client.list_artifacts(run.info.run_id, "eval/pictures")]
     assert len(pics) == 2 and all(p.endswith(".png") for p in pics)
