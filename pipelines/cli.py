@@ -146,9 +146,11 @@ def cmd_export(ns) -> int:
         check_output_dir(os.path.dirname(os.path.abspath(ns.onnx)), "--onnx")
     model = radio.load_student(ns.student)
     if ns.onnx:
-        rep = export_onnx(model, ns.onnx, opset=ns.opset, check=not ns.no_check)
+        rep = export_onnx(model, ns.onnx, opset=ns.opset, check=not ns.no_check, input_dtype=ns.onnx_input)
         diff = "not checked" if rep["max_abs_diff"] is None else f"max |onnxruntime - torch| {rep['max_abs_diff']:.2e}"
-        print(f"wrote {rep['path']}: input images (B, 3, H, W) float [0, 1]; outputs {', '.join(rep['outputs'])}; {diff}")
+        kind = "uint8 [0, 255]" if ns.onnx_input == "uint8" else "float32 [0, 1]"
+        print(f"wrote {rep['path']}: input images (B, 3, H, W) {kind}; outputs {', '.join(rep['outputs'])}; {diff}"
+              + (f"; weights in {rep['external_data']} (keep it beside the .onnx file)" if rep["external_data"] else ""))
     if ns.pretrained:
         print(f"wrote {model.save_pretrained(ns.pretrained)} (load it with radio.load_student or torch.hub)")
     if ns.push_to_hub:
@@ -212,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write a student as ONNX, as a hub-style directory, or push it to the Hugging Face hub")
     ex.add_argument("student", help="a student directory, MLflow run id or URI, or hub id")
     ex.add_argument("--onnx", metavar="OUT.onnx", help="ONNX model with dynamic batch and resolution, checked against PyTorch with onnxruntime")
+    ex.add_argument("--onnx-input", choices=("float32", "uint8"), default="float32", help="the ONNX graph's input: float32 images in [0, 1] (default) or uint8 in [0, 255]")
     ex.add_argument("--opset", type=int, default=18)
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     ex.add_argument("--pretrained", metavar="DIR", help="save_pretrained: weights, config and a model card")

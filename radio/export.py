@@ -7,8 +7,14 @@ the teacher's space. After writing, the file is run with onnxruntime on two inpu
 with PyTorch; the export fails if any output differs by more than ``ATOL``. Weights under 1 GB are stored in
 the one ``.onnx`` file; bigger ones in ``OUT.onnx.data`` beside it (ONNX's protobuf limit is 2 GB), which must
 travel with it. A side that is not a multiple of the patch fails in onnxruntime (a Reshape that needs whole
-patches), as the student refuses it; ONNX graphs cannot raise on values, so the [0, 1] range and NaN checks
-of the PyTorch model are not in the file: feed it float32 images in [0, 1].
+patches), as the student refuses it.
+
+The PyTorch model's input checks are in the graph too. ONNX has no assert operator, so a refusal is a Reshape
+to an impossible shape, computed from the pixels: onnxruntime then stops with an error naming the node, whose
+name says what was wrong (``refused__float_images_must_lie_in_0_1_...`` for values outside the accepted
+[-0.5, 1.5], e.g. a 0-255 float image; ``refused__images_hold_NaN_or_Inf``). One graph takes one input dtype:
+``input_dtype="float32"`` (default; [0, 1]) or ``"uint8"`` ([0, 255], scaled in the graph), chosen at export
+(``radio export ... --onnx-input uint8``); the PyTorch model takes both.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ class OnnxExportError(RuntimeError):
     pass
 
 
-def export_onnx(model, path: str | Path, opset: int = 18, check: bool = True, verbose: bool = False) -> dict:
+def export_onnx(model, path: str | Path, opset: int = 18, check: bool = True, verbose: bool = False, input_dtype: str = "float32") -> dict:
     """Write ``model`` (a RadioModel) to ``path`` as ONNX; returns {"path", "outputs", "max_abs_diff"}.
+
+    ``input_dtype``: ``float32`` (images in [0, 1]) or ``uint8`` (images in [0, 255]).
 
     Needs ``onnx`` and ``onnxscript`` (and ``onnxruntime`` for the check): ``pip install radio-distill[onnx]``.
     """
@@ -40,6 +48,8 @@ def export_onnx(model, path: str | Path, opset: int = 18, check: bool = True, ve
         import onnxscript  # noqa: F401  (torch's exporter needs it)
     except ImportError:
         raise OnnxExportError("ONNX export needs onnx and onnxscript: pip install 'radio-distill[onnx]' (or onnx onnxscript onnxruntime)") from None
+    if input_dtype not in ("float32", "uint8"):
+        raise ValueError(f"input_dtype={input_dtype!r}: an ONNX student takes float32 images in [0, 1] or uint8 images in [0, 255]")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = ExportableStudent(model).eval()
@@ -53,10 +63,62 @@ def export_onnx(model, path: str | Path, opset: int = 18, check: bool = True, ve
     with sink, torch.no_grad():
         torch.onnx.export(graph, (x,), str(path), dynamo=True, opset_version=opset, input_names=["images"], output_names=names,
                           dynamic_shapes=({0: auto, 2: auto, 3: auto},), verbose=verbose, external_data=external)
-    report = {"path": str(path), "outputs": names, "max_abs_diff": None, "external_data": str(path) + ".data" if external else None}
+    guard_inputs(path, model.INPUT_RANGE, input_dtype, external)
+    report = {"path": str(path), "outputs": names, "max_abs_diff": None, "external_data": str(path) + ".data" if external else None, "input_dtype": input_dtype}
     if check:
-        report["max_abs_diff"] = check_onnx(graph, path, [x, torch.rand(1, 3, r.height + 2 * model.patch_size, max(model.patch_size, r.width - model.patch_size))])
+        inputs = [x, torch.rand(1, 3, r.height + 2 * model.patch_size, max(model.patch_size, r.width - model.patch_size))]
+        if input_dtype == "uint8":
+            inputs = [(v * 255).round().to(torch.uint8) for v in inputs]
+        report["max_abs_diff"] = check_onnx(graph, path, inputs)
     return report
+
+
+def guard_inputs(path: str | Path, value_range: tuple[float, float], input_dtype: str = "float32", external: bool = False) -> None:
+    """Put the PyTorch model's input checks in front of the exported graph (see the module's docstring), and
+    for ``uint8`` make the input uint8 [0, 255], scaled to [0, 1] in the graph."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    [inp] = [i for i in g.input if i.name == "images"]
+    checked = "images_checked"
+    for node in g.node:  # every use of the input now reads the checked (and scaled) images
+        for i, name in enumerate(node.input):
+            if name == "images":
+                node.input[i] = checked
+    c = lambda name, value, dtype=TensorProto.FLOAT: helper.make_node("Constant", [], [name], value=helper.make_tensor(name, dtype, [len(value)] if isinstance(value, list) else [], value if isinstance(value, list) else [value]))  # noqa: E731
+    nodes = [c("guard_zero", [0.0]), c("guard_ok_shape", [1], TensorProto.INT64), c("guard_bad_shape", [-7], TensorProto.INT64)]
+
+    def refuse_unless(ok: str, why: str) -> str:
+        """A [1]-shaped zero when ``ok``, else a Reshape that fails in a node named ``refused__<why>``."""
+        nodes.extend([helper.make_node("Where", [ok, "guard_ok_shape", "guard_bad_shape"], [f"{why}_shape"]),
+                      helper.make_node("Reshape", ["guard_zero", f"{why}_shape"], [f"{why}_zero"], name=f"refused__{why}")])
+        return f"{why}_zero"
+
+    if input_dtype == "uint8":
+        inp.type.tensor_type.elem_type = TensorProto.UINT8
+        nodes += [helper.make_node("Cast", ["images"], ["images_float"], to=TensorProto.FLOAT), c("guard_255", 255.0),
+                  helper.make_node("Div", ["images_float", "guard_255"], [checked])]  # [0, 255] -> [0, 1]: always in range
+    else:
+        lo, hi = value_range
+        nodes += [helper.make_node("ReduceSum", ["images"], ["guard_sum"], keepdims=0), helper.make_node("Sub", ["guard_sum", "guard_sum"], ["guard_sum0"]),
+                  c("guard_zero_s", 0.0), helper.make_node("Equal", ["guard_sum0", "guard_zero_s"], ["guard_finite"])]  # NaN/Inf anywhere: sum - sum is NaN
+        finite = refuse_unless("guard_finite", "images_hold_NaN_or_Inf")
+        nodes += [helper.make_node("ReduceMin", ["images"], ["guard_min"], keepdims=0), helper.make_node("ReduceMax", ["images"], ["guard_max"], keepdims=0),
+                  c("guard_lo", float(lo)), c("guard_hi", float(hi)),
+                  helper.make_node("GreaterOrEqual", ["guard_min", "guard_lo"], ["guard_min_ok"]), helper.make_node("LessOrEqual", ["guard_max", "guard_hi"], ["guard_max_ok"]),
+                  helper.make_node("And", ["guard_min_ok", "guard_max_ok"], ["guard_in_range"])]
+        in_range = refuse_unless("guard_in_range", f"float_images_must_lie_in_0_1_overshoot_{lo:g}_{hi:g}_accepted__divide_0_255_images_by_255_or_export_with_onnx_input_uint8")
+        nodes += [helper.make_node("Add", ["images", finite], ["images_finite"]), helper.make_node("Add", ["images_finite", in_range], [checked])]
+    rest = list(g.node)
+    del g.node[:]
+    g.node.extend(nodes + rest)
+    onnx.checker.check_model(model)
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=Path(path).name + ".data")
+    else:
+        onnx.save_model(model, str(path))
 
 
 def check_onnx(graph, path: str | Path, inputs: list[torch.Tensor]) -> float:
@@ -71,7 +133,7 @@ def check_onnx(graph, path: str | Path, inputs: list[torch.Tensor]) -> float:
     for x in inputs:
         got = sess.run(None, {"images": x.numpy()})
         with torch.no_grad():
-            ref = graph(x)
+            ref = graph(x.float() / 255 if x.dtype == torch.uint8 else x)
         for n, g in zip(names, got):
             d = float((torch.from_numpy(g) - ref[n]).abs().max())
             if not d <= ATOL:

@@ -172,6 +172,24 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student.onnx"]
     with pytest.raises(Exception, match="(?i)reshape"):
         sess.run(None, {"images": torch.rand(1, 3, 65, 64).numpy()})
+    # PyTorch's input checks, in the graph: a 0-255 float image and NaN are refused by a node that says why;
+    # bicubic overshoot is accepted as PyTorch accepts it
+    x = torch.rand(1, 3, 16, 16)
+    for bad, why in ((x * 255, "float_images_must_lie_in_0_1"), (x.masked_fill(x > 0.9, float("nan")), "images_hold_NaN_or_Inf")):
+        with pytest.raises(Exception, match=f"refused__{why}"):
+            sess.run(None, {"images": bad.numpy()})
+        with pytest.raises(ValueError):
+            model(bad)
+    over = x * 1.2 - 0.1  # [-0.1, 1.1]
+    got = dict(zip(names, sess.run(None, {"images": over.numpy()})))
+    torch.testing.assert_close(torch.from_numpy(got["features"]), model(over)["backbone"].features, atol=ATOL, rtol=0)
+    # uint8, as PyTorch takes it, from a graph exported for it
+    out8 = tmp_path / "u8" / "student.onnx"
+    assert main(["export", str(student_dir), "--onnx", str(out8), "--onnx-input", "uint8"]) == 0
+    sess8 = ort.InferenceSession(str(out8), providers=["CPUExecutionProvider"])
+    x8 = torch.randint(0, 256, (2, 3, 16, 32), dtype=torch.uint8)
+    got = dict(zip(names, sess8.run(None, {"images": x8.numpy()})))
+    torch.testing.assert_close(torch.from_numpy(got["tiny-clip.summary"]), model(x8)["tiny-clip"].summary, atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="multiple of min_resolution_step"):
         model(torch.rand(1, 3, 65, 64))
 
