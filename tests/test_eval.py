@@ -197,8 +197,17 @@ def test_the_printed_link_opens_on_both_students_eval_metrics(quickstart, tmp_pa
     rows, columns, _ = compare_runs("test-quickstart")
     names, metrics = [r["run"] for r in rows], headline_metrics(columns)[:3]
     assert metrics == ["eval/knn_top1", "eval/linear_top1", "eval/dense_miou"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    run = client.get_run(rows[0]["run_id"])
+    model_id = run.data.tags["radio.model_uri"].split("/")[-1]
+    train_ds = next(m.dataset_name for m in client.get_logged_model(model_id).metrics if m.key == "train/loss")
     with serve_mlflow_ui(os.environ["MLFLOW_TRACKING_URI"]) as port:
         seen = open_page(link.replace(":5000/", f":{port}/"), tmp_path / "first-screen.png", size=(1440, 900), texts=(*metrics, *names), together=tuple(names))
+        # the student's model page: its training cache among the datasets, its eval numbers as the description
+        model_page = f"http://127.0.0.1:{port}/#/experiments/{run.info.experiment_id}/models/{model_id}?workflowType=machine_learning"
+        mp = open_page(model_page, tmp_path / "model-page.png", size=(1440, 900), texts=("Datasets used", "eval/knn_top1", rows[0]["run"]), together=(train_ds,))
     w, h = seen["viewport"]
     assert (w, h) == (1440, 900)
     inside = lambda r: r[0] >= 0 and r[1] >= 0 and r[2] <= w and r[3] <= h and r[2] > r[0] and r[3] > r[1]  # noqa: E731
@@ -208,6 +217,9 @@ def test_the_printed_link_opens_on_both_students_eval_metrics(quickstart, tmp_pa
         text = cards[0]["box_text"].split("\n")
         for r in rows:
             assert r["run"] in text and f"{r[m]:.2f}" in text, (m, r["run"], r[m], text)
+    on_screen = lambda t: [h["rect"] for h in mp["texts"].get(t, []) if inside(h["rect"])]  # noqa: E731
+    assert on_screen("Datasets used") and on_screen("eval/knn_top1") and on_screen(rows[0]["run"]), mp["texts"]
+    assert train_ds.startswith("radio-cache-") and any(train_ds in h.get("box_text", "") and inside(h["box"]) for h in mp["texts"]["Datasets used"]), mp["texts"]["Datasets used"]
     # the GenAI view would show traces and token usage instead; the screenshot is kept for the README's description
     assert (tmp_path / "first-screen.png").stat().st_size > 10_000
 
