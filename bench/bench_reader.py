@@ -85,6 +85,32 @@ def read_rate(root: str, teachers: list[str], workers: int, batch_size: int, epo
     return rows, dt, b
 
 
+def checked_over_unchecked(root: str, teachers: list[str], workers: int, batch_size: int, rounds: int = 3) -> tuple[float, float, float]:
+    """(median ratio, checked views/s, unchecked views/s): epochs through the training loader (``workers``
+    processes, forked per epoch so they inherit the switch) with every byte checked and without, alternately,
+    after one warm-up epoch."""
+    import radio.cache.store as store
+    from radio.data import CacheStream, LoaderConfig, make_loader
+
+    cfg = LoaderConfig(batch_size=batch_size, num_workers=workers, shuffle_buffer=1024, prefetch_factor=2)
+    stream = CacheStream(root, teachers, num_workers=max(1, workers), batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, read_rows=cfg.read_rows)
+    loader = make_loader(stream, cfg)
+    rates = {True: [], False: []}
+    try:
+        for r in range(2 * rounds + 1):
+            on = r % 2 == 1
+            store.VERIFY_PAGES = on
+            stream.set_epoch(r)
+            t0 = time.perf_counter()
+            rows = sum(int(b["weight"].sum()) for b in loader)
+            if r:
+                rates[on].append(rows / (time.perf_counter() - t0))
+    finally:
+        store.VERIFY_PAGES = True
+    med = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
+    return med[True] / med[False], med[True], med[False]
+
+
 def _checksum_cost(root, teachers, ns, cleanup: bool):
     """The reader's cost of checking every byte it reads (each local shard hashed whole with xxh3-128 when a
     stream opens it), side by side in one run: epochs with and without the check, alternately. Reports the

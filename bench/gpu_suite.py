@@ -151,6 +151,7 @@ def figure_specs(sz: Sizes) -> dict[str, dict]:
     add("reader/workers", "processes")
     add("reader/views_per_s", "views/s")
     add("reader/mb_per_s", "MB/s")
+    add("reader/checked_over_unchecked", "ratio", ">= 0.97")
     return f
 
 
@@ -603,7 +604,7 @@ def train_online(suite: Suite, sz: Sizes, dirs: dict, work: Path, cache: Path | 
 
 def reader_section(suite: Suite, sz: Sizes, cache: Path | None):
     def run():
-        from bench_reader import read_rate
+        from bench_reader import checked_over_unchecked, read_rate
 
         from radio.cache import CacheReader
         from radio.data import LoaderConfig, resolve_workers
@@ -618,8 +619,10 @@ def reader_section(suite: Suite, sz: Sizes, cache: Path | None):
         rows, dt, _ = read_rate(str(cache), names, workers, sz.train_batch)
         suite.put("reader/views_per_s", rows / dt, note=f"all readers together, second epoch of {rows} views, batch {sz.train_batch}")
         suite.put("reader/mb_per_s", rows / dt * per_view / 1e6, note=f"{per_view / 1e6:.3f} MB per view")
+        ratio, on, off = checked_over_unchecked(str(cache), names, workers, sz.train_batch)
+        suite.put("reader/checked_over_unchecked", ratio, note=f"every byte checked (xxh3 of each local shard) / no check: {on:.0f} / {off:.0f} views/s, medians of 3 alternating epochs (issue 19)")
 
-    suite.measure("reader", ["reader/workers", "reader/views_per_s", "reader/mb_per_s"], run, sz.min_s.get("reader", 0))
+    suite.measure("reader", ["reader/workers", "reader/views_per_s", "reader/mb_per_s", "reader/checked_over_unchecked"], run, sz.min_s.get("reader", 0))
 
 
 def _overrides(p: argparse.ArgumentParser, items: list[str]) -> dict:

@@ -28,7 +28,7 @@ def test_smoke_reports_every_figure(gpu_suite, ray_session, tmp_path):
     assert set(figures) == set(specs)
     assert set(specs) >= {"cache/job_over_tuned", "cache/mfu_in_job/sam", "cache/busy_fraction/sam", "cache/resize_device_over_prepare/sam", "cache/peak_host_mib_2n",
                           "cache/sam_device_over_prepare_job", "train/cached_over_resident", "train/mfu", "train/data_wait_fraction", "train/hybrid_steps_per_s",
-                          "train/online_steps_per_s", "reader/views_per_s"}
+                          "train/online_steps_per_s", "reader/views_per_s", "reader/checked_over_unchecked"}
     import torch
 
     cpu = not torch.cuda.is_available()
