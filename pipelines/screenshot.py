@@ -136,10 +136,11 @@ def open_page(url: str, out_png: str | Path, size: tuple[int, int] = (1440, 900)
     ready = ready or (lambda seen: all(seen["texts"].get(t) for t in texts))
     out_png = Path(out_png).resolve()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
+    # the profile is removed after the browser: its helper processes may still be writing to it as it exits
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update",
                                  "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-                                 f"--window-size={size[0]},{size[1]}", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                 f"--window-size={size[0]},{size[1]}", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         try:
             port_file, deadline = Path(profile) / "DevToolsActivePort", time.time() + 60
             while not (port_file.exists() and port_file.read_text().strip()):
@@ -151,13 +152,34 @@ def open_page(url: str, out_png: str | Path, size: tuple[int, int] = (1440, 900)
             ws_url = next(p["webSocketDebuggerUrl"] for p in pages if p.get("type") == "page")
             png, seen = asyncio.run(_drive(ws_url, url, size, texts, together, ready, timeout_s))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop_group(proc)
     out_png.write_bytes(png)
     return seen
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop the browser and every helper process it started (it leads its own session), then reap it."""
+    import os
+    import signal
+
+    def signal_group(sig) -> bool:
+        try:
+            os.killpg(proc.pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+    signal_group(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.time() + 10
+    while signal_group(0) and time.time() < deadline:  # helpers exit just after the main process
+        time.sleep(0.2)
+    signal_group(signal.SIGKILL)
+    if proc.poll() is None:
+        proc.wait(timeout=10)
 
 
 def screenshot_compare(tracking_uri: str, url_for_port, out_png: str | Path, texts: tuple[str, ...] = (), together: tuple[str, ...] = (), size: tuple[int, int] = (1440, 900), timeout_s: float = 120.0) -> tuple[Path, dict]:

@@ -657,9 +657,11 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
         if tracker.run_id:
             _log_model(tracker, student_dir, trainer.reader.manifest.student_resolution, cfg.mlflow.register)
             model_id = tracker.model_id()
-            losses = {k: v for k, v in metric_names(trainer.last_metrics).items() if k.startswith("train/loss")}
-            if model_id and losses:  # the model's page then names the training cache among its datasets, with its final losses
-                tracker.log_metrics(losses, step=trainer.state.step, model_id=model_id, dataset=cache_dataset(trainer.reader.manifest))
+            # the final losses once more, under their own names (a step is never logged twice under one name),
+            # against the model and the training cache: the model's page then names that cache among its datasets
+            final = {k.replace("train/loss", "train/final_loss", 1): v for k, v in metric_names(trainer.last_metrics).items() if k.startswith("train/loss")}
+            if model_id and final:
+                tracker.log_metrics(final, step=trainer.state.step, model_id=model_id, dataset=cache_dataset(trainer.reader.manifest))
         if monitor:
             monitor.finish()
         tracker.end()

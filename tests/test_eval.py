@@ -79,7 +79,7 @@ def test_eval_logs_into_the_training_run(caches, students):
     datasets = {(m.dataset_name, m.dataset_digest) for m in model.metrics if m.dataset_name}
     train_id, val_id = (CacheReader(caches[s]).manifest.cache_id for s in ("train", "val"))
     assert {d for _, d in datasets} == {train_id, val_id}, datasets
-    assert by_key["train/loss"].dataset_digest == train_id and by_key["train/loss"].value == pytest.approx(run.data.metrics["train/loss"])
+    assert by_key["train/final_loss"].dataset_digest == train_id and by_key["train/final_loss"].value == pytest.approx(run.data.metrics["train/loss"])
     evals = [m.key for m in model.metrics if m.key.startswith("eval/")]
     assert evals[:3] == ["eval/knn_top1", "eval/linear_top1", "eval/dense_miou"] or evals[:2] == ["eval/knn_top1", "eval/linear_top1"], evals[:5]  # headline first
     assert model.tags["mlflow.note.content"] == run.data.tags["mlflow.note.content"]  # the model page's Description
@@ -202,7 +202,7 @@ def test_the_printed_link_opens_on_both_students_eval_metrics(quickstart, tmp_pa
     client = MlflowClient()
     run = client.get_run(rows[0]["run_id"])
     model_id = run.data.tags["radio.model_uri"].split("/")[-1]
-    train_ds = next(m.dataset_name for m in client.get_logged_model(model_id).metrics if m.key == "train/loss")
+    train_ds = next(m.dataset_name for m in client.get_logged_model(model_id).metrics if m.key == "train/final_loss")
     with serve_mlflow_ui(os.environ["MLFLOW_TRACKING_URI"]) as port:
         seen = open_page(link.replace(":5000/", f":{port}/"), tmp_path / "first-screen.png", size=(1440, 900), texts=(*metrics, *names), together=tuple(names))
         # the student's model page: its training cache among the datasets, its eval numbers as the description
