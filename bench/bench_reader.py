@@ -95,6 +95,13 @@ def checked_over_unchecked(root: str, teachers: list[str], workers: int, batch_s
     cfg = LoaderConfig(batch_size=batch_size, num_workers=workers, shuffle_buffer=1024, prefetch_factor=2)
     stream = CacheStream(root, teachers, num_workers=max(1, workers), batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, read_rows=cfg.read_rows)
     loader = make_loader(stream, cfg)
+    if workers:  # the switch reaches the workers by inheritance: a spawned worker would check every epoch
+        import multiprocessing as mp
+
+        ctx = loader.multiprocessing_context
+        method = ctx.get_start_method() if ctx is not None else mp.get_start_method()
+        if method != "fork":
+            raise RuntimeError(f"checked_over_unchecked needs fork-started loader workers (got {method!r}): the check's switch would not reach them")
     rates = {True: [], False: []}
     try:
         for r in range(2 * rounds + 1):

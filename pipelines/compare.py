@@ -135,7 +135,7 @@ def headline_metrics(columns: list[str], n: int = 6) -> list[str]:
     return [c for c in sorted(columns, key=metric_order) if metric_order(c)[0] <= 1][:n]
 
 
-def save_compare_view(uri: str, experiment_id: str, columns: list[str], n_runs: int) -> str | None:
+def save_compare_view(uri: str, experiment_id: str, columns: list[str], n_runs: int, sort: str = "eval/knn_top1") -> str | None:
     """Save (or update) the experiment's "radio: students compared" view and return its key, or None if the store
     refused it (the caller then links the plain compare page).
 
@@ -143,7 +143,7 @@ def save_compare_view(uri: str, experiment_id: str, columns: list[str], n_runs: 
     parameters against the first metric, then run details and parameters; the metrics come ~1.6 screens down).
     What a client can decide is a saved view of the experiment's runs page: an experiment tag
     ``mlflow.sharedViewState.<key>`` holding the page's search facets and chart layout, opened by the URL
-    parameter ``viewStateShareKey``. radio's view filters to the student runs, sorts them by eval/knn_top1, hides
+    parameter ``viewStateShareKey``. radio's view filters to the student runs, sorts them by ``sort``, hides
     the run list so the charts get the width, and opens with one section of bar charts, one per headline eval
     metric; MLflow appends its own sections (every other metric) below."""
     from mlflow.tracking import MlflowClient
@@ -151,7 +151,7 @@ def save_compare_view(uri: str, experiment_id: str, columns: list[str], n_runs: 
     section = "radio-headline"
     charts = [{"uuid": f"radio-{i}", "type": "BAR", "metricKey": m, "metricSectionId": section, "deleted": False, "isGenerated": False, "runsCountToCompare": max(10, n_runs)}
               for i, m in enumerate(headline_metrics(columns))]
-    state = {"searchFilter": "tags.`radio.kind` = 'student'", "orderByKey": "metrics.`eval/knn_top1`", "orderByAsc": False, "lifecycleFilter": "Active",
+    state = {"searchFilter": "tags.`radio.kind` = 'student'", "orderByKey": f"metrics.`{sort}`", "orderByAsc": False, "lifecycleFilter": "Active",
              "compareRunCharts": charts, "compareRunSections": [{"uuid": section, "name": "Students compared: headline eval metrics (radio)", "display": True, "isReordered": True, "deleted": False, "isGenerated": False}],
              "isAccordionReordered": True, "hideEmptyCharts": True, "runListHidden": True, "runsHiddenMode": "SHOW_ALL"}
     envelope = {"name": "radio: students compared", "createdAt": int(time.time() * 1000), "updatedAt": int(time.time() * 1000), "state": json.dumps(state)}
@@ -176,10 +176,11 @@ def ui_command(uri: str, experiment_id: str, run_ids: list[str], port: int = 500
     return cmd, f"http://127.0.0.1:{port}/#/compare-runs?{query}"
 
 
-def compare_links(uri: str, experiment_id: str, rows: list[dict], columns: list[str]) -> tuple[str, str, str, str | None]:
-    """``(mlflow ui command, the comparison's URL, MLflow's compare-runs URL, view key)``; saves radio's view first."""
+def compare_links(uri: str, experiment_id: str, rows: list[dict], columns: list[str], sort: str = "eval/knn_top1") -> tuple[str, str, str, str | None]:
+    """``(mlflow ui command, the comparison's URL, MLflow's compare-runs URL, view key)``; saves radio's view first
+    (``columns``: every metric of the runs; the view shows their headline ones)."""
     ids = [r["run_id"] for r in rows]
-    view = save_compare_view(uri, experiment_id, columns, len(rows))
+    view = save_compare_view(uri, experiment_id, columns, len(rows), sort)
     cmd, url = ui_command(uri, experiment_id, ids, view=view)
     return cmd, url, ui_command(uri, experiment_id, ids)[1], view
 
@@ -197,6 +198,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--columns", default=None, help="comma-separated metrics to show (e.g. knn_top1,dense_miou); the default fits the terminal")
     ns = p.parse_args(argv)
     rows, columns, exp_id = compare_runs(ns.experiment, ns.sort, ns.tracking_uri)
+    every = list(columns)  # the MLflow view shows the headline metrics of all of them, whatever --columns picks
+    sort = ns.sort if ns.sort in every or f"eval/{ns.sort}" not in every else f"eval/{ns.sort}"
     if ns.columns:
         want = [c if c in columns else f"eval/{c}" for c in ns.columns.split(",") if c]
         unknown = [c for c in want if c not in columns]
@@ -205,13 +208,16 @@ def main(argv: list[str]) -> int:
         columns = want
     print(format_table(rows, columns, layout=ns.layout or "auto"))
     uri = ns.tracking_uri or tracking_uri(MlflowConfig())
-    cmd, url, table_url, view = compare_links(uri, exp_id, rows, columns)
-    print(f"\n{len(rows)} student run(s) in experiment {ns.experiment!r}, sorted by {ns.sort}.")
-    print(f"Open the same comparison in MLflow (headline eval metrics as charts, first screen):\n  {cmd}\n  then browse {url}\n"
+    cmd, url, table_url, view = compare_links(uri, exp_id, rows, every, sort)
+    print(f"\n{len(rows)} student run(s) in experiment {ns.experiment!r}, sorted by {sort}.")
+    print(f"Open the comparison in MLflow (the headline eval metrics as charts on the first screen, sorted by {sort}):\n  {cmd}\n  then browse {url}\n"
           f"  every parameter and metric in one table: {table_url}")
     if ns.screenshot:
         from .screenshot import screenshot_compare
 
-        png, _ = screenshot_compare(uri, lambda port: ui_command(uri, exp_id, [r["run_id"] for r in rows], port, view)[1], ns.screenshot, texts=tuple(headline_metrics(columns)[:3]))
-        print(f"screenshot of the comparison's first screen: {png}")
+        png, seen = screenshot_compare(uri, lambda port: ui_command(uri, exp_id, [r["run_id"] for r in rows], port, view)[1], ns.screenshot, texts=tuple(headline_metrics(every)[:3]))
+        if seen.get("ready"):
+            print(f"screenshot of the comparison's first screen: {png}")
+        else:
+            print(f"radio compare: the page did not show the headline charts within 120 s; the screenshot {png} is what it showed", file=sys.stderr)
     return 0

@@ -68,8 +68,10 @@ class serve_mlflow_ui:
 
     def __enter__(self) -> int:
         self.port = _free_port()
+        self.log = tempfile.TemporaryFile()  # not a pipe: nobody drains it while the server runs
+        # its own session: `mlflow ui` runs the server in a child process, stopped with it
         self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", self.uri, "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True)
         deadline = time.time() + self.wait_s
         while True:
             try:
@@ -78,16 +80,16 @@ class serve_mlflow_ui:
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
                     self.__exit__()
-                    err = self.proc.stderr.read().decode()[-2000:] if self.proc.stderr else ""
-                    raise RuntimeError(f"mlflow ui did not start on 127.0.0.1:{self.port} within {self.wait_s:.0f}s: {err}") from None
+                    raise RuntimeError(f"mlflow ui did not start on 127.0.0.1:{self.port} within {self.wait_s:.0f}s: {self._log_tail()}") from None
                 time.sleep(0.5)
 
+    def _log_tail(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-2000:]
+
     def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        _stop_group(self.proc)
+        self.log.close()
 
 
 async def _drive(ws_url: str, url: str, size: tuple[int, int], texts: list[str], together: list[str], ready, timeout_s: float) -> tuple[bytes, dict]:
@@ -100,7 +102,10 @@ async def _drive(ws_url: str, url: str, size: tuple[int, int], texts: list[str],
             i = next(ids)
             await ws.send_json({"id": i, "method": method, "params": params})
             while True:
-                msg = await ws.receive_json()
+                raw = await ws.receive()
+                if raw.type != aiohttp.WSMsgType.TEXT:  # closed, closing or an error: the browser went away
+                    raise RuntimeError(f"chromium closed its DevTools connection during {method} ({raw.type.name}); it may have crashed")
+                msg = json.loads(raw.data)
                 if msg.get("id") == i:
                     if "error" in msg:
                         raise RuntimeError(f"chromium: {method}: {msg['error']}")
@@ -110,15 +115,20 @@ async def _drive(ws_url: str, url: str, size: tuple[int, int], texts: list[str],
         await call("Page.enable")
         await call("Page.navigate", url=url)
         expr = _PROBE_JS % (json.dumps(texts), json.dumps(together))
-        deadline, seen = time.time() + timeout_s, {}
-        while True:
+        async def probe() -> dict:
             res = await call("Runtime.evaluate", expression=expr, returnByValue=True)
-            seen = res.get("result", {}).get("value") or {}
+            return res.get("result", {}).get("value") or {}
+
+        deadline = time.time() + timeout_s
+        while True:
+            seen = await probe()
             if seen and ready(seen):
                 await asyncio.sleep(1.0)  # let the charts finish their transitions, then look again
-                seen = (await call("Runtime.evaluate", expression=expr, returnByValue=True))["result"]["value"]
+                seen = await probe() or seen
+                seen["ready"] = True
                 break
             if time.time() > deadline:
+                seen = {"viewport": list(size), "texts": {}, **seen, "ready": False}
                 break
             await asyncio.sleep(0.5)
         shot = await call("Page.captureScreenshot", format="png")
@@ -128,7 +138,9 @@ async def _drive(ws_url: str, url: str, size: tuple[int, int], texts: list[str],
 def open_page(url: str, out_png: str | Path, size: tuple[int, int] = (1440, 900), texts: tuple[str, ...] = (), together: tuple[str, ...] = (), ready=None, timeout_s: float = 120.0) -> dict:
     """Open ``url`` in headless Chromium with a ``size`` viewport, wait until ``ready(probe)`` (default: every
     text in ``texts`` is on the page) or ``timeout_s``, save the first screen to ``out_png``, and return the
-    probe: ``{"viewport": [w, h], "texts": {text: [{"rect": [l, t, r, b], "box": [...], "box_text": ...}]}}``."""
+    probe: ``{"viewport": [w, h], "ready": bool, "texts": {text: [{"rect": [l, t, r, b], "box": [...],
+    "box_text": ...}]}}`` (``ready`` False: the page never showed what was asked for; the screenshot is what it
+    showed at ``timeout_s``)."""
     chromium = find_chromium()
     if chromium is None:
         raise FileNotFoundError("Chromium is not installed (Debian: apt-get install chromium)")
@@ -150,7 +162,10 @@ def open_page(url: str, out_png: str | Path, size: tuple[int, int] = (1440, 900)
             port = int(port_file.read_text().split()[0])
             pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
             ws_url = next(p["webSocketDebuggerUrl"] for p in pages if p.get("type") == "page")
-            png, seen = asyncio.run(_drive(ws_url, url, size, texts, together, ready, timeout_s))
+            try:  # every DevTools call included: a hung renderer cannot hang the caller
+                png, seen = asyncio.run(asyncio.wait_for(_drive(ws_url, url, size, texts, together, ready, timeout_s), timeout_s + 60))
+            except (asyncio.TimeoutError, TimeoutError):
+                raise RuntimeError(f"chromium did not finish with {url} within {timeout_s + 60:.0f}s") from None
         finally:
             _stop_group(proc)
     out_png.write_bytes(png)

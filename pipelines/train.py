@@ -204,6 +204,7 @@ class Trainer:
         self.state = TrainState()
         self.history: list[dict] = []
         self.last_metrics: dict[str, float] = {}  # the last logged step's values: the logged model's training figures
+        self.last_metrics_step = 0
         self.logged_until = 0  # the last step already in the MLflow run (a resumed run's replayed steps are not logged again)
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -371,7 +372,7 @@ class Trainer:
                         step_s = now - t_last
                         metrics.update({"images_per_s": images * self.acc.num_processes / step_s if step_s > 0 else 0.0, "data_wait_fraction": wait_s / step_s if step_s > 0 else 0.0, "epoch": self.state.epoch, "lr": self.sched.get_last_lr()[0]})
                         self.history.append({"step": self.state.step, "loss": metrics["loss"]})
-                        self.last_metrics = metrics
+                        self.last_metrics, self.last_metrics_step = metrics, self.state.step
                         if self.state.step > self.logged_until:  # a resumed run does not log a replayed step twice
                             tracker.log_metrics(metric_names(metrics), step=self.state.step, wait=False)  # sent from a background thread
                         self._progress(metrics, max_steps)
@@ -661,7 +662,7 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
             # against the model and the training cache: the model's page then names that cache among its datasets
             final = {k.replace("train/loss", "train/final_loss", 1): v for k, v in metric_names(trainer.last_metrics).items() if k.startswith("train/loss")}
             if model_id and final:
-                tracker.log_metrics(final, step=trainer.state.step, model_id=model_id, dataset=cache_dataset(trainer.reader.manifest))
+                tracker.log_metrics(final, step=trainer.last_metrics_step, model_id=model_id, dataset=cache_dataset(trainer.reader.manifest))
         if monitor:
             monitor.finish()
         tracker.end()

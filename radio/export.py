@@ -63,7 +63,7 @@ def export_onnx(model, path: str | Path, opset: int = 18, check: bool = True, ve
     with sink, torch.no_grad():
         torch.onnx.export(graph, (x,), str(path), dynamo=True, opset_version=opset, input_names=["images"], output_names=names,
                           dynamic_shapes=({0: auto, 2: auto, 3: auto},), verbose=verbose, external_data=external)
-    guard_inputs(path, model.INPUT_RANGE, input_dtype, external)
+    guard_inputs(path, model.INPUT_RANGE, input_dtype)
     report = {"path": str(path), "outputs": names, "max_abs_diff": None, "external_data": str(path) + ".data" if external else None, "input_dtype": input_dtype}
     if check:
         inputs = [x, torch.rand(1, 3, r.height + 2 * model.patch_size, max(model.patch_size, r.width - model.patch_size))]
@@ -73,13 +73,13 @@ def export_onnx(model, path: str | Path, opset: int = 18, check: bool = True, ve
     return report
 
 
-def guard_inputs(path: str | Path, value_range: tuple[float, float], input_dtype: str = "float32", external: bool = False) -> None:
+def guard_inputs(path: str | Path, value_range: tuple[float, float], input_dtype: str = "float32") -> None:
     """Put the PyTorch model's input checks in front of the exported graph (see the module's docstring), and
     for ``uint8`` make the input uint8 [0, 255], scaled to [0, 1] in the graph."""
     import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # weights in OUT.onnx.data stay there, untouched
     g = model.graph
     [inp] = [i for i in g.input if i.name == "images"]
     checked = "images_checked"
@@ -102,8 +102,10 @@ def guard_inputs(path: str | Path, value_range: tuple[float, float], input_dtype
                   helper.make_node("Div", ["images_float", "guard_255"], [checked])]  # [0, 255] -> [0, 1]: always in range
     else:
         lo, hi = value_range
-        nodes += [helper.make_node("ReduceSum", ["images"], ["guard_sum"], keepdims=0), helper.make_node("Sub", ["guard_sum", "guard_sum"], ["guard_sum0"]),
-                  c("guard_zero_s", 0.0), helper.make_node("Equal", ["guard_sum0", "guard_zero_s"], ["guard_finite"])]  # NaN/Inf anywhere: sum - sum is NaN
+        nodes += [helper.make_node("IsNaN", ["images"], ["guard_nan"]), helper.make_node("IsInf", ["images"], ["guard_inf"]),
+                  helper.make_node("Or", ["guard_nan", "guard_inf"], ["guard_bad"]), helper.make_node("Cast", ["guard_bad"], ["guard_bad_f"], to=TensorProto.FLOAT),
+                  helper.make_node("ReduceMax", ["guard_bad_f"], ["guard_any_bad"], keepdims=0), c("guard_zero_s", 0.0),
+                  helper.make_node("Equal", ["guard_any_bad", "guard_zero_s"], ["guard_finite"])]
         finite = refuse_unless("guard_finite", "images_hold_NaN_or_Inf")
         nodes += [helper.make_node("ReduceMin", ["images"], ["guard_min"], keepdims=0), helper.make_node("ReduceMax", ["images"], ["guard_max"], keepdims=0),
                   c("guard_lo", float(lo)), c("guard_hi", float(hi)),
@@ -114,11 +116,8 @@ def guard_inputs(path: str | Path, value_range: tuple[float, float], input_dtype
     rest = list(g.node)
     del g.node[:]
     g.node.extend(nodes + rest)
-    onnx.checker.check_model(model)
-    if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=Path(path).name + ".data")
-    else:
-        onnx.save_model(model, str(path))
+    onnx.save_model(model, str(path))  # the graph only: external weights keep pointing at OUT.onnx.data
+    onnx.checker.check_model(str(path))  # by path: works above protobuf's 2 GB too
 
 
 def check_onnx(graph, path: str | Path, inputs: list[torch.Tensor]) -> float:

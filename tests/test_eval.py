@@ -149,8 +149,19 @@ def test_compare_lists_runs_sorted(caches, students, capsys, monkeypatch):
         text = "\n".join(table)
         for name in ("trained", "untrained"):
             assert name in text and f"{by_run[name]['eval/knn_top1']:.4f}" in text and f"{by_run[name]['eval/linear_top1']:.4f}" in text
-    assert main(["compare", "--experiment", EXP, "--columns", "knn_top1,dense_miou"]) == 0
+    assert main(["compare", "--experiment", EXP, "--columns", "knn_top1,dense_miou", "--sort", "linear_top1"]) == 0
     assert capsys.readouterr().out.splitlines()[0].split()[-2:] == ["eval/knn_top1", "eval/dense_miou"]
+    # the MLflow view it links keeps every headline chart (--columns shapes the table only) and takes --sort
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.compare import VIEW_KEY, headline_metrics
+
+    exp = MlflowClient().get_experiment_by_name(EXP)
+    state = json.loads(json.loads(exp.tags[f"mlflow.sharedViewState.{VIEW_KEY}"])["state"])
+    assert [c["metricKey"] for c in state["compareRunCharts"]] == headline_metrics(columns) and len(state["compareRunCharts"]) >= 3
+    assert state["orderByKey"] == "metrics.`eval/linear_top1`"
     assert main(["compare", "--experiment", EXP, "--columns", "knn_top2"]) == 2
     assert "--columns: no metric ['eval/knn_top2']" in capsys.readouterr().err
 

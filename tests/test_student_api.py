@@ -146,7 +146,7 @@ def test_pretrained_roundtrip_hub_id_offline_and_torch_hub(student_dir, tmp_path
     assert hubbed.adaptor_names == ["sam"]
 
 
-def test_onnx_export_matches_pytorch(student_dir, tmp_path):
+def test_onnx_export_matches_pytorch(student_dir, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime", reason="the [onnx] extra (installed by the test extra) is not installed")
     from pipelines.cli import main
     from radio.export import ATOL
@@ -183,6 +183,20 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path):
     over = x * 1.2 - 0.1  # [-0.1, 1.1]
     got = dict(zip(names, sess.run(None, {"images": over.numpy()})))
     torch.testing.assert_close(torch.from_numpy(got["features"]), model(over)["backbone"].features, atol=ATOL, rtol=0)
+    # weights too big for one file go to OUT.onnx.data once (the guard rewrites the graph only), even when the
+    # export runs in the output folder
+    import radio.export as export
+
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    monkeypatch.setattr(export, "ONNX_SINGLE_FILE_LIMIT", 0)
+    monkeypatch.chdir(ext)
+    assert main(["export", str(student_dir), "--onnx", "student.onnx"]) == 0
+    weights = sum(v.numel() * v.element_size() for v in model.state_dict().values() if v.is_floating_point())
+    assert sorted(q.name for q in ext.iterdir()) == ["student.onnx", "student.onnx.data"]
+    assert (ext / "student.onnx.data").stat().st_size < 1.5 * weights and (ext / "student.onnx").stat().st_size < 0.25 * weights
+    got = dict(zip(names, ort.InferenceSession(str(ext / "student.onnx"), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})))
+    torch.testing.assert_close(torch.from_numpy(got["features"]), model(x)["backbone"].features, atol=ATOL, rtol=0)
     # uint8, as PyTorch takes it, from a graph exported for it
     out8 = tmp_path / "u8" / "student.onnx"
     assert main(["export", str(student_dir), "--onnx", str(out8), "--onnx-input", "uint8"]) == 0
