@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, config_to_yaml, job_config, load_config, split_config_args  # noqa: F401  (job_config: the jobs' entry)
+from .config import ConfigError, config_to_yaml, load_config, split_config_args
 
 __all__ = ["main", "JOBS"]
 

@@ -31,6 +31,11 @@ class CompareError(ValueError):
     pass
 
 
+def metric_key(name: str, columns: list[str]) -> str:
+    """A metric as ``--sort`` / ``--columns`` take it: its full name, or the part after ``eval/``."""
+    return f"eval/{name}" if name not in columns and f"eval/{name}" in columns else name
+
+
 def compare_runs(experiment: str = "radio-students", sort: str = "eval/knn_top1", tracking: str | None = None) -> tuple[list[dict], list[str], str]:
     """Student runs of ``experiment`` as rows, sorted by ``sort`` (descending; runs without it last)."""
     from mlflow.tracking import MlflowClient
@@ -52,8 +57,7 @@ def compare_runs(experiment: str = "radio-students", sort: str = "eval/knn_top1"
             "teachers": t.get("radio.teachers", ""), "steps": t.get("radio.steps", "?"), "cache": t.get("radio.cache_id", "")[:12],
             "status": r.info.status, **{c: m.get(c) for c in columns},
         })
-    if sort not in columns and f"eval/{sort}" in columns:
-        sort = f"eval/{sort}"  # the short form is accepted too
+    sort = metric_key(sort, columns)
     if sort not in columns and rows and all(sort not in r for r in rows):
         raise CompareError(f"cannot sort by {sort!r}; metrics available: {columns}")
     rows.sort(key=lambda r: (r.get(sort) is None, -(r.get(sort) or 0.0)))
@@ -199,10 +203,10 @@ def main(argv: list[str]) -> int:
     ns = p.parse_args(argv)
     rows, columns, exp_id = compare_runs(ns.experiment, ns.sort, ns.tracking_uri)
     every = list(columns)  # the MLflow view shows the headline metrics of all of them, whatever --columns picks
-    sort = ns.sort if ns.sort in every or f"eval/{ns.sort}" not in every else f"eval/{ns.sort}"
+    sort = metric_key(ns.sort, every)
     if ns.columns:
-        want = [c if c in columns else f"eval/{c}" for c in ns.columns.split(",") if c]
-        unknown = [c for c in want if c not in columns]
+        want = [metric_key(c, columns) for c in ns.columns.split(",") if c]
+        unknown = [c if c.startswith("eval/") else f"eval/{c}" for c in want if c not in columns]
         if unknown:
             raise CompareError(f"--columns: no metric {unknown} in experiment {ns.experiment!r}; metrics available: {columns}")
         columns = want

@@ -25,7 +25,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-__all__ = ["ConfigError", "SettingError", "DiskFull", "disk_full", "job_config", "split_config_args", "require", "check_output_dir", "load_config", "dump_config", "config_to_yaml", "flatten_config", "parse_override"]
+__all__ = ["ConfigError", "SettingError", "DiskFull", "disk_full", "job_config", "nearest_hint", "split_config_args", "require", "check_output_dir", "load_config", "dump_config", "config_to_yaml", "flatten_config", "parse_override"]
 
 _MISSING = dataclasses.MISSING
 
@@ -113,7 +113,7 @@ def _is_optional(tp) -> tuple[bool, Any]:
     return False, tp
 
 
-def _nearest(key: str, valid: list[str]) -> str:
+def nearest_hint(key: str, valid: list[str]) -> str:
     m = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     if m:
         return f" Did you mean '{m[0]}'?"
@@ -208,7 +208,7 @@ def _build(cls, data: dict, path: str, origin: str | dict):
     for key in data:
         if key not in fields:
             where = _origin_of(origin, f"{prefix}{key}")
-            raise ConfigError(f"{where}: unknown key '{prefix}{key}'.{_nearest(str(key), list(fields))}")
+            raise ConfigError(f"{where}: unknown key '{prefix}{key}'.{nearest_hint(str(key), list(fields))}")
     kwargs = {}
     for name, f in fields.items():
         full = f"{prefix}{name}"
@@ -303,7 +303,7 @@ def _merge_file_layer(cls, base: dict, layer: dict, path: str, origin: dict, sou
     for key, value in layer.items():
         full = f"{prefix}{key}"
         if key not in fields:
-            raise ConfigError(f"{source}: unknown key '{full}'.{_nearest(str(key), list(fields))}")
+            raise ConfigError(f"{source}: unknown key '{full}'.{nearest_hint(str(key), list(fields))}")
         origin[full] = source
         _, tp = _is_optional(hints[key])
         if dataclasses.is_dataclass(tp) and isinstance(value, dict) and isinstance(base.get(key), dict):
@@ -322,7 +322,7 @@ def _apply_override(cls, base: dict, keys: list[str], value: Any, origin: dict, 
         if dataclasses.is_dataclass(tp):
             fields = {f.name for f in dataclasses.fields(tp) if f.init}
             if key not in fields:
-                raise ConfigError(f"{source}: unknown key '{full}'.{_nearest(key, list(fields))}")
+                raise ConfigError(f"{source}: unknown key '{full}'.{nearest_hint(key, list(fields))}")
             child_tp = _is_optional(_hints(tp)[key])[1]
         elif get_origin(tp) is dict:
             child_tp = get_args(tp)[1] if get_args(tp) else Any  # any key: an entry such as a teacher name

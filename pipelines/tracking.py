@@ -189,8 +189,7 @@ class Run:
     def model_id(self) -> str | None:
         """The id of the MLflow model this run logged (its ``radio.model_uri`` tag), if any."""
         run = self._do({"op": "none"}, lambda: self.client.get_run(self.run_id))
-        uri = run.data.tags.get("radio.model_uri", "") if run is not None else ""
-        return uri.split("/", 1)[1] if uri.startswith("models:/m-") else None
+        return model_id_of(run.data.tags.get("radio.model_uri") if run is not None else None)
 
     def set_tags(self, tags: dict):
         items = {k: str(v) for k, v in tags.items()}
@@ -368,6 +367,11 @@ class NullRun:
 
     def __getattr__(self, name):
         return lambda *a, **k: None
+
+
+def model_id_of(model_uri: str | None) -> str | None:
+    """``models:/m-<id>`` -> ``m-<id>`` (a logged model's id); None for anything else."""
+    return model_uri.split("/", 1)[1] if model_uri and model_uri.startswith("models:/m-") else None
 
 
 def cache_dataset(manifest) -> tuple[str, str]:

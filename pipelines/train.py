@@ -30,9 +30,9 @@ from radio.losses import LossConfig, distill_loss
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
 
-from .config import ConfigError, DiskFull, _nearest, check_output_dir, config_to_yaml, disk_full, flatten_config, require
+from .config import ConfigError, DiskFull, nearest_hint, check_output_dir, config_to_yaml, disk_full, flatten_config, require
 from .online import OnlineTeacherConfig, OnlineTeachers
-from .tracking import PENDING, MlflowConfig, NullRun, cache_dataset, check_tracking_uri, log_cache_input, replay_pending, start_run, tracking_uri
+from .tracking import PENDING, MlflowConfig, NullRun, cache_dataset, check_tracking_uri, log_cache_input, model_id_of, replay_pending, start_run, tracking_uri
 
 __all__ = ["OptimConfig", "TrainJobConfig", "train", "main", "TrainingDiverged", "TrainingInterrupted"]
 
@@ -550,7 +550,7 @@ def validate(cfg: TrainJobConfig):
     # the loss: weights are non-negative, name listed teachers, and leave something to learn
     lc = cfg.loss
     for t, w in lc.weights.items():
-        require(t in cfg.teachers, f"loss.weights.{t}", w, f"the weight of one of teachers={list(cfg.teachers)}", _nearest(t, list(cfg.teachers)).strip(), also=("teachers",))
+        require(t in cfg.teachers, f"loss.weights.{t}", w, f"the weight of one of teachers={list(cfg.teachers)}", nearest_hint(t, list(cfg.teachers)).strip(), also=("teachers",))
         require(w >= 0 and math.isfinite(w), f"loss.weights.{t}", w, ">= 0 (0 leaves the teacher out of the loss)")
     require(any(lc.weights.get(t, 1.0) > 0 for t in cfg.teachers), "loss.weights", dict(lc.weights), "> 0 for at least one teacher", also=("teachers",))
     for key in ("summary_weight", "feature_weight", "feature_cos", "feature_smooth_l1", "smooth_l1_beta"):
@@ -656,8 +656,7 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
         tracker.log_artifact(str(student_dir), "student")
         tracker.set_tags({"radio.steps": trainer.state.step})
         if tracker.run_id:
-            _log_model(tracker, student_dir, trainer.reader.manifest.student_resolution, cfg.mlflow.register)
-            model_id = tracker.model_id()
+            model_id = model_id_of(_log_model(tracker, student_dir, trainer.reader.manifest.student_resolution, cfg.mlflow.register))
             # the final losses once more, under their own names (a step is never logged twice under one name),
             # against the model and the training cache: the model's page then names that cache among its datasets
             final = {k.replace("train/loss", "train/final_loss", 1): v for k, v in metric_names(trainer.last_metrics).items() if k.startswith("train/loss")}
@@ -678,12 +677,14 @@ def metric_names(metrics: dict) -> dict:
     return {(f"system/{k}" if k in SYSTEM_METRICS else f"train/{k}"): v for k, v in metrics.items()}
 
 
-def _log_model(tracker, student_dir: Path, resolution: int, register: str | None):
-    """The exported student as an MLflow model of the run (and a registered version with ``register``)."""
+def _log_model(tracker, student_dir: Path, resolution: int, register: str | None) -> str | None:
+    """The exported student as an MLflow model of the run (and a registered version with ``register``); its
+    model URI, or None when it was not logged (or kept for `radio sync`)."""
     try:
-        tracker.log_student_model(str(student_dir), resolution, register)
+        return tracker.log_student_model(str(student_dir), resolution, register)
     except Exception as e:  # the checkpoint is on disk and in the run's artifacts either way
         print(f"[radio train] student not logged as an MLflow model: {type(e).__name__}: {e}", file=sys.stderr)
+        return None
 
 
 class _FlushingMonitor:

@@ -147,7 +147,7 @@ class CacheReader:
         for t in [None, *self.teachers]:
             rel = views_path(unit) if t is None else teacher_path(t, unit)
             e = None if t is None else self.entry(t)
-            pf, reason = open_checked(self.loc, rel, m.identity, unit, self._by_unit[t][unit], e.fingerprint if e else None, e.layout.to_dict() if e else None, stream=True, hash_now=False)
+            pf, reason = open_checked(self.loc, rel, m.identity, unit, self._by_unit[t][unit], e.fingerprint if e else None, e.layout.to_dict() if e else None, stream=True)
             if reason is not None:
                 if e is not None and reason.startswith("holds targets with fingerprint"):
                     raise CacheMismatch(f"{self.loc.full(rel)} {reason}: mixed targets in one cache. Rerun the `radio cache` command that built {self.loc.uri} to recompute it.")

@@ -16,7 +16,7 @@ from .arrow import tensor_field, tensor_to_arrow
 from .codec import decode_features
 from .commit import Commit, commit_path, read_record
 from .manifest import FORMAT_VERSION, CacheIdentity, TargetLayout, TeacherStats, format_error
-from .store import CacheLocation, ChangedFile, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
+from .store import CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
 
 __all__ = ["write_views_shard", "write_teacher_shard", "shard_moments", "shard_meta", "check_footer", "open_checked", "stats_differ"]
 
@@ -114,12 +114,11 @@ def check_footer(meta: dict, rows: int, identity: CacheIdentity, unit: int, entr
 
 
 def open_checked(loc: CacheLocation, rel: str, identity: CacheIdentity, unit: int, entry: ShardInfo | None = None, fingerprint: str | None = None, layout: dict | None = None,
-                 stream: bool = False, hash_now: bool = True):
+                 stream: bool = False):
     """(ParquetFile, None) for a shard whose footer checks out (:func:`check_footer`), else (None, reason).
     The footer is read once, here, and the returned file streams without reading it again. ``stream``: the
-    whole file is about to be read: once its footer checks out, check every byte at once against the recorded
-    hash (``CacheLocation.check_whole``; ``hash_now=False``: the caller does, before reading) and read it
-    without page checks."""
+    caller reads the whole file and checks every byte of it first against the recorded hash
+    (``CacheLocation.check_whole``), so its pages are read without page checks."""
     whole = stream and loc.hashed_whole(entry)
     try:
         pf = loc.parquet_file(rel, verify_pages=not whole)
@@ -130,11 +129,6 @@ def open_checked(loc: CacheLocation, rel: str, identity: CacheIdentity, unit: in
     except Exception as e:  # truncated or overwritten: pyarrow raises ArrowInvalid, OSError, ...
         return None, f"not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
     reason = check_footer(meta, rows, identity, unit, entry, fingerprint, layout)
-    if reason is None and whole and hash_now:  # the footer names the right shard; now every byte of it, at once (else the caller does)
-        try:
-            loc.check_whole(rel, entry)
-        except ChangedFile as e:
-            reason = str(e)
     return (None, reason) if reason else (pf, None)
 
 
