@@ -33,7 +33,10 @@ def main():
     p.add_argument("--cache", default=None, help="reuse (or keep) the synthetic cache at this path")
     p.add_argument("--checksums", type=int, default=0, metavar="ROUNDS",
                    help="instead: time in-process epochs with every byte checked and without, alternately, ROUNDS times each; print the ratios")
+    p.add_argument("--hash-speed", action="store_true", help="instead: xxh3-128 and CRC32 throughput on one core, from a buffer in L2 up to one in memory")
     ns = p.parse_args()
+    if ns.hash_speed:
+        return hash_speed()
     import torch
 
     from pipelines.synthetic import make_synthetic_cache
@@ -83,6 +86,31 @@ def read_rate(root: str, teachers: list[str], workers: int, batch_size: int, epo
             rows += int(b["weight"].sum())
         dt = time.perf_counter() - t0
     return rows, dt, b
+
+
+def hash_speed(sizes=(256 << 10, 1 << 20, 8 << 20, 256 << 20)) -> None:
+    """GB/s of xxh3-128 (what a stream checks) and zlib's CRC32 (Parquet's page checksum) per buffer size: a
+    buffer that fits the core's L2 against one that streams from memory. Best of 3."""
+    import zlib
+
+    import numpy as np
+    import xxhash
+
+    for size in sizes:
+        buf = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+        reps = max(1, (1 << 30) // size)
+        rates = []
+        for fn, n in ((xxhash.xxh3_128_hexdigest, reps), (zlib.crc32, max(1, reps // 8))):
+            best = min(_timed(fn, buf, n) for _ in range(3))
+            rates.append(n * size / best / 1e9)
+        print(f"  {size >> 10:>7} KiB: xxh3-128 {rates[0]:5.1f} GB/s   crc32 {rates[1]:4.1f} GB/s")
+
+
+def _timed(fn, buf, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn(buf)
+    return time.perf_counter() - t0
 
 
 def checked_over_unchecked(root: str, teachers: list[str], workers: int, batch_size: int, rounds: int = 3) -> tuple[float, float, float]:
