@@ -41,10 +41,19 @@ def main():
     p.add_argument("--teachers", default="tiny-clip,tiny-dinov2,tiny-sam")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--images-per-shard", type=int, default=32)
-    p.add_argument("--source", action="append", default=[], metavar="NAME=DIR", help="load teacher NAME from DIR (repeatable)")
+    p.add_argument(
+        "--source", action="append", default=[], metavar="NAME=DIR", help="load teacher NAME from DIR (repeatable)"
+    )
     p.add_argument("--tuned", action="store_true", help="also time each model alone, compiled, with a FLOP count")
-    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for MFU (H100 SXM bf16 dense: 989)")
-    p.add_argument("--resize-in", choices=["prepare", "device"], default="prepare", help="where the job resizes views (teachers.<t>.resize_in)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="the device's peak for MFU (H100 SXM bf16 dense: 989)"
+    )
+    p.add_argument(
+        "--resize-in",
+        choices=["prepare", "device"],
+        default="prepare",
+        help="where the job resizes views (teachers.<t>.resize_in)",
+    )
     ns = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
@@ -80,10 +89,29 @@ def main():
     tmp = tempfile.mkdtemp(prefix="bench-cache-")
     from pipelines.cache import init_ray
 
-    init_ray(load_config(CacheJobConfig, None, [f"teachers=[{','.join(teachers)}]"]))  # Ray start-up is a fixed cost of any job; it is not what this measures
+    init_ray(
+        load_config(CacheJobConfig, None, [f"teachers=[{','.join(teachers)}]"])
+    )  # Ray start-up is a fixed cost of any job; it is not what this measures
 
     def job_seconds(limit: int, out: str):
-        cfg = load_config(CacheJobConfig, None, [f"output={tmp}/{out}", "source.kind=samples", "source.split=all", f"source.limit={limit}", f"views.num_views={ns.views}", f"teachers=[{','.join(teachers)}]", "progress=false", "mlflow.enabled=false", f"images_per_shard={ns.images_per_shard}"] + [f"teachers.{t}.batch_size={ns.batch_size}" for t in teachers] + [f"teachers.{t}.resize_in={ns.resize_in}" for t in teachers] + [f"teachers.{t}.source={d}" for t, d in sources.items()])
+        cfg = load_config(
+            CacheJobConfig,
+            None,
+            [
+                f"output={tmp}/{out}",
+                "source.kind=samples",
+                "source.split=all",
+                f"source.limit={limit}",
+                f"views.num_views={ns.views}",
+                f"teachers=[{','.join(teachers)}]",
+                "progress=false",
+                "mlflow.enabled=false",
+                f"images_per_shard={ns.images_per_shard}",
+            ]
+            + [f"teachers.{t}.batch_size={ns.batch_size}" for t in teachers]
+            + [f"teachers.{t}.resize_in={ns.resize_in}" for t in teachers]
+            + [f"teachers.{t}.source={d}" for t, d in sources.items()],
+        )
         t0 = time.perf_counter()
         s = run_cache_job(cfg)
         return time.perf_counter() - t0, s
@@ -103,7 +131,9 @@ def main():
 
     tmp2 = tempfile.mkdtemp(prefix="bench-cpu-")
     try:
-        cfg0 = load_config(CacheJobConfig, None, [f"output={tmp2}", f"views.num_views={ns.views}", f"teachers=[{','.join(teachers)}]"])
+        cfg0 = load_config(
+            CacheJobConfig, None, [f"output={tmp2}", f"views.num_views={ns.views}", f"teachers=[{','.join(teachers)}]"]
+        )
         loc = CacheLocation(tmp2)
         ident = _identity(cfg0, src)
         t0 = time.perf_counter()
@@ -112,41 +142,78 @@ def main():
         t_write = 0.0
         for name in teachers:
             t = create_teacher(name, source=sources.get(name))
-            layout = TargetLayout(stored_grid(t.spec.feature_grid, target_grid_for(cfg0, name)), cfg0.target_dtype, t.spec.feature_grid)
+            layout = TargetLayout(
+                stored_grid(t.spec.feature_grid, target_grid_for(cfg0, name)), cfg0.target_dtype, t.spec.feature_grid
+            )
             outs = [t(crops[i : i + ns.batch_size]) for i in range(0, n_views, ns.batch_size)]
-            parts = [encode_targets(o.summary_BD, resample_targets(o.features_BHWC, layout.grid, o.valid_hw_B2), layout.dtype) for o in outs]
+            parts = [
+                encode_targets(
+                    o.summary_BD, resample_targets(o.features_BHWC, layout.grid, o.valid_hw_B2), layout.dtype
+                )
+                for o in outs
+            ]
             cols = {k: np.concatenate([c[k] for c in parts]) for k in parts[0]}
             t0 = time.perf_counter()
-            write_teacher_shard(loc, name, t.spec.to_dict(), layout, 0, prepared["image_id"], prepared["view_index"], cols, ident, 64)
+            write_teacher_shard(
+                loc, name, t.spec.to_dict(), layout, 0, prepared["image_id"], prepared["view_index"], cols, ident, 64
+            )
             t_write += time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp2, ignore_errors=True)
-    print(f"views: {n_views} ({ns.images} images x {ns.views}); teachers: {', '.join(teachers)}; cores: {os.cpu_count()}; device: {device}; job resizes in: {ns.resize_in}")
+    print(
+        f"views: {n_views} ({ns.images} images x {ns.views}); teachers: {', '.join(teachers)}; cores: {os.cpu_count()}; device: {device}; job resizes in: {ns.resize_in}"
+    )
     for name, (pil_s, port_s, norm_s) in resize.items():
         if pil_s is None:
-            print(f"  resize {name:<18} only on its device (rescale first, float resize): {n_views / port_s:8.1f} views/s")
+            print(
+                f"  resize {name:<18} only on its device (rescale first, float resize): {n_views / port_s:8.1f} views/s"
+            )
             continue
-        print(f"  resize {name:<18} Pillow, one CPU core {n_views / pil_s:8.1f} views/s   torch port on {device} (+ normalize) {n_views / port_s:8.1f} views/s   "
-              f"normalize only (after Pillow) {n_views / norm_s:8.1f} views/s   ratio Pillow / port {port_s / pil_s:.2f}")
+        print(
+            f"  resize {name:<18} Pillow, one CPU core {n_views / pil_s:8.1f} views/s   torch port on {device} (+ normalize) {n_views / port_s:8.1f} views/s   "
+            f"normalize only (after Pillow) {n_views / norm_s:8.1f} views/s   ratio Pillow / port {port_s / pil_s:.2f}"
+        )
     for name, sec in bare.items():
         print(f"  bare forward {name:<12} {sec:7.2f}s  {n_views / sec:8.1f} views/s")
     print(f"  bare forward, all teachers  {bare_total:7.2f}s  {n_views / bare_total:8.1f} views/s")
     for name, r in tuned.items():
-        perf = f"MFU {r['flops_per_view'] * r['views_per_s'] / (ns.peak_tflops * 1e12):.1%}" if ns.peak_tflops else f"{r['flops_per_view'] * r['views_per_s'] / 1e9:.1f} GFLOP/s"
-        print(f"  tuned model {name:<13} {r['seconds']:7.2f}s  {r['views_per_s']:8.1f} views/s  {r['flops_per_view'] / 1e9:.3g} GFLOP/view  {perf}  (compile {r['compile_s']:.1f}s, not counted)")
+        perf = (
+            f"MFU {r['flops_per_view'] * r['views_per_s'] / (ns.peak_tflops * 1e12):.1%}"
+            if ns.peak_tflops
+            else f"{r['flops_per_view'] * r['views_per_s'] / 1e9:.1f} GFLOP/s"
+        )
+        print(
+            f"  tuned model {name:<13} {r['seconds']:7.2f}s  {r['views_per_s']:8.1f} views/s  {r['flops_per_view'] / 1e9:.3g} GFLOP/view  {perf}  (compile {r['compile_s']:.1f}s, not counted)"
+        )
     if tuned:
         tuned_total = sum(r["seconds"] for r in tuned.values())
-        print(f"  tuned models, all teachers  {tuned_total:7.2f}s  {n_views / tuned_total:8.1f} views/s (model only; preprocessing excluded)")
-    print(f"  CPU side, in process: prepare {n_views / t_prep:8.1f} views/s, write all teachers {n_views / t_write:8.1f} views/s")
-    print(f"  radio cache job, end to end {job:7.2f}s  {n_views / job:8.1f} views/s  ({s.bytes_written / 1e6:.1f} MB written)")
-    print(f"  radio cache job, {ns.images // 2} images  {small:7.2f}s (the fixed cost: Ray actors importing torch + transformers, loading teachers)")
-    print(f"  growth from {ns.images // 2} to {ns.images} images: {job - small:+.2f}s for {n_views - n_views // 2} more views (bare forward: {bare_total * 0.5:.2f}s)")
-    print(f"  peak RSS, driver + Ray workers: {rss_small / 2**20:.0f} MiB for {ns.images // 2} images, {rss_full / 2**20:.0f} MiB for {ns.images} images")
+        print(
+            f"  tuned models, all teachers  {tuned_total:7.2f}s  {n_views / tuned_total:8.1f} views/s (model only; preprocessing excluded)"
+        )
+    print(
+        f"  CPU side, in process: prepare {n_views / t_prep:8.1f} views/s, write all teachers {n_views / t_write:8.1f} views/s"
+    )
+    print(
+        f"  radio cache job, end to end {job:7.2f}s  {n_views / job:8.1f} views/s  ({s.bytes_written / 1e6:.1f} MB written)"
+    )
+    print(
+        f"  radio cache job, {ns.images // 2} images  {small:7.2f}s (the fixed cost: Ray actors importing torch + transformers, loading teachers)"
+    )
+    print(
+        f"  growth from {ns.images // 2} to {ns.images} images: {job - small:+.2f}s for {n_views - n_views // 2} more views (bare forward: {bare_total * 0.5:.2f}s)"
+    )
+    print(
+        f"  peak RSS, driver + Ray workers: {rss_small / 2**20:.0f} MiB for {ns.images // 2} images, {rss_full / 2**20:.0f} MiB for {ns.images} images"
+    )
     if s.steady_views_per_s:
-        print(f"  radio cache job, steady state (first unit done -> last unit done)  {s.steady_views_per_s:8.1f} views/s")
+        print(
+            f"  radio cache job, steady state (first unit done -> last unit done)  {s.steady_views_per_s:8.1f} views/s"
+        )
     print(f"ratio end to end (cache job / bare forward throughput): {bare_total / job:.3f}")
     if s.steady_views_per_s:
-        print(f"ratio steady state (cache job / bare forward throughput): {s.steady_views_per_s / (n_views / bare_total):.3f}")
+        print(
+            f"ratio steady state (cache job / bare forward throughput): {s.steady_views_per_s / (n_views / bare_total):.3f}"
+        )
     if tuned and s.steady_views_per_s:
         print(f"ratio steady state (cache job / tuned models): {s.steady_views_per_s / (n_views / tuned_total):.3f}")
     for t, f in s.teacher_busy_fraction.items():
@@ -161,7 +228,10 @@ def view_crops(src, policy) -> list:
     crops = []
     for rec in src.records:
         img = decode_image(src.read_bytes(rec))
-        crops += [torch.from_numpy(np.array(crop_view(img, v))).permute(2, 0, 1) for v in sample_views(policy, rec.image_id, img.shape[1], img.shape[0])]  # a writable copy
+        crops += [
+            torch.from_numpy(np.array(crop_view(img, v))).permute(2, 0, 1)
+            for v in sample_views(policy, rec.image_id, img.shape[1], img.shape[0])
+        ]  # a writable copy
     return crops
 
 
@@ -256,7 +326,11 @@ def tuned_forward(teacher, crops, batch_size: int, device: str, compile: bool = 
         batches += [torch.stack(g) for g in groups.values()]
     model, forward = teacher.model, teacher.family.forward
     dtype = next(model.parameters()).dtype
-    ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "cuda" else (lambda: torch.autocast("cpu", enabled=False))
+    ctx = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if device == "cuda"
+        else (lambda: torch.autocast("cpu", enabled=False))
+    )
     with torch.inference_mode(), ctx():
         with FlopCounterMode(display=False) as fc:
             forward(model, batches[0][:1].to(dtype))

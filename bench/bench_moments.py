@@ -28,7 +28,12 @@ def main():
     ns = p.parse_args()
     from radio.normalize import RunningMoments, RunningStats
 
-    x = np.random.default_rng(0).standard_normal((ns.views * ns.grid * ns.grid, ns.dim)).astype(np.float16).astype(np.float64)
+    x = (
+        np.random.default_rng(0)
+        .standard_normal((ns.views * ns.grid * ns.grid, ns.dim))
+        .astype(np.float16)
+        .astype(np.float64)
+    )
     best = {}
     for cls in (RunningStats, RunningMoments) * ns.repeat:
         t0 = time.perf_counter()
@@ -36,9 +41,13 @@ def main():
         best[cls.__name__] = min(best.get(cls.__name__, float("inf")), time.perf_counter() - t0)
     extra = len(RunningMoments().update(x).to_dict()["cov_m2_triu_f32"])
     shard = x.shape[0] * ns.dim * 2  # float16 features
-    print(f"shard: {ns.views} views x {ns.grid}x{ns.grid} x {ns.dim} channels ({shard / 1e6:.1f} MB of float16 features); cores: {os.cpu_count()}")
+    print(
+        f"shard: {ns.views} views x {ns.grid}x{ns.grid} x {ns.dim} channels ({shard / 1e6:.1f} MB of float16 features); cores: {os.cpu_count()}"
+    )
     print(f"  per-channel statistics   {best['RunningStats']:.3f}s")
-    print(f"  with second moments      {best['RunningMoments']:.3f}s   (+{best['RunningMoments'] - best['RunningStats']:.3f}s per shard and teacher)")
+    print(
+        f"  with second moments      {best['RunningMoments']:.3f}s   (+{best['RunningMoments'] - best['RunningStats']:.3f}s per shard and teacher)"
+    )
     print(f"  footer bytes added       {extra / 1e6:.2f} MB ({extra / shard:.1%} of the shard's features)")
     print(f"ratio (with second moments / per-channel): {best['RunningMoments'] / best['RunningStats']:.2f}")
 

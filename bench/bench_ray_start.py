@@ -48,9 +48,13 @@ def main():
     for label, n in (("fixed 8", 8), (f"job-sized {sized}", sized)):
         runs = [run(n) for _ in range(ns.repeats)]
         res[label] = {k: min(r[k] for r in runs) for k in runs[0]}
-        print(f"{label:>14} logical CPUs: ready {res[label]['ready_s']:.2f}s  worker processes {res[label]['workers']}  workers RSS {res[label]['workers_rss_mib']:.0f} MiB")
+        print(
+            f"{label:>14} logical CPUs: ready {res[label]['ready_s']:.2f}s  worker processes {res[label]['workers']}  workers RSS {res[label]['workers_rss_mib']:.0f} MiB"
+        )
     a, b = res["fixed 8"], res[f"job-sized {sized}"]
-    print(f"ratio job-sized / fixed: start {b['ready_s'] / a['ready_s']:.2f}  worker memory {b['workers_rss_mib'] / max(a['workers_rss_mib'], 1e-9):.2f}")
+    print(
+        f"ratio job-sized / fixed: start {b['ready_s'] / a['ready_s']:.2f}  worker memory {b['workers_rss_mib'] / max(a['workers_rss_mib'], 1e-9):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,9 +31,18 @@ def main():
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (0: read in this process)")
     p.add_argument("--target-dtype", default="float16")
     p.add_argument("--cache", default=None, help="reuse (or keep) the synthetic cache at this path")
-    p.add_argument("--checksums", type=int, default=0, metavar="ROUNDS",
-                   help="instead: time in-process epochs with every byte checked and without, alternately, ROUNDS times each; print the ratios")
-    p.add_argument("--hash-speed", action="store_true", help="instead: xxh3-128 and CRC32 throughput on one core, from a buffer in L2 up to one in memory")
+    p.add_argument(
+        "--checksums",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="instead: time in-process epochs with every byte checked and without, alternately, ROUNDS times each; print the ratios",
+    )
+    p.add_argument(
+        "--hash-speed",
+        action="store_true",
+        help="instead: xxh3-128 and CRC32 throughput on one core, from a buffer in L2 up to one in memory",
+    )
     ns = p.parse_args()
     if ns.hash_speed:
         return hash_speed()
@@ -48,12 +57,24 @@ def main():
     root = ns.cache or tempfile.mkdtemp(prefix="bench-reader-")
     t0 = time.perf_counter()
     if not os.path.exists(os.path.join(root, "manifest.json")):
-        make_synthetic_cache(root, limit=images, views=views, per_shard=64, teachers=teachers, target_dtype=ns.target_dtype, student_resolution=ns.student_resolution, row_group_rows=64, split="all")
+        make_synthetic_cache(
+            root,
+            limit=images,
+            views=views,
+            per_shard=64,
+            teachers=teachers,
+            target_dtype=ns.target_dtype,
+            student_resolution=ns.student_resolution,
+            row_group_rows=64,
+            split="all",
+        )
     t_build = time.perf_counter() - t0
     reader = CacheReader(root)
     n_views = reader.num_rows()
     per_view = sum(reader.entry(t).bytes_per_view for t in teachers) + reader.manifest.views.bytes / n_views
-    print(f"cache: {n_views} views ({images} images x {views}), {per_view / 1e6:.3f} MB per view on disk, built in {t_build:.0f}s; teachers {', '.join(f'{t} {reader.grids[t][0]}x{reader.grids[t][1]}' for t in teachers)}")
+    print(
+        f"cache: {n_views} views ({images} images x {views}), {per_view / 1e6:.3f} MB per view on disk, built in {t_build:.0f}s; teachers {', '.join(f'{t} {reader.grids[t][0]}x{reader.grids[t][1]}' for t in teachers)}"
+    )
     torch.set_num_threads(1)
     if ns.checksums:
         return _checksum_cost(root, teachers, ns, cleanup=not ns.cache)
@@ -62,21 +83,32 @@ def main():
         keys = sorted(k for k in b if isinstance(b[k], torch.Tensor))
         print("batch: " + ", ".join(f"{k} {tuple(b[k].shape)} {str(b[k].dtype).replace('torch.', '')}" for k in keys))
         rate = rows / dt / max(1, ns.workers)
-        print(f"{rows} views in {dt:.2f}s with {ns.workers} worker process(es) ({os.cpu_count()} cores): {rows / dt:.0f} views/s in all, {rows / dt * per_view / 1e6:.0f} MB/s")
+        print(
+            f"{rows} views in {dt:.2f}s with {ns.workers} worker process(es) ({os.cpu_count()} cores): {rows / dt:.0f} views/s in all, {rows / dt * per_view / 1e6:.0f} MB/s"
+        )
         print(f"reader: {rate:.0f} views/s per process")
     finally:
         if not ns.cache:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def read_rate(root: str, teachers: list[str], workers: int, batch_size: int, epochs: int = 2) -> tuple[int, float, dict]:
+def read_rate(
+    root: str, teachers: list[str], workers: int, batch_size: int, epochs: int = 2
+) -> tuple[int, float, dict]:
     """(views, seconds, last batch) of the last of ``epochs`` epochs of ``CacheStream`` through ``make_loader``, as
     training reads (shuffle buffer, Parquet reads, batch assembly); earlier epochs warm the page cache and start the
     ``workers`` (0: the stream in this process)."""
     from radio.data import CacheStream, LoaderConfig, make_loader
 
     cfg = LoaderConfig(batch_size=batch_size, num_workers=workers, shuffle_buffer=1024, prefetch_factor=2)
-    stream = CacheStream(root, teachers, num_workers=max(1, workers), batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, read_rows=cfg.read_rows)
+    stream = CacheStream(
+        root,
+        teachers,
+        num_workers=max(1, workers),
+        batch_size=cfg.batch_size,
+        shuffle_buffer=cfg.shuffle_buffer,
+        read_rows=cfg.read_rows,
+    )
     loader = make_loader(stream, cfg)
     for epoch in range(epochs):
         stream.set_epoch(epoch)
@@ -113,7 +145,9 @@ def _timed(fn, buf, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def checked_over_unchecked(root: str, teachers: list[str], workers: int, batch_size: int, rounds: int = 3) -> tuple[float, float, float]:
+def checked_over_unchecked(
+    root: str, teachers: list[str], workers: int, batch_size: int, rounds: int = 3
+) -> tuple[float, float, float]:
     """(median ratio, checked views/s, unchecked views/s): epochs through the training loader (``workers``
     processes, forked per epoch so they inherit the switch) with every byte checked and without, alternately,
     after one warm-up epoch."""
@@ -121,7 +155,14 @@ def checked_over_unchecked(root: str, teachers: list[str], workers: int, batch_s
     from radio.data import CacheStream, LoaderConfig, make_loader
 
     cfg = LoaderConfig(batch_size=batch_size, num_workers=workers, shuffle_buffer=1024, prefetch_factor=2)
-    stream = CacheStream(root, teachers, num_workers=max(1, workers), batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, read_rows=cfg.read_rows)
+    stream = CacheStream(
+        root,
+        teachers,
+        num_workers=max(1, workers),
+        batch_size=cfg.batch_size,
+        shuffle_buffer=cfg.shuffle_buffer,
+        read_rows=cfg.read_rows,
+    )
     loader = make_loader(stream, cfg)
     if workers:  # the switch reaches the workers by inheritance: a spawned worker would check every epoch
         import multiprocessing as mp
@@ -129,7 +170,9 @@ def checked_over_unchecked(root: str, teachers: list[str], workers: int, batch_s
         ctx = loader.multiprocessing_context
         method = ctx.get_start_method() if ctx is not None else mp.get_start_method()
         if method != "fork":
-            raise RuntimeError(f"checked_over_unchecked needs fork-started loader workers (got {method!r}): the check's switch would not reach them")
+            raise RuntimeError(
+                f"checked_over_unchecked needs fork-started loader workers (got {method!r}): the check's switch would not reach them"
+            )
     rates = {True: [], False: []}
     try:
         for r in range(2 * rounds + 1):
@@ -172,9 +215,11 @@ def _checksum_cost(root, teachers, ns, cleanup: bool):
         med = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
         cmed = {k: sorted(v)[len(v) // 2] for k, v in cpu.items()}
         for m in ("on",):
-            print(f"reader checking every byte / without checks: {med[m] / med['off']:.3f} of views/s (medians {med[m]:.0f} / {med['off']:.0f}), "
-                  f"{cmed[m] / cmed['off']:.3f} of views per CPU-second (medians {cmed[m]:.0f} / {cmed['off']:.0f}), "
-                  f"{max(rates[m]) / max(rates['off']):.3f} best round to best round, over {ns.checksums} rounds each")
+            print(
+                f"reader checking every byte / without checks: {med[m] / med['off']:.3f} of views/s (medians {med[m]:.0f} / {med['off']:.0f}), "
+                f"{cmed[m] / cmed['off']:.3f} of views per CPU-second (medians {cmed[m]:.0f} / {cmed['off']:.0f}), "
+                f"{max(rates[m]) / max(rates['off']):.3f} best round to best round, over {ns.checksums} rounds each"
+            )
     finally:
         store.VERIFY_PAGES = True
         if cleanup:

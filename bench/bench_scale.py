@@ -80,8 +80,22 @@ def job_config(out: str, src: Path, extra: list[str] = ()):
     from pipelines.cache import CacheJobConfig
     from pipelines.config import load_config
 
-    return load_config(CacheJobConfig, None, [f"output={out}", "source.kind=folder", f"source.path={src}", "images_per_shard=1", "views.num_views=1", "student_resolution=32",
-                                              "progress=false", "mlflow.enabled=false", f"teachers=[{','.join(TEACHERS)}]", *extra])
+    return load_config(
+        CacheJobConfig,
+        None,
+        [
+            f"output={out}",
+            "source.kind=folder",
+            f"source.path={src}",
+            "images_per_shard=1",
+            "views.num_views=1",
+            "student_resolution=32",
+            "progress=false",
+            "mlflow.enabled=false",
+            f"teachers=[{','.join(TEACHERS)}]",
+            *extra,
+        ],
+    )
 
 
 def write_synthetic(out: str, src: Path, n_units: int) -> float:
@@ -89,7 +103,15 @@ def write_synthetic(out: str, src: Path, n_units: int) -> float:
     real layouts, commit records carrying the job's request keys): exactly what the job would call complete."""
     import torch
 
-    from pipelines.cache import RunResult, _identity, extra_grids_for, finalize_cache, plan_cache_job, target_grid_for, teacher_request
+    from pipelines.cache import (
+        RunResult,
+        _identity,
+        extra_grids_for,
+        finalize_cache,
+        plan_cache_job,
+        target_grid_for,
+        teacher_request,
+    )
     from pipelines.sources import open_source
     from radio.cache import CacheLocation, TargetLayout, write_teacher_shard, write_views_shard
     from radio.targets import resample_targets
@@ -105,16 +127,29 @@ def write_synthetic(out: str, src: Path, n_units: int) -> float:
     for t in TEACHERS:
         spec = create_teacher(t).spec
         specs[t], requests[t] = spec.to_dict(), teacher_request(cfg, t)
-        layouts[t] = TargetLayout.stored(spec.feature_grid, target_grid_for(cfg, t), extra_grids_for(cfg, t), cfg.target_dtype)
+        layouts[t] = TargetLayout.stored(
+            spec.feature_grid, target_grid_for(cfg, t), extra_grids_for(cfg, t), cfg.target_dtype
+        )
     res = cfg.student_resolution
     for u in range(n_units):
         rec = source.record(u)
-        rows = {"image_id": [rec.image_id], "view_index": [0], "label_index": [rec.label_index], "crop_box": [(0, 0, 8, 8)], "flip": [False], "source_hw": [(8, 8)],
-                "student_image": [bytes(res * res * 3)]}
+        rows = {
+            "image_id": [rec.image_id],
+            "view_index": [0],
+            "label_index": [rec.label_index],
+            "crop_box": [(0, 0, 8, 8)],
+            "flip": [False],
+            "source_hw": [(8, 8)],
+            "student_image": [bytes(res * res * 3)],
+        }
         write_views_shard(loc, u, rows, [], 1, identity, 64)
         for t in TEACHERS:
             sp, lay = specs[t], layouts[t]
-            summary = torch.from_numpy(rng.standard_normal((1, sp["summary_dim"]), dtype=np.float32)) if sp["summary_dim"] else None
+            summary = (
+                torch.from_numpy(rng.standard_normal((1, sp["summary_dim"]), dtype=np.float32))
+                if sp["summary_dim"]
+                else None
+            )
             feats = torch.from_numpy(rng.standard_normal((1, *lay.grid, sp["feature_dim"]), dtype=np.float32))
             cols = lay.encode(summary, [resample_targets(feats, g) for g in lay.grids])
             write_teacher_shard(loc, t, sp, lay, u, [rec.image_id], [0], cols, identity, 64, requests[t])
@@ -134,7 +169,9 @@ def bench_synthetic(sizes: list[int], work: Path):
     from pipelines.cli import main
     from pipelines.sources import open_source
 
-    print(f"synthetic caches (3 tiny teachers + views, images_per_shard=1) at {sizes} units; projected to {TARGET_UNITS}")
+    print(
+        f"synthetic caches (3 tiny teachers + views, images_per_shard=1) at {sizes} units; projected to {TARGET_UNITS}"
+    )
     noop, train, verify, resume, plan_t = [], [], [], [], []
     for n in sizes:
         src = make_folder(work / f"src-{n}", n)
@@ -154,8 +191,22 @@ def bench_synthetic(sizes: list[int], work: Path):
         plan_t.append(time.perf_counter() - t0)
         emit(f"synthetic/{n}/plan_noop_s", plan_t[-1], "s")
         t0 = time.perf_counter()
-        rc = main(["train", f"cache={out}", f"output={work / f'run-{n}'}", f"teachers=[{','.join(TEACHERS)}]", "standardize=phis", "max_steps=1", "epochs=1", "mlflow.enabled=false",
-                   "loader.batch_size=8", "loader.num_workers=0", "student.size=nano", "log_every=1"])
+        rc = main(
+            [
+                "train",
+                f"cache={out}",
+                f"output={work / f'run-{n}'}",
+                f"teachers=[{','.join(TEACHERS)}]",
+                "standardize=phis",
+                "max_steps=1",
+                "epochs=1",
+                "mlflow.enabled=false",
+                "loader.batch_size=8",
+                "loader.num_workers=0",
+                "student.size=nano",
+                "log_every=1",
+            ]
+        )
         train.append(time.perf_counter() - t0)
         assert rc == 0
         emit(f"synthetic/{n}/train_start_to_step1_s", train[-1], "s", "(standardize=phis, one step)")
@@ -167,7 +218,12 @@ def bench_synthetic(sizes: list[int], work: Path):
 
         verify_cache(out, sample=0, out=buf)  # structure of every file and checksums of none: what grows with units
         verify.append(time.perf_counter() - t0)
-        emit(f"synthetic/{n}/verify_structure_s", verify[-1], "s", buf.getvalue().strip().splitlines()[-2] if buf.getvalue() else "")
+        emit(
+            f"synthetic/{n}/verify_structure_s",
+            verify[-1],
+            "s",
+            buf.getvalue().strip().splitlines()[-2] if buf.getvalue() else "",
+        )
         # resume after deleting 1 % of the teacher shards: planning only
         rng = random.Random(0)
         victims = rng.sample([(t, u) for t in TEACHERS for u in range(n)], max(1, len(TEACHERS) * n // 100))
@@ -177,13 +233,26 @@ def bench_synthetic(sizes: list[int], work: Path):
         plan = plan_cache_job(cfg, n, identity, requests, say=lambda m: None)
         resume.append(time.perf_counter() - t0)
         assert sum(len(v) for v in plan.todo.values()) == len(victims)
-        emit(f"synthetic/{n}/resume_plan_after_1pct_deleted_s", resume[-1], "s", f"({len(victims)} shards to recompute)")
+        emit(
+            f"synthetic/{n}/resume_plan_after_1pct_deleted_s", resume[-1], "s", f"({len(victims)} shards to recompute)"
+        )
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(work / f"run-{n}", ignore_errors=True)
         shutil.rmtree(src, ignore_errors=True)
-    for name, vals, goal in (("noop_rerun_s", noop, 10), ("plan_noop_s", plan_t, 10), ("resume_plan_after_1pct_deleted_s", resume, 10), ("train_start_to_step1_s", train, 30), ("verify_structure_s", verify, None)):
+    for name, vals, goal in (
+        ("noop_rerun_s", noop, 10),
+        ("plan_noop_s", plan_t, 10),
+        ("resume_plan_after_1pct_deleted_s", resume, 10),
+        ("train_start_to_step1_s", train, 30),
+        ("verify_structure_s", verify, None),
+    ):
         b, proj = fit(sizes, vals)
-        emit(f"synthetic/fit/{name}", proj, "s", f"projected at {TARGET_UNITS} units; growth exponent {b:.2f}" + (f"; goal <= {goal} s" if goal else ""))
+        emit(
+            f"synthetic/fit/{name}",
+            proj,
+            "s",
+            f"projected at {TARGET_UNITS} units; growth exponent {b:.2f}" + (f"; goal <= {goal} s" if goal else ""),
+        )
         RESULTS[f"synthetic/fit/{name}/exponent"] = b
 
 
@@ -198,30 +267,65 @@ def bench_source(records: int = 1_280_000):
     base = tracemalloc.get_traced_memory()[0]
     packed = PackedStrings.of(paths)
     labels = np.fromiter((i % 1000 for i in range(records)), np.int32, records)
-    src = Source(SourceConfig(kind="folder", path="/data"), packed, labels, [f"n{i:08d}" for i in range(1000)], "fp", files=packed, root="/data")
+    src = Source(
+        SourceConfig(kind="folder", path="/data"),
+        packed,
+        labels,
+        [f"n{i:08d}" for i in range(1000)],
+        "fp",
+        files=packed,
+        root="/data",
+    )
     mem = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
-    emit("source/driver_bytes_per_million_records", mem / records * 1e6 / 1e6, "MB", "(ids and paths packed, labels int32; goal <= 100 MB)")
+    emit(
+        "source/driver_bytes_per_million_records",
+        mem / records * 1e6 / 1e6,
+        "MB",
+        "(ids and paths packed, labels int32; goal <= 100 MB)",
+    )
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    old = [SourceRecord(p, i, i % 1000) for i, p in enumerate(paths[:200_000])]  # the former representation, for the ratio
+    old = [
+        SourceRecord(p, i, i % 1000) for i, p in enumerate(paths[:200_000])
+    ]  # the former representation, for the ratio
     old_mem = (tracemalloc.get_traced_memory()[0] - base) / 200_000 * 1e6
     tracemalloc.stop()
     t0 = time.perf_counter()
     pickle.loads(pickle.dumps(old))
-    emit("source/former_whole_source_pickle_ms", (time.perf_counter() - t0) * 1e3 * records / len(old), "ms", f"(a list of {records} SourceRecord, pickled and unpickled: what every task paid before)")
+    emit(
+        "source/former_whole_source_pickle_ms",
+        (time.perf_counter() - t0) * 1e3 * records / len(old),
+        "ms",
+        f"(a list of {records} SourceRecord, pickled and unpickled: what every task paid before)",
+    )
     del old
-    emit("source/former_records_bytes_per_million", old_mem / 1e6, "MB", "(a list of SourceRecord objects, besides the path list)")
+    emit(
+        "source/former_records_bytes_per_million",
+        old_mem / 1e6,
+        "MB",
+        "(a list of SourceRecord objects, besides the path list)",
+    )
     t0 = time.perf_counter()
     n = 200
     for k in range(n):
         lo = (k * 6397) % (records - 64)
         pickle.loads(pickle.dumps(src.part(lo, lo + 64)))
     part_ms = (time.perf_counter() - t0) / n * 1e3
-    emit("source/prepare_task_overhead_ms_per_unit", part_ms, "ms", "(part(lo, lo+64) pickled and unpickled; goal <= 5 ms)")
+    emit(
+        "source/prepare_task_overhead_ms_per_unit",
+        part_ms,
+        "ms",
+        "(part(lo, lo+64) pickled and unpickled; goal <= 5 ms)",
+    )
     t0 = time.perf_counter()
     whole = pickle.loads(pickle.dumps(src))
-    emit("source/whole_packed_source_pickle_ms", (time.perf_counter() - t0) * 1e3, "ms", "(the whole packed source, for comparison)")
+    emit(
+        "source/whole_packed_source_pickle_ms",
+        (time.perf_counter() - t0) * 1e3,
+        "ms",
+        "(the whole packed source, for comparison)",
+    )
     assert len(whole) == records
 
 
@@ -251,7 +355,9 @@ def bench_job(sizes: list[int], work: Path):
         for t, u in victims:
             os.remove(os.path.join(out, "teachers", t, f"unit-{u:05d}.parquet"))
         t0 = time.perf_counter()
-        plan_cache_job(cfg, n, _identity(cfg, source), {t: teacher_request(cfg, t) for t in TEACHERS}, say=lambda m: None)
+        plan_cache_job(
+            cfg, n, _identity(cfg, source), {t: teacher_request(cfg, t) for t in TEACHERS}, say=lambda m: None
+        )
         resume.append(time.perf_counter() - t0)
         emit(f"job/{n}/resume_plan_s", resume[-1], "s")
         t0 = time.perf_counter()
@@ -280,14 +386,24 @@ def bench_real_dims(work: Path, views_per_unit: int = 256):
     vidx = [i % 4 for i in range(views_per_unit)]
     target_bytes = footer = commit_bytes = stats_bytes = keys_bytes = 0
     for t, (sdim, fdim, grid) in shapes.items():
-        spec = {"name": t, "family": "synthetic", "summary_dim": sdim, "feature_dim": fdim, "feature_grid": list(grid), "fingerprint": f"fp-{t}", "source": "synthetic"}
+        spec = {
+            "name": t,
+            "family": "synthetic",
+            "summary_dim": sdim,
+            "feature_dim": fdim,
+            "feature_grid": list(grid),
+            "fingerprint": f"fp-{t}",
+            "source": "synthetic",
+        }
         layout = TargetLayout.stored(tuple(grid), None, [], "float16")
         summary = torch.from_numpy(rng.standard_normal((views_per_unit, sdim), dtype=np.float32)) if sdim else None
         feats = torch.from_numpy(rng.standard_normal((views_per_unit, *grid, fdim), dtype=np.float32))
         c = write_teacher_shard(loc, t, spec, layout, 0, ids, vidx, layout.encode(summary, [feats]), ident, 64)
         pf = loc.parquet_file(c.shard.path)
         f = pf.metadata.serialized_size + 8
-        k = sum(pf.metadata.row_group(g).column(i).total_compressed_size for g in range(pf.num_row_groups) for i in range(2))
+        k = sum(
+            pf.metadata.row_group(g).column(i).total_compressed_size for g in range(pf.num_row_groups) for i in range(2)
+        )
         cb = loc.size(commit_path(c.shard.path))
         m = c.moments
         ref = write_merged_moments(loc, t, spec["fingerprint"], m["features"], m.get("summary"))
@@ -298,7 +414,9 @@ def bench_real_dims(work: Path, views_per_unit: int = 256):
         stats_bytes += ref.bytes
         emit(f"real/{t}/shard_MB", c.shard.bytes / 1e6, "MB")
         emit(f"real/{t}/footer_KB", f / 1e3, "KB", "(read once when the shard is streamed)")
-        emit(f"real/{t}/commit_record_MB", cb / 1e6, "MB", "(moments in binary; read only by a finalize that merges it)")
+        emit(
+            f"real/{t}/commit_record_MB", cb / 1e6, "MB", "(moments in binary; read only by a finalize that merges it)"
+        )
         emit(f"real/{t}/merged_stats_MB", ref.bytes / 1e6, "MB", "(one per teacher, read once at train start)")
     manifest_per_file = 260  # bytes per shard entry in manifest.json (measured on the synthetic caches: see synthetic/manifest_bytes_per_file)
     files = 4 * TARGET_UNITS
@@ -307,9 +425,24 @@ def bench_real_dims(work: Path, views_per_unit: int = 256):
     before = files * manifest_per_file + stats_bytes
     per_epoch = TARGET_UNITS * (footer + 2_000)  # every teacher footer + the views footer (~2 KB)
     verify_reads = TARGET_UNITS * (footer + keys_bytes + 4 * 1_000) + 8 * (target_bytes + views_bytes)
-    emit("real/metadata_before_step0_fraction", before / total, "", f"({before / 1e6:.1f} MB of {total / 1e12:.2f} TB at {TARGET_UNITS} units; goal <= 0.001)")
-    emit("real/metadata_per_epoch_fraction", per_epoch / total, "", f"({per_epoch / 1e6:.1f} MB of footers per epoch; goal <= 0.001)")
-    emit("real/verify_default_fraction", verify_reads / total, "", f"({verify_reads / 1e9:.2f} GB: every footer, key column and commit header, 8 units checksummed; goal <= 0.01)")
+    emit(
+        "real/metadata_before_step0_fraction",
+        before / total,
+        "",
+        f"({before / 1e6:.1f} MB of {total / 1e12:.2f} TB at {TARGET_UNITS} units; goal <= 0.001)",
+    )
+    emit(
+        "real/metadata_per_epoch_fraction",
+        per_epoch / total,
+        "",
+        f"({per_epoch / 1e6:.1f} MB of footers per epoch; goal <= 0.001)",
+    )
+    emit(
+        "real/verify_default_fraction",
+        verify_reads / total,
+        "",
+        f"({verify_reads / 1e9:.2f} GB: every footer, key column and commit header, 8 units checksummed; goal <= 0.01)",
+    )
     emit("real/metadata_bytes_per_shard_read_by_training", footer / 3, "B", "(footer of a teacher shard, on average)")
     shutil.rmtree(work / "real", ignore_errors=True)
 
@@ -331,20 +464,31 @@ def bench_s3(sizes: list[int], work: Path):
             cfg = job_config(uri, src)
             with s3.counting() as c:
                 run_cache_job(cfg)
-            emit(f"s3/{n}/noop_rerun_requests", dict(c.counts) if hasattr(c, "counts") else {k: c[k] for k in ("LIST", "HEAD", "GET", "GET_RANGE", "PUT", "POST", "DELETE", "COPY")})
+            emit(
+                f"s3/{n}/noop_rerun_requests",
+                dict(c.counts)
+                if hasattr(c, "counts")
+                else {k: c[k] for k in ("LIST", "HEAD", "GET", "GET_RANGE", "PUT", "POST", "DELETE", "COPY")},
+            )
             with s3.counting() as c:
                 r = CacheReader(uri, TEACHERS)
                 for t in TEACHERS:
                     r.phis_stats_of(t)
                 next(r.iter_batches(units=r.units[:1]))
-            emit(f"s3/{n}/train_open_to_first_batch_requests", {k: c[k] for k in ("LIST", "HEAD", "GET", "GET_RANGE", "PUT", "POST", "DELETE", "COPY")})
+            emit(
+                f"s3/{n}/train_open_to_first_batch_requests",
+                {k: c[k] for k in ("LIST", "HEAD", "GET", "GET_RANGE", "PUT", "POST", "DELETE", "COPY")},
+            )
             import io
 
             from pipelines.cache_tools import verify_cache
 
             with s3.counting() as c:
                 verify_cache(uri, sample=0, out=io.StringIO())
-            emit(f"s3/{n}/verify_structure_requests", {k: c[k] for k in ("LIST", "HEAD", "GET", "GET_RANGE", "PUT", "POST", "DELETE", "COPY")})
+            emit(
+                f"s3/{n}/verify_structure_requests",
+                {k: c[k] for k in ("LIST", "HEAD", "GET", "GET_RANGE", "PUT", "POST", "DELETE", "COPY")},
+            )
             shutil.rmtree(src, ignore_errors=True)
 
 

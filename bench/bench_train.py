@@ -35,7 +35,9 @@ def main():
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: the trainer's default)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="DataLoader worker processes (default: the trainer's default)"
+    )
     p.add_argument("--size", default="nano")
     p.add_argument("--patch", type=int, default=8)
     p.add_argument("--online", default=None, help="teachers run in the step for the hybrid run (default: all but SAM)")
@@ -56,7 +58,17 @@ def main():
     cuda = torch.cuda.is_available()
 
     def trainer(online: list[str]):
-        return make_trainer(ns.cache, teachers, size=ns.size, patch=ns.patch, batch_size=ns.batch_size, compile=ns.compile, workers=ns.workers, online=online, sources=sources)
+        return make_trainer(
+            ns.cache,
+            teachers,
+            size=ns.size,
+            patch=ns.patch,
+            batch_size=ns.batch_size,
+            compile=ns.compile,
+            workers=ns.workers,
+            online=online,
+            sources=sources,
+        )
 
     results = {}
     for mode, online in (("cached", []), ("hybrid", hybrid), ("online", teachers)):
@@ -75,15 +87,30 @@ def main():
             results["memory"] = statistics.median(mem_runs)
             flops = step_flops(tr, next(it))
         del tr
-    device = torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    print(f"student {ns.size}/p{ns.patch} at {reader.manifest.student_resolution}px, batch {ns.batch_size}, teachers {', '.join(teachers)}; hybrid online: {', '.join(hybrid)}; compile {ns.compile}; {device}")
+    device = (
+        torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    )
+    print(
+        f"student {ns.size}/p{ns.patch} at {reader.manifest.student_resolution}px, batch {ns.batch_size}, teachers {', '.join(teachers)}; hybrid online: {', '.join(hybrid)}; compile {ns.compile}; {device}"
+    )
     for mode in ("memory", "cached", "hybrid", "online"):
         print(f"  {mode:<8} {results[mode] * 1000:8.1f} ms/step  {ns.batch_size / results[mode]:8.0f} images/s")
-    print(f"(a) cached / memory steps/s: {results['memory'] / results['cached']:.3f}  (goal >= 0.95 on CPU, >= 0.9 on a GPU)")
-    print(f"(b) hybrid / cached steps/s: {results['cached'] / results['hybrid']:.3f};  (c) all online / cached: {results['cached'] / results['online']:.3f}")
+    print(
+        f"(a) cached / memory steps/s: {results['memory'] / results['cached']:.3f}  (goal >= 0.95 on CPU, >= 0.9 on a GPU)"
+    )
+    print(
+        f"(b) hybrid / cached steps/s: {results['cached'] / results['hybrid']:.3f};  (c) all online / cached: {results['cached'] / results['online']:.3f}"
+    )
     achieved = flops / results["memory"]
     peak = peak_flops()
-    print(f"(d) student step {flops / 1e9:.1f} GFLOP (forward + backward, counted), {achieved / 1e12:.3f} TFLOP/s achieved" + (f", MFU {achieved / peak * 100:.1f}% of {peak / 1e12:.0f} TFLOP/s bf16" if peak else ", MFU: no GPU peak to compare with here"))
+    print(
+        f"(d) student step {flops / 1e9:.1f} GFLOP (forward + backward, counted), {achieved / 1e12:.3f} TFLOP/s achieved"
+        + (
+            f", MFU {achieved / peak * 100:.1f}% of {peak / 1e12:.0f} TFLOP/s bf16"
+            if peak
+            else ", MFU: no GPU peak to compare with here"
+        )
+    )
 
 
 def peak_flops() -> float | None:
@@ -93,16 +120,40 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
 
 
-def make_trainer(cache: str, teachers: list[str], *, size: str, patch: int, batch_size: int, compile: bool = False, workers: int | None = None, online: list[str] = (), sources: dict | None = None,
-                 output: str = "/tmp/bench-train", extra: list[str] = ()):
+def make_trainer(
+    cache: str,
+    teachers: list[str],
+    *,
+    size: str,
+    patch: int,
+    batch_size: int,
+    compile: bool = False,
+    workers: int | None = None,
+    online: list[str] = (),
+    sources: dict | None = None,
+    output: str = "/tmp/bench-train",
+    extra: list[str] = (),
+):
     """The real ``Trainer`` on ``cache`` (MLflow off), ready for ``train_step``: ``online`` teachers run in the step,
     loaded from ``sources[t]``; ``workers`` None is the trainer's default; ``extra``: more ``key=value`` overrides."""
     from pipelines.config import load_config
     from pipelines.train import Trainer, TrainJobConfig
 
-    args = [f"cache={cache}", f"output={output}", f"teachers=[{','.join(teachers)}]", f"student.size={size}", f"student.patch_size={patch}", f"loader.batch_size={batch_size}", "epochs=1000", "mlflow.enabled=false", f"compile={str(compile).lower()}"]
+    args = [
+        f"cache={cache}",
+        f"output={output}",
+        f"teachers=[{','.join(teachers)}]",
+        f"student.size={size}",
+        f"student.patch_size={patch}",
+        f"loader.batch_size={batch_size}",
+        "epochs=1000",
+        "mlflow.enabled=false",
+        f"compile={str(compile).lower()}",
+    ]
     args += [f"loader.num_workers={workers}"] if workers is not None else []
-    args += [f"online.{t}.source={(sources or {})[t]}" for t in online if (sources or {}).get(t)] + [f"online.{t}.stats_batches=2" for t in online]
+    args += [f"online.{t}.source={(sources or {})[t]}" for t in online if (sources or {}).get(t)] + [
+        f"online.{t}.stats_batches=2" for t in online
+    ]
     tr = Trainer(load_config(TrainJobConfig, None, args + list(extra)), "")
     tr._sums, tr._count, tr._since = {}, 0, 0
     return tr
@@ -158,7 +209,9 @@ def step_flops(tr, batch) -> int:
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    eager = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else contextlib.nullcontext()
+    eager = (
+        torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else contextlib.nullcontext()
+    )
     with eager, FlopCounterMode(display=False) as fc:
         tr.train_step(batch)
     return fc.get_total_flops()

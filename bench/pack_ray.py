@@ -29,7 +29,20 @@ import zipfile
 # minus what torch (filelock), transformers and accelerate (packaging, pyyaml) and onnxruntime (protobuf) bring.
 # transformers 5 no longer pulls requests in (huggingface_hub uses httpx), and Ray imports it at start-up. The host must
 # still have protobuf, pyyaml, filelock, packaging and typing_extensions (checked: a Python 3.12 with only those runs Ray).
-EXTRA = ["jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "attrs", "msgpack", "click", "requests", "urllib3", "idna", "charset-normalizer", "certifi"]
+EXTRA = [
+    "jsonschema",
+    "jsonschema-specifications",
+    "referencing",
+    "rpds-py",
+    "attrs",
+    "msgpack",
+    "click",
+    "requests",
+    "urllib3",
+    "idna",
+    "charset-normalizer",
+    "certifi",
+]
 DROP = ["ray/jars", "ray/dashboard/client/build", "ray/rllib", "ray/serve", "ray/tune", "ray/train", "ray/llm"]
 
 
@@ -40,8 +53,28 @@ def local_ray_version() -> str:
 
 
 def download(names: list[str], python: str, dest: str):
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
-           "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64", "-d", dest, *names]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        python,
+        "--implementation",
+        "cp",
+        "--platform",
+        "manylinux2014_x86_64",
+        "--platform",
+        "manylinux_2_17_x86_64",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "-d",
+        dest,
+        *names,
+    ]
     subprocess.run(cmd, check=True)
 
 
@@ -60,8 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default="3.12", help="the GPU machine's Python (major.minor)")
     p.add_argument("--ray-version", default=None, help="default: the Ray installed here")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", ".whl", "ray312.tar.xz"))
-    p.add_argument("--keep-tree", default=None, metavar="DIR", help="also leave the unpacked tree at DIR (to test it here)")
-    p.add_argument("--also", action="append", default=[], metavar="REQ", help="another wheel to pack (e.g. protobuf, for a machine without onnxruntime)")
+    p.add_argument(
+        "--keep-tree", default=None, metavar="DIR", help="also leave the unpacked tree at DIR (to test it here)"
+    )
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="REQ",
+        help="another wheel to pack (e.g. protobuf, for a machine without onnxruntime)",
+    )
     ns = p.parse_args(argv)
     version = ns.ray_version or local_ray_version()
     work = tempfile.mkdtemp(prefix="pack-ray-")
@@ -79,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         with tarfile.open(out, "w:xz", preset=6) as tar:
             for name in sorted(os.listdir(tree)):
                 tar.add(os.path.join(tree, name), arcname=name)
-        print(f"ray {version} for cp{ns.python.replace('.', '')}: {size / 2**20:.0f} MiB unpacked (without {', '.join(DROP)}), {out}: {os.path.getsize(out) / 2**20:.1f} MiB")
+        print(
+            f"ray {version} for cp{ns.python.replace('.', '')}: {size / 2**20:.0f} MiB unpacked (without {', '.join(DROP)}), {out}: {os.path.getsize(out) / 2**20:.1f} MiB"
+        )
         if ns.keep_tree:
             shutil.rmtree(ns.keep_tree, ignore_errors=True)
             shutil.copytree(tree, ns.keep_tree, symlinks=True)

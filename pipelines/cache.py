@@ -33,8 +33,25 @@ from typing import Literal
 import numpy as np
 
 from radio.cache import (
-    CacheFormatError, CacheIdentity, CacheLocation, CacheMismatch, Manifest, ManifestDamaged, MomentsMerger, TableState, TargetLayout, build_manifest, commit_path, load_manifest,
-    describe_differences, save_manifest, scan_table, shard_meta, teacher_path, write_teacher_shard, write_views_shard,
+    CacheFormatError,
+    CacheIdentity,
+    CacheLocation,
+    CacheMismatch,
+    Manifest,
+    ManifestDamaged,
+    MomentsMerger,
+    TableState,
+    TargetLayout,
+    build_manifest,
+    commit_path,
+    load_manifest,
+    describe_differences,
+    save_manifest,
+    scan_table,
+    shard_meta,
+    teacher_path,
+    write_teacher_shard,
+    write_views_shard,
 )
 from radio.images import BadImage, decode_image, encode_image
 from radio.targets import resample_targets
@@ -105,8 +122,21 @@ class CacheJobConfig:
 # ---------------------------------------------------------------------------------------------
 # Work done in Ray workers. Plain functions, so they are also callable (and testable) without Ray.
 
-def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy, student_res: int, image_format: str, max_pixels: int, loc: CacheLocation | None, unit: int, row_group_rows: int, identity: CacheIdentity,
-                 resize_for: dict[str, dict] | None = None, keep_crops: bool = True) -> tuple[dict, dict]:
+
+def prepare_unit(
+    source: Source,
+    records: list[SourceRecord],
+    policy: ViewPolicy,
+    student_res: int,
+    image_format: str,
+    max_pixels: int,
+    loc: CacheLocation | None,
+    unit: int,
+    row_group_rows: int,
+    identity: CacheIdentity,
+    resize_for: dict[str, dict] | None = None,
+    keep_crops: bool = True,
+) -> tuple[dict, dict]:
     """Decode, draw views, crop, and resize each crop to the input of every teacher in ``resize_for``
     (teacher -> spec dict) with Pillow. Writes the unit's views table when ``loc`` is given.
 
@@ -130,11 +160,23 @@ def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy
             skipped.append({"image_id": rec.image_id, "reason": e.reason})
             continue
         except OSError as e:  # Unreadable carries a stable reason; anything else: its message, no path
-            skipped.append({"image_id": rec.image_id, "reason": getattr(e, "reason", None) or f"unreadable: {e.strerror or type(e).__name__}"})
+            skipped.append(
+                {
+                    "image_id": rec.image_id,
+                    "reason": getattr(e, "reason", None) or f"unreadable: {e.strerror or type(e).__name__}",
+                }
+            )
             continue
         H, W = img.shape[:2]
         for v in sample_views(policy, rec.image_id, W, H):
-            for k, val in (("image_id", rec.image_id), ("view_index", v.view_index), ("label_index", rec.label_index), ("crop_box", v.box), ("flip", v.flip), ("source_hw", (H, W))):
+            for k, val in (
+                ("image_id", rec.image_id),
+                ("view_index", v.view_index),
+                ("label_index", rec.label_index),
+                ("crop_box", v.box),
+                ("flip", v.flip),
+                ("source_hw", (H, W)),
+            ):
                 rows[k].append(val)
             crop = crop_view(img, v)
             made: dict = {}
@@ -150,7 +192,13 @@ def prepare_unit(source: Source, records: list[SourceRecord], policy: ViewPolicy
     info = {"unit": unit, "rows": n, "images": len(records) - len(skipped), "skipped": skipped, "commit": None}
     if loc is not None:
         info["commit"] = write_views_shard(loc, unit, rows, skipped, info["images"], identity, row_group_rows)
-    return {"unit": unit, "image_id": rows["image_id"], "view_index": rows["view_index"], "crops": crops, "inputs": inputs}, info
+    return {
+        "unit": unit,
+        "image_id": rows["image_id"],
+        "view_index": rows["view_index"],
+        "crops": crops,
+        "inputs": inputs,
+    }, info
 
 
 class TeacherWorker:
@@ -163,7 +211,16 @@ class TeacherWorker:
     copy and forward are already running while the host waits for this one.
     """
 
-    def __init__(self, name: str, job: dict, device: str, threads: int, target_grid: tuple[int, int] | None, target_dtype: str, extra_grids: list[tuple[int, int]] = ()):
+    def __init__(
+        self,
+        name: str,
+        job: dict,
+        device: str,
+        threads: int,
+        target_grid: tuple[int, int] | None,
+        target_dtype: str,
+        extra_grids: list[tuple[int, int]] = (),
+    ):
         import torch
 
         from teachers import create_teacher
@@ -172,8 +229,14 @@ class TeacherWorker:
             torch.set_num_threads(max(1, threads))
         compile_ = job.get("compile")
         self.name = name
-        self.teacher = create_teacher(name, source=job.get("source"), revision=job.get("revision"), dtype=job.get("dtype"), device=device,
-                                      compile=(device.startswith("cuda") if compile_ is None else bool(compile_)))
+        self.teacher = create_teacher(
+            name,
+            source=job.get("source"),
+            revision=job.get("revision"),
+            dtype=job.get("dtype"),
+            device=device,
+            compile=(device.startswith("cuda") if compile_ is None else bool(compile_)),
+        )
         self.batch_size = int(job.get("batch_size", 32))
         spec = self.teacher.spec
         self.layout = TargetLayout.stored(spec.feature_grid, target_grid, extra_grids, target_dtype)
@@ -191,31 +254,70 @@ class TeacherWorker:
         views = prepared["inputs"][self.name] if resized else prepared["crops"]
         pending = []
         for i in range(0, len(views), self.batch_size):
-            imgs = [torch.from_numpy(np.array(c)).permute(2, 0, 1) for c in views[i : i + self.batch_size]]  # Ray hands read-only arrays
+            imgs = [
+                torch.from_numpy(np.array(c)).permute(2, 0, 1) for c in views[i : i + self.batch_size]
+            ]  # Ray hands read-only arrays
             out = self.teacher(imgs, resized=resized)
-            pending.append((out.summary_BD, [resample_targets(out.features_BHWC, g, out.valid_hw_B2) for g in self.layout.grids]))
-        parts = [self.layout.encode(summary, maps) for summary, maps in pending]  # the first copy back waits for the device
+            pending.append(
+                (out.summary_BD, [resample_targets(out.features_BHWC, g, out.valid_hw_B2) for g in self.layout.grids])
+            )
+        parts = [
+            self.layout.encode(summary, maps) for summary, maps in pending
+        ]  # the first copy back waits for the device
         self.calls += 1
         self.busy_s += time.perf_counter() - t0
         if not parts:  # a unit whose images were all skipped
             spec = self.teacher.spec
-            parts = [self.layout.encode(torch.zeros((0, spec.summary_dim)) if spec.summary_dim else None, [torch.zeros((0, *g, spec.feature_dim)) for g in self.layout.grids])]
+            parts = [
+                self.layout.encode(
+                    torch.zeros((0, spec.summary_dim)) if spec.summary_dim else None,
+                    [torch.zeros((0, *g, spec.feature_dim)) for g in self.layout.grids],
+                )
+            ]
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        return {"unit": prepared["unit"], "image_id": prepared["image_id"], "view_index": prepared["view_index"], "cols": cols, "seconds": time.perf_counter() - t0}
+        return {
+            "unit": prepared["unit"],
+            "image_id": prepared["image_id"],
+            "view_index": prepared["view_index"],
+            "cols": cols,
+            "seconds": time.perf_counter() - t0,
+        }
 
     def stats(self) -> dict:
         return {"busy_s": self.busy_s, "calls": self.calls}
 
 
-def write_teacher_result(loc: CacheLocation, teacher: str, spec: dict, layout: dict, result: dict, row_group_rows: int, identity: CacheIdentity, request: str) -> dict:
+def write_teacher_result(
+    loc: CacheLocation,
+    teacher: str,
+    spec: dict,
+    layout: dict,
+    result: dict,
+    row_group_rows: int,
+    identity: CacheIdentity,
+    request: str,
+) -> dict:
     """Write and commit one teacher's targets for one unit (a Ray task). Returns the commit (size, checksum,
     rows, moments) and the actor's seconds."""
-    commit = write_teacher_shard(loc, teacher, spec, TargetLayout.from_dict(layout), result["unit"], result["image_id"], result["view_index"], result["cols"], identity, row_group_rows, request)
+    commit = write_teacher_shard(
+        loc,
+        teacher,
+        spec,
+        TargetLayout.from_dict(layout),
+        result["unit"],
+        result["image_id"],
+        result["view_index"],
+        result["cols"],
+        identity,
+        row_group_rows,
+        request,
+    )
     return {"teacher": teacher, "commit": commit, "seconds": result["seconds"], "rows": commit.shard.rows}
 
 
 # ---------------------------------------------------------------------------------------------
 # The driver.
+
 
 @dataclass
 class CacheSummary:
@@ -231,18 +333,29 @@ class CacheSummary:
     mlflow_run_id: str | None
     cache_id: str
     steady_views_per_s: float | None = None  # from the first finished unit to the last
-    teacher_busy_fraction: dict[str, float] = field(default_factory=dict)  # actor compute time / (actors x time work was in flight)
+    teacher_busy_fraction: dict[str, float] = field(
+        default_factory=dict
+    )  # actor compute time / (actors x time work was in flight)
 
     def format(self) -> str:
         lines = [
             f"cache {self.output} (id {self.cache_id})",
             f"  images {self.images}  views {self.views}  skipped {self.skipped}  in {self.seconds:.1f}s  ({self.images_per_s:.1f} images/s)",
-            f"  bytes written {self.bytes_written / 1e6:.2f} MB" + (f"  steady state {self.steady_views_per_s:.1f} views/s (after start-up)" if self.steady_views_per_s else ""),
+            f"  bytes written {self.bytes_written / 1e6:.2f} MB"
+            + (
+                f"  steady state {self.steady_views_per_s:.1f} views/s (after start-up)"
+                if self.steady_views_per_s
+                else ""
+            ),
         ]
         for t, n in self.computed.items():
             rate = self.teacher_views_per_s.get(t)
             busy = self.teacher_busy_fraction.get(t)
-            lines.append(f"  {t:<16} units computed {n:<5}" + (f" {rate:.1f} views/s per actor" if rate else "") + (f", busy {busy:.0%} of the time" if busy is not None else ""))
+            lines.append(
+                f"  {t:<16} units computed {n:<5}"
+                + (f" {rate:.1f} views/s per actor" if rate else "")
+                + (f", busy {busy:.0%} of the time" if busy is not None else "")
+            )
         if self.mlflow_run_id:
             lines.append(f"  mlflow run {self.mlflow_run_id}")
         return "\n".join(lines)
@@ -277,7 +390,9 @@ class _Progress:
 def _identity(cfg: CacheJobConfig, source: Source) -> CacheIdentity:
     """What every table of a cache must agree on; changing any of it needs a new cache root. (How each
     teacher's targets are stored is per teacher: its layout, checked on its own.)"""
-    return CacheIdentity(source.fingerprint, cfg.views.to_dict(), cfg.student_resolution, cfg.student_image_format, cfg.images_per_shard)
+    return CacheIdentity(
+        source.fingerprint, cfg.views.to_dict(), cfg.student_resolution, cfg.student_image_format, cfg.images_per_shard
+    )
 
 
 def target_grid_for(cfg: CacheJobConfig, teacher: str) -> tuple[int, int] | None:
@@ -303,9 +418,21 @@ def extra_grids_for(cfg: CacheJobConfig, teacher: str) -> list[tuple[int, int]]:
 def validate(cfg: CacheJobConfig):
     """Settings checked before Ray or any teacher starts. Each error is a SettingError naming the key, the
     value and what is allowed (``load_config(validate=validate)`` adds where the value came from)."""
-    for key in ("target_patch", "student_resolution", "images_per_shard", "row_group_rows", "max_inflight_units", "max_pixels"):
+    for key in (
+        "target_patch",
+        "student_resolution",
+        "images_per_shard",
+        "row_group_rows",
+        "max_inflight_units",
+        "max_pixels",
+    ):
         require(getattr(cfg, key) >= 1, key, getattr(cfg, key), ">= 1")
-    require(cfg.source.limit is None or cfg.source.limit >= 1, "source.limit", cfg.source.limit, ">= 1 (or null for every image)")
+    require(
+        cfg.source.limit is None or cfg.source.limit >= 1,
+        "source.limit",
+        cfg.source.limit,
+        ">= 1 (or null for every image)",
+    )
     require(bool(cfg.teachers), "teachers", cfg.teachers, "at least one teacher", "e.g. teachers=[tiny-clip,tiny-sam]")
     for t, job in cfg.teachers.items():
         for key in ("batch_size", "actors"):
@@ -314,19 +441,49 @@ def validate(cfg: CacheJobConfig):
             require(getattr(job, key) >= 0, f"teachers.{t}.{key}", getattr(job, key), ">= 0")
     for name, job in [("", cfg), *((f"teachers.{t}.", j) for t, j in cfg.teachers.items())]:
         grid = job.target_grid
-        require(not isinstance(grid, int) or isinstance(grid, bool) or grid >= 1, f"{name}target_grid", grid, ">= 1, 'native', or null for the student's grid")
-    require(cfg.target_grid is not None or cfg.student_resolution // cfg.target_patch >= 1, "target_patch", cfg.target_patch,
-            f"<= student_resolution ({cfg.student_resolution})", "Set target_patch to the student's patch size, or target_grid=N")
+        require(
+            not isinstance(grid, int) or isinstance(grid, bool) or grid >= 1,
+            f"{name}target_grid",
+            grid,
+            ">= 1, 'native', or null for the student's grid",
+        )
+    require(
+        cfg.target_grid is not None or cfg.student_resolution // cfg.target_patch >= 1,
+        "target_patch",
+        cfg.target_patch,
+        f"<= student_resolution ({cfg.student_resolution})",
+        "Set target_patch to the student's patch size, or target_grid=N",
+    )
     tp = cfg.target_patch
-    require(cfg.student_resolution % tp == 0, "student_resolution", cfg.student_resolution, f"a multiple of target_patch ({tp}), the student's patch size, so its grid is whole",
-            f"e.g. student_resolution={max(tp, cfg.student_resolution // tp * tp)}", also=("target_patch",))
+    require(
+        cfg.student_resolution % tp == 0,
+        "student_resolution",
+        cfg.student_resolution,
+        f"a multiple of target_patch ({tp}), the student's patch size, so its grid is whole",
+        f"e.g. student_resolution={max(tp, cfg.student_resolution // tp * tp)}",
+        also=("target_patch",),
+    )
     for i, r in enumerate(cfg.lower_resolutions):
-        require(isinstance(r, int) and tp <= r < cfg.student_resolution, f"lower_resolutions[{i}]", r,
-                f"an integer with target_patch ({tp}) <= it < student_resolution ({cfg.student_resolution})",
-                "Views are stored once at student_resolution, the highest resolution a run trains at; list the lower ones here", also=("student_resolution", "target_patch"))
-        require(r % tp == 0, f"lower_resolutions[{i}]", r, f"a multiple of target_patch ({tp}), so the student's grid at it is whole", f"e.g. {max(tp, r // tp * tp)}", also=("target_patch",))
+        require(
+            isinstance(r, int) and tp <= r < cfg.student_resolution,
+            f"lower_resolutions[{i}]",
+            r,
+            f"an integer with target_patch ({tp}) <= it < student_resolution ({cfg.student_resolution})",
+            "Views are stored once at student_resolution, the highest resolution a run trains at; list the lower ones here",
+            also=("student_resolution", "target_patch"),
+        )
+        require(
+            r % tp == 0,
+            f"lower_resolutions[{i}]",
+            r,
+            f"a multiple of target_patch ({tp}), so the student's grid at it is whole",
+            f"e.g. {max(tp, r // tp * tp)}",
+            also=("target_patch",),
+        )
     dup = sorted({r for r in cfg.lower_resolutions if cfg.lower_resolutions.count(r) > 1})
-    require(not dup, "lower_resolutions", cfg.lower_resolutions, f"distinct resolutions ({dup} repeated)", "List each once")
+    require(
+        not dup, "lower_resolutions", cfg.lower_resolutions, f"distinct resolutions ({dup} repeated)", "List each once"
+    )
     check_output_dir(cfg.output)
 
 
@@ -359,13 +516,17 @@ def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
     deadline, err = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=max(0.5, min(3.0, deadline - time.monotonic()))):
+            with socket.create_connection(
+                (host.strip("[]"), int(port)), timeout=max(0.5, min(3.0, deadline - time.monotonic()))
+            ):
                 return
         except OSError as e:  # refused, unresolvable, unreachable, timed out: retried while a head node may be starting
             err = e
             time.sleep(0.5)
-    raise RayUnavailable(f"RAY_ADDRESS={address}: no Ray cluster answers at {host}:{port} after {timeout_s:.0f} s ({type(err).__name__}: {err}). "
-                         "Start the head node there (ray start --head --port=...), fix the address, or unset RAY_ADDRESS to run on a local Ray")
+    raise RayUnavailable(
+        f"RAY_ADDRESS={address}: no Ray cluster answers at {host}:{port} after {timeout_s:.0f} s ({type(err).__name__}: {err}). "
+        "Start the head node there (ray start --head --port=...), fix the address, or unset RAY_ADDRESS to run on a local Ray"
+    )
 
 
 def init_ray(cfg: CacheJobConfig | None = None):
@@ -389,6 +550,7 @@ def init_ray(cfg: CacheJobConfig | None = None):
 # ---------------------------------------------------------------------------------------------
 # The driver: plan (no Ray) -> run (the Ray pipeline) -> finalize (manifest, merged statistics) -> report.
 
+
 def teacher_request(cfg: CacheJobConfig, teacher: str) -> str:
     """What ``teacher``'s targets are asked to be, known without loading it: the weights' cheap identity
     (``teachers.source_key``), every job setting that changes the stored targets, and the cache identity's
@@ -400,8 +562,16 @@ def teacher_request(cfg: CacheJobConfig, teacher: str) -> str:
     from teachers import source_key
 
     job = cfg.teachers[teacher]
-    key = {"teacher": teacher, "weights": source_key(teacher, job.source, job.revision), "revision": job.revision, "dtype": job.dtype, "compile": job.compile,
-           "target_grid": target_grid_for(cfg, teacher), "extra_grids": extra_grids_for(cfg, teacher), "target_dtype": cfg.target_dtype}
+    key = {
+        "teacher": teacher,
+        "weights": source_key(teacher, job.source, job.revision),
+        "revision": job.revision,
+        "dtype": job.dtype,
+        "compile": job.compile,
+        "target_grid": target_grid_for(cfg, teacher),
+        "extra_grids": extra_grids_for(cfg, teacher),
+        "target_dtype": cfg.target_dtype,
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -421,7 +591,9 @@ class CachePlan:
     todo: dict[str, list[int]]
     cleaned: int = 0  # temporary files, records without a shard, shards without a record: removed
     set_aside: int = 0  # damaged shards moved aside
-    stale_stats: list[str] = field(default_factory=list)  # teachers whose merged statistics file is missing or was written again
+    stale_stats: list[str] = field(
+        default_factory=list
+    )  # teachers whose merged statistics file is missing or was written again
 
     @property
     def work_units(self) -> list[int]:
@@ -437,25 +609,43 @@ class CachePlan:
     def up_to_date(self) -> bool:
         """Nothing to compute and nothing to record: the manifest already says all of it."""
         m = self.manifest
-        return (not self.needs_teachers and not self.todo_views and m is not None and m.complete and not self.set_aside and not self.cleaned and not self.stale_stats
-                and not self.views.adopted and all(st.adopted == 0 for st in self.tables.values()) and set(self.requests) <= set(m.teachers)
-                and all(m.teachers[t].request == r and m.teachers[t].moments is not None for t, r in self.requests.items()))
+        return (
+            not self.needs_teachers
+            and not self.todo_views
+            and m is not None
+            and m.complete
+            and not self.set_aside
+            and not self.cleaned
+            and not self.stale_stats
+            and not self.views.adopted
+            and all(st.adopted == 0 for st in self.tables.values())
+            and set(self.requests) <= set(m.teachers)
+            and all(m.teachers[t].request == r and m.teachers[t].moments is not None for t, r in self.requests.items())
+        )
 
 
-def plan_cache_job(cfg: CacheJobConfig, n_units: int, identity: CacheIdentity, requests: dict[str, str | None], say=print) -> CachePlan:
+def plan_cache_job(
+    cfg: CacheJobConfig, n_units: int, identity: CacheIdentity, requests: dict[str, str | None], say=print
+) -> CachePlan:
     """Reconcile the cache at ``cfg.output`` with the config, without Ray or any teacher: refuse another cache's
     root, set damaged shards aside, remove what killed writers left, and list the work per table.
     ``requests``: each configured teacher's :func:`teacher_request`."""
     loc = CacheLocation(cfg.output)
     try:
-        manifest = load_manifest(loc)  # a manifest of another format version is refused here; shards alone, by shard_meta below
+        manifest = load_manifest(
+            loc
+        )  # a manifest of another format version is refused here; shards alone, by shard_meta below
     except ManifestDamaged as e:  # the shards' own records win: plan as after a kill before the first manifest
         say(f"  {str(e).split(': it was')[0]}: rewriting it from the shards' own records")
         manifest = None
     if manifest is not None:
         diffs = describe_differences(manifest.identity.to_dict(), identity.to_dict())
         if diffs:
-            raise CacheMismatch(f"cache {cfg.output} was built with another source or view policy; refusing to mix. Differences:\n  " + "\n  ".join(diffs) + "\nUse a new output path, or delete the old cache.")
+            raise CacheMismatch(
+                f"cache {cfg.output} was built with another source or view policy; refusing to mix. Differences:\n  "
+                + "\n  ".join(diffs)
+                + "\nUse a new output path, or delete the old cache."
+            )
     else:
         first = sorted(n for n in loc.scan("views") if n.endswith(".parquet") and n.startswith("unit-"))
         if first:  # shards of a job killed before its first manifest: one footer says whose they are
@@ -467,14 +657,24 @@ def plan_cache_job(cfg: CacheJobConfig, n_units: int, identity: CacheIdentity, r
                 meta = {"identity": identity.to_dict()}
             diffs = describe_differences(meta.get("identity"), identity.to_dict())
             if diffs:
-                raise CacheMismatch(f"cache {cfg.output} holds shards of another source or view policy:\n  " + "\n  ".join(diffs))
+                raise CacheMismatch(
+                    f"cache {cfg.output} holds shards of another source or view policy:\n  " + "\n  ".join(diffs)
+                )
     for t in cfg.rebuild:
         if t in cfg.teachers:
             loc.delete_dir(f"teachers/{t}")
-    listed = {s.path: s for s in ([*manifest.views.shards, *[s for e in manifest.teachers.values() for s in e.shards]] if manifest else [])}
+    listed = {
+        s.path: s
+        for s in (
+            [*manifest.views.shards, *[s for e in manifest.teachers.values() for s in e.shards]] if manifest else []
+        )
+    }
     entries = manifest.teachers if manifest else {}
     views = scan_table(loc, None, identity, listed)
-    tables = {t: scan_table(loc, t, identity, listed, entries.get(t)) for t in sorted(set(loc.list_dirs("teachers")) | set(cfg.teachers))}
+    tables = {
+        t: scan_table(loc, t, identity, listed, entries.get(t))
+        for t in sorted(set(loc.list_dirs("teachers")) | set(cfg.teachers))
+    }
     cleaned = set_aside = 0
     for st in [views, *tables.values()]:
         # a damaged, truncated or foreign shard is moved aside (nothing deleted) and recomputed; what a killed
@@ -493,7 +693,9 @@ def plan_cache_job(cfg: CacheJobConfig, n_units: int, identity: CacheIdentity, r
     stale = [t for t, e in entries.items() if _stats_stale(e, stats)]
     todo_views = [u for u in range(n_units) if u not in views.commits]
     todo = {t: [u for u in range(n_units) if u not in tables[t].commits] for t in cfg.teachers}
-    return CachePlan(loc, identity, n_units, manifest, views, tables, requests, trusted, todo_views, todo, cleaned, set_aside, stale)
+    return CachePlan(
+        loc, identity, n_units, manifest, views, tables, requests, trusted, todo_views, todo, cleaned, set_aside, stale
+    )
 
 
 def _stats_stale(entry, listed: dict) -> bool:
@@ -518,15 +720,44 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
         raise SourceError(f"source {cfg.source.kind}:{cfg.source.path} has no images")
     identity = _identity(cfg, source)
     n_units = math.ceil(len(source) / cfg.images_per_shard)
-    plan = plan_cache_job(cfg, n_units, identity, {t: teacher_request(cfg, t) for t in cfg.teachers}, say=lambda m: print(m, file=sys.stderr))
+    plan = plan_cache_job(
+        cfg,
+        n_units,
+        identity,
+        {t: teacher_request(cfg, t) for t in cfg.teachers},
+        say=lambda m: print(m, file=sys.stderr),
+    )
     if plan.up_to_date:
         m = plan.manifest
-        return CacheSummary(cfg.output, m.images, m.views.rows, len(m.skipped), time.perf_counter() - t_start, 0, {"views": 0, **{t: 0 for t in cfg.teachers}}, 0.0, {}, m.mlflow_run_id, identity.cache_id)
+        return CacheSummary(
+            cfg.output,
+            m.images,
+            m.views.rows,
+            len(m.skipped),
+            time.perf_counter() - t_start,
+            0,
+            {"views": 0, **{t: 0 for t in cfg.teachers}},
+            0.0,
+            {},
+            m.mlflow_run_id,
+            identity.cache_id,
+        )
     run = None
     if plan.work_units:
-        pending = os.path.join(cfg.output, PENDING) if plan.loc.is_local else None  # what a lost tracking server could not take: `radio sync OUTPUT`
-        run = start_run(cfg.mlflow, run_name=f"cache-{os.path.basename(os.path.normpath(cfg.output))}", tags={"radio.kind": "cache", "radio.cache_id": identity.cache_id, "radio.cache_uri": plan.loc.uri, "radio.teachers": ",".join(sorted(cfg.teachers))},
-                        pending=pending)
+        pending = (
+            os.path.join(cfg.output, PENDING) if plan.loc.is_local else None
+        )  # what a lost tracking server could not take: `radio sync OUTPUT`
+        run = start_run(
+            cfg.mlflow,
+            run_name=f"cache-{os.path.basename(os.path.normpath(cfg.output))}",
+            tags={
+                "radio.kind": "cache",
+                "radio.cache_id": identity.cache_id,
+                "radio.cache_uri": plan.loc.uri,
+                "radio.teachers": ",".join(sorted(cfg.teachers)),
+            },
+            pending=pending,
+        )
         if run is not None:
             run.log_params(flatten_config(cfg))
     try:
@@ -537,8 +768,10 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
             run.end(status="KILLED" if not isinstance(e, Exception) else "FAILED")
         full = disk_full(e) if isinstance(e, Exception) else None
         if full is not None:
-            raise DiskFull(f"no space left writing cache {cfg.output} ({full}): every unit committed before is kept, and a half-written file is removed by the rerun. "
-                           "Free space there and rerun the same command to resume") from None
+            raise DiskFull(
+                f"no space left writing cache {cfg.output} ({full}): every unit committed before is kept, and a half-written file is removed by the rerun. "
+                "Free space there and rerun the same command to resume"
+            ) from None
         raise
     summary = _summary(cfg, plan, manifest, result, time.perf_counter() - t_start, run)
     if run is not None:
@@ -564,7 +797,9 @@ class RunResult:
     has_gpu: bool = False
 
 
-def _start_teachers(ray, cfg: CacheJobConfig, plan: CachePlan, names: list[str], has_gpu: bool) -> tuple[dict, dict, dict]:
+def _start_teachers(
+    ray, cfg: CacheJobConfig, plan: CachePlan, names: list[str], has_gpu: bool
+) -> tuple[dict, dict, dict]:
     """Actor pools for ``names``; (pools, specs, layouts). A teacher whose committed targets were computed
     under another request is checked by its loaded fingerprint and layout: the same targets are kept, others
     refused (or deleted and recomputed with ``rebuild``)."""
@@ -575,23 +810,53 @@ def _start_teachers(ray, cfg: CacheJobConfig, plan: CachePlan, names: list[str],
         # A call to an actor on a node that crashed fails at once (ActorUnavailableError) and Ray's backoff spends a
         # few retries in ~1 s, while the node is declared dead only after ~15 s of missed health checks: retry
         # until the actor is back (run() has no side effects); max_restarts bounds an actor that keeps dying.
-        opts = {"num_cpus": job.cpus_per_actor, "num_gpus": job.gpus_per_actor if has_gpu else 0, "max_restarts": 3, "max_task_retries": -1}
+        opts = {
+            "num_cpus": job.cpus_per_actor,
+            "num_gpus": job.gpus_per_actor if has_gpu else 0,
+            "max_restarts": 3,
+            "max_task_retries": -1,
+        }
         device = "cuda" if has_gpu and job.gpus_per_actor > 0 else "cpu"
-        pools[name] = [actor_cls.options(**opts).remote(name, dump_config(job), device, max(1, int(job.cpus_per_actor)), target_grid_for(cfg, name), cfg.target_dtype, extra_grids_for(cfg, name)) for _ in range(max(1, job.actors))]
+        pools[name] = [
+            actor_cls.options(**opts).remote(
+                name,
+                dump_config(job),
+                device,
+                max(1, int(job.cpus_per_actor)),
+                target_grid_for(cfg, name),
+                cfg.target_dtype,
+                extra_grids_for(cfg, name),
+            )
+            for _ in range(max(1, job.actors))
+        ]
     specs, layouts = {}, {}
     for name, (spec, layout) in zip(pools, ray.get([p[0].spec.remote() for p in pools.values()])):
         specs[name], layouts[name] = spec, layout
         ratio = tuple(cfg.views.ratio)
         if spec["resize"] == "fit_aspect" and (ratio[0] < 1 / 4 or ratio[1] > 4):
-            raise ConfigError(f"teacher {name} keeps the view's aspect up to 4:1, but views.ratio={list(ratio)} allows more. Narrow views.ratio (e.g. [0.75, 1.333]).")
+            raise ConfigError(
+                f"teacher {name} keeps the view's aspect up to 4:1, but views.ratio={list(ratio)} allows more. Narrow views.ratio (e.g. [0.75, 1.333])."
+            )
         held = plan.tables[name].commits
         if not held:
             continue
         old_fp, old_layout = _held_identity(plan, name)
         if old_fp != spec["fingerprint"] or old_layout != layout:
-            old_spec = plan.manifest.teachers[name].spec if plan.manifest and name in plan.manifest.teachers else shard_meta(plan.loc, teacher_path(name, min(held))).get("spec", {})
-            diffs = [d for d in describe_differences({**old_spec, "layout": old_layout}, {**spec, "layout": layout}) if not d.startswith("fingerprint")]
-            raise CacheMismatch(f"cache {cfg.output} holds teacher {name!r} computed or stored differently (fingerprint {old_fp}, the config gives {spec['fingerprint']}). Differences:\n  " + "\n  ".join(diffs or ["(weights)"]) + f"\nRecompute only this teacher with rebuild=[{name}], or use a new output path.")
+            old_spec = (
+                plan.manifest.teachers[name].spec
+                if plan.manifest and name in plan.manifest.teachers
+                else shard_meta(plan.loc, teacher_path(name, min(held))).get("spec", {})
+            )
+            diffs = [
+                d
+                for d in describe_differences({**old_spec, "layout": old_layout}, {**spec, "layout": layout})
+                if not d.startswith("fingerprint")
+            ]
+            raise CacheMismatch(
+                f"cache {cfg.output} holds teacher {name!r} computed or stored differently (fingerprint {old_fp}, the config gives {spec['fingerprint']}). Differences:\n  "
+                + "\n  ".join(diffs or ["(weights)"])
+                + f"\nRecompute only this teacher with rebuild=[{name}], or use a new output path."
+            )
         plan.trusted[name] = True  # same weights and layout under a new request key: the targets stand
     return pools, specs, layouts
 
@@ -612,9 +877,13 @@ def _run_pipeline(cfg: CacheJobConfig, plan: CachePlan, source: Source) -> RunRe
     resources = ray.cluster_resources()
     has_gpu = resources.get("GPU", 0) > 0
     reserved, cpus = reserved_cpus(cfg), resources.get("CPU", 0)
-    if cpus < reserved + 1:  # actors hold their CPUs all job long: with none left for prepare/write tasks it would wait forever
-        raise ConfigError(f"Ray has {cpus:g} CPUs, but the teacher actors reserve {reserved:g} (teachers.<t>.actors x cpus_per_actor) and the prepare/write "
-                          f"tasks need 1 more: lower teachers.<t>.cpus_per_actor or actors, or give Ray num_cpus >= {math.ceil(reserved + 1)}")
+    if (
+        cpus < reserved + 1
+    ):  # actors hold their CPUs all job long: with none left for prepare/write tasks it would wait forever
+        raise ConfigError(
+            f"Ray has {cpus:g} CPUs, but the teacher actors reserve {reserved:g} (teachers.<t>.actors x cpus_per_actor) and the prepare/write "
+            f"tasks need 1 more: lower teachers.<t>.cpus_per_actor or actors, or give Ray num_cpus >= {math.ceil(reserved + 1)}"
+        )
     pools, specs, layouts = _start_teachers(ray, cfg, plan, plan.needs_teachers, has_gpu)
     from teachers import TeacherSpec
     from teachers.preprocess import resizes_on_host
@@ -622,7 +891,9 @@ def _run_pipeline(cfg: CacheJobConfig, plan: CachePlan, source: Source) -> RunRe
     todo = {t: set(plan.todo[t]) for t in pools if plan.todo[t]}
     todo_views = set(plan.todo_views)
     # Resized in the prepare tasks when asked and possible (DINOv3's float-order resize runs on its device).
-    on_host = {t: cfg.teachers[t].resize_in == "prepare" and resizes_on_host(TeacherSpec.from_dict(specs[t])) for t in todo}
+    on_host = {
+        t: cfg.teachers[t].resize_in == "prepare" and resizes_on_host(TeacherSpec.from_dict(specs[t])) for t in todo
+    }
     res = RunResult(specs=specs, has_gpu=has_gpu, actors={t: len(p) for t, p in pools.items()})
     res.mergers = {t: MomentsMerger(plan.loc, t, plan.n_units, set(plan.tables[t].commits)) for t in todo}
     res.busy, res.rows = {t: 0.0 for t in todo}, {t: 0 for t in todo}
@@ -631,7 +902,12 @@ def _run_pipeline(cfg: CacheJobConfig, plan: CachePlan, source: Source) -> RunRe
     work = plan.work_units
     progress = _Progress(cfg.progress, _images_in(cfg, len(source), work))
     if work:
-        progress.update(0, f"{len(work)} units to do, {plan.n_units - len(work)} already cached" + (f", {plan.cleaned} leftovers of killed writers removed" if plan.cleaned else ""), force=True)
+        progress.update(
+            0,
+            f"{len(work)} units to do, {plan.n_units - len(work)} already cached"
+            + (f", {plan.cleaned} leftovers of killed writers removed" if plan.cleaned else ""),
+            force=True,
+        )
     prep = ray.remote(prepare_unit).options(num_returns=2, num_cpus=1, max_retries=3)
     write = ray.remote(write_teacher_result).options(num_cpus=1, max_retries=3)
     rr = {name: 0 for name in pools}
@@ -649,13 +925,37 @@ def _run_pipeline(cfg: CacheJobConfig, plan: CachePlan, source: Source) -> RunRe
                 need = [t for t in todo if u in todo[t]]
                 resize_for = {t: specs[t] for t in need if on_host[t]}
                 keep_crops = any(not on_host[t] for t in need)
-                prepared, info = prep.remote(part, part.records, cfg.views, cfg.student_resolution, cfg.student_image_format, cfg.max_pixels, plan.loc if u in todo_views else None, u, cfg.row_group_rows, plan.identity, resize_for, keep_crops)
+                prepared, info = prep.remote(
+                    part,
+                    part.records,
+                    cfg.views,
+                    cfg.student_resolution,
+                    cfg.student_image_format,
+                    cfg.max_pixels,
+                    plan.loc if u in todo_views else None,
+                    u,
+                    cfg.row_group_rows,
+                    plan.identity,
+                    resize_for,
+                    keep_crops,
+                )
                 inflight[info] = (u, "views")
                 for name in need:
                     pool = pools[name]
                     actor = pool[rr[name] % len(pool)]
                     rr[name] += 1
-                    inflight[write.remote(plan.loc, name, specs[name], layouts[name], actor.run.remote(prepared), cfg.row_group_rows, plan.identity, plan.requests[name])] = (u, name)
+                    inflight[
+                        write.remote(
+                            plan.loc,
+                            name,
+                            specs[name],
+                            layouts[name],
+                            actor.run.remote(prepared),
+                            cfg.row_group_rows,
+                            plan.identity,
+                            plan.requests[name],
+                        )
+                    ] = (u, name)
                 unit_left[u] = 1 + len(need)
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:
@@ -706,10 +1006,29 @@ def finalize_cache(cfg: CacheJobConfig, plan: CachePlan, source: Source, result:
             from dataclasses import replace
 
             old_entry = replace(old_entry, moments=None)
-        spec = result.specs.get(name) or (old_entry.spec if old_entry else shard_meta(plan.loc, teacher_path(name, min(commits))).get("spec"))
-        teachers[name] = (spec, old_entry, commits, result.mergers.get(name), plan.requests.get(name) if plan.trusted.get(name) else None)
-    m = build_manifest(plan.loc, plan.identity, {**source.describe(), "config": dump_config(cfg.source)}, cfg.views.to_dict(), dump_config(cfg), plan.n_units, list(cfg.teachers),
-                       views, teachers, old, excluded=source.excluded)
+        spec = result.specs.get(name) or (
+            old_entry.spec if old_entry else shard_meta(plan.loc, teacher_path(name, min(commits))).get("spec")
+        )
+        teachers[name] = (
+            spec,
+            old_entry,
+            commits,
+            result.mergers.get(name),
+            plan.requests.get(name) if plan.trusted.get(name) else None,
+        )
+    m = build_manifest(
+        plan.loc,
+        plan.identity,
+        {**source.describe(), "config": dump_config(cfg.source)},
+        cfg.views.to_dict(),
+        dump_config(cfg),
+        plan.n_units,
+        list(cfg.teachers),
+        views,
+        teachers,
+        old,
+        excluded=source.excluded,
+    )
     stat = plan.loc.scan_stat("stats")  # the times the statistics files list now: a rerun sees one written again
     for e in m.teachers.values():
         if e.moments is not None:
@@ -726,7 +1045,10 @@ def _with_mtimes(loc: CacheLocation, rel_dir: str, commits: dict) -> dict:
     if not commits:
         return commits
     stat = loc.scan_stat(rel_dir)
-    return {u: replace(c, shard=replace(c.shard, mtime_ns=stat.get(posixpath.basename(c.shard.path), (0, None))[1])) for u, c in commits.items()}
+    return {
+        u: replace(c, shard=replace(c.shard, mtime_ns=stat.get(posixpath.basename(c.shard.path), (0, None))[1]))
+        for u, c in commits.items()
+    }
 
 
 def _images_in(cfg: CacheJobConfig, n_images: int, units: list[int]) -> int:
@@ -743,8 +1065,21 @@ def _summary(cfg: CacheJobConfig, plan: CachePlan, m: Manifest, r: RunResult, el
     # loading teachers) is behind it.
     steady = sum(v for _, v in c[1:]) / (c[-1][0] - c[0][0]) if len(c) > 1 and c[-1][0] > c[0][0] else None
     work_images = _images_in(cfg, m.source.get("num_images", 0), plan.work_units)
-    return CacheSummary(cfg.output, m.images, m.views.rows, len(m.skipped), elapsed, r.bytes_written, computed, work_images / elapsed if elapsed > 0 else 0.0,
-                        views_per_s, run.run_id if run else m.mlflow_run_id, plan.identity.cache_id, steady, busy_fraction)
+    return CacheSummary(
+        cfg.output,
+        m.images,
+        m.views.rows,
+        len(m.skipped),
+        elapsed,
+        r.bytes_written,
+        computed,
+        work_images / elapsed if elapsed > 0 else 0.0,
+        views_per_s,
+        run.run_id if run else m.mlflow_run_id,
+        plan.identity.cache_id,
+        steady,
+        busy_fraction,
+    )
 
 
 def _report(run, cfg: CacheJobConfig, m: Manifest, summary: CacheSummary, r: RunResult, resolved_yaml: str | None):
@@ -756,8 +1091,15 @@ def _report(run, cfg: CacheJobConfig, m: Manifest, summary: CacheSummary, r: Run
         return
     m.mlflow_run_id = run.run_id
     save_manifest(CacheLocation(cfg.output), m)
-    metrics = {"cache/images": summary.images, "cache/views": summary.views, "cache/skipped": summary.skipped, "cache/bytes_written": summary.bytes_written,
-               "system/seconds": summary.seconds, "system/images_per_s": summary.images_per_s, "system/steady_views_per_s": summary.steady_views_per_s}
+    metrics = {
+        "cache/images": summary.images,
+        "cache/views": summary.views,
+        "cache/skipped": summary.skipped,
+        "cache/bytes_written": summary.bytes_written,
+        "system/seconds": summary.seconds,
+        "system/images_per_s": summary.images_per_s,
+        "system/steady_views_per_s": summary.steady_views_per_s,
+    }
     for t, entry in m.teachers.items():
         metrics[f"cache/bytes_per_view/{t}"] = entry.bytes_per_view
         metrics[f"cache/bytes_ratio_to_float32_native/{t}"] = entry.bytes_per_view / entry.float32_native_bytes_per_view
@@ -774,7 +1116,9 @@ def _report(run, cfg: CacheJobConfig, m: Manifest, summary: CacheSummary, r: Run
     run.end()
 
 
-def finalize_manifest(cfg: CacheJobConfig, source: Source, identity: CacheIdentity, teachers: list[str], n_units: int) -> Manifest:
+def finalize_manifest(
+    cfg: CacheJobConfig, source: Source, identity: CacheIdentity, teachers: list[str], n_units: int
+) -> Manifest:
     """The manifest of the shards committed at ``cfg.output`` (for caches written without the job, e.g. synthetic ones):
     plan from the listings, then finalize from the commit records."""
     cfg = _with_teachers(cfg, teachers)

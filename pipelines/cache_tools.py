@@ -11,8 +11,21 @@ import sys
 import numpy as np
 
 from radio.cache import (
-    MIN_COS, CacheError, CacheLocation, Manifest, TeacherStats, column_tensor, decode_features, decode_summary, feature_columns, grid_suffix, load_manifest, save_manifest,
-    stats_differ, teacher_path, views_path,
+    MIN_COS,
+    CacheError,
+    CacheLocation,
+    Manifest,
+    TeacherStats,
+    column_tensor,
+    decode_features,
+    decode_summary,
+    feature_columns,
+    grid_suffix,
+    load_manifest,
+    save_manifest,
+    stats_differ,
+    teacher_path,
+    views_path,
 )
 from radio.images import decode_image, encode_image
 from radio.views import ViewPolicy, crop_view, render_view, sample_view
@@ -40,7 +53,11 @@ def cache_info(uri: str) -> str:
     ]
     for name, t in sorted(m.teachers.items()):
         s, lay = t.spec, t.layout
-        grid = f"{lay.grid[0]}x{lay.grid[1]}" + (f" (native {lay.native_grid[0]}x{lay.native_grid[1]})" if tuple(lay.grid) != tuple(lay.native_grid) else " (native)")
+        grid = f"{lay.grid[0]}x{lay.grid[1]}" + (
+            f" (native {lay.native_grid[0]}x{lay.native_grid[1]})"
+            if tuple(lay.grid) != tuple(lay.native_grid)
+            else " (native)"
+        )
         grid += "".join(f" + {g[0]}x{g[1]}" for g in lay.extra_grids)  # the grids of lower_resolutions
         lines.append(
             f"  {name:<16} fingerprint {t.fingerprint}  rows {t.rows}  {t.bytes_per_view / 1024:.1f} KiB/view ({t.bytes_per_view / t.float32_native_bytes_per_view:.3f} vs f32 native)"
@@ -48,7 +65,9 @@ def cache_info(uri: str) -> str:
         )
     total = m.views.bytes + sum(t.bytes for t in m.teachers.values())
     per_view = sum(t.bytes_per_view for t in m.teachers.values())
-    lines.append(f"bytes      {total / 1e6:.2f} MB (views {m.views.bytes / 1e6:.2f} MB; targets {per_view / 1e6:.3f} MB per view)")
+    lines.append(
+        f"bytes      {total / 1e6:.2f} MB (views {m.views.bytes / 1e6:.2f} MB; targets {per_view / 1e6:.3f} MB per view)"
+    )
     for s in m.skipped[:10]:
         lines.append(f"  skipped {s.image_id}: {s.reason}")
     if len(m.skipped) > 10:
@@ -63,7 +82,15 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def verify_cache(uri: str, sample: int = 8, atol: float | None = None, min_cos: float | None = None, seed: int = 0, out=None, full: bool = False) -> bool:
+def verify_cache(
+    uri: str,
+    sample: int = 8,
+    atol: float | None = None,
+    min_cos: float | None = None,
+    seed: int = 0,
+    out=None,
+    full: bool = False,
+) -> bool:
     """Check a cache at the cost its size allows, and report every problem found (never stops at the first).
 
     Every file, structurally: one listing per directory (each listed shard present, with its size and commit
@@ -116,7 +143,9 @@ def verify_cache(uri: str, sample: int = 8, atol: float | None = None, min_cos: 
         for extra in sorted(n for n in names if not n.startswith(".") and n not in listed):
             problems.append(f"{rel_dir}/{extra}: on storage but not in the manifest (rerun radio cache to record it)")
     for t in sorted(set(loc.list_dirs("teachers")) - set(m.teachers)):
-        problems.append(f"teachers/{t}: on storage but not in the manifest (rerun radio cache to record it, or `radio cache drop {uri} {t}`)")
+        problems.append(
+            f"teachers/{t}: on storage but not in the manifest (rerun radio cache to record it, or `radio cache drop {uri} {t}`)"
+        )
     # 2. footers, commit headers and keys of every file not already found damaged
     keys_by_unit = {}
     for rel_dir, t, shards in tables:
@@ -124,7 +153,9 @@ def verify_cache(uri: str, sample: int = 8, atol: float | None = None, min_cos: 
         for sh in shards:
             if sh.path in missing:
                 continue
-            pf, reason = open_checked(loc, sh.path, m.identity, sh.unit, sh, e.fingerprint if e else None, e.layout.to_dict() if e else None)
+            pf, reason = open_checked(
+                loc, sh.path, m.identity, sh.unit, sh, e.fingerprint if e else None, e.layout.to_dict() if e else None
+            )
             if reason:
                 bad(sh.path, reason)
                 continue
@@ -144,7 +175,11 @@ def verify_cache(uri: str, sample: int = 8, atol: float | None = None, min_cos: 
             except (OSError, ValueError) as err:  # a page checksum that fails
                 bad(sh.path, f"its key columns do not read back as written ({str(err).splitlines()[0][:120]})")
                 continue
-            read["bytes"] += sum(pf.metadata.row_group(g).column(c).total_compressed_size for g in range(pf.num_row_groups) for c in range(2))
+            read["bytes"] += sum(
+                pf.metadata.row_group(g).column(c).total_compressed_size
+                for g in range(pf.num_row_groups)
+                for c in range(2)
+            )
             k = list(zip(keys.column("image_id").to_pylist(), keys.column("view_index").to_pylist()))
             if t is None:
                 if len(set(k)) != len(k):
@@ -153,7 +188,10 @@ def verify_cache(uri: str, sample: int = 8, atol: float | None = None, min_cos: 
             elif sh.unit in keys_by_unit and k != keys_by_unit[sh.unit]:
                 bad(sh.path, f"keys differ from views/unit-{sh.unit:05d}")
     if m.complete and (len(m.views.shards) != m.units or any(len(t.shards) != m.units for t in m.teachers.values())):
-        problems.append(f"manifest.json: marked complete with {m.units} units, but lists {len(m.views.shards)} views shards and " + ", ".join(f"{len(t.shards)} for {n}" for n, t in m.teachers.items()))
+        problems.append(
+            f"manifest.json: marked complete with {m.units} units, but lists {len(m.views.shards)} views shards and "
+            + ", ".join(f"{len(t.shards)} for {n}" for n, t in m.teachers.items())
+        )
     # 3. merged statistics: the file's checksum, the manifest's per-channel values, and (full) a merge again from every record
     for name, e in m.teachers.items():
         if e.moments is None:
@@ -166,13 +204,19 @@ def verify_cache(uri: str, sample: int = 8, atol: float | None = None, min_cos: 
             problems.append(str(err).split(". Rerun")[0])
             continue
         if stats_differ(TeacherStats(_per_channel(f), _per_channel(s)), e.stats):
-            problems.append(f"manifest.json: the statistics of teacher {name!r} differ from its merged statistics file {e.moments.path}")
+            problems.append(
+                f"manifest.json: the statistics of teacher {name!r} differ from its merged statistics file {e.moments.path}"
+            )
         if full and not any(sh.path in damaged for sh in e.shards):
             merger = MomentsMerger(loc, name, m.units, {sh.unit for sh in e.shards})
             f2, s2 = merger.finish()
             read["bytes"] += sum(loc.size(commit_path(sh.path)) for sh in e.shards)
-            if stats_differ(TeacherStats(_per_channel(f2), _per_channel(s2)), TeacherStats(_per_channel(f), _per_channel(s))) or not np.allclose(f2.cov, f.cov, rtol=1e-9, atol=1e-12):
-                problems.append(f"{e.moments.path}: differs from the merge of its teacher's {len(e.shards)} commit records")
+            if stats_differ(
+                TeacherStats(_per_channel(f2), _per_channel(s2)), TeacherStats(_per_channel(f), _per_channel(s))
+            ) or not np.allclose(f2.cov, f.cov, rtol=1e-9, atol=1e-12):
+                problems.append(
+                    f"{e.moments.path}: differs from the merge of its teacher's {len(e.shards)} commit records"
+                )
     # 4. checksums: every file (full) or every file of the sampled units
     units = sorted(keys_by_unit)
     picks = units if full else sorted(random.Random(seed).sample(units, min(sample, len(units))))
@@ -186,13 +230,25 @@ def verify_cache(uri: str, sample: int = 8, atol: float | None = None, min_cos: 
             if loc.sha256(sh.path) != sh.sha256:
                 bad(sh.path, "checksum differs from the one recorded when it was written")
     n_files = sum(len(sh) for _, _, sh in tables)
-    print(f"checked {n_files} files (listing, footers, commit records, keys; checksums of {'all' if full else f'{len(picks)} sampled unit(s)'}): {'OK' if not problems else f'{len(problems)} problem(s)'}", file=out)
+    print(
+        f"checked {n_files} files (listing, footers, commit records, keys; checksums of {'all' if full else f'{len(picks)} sampled unit(s)'}): {'OK' if not problems else f'{len(problems)} problem(s)'}",
+        file=out,
+    )
     if sample > 0 and keys_by_unit:
-        intact = {u: k for u, k in keys_by_unit.items() if all(sh.path not in damaged for _, _, shards in tables for sh in shards if sh.unit == u)}
-        rows = [(u, random.Random(seed * 7919 + u).randrange(len(intact[u]))) for u in picks if u in intact and intact[u]]
+        intact = {
+            u: k
+            for u, k in keys_by_unit.items()
+            if all(sh.path not in damaged for _, _, shards in tables for sh in shards if sh.unit == u)
+        }
+        rows = [
+            (u, random.Random(seed * 7919 + u).randrange(len(intact[u]))) for u in picks if u in intact and intact[u]
+        ]
         if rows:
             problems.extend(_recompute(loc, m, intact, rows, atol, min_cos, out, read))
-    print(f"read {read['bytes'] / 1e6:.2f} MB of the cache's {total / 1e6:.2f} MB ({100 * read['bytes'] / max(1, total):.2f} %)", file=out)
+    print(
+        f"read {read['bytes'] / 1e6:.2f} MB of the cache's {total / 1e6:.2f} MB ({100 * read['bytes'] / max(1, total):.2f} %)",
+        file=out,
+    )
     for p in problems:
         print(f"MISMATCH {p}", file=out)
     print("verify: OK" if not problems else f"verify: FAILED ({len(problems)} problem(s))", file=out)
@@ -211,7 +267,10 @@ def _row_at(pf, i: int):
 
 def _worst_cos(fresh, stored) -> float:
     """Smallest cosine over the last axis (each grid position, or the summary vector)."""
-    a, b = fresh.reshape(-1, fresh.shape[-1]).astype(np.float64), stored.reshape(-1, stored.shape[-1]).astype(np.float64)
+    a, b = (
+        fresh.reshape(-1, fresh.shape[-1]).astype(np.float64),
+        stored.reshape(-1, stored.shape[-1]).astype(np.float64),
+    )
     cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
     return float(cos.min())
 
@@ -229,23 +288,31 @@ def _recompute(loc, m: Manifest, keys_by_unit, picks, atol, min_cos, out, read) 
     src_cfg = load_config(SourceConfig, overrides=[f"{k}={_yaml(v)}" for k, v in m.source["config"].items()])
     source = open_source(src_cfg)
     if source.fingerprint != m.identity.source_fingerprint:
-        return [f"source {src_cfg.kind}:{src_cfg.path} has changed since the cache was built (fingerprint {source.fingerprint} != {m.identity.source_fingerprint}); cannot recompute"]
+        return [
+            f"source {src_cfg.kind}:{src_cfg.path} has changed since the cache was built (fingerprint {source.fingerprint} != {m.identity.source_fingerprint}); cannot recompute"
+        ]
     ips = m.identity.images_per_shard
     policy = ViewPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.views.policy.items()})
     res = m.student_resolution
     teachers = {}
     for name, tinfo in m.teachers.items():
         spec = tinfo.spec
-        teachers[name] = create_teacher(name, source=spec["source"], revision=spec.get("revision"), dtype=spec.get("dtype"))
+        teachers[name] = create_teacher(
+            name, source=spec["source"], revision=spec.get("revision"), dtype=spec.get("dtype")
+        )
         if teachers[name].spec.fingerprint != tinfo.fingerprint:
-            problems.append(f"teacher {name}: the weights at {spec['source']} now have fingerprint {teachers[name].spec.fingerprint}, the cache holds {tinfo.fingerprint}")
+            problems.append(
+                f"teacher {name}: the weights at {spec['source']} now have fingerprint {teachers[name].spec.fingerprint}, the cache holds {tinfo.fingerprint}"
+            )
     worst = {}
     for u, i in picks:
         image_id, view_index = keys_by_unit[u][i]
         try:
             vrow, n = _row_at(loc.parquet_file(views_path(u)), i)
         except (OSError, ValueError) as err:
-            problems.append(f"{views_path(u)}: row {i} does not read back as written ({str(err).splitlines()[0][:120]})")
+            problems.append(
+                f"{views_path(u)}: row {i} does not read back as written ({str(err).splitlines()[0][:120]})"
+            )
             continue
         read["bytes"] += n
         part = source.part(u * ips, (u + 1) * ips)
@@ -267,7 +334,9 @@ def _recompute(loc, m: Manifest, keys_by_unit, picks, atol, min_cos, out, read) 
             try:
                 trow, n = _row_at(loc.parquet_file(teacher_path(name, u)), i)
             except (OSError, ValueError) as err:
-                problems.append(f"{teacher_path(name, u)}: row {i} does not read back as written ({str(err).splitlines()[0][:120]})")
+                problems.append(
+                    f"{teacher_path(name, u)}: row {i} does not read back as written ({str(err).splitlines()[0][:120]})"
+                )
                 continue
             read["bytes"] += n
             got = teacher([crop])
@@ -275,7 +344,13 @@ def _recompute(loc, m: Manifest, keys_by_unit, picks, atol, min_cos, out, read) 
             for g in layout.grids:  # every stored grid, the lower resolutions' included
                 extra = None if tuple(g) == tuple(layout.grid) else g
                 cols = {c.split("@")[0]: column_tensor(trow, c) for c in feature_columns(layout.dtype, extra)}
-                pairs.append(("features" + grid_suffix(extra), resample_targets(got.features_BHWC, g, got.valid_hw_B2)[0].numpy(), decode_features(cols)[0].numpy()))
+                pairs.append(
+                    (
+                        "features" + grid_suffix(extra),
+                        resample_targets(got.features_BHWC, g, got.valid_hw_B2)[0].numpy(),
+                        decode_features(cols)[0].numpy(),
+                    )
+                )
             cols = {c: column_tensor(trow, c) for c in ("summary",) if c in trow.column_names}
             if got.summary_BD is not None:
                 pairs.append(("summary", got.summary_BD[0].numpy(), decode_summary(cols)[0].numpy()))
@@ -287,8 +362,14 @@ def _recompute(loc, m: Manifest, keys_by_unit, picks, atol, min_cos, out, read) 
                 w = worst.get(key, (0.0, 1.0, bound, layout.dtype))
                 worst[key] = (max(w[0], diff), min(w[1], cos), bound, layout.dtype)
                 if cos < bound or (atol is not None and diff > atol):
-                    problems.append(f"{image_id} view {view_index} {key}: worst cosine {cos:.6f} (bound {bound}), max abs diff {diff:.4g}" + (f" (limit {atol})" if atol is not None else ""))
-    print(f"recomputed {len(picks)} rows (worst cosine over rows and grid positions, against float32 recomputation):", file=out)
+                    problems.append(
+                        f"{image_id} view {view_index} {key}: worst cosine {cos:.6f} (bound {bound}), max abs diff {diff:.4g}"
+                        + (f" (limit {atol})" if atol is not None else "")
+                    )
+    print(
+        f"recomputed {len(picks)} rows (worst cosine over rows and grid positions, against float32 recomputation):",
+        file=out,
+    )
     for key, (diff, cos, bound, dtype) in sorted(worst.items()):
         print(f"  {key:<28} {dtype:<8} worst cosine {cos:.6f} (bound {bound})   max abs diff {diff:.3g}", file=out)
     return problems
@@ -320,12 +401,31 @@ def main(argv: list[str]) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("info", help="what a cache holds")
     i.add_argument("cache")
-    v = sub.add_parser("verify", help="check every file's structure, checksum a sample of units and recompute a row of each with the teachers")
+    v = sub.add_parser(
+        "verify",
+        help="check every file's structure, checksum a sample of units and recompute a row of each with the teachers",
+    )
     v.add_argument("cache")
-    v.add_argument("--sample", type=int, default=8, help="units drawn (seeded): every file of them checksummed, one row of each recomputed with the teachers (0: structure only)")
-    v.add_argument("--full", action="store_true", help="checksum every file and merge the statistics again from every commit record")
-    v.add_argument("--atol", type=float, default=None, help="largest allowed absolute difference (default: not checked)")
-    v.add_argument("--min-cos", type=float, default=None, help="smallest allowed cosine per grid position / summary (default: 0.999 for float16 and float32 targets, 0.995 for int8)")
+    v.add_argument(
+        "--sample",
+        type=int,
+        default=8,
+        help="units drawn (seeded): every file of them checksummed, one row of each recomputed with the teachers (0: structure only)",
+    )
+    v.add_argument(
+        "--full",
+        action="store_true",
+        help="checksum every file and merge the statistics again from every commit record",
+    )
+    v.add_argument(
+        "--atol", type=float, default=None, help="largest allowed absolute difference (default: not checked)"
+    )
+    v.add_argument(
+        "--min-cos",
+        type=float,
+        default=None,
+        help="smallest allowed cosine per grid position / summary (default: 0.999 for float16 and float32 targets, 0.995 for int8)",
+    )
     v.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("drop", help="remove one teacher's targets")
     d.add_argument("cache")

@@ -56,7 +56,9 @@ def _infer_job(config: str, jobs: dict) -> str:
     fits = [n for n, cls in jobs.items() if keys and keys <= {f.name for f in fields(cls)}]
     if len(fits) == 1:
         return fits[0]
-    raise ConfigError(f"cannot tell which job {config} configures; name the file cache*.yaml, train*.yaml, eval*.yaml or quickstart*.yaml, or pass the job name ({', '.join(jobs)})")
+    raise ConfigError(
+        f"cannot tell which job {config} configures; name the file cache*.yaml, train*.yaml, eval*.yaml or quickstart*.yaml, or pass the job name ({', '.join(jobs)})"
+    )
 
 
 def resolve(job: str, args: list[str]):
@@ -83,14 +85,26 @@ def cmd_teachers(ns) -> int:
                 fp = create_teacher(name).spec.fingerprint
             except Exception as e:  # real weights not in the local cache, offline: say so in the table
                 fp = f"(not loadable: {type(e).__name__})"
-        rows.append((name, s.family, s.source, "x".join(map(str, s.input_size)), str(s.summary_dim or "-"), f"{s.feature_dim} @ {s.feature_grid[0]}x{s.feature_grid[1]}", fp))
+        rows.append(
+            (
+                name,
+                s.family,
+                s.source,
+                "x".join(map(str, s.input_size)),
+                str(s.summary_dim or "-"),
+                f"{s.feature_dim} @ {s.feature_grid[0]}x{s.feature_grid[1]}",
+                fp,
+            )
+        )
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for j, r in enumerate(rows):
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
         if j == 0:
             print("  ".join("-" * w for w in widths))
     if not ns.fingerprints:
-        print("\n'-': `radio teachers --fingerprints` loads each real teacher (hub id or local cache) to hash its weights.")
+        print(
+            "\n'-': `radio teachers --fingerprints` loads each real teacher (hub id or local cache) to hash its weights."
+        )
     return 0
 
 
@@ -136,7 +150,10 @@ def cmd_export(ns) -> int:
     from radio.export import export_onnx
 
     if not (ns.onnx or ns.pretrained or ns.push_to_hub):
-        print("radio export: say what to write: --onnx OUT.onnx, --pretrained DIR or --push-to-hub ORG/NAME", file=sys.stderr)
+        print(
+            "radio export: say what to write: --onnx OUT.onnx, --pretrained DIR or --push-to-hub ORG/NAME",
+            file=sys.stderr,
+        )
         return 2
     from .config import check_output_dir
 
@@ -149,8 +166,10 @@ def cmd_export(ns) -> int:
         rep = export_onnx(model, ns.onnx, opset=ns.opset, check=not ns.no_check, input_dtype=ns.onnx_input)
         diff = "not checked" if rep["max_abs_diff"] is None else f"max |onnxruntime - torch| {rep['max_abs_diff']:.2e}"
         kind = "uint8 [0, 255]" if ns.onnx_input == "uint8" else "float32 [0, 1]"
-        print(f"wrote {rep['path']}: input images (B, 3, H, W) {kind}; outputs {', '.join(rep['outputs'])}; {diff}"
-              + (f"; weights in {rep['external_data']} (keep it beside the .onnx file)" if rep["external_data"] else ""))
+        print(
+            f"wrote {rep['path']}: input images (B, 3, H, W) {kind}; outputs {', '.join(rep['outputs'])}; {diff}"
+            + (f"; weights in {rep['external_data']} (keep it beside the .onnx file)" if rep["external_data"] else "")
+        )
     if ns.pretrained:
         print(f"wrote {model.save_pretrained(ns.pretrained)} (load it with radio.load_student or torch.hub)")
     if ns.push_to_hub:
@@ -162,7 +181,7 @@ def _run_job(job: str):
     def run(ns) -> int:
         import importlib
 
-        mod = importlib.import_module(f".{ {'eval': 'evaluate'}.get(job, job)}", __package__)
+        mod = importlib.import_module(f".{ {'eval': 'evaluate'}.get(job, job) }", __package__)
         return mod.main(list(ns.args))
 
     return run
@@ -192,12 +211,28 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from .train import TrainingDiverged
 
-    return (CacheError, RayUnavailable, DiskFull, CompareError, SourceError, TeacherLoadError, UnknownTeacher, TrackingUnavailable, TrainingDiverged, CheckpointError, FileNotFoundError, OnnxExportError)
+    return (
+        CacheError,
+        RayUnavailable,
+        DiskFull,
+        CompareError,
+        SourceError,
+        TeacherLoadError,
+        UnknownTeacher,
+        TrackingUnavailable,
+        TrainingDiverged,
+        CheckpointError,
+        FileNotFoundError,
+        OnnxExportError,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="radio", description="Build agglomerative vision models: cache frozen teachers (Ray), distill students (Accelerate), compare them (MLflow).",
-                                epilog="--verbose (anywhere on the line) shows Ray's and MLflow's informational output.")
+    p = argparse.ArgumentParser(
+        prog="radio",
+        description="Build agglomerative vision models: cache frozen teachers (Ray), distill students (Accelerate), compare them (MLflow).",
+        epilog="--verbose (anywhere on the line) shows Ray's and MLflow's informational output.",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     t = sub.add_parser("teachers", help="list the teacher registry")
     t.add_argument("--fingerprints", action="store_true", help="load each teacher and show its fingerprint")
@@ -208,24 +243,50 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("config", help="a YAML file, or a job name (cache, train, eval, quickstart) for its defaults")
     show.add_argument("overrides", nargs="*", help="key.sub=value")
     show.set_defaults(func=cmd_config_show)
-    cache = sub.add_parser("cache", help="build a teacher cache: radio cache [CONFIG] [key=value ...]; radio cache info|verify|drop CACHE", description="radio cache [CONFIG] [key=value ...] builds or completes a cache. radio cache info CACHE, radio cache verify CACHE [--sample N], radio cache drop CACHE TEACHER inspect and edit one.")
+    cache = sub.add_parser(
+        "cache",
+        help="build a teacher cache: radio cache [CONFIG] [key=value ...]; radio cache info|verify|drop CACHE",
+        description="radio cache [CONFIG] [key=value ...] builds or completes a cache. radio cache info CACHE, radio cache verify CACHE [--sample N], radio cache drop CACHE TEACHER inspect and edit one.",
+    )
     cache.add_argument("args", nargs=argparse.REMAINDER)
     cache.set_defaults(func=cmd_cache)
-    ex = sub.add_parser("export", help="write a student as ONNX, as a hub-style directory, or push it to the Hugging Face hub")
+    ex = sub.add_parser(
+        "export", help="write a student as ONNX, as a hub-style directory, or push it to the Hugging Face hub"
+    )
     ex.add_argument("student", help="a student directory, MLflow run id or URI, or hub id")
-    ex.add_argument("--onnx", metavar="OUT.onnx", help="ONNX model with dynamic batch and resolution, checked against PyTorch with onnxruntime")
-    ex.add_argument("--onnx-input", choices=("float32", "uint8"), default="float32", help="the ONNX graph's input: float32 images in [0, 1] (default) or uint8 in [0, 255]")
+    ex.add_argument(
+        "--onnx",
+        metavar="OUT.onnx",
+        help="ONNX model with dynamic batch and resolution, checked against PyTorch with onnxruntime",
+    )
+    ex.add_argument(
+        "--onnx-input",
+        choices=("float32", "uint8"),
+        default="float32",
+        help="the ONNX graph's input: float32 images in [0, 1] (default) or uint8 in [0, 255]",
+    )
     ex.add_argument("--opset", type=int, default=18)
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     ex.add_argument("--pretrained", metavar="DIR", help="save_pretrained: weights, config and a model card")
-    ex.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload to the Hugging Face hub (needs a token: `hf auth login`)")
+    ex.add_argument(
+        "--push-to-hub", metavar="ORG/NAME", help="upload to the Hugging Face hub (needs a token: `hf auth login`)"
+    )
     ex.add_argument("--public", action="store_true", help="with --push-to-hub: a public repository (default private)")
     ex.set_defaults(func=cmd_export)
-    sy = sub.add_parser("sync", help="send the MLflow records a run kept while its tracking server did not answer", description=f"radio sync OUTPUT sends OUTPUT/{'mlflow-pending.jsonl'} (written when the tracking store stopped answering mid-run) to the store, in order; what cannot be sent stays for the next try.")
+    sy = sub.add_parser(
+        "sync",
+        help="send the MLflow records a run kept while its tracking server did not answer",
+        description=f"radio sync OUTPUT sends OUTPUT/{'mlflow-pending.jsonl'} (written when the tracking store stopped answering mid-run) to the store, in order; what cannot be sent stays for the next try.",
+    )
     sy.add_argument("path", help="a training output directory (or its pending file)")
     sy.add_argument("--tracking-uri", help="send to this store instead of the one each record names")
     sy.set_defaults(func=cmd_sync)
-    for name, help_ in (("train", "distill a student from a cache: radio train [CONFIG] [key=value ...]"), ("eval", "evaluate a student: radio eval RUN_ID_OR_CHECKPOINT [key=value ...]"), ("compare", "table of student runs: radio compare [--experiment NAME] [--sort METRIC]"), ("quickstart", "the whole pipeline on built-in samples and tiny teachers")):
+    for name, help_ in (
+        ("train", "distill a student from a cache: radio train [CONFIG] [key=value ...]"),
+        ("eval", "evaluate a student: radio eval RUN_ID_OR_CHECKPOINT [key=value ...]"),
+        ("compare", "table of student runs: radio compare [--experiment NAME] [--sort METRIC]"),
+        ("quickstart", "the whole pipeline on built-in samples and tiny teachers"),
+    ):
         sp = sub.add_parser(name, help=help_, add_help=False)
         sp.add_argument("args", nargs=argparse.REMAINDER)
         sp.set_defaults(func=_run_job(name))
@@ -253,7 +314,9 @@ def configure_output(verbose: bool):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     verbose = "--verbose" in argv
-    argv = [a for a in argv if a != "--verbose"]  # anywhere on the line: radio --verbose cache ..., radio cache ... --verbose
+    argv = [
+        a for a in argv if a != "--verbose"
+    ]  # anywhere on the line: radio --verbose cache ..., radio cache ... --verbose
     configure_output(verbose)
     parser = build_parser()
     if argv and argv[0] in ("train", "eval", "compare", "quickstart", "cache"):
@@ -281,17 +344,25 @@ def main(argv: list[str] | None = None) -> int:
 
         full = disk_full(e)
         if full is not None:
-            print(f"radio: error: no space left on device ({full}). Work finished before this point is kept; free space and rerun the same command", file=sys.stderr)
+            print(
+                f"radio: error: no space left on device ({full}). Work finished before this point is kept; free space and rerun the same command",
+                file=sys.stderr,
+            )
             return 2
         if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EISDIR):
-            print(f"radio: error: cannot write {e.filename or ''}: {e.strerror}. Choose another destination or fix its permissions", file=sys.stderr)
+            print(
+                f"radio: error: cannot write {e.filename or ''}: {e.strerror}. Choose another destination or fix its permissions",
+                file=sys.stderr,
+            )
             return 2
         raise
     except KeyboardInterrupt as e:
         if str(e):  # the job said what was kept and how to go on
             print(str(e), file=sys.stderr)
         elif argv and argv[0] == "cache":
-            print("radio cache: interrupted; finished shards are kept, rerun the same command to resume", file=sys.stderr)
+            print(
+                "radio cache: interrupted; finished shards are kept, rerun the same command to resume", file=sys.stderr
+            )
         else:
             print(f"radio {argv[0] if argv else ''}: interrupted".rstrip(), file=sys.stderr)
         return 130

@@ -10,7 +10,15 @@ import urllib.parse
 
 from .tracking import MlflowConfig, tracking_uri
 
-__all__ = ["main", "compare_runs", "compare_links", "format_table", "headline_metrics", "save_compare_view", "ui_command"]
+__all__ = [
+    "main",
+    "compare_runs",
+    "compare_links",
+    "format_table",
+    "headline_metrics",
+    "save_compare_view",
+    "ui_command",
+]
 
 KEY_METRICS = ("eval/knn_top1", "eval/linear_top1", "eval/dense_miou")
 
@@ -36,7 +44,9 @@ def metric_key(name: str, columns: list[str]) -> str:
     return f"eval/{name}" if name not in columns and f"eval/{name}" in columns else name
 
 
-def compare_runs(experiment: str = "radio-students", sort: str = "eval/knn_top1", tracking: str | None = None) -> tuple[list[dict], list[str], str]:
+def compare_runs(
+    experiment: str = "radio-students", sort: str = "eval/knn_top1", tracking: str | None = None
+) -> tuple[list[dict], list[str], str]:
     """Student runs of ``experiment`` as rows, sorted by ``sort`` (descending; runs without it last)."""
     from mlflow.tracking import MlflowClient
 
@@ -52,11 +62,18 @@ def compare_runs(experiment: str = "radio-students", sort: str = "eval/knn_top1"
     rows = []
     for r in runs:
         m, t = r.data.metrics, r.data.tags
-        rows.append({
-            "run": t.get("mlflow.runName", r.info.run_id[:8]), "run_id": r.info.run_id, "size": t.get("radio.student_size", "?"),
-            "teachers": t.get("radio.teachers", ""), "steps": t.get("radio.steps", "?"), "cache": t.get("radio.cache_id", "")[:12],
-            "status": r.info.status, **{c: m.get(c) for c in columns},
-        })
+        rows.append(
+            {
+                "run": t.get("mlflow.runName", r.info.run_id[:8]),
+                "run_id": r.info.run_id,
+                "size": t.get("radio.student_size", "?"),
+                "teachers": t.get("radio.teachers", ""),
+                "steps": t.get("radio.steps", "?"),
+                "cache": t.get("radio.cache_id", "")[:12],
+                "status": r.info.status,
+                **{c: m.get(c) for c in columns},
+            }
+        )
     sort = metric_key(sort, columns)
     if sort not in columns and rows and all(sort not in r for r in rows):
         raise CompareError(f"cannot sort by {sort!r}; metrics available: {columns}")
@@ -81,7 +98,11 @@ def _short(text: str, n: int) -> str:
 def _wide(rows: list[dict], columns: list[str]) -> list[str]:
     """One row per student, one column per metric (the names --sort takes)."""
     head = ["run", "size", "teachers", "steps", "cache"] + list(columns)
-    body = [[str(r["run"]), str(r["size"]), str(r["teachers"]), str(r["steps"]), str(r["cache"])] + [_fmt(r.get(c)) for c in columns] for r in rows]
+    body = [
+        [str(r["run"]), str(r["size"]), str(r["teachers"]), str(r["steps"]), str(r["cache"])]
+        + [_fmt(r.get(c)) for c in columns]
+        for r in rows
+    ]
     return _lines(head, body)
 
 
@@ -127,7 +148,9 @@ def format_table(rows: list[dict], columns: list[str], width: int | None = None,
 def _compact(rows: list[dict], columns: list[str]) -> list[str]:
     """Many students on a narrow terminal: run, size, steps and the metrics (without the eval/ prefix)."""
     head = ["run", "size", "steps"] + [c.removeprefix("eval/") for c in columns]
-    body = [[_short(str(r["run"]), 20), str(r["size"]), str(r["steps"])] + [_fmt(r.get(c)) for c in columns] for r in rows]
+    body = [
+        [_short(str(r["run"]), 20), str(r["size"]), str(r["steps"])] + [_fmt(r.get(c)) for c in columns] for r in rows
+    ]
     return _lines(head, body)
 
 
@@ -139,7 +162,9 @@ def headline_metrics(columns: list[str], n: int = 6) -> list[str]:
     return [c for c in sorted(columns, key=metric_order) if metric_order(c)[0] <= 1][:n]
 
 
-def save_compare_view(uri: str, experiment_id: str, columns: list[str], n_runs: int, sort: str = "eval/knn_top1") -> str | None:
+def save_compare_view(
+    uri: str, experiment_id: str, columns: list[str], n_runs: int, sort: str = "eval/knn_top1"
+) -> str | None:
     """Save (or update) the experiment's "radio: students compared" view and return its key, or None if the store
     refused it (the caller then links the plain compare page).
 
@@ -153,34 +178,80 @@ def save_compare_view(uri: str, experiment_id: str, columns: list[str], n_runs: 
     from mlflow.tracking import MlflowClient
 
     section = "radio-headline"
-    charts = [{"uuid": f"radio-{i}", "type": "BAR", "metricKey": m, "metricSectionId": section, "deleted": False, "isGenerated": False, "runsCountToCompare": max(10, n_runs)}
-              for i, m in enumerate(headline_metrics(columns))]
-    state = {"searchFilter": "tags.`radio.kind` = 'student'", "orderByKey": f"metrics.`{sort}`", "orderByAsc": False, "lifecycleFilter": "Active",
-             "compareRunCharts": charts, "compareRunSections": [{"uuid": section, "name": "Students compared: headline eval metrics (radio)", "display": True, "isReordered": True, "deleted": False, "isGenerated": False}],
-             "isAccordionReordered": True, "hideEmptyCharts": True, "runListHidden": True, "runsHiddenMode": "SHOW_ALL"}
-    envelope = {"name": "radio: students compared", "createdAt": int(time.time() * 1000), "updatedAt": int(time.time() * 1000), "state": json.dumps(state)}
+    charts = [
+        {
+            "uuid": f"radio-{i}",
+            "type": "BAR",
+            "metricKey": m,
+            "metricSectionId": section,
+            "deleted": False,
+            "isGenerated": False,
+            "runsCountToCompare": max(10, n_runs),
+        }
+        for i, m in enumerate(headline_metrics(columns))
+    ]
+    state = {
+        "searchFilter": "tags.`radio.kind` = 'student'",
+        "orderByKey": f"metrics.`{sort}`",
+        "orderByAsc": False,
+        "lifecycleFilter": "Active",
+        "compareRunCharts": charts,
+        "compareRunSections": [
+            {
+                "uuid": section,
+                "name": "Students compared: headline eval metrics (radio)",
+                "display": True,
+                "isReordered": True,
+                "deleted": False,
+                "isGenerated": False,
+            }
+        ],
+        "isAccordionReordered": True,
+        "hideEmptyCharts": True,
+        "runListHidden": True,
+        "runsHiddenMode": "SHOW_ALL",
+    }
+    envelope = {
+        "name": "radio: students compared",
+        "createdAt": int(time.time() * 1000),
+        "updatedAt": int(time.time() * 1000),
+        "state": json.dumps(state),
+    }
     try:
-        MlflowClient(tracking_uri=uri).set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(envelope))
+        MlflowClient(tracking_uri=uri).set_experiment_tag(
+            experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(envelope)
+        )
     except Exception as e:  # a read-only or unreachable store: the plain compare page still works
-        print(f"radio compare: could not save the comparison view in {uri} ({type(e).__name__}: {str(e)[:200]}); linking MLflow's compare page instead", file=sys.stderr)
+        print(
+            f"radio compare: could not save the comparison view in {uri} ({type(e).__name__}: {str(e)[:200]}); linking MLflow's compare page instead",
+            file=sys.stderr,
+        )
         return None
     return VIEW_KEY
 
 
-def ui_command(uri: str, experiment_id: str, run_ids: list[str], port: int = 5000, view: str | None = None) -> tuple[str, str]:
+def ui_command(
+    uri: str, experiment_id: str, run_ids: list[str], port: int = 5000, view: str | None = None
+) -> tuple[str, str]:
     """The ``mlflow ui`` command for store ``uri`` (loopback only) and the URL of the comparison: the saved
     ``view`` of the experiment's runs page in chart mode when given, else MLflow's compare-runs page."""
     cmd = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}"
     # workflowType: MLflow 3.17 keeps its GenAI / model-training toggle in the browser's local storage (GenAI for a
     # fresh browser) and ignores the experiment's kind tag; the URL's parameter wins over both
     if view:
-        query = urllib.parse.urlencode({"viewStateShareKey": view, "compareRunsMode": "CHART", "workflowType": "machine_learning"})
+        query = urllib.parse.urlencode(
+            {"viewStateShareKey": view, "compareRunsMode": "CHART", "workflowType": "machine_learning"}
+        )
         return cmd, f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?{query}"
-    query = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps([experiment_id]), "workflowType": "machine_learning"})
+    query = urllib.parse.urlencode(
+        {"runs": json.dumps(run_ids), "experiments": json.dumps([experiment_id]), "workflowType": "machine_learning"}
+    )
     return cmd, f"http://127.0.0.1:{port}/#/compare-runs?{query}"
 
 
-def compare_links(uri: str, experiment_id: str, rows: list[dict], columns: list[str], sort: str = "eval/knn_top1") -> tuple[str, str, str, str | None]:
+def compare_links(
+    uri: str, experiment_id: str, rows: list[dict], columns: list[str], sort: str = "eval/knn_top1"
+) -> tuple[str, str, str, str | None]:
     """``(mlflow ui command, the comparison's URL, MLflow's compare-runs URL, view key)``; saves radio's view first
     (``columns``: every metric of the runs; the view shows their headline ones)."""
     ids = [r["run_id"] for r in rows]
@@ -194,12 +265,25 @@ def main(argv: list[str]) -> int:
     p.add_argument("--experiment", default="radio-students")
     p.add_argument("--sort", default="eval/knn_top1", help="metric to sort by, descending (default eval/knn_top1)")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or MLflow's default store")
-    p.add_argument("--screenshot", metavar="PNG", default=None, help="also open the compare view in headless Chromium and save a screenshot")
+    p.add_argument(
+        "--screenshot",
+        metavar="PNG",
+        default=None,
+        help="also open the compare view in headless Chromium and save a screenshot",
+    )
     shape = p.add_mutually_exclusive_group()
-    shape.add_argument("--all", dest="layout", action="store_const", const="wide", help="every metric, a row per student, however wide")
+    shape.add_argument(
+        "--all", dest="layout", action="store_const", const="wide", help="every metric, a row per student, however wide"
+    )
     shape.add_argument("--wide", dest="layout", action="store_const", const="wide", help="the same as --all")
-    shape.add_argument("--tall", dest="layout", action="store_const", const="tall", help="a column per student, a row per metric")
-    p.add_argument("--columns", default=None, help="comma-separated metrics to show (e.g. knn_top1,dense_miou); the default fits the terminal")
+    shape.add_argument(
+        "--tall", dest="layout", action="store_const", const="tall", help="a column per student, a row per metric"
+    )
+    p.add_argument(
+        "--columns",
+        default=None,
+        help="comma-separated metrics to show (e.g. knn_top1,dense_miou); the default fits the terminal",
+    )
     ns = p.parse_args(argv)
     rows, columns, exp_id = compare_runs(ns.experiment, ns.sort, ns.tracking_uri)
     every = list(columns)  # the MLflow view shows the headline metrics of all of them, whatever --columns picks
@@ -208,20 +292,32 @@ def main(argv: list[str]) -> int:
         want = [metric_key(c, columns) for c in ns.columns.split(",") if c]
         unknown = [c if c.startswith("eval/") else f"eval/{c}" for c in want if c not in columns]
         if unknown:
-            raise CompareError(f"--columns: no metric {unknown} in experiment {ns.experiment!r}; metrics available: {columns}")
+            raise CompareError(
+                f"--columns: no metric {unknown} in experiment {ns.experiment!r}; metrics available: {columns}"
+            )
         columns = want
     print(format_table(rows, columns, layout=ns.layout or "auto"))
     uri = ns.tracking_uri or tracking_uri(MlflowConfig())
     cmd, url, table_url, view = compare_links(uri, exp_id, rows, every, sort)
     print(f"\n{len(rows)} student run(s) in experiment {ns.experiment!r}, sorted by {sort}.")
-    print(f"Open the comparison in MLflow (the headline eval metrics as charts on the first screen, sorted by {sort}):\n  {cmd}\n  then browse {url}\n"
-          f"  every parameter and metric in one table: {table_url}")
+    print(
+        f"Open the comparison in MLflow (the headline eval metrics as charts on the first screen, sorted by {sort}):\n  {cmd}\n  then browse {url}\n"
+        f"  every parameter and metric in one table: {table_url}"
+    )
     if ns.screenshot:
         from .screenshot import screenshot_compare
 
-        png, seen = screenshot_compare(uri, lambda port: ui_command(uri, exp_id, [r["run_id"] for r in rows], port, view)[1], ns.screenshot, texts=tuple(headline_metrics(every)[:3]))
+        png, seen = screenshot_compare(
+            uri,
+            lambda port: ui_command(uri, exp_id, [r["run_id"] for r in rows], port, view)[1],
+            ns.screenshot,
+            texts=tuple(headline_metrics(every)[:3]),
+        )
         if seen.get("ready"):
             print(f"screenshot of the comparison's first screen: {png}")
         else:
-            print(f"radio compare: the page did not show the headline charts within 120 s; the screenshot {png} is what it showed", file=sys.stderr)
+            print(
+                f"radio compare: the page did not show the headline charts within 120 s; the screenshot {png} is what it showed",
+                file=sys.stderr,
+            )
     return 0

@@ -25,7 +25,22 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-__all__ = ["ConfigError", "SettingError", "DiskFull", "disk_full", "job_config", "nearest_hint", "split_config_args", "require", "check_output_dir", "load_config", "dump_config", "config_to_yaml", "flatten_config", "parse_override"]
+__all__ = [
+    "ConfigError",
+    "SettingError",
+    "DiskFull",
+    "disk_full",
+    "job_config",
+    "nearest_hint",
+    "split_config_args",
+    "require",
+    "check_output_dir",
+    "load_config",
+    "dump_config",
+    "config_to_yaml",
+    "flatten_config",
+    "parse_override",
+]
 
 _MISSING = dataclasses.MISSING
 
@@ -72,7 +87,9 @@ def disk_full(e: BaseException, where: str | os.PathLike | None = None) -> str |
             p = p.parent
         free = shutil.disk_usage(p).free
         if free < 64 * 2**20:
-            return f"{type(first).__name__} while writing, with {free / 2**20:.1f} MiB left on the file system of {where}"
+            return (
+                f"{type(first).__name__} while writing, with {free / 2**20:.1f} MiB left on the file system of {where}"
+            )
     return None
 
 
@@ -97,7 +114,9 @@ def check_output_dir(path: str, key: str = "output"):
     if not probe.is_dir():
         raise SettingError(key, f"'{key}' is {path}, but {probe} is a file, not a folder: choose another {key}=")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise SettingError(key, f"'{key}' is {path}, but {probe} is not writable: choose another {key}= or fix its permissions")
+        raise SettingError(
+            key, f"'{key}' is {path}, but {probe} is not writable: choose another {key}= or fix its permissions"
+        )
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -194,7 +213,12 @@ def _coerce(value: Any, tp, path: str, origins: str | dict) -> Any:
             value = {str(k): {} for k in value}
         if not isinstance(value, dict):
             raise bad(f"a mapping ({_type_name(tp)})")
-        return {_coerce(k, key_tp, path, origins): _coerce(v if v is not None or not dataclasses.is_dataclass(val_tp) else {}, val_tp, f"{path}.{k}", origins) for k, v in value.items()}
+        return {
+            _coerce(k, key_tp, path, origins): _coerce(
+                v if v is not None or not dataclasses.is_dataclass(val_tp) else {}, val_tp, f"{path}.{k}", origins
+            )
+            for k, v in value.items()
+        }
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise bad(_type_name(tp))
@@ -215,12 +239,18 @@ def _build(cls, data: dict, path: str, origin: str | dict):
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], full, origin)
         elif f.default is _MISSING and f.default_factory is _MISSING:
-            raise ConfigError(f"missing required value '{full}': set it in the config file or on the command line as {full}=...")
+            raise ConfigError(
+                f"missing required value '{full}': set it in the config file or on the command line as {full}=..."
+            )
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         key = _key_named(e, path, list(fields))
-        raise ConfigError(f"{_origin_of(origin, key)}: {e}" if key != path else f"{_origin_of(origin, key)}: invalid '{path or cls.__name__}': {e}") from None
+        raise ConfigError(
+            f"{_origin_of(origin, key)}: {e}"
+            if key != path
+            else f"{_origin_of(origin, key)}: invalid '{path or cls.__name__}': {e}"
+        ) from None
 
 
 def _key_named(e: Exception, path: str, fields: list[str]) -> str:
@@ -366,7 +396,9 @@ def job_config(argv: list[str], cls, usage: str, validate=None):
     return load_config(cls, path, overrides, validate=validate)
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *, base: Any = None, validate=None):
+def load_config(
+    cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *, base: Any = None, validate=None
+):
     """Resolve a config of dataclass type ``cls``.
 
     Layers, later wins: ``cls()`` defaults (or ``base``, an instance) <- the YAML file at ``path`` <-

@@ -76,11 +76,18 @@ def at_resolution(images_B3HW: torch.Tensor, size: int | None) -> torch.Tensor:
         return images_B3HW
     if size < images_B3HW.shape[-1]:
         return derive_resolution(images_B3HW, size)
-    return F.interpolate(images_B3HW.float(), size=(size, size), mode="bicubic", align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+    return (
+        F.interpolate(images_B3HW.float(), size=(size, size), mode="bicubic", align_corners=False)
+        .round_()
+        .clamp_(0, 255)
+        .to(torch.uint8)
+    )
 
 
 @torch.no_grad()
-def _embed(model, reader: CacheReader, teachers: list[str], batch_size: int, view0_only: bool, resolution: int | None = None):
+def _embed(
+    model, reader: CacheReader, teachers: list[str], batch_size: int, view0_only: bool, resolution: int | None = None
+):
     """Run the student over a cache (at ``resolution``, default the stored one); collect summaries, labels,
     teacher summaries, adaptor summaries (teacher space) and fidelity (against the stored grid nearest the
     student's)."""
@@ -110,8 +117,13 @@ def _embed(model, reader: CacheReader, teachers: list[str], batch_size: int, vie
             # as in training: stored targets cover exactly the view, moved to the student's grid if it differs
             tgt = resample_targets(decode_features(cols), (h, w))
             sums[t]["features"].append(masked_cosine(out.adapters[t]["features"], tgt))
-    return Embedded(torch.cat(feats_student), torch.cat(labels), {t: torch.cat(v) for t, v in teacher_summ.items() if v}, {t: torch.cat(v) for t, v in adapter_summ.items() if v},
-                    {t: {k: float(torch.cat(v).mean()) for k, v in d.items() if v} for t, d in sums.items()})
+    return Embedded(
+        torch.cat(feats_student),
+        torch.cat(labels),
+        {t: torch.cat(v) for t, v in teacher_summ.items() if v},
+        {t: torch.cat(v) for t, v in adapter_summ.items() if v},
+        {t: {k: float(torch.cat(v).mean()) for k, v in d.items() if v} for t, d in sums.items()},
+    )
 
 
 @dataclass
@@ -132,7 +144,9 @@ def _scene_features(model, split: str, size: int, batch_size: int) -> tuple[torc
     from radio.samples import load_scene_index
 
     recs = load_scene_index(split)
-    imgs = np.stack([np.asarray(Image.open(r.path).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)) for r in recs])
+    imgs = np.stack(
+        [np.asarray(Image.open(r.path).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)) for r in recs]
+    )
     masks = np.stack([np.asarray(Image.open(r.mask_path).resize((size, size), Image.Resampling.NEAREST)) for r in recs])
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2)
     feats = torch.cat([model.predict(x[i : i + batch_size]).features.float() for i in range(0, len(x), batch_size)])
@@ -149,7 +163,9 @@ def dense_miou(model, size: int, batch_size: int = 64, epochs: int = 200) -> flo
     return dense_probe_miou(tr_f, tr_m, te_f, te_m, len(CLASSES), epochs=epochs)
 
 
-def class_text_embeddings(model, teachers: list[str], class_names: list[str], templates: list[str]) -> dict[str, torch.Tensor]:
+def class_text_embeddings(
+    model, teachers: list[str], class_names: list[str], templates: list[str]
+) -> dict[str, torch.Tensor]:
     """Each language-aligned teacher's text embedding of every class (the mean of its normalized templates):
     {teacher: (K, D)}. A teacher whose text tower cannot be loaded is reported and left out."""
     from teachers import UnknownTeacher, is_language_aligned, text_embeddings
@@ -165,7 +181,9 @@ def class_text_embeddings(model, teachers: list[str], class_names: list[str], te
         source = spec.get("source") if spec.get("source") and Path(str(spec.get("source"))).exists() else None
         try:
             emb = text_embeddings(t, [tpl.format(c) for c in class_names for tpl in templates], source=source)
-        except Exception as e:  # a vision-only checkpoint, an offline hub: zero-shot is skipped for this teacher, said so
+        except (
+            Exception
+        ) as e:  # a vision-only checkpoint, an offline hub: zero-shot is skipped for this teacher, said so
             print(f"[radio eval] zero-shot through {t} skipped: {type(e).__name__}: {e}", file=sys.stderr)
             continue
         out[t] = F.normalize(F.normalize(emb, dim=-1).reshape(len(class_names), len(templates), -1).mean(1), dim=-1)
@@ -229,16 +247,24 @@ def _pictures(model, reader: CacheReader, teachers: list[str], n: int, out_dir: 
         return []
     images = torch.from_numpy(np.concatenate([reader.student_pixels(b, [i]) for b, i in picked])).permute(0, 3, 1, 2)
     H, W = images.shape[2:]
-    big = F.interpolate(images.float() / 255, size=(H * HIRES, W * HIRES), mode="bilinear", align_corners=False).clamp(0, 1)
+    big = F.interpolate(images.float() / 255, size=(H * HIRES, W * HIRES), mode="bilinear", align_corners=False).clamp(
+        0, 1
+    )
     with torch.no_grad():
         out = model.predict(images)
         out_big = model.predict(big)
     hw = tuple(out.features.shape[1:3])
-    tiles = [images.permute(0, 2, 3, 1).numpy(), pca_rgb(out.features, (H, W)), pca_rgb(out_big.features, (H * HIRES, W * HIRES))]
+    tiles = [
+        images.permute(0, 2, 3, 1).numpy(),
+        pca_rgb(out.features, (H, W)),
+        pca_rgb(out_big.features, (H * HIRES, W * HIRES)),
+    ]
     bh, bw = out_big.features.shape[1:3]
     names = ["input", f"student {hw[0]}x{hw[1]}", f"student x{HIRES} ({bh}x{bw})"]
     for t in teachers:
-        target = decode_features({k: np.stack([b.teachers[t][k][i] for b, i in picked]) for k in picked[0][0].teachers[t]})
+        target = decode_features(
+            {k: np.stack([b.teachers[t][k][i] for b, i in picked]) for k in picked[0][0].teachers[t]}
+        )
         both = pca_rgb(torch.cat([out.adapters[t]["features"], resample_targets(target, hw)]), (H, W))
         tiles += [both[: len(picked)], both[len(picked) :]]
         names += [f"{t} adapter", f"{t} target"]
@@ -259,13 +285,18 @@ def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
     step = model.min_resolution_step
     bad = [r for r in cfg.resolutions if r % step]
     if bad:
-        raise ConfigError(f"'resolutions' {cfg.resolutions}: {bad} not multiples of this student's min_resolution_step {step} (its patch size); nearest: {[max(step, round(r / step) * step) for r in bad]}")
+        raise ConfigError(
+            f"'resolutions' {cfg.resolutions}: {bad} not multiples of this student's min_resolution_step {step} (its patch size); nearest: {[max(step, round(r / step) * step) for r in bad]}"
+        )
     val = CacheReader(cfg.val_cache, teachers)
     train = CacheReader(cfg.train_cache, teachers)
     for name, reader in (("val_cache", val), ("train_cache", train)):
         for t in teachers:
             if reader.fingerprints[t] != model.fingerprints.get(t):
-                print(f"[radio eval] warning: {name} holds {t} with fingerprint {reader.fingerprints[t]}, the student was trained on {model.fingerprints.get(t)}", file=sys.stderr)
+                print(
+                    f"[radio eval] warning: {name} holds {t} with fingerprint {reader.fingerprints[t]}, the student was trained on {model.fingerprints.get(t)}",
+                    file=sys.stderr,
+                )
     q = _embed(model, val, teachers, cfg.batch_size, view0_only=True)
     db = _embed(model, train, teachers, cfg.batch_size, view0_only=True)
     metrics: dict[str, float] = {}
@@ -276,12 +307,20 @@ def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
     text = {}
     if labeled:
         metrics["eval/knn_top1"] = knn_top1(db.summary, db.labels, q.summary, q.labels, k=cfg.knn_k)
-        metrics["eval/linear_top1"] = linear_probe_top1(db.summary, db.labels, q.summary, q.labels, epochs=cfg.probe_epochs)
+        metrics["eval/linear_top1"] = linear_probe_top1(
+            db.summary, db.labels, q.summary, q.labels, epochs=cfg.probe_epochs
+        )
         for t in q.teacher_summary:
-            metrics[f"eval/teacher/{t}/knn_top1"] = knn_top1(db.teacher_summary[t], db.labels, q.teacher_summary[t], q.labels, k=cfg.knn_k)
-            metrics[f"eval/teacher/{t}/linear_top1"] = linear_probe_top1(db.teacher_summary[t], db.labels, q.teacher_summary[t], q.labels, epochs=cfg.probe_epochs)
+            metrics[f"eval/teacher/{t}/knn_top1"] = knn_top1(
+                db.teacher_summary[t], db.labels, q.teacher_summary[t], q.labels, k=cfg.knn_k
+            )
+            metrics[f"eval/teacher/{t}/linear_top1"] = linear_probe_top1(
+                db.teacher_summary[t], db.labels, q.teacher_summary[t], q.labels, epochs=cfg.probe_epochs
+            )
         if cfg.zero_shot and val.labels:
-            text = class_text_embeddings(model, [t for t in teachers if t in q.adapter_summary], val.labels, cfg.zero_shot_templates)
+            text = class_text_embeddings(
+                model, [t for t in teachers if t in q.adapter_summary], val.labels, cfg.zero_shot_templates
+            )
             for t, emb in text.items():
                 metrics[f"eval/{t}/zeroshot_top1"] = zero_shot_top1(q.adapter_summary[t], q.labels, emb)
                 metrics[f"eval/teacher/{t}/zeroshot_top1"] = zero_shot_top1(q.teacher_summary[t], q.labels, emb)
@@ -296,21 +335,31 @@ def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
         for t, d in qr.fidelity.items():
             for k, v in d.items():
                 metrics[f"{p}/{t}/{k}_cos"] = v
-        metrics[f"{p}/summary_consistency"] = float(F.cosine_similarity(qr.summary.float(), q.summary.float(), dim=-1).mean())
+        metrics[f"{p}/summary_consistency"] = float(
+            F.cosine_similarity(qr.summary.float(), q.summary.float(), dim=-1).mean()
+        )
         if labeled:
             dbr = db if r == base else _embed(model, train, teachers, cfg.batch_size, view0_only=True, resolution=r)
             metrics[f"{p}/knn_top1"] = knn_top1(dbr.summary, dbr.labels, qr.summary, qr.labels, k=cfg.knn_k)
             for t, emb in text.items():
                 metrics[f"{p}/{t}/zeroshot_top1"] = zero_shot_top1(qr.adapter_summary[t], qr.labels, emb)
         if cfg.dense:
-            metrics[f"{p}/dense_miou"] = metrics["eval/dense_miou"] if r == base else dense_miou(model, r, cfg.batch_size, cfg.dense_epochs)
+            metrics[f"{p}/dense_miou"] = (
+                metrics["eval/dense_miou"] if r == base else dense_miou(model, r, cfg.batch_size, cfg.dense_epochs)
+            )
     out_dir = Path(cfg.output) if cfg.output else student_dir / "eval"
     pics = _pictures(model, val, teachers, cfg.pictures, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     tracker = start_run(cfg.mlflow, run_name="eval", run_id=run_id, pending=out_dir / PENDING) if run_id else NullRun()
-    model_id = tracker.model_id() if run_id else None  # the model page then shows these numbers, measured on the val cache
+    model_id = (
+        tracker.model_id() if run_id else None
+    )  # the model page then shows these numbers, measured on the val cache
     # headline numbers first: the model page lists its metrics in the order they were logged
-    tracker.log_metrics(dict(sorted(metrics.items(), key=lambda kv: metric_order(kv[0]))), model_id=model_id, dataset=cache_dataset(val.manifest) if model_id else None)
+    tracker.log_metrics(
+        dict(sorted(metrics.items(), key=lambda kv: metric_order(kv[0]))),
+        model_id=model_id,
+        dataset=cache_dataset(val.manifest) if model_id else None,
+    )
     for p in pics:
         tracker.log_artifact(str(p), "eval/pictures")
     tracker.log_artifact(str(out_dir / "metrics.json"), "eval")
@@ -324,7 +373,9 @@ def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
 
 def describe_eval(metrics: dict[str, float]) -> str:
     """Markdown for the run's description: the headline numbers first, where a user comparing runs looks."""
-    head = [k for k in ("eval/knn_top1", "eval/linear_top1", "eval/dense_miou") if k in metrics] + sorted(k for k in metrics if k.endswith("zeroshot_top1") and "/teacher/" not in k and "/res" not in k)
+    head = [k for k in ("eval/knn_top1", "eval/linear_top1", "eval/dense_miou") if k in metrics] + sorted(
+        k for k in metrics if k.endswith("zeroshot_top1") and "/teacher/" not in k and "/res" not in k
+    )
     fid = sorted(k for k in metrics if k.endswith("_cos"))
     rows = "\n".join(f"| `{k}` | {metrics[k]:.4f} |" for k in head + fid)
     return f"**radio eval** (higher is better; `radio compare` prints the same names)\n\n| metric | value |\n|---|---|\n{rows}\n"
@@ -332,14 +383,31 @@ def describe_eval(metrics: dict[str, float]) -> str:
 
 def validate(cfg: EvalJobConfig):
     """Range checks before any work, each naming the key (``load_config`` adds the value's origin)."""
-    require(bool(cfg.student), "student", cfg.student, "a checkpoint directory or an MLflow run id", "radio eval RUN_ID_OR_CHECKPOINT_DIR")
+    require(
+        bool(cfg.student),
+        "student",
+        cfg.student,
+        "a checkpoint directory or an MLflow run id",
+        "radio eval RUN_ID_OR_CHECKPOINT_DIR",
+    )
     for key, least in (("knn_k", 1), ("probe_epochs", 0), ("batch_size", 1), ("pictures", 0), ("dense_epochs", 0)):
         require(getattr(cfg, key) >= least, key, getattr(cfg, key), f">= {least}")
     for i, r in enumerate(cfg.resolutions):
         require(r >= 1, f"resolutions[{i}]", r, ">= 1")
     for i, tpl in enumerate(cfg.zero_shot_templates):
-        require(tpl.count("{}") == 1, f"zero_shot_templates[{i}]", tpl, "a prompt with one {} where the class name goes", "e.g. 'a photo of a {}.'")
-    require(bool(cfg.zero_shot_templates) or not cfg.zero_shot, "zero_shot_templates", cfg.zero_shot_templates, "at least one template when zero_shot=true")
+        require(
+            tpl.count("{}") == 1,
+            f"zero_shot_templates[{i}]",
+            tpl,
+            "a prompt with one {} where the class name goes",
+            "e.g. 'a photo of a {}.'",
+        )
+    require(
+        bool(cfg.zero_shot_templates) or not cfg.zero_shot,
+        "zero_shot_templates",
+        cfg.zero_shot_templates,
+        "at least one template when zero_shot=true",
+    )
     if cfg.output:
         check_output_dir(cfg.output)
 

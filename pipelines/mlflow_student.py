@@ -35,12 +35,29 @@ def save_model(path, mlflow_model=None, student_dir: str = "", resolution: int =
     with torch.no_grad():
         outputs = graph(example)
     # unnamed input: pyfunc hands predict the array itself; -1: batch, height and width are dynamic in the export
-    signature = ModelSignature(inputs=Schema([TensorSpec(example.numpy().dtype, (-1, 3, -1, -1))]),
-                               outputs=Schema([TensorSpec(v.numpy().dtype, (-1, -1, v.shape[-1]) if v.ndim == 3 else (-1, v.shape[-1]), k) for k, v in outputs.items()]))
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(example.numpy().dtype, (-1, 3, -1, -1))]),
+        outputs=Schema(
+            [
+                TensorSpec(v.numpy().dtype, (-1, -1, v.shape[-1]) if v.ndim == 3 else (-1, v.shape[-1]), k)
+                for k, v in outputs.items()
+            ]
+        ),
+    )
     files = [os.path.join(student_dir, f) for f in FLAVOR_FILES]
-    mlflow.pytorch.save_model(graph, path, mlflow_model=mlflow_model, signature=signature, input_example=example.numpy(), extra_files=files,
-                              pip_requirements=pip_requirements, serialization_format="pt2")
-    mlflow_model.flavors["python_function"]["loader_module"] = __name__  # predict() below, not the single-tensor pytorch wrapper
+    mlflow.pytorch.save_model(
+        graph,
+        path,
+        mlflow_model=mlflow_model,
+        signature=signature,
+        input_example=example.numpy(),
+        extra_files=files,
+        pip_requirements=pip_requirements,
+        serialization_format="pt2",
+    )
+    mlflow_model.flavors["python_function"]["loader_module"] = (
+        __name__  # predict() below, not the single-tensor pytorch wrapper
+    )
     mlflow_model.save(os.path.join(path, "MLmodel"))
 
 
@@ -78,5 +95,7 @@ class StudentPyfunc:
         if x.dtype == torch.float64:
             x = x.float()
         with torch.no_grad():
-            out = self.graph.forward_normalized(self.radio._condition(x))  # the student's own input checks and normalization
+            out = self.graph.forward_normalized(
+                self.radio._condition(x)
+            )  # the student's own input checks and normalization
         return {k: v.numpy() for k, v in out.items()}

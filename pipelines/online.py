@@ -55,7 +55,10 @@ class OnlineTeachers:
                 t.model.compile()
             self.teachers[name] = t
             if max(t.spec.input_size) > student_resolution:
-                print(f"[radio train] warning: online teacher {name} takes {t.spec.input_size[0]}x{t.spec.input_size[1]} inputs but sees the stored {student_resolution}px student views, upsampled: its targets will be blurrier than cached ones (a cached teacher sees the full-resolution crop). Cache it instead if that matters.", file=sys.stderr)
+                print(
+                    f"[radio train] warning: online teacher {name} takes {t.spec.input_size[0]}x{t.spec.input_size[1]} inputs but sees the stored {student_resolution}px student views, upsampled: its targets will be blurrier than cached ones (a cached teacher sees the full-resolution crop). Cache it instead if that matters.",
+                    file=sys.stderr,
+                )
         self.configs = configs
 
     @property
@@ -74,7 +77,15 @@ class OnlineTeachers:
                 out[name]["summary"] = o.summary_BD.float().clone()
         return out
 
-    def statistics(self, cache_stats: dict[str, TargetStats], batches, grid_hw: tuple[int, int], out_dir: Path | None, device, write: bool = True) -> tuple[dict[str, TargetStats], dict[str, str]]:
+    def statistics(
+        self,
+        cache_stats: dict[str, TargetStats],
+        batches,
+        grid_hw: tuple[int, int],
+        out_dir: Path | None,
+        device,
+        write: bool = True,
+    ) -> tuple[dict[str, TargetStats], dict[str, str]]:
         """Each online teacher's standardization and where it came from ("cache", "warm-up (N views)", or
         "saved" on resume). ``batches``: an iterable of loader batches for the warm-up; ``write``: save them
         to ``out_dir`` (the main process only)."""

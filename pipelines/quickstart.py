@@ -34,7 +34,9 @@ class StudentVariant:
     patch_size: int = 8
     epochs: int = 40
     lr: float = 2e-3
-    multires: bool = False  # train at every cached resolution in turn (every teacher at each); else at student_resolution
+    multires: bool = (
+        False  # train at every cached resolution in turn (every teacher at each); else at student_resolution
+    )
 
 
 def _default_students() -> dict[str, StudentVariant]:
@@ -50,7 +52,9 @@ class QuickstartConfig:
     teachers: list[str] = field(default_factory=lambda: ["tiny-clip", "tiny-dinov2", "tiny-sam"])
     num_views: int = 2
     student_resolution: int = 64  # views are stored at this (the highest) resolution
-    low_resolution: int | None = 32  # also stored: each teacher's targets at its grid; evaluated at both (null: one resolution)
+    low_resolution: int | None = (
+        32  # also stored: each teacher's targets at its grid; evaluated at both (null: one resolution)
+    )
     limit: int | None = None  # images per split, for a faster smoke run
     students: dict[str, StudentVariant] = field(default_factory=_default_students)
     batch_size: int = 32
@@ -67,12 +71,26 @@ def validate(cfg: QuickstartConfig):
     for name, v in cfg.students.items():
         require(v.epochs >= 1, f"students.{name}.epochs", v.epochs, ">= 1")
         require(v.lr > 0, f"students.{name}.lr", v.lr, "> 0")
-        require(v.patch_size >= 1 and cfg.student_resolution % v.patch_size == 0, f"students.{name}.patch_size", v.patch_size, f"a divisor of student_resolution ({cfg.student_resolution})")
+        require(
+            v.patch_size >= 1 and cfg.student_resolution % v.patch_size == 0,
+            f"students.{name}.patch_size",
+            v.patch_size,
+            f"a divisor of student_resolution ({cfg.student_resolution})",
+        )
         if v.multires:
-            require(all(r % v.patch_size == 0 for r in _resolutions(cfg)), f"students.{name}.patch_size", v.patch_size, f"a divisor of every cached resolution {_resolutions(cfg)} (multires=true)")
+            require(
+                all(r % v.patch_size == 0 for r in _resolutions(cfg)),
+                f"students.{name}.patch_size",
+                v.patch_size,
+                f"a divisor of every cached resolution {_resolutions(cfg)} (multires=true)",
+            )
     if cfg.low_resolution is not None:
-        require(1 <= cfg.low_resolution < cfg.student_resolution, "low_resolution", cfg.low_resolution, f"below student_resolution ({cfg.student_resolution}), or null")
-
+        require(
+            1 <= cfg.low_resolution < cfg.student_resolution,
+            "low_resolution",
+            cfg.low_resolution,
+            f"below student_resolution ({cfg.student_resolution}), or null",
+        )
 
     check_output_dir(cfg.workdir, "workdir")
 
@@ -98,9 +116,24 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     teachers = {t: TeacherJobConfig(batch_size=64) for t in cfg.teachers}
     caches = {}
     for split, views in (("train", cfg.num_views), ("val", 1)):
-        _step(f"radio cache: {split} split of the built-in samples, {views} view(s) per image, teachers {', '.join(cfg.teachers)}")
-        cache_cfg = load_config(CacheJobConfig, None, [f"output={work / 'caches' / split}", "source.kind=samples", f"source.split={split}", f"views.num_views={views}", f"student_resolution={cfg.student_resolution}", f"target_patch={min(v.patch_size for v in cfg.students.values())}", f"mlflow.experiment={cfg.experiment}-caches"]
-                                + ([f"source.limit={cfg.limit}"] if cfg.limit else []) + ([f"lower_resolutions=[{cfg.low_resolution}]"] if cfg.low_resolution else []))
+        _step(
+            f"radio cache: {split} split of the built-in samples, {views} view(s) per image, teachers {', '.join(cfg.teachers)}"
+        )
+        cache_cfg = load_config(
+            CacheJobConfig,
+            None,
+            [
+                f"output={work / 'caches' / split}",
+                "source.kind=samples",
+                f"source.split={split}",
+                f"views.num_views={views}",
+                f"student_resolution={cfg.student_resolution}",
+                f"target_patch={min(v.patch_size for v in cfg.students.values())}",
+                f"mlflow.experiment={cfg.experiment}-caches",
+            ]
+            + ([f"source.limit={cfg.limit}"] if cfg.limit else [])
+            + ([f"lower_resolutions=[{cfg.low_resolution}]"] if cfg.low_resolution else []),
+        )
         cache_cfg.teachers = teachers
         summary = run_cache_job(cache_cfg, config_to_yaml(cache_cfg))
         print(summary.format(), file=sys.stderr)
@@ -111,8 +144,23 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         resume = (out / "checkpoints" / "latest").exists()
         res = _resolutions(cfg) if v.multires else [cfg.student_resolution]
         at = f"at {' and '.join(f'{r}px' for r in res)} in turn" if len(res) > 1 else f"at {res[0]}px"
-        _step(f"radio train: student {name} ({v.size}, depth {v.depth or 'preset'}, dim {v.dim or 'preset'}) for {v.epochs} epochs {at}" + (" (resuming)" if resume else ""))
-        overrides = [f"cache={caches['train']}", f"output={out}", f"student.size={v.size}", f"student.patch_size={v.patch_size}", f"epochs={v.epochs}", f"optim.lr={v.lr}", f"loader.batch_size={cfg.batch_size}", f"run_name={name}", f"mlflow.experiment={cfg.experiment}", f"teachers=[{','.join(cfg.teachers)}]", f"resume={str(resume).lower()}"]
+        _step(
+            f"radio train: student {name} ({v.size}, depth {v.depth or 'preset'}, dim {v.dim or 'preset'}) for {v.epochs} epochs {at}"
+            + (" (resuming)" if resume else "")
+        )
+        overrides = [
+            f"cache={caches['train']}",
+            f"output={out}",
+            f"student.size={v.size}",
+            f"student.patch_size={v.patch_size}",
+            f"epochs={v.epochs}",
+            f"optim.lr={v.lr}",
+            f"loader.batch_size={cfg.batch_size}",
+            f"run_name={name}",
+            f"mlflow.experiment={cfg.experiment}",
+            f"teachers=[{','.join(cfg.teachers)}]",
+            f"resume={str(resume).lower()}",
+        ]
         overrides += [f"student.{k}={getattr(v, k)}" for k in ("dim", "depth", "heads") if getattr(v, k) is not None]
         if len(res) > 1:
             overrides += ["resolution.mode=cycle", f"resolution.resolutions={res}"]
@@ -120,14 +168,35 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         if resume and (out / "student" / "model.safetensors").exists():
             import json
 
-            runs[name] = json.loads((out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip() / "trainer_state.json").read_text())["run_id"]
+            runs[name] = json.loads(
+                (
+                    out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip() / "trainer_state.json"
+                ).read_text()
+            )["run_id"]
             print(f"already trained: {out}", file=sys.stderr)
         else:
             runs[name] = train(tcfg, config_to_yaml(tcfg))["run_id"]
         _step(f"radio eval: student {name}")
-        ecfg = load_config(EvalJobConfig, None, [f"student={out / 'student'}", f"val_cache={caches['val']}", f"train_cache={caches['train']}", f"run_id={runs[name]}", f"mlflow.experiment={cfg.experiment}", f"resolutions={_resolutions(cfg)}"])
+        ecfg = load_config(
+            EvalJobConfig,
+            None,
+            [
+                f"student={out / 'student'}",
+                f"val_cache={caches['val']}",
+                f"train_cache={caches['train']}",
+                f"run_id={runs[name]}",
+                f"mlflow.experiment={cfg.experiment}",
+                f"resolutions={_resolutions(cfg)}",
+            ],
+        )
         metrics = evaluate(ecfg)
-        print("  " + "  ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if k.startswith("eval/") and "/teacher/" not in k), file=sys.stderr)
+        print(
+            "  "
+            + "  ".join(
+                f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if k.startswith("eval/") and "/teacher/" not in k
+            ),
+            file=sys.stderr,
+        )
     _step("radio compare")
     rows, columns, exp_id = compare_runs(cfg.experiment, "eval/knn_top1")
     # the headline columns here (fidelity per teacher and resolution: `radio compare --experiment ...` shows every one)
@@ -135,8 +204,10 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     print(format_table(rows, short))
     print(f"(every metric: radio compare --experiment {cfg.experiment})")
     cmd, url, table_url, _ = compare_links(tracking_uri(MlflowConfig()), exp_id, rows, columns)
-    print(f"\nquickstart finished in {time.perf_counter() - t0:.0f}s. See both students side by side in MLflow:\n  {cmd}\n  then open {url}\n"
-          f"  (every parameter and metric in one table: {table_url})")
+    print(
+        f"\nquickstart finished in {time.perf_counter() - t0:.0f}s. See both students side by side in MLflow:\n  {cmd}\n  then open {url}\n"
+        f"  (every parameter and metric in one table: {table_url})"
+    )
     print(f"Pictures (PCA of features, student vs teachers): {work / 'runs'}/*/student/eval/")
     return {"runs": runs, "caches": caches, "rows": rows}
 
@@ -144,7 +215,12 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
 def main(argv: list[str]) -> int:
     from .config import job_config
 
-    cfg = job_config(argv, QuickstartConfig, "usage: radio quickstart [CONFIG] [key=value ...]\n\nRuns cache -> train x2 -> eval -> compare on built-in samples with tiny teachers. Keys: `radio config show quickstart`.", validate)
+    cfg = job_config(
+        argv,
+        QuickstartConfig,
+        "usage: radio quickstart [CONFIG] [key=value ...]\n\nRuns cache -> train x2 -> eval -> compare on built-in samples with tiny teachers. Keys: `radio config show quickstart`.",
+        validate,
+    )
     if cfg is None:
         return 0
     run_quickstart(cfg)

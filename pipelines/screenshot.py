@@ -70,8 +70,25 @@ class serve_mlflow_ui:
         self.port = _free_port()
         self.log = tempfile.TemporaryFile()  # not a pipe: nobody drains it while the server runs
         # its own session: `mlflow ui` runs the server in a child process, stopped with it
-        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", self.uri, "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                                     stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "ui",
+                "--backend-store-uri",
+                self.uri,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+            start_new_session=True,
+        )
         deadline = time.time() + self.wait_s
         while True:
             try:
@@ -80,7 +97,9 @@ class serve_mlflow_ui:
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
                     self.__exit__()
-                    raise RuntimeError(f"mlflow ui did not start on 127.0.0.1:{self.port} within {self.wait_s:.0f}s: {self._log_tail()}") from None
+                    raise RuntimeError(
+                        f"mlflow ui did not start on 127.0.0.1:{self.port} within {self.wait_s:.0f}s: {self._log_tail()}"
+                    ) from None
                 time.sleep(0.5)
 
     def _log_tail(self) -> str:
@@ -92,7 +111,9 @@ class serve_mlflow_ui:
         self.log.close()
 
 
-async def _drive(ws_url: str, url: str, size: tuple[int, int], texts: list[str], together: list[str], ready, timeout_s: float) -> tuple[bytes, dict]:
+async def _drive(
+    ws_url: str, url: str, size: tuple[int, int], texts: list[str], together: list[str], ready, timeout_s: float
+) -> tuple[bytes, dict]:
     import aiohttp
 
     async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, max_msg_size=0) as ws:
@@ -104,17 +125,22 @@ async def _drive(ws_url: str, url: str, size: tuple[int, int], texts: list[str],
             while True:
                 raw = await ws.receive()
                 if raw.type != aiohttp.WSMsgType.TEXT:  # closed, closing or an error: the browser went away
-                    raise RuntimeError(f"chromium closed its DevTools connection during {method} ({raw.type.name}); it may have crashed")
+                    raise RuntimeError(
+                        f"chromium closed its DevTools connection during {method} ({raw.type.name}); it may have crashed"
+                    )
                 msg = json.loads(raw.data)
                 if msg.get("id") == i:
                     if "error" in msg:
                         raise RuntimeError(f"chromium: {method}: {msg['error']}")
                     return msg["result"]
 
-        await call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1, mobile=False)
+        await call(
+            "Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1, mobile=False
+        )
         await call("Page.enable")
         await call("Page.navigate", url=url)
         expr = _PROBE_JS % (json.dumps(texts), json.dumps(together))
+
         async def probe() -> dict:
             res = await call("Runtime.evaluate", expression=expr, returnByValue=True)
             return res.get("result", {}).get("value") or {}
@@ -135,7 +161,15 @@ async def _drive(ws_url: str, url: str, size: tuple[int, int], texts: list[str],
         return base64.b64decode(shot["data"]), seen
 
 
-def open_page(url: str, out_png: str | Path, size: tuple[int, int] = (1440, 900), texts: tuple[str, ...] = (), together: tuple[str, ...] = (), ready=None, timeout_s: float = 120.0) -> dict:
+def open_page(
+    url: str,
+    out_png: str | Path,
+    size: tuple[int, int] = (1440, 900),
+    texts: tuple[str, ...] = (),
+    together: tuple[str, ...] = (),
+    ready=None,
+    timeout_s: float = 120.0,
+) -> dict:
     """Open ``url`` in headless Chromium with a ``size`` viewport, wait until ``ready(probe)`` (default: every
     text in ``texts`` is on the page) or ``timeout_s``, save the first screen to ``out_png``, and return the
     probe: ``{"viewport": [w, h], "ready": bool, "texts": {text: [{"rect": [l, t, r, b], "box": [...],
@@ -150,20 +184,43 @@ def open_page(url: str, out_png: str | Path, size: tuple[int, int] = (1440, 900)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     # the profile is removed after the browser: its helper processes may still be writing to it as it exits
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
-        proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                                 "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-                                 f"--window-size={size[0]},{size[1]}", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+                f"--window-size={size[0]},{size[1]}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             port_file, deadline = Path(profile) / "DevToolsActivePort", time.time() + 60
             while not (port_file.exists() and port_file.read_text().strip()):
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"chromium did not open its DevTools port: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else 'timed out after 60s'}")
+                    raise RuntimeError(
+                        f"chromium did not open its DevTools port: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else 'timed out after 60s'}"
+                    )
                 time.sleep(0.2)
             port = int(port_file.read_text().split()[0])
             pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
             ws_url = next(p["webSocketDebuggerUrl"] for p in pages if p.get("type") == "page")
             try:  # every DevTools call included: a hung renderer cannot hang the caller
-                png, seen = asyncio.run(asyncio.wait_for(_drive(ws_url, url, size, texts, together, ready, timeout_s), timeout_s + 60))
+                png, seen = asyncio.run(
+                    asyncio.wait_for(_drive(ws_url, url, size, texts, together, ready, timeout_s), timeout_s + 60)
+                )
             except (asyncio.TimeoutError, TimeoutError):
                 raise RuntimeError(f"chromium did not finish with {url} within {timeout_s + 60:.0f}s") from None
         finally:
@@ -197,7 +254,15 @@ def _stop_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-def screenshot_compare(tracking_uri: str, url_for_port, out_png: str | Path, texts: tuple[str, ...] = (), together: tuple[str, ...] = (), size: tuple[int, int] = (1440, 900), timeout_s: float = 120.0) -> tuple[Path, dict]:
+def screenshot_compare(
+    tracking_uri: str,
+    url_for_port,
+    out_png: str | Path,
+    texts: tuple[str, ...] = (),
+    together: tuple[str, ...] = (),
+    size: tuple[int, int] = (1440, 900),
+    timeout_s: float = 120.0,
+) -> tuple[Path, dict]:
     """Serve ``tracking_uri`` with ``mlflow ui`` on loopback, open ``url_for_port(port)`` and save its first screen."""
     with serve_mlflow_ui(tracking_uri) as port:
         seen = open_page(url_for_port(port), out_png, size=size, texts=texts, together=together, timeout_s=timeout_s)

@@ -106,10 +106,26 @@ class Source:
     ``part(a, b)`` is the source restricted to records ``a..b-1``: what one prepare task is sent (pickling the
     whole source into every task would cost O(source) per unit, O(source^2) per job)."""
 
-    def __init__(self, cfg: SourceConfig, ids: PackedStrings | None, label_idx: np.ndarray, labels: list[str], fingerprint: str, files: PackedStrings | None = None, root: str | None = None,
-                 excluded: list[dict] | None = None, offset: int = 0):
+    def __init__(
+        self,
+        cfg: SourceConfig,
+        ids: PackedStrings | None,
+        label_idx: np.ndarray,
+        labels: list[str],
+        fingerprint: str,
+        files: PackedStrings | None = None,
+        root: str | None = None,
+        excluded: list[dict] | None = None,
+        offset: int = 0,
+    ):
         self.cfg, self.labels, self.fingerprint = cfg, labels, fingerprint
-        self._ids, self._label_idx, self._files, self._root, self._offset = ids, np.asarray(label_idx, np.int32), files, root, offset
+        self._ids, self._label_idx, self._files, self._root, self._offset = (
+            ids,
+            np.asarray(label_idx, np.int32),
+            files,
+            root,
+            offset,
+        )
         # Entries of a folder that are not read at all (hidden, links to folders, unreadable folders):
         # recorded in the manifest's skipped list, kept out of the records and the fingerprint, so a
         # `.DS_Store` appearing between runs does not change the cache's identity.
@@ -136,8 +152,17 @@ class Source:
     def part(self, a: int, b: int) -> "Source":
         """Records ``a..b-1`` only, with what is needed to read them (the excluded list stays with the driver)."""
         b = min(b, len(self))
-        p = Source(self.cfg, self._ids.slice(a, b) if self._ids is not None else None, self._label_idx[a:b], self.labels, self.fingerprint,
-                   self._files.slice(a, b) if self._files is not None and self._files is not self._ids else None, self._root, None, self._offset + a)
+        p = Source(
+            self.cfg,
+            self._ids.slice(a, b) if self._ids is not None else None,
+            self._label_idx[a:b],
+            self.labels,
+            self.fingerprint,
+            self._files.slice(a, b) if self._files is not None and self._files is not self._ids else None,
+            self._root,
+            None,
+            self._offset + a,
+        )
         if self._files is not None and self._files is self._ids:
             p._files = p._ids
         return p
@@ -148,7 +173,15 @@ class Source:
         return state
 
     def describe(self) -> dict:
-        return {"kind": self.cfg.kind, "path": self.cfg.path, "builder": self.cfg.builder, "split": self.cfg.split, "num_images": len(self), "fingerprint": self.fingerprint, "labels": self.labels}
+        return {
+            "kind": self.cfg.kind,
+            "path": self.cfg.path,
+            "builder": self.cfg.builder,
+            "split": self.cfg.split,
+            "num_images": len(self),
+            "fingerprint": self.fingerprint,
+            "labels": self.labels,
+        }
 
     def read_bytes(self, rec: SourceRecord) -> bytes:
         """Encoded bytes of one record. OSError for an unreadable file (the job records it as a skip)."""
@@ -202,7 +235,13 @@ def _read_regular_file(path: str) -> bytes:
 
 
 def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+    for test, name in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
         if test(mode):
             return name
     return "special file"
@@ -223,19 +262,33 @@ def _list_folder(root: Path) -> tuple[list[str], list[dict]]:
 
     def unlistable(e: OSError):
         if e.filename and os.path.abspath(e.filename) != str(root):
-            excluded.append({"image_id": _readable_id(rel(e.filename)), "reason": f"folder not readable: {e.strerror or type(e).__name__}"})
+            excluded.append(
+                {
+                    "image_id": _readable_id(rel(e.filename)),
+                    "reason": f"folder not readable: {e.strerror or type(e).__name__}",
+                }
+            )
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable, followlinks=False):
         prefix = rel(dirpath) + "/" if dirpath != str(root) else ""  # once per folder, not per file (10^6 files)
         for d in list(dirnames):
             if d.startswith("."):
                 dirnames.remove(d)
-                excluded.append({"image_id": _readable_id(prefix + d), "reason": "hidden folder, not read (its name starts with '.')"})
+                excluded.append(
+                    {
+                        "image_id": _readable_id(prefix + d),
+                        "reason": "hidden folder, not read (its name starts with '.')",
+                    }
+                )
             elif os.path.islink(os.path.join(dirpath, d)):
-                excluded.append({"image_id": _readable_id(prefix + d), "reason": "symbolic link to a folder, not followed"})
+                excluded.append(
+                    {"image_id": _readable_id(prefix + d), "reason": "symbolic link to a folder, not followed"}
+                )
         for f in filenames:
             if f.startswith("."):
-                excluded.append({"image_id": _readable_id(prefix + f), "reason": "hidden file, not read (its name starts with '.')"})
+                excluded.append(
+                    {"image_id": _readable_id(prefix + f), "reason": "hidden file, not read (its name starts with '.')"}
+                )
             else:
                 files.append(prefix + f)
     files.sort()
@@ -252,14 +305,18 @@ def _folder_source(cfg: SourceConfig, root: Path, files: list[str] | None = None
         if not root.is_dir():
             raise SourceError(f"source.path {root} is not a directory (source.kind=folder)")
         if not os.access(root, os.R_OK | os.X_OK):
-            raise SourceError(f"source.path {root} cannot be read (permission denied): check its permissions (source.kind=folder)")
+            raise SourceError(
+                f"source.path {root} cannot be read (permission denied): check its permissions (source.kind=folder)"
+            )
         files, excluded = _list_folder(root)
         if not files:
             hint = f" ({len(excluded)} hidden or unreadable entries; see the manifest after a run)" if excluded else ""
             raise SourceError(f"source.path {root} contains no files to read{hint}")
     if label_of is None:
         parents = sorted({posixpath.dirname(f) for f in files} - {""})
-        labelled = parents and all(posixpath.dirname(f) != "" for f in files if posixpath.splitext(f)[1].lower() in _IMAGE_SUFFIXES)
+        labelled = parents and all(
+            posixpath.dirname(f) != "" for f in files if posixpath.splitext(f)[1].lower() in _IMAGE_SUFFIXES
+        )
         labels = parents if labelled else []
         # a file beside the class folders (README.txt) has no class; it is recorded as skipped when it is
         # not an image (were it an image, the tree would not count as class folders at all)
@@ -283,15 +340,21 @@ def _folder_source(cfg: SourceConfig, root: Path, files: list[str] | None = None
         h.update(f"{f}\0{size}\0{li}\n".encode("utf-8", "surrogateescape"))
     packed_ids = PackedStrings.of(ids)
     del ids
-    packed_files = packed_ids if all(packed_ids[i] == f for i, f in enumerate(files)) else PackedStrings.of(files)  # ids are the paths unless a name is not UTF-8
-    return Source(cfg, packed_ids, label_idx, labels, h.hexdigest()[:16], files=packed_files, root=str(root), excluded=excluded)
+    packed_files = (
+        packed_ids if all(packed_ids[i] == f for i, f in enumerate(files)) else PackedStrings.of(files)
+    )  # ids are the paths unless a name is not UTF-8
+    return Source(
+        cfg, packed_ids, label_idx, labels, h.hexdigest()[:16], files=packed_files, root=str(root), excluded=excluded
+    )
 
 
 def _load_hf(cfg: SourceConfig):
     import datasets
 
     if not cfg.path:
-        raise SourceError("source.path is required for source.kind=hf (a hub id, a save_to_disk directory, or files for source.builder)")
+        raise SourceError(
+            "source.path is required for source.kind=hf (a hub id, a save_to_disk directory, or files for source.builder)"
+        )
     try:
         if cfg.builder:
             p = Path(cfg.path)
@@ -308,9 +371,13 @@ def _load_hf(cfg: SourceConfig):
     except SourceError:
         raise
     except Exception as e:
-        raise SourceError(f"cannot open Hugging Face data set {cfg.path!r} (split {cfg.split!r}, builder {cfg.builder!r}): {type(e).__name__}: {e}") from None
+        raise SourceError(
+            f"cannot open Hugging Face data set {cfg.path!r} (split {cfg.split!r}, builder {cfg.builder!r}): {type(e).__name__}: {e}"
+        ) from None
     if cfg.image_column not in ds.column_names:
-        raise SourceError(f"data set {cfg.path!r} has no column {cfg.image_column!r} (source.image_column); columns: {ds.column_names}")
+        raise SourceError(
+            f"data set {cfg.path!r} has no column {cfg.image_column!r} (source.image_column); columns: {ds.column_names}"
+        )
     if cfg.limit is not None:
         ds = ds.select(range(min(cfg.limit, len(ds))))
     ds = ds.cast_column(cfg.image_column, datasets.Image(decode=False))  # we decode, so bad files become recorded skips
@@ -324,7 +391,9 @@ def open_source(cfg: SourceConfig) -> Source:
 
         split = None if cfg.split in ("all", None) else cfg.split
         if split not in (None, "train", "val"):
-            raise SourceError(f"source.split={cfg.split!r} is not a split of the built-in samples; use train, val or all")
+            raise SourceError(
+                f"source.split={cfg.split!r} is not a split of the built-in samples; use train, val or all"
+            )
         recs = load_sample_index(split)
         if cfg.limit is not None:
             recs = recs[: cfg.limit]
@@ -357,25 +426,35 @@ def open_source(cfg: SourceConfig) -> Source:
             labels = list(feat.names)
         elif label_col:
             values = meta[label_col]
-            if all(isinstance(v, str) for v in values) or all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            if all(isinstance(v, str) for v in values) or all(
+                isinstance(v, int) and not isinstance(v, bool) for v in values
+            ):
                 # string (or plain integer) labels: classes are their sorted distinct values, recorded in the manifest
                 labels = [str(v) for v in sorted(set(values))]
                 position = {v: i for i, v in enumerate(sorted(set(values)))}
                 label_index = [position[v] for v in values]
             else:
                 kinds = sorted({type(v).__name__ for v in values})
-                raise SourceError(f"source.label_column {label_col!r} of {cfg.path!r} holds {kinds} values; labels must be class names (strings), integers or a ClassLabel. Set source.label_column to another column, or null for no labels")
+                raise SourceError(
+                    f"source.label_column {label_col!r} of {cfg.path!r} holds {kinds} values; labels must be class names (strings), integers or a ClassLabel. Set source.label_column to another column, or null for no labels"
+                )
         if cfg.id_column and cfg.id_column not in ds.column_names:
-            raise SourceError(f"source.id_column {cfg.id_column!r} is not a column of {cfg.path!r}; columns: {ds.column_names}")
+            raise SourceError(
+                f"source.id_column {cfg.id_column!r} is not a column of {cfg.path!r}; columns: {ds.column_names}"
+            )
         if label_index is None:
             label_index = [int(v) for v in meta[label_col]] if label_col and labels else np.full(len(ds), -1, np.int32)
         ids = None
         if cfg.id_column:
             values = [str(v) for v in meta[cfg.id_column]]
             if len(set(values)) != len(values):
-                raise SourceError(f"source.id_column {cfg.id_column!r} of {cfg.path!r} has duplicate values; ids must be unique")
+                raise SourceError(
+                    f"source.id_column {cfg.id_column!r} of {cfg.path!r} has duplicate values; ids must be unique"
+                )
             ids = PackedStrings.of(values)
-        fp = hashlib.sha256(json.dumps([ds._fingerprint, cfg.split, cfg.limit, cfg.image_column, cfg.id_column]).encode()).hexdigest()[:16]
+        fp = hashlib.sha256(
+            json.dumps([ds._fingerprint, cfg.split, cfg.limit, cfg.image_column, cfg.id_column]).encode()
+        ).hexdigest()[:16]
         src = Source(cfg, ids, np.asarray(label_index, np.int32), labels, fp)
         src._ds = ds
         return src

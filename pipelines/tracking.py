@@ -16,11 +16,24 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MlflowConfig", "TrackingUnavailable", "Run", "NullRun", "start_run", "replay_pending", "PENDING", "check_tracking_uri", "EXPERIMENT_KIND", "log_cache_input"]
+__all__ = [
+    "MlflowConfig",
+    "TrackingUnavailable",
+    "Run",
+    "NullRun",
+    "start_run",
+    "replay_pending",
+    "PENDING",
+    "check_tracking_uri",
+    "EXPERIMENT_KIND",
+    "log_cache_input",
+]
 
 # The MLflow UI opens an experiment in the mode its kind names; without one it guesses GenAI (traces).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-MODEL_NAME = "radio-student"  # the LoggedModel of a training run (its checkpoint files are the run's `student/` artifacts)
+MODEL_NAME = (
+    "radio-student"  # the LoggedModel of a training run (its checkpoint files are the run's `student/` artifacts)
+)
 
 
 @dataclass
@@ -28,7 +41,9 @@ class MlflowConfig:
     enabled: bool = True
     experiment: str = "radio"
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else MLflow's default local store
-    register: str | None = None  # training: also register the logged student model under this name (a new version per run)
+    register: str | None = (
+        None  # training: also register the logged student model under this name (a new version per run)
+    )
 
 
 class TrackingUnavailable(RuntimeError):
@@ -45,7 +60,9 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0):
             if r.status >= 500:
                 raise TrackingUnavailable(f"MLflow tracking server {uri} answered {r.status} on /health")
     except (urllib.error.URLError, OSError) as e:
-        raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable ({e}). Start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix MLFLOW_TRACKING_URI, or run with mlflow.enabled=false.") from None
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is unreachable ({e}). Start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix MLFLOW_TRACKING_URI, or run with mlflow.enabled=false."
+        ) from None
 
 
 @contextlib.contextmanager
@@ -116,9 +133,17 @@ class Run:
             if self.offline:
                 return
             self.offline = True
-        where = f"kept in {self.pending}; send them with `radio sync {self.pending.parent}` (a resumed `radio train` also does)" if self.pending else "not kept (this job keeps no pending file)"
+        where = (
+            f"kept in {self.pending}; send them with `radio sync {self.pending.parent}` (a resumed `radio train` also does)"
+            if self.pending
+            else "not kept (this job keeps no pending file)"
+        )
         first = str(e).splitlines()[0][:300] if str(e) else ""
-        print(f"[radio] MLflow at {self.client.tracking_uri} stopped answering ({type(e).__name__}: {first}); the job goes on. This run's records from now on are {where}.", file=sys.stderr, flush=True)
+        print(
+            f"[radio] MLflow at {self.client.tracking_uri} stopped answering ({type(e).__name__}: {first}); the job goes on. This run's records from now on are {where}.",
+            file=sys.stderr,
+            flush=True,
+        )
         for hook in self.on_offline:
             hook()
 
@@ -140,7 +165,14 @@ class Run:
         items = {k: str(v)[:6000] for k, v in params.items()}
         self._do({"op": "params", "params": items}, lambda: _send_params(self.client, self.run_id, items))
 
-    def log_metrics(self, metrics: dict, step: int | None = None, wait: bool = True, model_id: str | None = None, dataset: tuple[str, str] | None = None):
+    def log_metrics(
+        self,
+        metrics: dict,
+        step: int | None = None,
+        wait: bool = True,
+        model_id: str | None = None,
+        dataset: tuple[str, str] | None = None,
+    ):
         """Log numbers at ``step``. ``wait=False``: hand them to a background thread and return at once (the
         training loop never waits on the tracking store); ``flush`` / ``end`` wait for what is queued.
         ``model_id`` / ``dataset`` (name, digest): the logged model and the dataset they measure, which
@@ -149,7 +181,11 @@ class Run:
 
         ts = int(time.time() * 1000)
         extra = [model_id, *(dataset or (None, None))] if model_id or dataset else []
-        rows = [[k, float(v), ts, step or 0, *extra] for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        rows = [
+            [k, float(v), ts, step or 0, *extra]
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
         if wait:
             self._send_metrics(rows)
             return
@@ -172,7 +208,9 @@ class Run:
             except Exception as e:  # the store answers but refused these: say so once, training goes on
                 if not self._warned:
                     self._warned = True
-                    print(f"[radio] some metrics could not be logged to MLflow: {type(e).__name__}: {e}", file=sys.stderr)
+                    print(
+                        f"[radio] some metrics could not be logged to MLflow: {type(e).__name__}: {e}", file=sys.stderr
+                    )
             finally:
                 self._queue.task_done()
 
@@ -196,13 +234,21 @@ class Run:
         self._do({"op": "tags", "tags": items}, lambda: _send_tags(self.client, self.run_id, items))
 
     def log_text(self, text: str, artifact_file: str):
-        self._do({"op": "text", "text": text, "artifact_file": artifact_file}, lambda: self.client.log_text(self.run_id, text, artifact_file))
+        self._do(
+            {"op": "text", "text": text, "artifact_file": artifact_file},
+            lambda: self.client.log_text(self.run_id, text, artifact_file),
+        )
 
     def log_artifact(self, path: str, artifact_path: str | None = None):
         path = os.path.abspath(path)
-        self._do({"op": "artifact", "path": path, "artifact_path": artifact_path}, lambda: _send_artifact(self.client, self.run_id, path, artifact_path))
+        self._do(
+            {"op": "artifact", "path": path, "artifact_path": artifact_path},
+            lambda: _send_artifact(self.client, self.run_id, path, artifact_path),
+        )
 
-    def log_dataset(self, uri: str, name: str, digest: str, schema: dict[str, str], context: str, profile: dict | None = None):
+    def log_dataset(
+        self, uri: str, name: str, digest: str, schema: dict[str, str], context: str, profile: dict | None = None
+    ):
         """Record a cache as an MLflow dataset input of this run (source = its URI, digest = its cache id).
 
         ``schema``: column -> Arrow type name; ``context``: MLflow's input context (training, evaluation, output)."""
@@ -212,8 +258,15 @@ class Run:
     def log_student_model(self, student_dir: str, resolution: int, register: str | None = None) -> str | None:
         """Log the exported student in ``student_dir`` as an MLflow model of this run (see :func:`_send_student`);
         returns its model URI (None when kept for later)."""
-        return self._do({"op": "student_model", "student_dir": os.path.abspath(student_dir), "resolution": resolution, "register": register},
-                        lambda: _send_student(self.client, self.run_id, student_dir, resolution, register))
+        return self._do(
+            {
+                "op": "student_model",
+                "student_dir": os.path.abspath(student_dir),
+                "resolution": resolution,
+                "register": register,
+            },
+            lambda: _send_student(self.client, self.run_id, student_dir, resolution, register),
+        )
 
     def set_description(self, markdown: str, model_id: str | None = None):
         """The run's description (shown at the top of its page in the MLflow UI); with ``model_id``, the logged
@@ -221,7 +274,10 @@ class Run:
         self.set_tags({"mlflow.note.content": markdown})
         if model_id:
             tags = {"mlflow.note.content": markdown}
-            self._do({"op": "model_tags", "model_id": model_id, "tags": tags}, lambda: self.client.set_logged_model_tags(model_id, tags))
+            self._do(
+                {"op": "model_tags", "model_id": model_id, "tags": tags},
+                lambda: self.client.set_logged_model_tags(model_id, tags),
+            )
 
     def end(self, status: str = "FINISHED"):
         import sys
@@ -229,7 +285,11 @@ class Run:
         self.flush()
         self._do({"op": "terminated", "status": status}, lambda: self.client.set_terminated(self.run_id, status=status))
         if self.kept:
-            print(f"[radio] {self.kept} MLflow record(s) of run {self.run_id} kept in {self.pending}: send them with `radio sync {self.pending.parent}`", file=sys.stderr, flush=True)
+            print(
+                f"[radio] {self.kept} MLflow record(s) of run {self.run_id} kept in {self.pending}: send them with `radio sync {self.pending.parent}`",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 # -- what each record does (shared by a live run and `radio sync`) ------------------------------------
@@ -262,7 +322,16 @@ def _send_artifact(client, run_id: str, path: str, artifact_path: str | None):
         client.log_artifact(run_id, path, artifact_path)
 
 
-def _send_dataset(client, run_id: str, uri: str, name: str, digest: str, schema: dict[str, str], context: str, profile: dict | None = None):
+def _send_dataset(
+    client,
+    run_id: str,
+    uri: str,
+    name: str,
+    digest: str,
+    schema: dict[str, str],
+    context: str,
+    profile: dict | None = None,
+):
     import json
     import warnings
 
@@ -272,12 +341,22 @@ def _send_dataset(client, run_id: str, uri: str, name: str, digest: str, schema:
     from mlflow.types.schema import ColSpec, Schema
 
     def col_type(arrow: str) -> str:  # Arrow -> MLflow's column types; tensors (fixed-size binary) are binary
-        return {"string": "string", "large_string": "string", "bool": "boolean", "float": "float", "double": "double", "int32": "integer", "int64": "long"}.get(arrow, "binary")
+        return {
+            "string": "string",
+            "large_string": "string",
+            "bool": "boolean",
+            "float": "float",
+            "double": "double",
+            "int32": "integer",
+            "int64": "long",
+        }.get(arrow, "binary")
 
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": local paths match two equal sources
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(uri)
-    ds = MetaDataset(source, name=name, digest=digest[:36], schema=Schema([ColSpec(col_type(t), c) for c, t in schema.items()]))
+    ds = MetaDataset(
+        source, name=name, digest=digest[:36], schema=Schema([ColSpec(col_type(t), c) for c, t in schema.items()])
+    )
     entity = ds._to_mlflow_entity()
     if profile:
         entity._profile = json.dumps(profile)
@@ -299,11 +378,22 @@ def _send_student(client, run_id: str, student_dir: str, resolution: int, regist
 
     run = client.get_run(run_id)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", run.info.run_name or "radio-student").strip("-") or MODEL_NAME
-    reqs = [f"torch=={torch.__version__.split('+')[0]}", "safetensors"]  # and radio itself: serve with --env-manager local
+    reqs = [
+        f"torch=={torch.__version__.split('+')[0]}",
+        "safetensors",
+    ]  # and radio itself: serve with --env-manager local
     # the run's store for this call only: MLflow's process-wide URI is left as it was
     with _fluent_store(client.tracking_uri), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        info = Model.log(artifact_path=None, name=name, flavor=mlflow_student, registered_model_name=register, await_registration_for=0,
-                         student_dir=str(student_dir), resolution=resolution, pip_requirements=reqs)
+        info = Model.log(
+            artifact_path=None,
+            name=name,
+            flavor=mlflow_student,
+            registered_model_name=register,
+            await_registration_for=0,
+            student_dir=str(student_dir),
+            resolution=resolution,
+            pip_requirements=reqs,
+        )
     client.update_run(run_id, status="RUNNING")  # leaving the fluent run ended it; end() decides
     _send_tags(client, run_id, {"radio.model_uri": info.model_uri})
     return info.model_uri
@@ -334,7 +424,9 @@ def replay_pending(path: str | os.PathLike, tracking_uri: str | None = None) -> 
     if p.is_dir():
         p = p / PENDING
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no pending MLflow records here (a run writes {PENDING} beside its outputs only when the tracking store stopped answering)")
+        raise FileNotFoundError(
+            f"{p}: no pending MLflow records here (a run writes {PENDING} beside its outputs only when the tracking store stopped answering)"
+        )
     entries = []
     for n, line in enumerate(p.read_text().splitlines(), 1):
         if line.strip():
@@ -354,7 +446,9 @@ def replay_pending(path: str | os.PathLike, tracking_uri: str | None = None) -> 
             tmp = p.with_name(p.name + ".tmp")
             tmp.write_text("".join(json.dumps(x) + "\n" for x in entries[i:]))
             os.replace(tmp, p)
-            raise TrackingUnavailable(f"{i} of {len(entries)} MLflow records sent to {uri}; the other {len(entries) - i} stay in {p} ({type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}). Run `radio sync` again once the store answers") from None
+            raise TrackingUnavailable(
+                f"{i} of {len(entries)} MLflow records sent to {uri}; the other {len(entries) - i} stay in {p} ({type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}). Run `radio sync` again once the store answers"
+            ) from None
     p.unlink()
     return len(entries)
 
@@ -377,7 +471,10 @@ def model_id_of(model_uri: str | None) -> str | None:
 def cache_dataset(manifest) -> tuple[str, str]:
     """(name, digest) under which a cache is an MLflow dataset."""
     src = manifest.source
-    return f"radio-cache-{src.get('kind', 'source')}-{src.get('split') or 'all'}-{manifest.cache_id[:8]}", manifest.cache_id[:36]
+    return (
+        f"radio-cache-{src.get('kind', 'source')}-{src.get('split') or 'all'}-{manifest.cache_id[:8]}",
+        manifest.cache_id[:36],
+    )
 
 
 def log_cache_input(run, uri: str, manifest, context: str, teachers: list[str] | None = None):
@@ -388,12 +485,26 @@ def log_cache_input(run, uri: str, manifest, context: str, teachers: list[str] |
     from radio.cache import CacheLocation, column_types
 
     names = list(manifest.teachers) if teachers is None else [t for t in teachers if t in manifest.teachers]
-    profile = {"images": manifest.images, "views": manifest.views.rows, "student_resolution": manifest.student_resolution, "skipped": len(manifest.skipped),
-               "teachers": {t: {"fingerprint": manifest.teachers[t].fingerprint, "grid": list(manifest.teachers[t].layout.grid), "dtype": manifest.teachers[t].layout.dtype} for t in names}}
+    profile = {
+        "images": manifest.images,
+        "views": manifest.views.rows,
+        "student_resolution": manifest.student_resolution,
+        "skipped": len(manifest.skipped),
+        "teachers": {
+            t: {
+                "fingerprint": manifest.teachers[t].fingerprint,
+                "grid": list(manifest.teachers[t].layout.grid),
+                "dtype": manifest.teachers[t].layout.dtype,
+            }
+            for t in names
+        },
+    }
     name = cache_dataset(manifest)[0]
     try:
         schema = column_types(CacheLocation(uri), manifest, names)  # the shards' own Arrow schemas
-        run.log_dataset(uri if "://" in uri else os.path.abspath(uri), name, manifest.cache_id, schema, context, profile)
+        run.log_dataset(
+            uri if "://" in uri else os.path.abspath(uri), name, manifest.cache_id, schema, context, profile
+        )
     except Exception as e:  # never fail a job over its lineage record
         import sys
 
@@ -405,11 +516,19 @@ def tracking_uri(cfg: MlflowConfig) -> str:
     try:
         import mlflow
     except ImportError:
-        raise TrackingUnavailable(f"MLflow is not installed here{f' (tracking store {uri})' if uri else ''}: pip install mlflow, or run with mlflow.enabled=false") from None
+        raise TrackingUnavailable(
+            f"MLflow is not installed here{f' (tracking store {uri})' if uri else ''}: pip install mlflow, or run with mlflow.enabled=false"
+        ) from None
     return uri or mlflow.get_tracking_uri()
 
 
-def start_run(cfg: MlflowConfig, run_name: str, tags: dict | None = None, run_id: str | None = None, pending: str | os.PathLike | None = None) -> Run | NullRun:
+def start_run(
+    cfg: MlflowConfig,
+    run_name: str,
+    tags: dict | None = None,
+    run_id: str | None = None,
+    pending: str | os.PathLike | None = None,
+) -> Run | NullRun:
     """Create (or, with ``run_id``, reopen) a run in ``cfg.experiment``. ``pending``: where the run keeps
     what it cannot send if the store stops answering (see :class:`Run`)."""
     if not cfg.enabled:
@@ -421,7 +540,11 @@ def start_run(cfg: MlflowConfig, run_name: str, tags: dict | None = None, run_id
     if uri.startswith(("http://", "https://")):
         # MLflow retries a failed request for ~4 minutes by default; a run keeps what it cannot send
         # instead, so a few seconds of retries are enough (the user's own settings win)
-        for k, v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+        for k, v in (
+            ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"),
+            ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
+        ):
             os.environ.setdefault(k, v)
     client = MlflowClient(tracking_uri=uri)
     if run_id is not None:
@@ -430,7 +553,9 @@ def start_run(cfg: MlflowConfig, run_name: str, tags: dict | None = None, run_id
             client.update_run(run_id, status="RUNNING")
         return Run(client, run_id, run.info.experiment_id, pending)
     exp = client.get_experiment_by_name(cfg.experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(cfg.experiment, tags=dict([EXPERIMENT_KIND]))
+    exp_id = (
+        exp.experiment_id if exp is not None else client.create_experiment(cfg.experiment, tags=dict([EXPERIMENT_KIND]))
+    )
     if exp is not None and EXPERIMENT_KIND[0] not in exp.tags:  # made by an older radio, or by hand: give it a kind
         client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
     run = client.create_run(exp_id, run_name=run_name, tags=tags or {})

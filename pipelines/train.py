@@ -30,9 +30,29 @@ from radio.losses import LossConfig, distill_loss
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
 
-from .config import ConfigError, DiskFull, nearest_hint, check_output_dir, config_to_yaml, disk_full, flatten_config, require
+from .config import (
+    ConfigError,
+    DiskFull,
+    nearest_hint,
+    check_output_dir,
+    config_to_yaml,
+    disk_full,
+    flatten_config,
+    require,
+)
 from .online import OnlineTeacherConfig, OnlineTeachers
-from .tracking import PENDING, MlflowConfig, NullRun, cache_dataset, check_tracking_uri, log_cache_input, model_id_of, replay_pending, start_run, tracking_uri
+from .tracking import (
+    PENDING,
+    MlflowConfig,
+    NullRun,
+    cache_dataset,
+    check_tracking_uri,
+    log_cache_input,
+    model_id_of,
+    replay_pending,
+    start_run,
+    tracking_uri,
+)
 
 __all__ = ["OptimConfig", "TrainJobConfig", "train", "main", "TrainingDiverged", "TrainingInterrupted"]
 
@@ -90,7 +110,9 @@ class TrainJobConfig:
     compile: bool = False  # torch.compile the student (pays off on a GPU for long runs)
     keep_checkpoints: int = 2
     resume: bool = False
-    resume_from: str | None = None  # with resume=true: a checkpoint of OUTPUT/checkpoints (e.g. step-00000050) instead of the latest
+    resume_from: str | None = (
+        None  # with resume=true: a checkpoint of OUTPUT/checkpoints (e.g. step-00000050) instead of the latest
+    )
     run_name: str | None = None
     audit_keys: bool = False  # write OUTPUT/audit/epoch<e>-rank<r>.json: the keys each rank trained on
     mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="radio-students"))
@@ -131,7 +153,9 @@ def _select(batch: dict, keep: torch.Tensor) -> dict:
     def pick(v):
         if isinstance(v, torch.Tensor):
             return v[keep]
-        return [x for x, m in zip(v, keep.tolist()) if m] if isinstance(v, list) else v  # a batch-wide value (resolution)
+        return (
+            [x for x, m in zip(v, keep.tolist()) if m] if isinstance(v, list) else v
+        )  # a batch-wide value (resolution)
 
     return {k: pick(v) for k, v in batch.items()}
 
@@ -146,7 +170,9 @@ class Trainer:
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() else "no"
         # cpu=True without CUDA: under a multi-process launch that selects the gloo backend (MULTI_CPU).
-        self.acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.optim.grad_accum, cpu=not torch.cuda.is_available())
+        self.acc = Accelerator(
+            mixed_precision=mp, gradient_accumulation_steps=cfg.optim.grad_accum, cpu=not torch.cuda.is_available()
+        )
         set_seed(cfg.seed)
         cached = [t for t in cfg.teachers if t not in cfg.online]
         reader = CacheReader(cfg.cache, cached)  # a teacher missing from the cache fails here
@@ -158,54 +184,100 @@ class Trainer:
         ps = cfg.student.patch_size
         if res % ps:
             fits = [p for p in range(2, min(res, 32) + 1) if res % p == 0]
-            raise ConfigError(f"'student.patch_size' {ps} does not divide the {res}px views cache {cfg.cache} stores: the student's grid must be whole. Choose a patch size dividing {res} (e.g. {fits[-3:]}) or a cache built with a student_resolution that is a multiple of {ps}")
+            raise ConfigError(
+                f"'student.patch_size' {ps} does not divide the {res}px views cache {cfg.cache} stores: the student's grid must be whole. Choose a patch size dividing {res} (e.g. {fits[-3:]}) or a cache built with a student_resolution that is a multiple of {ps}"
+            )
         rows = reader.manifest.views.rows // max(1, self.acc.num_processes)
         if cfg.loader.batch_size > rows:
-            raise ConfigError(f"'loader.batch_size' {cfg.loader.batch_size} is larger than the {rows} views each of the {self.acc.num_processes} process(es) reads per epoch from cache {cfg.cache}: every step would be one partial batch. Use loader.batch_size <= {rows}, or cache more images")
+            raise ConfigError(
+                f"'loader.batch_size' {cfg.loader.batch_size} is larger than the {rows} views each of the {self.acc.num_processes} process(es) reads per epoch from cache {cfg.cache}: every step would be one partial batch. Use loader.batch_size <= {rows}, or cache more images"
+            )
         grid = (res // cfg.student.patch_size, res // cfg.student.patch_size)
         grids = dict(reader.grids)
         self.online, self.online_origin = None, {}
         self.workers = resolve_workers(cfg.loader)
-        stream_kw = dict(manifest=reader.manifest, batch_size=cfg.loader.batch_size, shuffle_buffer=cfg.loader.shuffle_buffer, read_rows=cfg.loader.read_rows, seed=cfg.seed, patch_size=cfg.student.patch_size)
+        stream_kw = dict(
+            manifest=reader.manifest,
+            batch_size=cfg.loader.batch_size,
+            shuffle_buffer=cfg.loader.shuffle_buffer,
+            read_rows=cfg.loader.read_rows,
+            seed=cfg.seed,
+            patch_size=cfg.student.patch_size,
+        )
         if cfg.online:
             self.online = OnlineTeachers(cfg.online, self.acc.device, res)
             self.specs.update(self.online.specs)
             self.fingerprints.update({t: sp["fingerprint"] for t, sp in self.online.specs.items()})
             held = {t: reader.stats_of(t) for t in cfg.online if t in reader.manifest.teachers}
             warm = CacheStream(cfg.cache, cached, **stream_kw)  # the same batches on every rank: the same statistics
-            stats, self.online_origin = self.online.statistics(held, warm, grid, self.out, self.acc.device, write=self.acc.is_main_process)
+            stats, self.online_origin = self.online.statistics(
+                held, warm, grid, self.out, self.acc.device, write=self.acc.is_main_process
+            )
             self.stats.update(stats)
             grids.update({t: grid for t in cfg.online})
         summary_teachers = [t for t in cfg.teachers if self.specs[t].get("summary_dim")]
         # the position grid defaults to the resolution the student trains at (what its config then says)
-        student_cfg = StudentConfig(**{**asdict(cfg.student), "summary_teachers": summary_teachers, "img_size": cfg.student.img_size or res})
-        adapters = [AdapterConfig(name=t, summary_dim=self.specs[t].get("summary_dim"), feature_dim=self.specs[t]["feature_dim"], feature_grid=grids[t], hidden=cfg.adapter_hidden) for t in cfg.teachers]
+        student_cfg = StudentConfig(
+            **{**asdict(cfg.student), "summary_teachers": summary_teachers, "img_size": cfg.student.img_size or res}
+        )
+        adapters = [
+            AdapterConfig(
+                name=t,
+                summary_dim=self.specs[t].get("summary_dim"),
+                feature_dim=self.specs[t]["feature_dim"],
+                feature_grid=grids[t],
+                hidden=cfg.adapter_hidden,
+            )
+            for t in cfg.teachers
+        ]
         self.student_cfg, self.adapter_cfgs = student_cfg, adapters
         self.model = DistillModel(student_cfg, adapters)
         above = [r for r in cfg.resolution.resolutions if r > res]
         if above:
-            raise ConfigError(f"'resolution.resolutions' {cfg.resolution.resolutions}: {above} above the {res}px views cache {cfg.cache} stores. Views are stored at the highest resolution a run trains at: build a cache with student_resolution={max(above)} (and lower_resolutions=[...] for the others)")
-        self.stream = CacheStream(cfg.cache, cached, rank=self.acc.process_index, world_size=self.acc.num_processes, num_workers=self.workers, schedule=cfg.resolution, **stream_kw)
+            raise ConfigError(
+                f"'resolution.resolutions' {cfg.resolution.resolutions}: {above} above the {res}px views cache {cfg.cache} stores. Views are stored at the highest resolution a run trains at: build a cache with student_resolution={max(above)} (and lower_resolutions=[...] for the others)"
+            )
+        self.stream = CacheStream(
+            cfg.cache,
+            cached,
+            rank=self.acc.process_index,
+            world_size=self.acc.num_processes,
+            num_workers=self.workers,
+            schedule=cfg.resolution,
+            **stream_kw,
+        )
         self.resolutions = self.stream.schedule.resolutions
         self.loader = make_loader(self.stream, cfg.loader, self.workers)
-        self.steps_per_epoch = [math.ceil(self.stream.batches_per_reader(e) * self.stream.num_workers / cfg.optim.grad_accum) for e in range(cfg.epochs)]
+        self.steps_per_epoch = [
+            math.ceil(self.stream.batches_per_reader(e) * self.stream.num_workers / cfg.optim.grad_accum)
+            for e in range(cfg.epochs)
+        ]
         self.total_steps = sum(self.steps_per_epoch)
         decay, no_decay = [], []
         skip = self.model.no_weight_decay()  # the model says which parameters take no decay (timm's rule)
         for n, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 or n in skip else decay).append(p)
         fused = {"fused": True} if torch.cuda.is_available() else {}
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.optim.lr, betas=cfg.optim.betas, **fused)
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            **fused,
+        )
         if cfg.compile:
             self.model.compile()  # in place: parameter names and checkpoints stay those of the plain model
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lr_lambda(self.total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
+        )
         self.model, self.opt, self.sched = self.acc.prepare(self.model, self.opt, self.sched)
         self.cached = cached
         self.state = TrainState()
         self.history: list[dict] = []
         self.last_metrics: dict[str, float] = {}  # the last logged step's values: the logged model's training figures
         self.last_metrics_step = 0
-        self.logged_until = 0  # the last step already in the MLflow run (a resumed run's replayed steps are not logged again)
+        self.logged_until = (
+            0  # the last step already in the MLflow run (a resumed run's replayed steps are not logged again)
+        )
 
     # -- checkpoints -------------------------------------------------------------------------
     def _ckpt_dir(self, step: int) -> Path:
@@ -218,15 +290,25 @@ class Trainer:
             self.acc.save_state(str(d))
             self.acc.wait_for_everyone()  # every rank's files are on disk before they are checksummed
             if self.acc.is_main_process:
-                (d / "trainer_state.json").write_text(json.dumps({**asdict(self.state), "last_good": str(d), "history": self.history}))
+                (d / "trainer_state.json").write_text(
+                    json.dumps({**asdict(self.state), "last_good": str(d), "history": self.history})
+                )
                 write_checksums(d, self.out)
         except Exception as e:
             full = disk_full(e, d)
             if full is None:
                 raise
-            shutil.rmtree(d, ignore_errors=True)  # a partial checkpoint is never used (`latest` still names the last complete one)
-            kept = f"the last complete checkpoint, {self.state.last_good}, is kept" if self.state.last_good else "no checkpoint was complete yet"
-            raise DiskFull(f"no space left writing checkpoint {d} ({full}): the partial checkpoint was removed and {kept}. Free space under {self.out} and resume with resume=true") from None
+            shutil.rmtree(
+                d, ignore_errors=True
+            )  # a partial checkpoint is never used (`latest` still names the last complete one)
+            kept = (
+                f"the last complete checkpoint, {self.state.last_good}, is kept"
+                if self.state.last_good
+                else "no checkpoint was complete yet"
+            )
+            raise DiskFull(
+                f"no space left writing checkpoint {d} ({full}): the partial checkpoint was removed and {kept}. Free space under {self.out} and resume with resume=true"
+            ) from None
         if self.acc.is_main_process:
             self.state.last_good = str(d)
             # `latest` is written last: a checkpoint is used only once it is complete
@@ -245,9 +327,13 @@ class Trainer:
             saved = json.loads((d / "trainer_state.json").read_text())
             self.history = saved.pop("history", [])
             self.state = TrainState(**saved)
-        except Exception as e:  # checksums matched, so the files are as written: a checkpoint of another model or version
-            raise CheckpointError(f"checkpoint {d} cannot be resumed by this run ({type(e).__name__}: {str(e).splitlines()[0][:300]}): "
-                                  f"it was written for other settings. {_restart_hint(d.parent.parent, d)}") from None
+        except (
+            Exception
+        ) as e:  # checksums matched, so the files are as written: a checkpoint of another model or version
+            raise CheckpointError(
+                f"checkpoint {d} cannot be resumed by this run ({type(e).__name__}: {str(e).splitlines()[0][:300]}): "
+                f"it was written for other settings. {_restart_hint(d.parent.parent, d)}"
+            ) from None
         return True
 
     # -- the loop ----------------------------------------------------------------------------
@@ -272,7 +358,11 @@ class Trainer:
             preds = self.model(images)
             losses = distill_loss(preds, targets, self.cfg.loss)
             self.acc.backward(losses["loss"] * scale)
-            grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip) if self.acc.sync_gradients else None
+            grad_norm = (
+                self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+                if self.acc.sync_gradients
+                else None
+            )
             self.opt.step()
             self.sched.step() if self.acc.sync_gradients else None
             self.opt.zero_grad(set_to_none=True)
@@ -297,7 +387,9 @@ class Trainer:
         self._sums, self._count, self._since = {}, 0, self.state.step
         if not math.isfinite(out["loss"]):
             steps = f"step {last}" if first >= last else f"steps {first}-{last}"
-            raise TrainingDiverged(f"loss is {out['loss']} in {steps} (losses are read every log_every={self.cfg.log_every} steps): stopping. The last good checkpoint is {self.state.last_good or '(none yet)'}; lower optim.lr or check the cache's statistics.")
+            raise TrainingDiverged(
+                f"loss is {out['loss']} in {steps} (losses are read every log_every={self.cfg.log_every} steps): stopping. The last good checkpoint is {self.state.last_good or '(none yet)'}; lower optim.lr or check the cache's statistics."
+            )
         return out
 
     def _accumulate(self, metrics: dict[str, torch.Tensor]):
@@ -330,7 +422,11 @@ class Trainer:
                 raise KeyboardInterrupt
             self._stop = True
             if self.acc.is_main_process:
-                print("\n[radio train] Ctrl-C: finishing this step, then writing a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+                print(
+                    "\n[radio train] Ctrl-C: finishing this step, then writing a checkpoint (Ctrl-C again to stop at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         previous = signal.signal(signal.SIGINT, on_sigint)
         return lambda: signal.signal(signal.SIGINT, previous)
@@ -358,7 +454,9 @@ class Trainer:
             for batch in batches:
                 t_got = time.perf_counter()
                 if cfg.audit_keys:
-                    audit += [(i, int(v)) for i, v, w in zip(batch["image_id"], batch["view_index"], batch["weight"]) if w > 0]
+                    audit += [
+                        (i, int(v)) for i, v, w in zip(batch["image_id"], batch["view_index"], batch["weight"]) if w > 0
+                    ]
                 wait_s += t_got - t_wait
                 self._accumulate(self.train_step(batch))
                 self.state.batch_in_epoch += 1
@@ -370,11 +468,20 @@ class Trainer:
                         metrics = self.read_metrics()  # the host sync; raises on a non-finite loss
                         now = time.perf_counter()
                         step_s = now - t_last
-                        metrics.update({"images_per_s": images * self.acc.num_processes / step_s if step_s > 0 else 0.0, "data_wait_fraction": wait_s / step_s if step_s > 0 else 0.0, "epoch": self.state.epoch, "lr": self.sched.get_last_lr()[0]})
+                        metrics.update(
+                            {
+                                "images_per_s": images * self.acc.num_processes / step_s if step_s > 0 else 0.0,
+                                "data_wait_fraction": wait_s / step_s if step_s > 0 else 0.0,
+                                "epoch": self.state.epoch,
+                                "lr": self.sched.get_last_lr()[0],
+                            }
+                        )
                         self.history.append({"step": self.state.step, "loss": metrics["loss"]})
                         self.last_metrics, self.last_metrics_step = metrics, self.state.step
                         if self.state.step > self.logged_until:  # a resumed run does not log a replayed step twice
-                            tracker.log_metrics(metric_names(metrics), step=self.state.step, wait=False)  # sent from a background thread
+                            tracker.log_metrics(
+                                metric_names(metrics), step=self.state.step, wait=False
+                            )  # sent from a background thread
                         self._progress(metrics, max_steps)
                         t_last, images, wait_s = now, 0, 0.0
                     if checkpoint:
@@ -383,7 +490,9 @@ class Trainer:
                         self.read_metrics()
                         if not checkpoint:
                             self.save_checkpoint()
-                        raise TrainingInterrupted(f"interrupted at step {self.state.step}; checkpoint {self._ckpt_dir(self.state.step)} written")
+                        raise TrainingInterrupted(
+                            f"interrupted at step {self.state.step}; checkpoint {self._ckpt_dir(self.state.step)} written"
+                        )
                     if self.state.step >= max_steps:
                         break
                 t_wait = time.perf_counter()
@@ -408,7 +517,11 @@ class Trainer:
         self._t_progress = now
         rate = (self.state.step - self._step0) / max(1e-9, now - self._t0)
         eta = (max_steps - self.state.step) / rate if rate > 0 else float("nan")
-        print(f"[radio train] step {self.state.step}/{max_steps}  epoch {self.state.epoch}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  {metrics['images_per_s']:.0f} img/s  ETA {eta:.0f}s", file=sys.stderr, flush=True)
+        print(
+            f"[radio train] step {self.state.step}/{max_steps}  epoch {self.state.epoch}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  {metrics['images_per_s']:.0f} img/s  ETA {eta:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def export(self) -> Path:
         d = self.out / "student"
@@ -419,13 +532,22 @@ class Trainer:
                 full = disk_full(e, d)
                 if full is None:
                     raise
-                raise DiskFull(f"no space left exporting the student to {d} ({full}): the final checkpoint {self.state.last_good} is kept. Free space and rerun with resume=true to export it") from None
+                raise DiskFull(
+                    f"no space left exporting the student to {d} ({full}): the final checkpoint {self.state.last_good} is kept. Free space and rerun with resume=true to export it"
+                ) from None
         self.acc.wait_for_everyone()
         return d
 
     def _save_student(self, d: Path):
-        meta = {"teachers": self.specs, "fingerprints": self.fingerprints, "stats": {t: s.to_dict() for t, s in self.stats.items()}, "cache": self.cfg.cache,
-                "cache_id": self.reader.manifest.cache_id, "mlflow_run_id": self.state.run_id, "resolution": self.reader.manifest.student_resolution}
+        meta = {
+            "teachers": self.specs,
+            "fingerprints": self.fingerprints,
+            "stats": {t: s.to_dict() for t, s in self.stats.items()},
+            "cache": self.cfg.cache,
+            "cache_id": self.reader.manifest.cache_id,
+            "mlflow_run_id": self.state.run_id,
+            "resolution": self.reader.manifest.student_resolution,
+        }
         save_student(d, self.acc.unwrap_model(self.model), meta)
 
 
@@ -434,7 +556,10 @@ def _loss_figure(history: list[dict], path: Path) -> bool:
     try:
         import matplotlib
     except ImportError:
-        print(f"[radio train] matplotlib is not installed: {path} not drawn (the losses are in trainer_state.json)", file=sys.stderr)
+        print(
+            f"[radio train] matplotlib is not installed: {path} not drawn (the losses are in trainer_state.json)",
+            file=sys.stderr,
+        )
         return False
 
     matplotlib.use("Agg")
@@ -463,7 +588,11 @@ def _digest(path: Path) -> dict:
 def write_checksums(d: Path, out: Path) -> None:
     """Record the size and sha256 of every file of checkpoint ``d`` (weights, optimizer, scheduler, random
     states, trainer state) and of the run's online statistics, which a resume reuses."""
-    rec = {"files": {str(p.relative_to(d)): _digest(p) for p in sorted(d.rglob("*")) if p.is_file() and p.name != CHECKSUMS}}
+    rec = {
+        "files": {
+            str(p.relative_to(d)): _digest(p) for p in sorted(d.rglob("*")) if p.is_file() and p.name != CHECKSUMS
+        }
+    }
     online = out / OnlineTeachers.STATS_FILE
     if online.is_file():
         rec["online_stats"] = _digest(online)
@@ -473,8 +602,14 @@ def write_checksums(d: Path, out: Path) -> None:
 
 
 def _restart_hint(out: Path, but: Path | None = None) -> str:
-    ckpts = sorted(p.name for p in (out / "checkpoints").glob("step-*") if (p / CHECKSUMS).is_file() and p.name != getattr(but, "name", None))
-    older = f"resume from another checkpoint with resume=true resume_from=<one of {', '.join(ckpts)}>, or " if ckpts else ""
+    ckpts = sorted(
+        p.name
+        for p in (out / "checkpoints").glob("step-*")
+        if (p / CHECKSUMS).is_file() and p.name != getattr(but, "name", None)
+    )
+    older = (
+        f"resume from another checkpoint with resume=true resume_from=<one of {', '.join(ckpts)}>, or " if ckpts else ""
+    )
     return f"Choose: {older}start afresh with resume=false and another output= (or delete {out})"
 
 
@@ -519,54 +654,135 @@ def resume_checkpoint(out: Path, name: str | None = None) -> Path | None:
     problems = checkpoint_problems(d, out)
     if problems:
         more = f" (and {len(problems) - 1} more problem(s): {'; '.join(problems[1:3])})" if len(problems) > 1 else ""
-        raise CheckpointError(f"checkpoint {d} is damaged: {problems[0]}{more}. Nothing was resumed from it. {_restart_hint(out, d)}")
+        raise CheckpointError(
+            f"checkpoint {d} is damaged: {problems[0]}{more}. Nothing was resumed from it. {_restart_hint(out, d)}"
+        )
     return d
 
 
 def validate(cfg: TrainJobConfig):
     """Settings checked before any work. Each error is a SettingError naming the key, the value and what is
     allowed (``load_config(validate=validate)`` adds where the value came from)."""
-    checks = [("epochs", cfg.epochs, 1), ("loader.batch_size", cfg.loader.batch_size, 1), ("loader.shuffle_buffer", cfg.loader.shuffle_buffer, 1),
-              ("loader.read_rows", cfg.loader.read_rows, 1), ("loader.prefetch_factor", cfg.loader.prefetch_factor, 1), ("checkpoint_every", cfg.checkpoint_every, 1),
-              ("log_every", cfg.log_every, 1), ("keep_checkpoints", cfg.keep_checkpoints, 1), ("optim.grad_accum", cfg.optim.grad_accum, 1),
-              ("optim.warmup_steps", cfg.optim.warmup_steps, 0), ("adapter_hidden", cfg.adapter_hidden, 1)]
+    checks = [
+        ("epochs", cfg.epochs, 1),
+        ("loader.batch_size", cfg.loader.batch_size, 1),
+        ("loader.shuffle_buffer", cfg.loader.shuffle_buffer, 1),
+        ("loader.read_rows", cfg.loader.read_rows, 1),
+        ("loader.prefetch_factor", cfg.loader.prefetch_factor, 1),
+        ("checkpoint_every", cfg.checkpoint_every, 1),
+        ("log_every", cfg.log_every, 1),
+        ("keep_checkpoints", cfg.keep_checkpoints, 1),
+        ("optim.grad_accum", cfg.optim.grad_accum, 1),
+        ("optim.warmup_steps", cfg.optim.warmup_steps, 0),
+        ("adapter_hidden", cfg.adapter_hidden, 1),
+    ]
     if cfg.max_steps is not None:
         checks.append(("max_steps", cfg.max_steps, 0))  # 0: export the initialized student (an untrained baseline)
     if cfg.loader.num_workers is not None:
         checks.append(("loader.num_workers", cfg.loader.num_workers, 0))
     for key, value, least in checks:
         require(value >= least, key, value, f">= {least}")
-    require(cfg.resume or cfg.resume_from is None, "resume_from", cfg.resume_from, "set only with resume=true", "Add resume=true to continue from that checkpoint")
+    require(
+        cfg.resume or cfg.resume_from is None,
+        "resume_from",
+        cfg.resume_from,
+        "set only with resume=true",
+        "Add resume=true to continue from that checkpoint",
+    )
     require(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "> 0")
     require(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, ">= 0")
-    require(bool(cfg.teachers), "teachers", cfg.teachers, "at least one teacher", "List the teachers to distill, e.g. teachers=[tiny-clip,tiny-dinov2]")
+    require(
+        bool(cfg.teachers),
+        "teachers",
+        cfg.teachers,
+        "at least one teacher",
+        "List the teachers to distill, e.g. teachers=[tiny-clip,tiny-dinov2]",
+    )
     unknown = sorted(set(cfg.online) - set(cfg.teachers))
-    require(not unknown, "online", sorted(cfg.online), f"a subset of teachers={list(cfg.teachers)}", "List every teacher in `teachers`, and the ones to run in the step under `online`")
+    require(
+        not unknown,
+        "online",
+        sorted(cfg.online),
+        f"a subset of teachers={list(cfg.teachers)}",
+        "List every teacher in `teachers`, and the ones to run in the step under `online`",
+    )
     require(cfg.student.patch_size >= 1, "student.patch_size", cfg.student.patch_size, ">= 1")
     for i, r in enumerate(cfg.resolution.resolutions):
-        require(r >= cfg.student.patch_size and r % cfg.student.patch_size == 0, f"resolution.resolutions[{i}]", r, f"a positive multiple of student.patch_size ({cfg.student.patch_size})", also=("student.patch_size",))
+        require(
+            r >= cfg.student.patch_size and r % cfg.student.patch_size == 0,
+            f"resolution.resolutions[{i}]",
+            r,
+            f"a positive multiple of student.patch_size ({cfg.student.patch_size})",
+            also=("student.patch_size",),
+        )
     dup = sorted({r for r in cfg.resolution.resolutions if cfg.resolution.resolutions.count(r) > 1})
-    require(not dup, "resolution.resolutions", cfg.resolution.resolutions, f"distinct resolutions ({dup} repeated)", "List each once; with mode=sample, resolution.weights sets how often each is drawn")
+    require(
+        not dup,
+        "resolution.resolutions",
+        cfg.resolution.resolutions,
+        f"distinct resolutions ({dup} repeated)",
+        "List each once; with mode=sample, resolution.weights sets how often each is drawn",
+    )
     # the loss: weights are non-negative, name listed teachers, and leave something to learn
     lc = cfg.loss
     for t, w in lc.weights.items():
-        require(t in cfg.teachers, f"loss.weights.{t}", w, f"the weight of one of teachers={list(cfg.teachers)}", nearest_hint(t, list(cfg.teachers)).strip(), also=("teachers",))
+        require(
+            t in cfg.teachers,
+            f"loss.weights.{t}",
+            w,
+            f"the weight of one of teachers={list(cfg.teachers)}",
+            nearest_hint(t, list(cfg.teachers)).strip(),
+            also=("teachers",),
+        )
         require(w >= 0 and math.isfinite(w), f"loss.weights.{t}", w, ">= 0 (0 leaves the teacher out of the loss)")
-    require(any(lc.weights.get(t, 1.0) > 0 for t in cfg.teachers), "loss.weights", dict(lc.weights), "> 0 for at least one teacher", also=("teachers",))
+    require(
+        any(lc.weights.get(t, 1.0) > 0 for t in cfg.teachers),
+        "loss.weights",
+        dict(lc.weights),
+        "> 0 for at least one teacher",
+        also=("teachers",),
+    )
     for key in ("summary_weight", "feature_weight", "feature_cos", "feature_smooth_l1", "smooth_l1_beta"):
         v = getattr(lc, key)
         require(v >= 0 and math.isfinite(v), f"loss.{key}", v, ">= 0")
-    require(lc.summary_weight + lc.feature_weight > 0, "loss.feature_weight", lc.feature_weight, "> 0 when loss.summary_weight is 0 (nothing would be learned)", also=("loss.summary_weight",))
-    require(lc.feature_cos + lc.feature_smooth_l1 > 0 or lc.feature_weight == 0, "loss.feature_cos", lc.feature_cos, "> 0 when loss.feature_smooth_l1 is 0 (the feature loss would be zero)", also=("loss.feature_smooth_l1",))
+    require(
+        lc.summary_weight + lc.feature_weight > 0,
+        "loss.feature_weight",
+        lc.feature_weight,
+        "> 0 when loss.summary_weight is 0 (nothing would be learned)",
+        also=("loss.summary_weight",),
+    )
+    require(
+        lc.feature_cos + lc.feature_smooth_l1 > 0 or lc.feature_weight == 0,
+        "loss.feature_cos",
+        lc.feature_cos,
+        "> 0 when loss.feature_smooth_l1 is 0 (the feature loss would be zero)",
+        also=("loss.feature_smooth_l1",),
+    )
     oc = cfg.optim
     require(oc.grad_clip > 0, "optim.grad_clip", oc.grad_clip, "> 0 (the largest gradient norm kept)")
-    require(0 <= oc.min_lr_ratio <= 1, "optim.min_lr_ratio", oc.min_lr_ratio, "in [0, 1] (the cosine's floor as a share of optim.lr)")
+    require(
+        0 <= oc.min_lr_ratio <= 1,
+        "optim.min_lr_ratio",
+        oc.min_lr_ratio,
+        "in [0, 1] (the cosine's floor as a share of optim.lr)",
+    )
     for i, b in enumerate(oc.betas):
         require(0 <= b < 1, f"optim.betas[{i}]", b, "in [0, 1)")
     for t, oc_t in cfg.online.items():
-        require(oc_t.stats_batches >= 1, f"online.{t}.stats_batches", oc_t.stats_batches, ">= 1 (warm-up batches for the statistics when the cache holds none)")
-    require(cfg.standardize == "channel" or not cfg.online, "standardize", cfg.standardize, "channel when teachers run online",
-            "PHI-S is fitted to a cache's exact second moments; online teachers have none. Use standardize=channel, or cache those teachers")
+        require(
+            oc_t.stats_batches >= 1,
+            f"online.{t}.stats_batches",
+            oc_t.stats_batches,
+            ">= 1 (warm-up batches for the statistics when the cache holds none)",
+        )
+    require(
+        cfg.standardize == "channel" or not cfg.online,
+        "standardize",
+        cfg.standardize,
+        "channel when teachers run online",
+        "PHI-S is fitted to a cache's exact second moments; online teachers have none. Use standardize=channel, or cache those teachers",
+    )
     check_output_dir(cfg.output)
 
 
@@ -580,10 +796,14 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
         check_tracking_uri(tracking_uri(cfg.mlflow))  # fail fast, before any work
     out = Path(cfg.output)
     if out.exists() and (out / "checkpoints" / "latest").exists() and not cfg.resume:
-        raise ConfigError(f"output {out} already holds a training run; pass resume=true to continue it, or choose another output=")
+        raise ConfigError(
+            f"output {out} already holds a training run; pass resume=true to continue it, or choose another output="
+        )
     ckpt = resume_checkpoint(out, cfg.resume_from) if cfg.resume else None  # checked before any work
     if ckpt is None:
-        (out / OnlineTeachers.STATS_FILE).unlink(missing_ok=True)  # a new run computes its own; only a checked resume reuses them
+        (out / OnlineTeachers.STATS_FILE).unlink(
+            missing_ok=True
+        )  # a new run computes its own; only a checked resume reuses them
     trainer = Trainer(cfg, resolved_yaml)
     acc = trainer.acc
     resumed = ckpt is not None and trainer.try_resume(ckpt)
@@ -592,28 +812,52 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(resolved_yaml)
         cache_run = trainer.reader.manifest.mlflow_run_id
-        tags = {"radio.kind": "student", "radio.student_size": cfg.student.size, "radio.teachers": ",".join(cfg.teachers), "radio.cache_id": trainer.reader.manifest.cache_id, "radio.cache_uri": cfg.cache, "radio.output": str(out.resolve())}
+        tags = {
+            "radio.kind": "student",
+            "radio.student_size": cfg.student.size,
+            "radio.teachers": ",".join(cfg.teachers),
+            "radio.cache_id": trainer.reader.manifest.cache_id,
+            "radio.cache_uri": cfg.cache,
+            "radio.output": str(out.resolve()),
+        }
         if cache_run:
             tags["radio.cache_run_id"] = cache_run
         if cfg.online:
             tags["radio.online_teachers"] = ",".join(cfg.online)
         if cfg.mlflow.enabled and (out / PENDING).is_file():  # what an earlier run of this output could not send
             try:
-                print(f"[radio train] sent {replay_pending(out)} MLflow record(s) kept by the earlier run", file=sys.stderr)
+                print(
+                    f"[radio train] sent {replay_pending(out)} MLflow record(s) kept by the earlier run",
+                    file=sys.stderr,
+                )
             except Exception as e:
                 print(f"[radio train] {e}", file=sys.stderr)
-        tracker = start_run(cfg.mlflow, run_name=cfg.run_name or out.name, tags=tags, run_id=trainer.state.run_id if resumed else None, pending=out / PENDING)
+        tracker = start_run(
+            cfg.mlflow,
+            run_name=cfg.run_name or out.name,
+            tags=tags,
+            run_id=trainer.state.run_id if resumed else None,
+            pending=out / PENDING,
+        )
         if resumed:
             trainer.logged_until = tracker.last_step("train/loss") or 0
         if not resumed:
             params = flatten_config(cfg)
-            params.update({f"cache.fingerprint.{t}": fp for t, fp in trainer.fingerprints.items() if t not in cfg.online})
+            params.update(
+                {f"cache.fingerprint.{t}": fp for t, fp in trainer.fingerprints.items() if t not in cfg.online}
+            )
             params.update({f"online.fingerprint.{t}": trainer.fingerprints[t] for t in cfg.online})
             params.update({f"online.stats.{t}": origin for t, origin in trainer.online_origin.items()})
             params["total_steps"] = trainer.total_steps
             tracker.log_params(params)
             tracker.log_text(resolved_yaml, "config.yaml")
-            log_cache_input(tracker, cfg.cache, trainer.reader.manifest, "training", [t for t in cfg.teachers if t not in cfg.online])
+            log_cache_input(
+                tracker,
+                cfg.cache,
+                trainer.reader.manifest,
+                "training",
+                [t for t in cfg.teachers if t not in cfg.online],
+            )
             if cfg.online:
                 tracker.log_artifact(str(out / OnlineTeachers.STATS_FILE))
         trainer.state.run_id = tracker.run_id
@@ -624,9 +868,16 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
         monitor = None
     if acc.is_main_process:
         steps = trainer.total_steps if cfg.max_steps is None else min(cfg.max_steps, trainer.total_steps)
-        plan = f"{steps} steps" + (f" (max_steps; {cfg.epochs} epochs would be {trainer.total_steps})" if steps < trainer.total_steps else f" over {cfg.epochs} epochs")
+        plan = f"{steps} steps" + (
+            f" (max_steps; {cfg.epochs} epochs would be {trainer.total_steps})"
+            if steps < trainer.total_steps
+            else f" over {cfg.epochs} epochs"
+        )
         run = f"; MLflow run {tracker.run_id}" if tracker.run_id else ""
-        print(f"[radio train] {'resuming at step ' + str(trainer.state.step) if resumed else 'starting'}: {plan}, {acc.num_processes} process(es) on {acc.device}{run}", file=sys.stderr)
+        print(
+            f"[radio train] {'resuming at step ' + str(trainer.state.step) if resumed else 'starting'}: {plan}, {acc.num_processes} process(es) on {acc.device}{run}",
+            file=sys.stderr,
+        )
     try:
         trainer.fit(tracker)
     except TrainingDiverged:
@@ -656,16 +907,34 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
         tracker.log_artifact(str(student_dir), "student")
         tracker.set_tags({"radio.steps": trainer.state.step})
         if tracker.run_id:
-            model_id = model_id_of(_log_model(tracker, student_dir, trainer.reader.manifest.student_resolution, cfg.mlflow.register))
+            model_id = model_id_of(
+                _log_model(tracker, student_dir, trainer.reader.manifest.student_resolution, cfg.mlflow.register)
+            )
             # the final losses once more, under their own names (a step is never logged twice under one name),
             # against the model and the training cache: the model's page then names that cache among its datasets
-            final = {k.replace("train/loss", "train/final_loss", 1): v for k, v in metric_names(trainer.last_metrics).items() if k.startswith("train/loss")}
+            final = {
+                k.replace("train/loss", "train/final_loss", 1): v
+                for k, v in metric_names(trainer.last_metrics).items()
+                if k.startswith("train/loss")
+            }
             if model_id and final:
-                tracker.log_metrics(final, step=trainer.last_metrics_step, model_id=model_id, dataset=cache_dataset(trainer.reader.manifest))
+                tracker.log_metrics(
+                    final,
+                    step=trainer.last_metrics_step,
+                    model_id=model_id,
+                    dataset=cache_dataset(trainer.reader.manifest),
+                )
         if monitor:
             monitor.finish()
         tracker.end()
-    return {"run_id": tracker.run_id, "output": str(out), "student": str(student_dir), "step": trainer.state.step, "history": trainer.history, "main": acc.is_main_process}
+    return {
+        "run_id": tracker.run_id,
+        "output": str(out),
+        "student": str(student_dir),
+        "step": trainer.state.step,
+        "history": trainer.history,
+        "main": acc.is_main_process,
+    }
 
 
 SYSTEM_METRICS = ("images_per_s", "data_wait_fraction")
@@ -730,7 +999,12 @@ def _system_metrics(run_id, uri: str | None = None):
 def main(argv: list[str]) -> int:
     from .config import job_config
 
-    cfg = job_config(argv, TrainJobConfig, "usage: radio train [CONFIG] [key=value ...]\n\nDistill a student from a cache. Keys: `radio config show train`.", validate)
+    cfg = job_config(
+        argv,
+        TrainJobConfig,
+        "usage: radio train [CONFIG] [key=value ...]\n\nDistill a student from a cache. Keys: `radio config show train`.",
+        validate,
+    )
     if cfg is None:
         return 0
     import shlex

@@ -13,7 +13,13 @@ from .resolve import resolve_student
 _hf.install()  # transformers.AutoModel.from_pretrained(student) works once transformers' Auto classes load
 
 
-def load_student(ref: str, device: str = "cpu", adaptor_names: list[str] | str | None = None, revision: str | None = None, tracking_uri: str | None = None):
+def load_student(
+    ref: str,
+    device: str = "cpu",
+    adaptor_names: list[str] | str | None = None,
+    revision: str | None = None,
+    tracking_uri: str | None = None,
+):
     """A trained student with NVIDIA RADIO's API, in eval mode: ``summary, features = model(x)``.
 
     ``ref``: a directory, an MLflow run id or URI, or a Hugging Face hub id (see :func:`resolve_student`).

@@ -55,7 +55,9 @@ class AdapterHeads(nn.Module):
         for c in configs:
             if c.summary_dim:
                 if c.name not in self.summary_index:
-                    raise ValueError(f"teacher {c.name!r} has a summary but no summary token in the student (summary_teachers={summary_teachers})")
+                    raise ValueError(
+                        f"teacher {c.name!r} has a summary but no summary token in the student (summary_teachers={summary_teachers})"
+                    )
                 self.summary[c.name] = MLPHead(student_dim, c.hidden, c.summary_dim)
             self.features[c.name] = MLPHead(student_dim, c.hidden, c.feature_dim)
 

@@ -58,7 +58,14 @@ def save_student(path: str | Path, model, meta: dict | None = None) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     blob = save_bytes(state, metadata={"format": FORMAT})
     # the config records the weights' sha256: load_student refuses weights changed since they were written
-    cfg = {"format": FORMAT, "model_type": "radio-student", "weights_sha256": hashlib.sha256(blob).hexdigest(), "student": asdict(model.student_cfg), "adapters": [asdict(c) for c in model.adapter_cfgs], "meta": meta or {}}
+    cfg = {
+        "format": FORMAT,
+        "model_type": "radio-student",
+        "weights_sha256": hashlib.sha256(blob).hexdigest(),
+        "student": asdict(model.student_cfg),
+        "adapters": [asdict(c) for c in model.adapter_cfgs],
+        "meta": meta or {},
+    }
     text = json.dumps(cfg, indent=1)  # before any write: a non-JSON meta fails without touching the directory
     _atomic_write(d / WEIGHTS, lambda p: p.write_bytes(blob))
     _atomic_write(d / CONFIG, lambda p: p.write_text(text))
@@ -81,25 +88,35 @@ def read_student(path: str | Path) -> StudentFiles:
     d = Path(path)
     for f in (WEIGHTS, CONFIG):
         if not (d / f).is_file():
-            raise CheckpointError(f"{d} is not a student checkpoint: {d / f} is missing (export one with `radio train`)")
+            raise CheckpointError(
+                f"{d} is not a student checkpoint: {d / f} is missing (export one with `radio train`)"
+            )
     try:
         cfg = json.loads((d / CONFIG).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{d / CONFIG} is not valid JSON ({e}): the student checkpoint is damaged; export it again (radio train ... resume=true re-exports)") from None
+        raise CheckpointError(
+            f"{d / CONFIG} is not valid JSON ({e}): the student checkpoint is damaged; export it again (radio train ... resume=true re-exports)"
+        ) from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{d / CONFIG}: format {cfg.get('format') if isinstance(cfg, dict) else None!r}, this version reads {FORMAT!r}")
+        raise CheckpointError(
+            f"{d / CONFIG}: format {cfg.get('format') if isinstance(cfg, dict) else None!r}, this version reads {FORMAT!r}"
+        )
     s = cfg["student"]
     student = StudentConfig(**{**s, "mean": tuple(s["mean"]), "std": tuple(s["std"])})
     adapters = [AdapterConfig(**{**a, "feature_grid": tuple(a["feature_grid"])}) for a in cfg["adapters"]]
     blob = (d / WEIGHTS).read_bytes()
     want = cfg.get("weights_sha256")  # absent in students written before checksums: loaded as they are
     if want is not None and hashlib.sha256(blob).hexdigest() != want:
-        raise CheckpointError(f"{d / WEIGHTS} does not match the sha256 recorded in {d / CONFIG} ({len(blob)} bytes): the weights were changed or damaged since export. "
-                              "Export the student again (radio train ... resume=true re-exports from the last checkpoint) or load another copy")
+        raise CheckpointError(
+            f"{d / WEIGHTS} does not match the sha256 recorded in {d / CONFIG} ({len(blob)} bytes): the weights were changed or damaged since export. "
+            "Export the student again (radio train ... resume=true re-exports from the last checkpoint) or load another copy"
+        )
     try:
         state = load_bytes(blob)
     except Exception as e:  # truncated or not safetensors at all
-        raise CheckpointError(f"{d / WEIGHTS} cannot be read as safetensors ({type(e).__name__}: {e}): the student checkpoint is damaged; export it again") from None
+        raise CheckpointError(
+            f"{d / WEIGHTS} cannot be read as safetensors ({type(e).__name__}: {e}): the student checkpoint is damaged; export it again"
+        ) from None
     meta = cfg.get("meta", {})
     if (d / "eval" / "metrics.json").is_file() and "eval" not in meta:  # what `radio eval` measured, for the model card
         meta["eval"] = json.loads((d / "eval" / "metrics.json").read_text())

@@ -29,7 +29,15 @@ from .images import decode_student_image
 from .prefetch import ThreadPrefetcher
 from .views import derive_resolution
 
-__all__ = ["LoaderConfig", "ResolutionSchedule", "CacheStream", "make_loader", "resolve_workers", "epoch_assignment", "batches_per_epoch"]
+__all__ = [
+    "LoaderConfig",
+    "ResolutionSchedule",
+    "CacheStream",
+    "make_loader",
+    "resolve_workers",
+    "epoch_assignment",
+    "batches_per_epoch",
+]
 
 
 @dataclass
@@ -64,11 +72,19 @@ class ResolutionSchedule:
 
     def __post_init__(self):
         if self.mode == "fixed" and len(self.resolutions) > 1:
-            raise ValueError(f"resolution.resolutions lists {self.resolutions} but resolution.mode is fixed: use mode=cycle or mode=sample, or one resolution")
-        if self.weights and (len(self.weights) != len(self.resolutions) or any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
-            raise ValueError(f"resolution.weights {self.weights} must be one non-negative weight per resolution in {self.resolutions}, not all zero")
+            raise ValueError(
+                f"resolution.resolutions lists {self.resolutions} but resolution.mode is fixed: use mode=cycle or mode=sample, or one resolution"
+            )
+        if self.weights and (
+            len(self.weights) != len(self.resolutions) or any(w < 0 for w in self.weights) or sum(self.weights) <= 0
+        ):
+            raise ValueError(
+                f"resolution.weights {self.weights} must be one non-negative weight per resolution in {self.resolutions}, not all zero"
+            )
         if self.weights and self.mode != "sample":
-            raise ValueError(f"resolution.weights is set but resolution.mode is {self.mode}: weights apply to mode=sample")
+            raise ValueError(
+                f"resolution.weights is set but resolution.mode is {self.mode}: weights apply to mode=sample"
+            )
 
     def resolved(self, stored: int) -> "ResolutionSchedule":
         return self if self.resolutions else ResolutionSchedule("fixed", [stored])
@@ -90,7 +106,9 @@ def epoch_assignment(units: list[int], seed: int, epoch: int, n_readers: int) ->
     return [order[r::n_readers] for r in range(n_readers)]
 
 
-def batches_per_epoch(rows_per_unit: dict[int, int], units: list[int], seed: int, epoch: int, n_readers: int, batch_size: int) -> int:
+def batches_per_epoch(
+    rows_per_unit: dict[int, int], units: list[int], seed: int, epoch: int, n_readers: int, batch_size: int
+) -> int:
     """Batches each reader emits in ``epoch``: enough for the fullest reader, the others pad."""
     assignment = epoch_assignment(units, seed, epoch, n_readers)
     most = max(sum(rows_per_unit[u] for u in a) for a in assignment)
@@ -108,27 +126,51 @@ class CacheStream(IterableDataset):
     ``radio.cache.decode_features`` (the trainer does so on its device).
     """
 
-    def __init__(self, uri: str, teachers: list[str], *, rank: int = 0, world_size: int = 1, num_workers: int = 1, batch_size: int = 32, shuffle_buffer: int = 256, read_rows: int = 64, seed: int = 0, expect_fingerprints: dict[str, str] | None = None,
-                 schedule: ResolutionSchedule | None = None, patch_size: int = 16, manifest=None):
+    def __init__(
+        self,
+        uri: str,
+        teachers: list[str],
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 1,
+        batch_size: int = 32,
+        shuffle_buffer: int = 256,
+        read_rows: int = 64,
+        seed: int = 0,
+        expect_fingerprints: dict[str, str] | None = None,
+        schedule: ResolutionSchedule | None = None,
+        patch_size: int = 16,
+        manifest=None,
+    ):
         super().__init__()
         self.uri, self.teachers = uri, list(teachers)
         self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
         self.batch_size, self.shuffle_buffer, self.read_rows, self.seed = batch_size, shuffle_buffer, read_rows, seed
-        reader = CacheReader(uri, self.teachers, expect_fingerprints, check=False, manifest=manifest)  # the trainer's own reader checked the manifest
+        reader = CacheReader(
+            uri, self.teachers, expect_fingerprints, check=False, manifest=manifest
+        )  # the trainer's own reader checked the manifest
         self.manifest = reader.manifest  # read once; each epoch's readers reuse it
         self.units = reader.units
         if not self.units:
-            raise ValueError(f"cache {uri} has no complete units for teachers {self.teachers}; finish it with `radio cache`")
+            raise ValueError(
+                f"cache {uri} has no complete units for teachers {self.teachers}; finish it with `radio cache`"
+            )
         self.rows_per_unit = {u: reader.rows_per_unit[u] for u in self.units}
         self.image_format, self.resolution = reader.image_format, reader.manifest.student_resolution
         self.schedule = (schedule or ResolutionSchedule()).resolved(self.resolution)
         self.patch_size = patch_size
         self.layouts: dict[str, TargetLayout] = {t: reader.entry(t).layout for t in self.teachers}
         # resolution -> teacher -> the stored grid its batches are served from (None: the main grid), decided once
-        self.served = {r: {t: lay.pick_grid((r // patch_size, r // patch_size)) for t, lay in self.layouts.items()} for r in self.schedule.resolutions}
+        self.served = {
+            r: {t: lay.pick_grid((r // patch_size, r // patch_size)) for t, lay in self.layouts.items()}
+            for r in self.schedule.resolutions
+        }
         for r in self.schedule.resolutions:
             if r > self.resolution:
-                raise ValueError(f"resolution {r} is above the {self.resolution}px views cache {uri} stores: build a cache with student_resolution={r} (and lower_resolutions for the others)")
+                raise ValueError(
+                    f"resolution {r} is above the {self.resolution}px views cache {uri} stores: build a cache with student_resolution={r} (and lower_resolutions for the others)"
+                )
         self.pin_memory = torch.cuda.is_available()  # in a worker process, shared memory takes precedence
         self.epoch = 0
         self.skip_batches = 0  # batches of this epoch already consumed (by the whole rank)
@@ -145,7 +187,14 @@ class CacheStream(IterableDataset):
         return self.world_size * self.num_workers
 
     def batches_per_reader(self, epoch: int | None = None) -> int:
-        return batches_per_epoch(self.rows_per_unit, self.units, self.seed, self.epoch if epoch is None else epoch, self.n_readers, self.batch_size)
+        return batches_per_epoch(
+            self.rows_per_unit,
+            self.units,
+            self.seed,
+            self.epoch if epoch is None else epoch,
+            self.n_readers,
+            self.batch_size,
+        )
 
     def __len__(self) -> int:  # batches per epoch for this rank
         return self.batches_per_reader() * self.num_workers
@@ -196,7 +245,9 @@ class CacheStream(IterableDataset):
         else:
             images = self._empty((len(refs), self.resolution, self.resolution, 3), torch.uint8)
             for k, (b, i) in enumerate(refs):
-                images[k] = torch.from_numpy(decode_student_image(b.student_image[i], self.image_format, (self.resolution, self.resolution)))
+                images[k] = torch.from_numpy(
+                    decode_student_image(b.student_image[i], self.image_format, (self.resolution, self.resolution))
+                )
         images = images.permute(0, 3, 1, 2)  # (B, 3, H, W) view of channels-last pixels
         resolution = resolution or self.resolution
         if resolution != self.resolution:
@@ -210,7 +261,9 @@ class CacheStream(IterableDataset):
             "label": gather(lambda b: b.label_index).long(),
         }
         for t in self.teachers:
-            names = self.layouts[t].columns_at({k: k for k in refs[0][0].teachers[t]}, self.served[resolution][t])  # served name -> stored name
+            names = self.layouts[t].columns_at(
+                {k: k for k in refs[0][0].teachers[t]}, self.served[resolution][t]
+            )  # served name -> stored name
             for key, src in names.items():
                 out[f"{t}/{key}"] = gather(lambda b: b.teachers[t][src])
         return out
@@ -230,7 +283,9 @@ class CacheStream(IterableDataset):
         worker = info.id if info is not None else 0
         n_workers = info.num_workers if info is not None else 1
         if n_workers != self.num_workers:
-            raise RuntimeError(f"CacheStream was built for num_workers={self.num_workers} but runs under {n_workers} DataLoader workers")
+            raise RuntimeError(
+                f"CacheStream was built for num_workers={self.num_workers} but runs under {n_workers} DataLoader workers"
+            )
         # The DataLoader takes batches from its workers round-robin, always starting with worker 0:
         # batch k of an epoch comes from role k % W. After skipping S batches, worker 0 must play the
         # role that owns batch S, so roles are rotated by S.
@@ -239,7 +294,9 @@ class CacheStream(IterableDataset):
         units = epoch_assignment(self.units, self.seed, self.epoch, self.n_readers)[reader_index]
         n_batches = self.batches_per_reader()
         skip = len(range(role, self.skip_batches, self.num_workers))
-        reader = CacheReader(self.uri, self.teachers, check=False, manifest=self.manifest)  # each file's footer is checked as it is opened
+        reader = CacheReader(
+            self.uri, self.teachers, check=False, manifest=self.manifest
+        )  # each file's footer is checked as it is opened
         reader.extra_grids = self.grids_read()  # only the grids this schedule's resolutions use
         rng = np.random.default_rng([self.seed, self.epoch, reader_index])
         rows = self._rows(reader, units, rng)
@@ -262,7 +319,9 @@ class CacheStream(IterableDataset):
             if not refs:  # a reader without any unit this epoch: borrow one row of the cache, weight 0
                 first = next(reader.iter_unit(self.units[0], 1))
                 refs, weights = [(first, 0)] * self.batch_size, [0.0] * self.batch_size
-            yield self._materialize(refs, weights, self.schedule.resolution(self.seed, self.epoch, k * self.num_workers + role))
+            yield self._materialize(
+                refs, weights, self.schedule.resolution(self.seed, self.epoch, k * self.num_workers + role)
+            )
 
 
 def resolve_workers(cfg: LoaderConfig) -> int:

@@ -35,7 +35,9 @@ class OnnxExportError(RuntimeError):
     pass
 
 
-def export_onnx(model, path: str | Path, opset: int = 18, check: bool = True, verbose: bool = False, input_dtype: str = "float32") -> dict:
+def export_onnx(
+    model, path: str | Path, opset: int = 18, check: bool = True, verbose: bool = False, input_dtype: str = "float32"
+) -> dict:
     """Write ``model`` (a RadioModel) to ``path`` as ONNX; returns {"path", "outputs", "max_abs_diff"}.
 
     ``input_dtype``: ``float32`` (images in [0, 1]) or ``uint8`` (images in [0, 255]).
@@ -47,9 +49,13 @@ def export_onnx(model, path: str | Path, opset: int = 18, check: bool = True, ve
     try:
         import onnxscript  # noqa: F401  (torch's exporter needs it)
     except ImportError:
-        raise OnnxExportError("ONNX export needs onnx and onnxscript: pip install 'radio-distill[onnx]' (or onnx onnxscript onnxruntime)") from None
+        raise OnnxExportError(
+            "ONNX export needs onnx and onnxscript: pip install 'radio-distill[onnx]' (or onnx onnxscript onnxruntime)"
+        ) from None
     if input_dtype not in ("float32", "uint8"):
-        raise ValueError(f"input_dtype={input_dtype!r}: an ONNX student takes float32 images in [0, 1] or uint8 images in [0, 255]")
+        raise ValueError(
+            f"input_dtype={input_dtype!r}: an ONNX student takes float32 images in [0, 1] or uint8 images in [0, 255]"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = ExportableStudent(model).eval()
@@ -61,12 +67,31 @@ def export_onnx(model, path: str | Path, opset: int = 18, check: bool = True, ve
     n_bytes = sum(p.numel() * p.element_size() for p in graph.parameters())
     external = n_bytes >= ONNX_SINGLE_FILE_LIMIT  # protobuf caps one file at 2 GB: bigger weights go to OUT.onnx.data
     with sink, torch.no_grad():
-        torch.onnx.export(graph, (x,), str(path), dynamo=True, opset_version=opset, input_names=["images"], output_names=names,
-                          dynamic_shapes=({0: auto, 2: auto, 3: auto},), verbose=verbose, external_data=external)
+        torch.onnx.export(
+            graph,
+            (x,),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=names,
+            dynamic_shapes=({0: auto, 2: auto, 3: auto},),
+            verbose=verbose,
+            external_data=external,
+        )
     guard_inputs(path, model.INPUT_RANGE, input_dtype)
-    report = {"path": str(path), "outputs": names, "max_abs_diff": None, "external_data": str(path) + ".data" if external else None, "input_dtype": input_dtype}
+    report = {
+        "path": str(path),
+        "outputs": names,
+        "max_abs_diff": None,
+        "external_data": str(path) + ".data" if external else None,
+        "input_dtype": input_dtype,
+    }
     if check:
-        inputs = [x, torch.rand(1, 3, r.height + 2 * model.patch_size, max(model.patch_size, r.width - model.patch_size))]
+        inputs = [
+            x,
+            torch.rand(1, 3, r.height + 2 * model.patch_size, max(model.patch_size, r.width - model.patch_size)),
+        ]
         if input_dtype == "uint8":
             inputs = [(v * 255).round().to(torch.uint8) for v in inputs]
         report["max_abs_diff"] = check_onnx(graph, path, inputs)
@@ -87,32 +112,66 @@ def guard_inputs(path: str | Path, value_range: tuple[float, float], input_dtype
         for i, name in enumerate(node.input):
             if name == "images":
                 node.input[i] = checked
-    c = lambda name, value, dtype=TensorProto.FLOAT: helper.make_node("Constant", [], [name], value=helper.make_tensor(name, dtype, [len(value)] if isinstance(value, list) else [], value if isinstance(value, list) else [value]))  # noqa: E731
-    nodes = [c("guard_zero", [0.0]), c("guard_ok_shape", [1], TensorProto.INT64), c("guard_bad_shape", [-7], TensorProto.INT64)]
+    c = lambda name, value, dtype=TensorProto.FLOAT: helper.make_node(
+        "Constant",
+        [],
+        [name],
+        value=helper.make_tensor(
+            name, dtype, [len(value)] if isinstance(value, list) else [], value if isinstance(value, list) else [value]
+        ),
+    )  # noqa: E731
+    nodes = [
+        c("guard_zero", [0.0]),
+        c("guard_ok_shape", [1], TensorProto.INT64),
+        c("guard_bad_shape", [-7], TensorProto.INT64),
+    ]
 
     def refuse_unless(ok: str, why: str) -> str:
         """A [1]-shaped zero when ``ok``, else a Reshape that fails in a node named ``refused__<why>``."""
-        nodes.extend([helper.make_node("Where", [ok, "guard_ok_shape", "guard_bad_shape"], [f"{why}_shape"]),
-                      helper.make_node("Reshape", ["guard_zero", f"{why}_shape"], [f"{why}_zero"], name=f"refused__{why}")])
+        nodes.extend(
+            [
+                helper.make_node("Where", [ok, "guard_ok_shape", "guard_bad_shape"], [f"{why}_shape"]),
+                helper.make_node("Reshape", ["guard_zero", f"{why}_shape"], [f"{why}_zero"], name=f"refused__{why}"),
+            ]
+        )
         return f"{why}_zero"
 
     if input_dtype == "uint8":
         inp.type.tensor_type.elem_type = TensorProto.UINT8
-        nodes += [helper.make_node("Cast", ["images"], ["images_float"], to=TensorProto.FLOAT), c("guard_255", 255.0),
-                  helper.make_node("Div", ["images_float", "guard_255"], [checked])]  # [0, 255] -> [0, 1]: always in range
+        nodes += [
+            helper.make_node("Cast", ["images"], ["images_float"], to=TensorProto.FLOAT),
+            c("guard_255", 255.0),
+            helper.make_node("Div", ["images_float", "guard_255"], [checked]),
+        ]  # [0, 255] -> [0, 1]: always in range
     else:
         lo, hi = value_range
-        nodes += [helper.make_node("IsNaN", ["images"], ["guard_nan"]), helper.make_node("IsInf", ["images"], ["guard_inf"]),
-                  helper.make_node("Or", ["guard_nan", "guard_inf"], ["guard_bad"]), helper.make_node("Cast", ["guard_bad"], ["guard_bad_f"], to=TensorProto.FLOAT),
-                  helper.make_node("ReduceMax", ["guard_bad_f"], ["guard_any_bad"], keepdims=0), c("guard_zero_s", 0.0),
-                  helper.make_node("Equal", ["guard_any_bad", "guard_zero_s"], ["guard_finite"])]
+        nodes += [
+            helper.make_node("IsNaN", ["images"], ["guard_nan"]),
+            helper.make_node("IsInf", ["images"], ["guard_inf"]),
+            helper.make_node("Or", ["guard_nan", "guard_inf"], ["guard_bad"]),
+            helper.make_node("Cast", ["guard_bad"], ["guard_bad_f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMax", ["guard_bad_f"], ["guard_any_bad"], keepdims=0),
+            c("guard_zero_s", 0.0),
+            helper.make_node("Equal", ["guard_any_bad", "guard_zero_s"], ["guard_finite"]),
+        ]
         finite = refuse_unless("guard_finite", "images_hold_NaN_or_Inf")
-        nodes += [helper.make_node("ReduceMin", ["images"], ["guard_min"], keepdims=0), helper.make_node("ReduceMax", ["images"], ["guard_max"], keepdims=0),
-                  c("guard_lo", float(lo)), c("guard_hi", float(hi)),
-                  helper.make_node("GreaterOrEqual", ["guard_min", "guard_lo"], ["guard_min_ok"]), helper.make_node("LessOrEqual", ["guard_max", "guard_hi"], ["guard_max_ok"]),
-                  helper.make_node("And", ["guard_min_ok", "guard_max_ok"], ["guard_in_range"])]
-        in_range = refuse_unless("guard_in_range", f"float_images_must_lie_in_0_1_overshoot_{lo:g}_{hi:g}_accepted__divide_0_255_images_by_255_or_export_with_onnx_input_uint8")
-        nodes += [helper.make_node("Add", ["images", finite], ["images_finite"]), helper.make_node("Add", ["images_finite", in_range], [checked])]
+        nodes += [
+            helper.make_node("ReduceMin", ["images"], ["guard_min"], keepdims=0),
+            helper.make_node("ReduceMax", ["images"], ["guard_max"], keepdims=0),
+            c("guard_lo", float(lo)),
+            c("guard_hi", float(hi)),
+            helper.make_node("GreaterOrEqual", ["guard_min", "guard_lo"], ["guard_min_ok"]),
+            helper.make_node("LessOrEqual", ["guard_max", "guard_hi"], ["guard_max_ok"]),
+            helper.make_node("And", ["guard_min_ok", "guard_max_ok"], ["guard_in_range"]),
+        ]
+        in_range = refuse_unless(
+            "guard_in_range",
+            f"float_images_must_lie_in_0_1_overshoot_{lo:g}_{hi:g}_accepted__divide_0_255_images_by_255_or_export_with_onnx_input_uint8",
+        )
+        nodes += [
+            helper.make_node("Add", ["images", finite], ["images_finite"]),
+            helper.make_node("Add", ["images_finite", in_range], [checked]),
+        ]
     rest = list(g.node)
     del g.node[:]
     g.node.extend(nodes + rest)
@@ -125,7 +184,9 @@ def check_onnx(graph, path: str | Path, inputs: list[torch.Tensor]) -> float:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise OnnxExportError("checking the export needs onnxruntime: pip install onnxruntime (or pass check=False / --no-check)") from None
+        raise OnnxExportError(
+            "checking the export needs onnxruntime: pip install onnxruntime (or pass check=False / --no-check)"
+        ) from None
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     worst = 0.0
@@ -136,6 +197,8 @@ def check_onnx(graph, path: str | Path, inputs: list[torch.Tensor]) -> float:
         for n, g in zip(names, got):
             d = float((torch.from_numpy(g) - ref[n]).abs().max())
             if not d <= ATOL:
-                raise OnnxExportError(f"{path}: output {n!r} differs from PyTorch by {d:.3g} (> {ATOL}) at input {tuple(x.shape)}")
+                raise OnnxExportError(
+                    f"{path}: output {n!r} differs from PyTorch by {d:.3g} (> {ATOL}) at input {tuple(x.shape)}"
+                )
             worst = max(worst, d)
     return worst

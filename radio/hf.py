@@ -34,11 +34,22 @@ def register() -> None:
         config_class = RadioStudentConfig
 
         @classmethod
-        def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, revision=None, adaptor_names=None, device_map=None, **kwargs):
+        def from_pretrained(
+            cls,
+            pretrained_model_name_or_path,
+            *model_args,
+            config=None,
+            revision=None,
+            adaptor_names=None,
+            device_map=None,
+            **kwargs,
+        ):
             from .model import RadioModel
 
             device = device_map if isinstance(device_map, str) and device_map != "auto" else "cpu"
-            return RadioModel.from_pretrained(str(pretrained_model_name_or_path), revision=revision, adaptor_names=adaptor_names, device=device)
+            return RadioModel.from_pretrained(
+                str(pretrained_model_name_or_path), revision=revision, adaptor_names=adaptor_names, device=device
+            )
 
     AutoConfig.register(MODEL_TYPE, RadioStudentConfig, exist_ok=True)
     AutoModel.register(RadioStudentConfig, RadioStudentAutoModel, exist_ok=True)

@@ -20,9 +20,16 @@ def model_card(model, repo_id: str | None = None) -> str:
     cfg, meta = model.config, model.meta
     name = repo_id or "PATH_OR_HUB_ID"
     teachers = meta.get("teachers", {})
-    rows = "\n".join(f"| `{t}` | {teachers.get(t, {}).get('family', '?')} | `{teachers.get(t, {}).get('source', '?')}` | `{meta.get('fingerprints', {}).get(t, '?')}` |" for t in model.teacher_names)
+    rows = "\n".join(
+        f"| `{t}` | {teachers.get(t, {}).get('family', '?')} | `{teachers.get(t, {}).get('source', '?')}` | `{meta.get('fingerprints', {}).get(t, '?')}` |"
+        for t in model.teacher_names
+    )
     metrics = meta.get("eval", {})
-    metric_rows = "\n".join(f"| `{k}` | {v:.4f} |" for k, v in sorted(metrics.items())) if metrics else "| (not evaluated yet: `radio eval`) | |"
+    metric_rows = (
+        "\n".join(f"| `{k}` | {v:.4f} |" for k, v in sorted(metrics.items()))
+        if metrics
+        else "| (not evaluated yet: `radio eval`) | |"
+    )
     res = model.preferred_resolution
     return f"""---
 library_name: radio-distill
@@ -47,7 +54,7 @@ teacher's own outputs.
 |---|---|---|---|
 {rows}
 
-Targets came from cache `{meta.get('cache_id', '?')}`; training run `{meta.get('mlflow_run_id') or '-'}` (MLflow).
+Targets came from cache `{meta.get("cache_id", "?")}`; training run `{meta.get("mlflow_run_id") or "-"}` (MLflow).
 
 ## Evaluation
 
@@ -82,7 +89,9 @@ def save_pretrained(model, save_directory, card: bool = True, repo_id: str | Non
     return d
 
 
-def push_to_hub(model, repo_id: str, private: bool = True, token: str | None = None, commit_message: str = "Upload radio student") -> str:
+def push_to_hub(
+    model, repo_id: str, private: bool = True, token: str | None = None, commit_message: str = "Upload radio student"
+) -> str:
     """Create (or reuse) ``repo_id`` on the hub and upload the student directory; returns the commit URL."""
     import tempfile
 
@@ -106,8 +115,15 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     try:
         d = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(FILES)))
     except Exception as e:
-        raise FileNotFoundError(f"hub student {repo_id!r} (revision {revision or 'main'}) could not be found or downloaded: {type(e).__name__}: {e}. "
-                                "Offline (HF_HUB_OFFLINE=1) only the local hub cache is read; pass a directory instead.") from None
-    if not (d / "config.json").is_file() or json.loads((d / "config.json").read_text()).get("format", "") != "radio-student/1":
-        raise FileNotFoundError(f"hub repository {repo_id!r} does not hold a radio student (config.json of format radio-student/1)")
+        raise FileNotFoundError(
+            f"hub student {repo_id!r} (revision {revision or 'main'}) could not be found or downloaded: {type(e).__name__}: {e}. "
+            "Offline (HF_HUB_OFFLINE=1) only the local hub cache is read; pass a directory instead."
+        ) from None
+    if (
+        not (d / "config.json").is_file()
+        or json.loads((d / "config.json").read_text()).get("format", "") != "radio-student/1"
+    ):
+        raise FileNotFoundError(
+            f"hub repository {repo_id!r} does not hold a radio student (config.json of format radio-student/1)"
+        )
     return d

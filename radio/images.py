@@ -86,7 +86,9 @@ def decode_image(data: bytes | Image.Image, name: str = "<bytes>", max_pixels: i
     if w < 1 or h < 1:
         raise BadImage(name, f"image has no pixels ({w}x{h})")
     if w * h > max_pixels:
-        raise BadImage(name, f"too large: {w}x{h} = {w * h} pixels > max_pixels={max_pixels} (possible decompression bomb)")
+        raise BadImage(
+            name, f"too large: {w}x{h} = {w * h} pixels > max_pixels={max_pixels} (possible decompression bomb)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -62,6 +62,8 @@ def distill_loss(preds: dict, targets: dict, cfg: LossConfig) -> dict[str, torch
             term = w_t * sum(terms)
             total = term if total is None else total + term
     if total is None:
-        raise ValueError(f"distill_loss: no teacher with a non-zero weight among {list(targets)} (weights: {cfg.weights})")
+        raise ValueError(
+            f"distill_loss: no teacher with a non-zero weight among {list(targets)} (weights: {cfg.weights})"
+        )
     out["loss"] = total
     return out

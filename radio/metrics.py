@@ -6,11 +6,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["knn_top1", "linear_probe_top1", "pca_rgb", "masked_cosine", "mean_iou", "dense_probe_miou", "zero_shot_top1"]
+__all__ = [
+    "knn_top1",
+    "linear_probe_top1",
+    "pca_rgb",
+    "masked_cosine",
+    "mean_iou",
+    "dense_probe_miou",
+    "zero_shot_top1",
+]
 
 
 @torch.no_grad()
-def knn_top1(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, k: int = 20, temperature: float = 0.07) -> float:
+def knn_top1(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> float:
     """Top-1 of a cosine kNN classifier (DINO protocol: k neighbours, votes weighted by exp(sim / T)).
 
     ``train_x`` (N, D), ``train_y`` (N,) int, ``test_x`` (M, D), ``test_y`` (M,). Returns accuracy in [0, 1].
@@ -25,7 +40,16 @@ def knn_top1(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
     return float((votes.argmax(-1) == test_y).float().mean())
 
 
-def linear_probe_top1(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, epochs: int = 300, lr: float = 0.05, weight_decay: float = 1e-3, seed: int = 0) -> float:
+def linear_probe_top1(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    epochs: int = 300,
+    lr: float = 0.05,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
+) -> float:
     """Top-1 of a logistic-regression probe on frozen, standardized features (full-batch AdamW)."""
     g = torch.Generator().manual_seed(seed)
     mean, std = train_x.float().mean(0), train_x.float().std(0) + 1e-6
@@ -44,7 +68,9 @@ def linear_probe_top1(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torc
         return float((probe(xte).argmax(-1) == test_y).float().mean())
 
 
-def masked_cosine(pred_BHWC: torch.Tensor, target_BHWC: torch.Tensor, mask_BHW: torch.Tensor | None = None) -> torch.Tensor:
+def masked_cosine(
+    pred_BHWC: torch.Tensor, target_BHWC: torch.Tensor, mask_BHW: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean cosine similarity per image over (valid) positions: (B,)."""
     cos = F.cosine_similarity(pred_BHWC.float(), target_BHWC.float(), dim=-1)
     if mask_BHW is None:
@@ -80,13 +106,27 @@ def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> floa
     """Mean intersection-over-union of integer label maps (any shape, same for both), over the classes present
     in ``target`` or ``pred`` (a class absent from both has no IoU; ADE20k's protocol averages over classes too)."""
     p, t = pred.reshape(-1).long(), target.reshape(-1).long()
-    conf = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes).double()
+    conf = (
+        torch.bincount(t * num_classes + p, minlength=num_classes * num_classes)
+        .reshape(num_classes, num_classes)
+        .double()
+    )
     inter, union = conf.diag(), conf.sum(0) + conf.sum(1) - conf.diag()
     present = union > 0
     return float((inter[present] / union[present]).mean()) if present.any() else float("nan")
 
 
-def dense_probe_miou(train_f: torch.Tensor, train_m: torch.Tensor, test_f: torch.Tensor, test_m: torch.Tensor, num_classes: int, epochs: int = 200, lr: float = 0.05, weight_decay: float = 1e-3, seed: int = 0) -> float:
+def dense_probe_miou(
+    train_f: torch.Tensor,
+    train_m: torch.Tensor,
+    test_f: torch.Tensor,
+    test_m: torch.Tensor,
+    num_classes: int,
+    epochs: int = 200,
+    lr: float = 0.05,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
+) -> float:
     """Semantic segmentation by a linear probe on frozen patch features (the dense probe of RADIO, UNIC, DINOv3).
 
     ``*_f``: (N, h, w, D) features; ``*_m``: (N, H, W) int class masks at pixel resolution. Features are

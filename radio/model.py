@@ -33,7 +33,15 @@ from .checkpoint import read_student
 from .normalize import TargetStats
 from .student import StudentConfig, StudentOutput, ViTStudent, normalize_images, tracing
 
-__all__ = ["DistillModel", "RadioModel", "RadioOutput", "Resolution", "StudentPrediction", "InputConditioner", "ExportableStudent"]
+__all__ = [
+    "DistillModel",
+    "RadioModel",
+    "RadioOutput",
+    "Resolution",
+    "StudentPrediction",
+    "InputConditioner",
+    "ExportableStudent",
+]
 
 
 class DistillModel(nn.Module):
@@ -125,7 +133,13 @@ class RadioModel(nn.Module):
     # an overshoot but another scale, e.g. 0-255 floats or an already normalized image.
     INPUT_RANGE = (-0.5, 1.5)
 
-    def __init__(self, model: DistillModel, stats: dict[str, TargetStats], meta: dict, adaptor_names: list[str] | str | None = None):
+    def __init__(
+        self,
+        model: DistillModel,
+        stats: dict[str, TargetStats],
+        meta: dict,
+        adaptor_names: list[str] | str | None = None,
+    ):
         super().__init__()
         self.model, self.stats, self.meta = model, stats, meta
         self.input_conditioner: nn.Module = InputConditioner(model.student_cfg.mean, model.student_cfg.std)
@@ -222,7 +236,10 @@ class RadioModel(nn.Module):
                 resolved[n] = families[n][0]
             else:
                 fam = sorted(f for f, ts in families.items() if f and len(ts) == 1)
-                raise ValueError(f"adaptor {n!r} is not one of this student's teachers {self.teacher_names}" + (f" or their families {fam}" if fam else ""))
+                raise ValueError(
+                    f"adaptor {n!r} is not one of this student's teachers {self.teacher_names}"
+                    + (f" or their families {fam}" if fam else "")
+                )
         self._adaptors = resolved
 
     @property
@@ -251,7 +268,9 @@ class RadioModel(nn.Module):
         lo, hi = (float(v) for v in torch.aminmax(x.detach()))
         if not (math.isfinite(lo) and math.isfinite(hi)):
             bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(f"images hold {bad} NaN or Inf value(s) of {x.numel()}: fix the input (e.g. a failed decode or a division by zero); the model refuses non-finite pixels")
+            raise ValueError(
+                f"images hold {bad} NaN or Inf value(s) of {x.numel()}: fix the input (e.g. a failed decode or a division by zero); the model refuses non-finite pixels"
+            )
         return lo, hi
 
     def _condition(self, x: torch.Tensor) -> torch.Tensor:
@@ -260,10 +279,14 @@ class RadioModel(nn.Module):
         step = self.min_resolution_step
         if x.shape[-2] % step or x.shape[-1] % step:
             near = self.get_nearest_supported_resolution(*x.shape[-2:])
-            raise ValueError(f"the input resolution must be a multiple of min_resolution_step={step}; got {tuple(x.shape[-2:])}, nearest supported: {tuple(near)} (model.get_nearest_supported_resolution)")
+            raise ValueError(
+                f"the input resolution must be a multiple of min_resolution_step={step}; got {tuple(x.shape[-2:])}, nearest supported: {tuple(near)} (model.get_nearest_supported_resolution)"
+            )
         if self._external:
             if not torch.is_floating_point(x):
-                raise TypeError(f"make_preprocessor_external() was called: the model expects normalized float input, got {x.dtype}")
+                raise TypeError(
+                    f"make_preprocessor_external() was called: the model expects normalized float input, got {x.dtype}"
+                )
             self._check_finite(x)
             return x
         if x.dtype != torch.uint8:
@@ -271,8 +294,14 @@ class RadioModel(nn.Module):
                 raise TypeError(f"images must be float in [0, 1] or uint8, got {x.dtype}")
             lo, hi = self._check_finite(x)
             if lo is not None and (lo < self.INPUT_RANGE[0] or hi > self.INPUT_RANGE[1]):
-                hint = "divide by 255" if lo >= self.INPUT_RANGE[0] and hi > 2 else "the model normalizes itself: pass [0, 1] images, or call make_preprocessor_external() and normalize yourself"
-                raise ValueError(f"float images must lie in [0, 1] (resampling overshoot up to {self.INPUT_RANGE} is accepted), got values in [{lo:.3g}, {hi:.3g}]: {hint}")
+                hint = (
+                    "divide by 255"
+                    if lo >= self.INPUT_RANGE[0] and hi > 2
+                    else "the model normalizes itself: pass [0, 1] images, or call make_preprocessor_external() and normalize yourself"
+                )
+                raise ValueError(
+                    f"float images must lie in [0, 1] (resampling overshoot up to {self.INPUT_RANGE} is accepted), got values in [{lo:.3g}, {hi:.3g}]: {hint}"
+                )
         return self.input_conditioner(x)
 
     # ---- forward -----------------------------------------------------------------------------
@@ -306,8 +335,17 @@ class RadioModel(nn.Module):
         adapters = {t: self.teacher_space(t, p) for t, p in preds.items()}
         return StudentPrediction(out.summary_BTD[:, 0], out.features_BHWC(), out.summary_BTD, adapters)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None, return_prefix_tokens: bool = False, norm: bool = False,
-                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False, aggregation: str = "sparse"):
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        aggregation: str = "sparse",
+    ):
         """RADIO's (and timm's) intermediates: a list with one entry per selected block, the patch features
         in ``output_fmt`` (or ``RadioOutput(summary, features)`` with ``return_prefix_tokens``), after the
         final output unless ``intermediates_only``: ``(final, intermediates)``. ``aggregation``: ``sparse``,
@@ -320,18 +358,42 @@ class RadioModel(nn.Module):
         trunk = self.model.trunk
         if aggregation == "dense":
             depth = len(trunk.blocks)
-            want = sorted({i + depth if i < 0 else i for i in (range(depth - indices, depth) if isinstance(indices, int) else (indices if indices is not None else range(depth)))})
-            final, every = trunk.forward_intermediates(self._condition(x), None, norm=norm, stop_early=stop_early and intermediates_only)
+            want = sorted(
+                {
+                    i + depth if i < 0 else i
+                    for i in (
+                        range(depth - indices, depth)
+                        if isinstance(indices, int)
+                        else (indices if indices is not None else range(depth))
+                    )
+                }
+            )
+            final, every = trunk.forward_intermediates(
+                self._condition(x), None, norm=norm, stop_early=stop_early and intermediates_only
+            )
             inter, start = [], 0
             for i in want:
                 if not 0 <= i < depth:
                     raise ValueError(f"indices={indices}: block indices must lie in [-{depth}, {depth - 1}]")
                 group = every[start : i + 1]
-                inter.append(type(group[0])(torch.stack([o.summary_BTD for o in group]).mean(0), torch.stack([o.features_BLC for o in group]).mean(0), group[0].grid_hw))
+                inter.append(
+                    type(group[0])(
+                        torch.stack([o.summary_BTD for o in group]).mean(0),
+                        torch.stack([o.features_BLC for o in group]).mean(0),
+                        group[0].grid_hw,
+                    )
+                )
                 start = i + 1
         else:
-            final, inter = trunk.forward_intermediates(self._condition(x), indices, norm=norm, stop_early=stop_early and intermediates_only)
-        items = [RadioOutput(o.summary_BTD.flatten(1), _fmt(o.features_BLC, o.grid_hw, output_fmt)) if return_prefix_tokens else _fmt(o.features_BLC, o.grid_hw, output_fmt) for o in inter]
+            final, inter = trunk.forward_intermediates(
+                self._condition(x), indices, norm=norm, stop_early=stop_early and intermediates_only
+            )
+        items = [
+            RadioOutput(o.summary_BTD.flatten(1), _fmt(o.features_BLC, o.grid_hw, output_fmt))
+            if return_prefix_tokens
+            else _fmt(o.features_BLC, o.grid_hw, output_fmt)
+            for o in inter
+        ]
         if intermediates_only:
             return items
         return self._final(final, output_fmt), items
@@ -344,13 +406,17 @@ class RadioModel(nn.Module):
         return save_pretrained(self, save_directory, card=model_card)
 
     @classmethod
-    def from_pretrained(cls, ref: str, revision: str | None = None, adaptor_names: list[str] | str | None = None, device: str = "cpu") -> "RadioModel":
+    def from_pretrained(
+        cls, ref: str, revision: str | None = None, adaptor_names: list[str] | str | None = None, device: str = "cpu"
+    ) -> "RadioModel":
         """A student from a directory, a Hugging Face hub id (``org/name``), an MLflow run id or model URI."""
         from .resolve import resolve_student
 
         return load_student(resolve_student(str(ref), revision=revision)[0], device, adaptor_names)
 
-    def push_to_hub(self, repo_id: str, private: bool = True, token: str | None = None, commit_message: str = "Upload radio student") -> str:
+    def push_to_hub(
+        self, repo_id: str, private: bool = True, token: str | None = None, commit_message: str = "Upload radio student"
+    ) -> str:
         from .hub import push_to_hub
 
         return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message)
@@ -377,10 +443,14 @@ class Adaptor:
             spec = self.model.meta.get("teachers", {}).get(self.teacher, {})
             src = spec.get("source")
             try:
-                self._tower = load_text_tower(self.teacher, source=src if src and Path(str(src)).exists() else None, revision=spec.get("revision"))
+                self._tower = load_text_tower(
+                    self.teacher, source=src if src and Path(str(src)).exists() else None, revision=spec.get("revision")
+                )
             except Exception as e:
-                raise ValueError(f"adaptor {self.name!r} (teacher {self.teacher}): no text encoder can be loaded ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
-                                 "Text needs the teacher's full checkpoint (text tower and tokenizer) at the source the student recorded, or in the hub cache") from None
+                raise ValueError(
+                    f"adaptor {self.name!r} (teacher {self.teacher}): no text encoder can be loaded ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
+                    "Text needs the teacher's full checkpoint (text tower and tokenizer) at the source the student recorded, or in the hub cache"
+                ) from None
         return self._tower
 
     @property
@@ -442,7 +512,9 @@ def load_student(path, device: str | torch.device = "cpu", adaptor_names: list[s
     model = DistillModel(f.student, f.adapters)
     missing, unexpected = model.state_dict().keys() - f.state.keys(), f.state.keys() - model.state_dict().keys()
     if missing or unexpected:
-        raise ValueError(f"{f.path / 'model.safetensors'} does not match {f.path / 'config.json'}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise ValueError(
+            f"{f.path / 'model.safetensors'} does not match {f.path / 'config.json'}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
     model.load_state_dict(f.state)
     stats = {t: TargetStats.from_dict(v) for t, v in f.meta.get("stats", {}).items()}
     return RadioModel(model, stats, f.meta, adaptor_names).to(device).eval()

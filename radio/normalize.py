@@ -81,7 +81,11 @@ class RunningStats:
         return np.sqrt(self._m2 / self.count)
 
     def to_dict(self) -> dict:
-        return {"count": self.count, "mean": None if self._mean is None else self._mean.tolist(), "m2": None if self._m2 is None else self._m2.tolist()}
+        return {
+            "count": self.count,
+            "mean": None if self._mean is None else self._mean.tolist(),
+            "m2": None if self._m2 is None else self._m2.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunningStats":
@@ -158,7 +162,9 @@ class RunningMoments(RunningStats):
             cov[iu] = _unb64(d["cov_m2_triu_f32"], np.float32, (len(iu[0]),))
             cov = cov + np.triu(cov, 1).T
         elif d.get("mean") is not None:
-            raise ValueError("these statistics hold no second moments (the cache predates them): PHI-S needs a cache written with them")
+            raise ValueError(
+                "these statistics hold no second moments (the cache predates them): PHI-S needs a cache written with them"
+            )
         return cls(d["count"], d.get("mean"), d.get("m2"), cov)
 
 
@@ -202,7 +208,9 @@ def hadamard(n: int) -> np.ndarray:
     1280 = 20 x 64, powers of two); a width none of them builds raises ValueError."""
     H = _hadamard_int(int(n))
     if H is None:
-        raise ValueError(f"no Hadamard matrix of order {n} from the Sylvester and Paley constructions; use standardize=channel for this teacher")
+        raise ValueError(
+            f"no Hadamard matrix of order {n} from the Sylvester and Paley constructions; use standardize=channel for this teacher"
+        )
     return H.astype(np.float64) / np.sqrt(n)
 
 
@@ -229,7 +237,12 @@ class PhiS:
 
     def to_dict(self) -> dict:
         C = len(self.mean)
-        return {"mean": self.mean.tolist(), "scale": self.scale, "rotation_f64": _b64(self.rotation.astype(np.float64)), "dim": C}
+        return {
+            "mean": self.mean.tolist(),
+            "scale": self.scale,
+            "rotation_f64": _b64(self.rotation.astype(np.float64)),
+            "dim": C,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "PhiS":
@@ -256,20 +269,33 @@ class TargetStats:
         """From a manifest's ``stats`` entry: ``{"features": {"mean", "std"}, "summary": {...}?}`` (extra keys ignored)."""
         s = d.get("summary")
         phis = d.get("phis") or {}
-        return cls(list(d["features"]["mean"]), list(d["features"]["std"]), list(s["mean"]) if s else None, list(s["std"]) if s else None,
-                   phis_features=PhiS.from_dict(phis["features"]) if phis.get("features") else None,
-                   phis_summary=PhiS.from_dict(phis["summary"]) if phis.get("summary") else None)
+        return cls(
+            list(d["features"]["mean"]),
+            list(d["features"]["std"]),
+            list(s["mean"]) if s else None,
+            list(s["std"]) if s else None,
+            phis_features=PhiS.from_dict(phis["features"]) if phis.get("features") else None,
+            phis_summary=PhiS.from_dict(phis["summary"]) if phis.get("summary") else None,
+        )
 
     @classmethod
     def from_running(cls, features: RunningStats, summary: RunningStats | None = None) -> "TargetStats":
-        return cls(features.mean.tolist(), features.std.tolist(), None if summary is None else summary.mean.tolist(), None if summary is None else summary.std.tolist())
+        return cls(
+            features.mean.tolist(),
+            features.std.tolist(),
+            None if summary is None else summary.mean.tolist(),
+            None if summary is None else summary.std.tolist(),
+        )
 
     def to_dict(self) -> dict:
         d = {"features": {"mean": list(self.features_mean), "std": list(self.features_std)}}
         if self.summary_mean is not None:
             d["summary"] = {"mean": list(self.summary_mean), "std": list(self.summary_std)}
         if self.phis_features is not None:
-            d["phis"] = {"features": self.phis_features.to_dict(), **({"summary": self.phis_summary.to_dict()} if self.phis_summary is not None else {})}
+            d["phis"] = {
+                "features": self.phis_features.to_dict(),
+                **({"summary": self.phis_summary.to_dict()} if self.phis_summary is not None else {}),
+            }
         return d
 
     @property
@@ -289,7 +315,7 @@ class TargetStats:
         traced = tracing()
         if k not in self._cache or traced:  # built once per device/dtype, not every step (never cached from a trace)
             if key.startswith("phis_"):  # phis_features.mean / .rotation / .scale
-                which, part = key[len("phis_"):].split(".")
+                which, part = key[len("phis_") :].split(".")
                 p = getattr(self, f"phis_{which}")
                 t = torch.as_tensor(np.asarray(getattr(p, part), np.float64)).to(like.device, like.dtype)
                 if not traced:

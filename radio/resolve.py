@@ -52,7 +52,9 @@ def resolve_student(ref: str, tracking_uri: str | None = None, revision: str | N
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=ref, tracking_uri=tracking_uri)
         except Exception as e:
-            raise FileNotFoundError(f"{ref}: not found in MLflow at {tracking_uri or mlflow.get_tracking_uri()} ({type(e).__name__}: {e})") from None
+            raise FileNotFoundError(
+                f"{ref}: not found in MLflow at {tracking_uri or mlflow.get_tracking_uri()} ({type(e).__name__}: {e})"
+            ) from None
         d = student_dir_in(local)
         return d, _meta(d).get("mlflow_run_id")
     if re.fullmatch(r"[0-9a-f]{32}", ref):
@@ -61,7 +63,9 @@ def resolve_student(ref: str, tracking_uri: str | None = None, revision: str | N
         from .hub import download
 
         return download(ref, revision), None
-    raise FileNotFoundError(f"{ref!r} is not a student directory, an MLflow run id or URI (runs:/..., models:/...), or a Hugging Face hub id (org/name)")
+    raise FileNotFoundError(
+        f"{ref!r} is not a student directory, an MLflow run id or URI (runs:/..., models:/...), or a Hugging Face hub id (org/name)"
+    )
 
 
 def _resolve_run(run_id: str, tracking_uri: str | None):
@@ -70,12 +74,16 @@ def _resolve_run(run_id: str, tracking_uri: str | None):
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
-        raise FileNotFoundError(f"{run_id}: no such student directory (and MLflow is not installed to resolve it as a run id)") from None
+        raise FileNotFoundError(
+            f"{run_id}: no such student directory (and MLflow is not installed to resolve it as a run id)"
+        ) from None
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         run = client.get_run(run_id)
     except Exception:
-        raise FileNotFoundError(f"{run_id!r} is neither a student directory nor an MLflow run id in {client.tracking_uri}") from None
+        raise FileNotFoundError(
+            f"{run_id!r} is neither a student directory nor an MLflow run id in {client.tracking_uri}"
+        ) from None
     out = run.data.tags.get("radio.output")
     if out and (Path(out) / "student").is_dir():
         return Path(out) / "student", run_id

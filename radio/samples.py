@@ -390,14 +390,13 @@ def _polygons(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         r = rng.uniform(8, 0.4 * min(h, w))
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         a0 = rng.uniform(0, 2 * np.pi)
-        angles = a0 + np.sort(rng.uniform(0, 2 * np.pi, n_sides)) if rng.random() < 0.4 else (
-            a0 + np.arange(n_sides) * 2 * np.pi / n_sides
+        angles = (
+            a0 + np.sort(rng.uniform(0, 2 * np.pi, n_sides))
+            if rng.random() < 0.4
+            else (a0 + np.arange(n_sides) * 2 * np.pi / n_sides)
         )
         radii = r * rng.uniform(0.7, 1.0, n_sides)
-        pts = [
-            (float((cx + rr * np.cos(a)) * ss), float((cy + rr * np.sin(a)) * ss))
-            for a, rr in zip(angles, radii)
-        ]
+        pts = [(float((cx + rr * np.cos(a)) * ss), float((cy + rr * np.sin(a)) * ss)) for a, rr in zip(angles, radii)]
         col = tuple(int(c) for c in np.rint(_rand_color(rng) * 255)) + (255,)
         outline = (0, 0, 0, 255) if rng.random() < 0.4 else None
         draw.polygon(pts, fill=col, outline=outline, width=ss if outline else 0)
@@ -631,7 +630,14 @@ def generate_scenes(out_dir: str | Path, count: int = 48, seed: int = 0) -> list
         image_id = f"scene_{i:03d}"
         (out_dir / f"{image_id}.jpg").write_bytes(_encode_jpeg(img))
         Image.fromarray(mask, "L").save(out_dir / f"{image_id}.png", optimize=True)
-        rows.append({"image_id": image_id, "path": f"{image_id}.jpg", "mask": f"{image_id}.png", "split": "val" if i % 4 == 3 else "train"})
+        rows.append(
+            {
+                "image_id": image_id,
+                "path": f"{image_id}.jpg",
+                "mask": f"{image_id}.png",
+                "split": "val" if i % 4 == 3 else "train",
+            }
+        )
     with open(out_dir / INDEX_NAME, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["image_id", "path", "mask", "split"], lineterminator="\n")
         writer.writeheader()
@@ -645,7 +651,11 @@ def load_scene_index(split: str | None = None, root: str | Path | None = None) -
         raise ValueError(f"split must be 'train', 'val' or None, not {split!r}")
     root = Path(root) if root is not None else SCENES_DIR
     with open(root / INDEX_NAME, newline="") as f:
-        return [SceneRecord(r["image_id"], (root / r["path"]).resolve(), (root / r["mask"]).resolve(), r["split"]) for r in csv.DictReader(f) if split in (None, r["split"])]
+        return [
+            SceneRecord(r["image_id"], (root / r["path"]).resolve(), (root / r["mask"]).resolve(), r["split"])
+            for r in csv.DictReader(f)
+            if split in (None, r["split"])
+        ]
 
 
 if __name__ == "__main__":

@@ -20,7 +20,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["StudentConfig", "StudentOutput", "ViTStudent", "SIZES", "IMAGENET_MEAN", "IMAGENET_STD", "normalize_images", "normalize_uint8", "trunk_param_count", "tracing"]
+__all__ = [
+    "StudentConfig",
+    "StudentOutput",
+    "ViTStudent",
+    "SIZES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "normalize_images",
+    "normalize_uint8",
+    "trunk_param_count",
+    "tracing",
+]
 
 # name -> (dim, depth, heads); tiny..large are DeiT/ViT's widths, nano is for CPU tests and the quickstart
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -46,8 +57,12 @@ class StudentConfig:
     patch_size: int = 16
     mlp_ratio: float = 4.0
     num_registers: int = 4
-    summary_teachers: list[str] = field(default_factory=list)  # one summary token each, in this order (at least one token)
-    img_size: int | None = None  # reference position grid, img_size // patch_size per side; None: the training resolution (the trainer sets it; a bare model takes 224)
+    summary_teachers: list[str] = field(
+        default_factory=list
+    )  # one summary token each, in this order (at least one token)
+    img_size: int | None = (
+        None  # reference position grid, img_size // patch_size per side; None: the training resolution (the trainer sets it; a bare model takes 224)
+    )
     cpe_max_img_size: int | None = None  # CPE: position grid for this size, randomly windowed in training; None = off
     drop_path: float = 0.0  # stochastic depth of the last block (linear ramp from 0)
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -55,7 +70,9 @@ class StudentConfig:
 
     def __post_init__(self):
         if self.size not in SIZES:
-            raise ValueError(f"unknown student size {self.size!r}; choose one of {list(SIZES)} (dim/depth/heads then override it)")
+            raise ValueError(
+                f"unknown student size {self.size!r}; choose one of {list(SIZES)} (dim/depth/heads then override it)"
+            )
         if self.img_size is not None and self.img_size % self.patch_size:
             raise ValueError(f"student img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.cpe_max_img_size is not None and self.cpe_max_img_size < (self.img_size or 224):
@@ -66,7 +83,13 @@ class StudentConfig:
     def resolved(self) -> "StudentConfig":
         """The same config with dim/depth/heads filled from the size preset where they are None."""
         dim, depth, heads = SIZES[self.size]
-        r = replace(self, dim=dim if self.dim is None else self.dim, depth=depth if self.depth is None else self.depth, heads=heads if self.heads is None else self.heads, img_size=self.img_size or 224)
+        r = replace(
+            self,
+            dim=dim if self.dim is None else self.dim,
+            depth=depth if self.depth is None else self.depth,
+            heads=heads if self.heads is None else self.heads,
+            img_size=self.img_size or 224,
+        )
         if r.dim % r.heads:
             raise ValueError(f"student dim {r.dim} is not divisible by heads {r.heads}")
         return r
@@ -86,7 +109,12 @@ def tracing() -> bool:
     (a graph traced at one size runs at others) and no tensor may be cached from the trace."""
     import torch.compiler as tc
 
-    return tc.is_compiling() or getattr(tc, "is_exporting", lambda: False)() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    return (
+        tc.is_compiling()
+        or getattr(tc, "is_exporting", lambda: False)()
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 def trunk_param_count(cfg: StudentConfig) -> int:
@@ -94,7 +122,9 @@ def trunk_param_count(cfg: StudentConfig) -> int:
     c = cfg.resolved()
     D, p, hid = c.dim, c.patch_size, int(c.dim * c.mlp_ratio)
     block = 2 * 2 * D + (3 * D * D + 3 * D) + (D * D + D) + (D * hid + hid) + (hid * D + D)  # 2 LN, qkv, proj, mlp
-    return (3 * p * p * D + D) + c.pos_grid**2 * D + (c.num_summary_tokens + c.num_registers) * D + c.depth * block + 2 * D
+    return (
+        (3 * p * p * D + D) + c.pos_grid**2 * D + (c.num_summary_tokens + c.num_registers) * D + c.depth * block + 2 * D
+    )
 
 
 def normalize_images(x_B3HW: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
@@ -220,7 +250,10 @@ class ViTStudent(nn.Module):
         G, D = self.pos_grid, self.pos_embed.shape[-1]
         grid = self.pos_embed.reshape(1, G, G, D).permute(0, 3, 1, 2)
         if not self.cfg.cpe_max_img_size:
-            if tracing() or (h, w) != (G, G):  # resizing to the same size is exact: traced graphs always resize (tested first: no size guard)
+            if tracing() or (h, w) != (
+                G,
+                G,
+            ):  # resizing to the same size is exact: traced graphs always resize (tested first: no size guard)
                 grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
             return grid.flatten(2).transpose(1, 2)
         if not self.training:
@@ -232,7 +265,9 @@ class ViTStudent(nn.Module):
         # Window sides as fractions of the grid, (B, 2) in (x, y) order for grid_sample.
         dev = grid.device
         area = torch.empty(B, device=dev).uniform_(*self.CPE_SCALE)
-        aspect = (w / h) * torch.exp(torch.empty(B, device=dev).uniform_(math.log(self.CPE_ASPECT[0]), math.log(self.CPE_ASPECT[1])))
+        aspect = (w / h) * torch.exp(
+            torch.empty(B, device=dev).uniform_(math.log(self.CPE_ASPECT[0]), math.log(self.CPE_ASPECT[1]))
+        )
         size_xy = torch.stack([torch.sqrt(area * aspect), torch.sqrt(area / aspect)], -1).clamp(max=1.0)
         origin_xy = torch.rand(B, 2, device=dev) * (1 - size_xy)
         # Cell centres of the (h, w) output inside each window, in grid_sample's [-1, 1] (align_corners=False:
@@ -242,7 +277,13 @@ class ViTStudent(nn.Module):
         gx = origin_xy[:, None, None, 0] + size_xy[:, None, None, 0] * xs[None, None, :]
         gy = origin_xy[:, None, None, 1] + size_xy[:, None, None, 1] * ys[None, :, None]
         coords = torch.stack(torch.broadcast_tensors(gx, gy), -1) * 2 - 1  # (B, h, w, 2)
-        pos = F.grid_sample(grid.expand(B, -1, -1, -1), coords.to(grid.dtype), mode="bicubic", padding_mode="border", align_corners=False)
+        pos = F.grid_sample(
+            grid.expand(B, -1, -1, -1),
+            coords.to(grid.dtype),
+            mode="bicubic",
+            padding_mode="border",
+            align_corners=False,
+        )
         return pos.flatten(2).transpose(1, 2)
 
     def no_weight_decay(self) -> set[str]:
@@ -253,11 +294,16 @@ class ViTStudent(nn.Module):
         B, _, H, W = x_B3HW.shape
         p = self.cfg.patch_size
         if H % p or W % p:
-            raise ValueError(f"input size {H}x{W} is not a multiple of the student's patch size {p}; resize or crop to e.g. {max(p, H // p * p)}x{max(p, W // p * p)}")
+            raise ValueError(
+                f"input size {H}x{W} is not a multiple of the student's patch size {p}; resize or crop to e.g. {max(p, H // p * p)}x{max(p, W // p * p)}"
+            )
         x = self.patch_embed(x_B3HW)
         h, w = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2) + self._pos(B, h, w)
-        return torch.cat([self.summary_tokens.expand(B, -1, -1), self.register_tokens.expand(B, -1, -1), x], dim=1), (h, w)
+        return torch.cat([self.summary_tokens.expand(B, -1, -1), self.register_tokens.expand(B, -1, -1), x], dim=1), (
+            h,
+            w,
+        )
 
     def _split(self, x: torch.Tensor, hw: tuple[int, int]) -> StudentOutput:
         T, R = self.summary_tokens.shape[1], self.register_tokens.shape[1]
@@ -272,8 +318,13 @@ class ViTStudent(nn.Module):
 
     forward = forward_features
 
-    def forward_intermediates(self, x_B3HW: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None, norm: bool = False,
-                              stop_early: bool = False) -> tuple[StudentOutput | None, list[StudentOutput]]:
+    def forward_intermediates(
+        self,
+        x_B3HW: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+    ) -> tuple[StudentOutput | None, list[StudentOutput]]:
         """(final output, one StudentOutput per selected block), timm's convention for ``indices``: an int n
         takes the last n blocks, a sequence takes those block indices (negative from the end); None: all.
         ``norm`` applies the final LayerNorm to the intermediates; ``stop_early`` stops after the last

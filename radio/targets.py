@@ -43,7 +43,9 @@ def _axis_weights(src_len_B: torch.Tensor, dst: int, src_size: int) -> torch.Ten
     return torch.where(L >= dst, area, lin)
 
 
-def resample_targets(feats_BHWC: torch.Tensor, out_hw: tuple[int, int], valid_hw_B2: torch.Tensor | None = None) -> torch.Tensor:
+def resample_targets(
+    feats_BHWC: torch.Tensor, out_hw: tuple[int, int], valid_hw_B2: torch.Tensor | None = None
+) -> torch.Tensor:
     """Teacher feature maps -> the student's grid (B, h, w, C), float32.
 
     ``valid_hw_B2``: the view's extent (rows, cols) in cells on each map, int or float; only that top-left
@@ -73,7 +75,9 @@ def resample_targets(feats_BHWC: torch.Tensor, out_hw: tuple[int, int], valid_hw
     valid = host.to(x.device)
     if partial:
         # zero weight alone would not silence padding: 0 x inf and 0 x nan are nan
-        inside = (torch.arange(H, device=x.device)[None, :, None] < valid[:, 0, None, None]) & (torch.arange(W, device=x.device)[None, None, :] < valid[:, 1, None, None])
+        inside = (torch.arange(H, device=x.device)[None, :, None] < valid[:, 0, None, None]) & (
+            torch.arange(W, device=x.device)[None, None, :] < valid[:, 1, None, None]
+        )
         x = torch.where(inside[..., None], x, 0.0)
     wh = _axis_weights(valid[:, 0], h, H).to(x.dtype)  # (B, h, H)
     ww = _axis_weights(valid[:, 1], w, W).to(x.dtype)  # (B, w, W)
@@ -81,7 +85,9 @@ def resample_targets(feats_BHWC: torch.Tensor, out_hw: tuple[int, int], valid_hw
     return torch.einsum("bjl,bilc->bijc", ww, x)
 
 
-def resample_valid_mask(valid_hw_B2: torch.Tensor, teacher_grid: tuple[int, int], out_hw: tuple[int, int], threshold: float = 0.5) -> torch.Tensor:
+def resample_valid_mask(
+    valid_hw_B2: torch.Tensor, teacher_grid: tuple[int, int], out_hw: tuple[int, int], threshold: float = 0.5
+) -> torch.Tensor:
     """Which cells of a grid spanning the teacher's *whole* (padded) canvas lie mostly on real pixels: (B, h, w) float 0/1.
 
     For the student grid of this pipeline (which spans only the valid region) use

@@ -35,17 +35,25 @@ class Family:
 def _checked(cls, source, revision, dtype, **kw):
     """``cls.from_pretrained`` that refuses a checkpoint missing any of the model's weights: transformers would
     initialize them at random and carry on (e.g. a vision tower asked of a checkpoint stored under another prefix)."""
-    model, info = cls.from_pretrained(source, revision=revision, dtype=dtype, use_safetensors=True, output_loading_info=True, **kw)
+    model, info = cls.from_pretrained(
+        source, revision=revision, dtype=dtype, use_safetensors=True, output_loading_info=True, **kw
+    )
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        raise ValueError(f"{source}: {cls.__name__} found no weights for {len(missing)} parameters (e.g. {missing[0]}); this checkpoint does not hold this architecture")
+        raise ValueError(
+            f"{source}: {cls.__name__} found no weights for {len(missing)} parameters (e.g. {missing[0]}); this checkpoint does not hold this architecture"
+        )
     return model
 
 
 def _clip_load(source, revision, dtype):
     from transformers import CLIPConfig, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    cfg = CLIPConfig.from_pretrained(source, revision=revision) if _model_type(source, revision) == "clip" else CLIPVisionConfig.from_pretrained(source, revision=revision)
+    cfg = (
+        CLIPConfig.from_pretrained(source, revision=revision)
+        if _model_type(source, revision) == "clip"
+        else CLIPVisionConfig.from_pretrained(source, revision=revision)
+    )
     vcfg = cfg.vision_config if hasattr(cfg, "vision_config") else cfg
     # transformers does not carry the top-level projection_dim into the vision config (ViT-L/14: 768).
     vcfg.projection_dim = getattr(cfg, "projection_dim", vcfg.projection_dim)
@@ -120,7 +128,9 @@ def _dinov3_forward(model, x):
 def _sam2_load(source, revision, dtype):
     from transformers import Sam2Model, Sam2VisionModel
 
-    if _model_type(source, revision) == "sam2":  # the published checkpoints: the whole model, vision tower under vision_encoder
+    if (
+        _model_type(source, revision) == "sam2"
+    ):  # the published checkpoints: the whole model, vision tower under vision_encoder
         return _checked(Sam2Model, source, revision, dtype).vision_encoder
     return _checked(Sam2VisionModel, source, revision, dtype)
 
@@ -136,7 +146,9 @@ def _sam2_forward(model, x):
 def _sam3_load(source, revision, dtype):
     from transformers import Sam3Model, Sam3VisionModel
 
-    if _model_type(source, revision) == "sam3":  # the published checkpoint: detector, tracker and text encoder around it
+    if (
+        _model_type(source, revision) == "sam3"
+    ):  # the published checkpoint: detector, tracker and text encoder around it
         return _checked(Sam3Model, source, revision, dtype).vision_encoder
     return _checked(Sam3VisionModel, source, revision, dtype)
 
@@ -162,17 +174,71 @@ def _model_type(source, revision) -> str:
 
 
 FAMILIES: dict[str, Family] = {
-    "clip": Family("clip", ("clip", "clip_vision_model"), _clip_load, _clip_forward, "summary=image_embeds (projected); features=last_hidden_state[:, 1:] (last layer, before post_layernorm)", True,
-                   dims=lambda cfg: (cfg.projection_dim, cfg.hidden_size)),
-    "dinov2": Family("dinov2", ("dinov2", "dinov2_with_registers"), _dinov2_load, _dinov2_forward, "summary=last_hidden_state[:, 0] (CLS after final norm); features=patch tokens after final norm, registers excluded", True),
-    "sam": Family("sam", ("sam", "sam_vision_model"), _sam_load, _sam_forward, "features=vision_encoder neck output (image embedding)", False,
-                  dims=lambda cfg: (None, cfg.output_channels)),
-    "siglip": Family("siglip", ("siglip", "siglip_vision_model"), _siglip_load, _siglip_forward, "summary=pooler_output (attention pool); features=last_hidden_state (after post_layernorm)", True),
-    "dinov3": Family("dinov3", ("dinov3_vit",), _dinov3_load, _dinov3_forward, "summary=pooler_output (CLS after final norm); features=patch tokens after final norm, registers excluded", True, resize="torchvision-float"),
-    "sam2": Family("sam2", ("sam2", "sam2_vision_model"), _sam2_load, _sam2_forward, "features=FPN neck level at stride 16 (the image embedding)", False, resize="torchvision",
-                   stride=_sam2_stride, dims=lambda cfg: (None, cfg.fpn_hidden_size)),
-    "sam3": Family("sam3", ("sam3", "sam3_vision_model"), _sam3_load, _sam3_forward, "features=FPN neck level at scale 1 (the ViT's own grid)", False, resize="torchvision",
-                   stride=lambda cfg: cfg.backbone_config.patch_size, dims=lambda cfg: (None, cfg.fpn_hidden_size)),
+    "clip": Family(
+        "clip",
+        ("clip", "clip_vision_model"),
+        _clip_load,
+        _clip_forward,
+        "summary=image_embeds (projected); features=last_hidden_state[:, 1:] (last layer, before post_layernorm)",
+        True,
+        dims=lambda cfg: (cfg.projection_dim, cfg.hidden_size),
+    ),
+    "dinov2": Family(
+        "dinov2",
+        ("dinov2", "dinov2_with_registers"),
+        _dinov2_load,
+        _dinov2_forward,
+        "summary=last_hidden_state[:, 0] (CLS after final norm); features=patch tokens after final norm, registers excluded",
+        True,
+    ),
+    "sam": Family(
+        "sam",
+        ("sam", "sam_vision_model"),
+        _sam_load,
+        _sam_forward,
+        "features=vision_encoder neck output (image embedding)",
+        False,
+        dims=lambda cfg: (None, cfg.output_channels),
+    ),
+    "siglip": Family(
+        "siglip",
+        ("siglip", "siglip_vision_model"),
+        _siglip_load,
+        _siglip_forward,
+        "summary=pooler_output (attention pool); features=last_hidden_state (after post_layernorm)",
+        True,
+    ),
+    "dinov3": Family(
+        "dinov3",
+        ("dinov3_vit",),
+        _dinov3_load,
+        _dinov3_forward,
+        "summary=pooler_output (CLS after final norm); features=patch tokens after final norm, registers excluded",
+        True,
+        resize="torchvision-float",
+    ),
+    "sam2": Family(
+        "sam2",
+        ("sam2", "sam2_vision_model"),
+        _sam2_load,
+        _sam2_forward,
+        "features=FPN neck level at stride 16 (the image embedding)",
+        False,
+        resize="torchvision",
+        stride=_sam2_stride,
+        dims=lambda cfg: (None, cfg.fpn_hidden_size),
+    ),
+    "sam3": Family(
+        "sam3",
+        ("sam3", "sam3_vision_model"),
+        _sam3_load,
+        _sam3_forward,
+        "features=FPN neck level at scale 1 (the ViT's own grid)",
+        False,
+        resize="torchvision",
+        stride=lambda cfg: cfg.backbone_config.patch_size,
+        dims=lambda cfg: (None, cfg.fpn_hidden_size),
+    ),
 }
 
 

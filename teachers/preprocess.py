@@ -19,7 +19,19 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pil_resize", "pillow_resize", "torchvision_resize", "host_resize", "resizes_on_host", "input_size", "longest_edge_size", "normalize_pixels", "pad_bottom_right", "PIL_CODES", "MAX_ASPECT"]
+__all__ = [
+    "pil_resize",
+    "pillow_resize",
+    "torchvision_resize",
+    "host_resize",
+    "resizes_on_host",
+    "input_size",
+    "longest_edge_size",
+    "normalize_pixels",
+    "pad_bottom_right",
+    "PIL_CODES",
+    "MAX_ASPECT",
+]
 
 MAX_ASPECT = 4.0  # fit_aspect teachers: longest input side / shortest
 
@@ -140,7 +152,11 @@ def pil_resize(img_3HW: torch.Tensor, size_hw: tuple[int, int], interpolation: s
             x = _apply_pass(x.reshape(h, -1), _pass_taps(h, oh, interpolation, dev)).view(oh, x.shape[1], C)
         else:
             xt = x.transpose(0, 1).contiguous()
-            x = _apply_pass(xt.view(w, -1), _pass_taps(w, ow, interpolation, dev)).view(ow, x.shape[0], C).transpose(0, 1)
+            x = (
+                _apply_pass(xt.view(w, -1), _pass_taps(w, ow, interpolation, dev))
+                .view(ow, x.shape[0], C)
+                .transpose(0, 1)
+            )
     return x.permute(2, 0, 1).to(torch.uint8).contiguous()
 
 
@@ -182,7 +198,9 @@ def input_size(spec, h: int, w: int) -> tuple[int, int]:
         return tuple(spec.input_size)
     cells = max(1, round(side * max(h, w) / min(h, w) / p))
     if cells * p > MAX_ASPECT * side:
-        raise ValueError(f"teacher {spec.name} keeps the view's aspect and takes at most {MAX_ASPECT:g}:1; a {h}x{w} view would need a {side}x{cells * p} input. Narrow views.ratio (e.g. views.ratio=[0.75,1.333]) or use square views.")
+        raise ValueError(
+            f"teacher {spec.name} keeps the view's aspect and takes at most {MAX_ASPECT:g}:1; a {h}x{w} view would need a {side}x{cells * p} input. Narrow views.ratio (e.g. views.ratio=[0.75,1.333]) or use square views."
+        )
     return (side, cells * p) if w > h else (cells * p, side)
 
 
@@ -199,7 +217,9 @@ def pillow_resize(img_HW3: np.ndarray, size_hw: tuple[int, int], interpolation: 
         return img_HW3
     if interpolation not in _PIL_FILTERS:
         raise ValueError(f"interpolation {interpolation!r} not supported; use one of {sorted(_PIL_FILTERS)}")
-    return np.asarray(PIL.Image.fromarray(np.ascontiguousarray(img_HW3)).resize((w, h), resample=_PIL_FILTERS[interpolation]))
+    return np.asarray(
+        PIL.Image.fromarray(np.ascontiguousarray(img_HW3)).resize((w, h), resample=_PIL_FILTERS[interpolation])
+    )
 
 
 # Teachers whose official processor exists only with a torchvision backend (DINOv3, SAM2, SAM3) resize with

@@ -21,7 +21,17 @@ from .preprocess import PIL_CODES, input_size, pil_resize, torchvision_resize
 from .spec import TeacherOutput, TeacherSpec
 from .tiny import materialize_tiny
 
-__all__ = ["RegistryEntry", "REGISTRY", "list_teachers", "get_spec_template", "create_teacher", "check_source", "Teacher", "UnknownTeacher", "TeacherLoadError"]
+__all__ = [
+    "RegistryEntry",
+    "REGISTRY",
+    "list_teachers",
+    "get_spec_template",
+    "create_teacher",
+    "check_source",
+    "Teacher",
+    "UnknownTeacher",
+    "TeacherLoadError",
+]
 
 
 class UnknownTeacher(KeyError):
@@ -56,39 +66,44 @@ def _e(name, family, source, size, sdim, fdim, grid):
     return RegistryEntry(name, family, source, (size, size), sdim, fdim, (grid, grid))
 
 
-REGISTRY: dict[str, RegistryEntry] = {e.name: e for e in [
-    _e("clip-vit-b16", "clip", "openai/clip-vit-base-patch16", 224, 512, 768, 14),
-    _e("clip-vit-l14", "clip", "openai/clip-vit-large-patch14", 224, 768, 1024, 16),
-    _e("clip-vit-l14-336", "clip", "openai/clip-vit-large-patch14-336", 336, 768, 1024, 24),
-    _e("dinov2-vits14", "dinov2", "facebook/dinov2-small", 224, 384, 384, 16),
-    _e("dinov2-vitb14", "dinov2", "facebook/dinov2-base", 224, 768, 768, 16),
-    _e("dinov2-vitl14", "dinov2", "facebook/dinov2-large", 224, 1024, 1024, 16),
-    _e("dinov2-vitg14", "dinov2", "facebook/dinov2-giant", 224, 1536, 1536, 16),
-    _e("dinov2-vits14-reg", "dinov2", "facebook/dinov2-with-registers-small", 224, 384, 384, 16),
-    _e("dinov2-vitb14-reg", "dinov2", "facebook/dinov2-with-registers-base", 224, 768, 768, 16),
-    _e("dinov2-vitl14-reg", "dinov2", "facebook/dinov2-with-registers-large", 224, 1024, 1024, 16),
-    _e("dinov2-vitg14-reg", "dinov2", "facebook/dinov2-with-registers-giant", 224, 1536, 1536, 16),
-    _e("sam-vit-b", "sam", "facebook/sam-vit-base", 1024, None, 256, 64),
-    _e("sam-vit-l", "sam", "facebook/sam-vit-large", 1024, None, 256, 64),
-    _e("sam-vit-h", "sam", "facebook/sam-vit-huge", 1024, None, 256, 64),
-    _e("siglip-b16-224", "siglip", "google/siglip-base-patch16-224", 224, 768, 768, 14),
-    _e("siglip2-b16-224", "siglip", "google/siglip2-base-patch16-224", 224, 768, 768, 14),  # fixed-resolution SigLIP2: SigLIP's architecture
-    _e("siglip2-so400m-p14-384", "siglip", "google/siglip2-so400m-patch14-384", 384, 1152, 1152, 27),
-    _e("dinov3-vits16", "dinov3", "facebook/dinov3-vits16-pretrain-lvd1689m", 224, 384, 384, 14),
-    _e("dinov3-vitb16", "dinov3", "facebook/dinov3-vitb16-pretrain-lvd1689m", 224, 768, 768, 14),
-    _e("dinov3-vitl16", "dinov3", "facebook/dinov3-vitl16-pretrain-lvd1689m", 224, 1024, 1024, 14),
-    _e("sam2.1-hiera-b+", "sam2", "facebook/sam2.1-hiera-base-plus", 1024, None, 256, 64),
-    _e("sam2.1-hiera-l", "sam2", "facebook/sam2.1-hiera-large", 1024, None, 256, 64),
-    _e("sam3", "sam3", "facebook/sam3", 1008, None, 256, 72),
-    _e("tiny-clip", "clip", "tiny:tiny-clip", 32, 24, 32, 4),
-    _e("tiny-dinov2", "dinov2", "tiny:tiny-dinov2", 28, 32, 32, 7),
-    _e("tiny-sam", "sam", "tiny:tiny-sam", 64, None, 16, 8),
-    _e("tiny-siglip", "siglip", "tiny:tiny-siglip", 32, 32, 32, 4),
-    _e("tiny-siglip2", "siglip", "tiny:tiny-siglip2", 32, 32, 32, 4),
-    _e("tiny-dinov3", "dinov3", "tiny:tiny-dinov3", 28, 32, 32, 7),
-    _e("tiny-sam2", "sam2", "tiny:tiny-sam2", 64, None, 16, 4),
-    _e("tiny-sam3", "sam3", "tiny:tiny-sam3", 56, None, 16, 4),
-]}
+REGISTRY: dict[str, RegistryEntry] = {
+    e.name: e
+    for e in [
+        _e("clip-vit-b16", "clip", "openai/clip-vit-base-patch16", 224, 512, 768, 14),
+        _e("clip-vit-l14", "clip", "openai/clip-vit-large-patch14", 224, 768, 1024, 16),
+        _e("clip-vit-l14-336", "clip", "openai/clip-vit-large-patch14-336", 336, 768, 1024, 24),
+        _e("dinov2-vits14", "dinov2", "facebook/dinov2-small", 224, 384, 384, 16),
+        _e("dinov2-vitb14", "dinov2", "facebook/dinov2-base", 224, 768, 768, 16),
+        _e("dinov2-vitl14", "dinov2", "facebook/dinov2-large", 224, 1024, 1024, 16),
+        _e("dinov2-vitg14", "dinov2", "facebook/dinov2-giant", 224, 1536, 1536, 16),
+        _e("dinov2-vits14-reg", "dinov2", "facebook/dinov2-with-registers-small", 224, 384, 384, 16),
+        _e("dinov2-vitb14-reg", "dinov2", "facebook/dinov2-with-registers-base", 224, 768, 768, 16),
+        _e("dinov2-vitl14-reg", "dinov2", "facebook/dinov2-with-registers-large", 224, 1024, 1024, 16),
+        _e("dinov2-vitg14-reg", "dinov2", "facebook/dinov2-with-registers-giant", 224, 1536, 1536, 16),
+        _e("sam-vit-b", "sam", "facebook/sam-vit-base", 1024, None, 256, 64),
+        _e("sam-vit-l", "sam", "facebook/sam-vit-large", 1024, None, 256, 64),
+        _e("sam-vit-h", "sam", "facebook/sam-vit-huge", 1024, None, 256, 64),
+        _e("siglip-b16-224", "siglip", "google/siglip-base-patch16-224", 224, 768, 768, 14),
+        _e(
+            "siglip2-b16-224", "siglip", "google/siglip2-base-patch16-224", 224, 768, 768, 14
+        ),  # fixed-resolution SigLIP2: SigLIP's architecture
+        _e("siglip2-so400m-p14-384", "siglip", "google/siglip2-so400m-patch14-384", 384, 1152, 1152, 27),
+        _e("dinov3-vits16", "dinov3", "facebook/dinov3-vits16-pretrain-lvd1689m", 224, 384, 384, 14),
+        _e("dinov3-vitb16", "dinov3", "facebook/dinov3-vitb16-pretrain-lvd1689m", 224, 768, 768, 14),
+        _e("dinov3-vitl16", "dinov3", "facebook/dinov3-vitl16-pretrain-lvd1689m", 224, 1024, 1024, 14),
+        _e("sam2.1-hiera-b+", "sam2", "facebook/sam2.1-hiera-base-plus", 1024, None, 256, 64),
+        _e("sam2.1-hiera-l", "sam2", "facebook/sam2.1-hiera-large", 1024, None, 256, 64),
+        _e("sam3", "sam3", "facebook/sam3", 1008, None, 256, 72),
+        _e("tiny-clip", "clip", "tiny:tiny-clip", 32, 24, 32, 4),
+        _e("tiny-dinov2", "dinov2", "tiny:tiny-dinov2", 28, 32, 32, 7),
+        _e("tiny-sam", "sam", "tiny:tiny-sam", 64, None, 16, 8),
+        _e("tiny-siglip", "siglip", "tiny:tiny-siglip", 32, 32, 32, 4),
+        _e("tiny-siglip2", "siglip", "tiny:tiny-siglip2", 32, 32, 32, 4),
+        _e("tiny-dinov3", "dinov3", "tiny:tiny-dinov3", 28, 32, 32, 7),
+        _e("tiny-sam2", "sam2", "tiny:tiny-sam2", 64, None, 16, 4),
+        _e("tiny-sam3", "sam3", "tiny:tiny-sam3", 56, None, 16, 4),
+    ]
+}
 
 
 def list_teachers() -> list[str]:
@@ -146,17 +161,27 @@ def _quiet_transformers():
 
 def _check_local_dir(path: Path, family: str):
     if not path.is_dir():
-        raise TeacherLoadError(f"teacher source {path} does not exist (expected a directory written by save_pretrained, or a hub id)")
+        raise TeacherLoadError(
+            f"teacher source {path} does not exist (expected a directory written by save_pretrained, or a hub id)"
+        )
     if not (path / "config.json").is_file():
         raise TeacherLoadError(f"{path} has no config.json: not a transformers checkpoint directory")
     if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
-        extra = " (it has pytorch_model.bin: only safetensors weights are loaded, convert them with save_pretrained(safe_serialization=True))" if (path / "pytorch_model.bin").exists() else ""
+        extra = (
+            " (it has pytorch_model.bin: only safetensors weights are loaded, convert them with save_pretrained(safe_serialization=True))"
+            if (path / "pytorch_model.bin").exists()
+            else ""
+        )
         raise TeacherLoadError(f"{path} has no model.safetensors weights{extra}")
     if not (path / "preprocessor_config.json").is_file():
-        raise TeacherLoadError(f"{path} has no preprocessor_config.json: the image-processor config must be saved with the weights (processor.save_pretrained)")
+        raise TeacherLoadError(
+            f"{path} has no preprocessor_config.json: the image-processor config must be saved with the weights (processor.save_pretrained)"
+        )
     mt = model_type_of(str(path), None)
     if mt not in FAMILIES[family].model_types:
-        raise TeacherLoadError(f"{path}/config.json is model_type {mt!r}, but a {family} teacher needs one of {list(FAMILIES[family].model_types)}")
+        raise TeacherLoadError(
+            f"{path}/config.json is model_type {mt!r}, but a {family} teacher needs one of {list(FAMILIES[family].model_types)}"
+        )
 
 
 def _weights_sha256(model: torch.nn.Module) -> str:
@@ -211,13 +236,21 @@ class Teacher(torch.nn.Module):
         refused rather than resized twice.
         """
         s = self.spec
-        if isinstance(images, torch.Tensor) and images.ndim == 4 and images.dtype == torch.uint8 and images.shape[1] == 3 and len(images):
+        if (
+            isinstance(images, torch.Tensor)
+            and images.ndim == 4
+            and images.dtype == torch.uint8
+            and images.shape[1] == 3
+            and len(images)
+        ):
             return self._preprocess_batch(images, resized)
         items = list(images.unbind(0)) if isinstance(images, torch.Tensor) and images.ndim == 4 else list(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(items):
             if not isinstance(img, torch.Tensor) or img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
-                raise ValueError(f"teacher {s.name} expects uint8 RGB images shaped (3, H, W), got {tuple(getattr(img, 'shape', ()))} {getattr(img, 'dtype', type(img).__name__)}")
+                raise ValueError(
+                    f"teacher {s.name} expects uint8 RGB images shaped (3, H, W), got {tuple(getattr(img, 'shape', ()))} {getattr(img, 'dtype', type(img).__name__)}"
+                )
             groups.setdefault(tuple(img.shape[1:]), []).append(i)
         # Same-size images go through the device as one batch: one copy, one resize, one normalization.
         pixels, extents = [None] * len(items), torch.zeros((len(items), 2), dtype=torch.float32)
@@ -228,7 +261,9 @@ class Teacher(torch.nn.Module):
             extents[idx] = ext
         return pixels, extents
 
-    def _preprocess_batch(self, images_B3HW: torch.Tensor, resized: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _preprocess_batch(
+        self, images_B3HW: torch.Tensor, resized: bool = False
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Same-size images: one resize call for the whole batch. pil_resize treats every channel alike, so
         B images of 3 channels resize as one (3B, H, W) image, bitwise equal to resizing them one by one.
         On CUDA the uint8 batch is copied from pinned memory without blocking the host."""
@@ -236,8 +271,10 @@ class Teacher(torch.nn.Module):
         B, _, H, W = images_B3HW.shape
         size = self.input_size_for(H, W)
         if resized and size != (H, W):
-            raise ValueError(f"teacher {s.name} was handed a {H}x{W} image as already resized, but its input for such a view is {size[0]}x{size[1]}: "
-                             "the image was resized for another teacher (pass resized=False to resize it here)")
+            raise ValueError(
+                f"teacher {s.name} was handed a {H}x{W} image as already resized, but its input for such a view is {size[0]}x{size[1]}: "
+                "the image was resized for another teacher (pass resized=False to resize it here)"
+            )
         x = images_B3HW
         if s.interpolation == "torchvision-bilinear":
             x = torchvision_resize(x, size)  # uint8, on the host, where the official processor runs it
@@ -326,7 +363,9 @@ def check_source(name: str, source: str | None = None, revision: str | None = No
         _hub_config(src, revision)
     except Exception as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise TeacherLoadError(f"cannot load teacher {name} from {src!r}{' (HF_HUB_OFFLINE=1: only local files are used)' if offline else ''}: {type(e).__name__}: {str(e).splitlines()[0]}. Pass a local directory with teachers.{name}.source=/path/to/checkpoint") from None
+        raise TeacherLoadError(
+            f"cannot load teacher {name} from {src!r}{' (HF_HUB_OFFLINE=1: only local files are used)' if offline else ''}: {type(e).__name__}: {str(e).splitlines()[0]}. Pass a local directory with teachers.{name}.source=/path/to/checkpoint"
+        ) from None
     return src
 
 
@@ -341,7 +380,14 @@ def source_key(name: str, source: str | None = None, revision: str | None = None
         return src
     if local is not None:
         files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
-        return "dir:" + hashlib.sha256(json.dumps([(p.relative_to(local).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()).hexdigest()[:16]
+        return (
+            "dir:"
+            + hashlib.sha256(
+                json.dumps(
+                    [(p.relative_to(local).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+                ).encode()
+            ).hexdigest()[:16]
+        )
     rev = revision if revision is not None else entry.revision
     try:
         return f"hub:{src}@{Path(_hub_config(src, rev)).parent.name}"  # .../snapshots/<commit>/config.json
@@ -349,7 +395,15 @@ def source_key(name: str, source: str | None = None, revision: str | None = None
         return f"hub:{src}@{rev}"
 
 
-def create_teacher(name: str, *, source: str | None = None, revision: str | None = None, dtype: str | None = None, device: str | torch.device = "cpu", compile: bool = False) -> Teacher:
+def create_teacher(
+    name: str,
+    *,
+    source: str | None = None,
+    revision: str | None = None,
+    dtype: str | None = None,
+    device: str | torch.device = "cpu",
+    compile: bool = False,
+) -> Teacher:
     """Load registry teacher ``name``, frozen, on ``device``.
 
     ``source`` overrides the registry's hub id (a hub id or a local directory); ``revision`` pins a hub
@@ -364,7 +418,7 @@ def create_teacher(name: str, *, source: str | None = None, revision: str | None
     revision = revision if revision is not None else entry.revision
     src = source or entry.source
     if src.startswith("tiny:"):
-        src = materialize_tiny(src[len("tiny:"):])
+        src = materialize_tiny(src[len("tiny:") :])
     device = torch.device(device)
     family = FAMILIES[entry.family]
     local = Path(src).expanduser()
@@ -379,7 +433,9 @@ def create_teacher(name: str, *, source: str | None = None, revision: str | None
         raise
     except (OSError, ValueError, RuntimeError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise TeacherLoadError(f"cannot load teacher {name} from {src!r}{' (HF_HUB_OFFLINE=1: only local files are used)' if offline else ''}: {type(e).__name__}: {str(e).splitlines()[0]}. Pass a local directory with teachers.{name}.source=/path/to/checkpoint") from None
+        raise TeacherLoadError(
+            f"cannot load teacher {name} from {src!r}{' (HF_HUB_OFFLINE=1: only local files are used)' if offline else ''}: {type(e).__name__}: {str(e).splitlines()[0]}. Pass a local directory with teachers.{name}.source=/path/to/checkpoint"
+        ) from None
     weights = _weights_sha256(model)
     model = model.to(device=device, dtype=_DTYPES[dtype]).eval().requires_grad_(False)
     spec = _spec_from(entry, src, revision, dtype, processor, model, family, weights)
@@ -430,7 +486,11 @@ def _spec_from(entry: RegistryEntry, src, revision, dtype, p, model, family, wei
     cfg = model.config
     patch = int(family.stride(cfg))
     if _size(size, "longest_edge") and getattr(p, "do_pad", False):
-        rule, rsize, pad_hw = "longest_edge_pad", int(_size(size, "longest_edge")), (int(_size(pad, "height")), int(_size(pad, "width")))
+        rule, rsize, pad_hw = (
+            "longest_edge_pad",
+            int(_size(size, "longest_edge")),
+            (int(_size(pad, "height")), int(_size(pad, "width"))),
+        )
         input_hw = pad_hw
     elif _size(size, "shortest_edge"):
         pad_hw = None
@@ -439,7 +499,9 @@ def _spec_from(entry: RegistryEntry, src, revision, dtype, p, model, family, wei
         else:
             input_hw = (int(_size(size, "shortest_edge")),) * 2
         if input_hw[0] != input_hw[1] or input_hw[0] % patch:
-            raise TeacherLoadError(f"{src}: crop size {input_hw} is not a square multiple of the patch {patch}; the whole-view rule needs one")
+            raise TeacherLoadError(
+                f"{src}: crop size {input_hw} is not a square multiple of the patch {patch}; the whole-view rule needs one"
+            )
         rule, rsize = "fit_aspect", input_hw[0]
     else:
         rule, rsize, pad_hw = "exact", (int(_size(size, "height")), int(_size(size, "width"))), None
@@ -448,14 +510,31 @@ def _spec_from(entry: RegistryEntry, src, revision, dtype, p, model, family, wei
     summary_dim, feature_dim = family.dims(cfg)
     resample = PIL_CODES.get(int(p.resample), None)
     if resample is None or (family.resize != "pillow" and resample != "bilinear"):
-        raise TeacherLoadError(f"{src}: image processor resample={p.resample} is not {'bilinear or bicubic' if family.resize == 'pillow' else 'bilinear'}")
+        raise TeacherLoadError(
+            f"{src}: image processor resample={p.resample} is not {'bilinear or bicubic' if family.resize == 'pillow' else 'bilinear'}"
+        )
     if family.resize != "pillow":
         resample = "torchvision-bilinear-float" if family.resize == "torchvision-float" else "torchvision-bilinear"
     spec = TeacherSpec(
-        name=entry.name, family=entry.family, source=src, revision=revision, input_size=tuple(input_hw), resize=rule,
-        resize_size=rsize, pad_size=pad_hw, interpolation=resample, rescale_factor=float(p.rescale_factor),
-        mean=tuple(float(v) for v in p.image_mean), std=tuple(float(v) for v in p.image_std), patch_size=int(patch),
-        summary_dim=summary_dim, feature_dim=int(feature_dim), feature_grid=grid, dtype=dtype, attention=str(getattr(cfg, "_attn_implementation", None) or "eager"),
-        output=family.output, weights_sha256=weights,
+        name=entry.name,
+        family=entry.family,
+        source=src,
+        revision=revision,
+        input_size=tuple(input_hw),
+        resize=rule,
+        resize_size=rsize,
+        pad_size=pad_hw,
+        interpolation=resample,
+        rescale_factor=float(p.rescale_factor),
+        mean=tuple(float(v) for v in p.image_mean),
+        std=tuple(float(v) for v in p.image_std),
+        patch_size=int(patch),
+        summary_dim=summary_dim,
+        feature_dim=int(feature_dim),
+        feature_grid=grid,
+        dtype=dtype,
+        attention=str(getattr(cfg, "_attn_implementation", None) or "eager"),
+        output=family.output,
+        weights_sha256=weights,
     )
     return spec.with_fingerprint()

@@ -38,7 +38,9 @@ class TeacherSpec:
     feature_dim: int
     feature_grid: tuple[int, int]
     dtype: str  # fp32 | bf16 | fp16
-    attention: str | None  # the attention kernel transformers runs (sdpa | eager | ...): it changes the numbers, so it is fingerprinted
+    attention: (
+        str | None
+    )  # the attention kernel transformers runs (sdpa | eager | ...): it changes the numbers, so it is fingerprinted
     output: str  # which tensors are taken as summary and features
     weights_sha256: str
     fingerprint: str = ""

@@ -35,48 +35,78 @@ class TextTower:
         self.model, self._tokenizer, self.family, self.padding = model, tokenizer, family, padding
 
     def tokenizer(self, texts: list[str] | str):
-        return self._tokenizer([texts] if isinstance(texts, str) else list(texts), padding=self.padding, truncation=True, return_tensors="pt")
+        return self._tokenizer(
+            [texts] if isinstance(texts, str) else list(texts),
+            padding=self.padding,
+            truncation=True,
+            return_tensors="pt",
+        )
 
     @torch.no_grad()
     def encode(self, batch) -> torch.Tensor:
         ids = batch["input_ids"] if not isinstance(batch, torch.Tensor) else batch
-        extra = {"attention_mask": batch["attention_mask"]} if not isinstance(batch, torch.Tensor) and "attention_mask" in batch and self.family == "clip" else {}
+        extra = (
+            {"attention_mask": batch["attention_mask"]}
+            if not isinstance(batch, torch.Tensor) and "attention_mask" in batch and self.family == "clip"
+            else {}
+        )
         dev = next(self.model.parameters()).device
         feats = self.model.get_text_features(input_ids=ids.to(dev), **{k: v.to(dev) for k, v in extra.items()})
         return (feats if isinstance(feats, torch.Tensor) else feats.pooler_output).float()
 
 
-def load_text_tower(name: str, *, source: str | None = None, revision: str | None = None, device: str | torch.device = "cpu") -> TextTower:
+def load_text_tower(
+    name: str, *, source: str | None = None, revision: str | None = None, device: str | torch.device = "cpu"
+) -> TextTower:
     """The text tower and tokenizer of teacher ``name`` from its checkpoint (the registry's source, or ``source``)."""
     import transformers as T
 
     entry = get_spec_template(name)
     if entry.family not in LANGUAGE_FAMILIES:
-        raise TeacherLoadError(f"teacher {name} ({entry.family}) has no text tower: zero-shot needs a CLIP or SigLIP teacher")
+        raise TeacherLoadError(
+            f"teacher {name} ({entry.family}) has no text tower: zero-shot needs a CLIP or SigLIP teacher"
+        )
     cls, padding = LANGUAGE_FAMILIES[entry.family]
     revision = revision if revision is not None else entry.revision
     src = check_source(name, source, revision)
     if entry.source.startswith("tiny:"):
-        tiny = materialize_tiny(entry.source[len("tiny:"):])
+        tiny = materialize_tiny(entry.source[len("tiny:") :])
         if src.startswith("tiny:") or Path(src).resolve() == Path(tiny).resolve():
             src = tiny
             if not (Path(src) / "tokenizer.json").is_file():  # a preset written before tiny text towers had tokenizers
                 _tiny_tokenizer(src, _TEXT["max_position_embeddings"])
     local = Path(src)
-    if local.is_dir() and not any((local / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model")):
-        raise TeacherLoadError(f"teacher {name}: {src} holds no tokenizer; zero-shot needs the checkpoint's tokenizer files beside its weights")
+    if local.is_dir() and not any(
+        (local / f).is_file()
+        for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model")
+    ):
+        raise TeacherLoadError(
+            f"teacher {name}: {src} holds no tokenizer; zero-shot needs the checkpoint's tokenizer files beside its weights"
+        )
     try:
         with _quiet_transformers():
             model = getattr(T, cls).from_pretrained(src, revision=revision, dtype=torch.float32).to(device).eval()
             tokenizer = T.AutoTokenizer.from_pretrained(src, revision=revision)
     except (OSError, ValueError, TypeError) as e:
-        raise TeacherLoadError(f"teacher {name}: cannot load its text tower and tokenizer from {src!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                               "zero-shot needs the whole checkpoint (a vision-only one has no text tower)") from None
+        raise TeacherLoadError(
+            f"teacher {name}: cannot load its text tower and tokenizer from {src!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "zero-shot needs the whole checkpoint (a vision-only one has no text tower)"
+        ) from None
     return TextTower(model, tokenizer, entry.family, padding)
 
 
 @torch.no_grad()
-def text_embeddings(name: str, prompts: list[str], *, source: str | None = None, revision: str | None = None, device: str | torch.device = "cpu", batch_size: int = 256) -> torch.Tensor:
+def text_embeddings(
+    name: str,
+    prompts: list[str],
+    *,
+    source: str | None = None,
+    revision: str | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+) -> torch.Tensor:
     """float32 (len(prompts), D) text features of teacher ``name`` (not normalized)."""
     tower = load_text_tower(name, source=source, revision=revision, device=device)
-    return torch.cat([tower.encode(tower.tokenizer(prompts[i : i + batch_size])).cpu() for i in range(0, len(prompts), batch_size)])
+    return torch.cat(
+        [tower.encode(tower.tokenizer(prompts[i : i + batch_size])).cpu() for i in range(0, len(prompts), batch_size)]
+    )

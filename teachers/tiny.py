@@ -16,7 +16,17 @@ import torch
 
 __all__ = ["TINY_BUILDERS", "REAL_ARCHITECTURES", "radio_home", "materialize_tiny", "save_random_teacher"]
 
-_TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+_TEXT = dict(
+    vocab_size=99,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    max_position_embeddings=16,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
+)
 _IMAGENET = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
 
 
@@ -48,15 +58,30 @@ def _init(model: torch.nn.Module) -> torch.nn.Module:
 def _tiny_clip(d: str):
     import transformers as T
 
-    cfg = T.CLIPConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8), text_config=_TEXT, projection_dim=24)
+    cfg = T.CLIPConfig(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=_TEXT,
+        projection_dim=24,
+    )
     _init(T.CLIPModel(cfg)).save_pretrained(d)
-    _processor("CLIPImageProcessor")(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
+    _processor("CLIPImageProcessor")(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        d
+    )
     _tiny_tokenizer(d, _TEXT["max_position_embeddings"])
 
 
 # The tiny text towers' words: prompt templates and the built-in sample classes (radio.samples.CLASSES; this
 # package does not import radio). Any other word is [UNK]: zero-shot through a tiny teacher is a plumbing test.
-_WORDS = ("a photo of the an image texture picture pattern . , landscape stripes checkerboard rings bubbles waves polygons fur bricks leaves").split()
+_WORDS = (
+    "a photo of the an image texture picture pattern . , landscape stripes checkerboard rings bubbles waves polygons fur bricks leaves"
+).split()
 
 
 def _tiny_tokenizer(d: str, max_length: int):
@@ -66,40 +91,94 @@ def _tiny_tokenizer(d: str, max_length: int):
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "[UNK]": 2, **{w: i + 3 for i, w in enumerate(dict.fromkeys(_WORDS))}}
+    vocab = {
+        "<|startoftext|>": 0,
+        "<|endoftext|>": 1,
+        "[UNK]": 2,
+        **{w: i + 3 for i, w in enumerate(dict.fromkeys(_WORDS))},
+    }
     if len(vocab) > _TEXT["vocab_size"]:
-        raise ValueError(f"tiny tokenizer: {len(vocab)} words exceed the tiny text tower's vocab_size {_TEXT['vocab_size']}")
+        raise ValueError(
+            f"tiny tokenizer: {len(vocab)} words exceed the tiny text tower's vocab_size {_TEXT['vocab_size']}"
+        )
     tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
-    tok.post_processor = processors.TemplateProcessing(single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="[UNK]", model_max_length=max_length).save_pretrained(d)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="[UNK]",
+        model_max_length=max_length,
+    ).save_pretrained(d)
 
 
 def _tiny_dinov2(d: str):
     import transformers as T
 
-    cfg = T.Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=28, patch_size=4, num_register_tokens=2)
+    cfg = T.Dinov2WithRegistersConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=28,
+        patch_size=4,
+        num_register_tokens=2,
+    )
     _init(T.Dinov2WithRegistersModel(cfg)).save_pretrained(d)
-    _processor("BitImageProcessor")(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}, **_IMAGENET).save_pretrained(d)
+    _processor("BitImageProcessor")(
+        size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}, **_IMAGENET
+    ).save_pretrained(d)
 
 
 def _tiny_sam(d: str):
     import transformers as T
 
     cfg = T.SamConfig(
-        vision_config=dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=8, window_size=4, global_attn_indexes=[1], mlp_dim=64, num_pos_feats=8),
+        vision_config=dict(
+            hidden_size=32,
+            output_channels=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=8,
+            window_size=4,
+            global_attn_indexes=[1],
+            mlp_dim=64,
+            num_pos_feats=8,
+        ),
         prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16),
+        mask_decoder_config=dict(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16
+        ),
     )
     _init(T.SamModel(cfg)).save_pretrained(d)
-    _processor("SamImageProcessor")(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16}).save_pretrained(d)
+    _processor("SamImageProcessor")(
+        size={"longest_edge": 64},
+        pad_size={"height": 64, "width": 64},
+        mask_size={"longest_edge": 16},
+        mask_pad_size={"height": 16, "width": 16},
+    ).save_pretrained(d)
 
 
 def _tiny_siglip(d: str):
     import transformers as T
 
-    cfg = T.SiglipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8), text_config=_TEXT)
+    cfg = T.SiglipConfig(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=_TEXT,
+    )
     _init(T.SiglipModel(cfg)).save_pretrained(d)
     _processor("SiglipImageProcessor")(size={"height": 32, "width": 32}).save_pretrained(d)
 
@@ -109,7 +188,17 @@ def _tiny_siglip2(d: str):
     processor config (bilinear resize, mean = std = 0.5); NaFlex variants are another model and not supported."""
     import transformers as T
 
-    cfg = T.SiglipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8), text_config=_TEXT)
+    cfg = T.SiglipConfig(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=_TEXT,
+    )
     _init(T.SiglipModel(cfg)).save_pretrained(d)
     _processor("SiglipImageProcessor")(size={"height": 32, "width": 32}, resample=2).save_pretrained(d)
 
@@ -120,24 +209,63 @@ def _write_processor(d: str, cls: str, **facts):
     import json
 
     with open(os.path.join(d, "preprocessor_config.json"), "w") as f:
-        json.dump({"image_processor_type": cls, "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, **facts}, f, indent=2)
+        json.dump(
+            {
+                "image_processor_type": cls,
+                "do_resize": True,
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                **facts,
+            },
+            f,
+            indent=2,
+        )
 
 
 def _tiny_dinov3(d: str):
     import transformers as T
 
-    cfg = T.DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=4, num_register_tokens=2)
+    cfg = T.DINOv3ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=4,
+        num_register_tokens=2,
+    )
     _init(T.DINOv3ViTModel(cfg)).save_pretrained(d)
     _write_processor(d, "DINOv3ViTImageProcessor", size={"height": 28, "width": 28}, resample=2, **_IMAGENET)
 
 
 def _sam2_vision(T, hidden, blocks, heads, windows, global_blocks, background, image=1024, fpn=256):
     dims = [hidden * 2**i for i in range(4)]
-    b = T.Sam2HieraDetConfig(hidden_size=hidden, num_attention_heads=heads[0], image_size=[image, image], patch_kernel_size=[7, 7], patch_stride=[4, 4], patch_padding=[3, 3], query_stride=[2, 2],
-                             window_positional_embedding_background_size=background, num_query_pool_stages=3, blocks_per_stage=blocks, embed_dim_per_stage=dims,
-                             num_attention_heads_per_stage=heads, window_size_per_stage=windows, global_attention_blocks=global_blocks)
+    b = T.Sam2HieraDetConfig(
+        hidden_size=hidden,
+        num_attention_heads=heads[0],
+        image_size=[image, image],
+        patch_kernel_size=[7, 7],
+        patch_stride=[4, 4],
+        patch_padding=[3, 3],
+        query_stride=[2, 2],
+        window_positional_embedding_background_size=background,
+        num_query_pool_stages=3,
+        blocks_per_stage=blocks,
+        embed_dim_per_stage=dims,
+        num_attention_heads_per_stage=heads,
+        window_size_per_stage=windows,
+        global_attention_blocks=global_blocks,
+    )
     g = image // 4
-    return T.Sam2VisionConfig(backbone_config=b, backbone_channel_list=dims[::-1], backbone_feature_sizes=[[g, g], [g // 2, g // 2], [g // 4, g // 4]], fpn_hidden_size=fpn, fpn_top_down_levels=[2, 3], num_feature_levels=3)
+    return T.Sam2VisionConfig(
+        backbone_config=b,
+        backbone_channel_list=dims[::-1],
+        backbone_feature_sizes=[[g, g], [g // 2, g // 2], [g // 4, g // 4]],
+        fpn_hidden_size=fpn,
+        fpn_top_down_levels=[2, 3],
+        num_feature_levels=3,
+    )
 
 
 def _tiny_sam2(d: str):
@@ -145,16 +273,33 @@ def _tiny_sam2(d: str):
     import transformers as T
 
     vision = _sam2_vision(T, 16, [1, 1, 2, 1], [1, 1, 2, 2], [4, 4, 4, 2], [3], [4, 4], image=64, fpn=16)
-    cfg = T.Sam2Config(vision_config=vision, prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4),
-                       mask_decoder_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16))
+    cfg = T.Sam2Config(
+        vision_config=vision,
+        prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16
+        ),
+    )
     _init(T.Sam2Model(cfg)).save_pretrained(d)
     _write_processor(d, "Sam2ImageProcessor", size={"height": 64, "width": 64}, resample=2, **_IMAGENET)
 
 
 def _sam3_vision(T, hidden, inter, layers, heads, image, window, global_attn, pretrain, fpn=256):
-    v = T.Sam3ViTConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads, image_size=image, patch_size=14, window_size=window, global_attn_indexes=global_attn, pretrain_image_size=pretrain)
+    v = T.Sam3ViTConfig(
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=image,
+        patch_size=14,
+        window_size=window,
+        global_attn_indexes=global_attn,
+        pretrain_image_size=pretrain,
+    )
     g = image // 14
-    return T.Sam3VisionConfig(backbone_config=v, fpn_hidden_size=fpn, backbone_feature_sizes=[[4 * g, 4 * g], [2 * g, 2 * g], [g, g]])
+    return T.Sam3VisionConfig(
+        backbone_config=v, fpn_hidden_size=fpn, backbone_feature_sizes=[[4 * g, 4 * g], [2 * g, 2 * g], [g, g]]
+    )
 
 
 def _tiny_sam3(d: str):
@@ -163,11 +308,26 @@ def _tiny_sam3(d: str):
     import transformers as T
 
     _init(T.Sam3VisionModel(_sam3_vision(T, 32, 64, 2, 2, 56, 2, [1], 28, fpn=16))).save_pretrained(d)
-    _write_processor(d, "Sam3ImageProcessor", size={"height": 56, "width": 56}, resample=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    _write_processor(
+        d,
+        "Sam3ImageProcessor",
+        size={"height": 56, "width": 56},
+        resample=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
 
 
-TINY_BUILDERS = {"tiny-clip": _tiny_clip, "tiny-dinov2": _tiny_dinov2, "tiny-sam": _tiny_sam, "tiny-siglip": _tiny_siglip,
-                 "tiny-siglip2": _tiny_siglip2, "tiny-dinov3": _tiny_dinov3, "tiny-sam2": _tiny_sam2, "tiny-sam3": _tiny_sam3}
+TINY_BUILDERS = {
+    "tiny-clip": _tiny_clip,
+    "tiny-dinov2": _tiny_dinov2,
+    "tiny-sam": _tiny_sam,
+    "tiny-siglip": _tiny_siglip,
+    "tiny-siglip2": _tiny_siglip2,
+    "tiny-dinov3": _tiny_dinov3,
+    "tiny-sam2": _tiny_sam2,
+    "tiny-sam3": _tiny_sam3,
+}
 
 
 def radio_home() -> Path:
@@ -214,44 +374,100 @@ _CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.2613
 def _clip_arch(hidden, layers, heads, inter, size, patch, proj):
     def build(T, shrink):
         h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
-        cfg = T.CLIPVisionConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a, image_size=size, patch_size=patch, projection_dim=proj)
-        proc = _processor("CLIPImageProcessor")(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
+        cfg = T.CLIPVisionConfig(
+            hidden_size=h,
+            intermediate_size=i,
+            num_hidden_layers=n,
+            num_attention_heads=a,
+            image_size=size,
+            patch_size=patch,
+            projection_dim=proj,
+        )
+        proc = _processor("CLIPImageProcessor")(
+            size={"shortest_edge": size},
+            crop_size={"height": size, "width": size},
+            image_mean=_CLIP_MEAN,
+            image_std=_CLIP_STD,
+        )
         return T.CLIPVisionModelWithProjection(cfg), proc
+
     return build
 
 
 def _dinov2_arch(hidden, layers, heads, registers, swiglu=False):
     def build(T, shrink):
         h, n, a = (32, 1, 2) if shrink else (hidden, layers, heads)
-        kw = dict(hidden_size=h, num_hidden_layers=n, num_attention_heads=a, mlp_ratio=4, image_size=518, patch_size=14, use_swiglu_ffn=swiglu)
+        kw = dict(
+            hidden_size=h,
+            num_hidden_layers=n,
+            num_attention_heads=a,
+            mlp_ratio=4,
+            image_size=518,
+            patch_size=14,
+            use_swiglu_ffn=swiglu,
+        )
         cfg = T.Dinov2WithRegistersConfig(num_register_tokens=4, **kw) if registers else T.Dinov2Config(**kw)
         model = T.Dinov2WithRegistersModel(cfg) if registers else T.Dinov2Model(cfg)
-        return model, _processor("BitImageProcessor")(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, **_IMAGENET)
+        return model, _processor("BitImageProcessor")(
+            size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, **_IMAGENET
+        )
+
     return build
 
 
 def _sam_arch(hidden, layers, heads, global_attn):
     def build(T, shrink):
         h, n, a, g = (32, 1, 2, [0]) if shrink else (hidden, layers, heads, global_attn)
-        cfg = T.SamVisionConfig(hidden_size=h, num_hidden_layers=n, num_attention_heads=a, mlp_dim=4 * h, global_attn_indexes=g, output_channels=16 if shrink else 256, image_size=1024, patch_size=16, window_size=14)
-        proc = _processor("SamImageProcessor")(size={"longest_edge": 1024}, pad_size={"height": 1024, "width": 1024}, **_IMAGENET)
+        cfg = T.SamVisionConfig(
+            hidden_size=h,
+            num_hidden_layers=n,
+            num_attention_heads=a,
+            mlp_dim=4 * h,
+            global_attn_indexes=g,
+            output_channels=16 if shrink else 256,
+            image_size=1024,
+            patch_size=16,
+            window_size=14,
+        )
+        proc = _processor("SamImageProcessor")(
+            size={"longest_edge": 1024}, pad_size={"height": 1024, "width": 1024}, **_IMAGENET
+        )
         return T.SamVisionModel(cfg), proc
+
     return build
 
 
 def _siglip_arch(hidden, layers, heads, inter, size, patch):
     def build(T, shrink):
         h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
-        cfg = T.SiglipVisionConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a, image_size=size, patch_size=patch)
+        cfg = T.SiglipVisionConfig(
+            hidden_size=h,
+            intermediate_size=i,
+            num_hidden_layers=n,
+            num_attention_heads=a,
+            image_size=size,
+            patch_size=patch,
+        )
         return T.SiglipVisionModel(cfg), _processor("SiglipImageProcessor")(size={"height": size, "width": size})
+
     return build
 
 
 def _siglip2_arch(hidden, layers, heads, inter, size, patch):
     def build(T, shrink):
         h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
-        cfg = T.SiglipVisionConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a, image_size=size, patch_size=patch)
-        return T.SiglipVisionModel(cfg), _processor("SiglipImageProcessor")(size={"height": size, "width": size}, resample=2)
+        cfg = T.SiglipVisionConfig(
+            hidden_size=h,
+            intermediate_size=i,
+            num_hidden_layers=n,
+            num_attention_heads=a,
+            image_size=size,
+            patch_size=patch,
+        )
+        return T.SiglipVisionModel(cfg), _processor("SiglipImageProcessor")(
+            size={"height": size, "width": size}, resample=2
+        )
+
     return build
 
 
@@ -268,8 +484,21 @@ class _JsonProcessor:
 def _dinov3_arch(hidden, layers, heads, inter, gated=False):
     def build(T, shrink):
         h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
-        cfg = T.DINOv3ViTConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a, image_size=224, patch_size=16, num_register_tokens=4, use_gated_mlp=gated, layerscale_value=1.0)
-        return T.DINOv3ViTModel(cfg), _JsonProcessor("DINOv3ViTImageProcessor", size={"height": 224, "width": 224}, resample=2, **_IMAGENET)
+        cfg = T.DINOv3ViTConfig(
+            hidden_size=h,
+            intermediate_size=i,
+            num_hidden_layers=n,
+            num_attention_heads=a,
+            image_size=224,
+            patch_size=16,
+            num_register_tokens=4,
+            use_gated_mlp=gated,
+            layerscale_value=1.0,
+        )
+        return T.DINOv3ViTModel(cfg), _JsonProcessor(
+            "DINOv3ViTImageProcessor", size={"height": 224, "width": 224}, resample=2, **_IMAGENET
+        )
+
     return build
 
 
@@ -279,14 +508,28 @@ def _sam2_arch(hidden, blocks, heads, windows, global_blocks, background):
             vision = _sam2_vision(T, 16, [1, 1, 2, 1], [1, 1, 2, 2], [8, 4, 14, 7], [3], background, fpn=16)
         else:
             vision = _sam2_vision(T, hidden, blocks, heads, windows, global_blocks, background)
-        return T.Sam2VisionModel(vision), _JsonProcessor("Sam2ImageProcessor", size={"height": 1024, "width": 1024}, resample=2, **_IMAGENET)
+        return T.Sam2VisionModel(vision), _JsonProcessor(
+            "Sam2ImageProcessor", size={"height": 1024, "width": 1024}, resample=2, **_IMAGENET
+        )
+
     return build
 
 
 def _sam3_arch():
     def build(T, shrink):
-        vision = _sam3_vision(T, 32, 64, 1, 2, 1008, 24, [0], 336, fpn=16) if shrink else _sam3_vision(T, 1024, 4736, 32, 16, 1008, 24, [7, 15, 23, 31], 336)
-        return T.Sam3VisionModel(vision), _JsonProcessor("Sam3ImageProcessor", size={"height": 1008, "width": 1008}, resample=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+        vision = (
+            _sam3_vision(T, 32, 64, 1, 2, 1008, 24, [0], 336, fpn=16)
+            if shrink
+            else _sam3_vision(T, 1024, 4736, 32, 16, 1008, 24, [7, 15, 23, 31], 336)
+        )
+        return T.Sam3VisionModel(vision), _JsonProcessor(
+            "Sam3ImageProcessor",
+            size={"height": 1008, "width": 1008},
+            resample=2,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+        )
+
     return build
 
 
@@ -294,7 +537,11 @@ REAL_ARCHITECTURES = {
     "clip-vit-b16": _clip_arch(768, 12, 12, 3072, 224, 16, 512),
     "clip-vit-l14": _clip_arch(1024, 24, 16, 4096, 224, 14, 768),
     "clip-vit-l14-336": _clip_arch(1024, 24, 16, 4096, 336, 14, 768),
-    **{f"dinov2-vit{k}14{r}": _dinov2_arch(*dims, registers=bool(r), swiglu=k == "g") for k, dims in {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "g": (1536, 40, 24)}.items() for r in ("", "-reg")},
+    **{
+        f"dinov2-vit{k}14{r}": _dinov2_arch(*dims, registers=bool(r), swiglu=k == "g")
+        for k, dims in {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "g": (1536, 40, 24)}.items()
+        for r in ("", "-reg")
+    },
     "sam-vit-b": _sam_arch(768, 12, 12, [2, 5, 8, 11]),
     "sam-vit-l": _sam_arch(1024, 24, 16, [5, 11, 17, 23]),
     "sam-vit-h": _sam_arch(1280, 32, 16, [7, 15, 23, 31]),

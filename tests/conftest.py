@@ -51,7 +51,11 @@ def small_disk(tmp_path):
         def __call__(self, size: int, read_only: bool = False):
             d = tmp_path / f"disk{len(mounts)}"
             d.mkdir()
-            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if read_only else ""), "tmpfs", str(d)], check=True, capture_output=True)
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if read_only else ""), "tmpfs", str(d)],
+                check=True,
+                capture_output=True,
+            )
             mounts.append(d)
             return d
 

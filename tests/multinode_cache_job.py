@@ -40,21 +40,41 @@ _OWN_TMP = None
 if not os.environ.get("RAY_TMPDIR"):
     _OWN_TMP = tempfile.mkdtemp(prefix="rmn-", dir="/tmp")  # short: Ray's socket paths live below it
     os.environ["RAY_TMPDIR"] = _OWN_TMP
-for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}.items():
+for _k, _v in {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DISABLE_USAGE_STATS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}.items():
     os.environ.setdefault(_k, _v)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cache-samples.yaml"  # tiny-clip, tiny-dinov2, tiny-sam on the built-in samples
 
 LIMIT, PER_SHARD = 48, 3  # 16 units: 64 Parquet shards (views + 3 teachers)
-HEAD_CPUS, WORKER_CPUS, WORKERS = 2, 2, 2  # 6 CPUs; after losing a worker 4: the 3 teacher actors + 1 for prepare/write tasks
+HEAD_CPUS, WORKER_CPUS, WORKERS = (
+    2,
+    2,
+    2,
+)  # 6 CPUs; after losing a worker 4: the 3 teacher actors + 1 for prepare/write tasks
 REMOVE_AFTER = 3  # committed teacher shards before the node is removed
 
 
 def overrides(output: Path) -> list[str]:
-    return [f"output={output}", "source.kind=samples", "source.split=train", f"source.limit={LIMIT}", f"images_per_shard={PER_SHARD}",
-            "student_resolution=32", "target_patch=8", "mlflow.enabled=false", "progress=false"]
+    return [
+        f"output={output}",
+        "source.kind=samples",
+        "source.split=train",
+        f"source.limit={LIMIT}",
+        f"images_per_shard={PER_SHARD}",
+        "student_resolution=32",
+        "target_patch=8",
+        "mlflow.enabled=false",
+        "progress=false",
+    ]
 
 
 def shards(root: Path) -> int:
@@ -96,18 +116,31 @@ def monitor(cluster, out: Path, job_done: threading.Event, info: dict, graceful:
             info["error"] = f"no worker node other than the driver's hosts a live teacher actor: {by_node}"
             return
         victim = max(candidates, key=lambda n: len(by_node[n.node_id]))
-        info.update(node_id=victim.node_id, actors=by_node[victim.node_id], shards_before=shards(out), job_running_before=not job_done.is_set())
+        info.update(
+            node_id=victim.node_id,
+            actors=by_node[victim.node_id],
+            shards_before=shards(out),
+            job_running_before=not job_done.is_set(),
+        )
         t0 = time.time()
         cluster.remove_node(victim, allow_graceful=graceful)
-        info.update(removed=True, remove_s=time.time() - t0, shards_after=shards(out), job_running_after=not job_done.is_set())
+        info.update(
+            removed=True, remove_s=time.time() - t0, shards_after=shards(out), job_running_after=not job_done.is_set()
+        )
         # Until the job ends: when the GCS declares the node dead, and where its actors went.
         seen: dict[str, dict] = {}
         while not job_done.is_set():
-            if "node_dead_after_s" not in info and not any(n["Alive"] for n in ray.nodes() if n["NodeID"] == victim.node_id):
+            if "node_dead_after_s" not in info and not any(
+                n["Alive"] for n in ray.nodes() if n["NodeID"] == victim.node_id
+            ):
                 info["node_dead_after_s"] = time.time() - t0
             for a in teacher_actors():
                 if a["ActorID"] in info["actors"] and a["State"] != "DEAD":  # the job kills its actors when it is done
-                    seen[a["ActorID"]] = {"state": a["State"], "node": a["Address"]["NodeID"], "num_restarts": a["NumRestarts"]}
+                    seen[a["ActorID"]] = {
+                        "state": a["State"],
+                        "node": a["Address"]["NodeID"],
+                        "num_restarts": a["NumRestarts"],
+                    }
             time.sleep(0.1)
         info["actors_after"] = seen
     except BaseException:
@@ -149,7 +182,9 @@ def run_cluster(output: Path, graceful: bool) -> dict:
             report["job_s"] = time.time() - t1
         mon.join(30)
         report["joined_cluster"] = ray.is_initialized() and ray.get_runtime_context().gcs_address == cluster.address
-        report["nodes"] = [{"node_id": n["NodeID"], "alive": n["Alive"], "cpus": n["Resources"].get("CPU")} for n in ray.nodes()]
+        report["nodes"] = [
+            {"node_id": n["NodeID"], "alive": n["Alive"], "cpus": n["Resources"].get("CPU")} for n in ray.nodes()
+        ]
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -170,7 +205,12 @@ def run_reference(output: Path) -> dict:
     try:
         t1 = time.time()
         summary = run_cache_job(cfg)
-        report = {"mode": "reference", "computed": summary.computed, "job_s": time.time() - t1, "nodes": len(ray.nodes())}
+        report = {
+            "mode": "reference",
+            "computed": summary.computed,
+            "job_s": time.time() - t1,
+            "nodes": len(ray.nodes()),
+        }
     finally:
         ray.shutdown()
     report["total_s"] = time.time() - t0

@@ -254,8 +254,19 @@ class S3Server:
         d = self.data_dir
         d.mkdir(parents=True, exist_ok=True)
         t = self._tmp
-        names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc",
-                 "admin", "admin_grpc", "metrics"]
+        names = [
+            "master",
+            "master_grpc",
+            "volume",
+            "volume_grpc",
+            "filer",
+            "filer_grpc",
+            "s3",
+            "s3_grpc",
+            "admin",
+            "admin_grpc",
+            "metrics",
+        ]
         p = self.ports = dict(zip(names, _free_ports(len(names))))
         cmd = [
             weed,
@@ -263,21 +274,29 @@ class S3Server:
             "-vmodule=stats=3",  # one access-log line per S3 request (s3api/stats.go), for request_counts()
             "mini",
             f"-dir={d}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
             f"-bucket={self.bucket}",
             "-admin.ui=false",
             "-master.telemetry=false",
-            f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
-            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master_grpc']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume_grpc']}",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filer_grpc']}",
             f"-filer.localSocket={t}/filer.sock",
-            f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={p['s3_grpc']}",
             f"-s3.localSocket={t}/s3.sock",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             "-webdav=false",
-            f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}",
+            f"-admin.port={p['admin']}",
+            f"-admin.port.grpc={p['admin_grpc']}",
             f"-admin.dataDir={d}/admin",
-            "-metricsIp=127.0.0.1", f"-metricsPort={p['metrics']}",
+            "-metricsIp=127.0.0.1",
+            f"-metricsPort={p['metrics']}",
             *self.extra_args,
         ]
         env = dict(os.environ)
@@ -289,7 +308,12 @@ class S3Server:
         t0 = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                cmd, cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cmd,
+                cwd=d,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, which stop() kills
             )
         try:

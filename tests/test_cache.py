@@ -24,7 +24,15 @@ from radio.targets import resample_targets
 from radio.cache.store import CacheLocation
 
 LIMIT, PER_SHARD, VIEWS = 24, 6, 2  # 4 units
-BASE = [f"source.limit={LIMIT}", f"images_per_shard={PER_SHARD}", f"views.num_views={VIEWS}", "student_resolution=32", "target_patch=8", "mlflow.experiment=test-cache", "progress=false"]
+BASE = [
+    f"source.limit={LIMIT}",
+    f"images_per_shard={PER_SHARD}",
+    f"views.num_views={VIEWS}",
+    "student_resolution=32",
+    "target_patch=8",
+    "mlflow.experiment=test-cache",
+    "progress=false",
+]
 
 
 def _cfg(output, *extra) -> CacheJobConfig:
@@ -35,7 +43,11 @@ def _digest(root: Path) -> dict[str, str]:
     """Content of the cache's shards, their commit records and the merged statistics (files set aside as
     damaged, .damaged-*, are not part of it; the manifest holds times)."""
     files = [p for pattern in ("*.parquet", "*.commit", "*.moments") for p in root.rglob(pattern)]
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files) if not p.name.startswith(".")}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(files)
+        if not p.name.startswith(".")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +134,16 @@ def test_values_equal_direct_teacher_forward(cache_dir):
     for name in ("tiny-clip", "tiny-sam"):
         for i, out in enumerate(_replayed_forward(m, batch, name, LIMIT)):
             want = resample_targets(out.features_BHWC, m.teachers[name].layout.grid, out.valid_hw_B2)
-            np.testing.assert_allclose(batch.teachers[name]["features"][i].astype(np.float32), want[0].numpy(), rtol=2e-3, atol=2e-3)
+            np.testing.assert_allclose(
+                batch.teachers[name]["features"][i].astype(np.float32), want[0].numpy(), rtol=2e-3, atol=2e-3
+            )
             if out.summary_BD is not None:
-                np.testing.assert_allclose(batch.teachers[name]["summary"][i].astype(np.float32), out.summary_BD[0].numpy(), rtol=2e-3, atol=2e-3)
+                np.testing.assert_allclose(
+                    batch.teachers[name]["summary"][i].astype(np.float32),
+                    out.summary_BD[0].numpy(),
+                    rtol=2e-3,
+                    atol=2e-3,
+                )
         # the stored student view is the same crop, resized (raw uint8 pixels by default)
         assert reader.student_pixels(batch, [0]).shape == (1, 32, 32, 3)
 
@@ -144,7 +163,9 @@ def test_prepare_task_resize_equals_device_resize_bitwise(tmp_path):
     from teachers import TeacherSpec
     from teachers.preprocess import resizes_on_host
 
-    cfg = _cfg(tmp_path / "c", "views.ratio=[0.75,1.333]", "teachers=[tiny-clip,tiny-dinov2,tiny-sam,tiny-siglip,tiny-sam2]")
+    cfg = _cfg(
+        tmp_path / "c", "views.ratio=[0.75,1.333]", "teachers=[tiny-clip,tiny-dinov2,tiny-sam,tiny-siglip,tiny-sam2]"
+    )
     policy = ViewPolicy(num_views=3, ratio=(0.75, 1.333))
     workers = {t: TeacherWorker(t, {"batch_size": 4}, "cpu", 1, None, "float32") for t in cfg.teachers}
     specs = {t: w.spec()[0] for t, w in workers.items()}
@@ -158,10 +179,17 @@ def test_prepare_task_resize_equals_device_resize_bitwise(tmp_path):
         a, b = w.run(resized)["cols"], w.run(crops)["cols"]
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), t
     # tiny-clip and tiny-siglip both take a 32x32 bicubic input for a square view: one array, pickled once
-    square, _ = prepare_unit(src, src.records, ViewPolicy(num_views=2, ratio=(1.0, 1.0)), *args[3:], resize_for=specs, keep_crops=False)
+    square, _ = prepare_unit(
+        src, src.records, ViewPolicy(num_views=2, ratio=(1.0, 1.0)), *args[3:], resize_for=specs, keep_crops=False
+    )
     clip, siglip = square["inputs"]["tiny-clip"], square["inputs"]["tiny-siglip"]
-    assert all(a is b and a.shape == (32, 32, 3) for a, b in zip(clip, siglip)) and clip[0] is not square["inputs"]["tiny-sam"][0]
-    assert len(pickle.dumps(square["inputs"])) < len(pickle.dumps({t: [np.array(x) for x in v] for t, v in square["inputs"].items()}))
+    assert (
+        all(a is b and a.shape == (32, 32, 3) for a, b in zip(clip, siglip))
+        and clip[0] is not square["inputs"]["tiny-sam"][0]
+    )
+    assert len(pickle.dumps(square["inputs"])) < len(
+        pickle.dumps({t: [np.array(x) for x in v] for t, v in square["inputs"].items()})
+    )
 
 
 def test_complete_cache_rerun_is_a_fast_noop(cache_dir):
@@ -219,21 +247,36 @@ def test_kill_inside_a_shard_write_and_resume_equals_uninterrupted(cache_dir, tm
     hold.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, whose workers see the hook
     env.update({"PYTHONUNBUFFERED": "1", PAUSE_WRITES_ENV: str(hold)})
-    args = [sys.executable, "-m", "pipelines.cli", "cache", f"output={out}", *BASE, "teachers=[tiny-clip,tiny-sam]", "mlflow.enabled=false"]
+    args = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "cache",
+        f"output={out}",
+        *BASE,
+        "teachers=[tiny-clip,tiny-sam]",
+        "mlflow.enabled=false",
+    ]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None and not (hold / "paused").exists():
             time.sleep(0.05)
-        assert (hold / "paused").exists(), f"no write paused: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else 'timed out'}"
+        assert (hold / "paused").exists(), (
+            f"no write paused: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else 'timed out'}"
+        )
         half = Path((hold / "paused").read_text())
-        assert not half.exists() and list(half.parent.glob(".*")), "the shard is being written to a hidden temporary file"
+        assert not half.exists() and list(half.parent.glob(".*")), (
+            "the shard is being written to a hidden temporary file"
+        )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray and the paused writer: a machine losing power
         proc.wait()
     assert load_manifest(CacheLocation(str(out))) is None or not load_manifest(CacheLocation(str(out))).complete
     s = run_cache_job(_cfg(out, "teachers=[tiny-clip,tiny-sam]", "mlflow.enabled=false"))
-    assert sum(s.computed.values()) < 3 * (LIMIT // PER_SHARD) and s.computed[half.parent.name] >= 1  # only what was missing
+    assert (
+        sum(s.computed.values()) < 3 * (LIMIT // PER_SHARD) and s.computed[half.parent.name] >= 1
+    )  # only what was missing
     assert _digest(out) == _digest(cache_dir)
     assert not [p for p in out.rglob(".*") if ".tmp" in p.name], "the orphaned temporary file is removed"
 
@@ -254,7 +297,22 @@ def test_bad_files_are_skipped_and_recorded(ray_session, tmp_path):
     Image.new("L", (30, 30), 7).save(src / "gray.png")
     Image.new("RGBA", (30, 20), (1, 2, 3, 100)).save(src / "rgba.png")
     out = tmp_path / "bad"
-    s = run_cache_job(load_config(CacheJobConfig, None, [f"output={out}", "source.kind=folder", f"source.path={src}", "teachers=[tiny-dinov2]", "views.num_views=2", "student_resolution=32", "progress=false", "mlflow.enabled=false"]))
+    s = run_cache_job(
+        load_config(
+            CacheJobConfig,
+            None,
+            [
+                f"output={out}",
+                "source.kind=folder",
+                f"source.path={src}",
+                "teachers=[tiny-dinov2]",
+                "views.num_views=2",
+                "student_resolution=32",
+                "progress=false",
+                "mlflow.enabled=false",
+            ],
+        )
+    )
     m = load_manifest(CacheLocation(str(out)))
     reasons = {x.image_id: x.reason for x in m.skipped}
     assert set(reasons) == {"empty.jpg", "truncated.jpg", "notes.txt", "bomb.png"}
@@ -282,7 +340,9 @@ def test_info_verify_and_file_uri(ray_session, cache_dir, tmp_path, capsys):
         assert main(["cache", "verify", str(cache_dir), "--sample", "0"]) == 0  # structure only: same size, same footer
         assert main(["cache", "verify", str(cache_dir), "--sample", "0", "--full"]) == 1  # every checksum
         assert "checksum" in capsys.readouterr().out
-        assert main(["cache", "verify", str(cache_dir), "--sample", "8", "--seed", "3"]) == 1  # a sample covering every unit
+        assert (
+            main(["cache", "verify", str(cache_dir), "--sample", "8", "--seed", "3"]) == 1
+        )  # a sample covering every unit
         assert "unit-00001.parquet: checksum differs" in capsys.readouterr().out
     finally:
         victim.write_bytes(saved)
@@ -294,14 +354,20 @@ def test_sigkill_of_a_teacher_actor_mid_run_still_completes_exactly(ray_session,
     import psutil
 
     def teacher_actor_pids():  # Ray names its actor processes "ray::<Class>"
-        return [p.pid for p in psutil.process_iter(["cmdline"]) if any("ray::TeacherWorker" in c for c in (p.info["cmdline"] or []))]
+        return [
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if any("ray::TeacherWorker" in c for c in (p.info["cmdline"] or []))
+        ]
 
     out = tmp_path / "actor-killed"
     result = {}
 
     def run():
         try:
-            result["summary"] = run_cache_job(_cfg(out, "teachers=[tiny-clip,tiny-sam]", "max_inflight_units=1", "mlflow.enabled=false"))
+            result["summary"] = run_cache_job(
+                _cfg(out, "teachers=[tiny-clip,tiny-sam]", "max_inflight_units=1", "mlflow.enabled=false")
+            )
         except BaseException as e:  # surfaced below
             result["error"] = e
 
@@ -332,15 +398,23 @@ def test_cache_run_in_mlflow(cache_dir):
     assert run.data.tags["radio.kind"] == "cache" and run.data.tags["radio.cache_id"] == m.cache_id
     assert run.data.params["views.num_views"] == str(VIEWS) and run.data.params["teachers.tiny-sam.actors"] == "1"
     metrics = run.data.metrics
-    assert metrics["cache/images"] == LIMIT and metrics["cache/views"] == LIMIT * VIEWS and metrics["system/images_per_s"] > 0
+    assert (
+        metrics["cache/images"] == LIMIT
+        and metrics["cache/views"] == LIMIT * VIEWS
+        and metrics["system/images_per_s"] > 0
+    )
     sam = m.teachers["tiny-sam"]
     assert metrics["cache/bytes_per_view/tiny-sam"] == pytest.approx(sam.bytes_per_view)
-    assert metrics["cache/bytes_ratio_to_float32_native/tiny-sam"] == pytest.approx(sam.bytes_per_view / (8 * 8 * 16 * 4))
+    assert metrics["cache/bytes_ratio_to_float32_native/tiny-sam"] == pytest.approx(
+        sam.bytes_per_view / (8 * 8 * 16 * 4)
+    )
     assert "system/views_per_s/tiny-clip" in metrics and "system/gpu_hours/tiny-clip" in metrics
     assert 0 < metrics["system/busy_fraction/tiny-clip"] <= 1.0 + 1e-6  # compute time over the time work was in flight
     assert all(k.split("/")[0] in ("cache", "system") for k in metrics), sorted(metrics)
     [inp] = run.inputs.dataset_inputs  # the cache, as an MLflow dataset of its run
-    assert inp.dataset.digest == m.cache_id[:36] and {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "output"
+    assert (
+        inp.dataset.digest == m.cache_id[:36] and {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "output"
+    )
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"manifest.json", "config.yaml"}
 
@@ -363,7 +437,9 @@ def test_mixed_folder_every_file_cached_or_recorded(ray_session, tmp_path, capsy
         (src / c).mkdir(parents=True)
         for i in range(int(rng.integers(2, 5))):
             ext = ["png", "jpg", "bmp"][i % 3]
-            Image.fromarray(rng.integers(0, 255, (int(rng.integers(8, 60)), int(rng.integers(8, 60)), 3), dtype=np.uint8)).save(src / c / f"{i}.{ext}")
+            Image.fromarray(
+                rng.integers(0, 255, (int(rng.integers(8, 60)), int(rng.integers(8, 60)), 3), dtype=np.uint8)
+            ).save(src / c / f"{i}.{ext}")
             good.add(f"{c}/{i}.{ext}")
     # a phone photo with EXIF orientation, and a name that is not valid UTF-8
     img = Image.new("RGB", (40, 20), (200, 10, 10))
@@ -371,9 +447,16 @@ def test_mixed_folder_every_file_cached_or_recorded(ray_session, tmp_path, capsy
     exif[0x0112] = 6
     img.save(src / "a" / "rotated.jpg", exif=exif.tobytes())
     good.add("a/rotated.jpg")
-    Image.new("RGB", (12, 12), (1, 2, 3)).save(os.fsdecode(os.path.join(os.fsencode(str(src / "b")), b"caf\xe9.png")), format="PNG")
+    Image.new("RGB", (12, 12), (1, 2, 3)).save(
+        os.fsdecode(os.path.join(os.fsencode(str(src / "b")), b"caf\xe9.png")), format="PNG"
+    )
     good.add("b/caf\\xe9.png")
-    bad = {"README.txt": b"about this data set", "a/empty.jpg": b"", "b/notes.jpg": b"text, not a jpeg", "a/truncated.png": None}
+    bad = {
+        "README.txt": b"about this data set",
+        "a/empty.jpg": b"",
+        "b/notes.jpg": b"text, not a jpeg",
+        "a/truncated.png": None,
+    }
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
     for name, data in bad.items():
@@ -391,7 +474,17 @@ def test_mixed_folder_every_file_cached_or_recorded(ray_session, tmp_path, capsy
     (good if as_root else bad).update({"a/secret.png": None})
     bad.update({"a/pipe.png": None, ".DS_Store": None, "b/.cache": None, "a/gone.jpg": None, "b/linked": None})
     out = tmp_path / "c"
-    args = ["cache", f"output={out}", "source.kind=folder", f"source.path={src}", "teachers=[tiny-clip]", "views.num_views=1", "student_resolution=32", "progress=false", "mlflow.enabled=false"]
+    args = [
+        "cache",
+        f"output={out}",
+        "source.kind=folder",
+        f"source.path={src}",
+        "teachers=[tiny-clip]",
+        "views.num_views=1",
+        "student_resolution=32",
+        "progress=false",
+        "mlflow.enabled=false",
+    ]
     assert main(args) == 0
     m = load_manifest(CacheLocation(str(out)))
     cached = set()
@@ -400,21 +493,45 @@ def test_mixed_folder_every_file_cached_or_recorded(ray_session, tmp_path, capsy
     skipped = {s.image_id: s.reason for s in m.skipped}
     assert cached == good and set(skipped) == set(bad)
     assert all("0x" not in r and r and str(tmp_path) not in r for r in skipped.values())
-    assert skipped["a/pipe.png"] == "not a regular file (named pipe)" and skipped["a/gone.jpg"] == "broken symbolic link"
-    assert skipped[".DS_Store"].startswith("hidden file") and skipped["b/.cache"].startswith("hidden folder") and skipped["b/linked"].startswith("symbolic link to a folder")
+    assert (
+        skipped["a/pipe.png"] == "not a regular file (named pipe)" and skipped["a/gone.jpg"] == "broken symbolic link"
+    )
+    assert (
+        skipped[".DS_Store"].startswith("hidden file")
+        and skipped["b/.cache"].startswith("hidden folder")
+        and skipped["b/linked"].startswith("symbolic link to a folder")
+    )
     if not as_root:
         assert skipped["a/secret.png"] == "unreadable: Permission denied"
     assert m.labels == ["a", "b"]
     views = pq.read_table(out / "views" / "unit-00000.parquet", columns=["image_id", "source_hw"]).to_pylist()
-    assert {r["image_id"]: r["source_hw"] for r in views}["a/rotated.jpg"] == [40, 20]  # EXIF applied: upright, portrait
+    assert {r["image_id"]: r["source_hw"] for r in views}["a/rotated.jpg"] == [
+        40,
+        20,
+    ]  # EXIF applied: upright, portrait
     capsys.readouterr()
     assert main(args) == 0  # a rerun is a no-op with the same record
-    assert [(s.image_id, s.reason) for s in load_manifest(CacheLocation(str(out))).skipped] == [(s.image_id, s.reason) for s in m.skipped]
+    assert [(s.image_id, s.reason) for s in load_manifest(CacheLocation(str(out))).skipped] == [
+        (s.image_id, s.reason) for s in m.skipped
+    ]
 
 
 def test_actors_that_leave_no_cpu_for_tasks_are_refused_not_a_hang(ray_session, tmp_path, capsys):
     cpus = int(ray_session.cluster_resources()["CPU"])
-    assert main(["cache", f"output={tmp_path / 'c'}", "teachers=[tiny-clip]", f"teachers.tiny-clip.cpus_per_actor={cpus}", "source.limit=2", "mlflow.enabled=false", "progress=false"]) == 2
+    assert (
+        main(
+            [
+                "cache",
+                f"output={tmp_path / 'c'}",
+                "teachers=[tiny-clip]",
+                f"teachers.tiny-clip.cpus_per_actor={cpus}",
+                "source.limit=2",
+                "mlflow.enabled=false",
+                "progress=false",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"Ray has {cpus} CPUs, but the teacher actors reserve {cpus}" in err and f"num_cpus >= {cpus + 1}" in err
 
@@ -424,8 +541,15 @@ def test_unloadable_teacher_fails_in_seconds_before_ray(tmp_path, capsys):
     args = ["cache", f"output={tmp_path / 'c'}", "source.limit=2", "mlflow.enabled=false"]
     assert main([*args, "teachers=[clip-vit-b16]"]) == 2  # a hub id, offline
     err = capsys.readouterr().err
-    assert "clip-vit-b16" in err and "HF_HUB_OFFLINE=1" in err and "teachers.clip-vit-b16.source=" in err and "Traceback" not in err
-    assert main([*args, "teachers=[tiny-clip]", f"teachers.tiny-clip.source={tmp_path}"]) == 2  # a directory without a checkpoint
+    assert (
+        "clip-vit-b16" in err
+        and "HF_HUB_OFFLINE=1" in err
+        and "teachers.clip-vit-b16.source=" in err
+        and "Traceback" not in err
+    )
+    assert (
+        main([*args, "teachers=[tiny-clip]", f"teachers.tiny-clip.source={tmp_path}"]) == 2
+    )  # a directory without a checkpoint
     err = capsys.readouterr().err
     assert "teacher tiny-clip" in err and "no config.json" in err and err.count("\n") <= 2
     assert time.perf_counter() - t0 < 20 and not (tmp_path / "c").exists()
@@ -453,20 +577,32 @@ def test_truncated_or_foreign_shard_is_named_refused_and_recomputed(ray_session,
     capsys.readouterr()
     assert main(["cache", "verify", str(out), "--sample", "0"]) == 1
     text = capsys.readouterr().out
-    assert "teachers/tiny-sam/unit-00002.parquet: not a readable Parquet file" in text and "views/unit-00001.parquet: belongs to another cache" in text
+    assert (
+        "teachers/tiny-sam/unit-00002.parquet: not a readable Parquet file" in text
+        and "views/unit-00001.parquet: belongs to another cache" in text
+    )
     # sampling every unit: the damaged files are named, not recomputed, and the intact units still are
     assert main(["cache", "verify", str(out), "--sample", "4"]) == 1
     text = capsys.readouterr().out
     assert "not a readable Parquet file" in text and "belongs to another cache" in text and "Traceback" not in text
     swapped = _damaged_copy(cache_dir, tmp_path, "swap")  # two shards of one teacher swapped, their records not
-    a, b = swapped / "teachers" / "tiny-clip" / "unit-00000.parquet", swapped / "teachers" / "tiny-clip" / "unit-00003.parquet"
+    a, b = (
+        swapped / "teachers" / "tiny-clip" / "unit-00000.parquet",
+        swapped / "teachers" / "tiny-clip" / "unit-00003.parquet",
+    )
     da, db = a.read_bytes(), b.read_bytes()
     a.write_bytes(db)
     b.write_bytes(da)
     assert main(["cache", "verify", str(swapped), "--sample", "4"]) == 1
     text = capsys.readouterr().out
-    assert "teachers/tiny-clip/unit-00000.parquet" in text and "teachers/tiny-clip/unit-00003.parquet" in text and "verify: FAILED" in text, text
-    with pytest.raises(CacheError, match=r"tiny-sam/unit-00002\.parquet: \d+ bytes, the manifest says \d+.*radio cache verify"):
+    assert (
+        "teachers/tiny-clip/unit-00000.parquet" in text
+        and "teachers/tiny-clip/unit-00003.parquet" in text
+        and "verify: FAILED" in text
+    ), text
+    with pytest.raises(
+        CacheError, match=r"tiny-sam/unit-00002\.parquet: \d+ bytes, the manifest says \d+.*radio cache verify"
+    ):
         CacheReader(str(out))  # what training opens: refused before the first step, from one listing per directory
     reader = CacheReader(str(out), check=False)  # a stream's reader checks each file's own footer as it opens it
     with pytest.raises(CacheError, match=r"tiny-sam/unit-00002\.parquet: not a readable Parquet file"):
@@ -478,7 +614,9 @@ def test_truncated_or_foreign_shard_is_named_refused_and_recomputed(ray_session,
     # only the damaged files: unit 1's views (replayed, so its teachers' shards still match) and unit 2 of tiny-sam
     assert s.computed == {"views": 1, "tiny-clip": 0, "tiny-sam": 1}
     assert "it will be recomputed" in capsys.readouterr().err
-    assert len(list((out / "teachers" / "tiny-sam").glob(".damaged-*.parquet"))) == 1  # kept aside (with its record), not deleted
+    assert (
+        len(list((out / "teachers" / "tiny-sam").glob(".damaged-*.parquet"))) == 1
+    )  # kept aside (with its record), not deleted
     assert _digest(out) == good
     assert main(["cache", "verify", str(out), "--sample", "0"]) == 0
 
@@ -491,9 +629,13 @@ def test_edited_manifest_is_refused_and_rewritten_from_the_shards(ray_session, c
 
     original = json.loads((cache_dir / "manifest.json").read_text())
     edits = {
-        "stats": lambda m: m["teachers"]["tiny-clip"]["stats"]["features"]["mean"].__setitem__(0, m["teachers"]["tiny-clip"]["stats"]["features"]["mean"][0] + 0.5),
+        "stats": lambda m: m["teachers"]["tiny-clip"]["stats"]["features"]["mean"].__setitem__(
+            0, m["teachers"]["tiny-clip"]["stats"]["features"]["mean"][0] + 0.5
+        ),
         "dropped": lambda m: m["views"]["shards"].pop(),
-        "layout": lambda m: m["teachers"]["tiny-sam"]["layout"].__setitem__("dtype", "float16" if m["teachers"]["tiny-sam"]["layout"]["dtype"] != "float16" else "int8"),
+        "layout": lambda m: m["teachers"]["tiny-sam"]["layout"].__setitem__(
+            "dtype", "float16" if m["teachers"]["tiny-sam"]["layout"]["dtype"] != "float16" else "int8"
+        ),
     }
     for name, edit in edits.items():
         out = _damaged_copy(cache_dir, tmp_path, f"edit-{name}")
@@ -502,9 +644,24 @@ def test_edited_manifest_is_refused_and_rewritten_from_the_shards(ray_session, c
         (out / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True))
         with pytest.raises(ManifestDamaged, match=r"manifest.json does not match its recorded sha256"):
             CacheReader(str(out))
-        assert main(["train", f"cache={out}", f"output={tmp_path / name}", "teachers=[tiny-clip,tiny-sam]", "mlflow.enabled=false"]) == 2
+        assert (
+            main(
+                [
+                    "train",
+                    f"cache={out}",
+                    f"output={tmp_path / name}",
+                    "teachers=[tiny-clip,tiny-sam]",
+                    "mlflow.enabled=false",
+                ]
+            )
+            == 2
+        )
         err = capsys.readouterr().err
-        assert "does not match its recorded sha256" in err and "rerun the `radio cache` command" in err and "Traceback" not in err
+        assert (
+            "does not match its recorded sha256" in err
+            and "rerun the `radio cache` command" in err
+            and "Traceback" not in err
+        )
         assert main(["cache", "verify", str(out)]) == 1
         assert "MISMATCH" in capsys.readouterr().out
     # the rerun: the shards win, no unit is recomputed, and the manifest is what the job wrote
@@ -512,7 +669,10 @@ def test_edited_manifest_is_refused_and_rewritten_from_the_shards(ray_session, c
     assert sum(s.computed.values()) == 0, s.computed
     assert "rewriting it from the shards' own records" in capsys.readouterr().err
     fixed = json.loads((out / "manifest.json").read_text())
-    assert fixed["teachers"]["tiny-sam"]["layout"] == original["teachers"]["tiny-sam"]["layout"] and fixed["views"] == original["views"]
+    assert (
+        fixed["teachers"]["tiny-sam"]["layout"] == original["teachers"]["tiny-sam"]["layout"]
+        and fixed["views"] == original["views"]
+    )
     CacheReader(str(out))  # accepted again
 
 
@@ -520,8 +680,24 @@ def test_lower_resolutions_store_each_teachers_targets_at_every_grid(ray_session
     """Multi-resolution caches: one stored view per row, and each teacher's targets at the grid of every
     resolution (capped by its own grid), each the area average of the teacher's map over the whole view."""
     out = tmp_path / "mr"
-    assert main(["cache", f"output={out}", "source.limit=6", "images_per_shard=6", "views.num_views=2", "student_resolution=32", "lower_resolutions=[16]", "target_patch=8",
-                 "mlflow.enabled=false", "progress=false", "teachers=[tiny-clip,tiny-sam]"]) == 0
+    assert (
+        main(
+            [
+                "cache",
+                f"output={out}",
+                "source.limit=6",
+                "images_per_shard=6",
+                "views.num_views=2",
+                "student_resolution=32",
+                "lower_resolutions=[16]",
+                "target_patch=8",
+                "mlflow.enabled=false",
+                "progress=false",
+                "teachers=[tiny-clip,tiny-sam]",
+            ]
+        )
+        == 0
+    )
     m = load_manifest(CacheLocation(str(out)))
     lay = {t: m.teachers[t].layout for t in ("tiny-clip", "tiny-sam")}
     assert lay["tiny-sam"].grids == [(4, 4), (2, 2)] and lay["tiny-clip"].grids == [(4, 4), (2, 2)]
@@ -532,8 +708,23 @@ def test_lower_resolutions_store_each_teachers_targets_at_every_grid(ray_session
                 want = resample_targets(got.features_BHWC, g, got.valid_hw_B2)[0].numpy()
                 np.testing.assert_allclose(batch.teachers[name][col][i].astype(np.float32), want, rtol=2e-3, atol=2e-3)
     # the same job with other lower resolutions is another layout: refused, not mixed into the cache
-    assert main(["cache", f"output={out}", "source.limit=6", "images_per_shard=6", "views.num_views=2", "student_resolution=32", "target_patch=8",
-                 "mlflow.enabled=false", "progress=false", "teachers=[tiny-clip,tiny-sam]"]) != 0
+    assert (
+        main(
+            [
+                "cache",
+                f"output={out}",
+                "source.limit=6",
+                "images_per_shard=6",
+                "views.num_views=2",
+                "student_resolution=32",
+                "target_patch=8",
+                "mlflow.enabled=false",
+                "progress=false",
+                "teachers=[tiny-clip,tiny-sam]",
+            ]
+        )
+        != 0
+    )
 
 
 def test_unreachable_ray_address_fails_in_seconds_with_one_line(tmp_path):
@@ -547,17 +738,37 @@ def test_unreachable_ray_address_fails_in_seconds_with_one_line(tmp_path):
     out = tmp_path / "c"
     env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "HF_HUB_OFFLINE": "1"}
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "pipelines.cli", "cache", "teachers=[tiny-clip]", "source.limit=4", f"output={out}", "mlflow.enabled=false"],
-                       cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "cache",
+            "teachers=[tiny-clip]",
+            "source.limit=4",
+            f"output={out}",
+            "mlflow.enabled=false",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     took = time.monotonic() - t0
     assert p.returncode == 2, p.stderr[-2000:]
     lines = [line for line in p.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith(f"radio: error: RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers") and "unset RAY_ADDRESS" in lines[-1], p.stderr[-2000:]
+    assert (
+        lines[-1].startswith(f"radio: error: RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers")
+        and "unset RAY_ADDRESS" in lines[-1]
+    ), p.stderr[-2000:]
     assert "Traceback" not in p.stderr and took < 60, took  # 10 s of retries plus interpreter start on a loaded machine
     assert not out.exists()
 
 
-def test_disk_full_mid_job_is_one_line_and_the_rerun_completes_byte_identical(ray_session, cache_dir, small_disk, capsys):
+def test_disk_full_mid_job_is_one_line_and_the_rerun_completes_byte_identical(
+    ray_session, cache_dir, small_disk, capsys
+):
     """A real full disk under the job (a 200 KB tmpfs for a ~300 KB cache): one line naming the cache and what is
     kept, no traceback; with space freed, the same command finishes it byte for byte as a one-shot build."""
     disk = small_disk(200 * 1024)
@@ -565,7 +776,9 @@ def test_disk_full_mid_job_is_one_line_and_the_rerun_completes_byte_identical(ra
     assert main(["cache", f"output={out}", *BASE, "teachers=[tiny-clip,tiny-sam]"]) == 2
     err = capsys.readouterr().err
     line = [x for x in err.splitlines() if x.startswith("radio: error:")]
-    assert line and f"no space left writing cache {out}" in line[0] and "rerun the same command to resume" in line[0], err
+    assert line and f"no space left writing cache {out}" in line[0] and "rerun the same command to resume" in line[0], (
+        err
+    )
     assert "Traceback" not in err
     small_disk.resize(disk, 16 * 2**20)
     assert main(["cache", f"output={out}", *BASE, "teachers=[tiny-clip,tiny-sam]"]) == 0

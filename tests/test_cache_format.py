@@ -13,14 +13,30 @@ from pipelines.cache import CacheJobConfig, run_cache_job, target_grid_for
 from pipelines.cli import main
 from pipelines.config import load_config
 from radio.cache import (
-    FORMAT_VERSION, MIN_COS, CacheError, CacheFormatError, CacheLocation, CacheMismatch, CacheReader, decode_features,
-    encode_targets, load_manifest,
+    FORMAT_VERSION,
+    MIN_COS,
+    CacheError,
+    CacheFormatError,
+    CacheLocation,
+    CacheMismatch,
+    CacheReader,
+    decode_features,
+    encode_targets,
+    load_manifest,
 )
 from radio.targets import resample_targets, stored_grid
 from teachers import create_teacher
 
 LIMIT = 12
-BASE = [f"source.limit={LIMIT}", "images_per_shard=6", "views.num_views=2", "student_resolution=32", "target_patch=8", "progress=false", "mlflow.enabled=false"]
+BASE = [
+    f"source.limit={LIMIT}",
+    "images_per_shard=6",
+    "views.num_views=2",
+    "student_resolution=32",
+    "target_patch=8",
+    "progress=false",
+    "mlflow.enabled=false",
+]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,7 +59,11 @@ def test_int8_round_trip_within_its_bound():
     x[..., 7] *= 40.0  # and one with a large range
     x[2, :, :, 5] = 1.25  # a constant channel decodes exactly
     cols = encode_targets(torch.randn(6, 32, generator=g), x, "int8")
-    assert cols["features"].dtype == np.uint8 and cols["features_scale"].shape == (6, 64) and cols["summary"].dtype == np.float16
+    assert (
+        cols["features"].dtype == np.uint8
+        and cols["features_scale"].shape == (6, 64)
+        and cols["summary"].dtype == np.float16
+    )
     back = decode_features(cols)
     assert back.dtype == torch.float32 and back.shape == x.shape
     assert _worst_cos(back, x) >= 0.999 > MIN_COS["int8"]
@@ -61,7 +81,9 @@ def test_int8_round_trip_within_its_bound():
     # per-position scaling would have lost the other channels next to the outliers
     for t in ("tiny-clip", "tiny-dinov2", "tiny-sam"):
         out = create_teacher(t)([torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8) for _ in range(4)])
-        assert _worst_cos(decode_features(encode_targets(None, out.features_BHWC, "int8")), out.features_BHWC) >= 0.999, t
+        assert (
+            _worst_cos(decode_features(encode_targets(None, out.features_BHWC, "int8")), out.features_BHWC) >= 0.999
+        ), t
 
 
 def test_float_codecs_and_bad_dtype():
@@ -76,11 +98,28 @@ def test_stored_grid_rule():
     assert stored_grid((64, 64), (14, 14)) == (14, 14)  # SAM: area-averaged down
     assert stored_grid((4, 4), (8, 8)) == (4, 4)  # a coarser teacher is never upsampled
     assert stored_grid((16, 16), None) == (16, 16)  # native
-    cfg = _cfg("x", "teachers={tiny-clip: {}, tiny-sam: {target_grid: native}, tiny-dinov2: {target_grid: 3}}", "student_resolution=224", "target_patch=16")
-    assert target_grid_for(cfg, "tiny-clip") == (14, 14) and target_grid_for(cfg, "tiny-sam") is None and target_grid_for(cfg, "tiny-dinov2") == (3, 3)
+    cfg = _cfg(
+        "x",
+        "teachers={tiny-clip: {}, tiny-sam: {target_grid: native}, tiny-dinov2: {target_grid: 3}}",
+        "student_resolution=224",
+        "target_patch=16",
+    )
+    assert (
+        target_grid_for(cfg, "tiny-clip") == (14, 14)
+        and target_grid_for(cfg, "tiny-sam") is None
+        and target_grid_for(cfg, "tiny-dinov2") == (3, 3)
+    )
 
 
-@pytest.mark.parametrize("bad, key", [("target_patch=0", "target_patch"), ("target_grid=0", "target_grid"), ("teachers.tiny-sam.target_grid=-2", "teachers.tiny-sam.target_grid"), ("target_patch=64", "target_patch")])
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ("target_patch=0", "target_patch"),
+        ("target_grid=0", "target_grid"),
+        ("teachers.tiny-sam.target_grid=-2", "teachers.tiny-sam.target_grid"),
+        ("target_patch=64", "target_patch"),
+    ],
+)
 def test_bad_grid_settings_fail_before_any_work(tmp_path, capsys, bad, key):
     assert main(["cache", f"output={tmp_path / 'c'}", *BASE, bad]) == 2
     err = capsys.readouterr().err
@@ -93,7 +132,9 @@ def test_trainer_loss_does_not_read_manifest_keys():
     offenders = []
     for path in [*ROOT.glob("pipelines/*.py"), *ROOT.glob("radio/*.py"), *ROOT.glob("bench/*.py")]:
         for i, line in enumerate(path.read_text().splitlines(), 1):
-            if re.search(r"manifest\s*\[|manifest\.get\(|\[\"teachers\"\]\[|m\[\"(views|teachers|identity|skipped)\"\]", line):
+            if re.search(
+                r"manifest\s*\[|manifest\.get\(|\[\"teachers\"\]\[|m\[\"(views|teachers|identity|skipped)\"\]", line
+            ):
                 offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
 
@@ -110,13 +151,18 @@ def caches(ray_session, tmp_path_factory):
     out["native"] = root / "native"
     run_cache_job(_cfg(out["native"], "teachers=[tiny-clip,tiny-sam]", "target_grid=native"))
     out["int8"] = root / "int8"
-    run_cache_job(_cfg(out["int8"], "teachers=[tiny-clip,tiny-sam]", "target_dtype=int8", "teachers.tiny-sam.target_grid=native"))
+    run_cache_job(
+        _cfg(out["int8"], "teachers=[tiny-clip,tiny-sam]", "target_dtype=int8", "teachers.tiny-sam.target_grid=native")
+    )
     return out
 
 
 def test_default_grid_and_native_give_the_same_training_targets(caches):
     grid, native = CacheReader(str(caches["grid"])), CacheReader(str(caches["native"]))
-    assert grid.grids == {"tiny-clip": (4, 4), "tiny-sam": (4, 4)} and native.grids == {"tiny-clip": (4, 4), "tiny-sam": (8, 8)}
+    assert grid.grids == {"tiny-clip": (4, 4), "tiny-sam": (4, 4)} and native.grids == {
+        "tiny-clip": (4, 4),
+        "tiny-sam": (8, 8),
+    }
     student_hw = (4, 4)  # a patch-8 student on the 32-px views
     for a, b in zip(grid.iter_batches(), native.iter_batches()):
         assert a.image_id == b.image_id
@@ -149,7 +195,9 @@ def test_info_shows_bytes_per_view_and_ratio_to_float32_native(caches, capsys):
     sam = next(ln for ln in out.splitlines() if ln.strip().startswith("tiny-sam"))
     m = load_manifest(CacheLocation(str(caches["grid"])))
     e = m.teachers["tiny-sam"]
-    assert f"{e.bytes_per_view / e.float32_native_bytes_per_view:.3f} vs f32 native" in sam and "4x4 (native 8x8)" in sam
+    assert (
+        f"{e.bytes_per_view / e.float32_native_bytes_per_view:.3f} vs f32 native" in sam and "4x4 (native 8x8)" in sam
+    )
     assert e.float32_native_bytes_per_view == 8 * 8 * 16 * 4
 
 
@@ -158,7 +206,9 @@ def test_changing_a_teachers_grid_is_refused_then_rebuilt_alone(caches, tmp_path
     shutil.copytree(caches["grid"], out)
     with pytest.raises(CacheMismatch, match="layout.grid"):
         run_cache_job(_cfg(out, "teachers=[tiny-clip,tiny-sam]", "teachers.tiny-sam.target_grid=native"))
-    s = run_cache_job(_cfg(out, "teachers=[tiny-clip,tiny-sam]", "teachers.tiny-sam.target_grid=native", "rebuild=[tiny-sam]"))
+    s = run_cache_job(
+        _cfg(out, "teachers=[tiny-clip,tiny-sam]", "teachers.tiny-sam.target_grid=native", "rebuild=[tiny-sam]")
+    )
     assert s.computed["tiny-clip"] == 0 and s.computed["tiny-sam"] == 2
     assert CacheReader(str(out)).grids["tiny-sam"] == (8, 8)
 

@@ -119,8 +119,17 @@ def test_cli_config_show_errors(capsys):
     assert "num_views: 3" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("bad, key", [("max_inflight_units=0", "max_inflight_units"), ("images_per_shard=-5", "images_per_shard"), ("row_group_rows=0", "row_group_rows"),
-                                      ("teachers.tiny-clip.batch_size=0", "teachers.tiny-clip.batch_size"), ("student_resolution=-1", "student_resolution"), ("teachers.tiny-clip.actors=0", "teachers.tiny-clip.actors")])
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ("max_inflight_units=0", "max_inflight_units"),
+        ("images_per_shard=-5", "images_per_shard"),
+        ("row_group_rows=0", "row_group_rows"),
+        ("teachers.tiny-clip.batch_size=0", "teachers.tiny-clip.batch_size"),
+        ("student_resolution=-1", "student_resolution"),
+        ("teachers.tiny-clip.actors=0", "teachers.tiny-clip.actors"),
+    ],
+)
 def test_bad_cache_settings_fail_before_any_work(tmp_path, capsys, bad, key):
     from pipelines.cli import main
 
@@ -140,15 +149,32 @@ def test_setting_errors_name_their_origin(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"radio: config error: {f}: 'images_per_shard' must be >= 1, got -5")
     # the file sets views.num_views, an override sets a bad views.ratio: the override is named
-    assert main(["cache", str(f), "images_per_shard=4", "views.ratio=[2,1]", f"output={tmp_path / 'c'}", "mlflow.enabled=false"]) == 2
+    assert (
+        main(
+            [
+                "cache",
+                str(f),
+                "images_per_shard=4",
+                "views.ratio=[2,1]",
+                f"output={tmp_path / 'c'}",
+                "mlflow.enabled=false",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "override 'views.ratio=[2,1]'" in err and "views.ratio must satisfy" in err and str(f) not in err
     f.write_text("views:\n  flip_prob: 2\n")
     assert main(["cache", str(f), f"output={tmp_path / 'c'}", "mlflow.enabled=false"]) == 2
     assert f"{f}: views.flip_prob must be in [0, 1]" in capsys.readouterr().err
     assert main(["quickstart", "students.nano-d4.patch_size=5"]) == 2
-    assert "override 'students.nano-d4.patch_size=5': 'students.nano-d4.patch_size' must be a divisor of student_resolution (64)" in capsys.readouterr().err
-    assert main(["train", f"cache={tmp_path}", "student.size=huge"]) == 2  # the message also names other fields (dim/depth/heads)
+    assert (
+        "override 'students.nano-d4.patch_size=5': 'students.nano-d4.patch_size' must be a divisor of student_resolution (64)"
+        in capsys.readouterr().err
+    )
+    assert (
+        main(["train", f"cache={tmp_path}", "student.size=huge"]) == 2
+    )  # the message also names other fields (dim/depth/heads)
     assert "override 'student.size=huge': unknown student size 'huge'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "knn_k=0"]) == 2
     assert "override 'knn_k=0': 'knn_k' must be >= 1, got 0" in capsys.readouterr().err
@@ -167,10 +193,19 @@ def test_unwritable_outputs_fail_before_any_work(tmp_path, capsys, monkeypatch):
     ro = tmp_path / "ro"
     ro.mkdir()
     real = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p) == str(ro) else real(p, mode, **k))  # root ignores chmod
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **k: False if str(p) == str(ro) else real(p, mode, **k)
+    )  # root ignores chmod
     for argv in (["cache", "teachers=[tiny-clip]"], ["train", f"cache={tmp_path}"], ["quickstart"]):
         key = "workdir" if argv[0] == "quickstart" else "output"
-        assert main([*argv, f"{key}={ro / 'out'}", "mlflow.enabled=false"] if argv[0] != "quickstart" else [*argv, f"workdir={ro / 'out'}"]) == 2
+        assert (
+            main(
+                [*argv, f"{key}={ro / 'out'}", "mlflow.enabled=false"]
+                if argv[0] != "quickstart"
+                else [*argv, f"workdir={ro / 'out'}"]
+            )
+            == 2
+        )
         err = capsys.readouterr().err
         assert f"{ro} is not writable" in err and f"override '{key}=" in err, err
     assert not (ro / "out").exists()
@@ -185,8 +220,19 @@ def test_cache_output_that_is_a_file_fails_first(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bad, key", [("epochs=0", "epochs"), ("loader.batch_size=0", "loader.batch_size"), ("checkpoint_every=0", "checkpoint_every"), ("log_every=-1", "log_every"),
-                                      ("max_steps=-1", "max_steps"), ("optim.lr=0", "optim.lr"), ("loader.num_workers=-2", "loader.num_workers"), ("teachers=[]", "teachers")])
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ("epochs=0", "epochs"),
+        ("loader.batch_size=0", "loader.batch_size"),
+        ("checkpoint_every=0", "checkpoint_every"),
+        ("log_every=-1", "log_every"),
+        ("max_steps=-1", "max_steps"),
+        ("optim.lr=0", "optim.lr"),
+        ("loader.num_workers=-2", "loader.num_workers"),
+        ("teachers=[]", "teachers"),
+    ],
+)
 def test_bad_train_settings_fail_before_any_work(tmp_path, capsys, bad, key):
     from pipelines.cli import main
 
@@ -196,23 +242,54 @@ def test_bad_train_settings_fail_before_any_work(tmp_path, capsys, bad, key):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("job, bad, expect", [
-    ("train", ["loss.weights={tiny-clip: -1}"], "'loss.weights.tiny-clip' must be >= 0"),
-    ("train", ["loss.weights={tiny-clp: 1}"], "must be the weight of one of teachers=['tiny-clip', 'tiny-dinov2', 'tiny-sam'], got 1.0. Did you mean 'tiny-clip'?"),
-    ("train", ["loss.weights={tiny-clip: 0, tiny-dinov2: 0, tiny-sam: 0}"], "'loss.weights' must be > 0 for at least one teacher"),
-    ("train", ["loss.summary_weight=0", "loss.feature_weight=0"], "nothing would be learned"),
-    ("train", ["loss.smooth_l1_beta=-1"], "'loss.smooth_l1_beta' must be >= 0"),
-    ("train", ["resolution.mode=cycle", "resolution.resolutions=[32,32]"], "'resolution.resolutions' must be distinct resolutions ([32] repeated)"),
-    ("train", ["resolution.resolutions=[32,64]"], "resolution.mode is fixed: use mode=cycle or mode=sample"),
-    ("train", ["student.patch_size=7", "resolution.resolutions=[32]"], "'resolution.resolutions[0]' must be a positive multiple of student.patch_size (7)"),
-    ("train", ["online={tiny-dinov2: {stats_batches: 0}}"], "'online.tiny-dinov2.stats_batches' must be >= 1"),
-    ("train", ["optim.grad_clip=0"], "'optim.grad_clip' must be > 0"),
-    ("train", ["optim.betas=[0.9,1.0]"], "'optim.betas[1]' must be in [0, 1)"),
-    ("train", ["resume_from=step-00000010"], "'resume_from' must be set only with resume=true"),
-    ("cache", ["lower_resolutions=[30]", "target_patch=8", "student_resolution=64"], "'lower_resolutions[0]' must be a multiple of target_patch (8)"),
-    ("cache", ["lower_resolutions=[32,32]", "target_patch=8", "student_resolution=64"], "'lower_resolutions' must be distinct resolutions ([32] repeated)"),
-    ("cache", ["student_resolution=60", "target_patch=8"], "'student_resolution' must be a multiple of target_patch (8)"),
-])
+@pytest.mark.parametrize(
+    "job, bad, expect",
+    [
+        ("train", ["loss.weights={tiny-clip: -1}"], "'loss.weights.tiny-clip' must be >= 0"),
+        (
+            "train",
+            ["loss.weights={tiny-clp: 1}"],
+            "must be the weight of one of teachers=['tiny-clip', 'tiny-dinov2', 'tiny-sam'], got 1.0. Did you mean 'tiny-clip'?",
+        ),
+        (
+            "train",
+            ["loss.weights={tiny-clip: 0, tiny-dinov2: 0, tiny-sam: 0}"],
+            "'loss.weights' must be > 0 for at least one teacher",
+        ),
+        ("train", ["loss.summary_weight=0", "loss.feature_weight=0"], "nothing would be learned"),
+        ("train", ["loss.smooth_l1_beta=-1"], "'loss.smooth_l1_beta' must be >= 0"),
+        (
+            "train",
+            ["resolution.mode=cycle", "resolution.resolutions=[32,32]"],
+            "'resolution.resolutions' must be distinct resolutions ([32] repeated)",
+        ),
+        ("train", ["resolution.resolutions=[32,64]"], "resolution.mode is fixed: use mode=cycle or mode=sample"),
+        (
+            "train",
+            ["student.patch_size=7", "resolution.resolutions=[32]"],
+            "'resolution.resolutions[0]' must be a positive multiple of student.patch_size (7)",
+        ),
+        ("train", ["online={tiny-dinov2: {stats_batches: 0}}"], "'online.tiny-dinov2.stats_batches' must be >= 1"),
+        ("train", ["optim.grad_clip=0"], "'optim.grad_clip' must be > 0"),
+        ("train", ["optim.betas=[0.9,1.0]"], "'optim.betas[1]' must be in [0, 1)"),
+        ("train", ["resume_from=step-00000010"], "'resume_from' must be set only with resume=true"),
+        (
+            "cache",
+            ["lower_resolutions=[30]", "target_patch=8", "student_resolution=64"],
+            "'lower_resolutions[0]' must be a multiple of target_patch (8)",
+        ),
+        (
+            "cache",
+            ["lower_resolutions=[32,32]", "target_patch=8", "student_resolution=64"],
+            "'lower_resolutions' must be distinct resolutions ([32] repeated)",
+        ),
+        (
+            "cache",
+            ["student_resolution=60", "target_patch=8"],
+            "'student_resolution' must be a multiple of target_patch (8)",
+        ),
+    ],
+)
 def test_cross_key_settings_fail_before_any_work_naming_every_origin(tmp_path, capsys, job, bad, expect):
     """Rules over several keys (patch multiples, duplicates, modes against their lists, weights against teachers)
     refuse before any work, and the error names each override that set one of the keys, not the defaults."""

@@ -24,7 +24,16 @@ def cache(tmp_path_factory):
 def _epoch_keys(cache, world, workers, epoch, batch_size=5):
     seen, counts = [], []
     for rank in range(world):
-        s = CacheStream(cache, ["syn-clip", "syn-sam"], rank=rank, world_size=world, num_workers=workers, batch_size=batch_size, shuffle_buffer=8, seed=1)
+        s = CacheStream(
+            cache,
+            ["syn-clip", "syn-sam"],
+            rank=rank,
+            world_size=world,
+            num_workers=workers,
+            batch_size=batch_size,
+            shuffle_buffer=8,
+            seed=1,
+        )
         s.set_epoch(epoch)
         loader = make_loader(s, LoaderConfig(num_workers=workers, prefetch_factor=2))
         n = 0
@@ -93,7 +102,11 @@ def test_stream_equals_a_row_by_row_read(tmp_path, dtype):
     for batch in reader.iter_batches(batch_rows=3):
         for i in range(len(batch)):
             row = {t: {k: v[i : i + 1] for k, v in cols.items()} for t, cols in batch.teachers.items()}
-            ref[(batch.image_id[i], int(batch.view_index[i]))] = (reader.student_pixels(batch, [i])[0], int(batch.label_index[i]), row)
+            ref[(batch.image_id[i], int(batch.view_index[i]))] = (
+                reader.student_pixels(batch, [i])[0],
+                int(batch.label_index[i]),
+                row,
+            )
     seen = set()
     s = CacheStream(str(root), ["syn-clip", "syn-sam"], batch_size=4, shuffle_buffer=7, read_rows=3, seed=1)
     for b in make_loader(s, LoaderConfig(num_workers=0)):

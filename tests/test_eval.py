@@ -27,26 +27,70 @@ def caches(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-caches")
     out = {}
     for split, views, limit in (("train", 2, 120), ("val", 1, 40)):
-        cfg = load_config(CacheJobConfig, None, [f"output={root / split}", f"source.split={split}", f"source.limit={limit}", f"views.num_views={views}", "student_resolution=32", f"teachers=[{','.join(TEACHERS)}]", "progress=false", "mlflow.enabled=false"])
+        cfg = load_config(
+            CacheJobConfig,
+            None,
+            [
+                f"output={root / split}",
+                f"source.split={split}",
+                f"source.limit={limit}",
+                f"views.num_views={views}",
+                "student_resolution=32",
+                f"teachers=[{','.join(TEACHERS)}]",
+                "progress=false",
+                "mlflow.enabled=false",
+            ],
+        )
         run_cache_job(cfg)
         out[split] = str(root / split)
     return out
 
 
 def _train_args(caches, out, *extra):
-    return [f"cache={caches['train']}", f"output={out}", f"teachers=[{','.join(TEACHERS)}]", "student.patch_size=8", "student.depth=2", "loader.batch_size=16", "loader.num_workers=0", f"mlflow.experiment={EXP}", *extra]
+    return [
+        f"cache={caches['train']}",
+        f"output={out}",
+        f"teachers=[{','.join(TEACHERS)}]",
+        "student.patch_size=8",
+        "student.depth=2",
+        "loader.batch_size=16",
+        "loader.num_workers=0",
+        f"mlflow.experiment={EXP}",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
 def students(caches, tmp_path_factory):
     root = tmp_path_factory.mktemp("students")
-    trained = train(load_config(TrainJobConfig, None, _train_args(caches, root / "trained", "epochs=8", "run_name=trained")))
-    untrained = train(load_config(TrainJobConfig, None, _train_args(caches, root / "untrained", "epochs=8", "max_steps=0", "run_name=untrained")))
+    trained = train(
+        load_config(TrainJobConfig, None, _train_args(caches, root / "trained", "epochs=8", "run_name=trained"))
+    )
+    untrained = train(
+        load_config(
+            TrainJobConfig,
+            None,
+            _train_args(caches, root / "untrained", "epochs=8", "max_steps=0", "run_name=untrained"),
+        )
+    )
     return {"trained": trained, "untrained": untrained}
 
 
 def _eval(caches, student, *extra):
-    return evaluate(load_config(EvalJobConfig, None, [f"student={student['student']}", f"val_cache={caches['val']}", f"train_cache={caches['train']}", f"mlflow.experiment={EXP}", "pictures=2", *extra]))
+    return evaluate(
+        load_config(
+            EvalJobConfig,
+            None,
+            [
+                f"student={student['student']}",
+                f"val_cache={caches['val']}",
+                f"train_cache={caches['train']}",
+                f"mlflow.experiment={EXP}",
+                "pictures=2",
+                *extra,
+            ],
+        )
+    )
 
 
 def test_eval_metrics_and_trained_beats_untrained(caches, students):
@@ -56,7 +100,13 @@ def test_eval_metrics_and_trained_beats_untrained(caches, students):
         if t != "tiny-sam":
             assert good[f"eval/{t}/summary_cos"] > bad[f"eval/{t}/summary_cos"] + 0.1, t
     assert "eval/tiny-sam/summary_cos" not in good
-    for key in ("eval/knn_top1", "eval/linear_top1", "eval/teacher/tiny-clip/knn_top1", "eval/teacher/tiny-dinov2/knn_top1", "eval/teacher/tiny-clip/linear_top1"):
+    for key in (
+        "eval/knn_top1",
+        "eval/linear_top1",
+        "eval/teacher/tiny-clip/knn_top1",
+        "eval/teacher/tiny-dinov2/knn_top1",
+        "eval/teacher/tiny-clip/linear_top1",
+    ):
         assert 0.0 <= good[key] <= 1.0, key
     assert good["eval/knn_top1"] > 1.5 / 10  # well above chance on 10 classes
 
@@ -69,7 +119,10 @@ def test_eval_logs_into_the_training_run(caches, students):
     run = client.get_run(students["trained"]["run_id"])
     assert "eval/knn_top1" in run.data.metrics and "eval/teacher/tiny-dinov2/knn_top1" in run.data.metrics
     contexts = {{t.key: t.value for t in i.tags}["mlflow.data.context"] for i in run.inputs.dataset_inputs}
-    assert {"training", "evaluation"} <= contexts  # the caches it trained and was evaluated on (the kNN database is the training cache here)
+    assert {
+        "training",
+        "evaluation",
+    } <= contexts  # the caches it trained and was evaluated on (the kNN database is the training cache here)
     # the logged model carries the eval numbers, measured on the val cache (MLflow's model page shows both)
     model = client.get_logged_model(run.data.tags["radio.model_uri"].split("/")[-1])
     by_key = {m.key: m for m in model.metrics or []}
@@ -79,11 +132,19 @@ def test_eval_logs_into_the_training_run(caches, students):
     datasets = {(m.dataset_name, m.dataset_digest) for m in model.metrics if m.dataset_name}
     train_id, val_id = (CacheReader(caches[s]).manifest.cache_id for s in ("train", "val"))
     assert {d for _, d in datasets} == {train_id, val_id}, datasets
-    assert by_key["train/final_loss"].dataset_digest == train_id and by_key["train/final_loss"].value == pytest.approx(run.data.metrics["train/loss"])
+    assert by_key["train/final_loss"].dataset_digest == train_id and by_key["train/final_loss"].value == pytest.approx(
+        run.data.metrics["train/loss"]
+    )
     evals = [m.key for m in model.metrics if m.key.startswith("eval/")]
-    assert evals[:3] == ["eval/knn_top1", "eval/linear_top1", "eval/dense_miou"] or evals[:2] == ["eval/knn_top1", "eval/linear_top1"], evals[:5]  # headline first
+    assert evals[:3] == ["eval/knn_top1", "eval/linear_top1", "eval/dense_miou"] or evals[:2] == [
+        "eval/knn_top1",
+        "eval/linear_top1",
+    ], evals[:5]  # headline first
     assert model.tags["mlflow.note.content"] == run.data.tags["mlflow.note.content"]  # the model page's Description
-    assert run.data.tags["mlflow.note.content"].startswith("**radio eval**") and "`eval/knn_top1`" in run.data.tags["mlflow.note.content"]
+    assert (
+        run.data.tags["mlflow.note.content"].startswith("**radio eval**")
+        and "`eval/knn_top1`" in run.data.tags["mlflow.note.content"]
+    )
     pics = [a.path for a in client.list_artifacts(run.info.run_id, "eval/pictures")]
     assert len(pics) == 2 and all(p.endswith(".png") for p in pics)
     from PIL import Image
@@ -94,7 +155,19 @@ def test_eval_logs_into_the_training_run(caches, students):
     panels = 3 + 2 * len(TEACHERS)  # input, student, student at 4x, then adapter and target per teacher
     assert Image.open(local[0]).size == (panels * (PANEL + 4) - 4, PANEL + 16)  # titled panels in one row
     # by run id, through the CLI
-    assert main(["eval", students["trained"]["run_id"], f"val_cache={caches['val']}", f"train_cache={caches['train']}", f"mlflow.experiment={EXP}", "pictures=1"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                students["trained"]["run_id"],
+                f"val_cache={caches['val']}",
+                f"train_cache={caches['train']}",
+                f"mlflow.experiment={EXP}",
+                "pictures=1",
+            ]
+        )
+        == 0
+    )
 
 
 def test_load_student_equals_trainer_model(caches, tmp_path):
@@ -116,7 +189,9 @@ def test_load_student_equals_trainer_model(caches, tmp_path):
             torch.testing.assert_close(out.adapters[t]["summary"], st.denormalize_summary(ref[t]["summary"]))
     torch.testing.assert_close(out_float.features, out.features)
     assert out.features.shape[1:3] == (4, 6) and out.summary.ndim == 2
-    with pytest.raises(ValueError, match=r"multiple of min_resolution_step=8; got \(30, 32\), nearest supported: \(32, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"multiple of min_resolution_step=8; got \(30, 32\), nearest supported: \(32, 32\)"
+    ):
         model(torch.zeros(1, 3, 30, 32, dtype=torch.uint8))
 
 
@@ -148,7 +223,11 @@ def test_compare_lists_runs_sorted(caches, students, capsys, monkeypatch):
         assert max(len(x) for x in table) <= cols, (cols, table)
         text = "\n".join(table)
         for name in ("trained", "untrained"):
-            assert name in text and f"{by_run[name]['eval/knn_top1']:.4f}" in text and f"{by_run[name]['eval/linear_top1']:.4f}" in text
+            assert (
+                name in text
+                and f"{by_run[name]['eval/knn_top1']:.4f}" in text
+                and f"{by_run[name]['eval/linear_top1']:.4f}" in text
+            )
     assert main(["compare", "--experiment", EXP, "--columns", "knn_top1,dense_miou", "--sort", "linear_top1"]) == 0
     assert capsys.readouterr().out.splitlines()[0].split()[-2:] == ["eval/knn_top1", "eval/dense_miou"]
     # the MLflow view it links keeps every headline chart (--columns shapes the table only) and takes --sort
@@ -160,7 +239,9 @@ def test_compare_lists_runs_sorted(caches, students, capsys, monkeypatch):
 
     exp = MlflowClient().get_experiment_by_name(EXP)
     state = json.loads(json.loads(exp.tags[f"mlflow.sharedViewState.{VIEW_KEY}"])["state"])
-    assert [c["metricKey"] for c in state["compareRunCharts"]] == headline_metrics(columns) and len(state["compareRunCharts"]) >= 3
+    assert [c["metricKey"] for c in state["compareRunCharts"]] == headline_metrics(columns) and len(
+        state["compareRunCharts"]
+    ) >= 3
     assert state["orderByKey"] == "metrics.`eval/linear_top1`"
     assert main(["compare", "--experiment", EXP, "--columns", "knn_top2"]) == 2
     assert "--columns: no metric ['eval/knn_top2']" in capsys.readouterr().err
@@ -187,13 +268,25 @@ def test_quickstart_end_to_end_reduced(quickstart, capsys):
     rows, _, _ = compare_runs("test-quickstart")
     assert {r["run"] for r in rows} == {"nano-d4", "nano-d2-wide"} and all(r["eval/knn_top1"] is not None for r in rows)
     # two resolutions and one dense metric: the new pieces at laptop scale
-    assert all(r.get(k) is not None for r in rows for k in ("eval/dense_miou", "eval/res32/summary_consistency", "eval/res64/knn_top1", "eval/tiny-clip/zeroshot_top1"))
+    assert all(
+        r.get(k) is not None
+        for r in rows
+        for k in (
+            "eval/dense_miou",
+            "eval/res32/summary_consistency",
+            "eval/res64/knn_top1",
+            "eval/tiny-clip/zeroshot_top1",
+        )
+    )
     # a rerun resumes: nothing is recomputed or retrained
     assert main(["quickstart", f"workdir={quickstart['workdir']}", *QS_ARGS]) == 0
     assert len(compare_runs("test-quickstart")[0]) == 2
 
 
-@pytest.mark.skipif(find_chromium() is None and not os.environ.get("RADIO_REQUIRE_CHROMIUM"), reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+@pytest.mark.skipif(
+    find_chromium() is None and not os.environ.get("RADIO_REQUIRE_CHROMIUM"),
+    reason="Chromium is not installed (apt-get install chromium); .ci/run installs it",
+)
 def test_the_printed_link_opens_on_both_students_eval_metrics(quickstart, tmp_path):
     """Follow the link the quickstart printed in a fresh headless Chromium (no local storage) at 1440 x 900:
     the first screen, without scrolling, holds a chart per headline eval metric, each naming both students and
@@ -215,10 +308,22 @@ def test_the_printed_link_opens_on_both_students_eval_metrics(quickstart, tmp_pa
     model_id = run.data.tags["radio.model_uri"].split("/")[-1]
     train_ds = next(m.dataset_name for m in client.get_logged_model(model_id).metrics if m.key == "train/final_loss")
     with serve_mlflow_ui(os.environ["MLFLOW_TRACKING_URI"]) as port:
-        seen = open_page(link.replace(":5000/", f":{port}/"), tmp_path / "first-screen.png", size=(1440, 900), texts=(*metrics, *names), together=tuple(names))
+        seen = open_page(
+            link.replace(":5000/", f":{port}/"),
+            tmp_path / "first-screen.png",
+            size=(1440, 900),
+            texts=(*metrics, *names),
+            together=tuple(names),
+        )
         # the student's model page: its training cache among the datasets, its eval numbers as the description
         model_page = f"http://127.0.0.1:{port}/#/experiments/{run.info.experiment_id}/models/{model_id}?workflowType=machine_learning"
-        mp = open_page(model_page, tmp_path / "model-page.png", size=(1440, 900), texts=("Datasets used", "eval/knn_top1", rows[0]["run"]), together=(train_ds,))
+        mp = open_page(
+            model_page,
+            tmp_path / "model-page.png",
+            size=(1440, 900),
+            texts=("Datasets used", "eval/knn_top1", rows[0]["run"]),
+            together=(train_ds,),
+        )
     w, h = seen["viewport"]
     assert (w, h) == (1440, 900)
     inside = lambda r: r[0] >= 0 and r[1] >= 0 and r[2] <= w and r[3] <= h and r[2] > r[0] and r[3] > r[1]  # noqa: E731
@@ -230,7 +335,9 @@ def test_the_printed_link_opens_on_both_students_eval_metrics(quickstart, tmp_pa
             assert r["run"] in text and f"{r[m]:.2f}" in text, (m, r["run"], r[m], text)
     on_screen = lambda t: [h["rect"] for h in mp["texts"].get(t, []) if inside(h["rect"])]  # noqa: E731
     assert on_screen("Datasets used") and on_screen("eval/knn_top1") and on_screen(rows[0]["run"]), mp["texts"]
-    assert train_ds.startswith("radio-cache-") and any(train_ds in h.get("box_text", "") and inside(h["box"]) for h in mp["texts"]["Datasets used"]), mp["texts"]["Datasets used"]
+    assert train_ds.startswith("radio-cache-") and any(
+        train_ds in h.get("box_text", "") and inside(h["box"]) for h in mp["texts"]["Datasets used"]
+    ), mp["texts"]["Datasets used"]
     # the GenAI view would show traces and token usage instead; the screenshot is kept for the README's description
     assert (tmp_path / "first-screen.png").stat().st_size > 10_000
 
@@ -252,7 +359,14 @@ def test_resolution_sweep_dense_probe_and_zero_shot_are_logged_and_compared(cach
 
     m = _eval(caches, students["trained"], "resolutions=[16,32,64]", "dense_epochs=50")
     for r in (16, 32, 64):
-        for key in ("knn_top1", "summary_consistency", "dense_miou", "tiny-clip/summary_cos", "tiny-sam/features_cos", "tiny-clip/zeroshot_top1"):
+        for key in (
+            "knn_top1",
+            "summary_consistency",
+            "dense_miou",
+            "tiny-clip/summary_cos",
+            "tiny-sam/features_cos",
+            "tiny-clip/zeroshot_top1",
+        ):
             assert 0.0 <= m[f"eval/res{r}/{key}"] <= 1.0 + 1e-6, (r, key)
     assert m["eval/res32/summary_consistency"] == pytest.approx(1.0)  # 32 px is the evaluation cache's own resolution
     assert m["eval/res32/knn_top1"] == m["eval/knn_top1"] and m["eval/res32/dense_miou"] == m["eval/dense_miou"]
@@ -263,7 +377,12 @@ def test_resolution_sweep_dense_probe_and_zero_shot_are_logged_and_compared(cach
     assert {"eval/dense_miou", "eval/res64/knn_top1", "eval/tiny-clip/zeroshot_top1"} <= set(logged)
     assert main(["compare", "--experiment", EXP, "--sort", "dense_miou", "--all"]) == 0
     header = capsys.readouterr().out.splitlines()[0].split()
-    assert header.index("eval/dense_miou") < header.index("eval/tiny-clip/zeroshot_top1") < header.index("eval/res16/knn_top1") < header.index("eval/res64/knn_top1")
+    assert (
+        header.index("eval/dense_miou")
+        < header.index("eval/tiny-clip/zeroshot_top1")
+        < header.index("eval/res16/knn_top1")
+        < header.index("eval/res64/knn_top1")
+    )
     with pytest.raises(ConfigError, match=r"\[20\] not multiples of this student's min_resolution_step 8"):
         _eval(caches, students["trained"], "resolutions=[20]")
 
@@ -284,7 +403,9 @@ def test_adaptor_text_side_as_radio_users_call_it(students):
         summary = model(torch.rand(1, 3, 32, 32))["tiny-clip"].summary
     assert z.shape == (2, summary.shape[-1]) and torch.allclose(z.norm(dim=-1), torch.ones(2))
     assert torch.allclose(z, F.normalize(text_embeddings("tiny-clip", prompts), dim=-1), atol=1e-5)
-    with pytest.raises(ValueError, match=r"adaptor 'tiny-dinov2' \(teacher tiny-dinov2\): no text encoder.*has no text tower"):
+    with pytest.raises(
+        ValueError, match=r"adaptor 'tiny-dinov2' \(teacher tiny-dinov2\): no text encoder.*has no text tower"
+    ):
         model.adaptors["tiny-dinov2"].encode_text(torch.zeros(1, 4, dtype=torch.long))
 
 
@@ -298,11 +419,27 @@ def test_compare_view_is_saved_and_a_refusing_store_falls_back_to_the_compare_pa
     uri = os.environ["MLFLOW_TRACKING_URI"]
     client = MlflowClient(uri)
     exp_id = client.create_experiment("test-compare-view")
-    cols = ["eval/res32/knn_top1", "eval/tiny-clip/zeroshot_top1", "eval/dense_miou", "eval/knn_top1", "eval/linear_top1", "eval/tiny-clip/summary_cos"]
-    assert headline_metrics(cols) == ["eval/knn_top1", "eval/linear_top1", "eval/dense_miou", "eval/tiny-clip/zeroshot_top1"]
+    cols = [
+        "eval/res32/knn_top1",
+        "eval/tiny-clip/zeroshot_top1",
+        "eval/dense_miou",
+        "eval/knn_top1",
+        "eval/linear_top1",
+        "eval/tiny-clip/summary_cos",
+    ]
+    assert headline_metrics(cols) == [
+        "eval/knn_top1",
+        "eval/linear_top1",
+        "eval/dense_miou",
+        "eval/tiny-clip/zeroshot_top1",
+    ]
     rows = [{"run_id": "a" * 32}, {"run_id": "b" * 32}]
     cmd, url, table, view = compare_links(uri, exp_id, rows, cols)
-    assert view == VIEW_KEY and f"#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}&compareRunsMode=CHART&workflowType=machine_learning" in url
+    assert (
+        view == VIEW_KEY
+        and f"#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}&compareRunsMode=CHART&workflowType=machine_learning"
+        in url
+    )
     assert "#/compare-runs?" in table and "127.0.0.1" in cmd
     envelope = json.loads(client.get_experiment(exp_id).tags[f"mlflow.sharedViewState.{VIEW_KEY}"])
     state = json.loads(envelope["state"])  # what MLflow 3.17's runs page reads: search facets and chart layout
@@ -311,7 +448,9 @@ def test_compare_view_is_saved_and_a_refusing_store_falls_back_to_the_compare_pa
     assert {c["metricSectionId"] for c in state["compareRunCharts"]} == {state["compareRunSections"][0]["uuid"]}
     assert state["searchFilter"] == "tags.`radio.kind` = 'student'" and state["runListHidden"] is True
     # a store that refuses the tag: one line, and the link is MLflow's compare page
-    monkeypatch.setattr(MlflowClient, "set_experiment_tag", lambda *a, **k: (_ for _ in ()).throw(PermissionError("read-only store")))
+    monkeypatch.setattr(
+        MlflowClient, "set_experiment_tag", lambda *a, **k: (_ for _ in ()).throw(PermissionError("read-only store"))
+    )
     cmd, url, table, view = compare_links(uri, exp_id, rows, cols)
     assert view is None and url == table and "#/compare-runs?" in url
     assert "could not save the comparison view" in capsys.readouterr().err

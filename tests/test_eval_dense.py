@@ -31,7 +31,9 @@ def test_dense_probe_recovers_separable_patches_and_not_noise():
     feat = lambda l: basis[l] + 0.05 * torch.randn(*l.shape, 16, generator=torch.Generator().manual_seed(3))  # noqa: E731
     # the known answer: an ideal head's logits (one-hot per patch), upsampled bilinearly as the probe's are; only
     # pixels near a corner where patches of other classes meet can be lost
-    oracle = F.interpolate(F.one_hot(te_l, K).permute(0, 3, 1, 2).float(), size=te_m.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+    oracle = F.interpolate(
+        F.one_hot(te_l, K).permute(0, 3, 1, 2).float(), size=te_m.shape[-2:], mode="bilinear", align_corners=False
+    ).argmax(1)
     best = mean_iou(oracle, te_m, K)
     assert 0.85 < best < 1.0
     assert dense_probe_miou(feat(tr_l), tr_m, feat(te_l), te_m, K, epochs=150) == pytest.approx(best, abs=0.02)

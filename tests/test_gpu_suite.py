@@ -26,9 +26,21 @@ def test_smoke_reports_every_figure(gpu_suite, ray_session, tmp_path):
     specs = gpu_suite.figure_specs(gpu_suite.SMOKE)
     figures = doc["figures"]
     assert set(figures) == set(specs)
-    assert set(specs) >= {"cache/job_over_tuned", "cache/mfu_in_job/sam", "cache/busy_fraction/sam", "cache/resize_device_over_prepare/sam", "cache/peak_host_mib_2n",
-                          "cache/sam_device_over_prepare_job", "train/cached_over_resident", "train/mfu", "train/data_wait_fraction", "train/hybrid_steps_per_s",
-                          "train/online_steps_per_s", "reader/views_per_s", "reader/checked_over_unchecked"}
+    assert set(specs) >= {
+        "cache/job_over_tuned",
+        "cache/mfu_in_job/sam",
+        "cache/busy_fraction/sam",
+        "cache/resize_device_over_prepare/sam",
+        "cache/peak_host_mib_2n",
+        "cache/sam_device_over_prepare_job",
+        "train/cached_over_resident",
+        "train/mfu",
+        "train/data_wait_fraction",
+        "train/hybrid_steps_per_s",
+        "train/online_steps_per_s",
+        "reader/views_per_s",
+        "reader/checked_over_unchecked",
+    }
     import torch
 
     cpu = not torch.cuda.is_available()
@@ -43,12 +55,20 @@ def test_smoke_reports_every_figure(gpu_suite, ray_session, tmp_path):
         if f["goal"] is not None and f["value"] is not None:
             assert isinstance(f["met"], bool), f
     meta = doc["meta"]
-    assert meta["complete"] and meta["smoke"] and meta["commit"] and meta["machine"].startswith("cpu") == cpu and meta["date"]
+    assert (
+        meta["complete"]
+        and meta["smoke"]
+        and meta["commit"]
+        and meta["machine"].startswith("cpu") == cpu
+        and meta["date"]
+    )
     assert meta["teachers"] == {"clip": "tiny-clip", "dinov2": "tiny-dinov2", "sam": "tiny-sam"}
     # The same figures, one JSON line each as they came (what a run cut short leaves)
     lines = [json.loads(x) for x in (out / "gpu_suite.jsonl").read_text().splitlines()]
     assert "meta" in lines[0] and {x["name"] for x in lines[1:]} == set(specs)
-    assert (tmp_path / "work" / "train-cache" / "manifest.json").is_file()  # --work is kept (a rerun reuses what it built)
+    assert (
+        tmp_path / "work" / "train-cache" / "manifest.json"
+    ).is_file()  # --work is kept (a rerun reuses what it built)
 
 
 def test_budget_and_failures_become_null_with_the_reason(gpu_suite, tmp_path):
@@ -64,6 +84,13 @@ def test_budget_and_failures_become_null_with_the_reason(gpu_suite, tmp_path):
     suite.finish(complete=False)
     figures = json.loads((tmp_path / "gpu_suite.json").read_text())["figures"]
     assert figures["reader/workers"]["value"] == 3
-    assert figures["reader/views_per_s"] == {**figures["reader/views_per_s"], "value": None, "error": "reader: OSError: disk full"}
+    assert figures["reader/views_per_s"] == {
+        **figures["reader/views_per_s"],
+        "value": None,
+        "error": "reader: OSError: disk full",
+    }
     assert figures["train/mfu"]["value"] is None and figures["train/mfu"]["reason"].startswith("budget")
-    assert figures["train/data_wait_fraction"]["reason"] == "not reached" and figures["train/data_wait_fraction"]["met"] is None
+    assert (
+        figures["train/data_wait_fraction"]["reason"] == "not reached"
+        and figures["train/data_wait_fraction"]["met"] is None
+    )

@@ -74,7 +74,9 @@ def test_no_import_circles_anywhere():
     mods = _modules()
     edges = _edges(mods)
     cycles = _cycles(edges, mods)
-    assert not cycles, "import circles: " + "; ".join(" <-> ".join(c) + f" (edges: {[(a, sorted(edges[a] & set(c))) for a in c]})" for c in cycles)
+    assert not cycles, "import circles: " + "; ".join(
+        " <-> ".join(c) + f" (edges: {[(a, sorted(edges[a] & set(c))) for a in c]})" for c in cycles
+    )
 
 
 def test_libraries_never_import_the_jobs():
@@ -83,7 +85,12 @@ def test_libraries_never_import_the_jobs():
     up = {(a, b) for a, bs in edges.items() for b in bs if not a.startswith("pipelines") and b.startswith("pipelines")}
     assert not up, up
     # radio and teachers are siblings; the one crossing is radio's optional, lazy text side (RADIO's encode_text)
-    crossing = {(a, b) for a, bs in edges.items() for b in bs if a.split(".")[0] != b.split(".")[0] and not a.startswith("pipelines")}
+    crossing = {
+        (a, b)
+        for a, bs in edges.items()
+        for b in bs
+        if a.split(".")[0] != b.split(".")[0] and not a.startswith("pipelines")
+    }
     assert crossing <= {("radio.model", "teachers")}, crossing
 
 

@@ -35,6 +35,7 @@ EXCLUDED = {"manifest.json"}  # timestamps and provenance; every other file of t
 TABLES = 4  # views + tiny-clip, tiny-dinov2, tiny-sam
 UNITS = 16  # LIMIT 48 / PER_SHARD 3 in the helper
 
+
 def _tail(text, n=6000) -> str:
     text = text.decode(errors="replace") if isinstance(text, bytes) else (text or "")
     return text[-n:]
@@ -58,17 +59,29 @@ def _run_job(output: Path, mode: str, extra_env: dict | None = None) -> dict:
     """Run the helper in a new session (so a hang is killed with everything it started); return its report."""
     ray_tmp = tempfile.mkdtemp(prefix="rmn-", dir="/tmp")  # short: Ray's socket paths live below it
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update({"RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_USAGE_STATS": "1", "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])]), **(extra_env or {})})
+    env.update(
+        {
+            "RAY_TMPDIR": ray_tmp,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_DISABLE_USAGE_STATS": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])]),
+            **(extra_env or {}),
+        }
+    )
     cmd = [sys.executable, "-m", "tests.multinode_cache_job", str(output), mode]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
         try:
             out, err = proc.communicate(timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
-            pytest.fail(f"{mode} job hung: killed after {TIMEOUT_S}s\n--- stdout\n{_tail(out)}\n--- stderr\n{_tail(err)}")
+            pytest.fail(
+                f"{mode} job hung: killed after {TIMEOUT_S}s\n--- stdout\n{_tail(out)}\n--- stderr\n{_tail(err)}"
+            )
         report_file = Path(str(output) + ".json")
         if proc.returncode != 0 or not report_file.exists():
             pytest.fail(f"{mode} job exited with {proc.returncode}\n--- stdout\n{_tail(out)}\n--- stderr\n{_tail(err)}")
@@ -104,7 +117,12 @@ def _cache_files(root: Path) -> dict[str, bytes]:
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("multinode") / "reference"
     report = _run_job(out, "reference")
-    assert report["nodes"] == 1 and report["computed"] == {"views": UNITS, "tiny-clip": UNITS, "tiny-dinov2": UNITS, "tiny-sam": UNITS}
+    assert report["nodes"] == 1 and report["computed"] == {
+        "views": UNITS,
+        "tiny-clip": UNITS,
+        "tiny-dinov2": UNITS,
+        "tiny-sam": UNITS,
+    }
     print(f"\n[multinode] reference (one node): job {report['job_s']:.0f}s, subprocess {report['total_s']:.0f}s")
     return out
 
@@ -113,10 +131,14 @@ def _check_node_loss(reference: Path, out: Path, report: dict):
     log = report.pop("_log")
     rm = report["removal"]
     assert "error" not in rm, f"{rm['error']}\n{log}"
-    assert "job_error" not in report, f"the job failed after the node was removed: {report['job_error']}\nremoval: {rm}\n{log}"
+    assert "job_error" not in report, (
+        f"the job failed after the node was removed: {report['job_error']}\nremoval: {rm}\n{log}"
+    )
     assert report["joined_cluster"], "the job did not run on the cluster given by RAY_ADDRESS"
     # a 3-node cluster, of which the removed node is dead at the end
-    assert len(report["nodes"]) == 3 and [n["node_id"] for n in report["nodes"] if not n["alive"]] == [rm["node_id"]], report["nodes"]
+    assert len(report["nodes"]) == 3 and [n["node_id"] for n in report["nodes"] if not n["alive"]] == [rm["node_id"]], (
+        report["nodes"]
+    )
     # removed mid-job: after some shards were committed, before most were, and with the job still running when it was gone
     total = UNITS * TABLES
     assert rm["removed"] and rm["job_running_before"] and rm["job_running_after"], rm
@@ -127,16 +149,20 @@ def _check_node_loss(reference: Path, out: Path, report: dict):
         after = rm["actors_after"].get(actor)
         assert after and after["num_restarts"] >= 1 and after["node"] != rm["node_id"], (actor, rm)
     # every unit of every table written by this run, and the cache equals the one-node one, file by file
-    assert report["computed"] == {"views": UNITS, "tiny-clip": UNITS, "tiny-dinov2": UNITS, "tiny-sam": UNITS}, report["computed"]
+    assert report["computed"] == {"views": UNITS, "tiny-clip": UNITS, "tiny-dinov2": UNITS, "tiny-sam": UNITS}, report[
+        "computed"
+    ]
     want, got = _cache_files(reference), _cache_files(out)
     assert sum(p.endswith(".parquet") for p in want) == total
     assert sorted(got) == sorted(want), f"missing {sorted(set(want) - set(got))}, extra {sorted(set(got) - set(want))}"
     differing = [p for p in want if got[p] != want[p]]
     assert not differing, f"{len(differing)} of {len(want)} files differ from the one-node cache: {differing}"
     assert (out / "manifest.json").exists()
-    print(f"\n[multinode] {report['mode']}: {len(want)} files byte-identical; node removed after {rm['shards_before']}/{total} shards "
-          f"({rm['remove_s']:.1f}s to remove, GCS saw it dead after {rm.get('node_dead_after_s', float('nan')):.1f}s); cluster start "
-          f"{report['cluster_start_s']:.0f}s, job {report['job_s']:.0f}s, subprocess {report['total_s']:.0f}s")
+    print(
+        f"\n[multinode] {report['mode']}: {len(want)} files byte-identical; node removed after {rm['shards_before']}/{total} shards "
+        f"({rm['remove_s']:.1f}s to remove, GCS saw it dead after {rm.get('node_dead_after_s', float('nan')):.1f}s); cluster start "
+        f"{report['cluster_start_s']:.0f}s, job {report['job_s']:.0f}s, subprocess {report['total_s']:.0f}s"
+    )
 
 
 def test_node_removed_mid_job_gives_the_one_node_cache(reference, tmp_path):

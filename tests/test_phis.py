@@ -81,7 +81,9 @@ def test_cache_second_moments_are_exact_and_trainer_exports_teacher_space(tmp_pa
     from radio.cache import CacheReader, decode_features
 
     cache = tmp_path / "c"
-    make_synthetic_cache(cache, limit=12, views=2, per_shard=4, teachers={"syn-a": (8, 12, (4, 4)), "syn-b": (None, 16, (4, 4))})
+    make_synthetic_cache(
+        cache, limit=12, views=2, per_shard=4, teachers={"syn-a": (8, 12, (4, 4)), "syn-b": (None, 16, (4, 4))}
+    )
     reader = CacheReader(str(cache), ["syn-a", "syn-b"])
     rows = [b.teachers["syn-a"] for u in range(reader.manifest.units) for b in reader.iter_unit(u, batch_rows=64)]
     feats = np.concatenate([decode_features(r).numpy().reshape(-1, 12) for r in rows]).astype(np.float64)
@@ -90,8 +92,18 @@ def test_cache_second_moments_are_exact_and_trainer_exports_teacher_space(tmp_pa
     assert s is not None and s.count == 24
 
     out = tmp_path / "run"
-    args = [f"cache={cache}", f"output={out}", "teachers=[syn-a,syn-b]", "student.patch_size=8", "student.depth=2", "loader.batch_size=8",
-            "loader.num_workers=0", "mlflow.enabled=false", "max_steps=3", "standardize=phis"]
+    args = [
+        f"cache={cache}",
+        f"output={out}",
+        "teachers=[syn-a,syn-b]",
+        "student.patch_size=8",
+        "student.depth=2",
+        "loader.batch_size=8",
+        "loader.num_workers=0",
+        "mlflow.enabled=false",
+        "max_steps=3",
+        "standardize=phis",
+    ]
     result = train(load_config(TrainJobConfig, None, args))
     model = load_student(result["student"])
     assert {t: st.standardize for t, st in model.stats.items()} == {"syn-a": "phis", "syn-b": "phis"}
@@ -103,7 +115,9 @@ def test_cache_second_moments_are_exact_and_trainer_exports_teacher_space(tmp_pa
         pred = model.predict(x)
         raw = model.model(x)["syn-a"]  # the heads' standardized outputs, as trained
     p = st.phis_features
-    want = (raw["features"].double() * p.scale) @ torch.from_numpy(p.rotation) + torch.from_numpy(p.mean)  # the inverse, written out
+    want = (raw["features"].double() * p.scale) @ torch.from_numpy(p.rotation) + torch.from_numpy(
+        p.mean
+    )  # the inverse, written out
     torch.testing.assert_close(pred.adapters["syn-a"]["features"].double(), want, atol=1e-4, rtol=1e-4)
     assert pred.adapters["syn-a"]["summary"].shape == (2, 8) and "summary" not in pred.adapters["syn-b"]
 
@@ -112,5 +126,12 @@ def test_phis_is_refused_for_online_teachers(tmp_path):
     from pipelines.config import ConfigError, load_config
     from pipelines.train import TrainJobConfig, validate
 
-    with pytest.raises(ConfigError, match="override .standardize=phis.: .standardize. must be channel when teachers run online"):
-        load_config(TrainJobConfig, None, [f"output={tmp_path / 'o'}", "teachers=[tiny-clip]", "online={tiny-clip: {}}", "standardize=phis"], validate=validate)
+    with pytest.raises(
+        ConfigError, match="override .standardize=phis.: .standardize. must be channel when teachers run online"
+    ):
+        load_config(
+            TrainJobConfig,
+            None,
+            [f"output={tmp_path / 'o'}", "teachers=[tiny-clip]", "online={tiny-clip: {}}", "standardize=phis"],
+            validate=validate,
+        )

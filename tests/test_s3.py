@@ -49,6 +49,7 @@ def _record(phase: str, n) -> dict:
 
 # ---- the server, and a Ray whose workers hold its credentials --------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def s3(s3_server, ray_session):
     """The S3 server, and the session Ray (exported as RAY_ADDRESS, which the `radio` subprocesses join) with
@@ -82,7 +83,9 @@ def _cache_cmd(out: str, *args) -> list[str]:
 def _run(s3, cmd: list[str]) -> str:
     """Run a `radio` subprocess to completion (hang guard: TIMEOUT); its stdout."""
     p = subprocess.run(cmd, cwd=ROOT, env=_env(s3), capture_output=True, text=True, timeout=TIMEOUT)
-    assert p.returncode == 0, f"{' '.join(cmd)}\nexit {p.returncode}\n--- stdout ---\n{p.stdout[-3000:]}\n--- stderr ---\n{p.stderr[-6000:]}"
+    assert p.returncode == 0, (
+        f"{' '.join(cmd)}\nexit {p.returncode}\n--- stdout ---\n{p.stdout[-3000:]}\n--- stderr ---\n{p.stderr[-6000:]}"
+    )
     return p.stdout
 
 
@@ -103,12 +106,16 @@ def _digest_s3(s3, prefix: str, keep=_is_shard) -> dict[str, str]:
     for i in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
         if i.type == pafs.FileType.File and keep(i.base_name):
             with fs.open_input_stream(i.path) as f:
-                out[i.path[len(root) + 1:]] = hashlib.sha256(f.read()).hexdigest()
+                out[i.path[len(root) + 1 :]] = hashlib.sha256(f.read()).hexdigest()
     return dict(sorted(out.items()))
 
 
 def _digest_local(root: Path, keep=_is_shard) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file() and keep(p.name)}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and keep(p.name)
+    }
 
 
 def _by_file_type(requests) -> dict[str, dict[str, int]]:
@@ -118,13 +125,25 @@ def _by_file_type(requests) -> dict[str, dict[str, int]]:
         name = r.path.rsplit("/", 1)[-1]
         kind = "GET_RANGE" if r.method == "GET" and r.code == "206" else r.method
         top = r.path.count("/") == 1  # the bucket (or the client's probe of a bucket that does not exist)
-        what = ("listing" if top and r.method == "GET" else "bucket" if top else "dir marker" if r.path.endswith("/") else name if name == "manifest.json"
-                else name.rsplit(".", 1)[-1] if "." in name else name)
+        what = (
+            "listing"
+            if top and r.method == "GET"
+            else "bucket"
+            if top
+            else "dir marker"
+            if r.path.endswith("/")
+            else name
+            if name == "manifest.json"
+            else name.rsplit(".", 1)[-1]
+            if "." in name
+            else name
+        )
         out[what][kind] += 1
     return {k: dict(v) for k, v in sorted(out.items())}
 
 
 # ---- the caches -------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def c1_clip(s3, tmp_path_factory):
@@ -141,7 +160,10 @@ def c1_clip(s3, tmp_path_factory):
     try:
         deadline = time.time() + TIMEOUT
         while time.time() < deadline and proc.poll() is None:
-            names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(s3.path("c1/teachers/tiny-clip"), allow_not_found=True))]
+            names = [
+                i.base_name
+                for i in fs.get_file_info(pafs.FileSelector(s3.path("c1/teachers/tiny-clip"), allow_not_found=True))
+            ]
             if any(n.endswith(".commit") for n in names):
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
@@ -169,7 +191,9 @@ def c1_clip(s3, tmp_path_factory):
 def c1(c1_clip, s3):
     """c1 with tiny-sam added to tiny-clip."""
     uri = c1_clip["uri"]
-    assert "resumed" in c1_clip, "the killed build was not resumed (see test_killed_build_resumed_on_s3_equals_local_one_shot)"
+    assert "resumed" in c1_clip, (
+        "the killed build was not resumed (see test_killed_build_resumed_on_s3_equals_local_one_shot)"
+    )
     before = _digest_s3(s3, "c1")
     with s3.counting() as n:
         computed = _computed(_run(s3, _cache_cmd(uri, *C1, BOTH)))
@@ -191,6 +215,7 @@ def c2(s3):
 
 # ---- the tests --------------------------------------------------------------------------------------------
 
+
 def test_killed_build_resumed_on_s3_equals_local_one_shot(c1_clip, s3):
     seen = c1_clip
     assert "killed_with" in seen, f"the job finished or failed before it could be killed: {seen['killed_stderr']}"
@@ -199,7 +224,9 @@ def test_killed_build_resumed_on_s3_equals_local_one_shot(c1_clip, s3):
     assert seen["resumed"].get("tiny-clip", 0) < C1_UNITS, f"the resume recomputed every unit: {seen['resumed']}"
     on_s3, local = _digest_s3(s3, "c1"), _digest_local(seen["local"])
     assert len(local) == 2 * 2 * C1_UNITS  # views and tiny-clip: a Parquet file and its commit record per unit
-    assert on_s3 == local, {k: (on_s3.get(k), local.get(k)) for k in set(on_s3) | set(local) if on_s3.get(k) != local.get(k)}
+    assert on_s3 == local, {
+        k: (on_s3.get(k), local.get(k)) for k in set(on_s3) | set(local) if on_s3.get(k) != local.get(k)
+    }
     # the merged statistics (merged in unit order) are the same bytes too
     moments = lambda name: name.endswith(".moments")  # noqa: E731
     assert _digest_s3(s3, "c1", moments) == _digest_local(seen["local"], moments) != {}
@@ -255,7 +282,10 @@ def test_info_and_verify_on_s3(c1, c2, s3, capsys):
         assert "verify: OK" in out, out
         with capsys.disabled():
             got[name] = _record(f"{name} cache verify ({units} units)", n)
-            print(f"[s3 requests] {name} verify by object: {_by_file_type(n.requests)}; it says: {' '.join(l for l in out.splitlines() if 'read' in l)[:200]}", flush=True)
+            print(
+                f"[s3 requests] {name} verify by object: {_by_file_type(n.requests)}; it says: {' '.join(l for l in out.splitlines() if 'read' in l)[:200]}",
+                flush=True,
+            )
         assert not any(n[k] for k in WRITES), n.requests
     assert info["c1"] == info["c2"], info
     # verify: one listing per directory whatever the size; every footer and the sampled files: reads grow with the files
@@ -264,8 +294,22 @@ def test_info_and_verify_on_s3(c1, c2, s3, capsys):
 
 def _train(uri: str, out: Path, *extra) -> list[str]:
     """Two steps of 2 rows, one batch prefetched, a 2-row shuffle buffer: a few units streamed, not the cache."""
-    return ["train", f"cache={uri}", f"output={out}", BOTH, "student.patch_size=8", "student.depth=2", "loader.batch_size=2", "loader.num_workers=0",
-            "loader.shuffle_buffer=2", "loader.read_rows=2", "loader.prefetch_factor=1", "max_steps=2", "mlflow.enabled=false", *extra]
+    return [
+        "train",
+        f"cache={uri}",
+        f"output={out}",
+        BOTH,
+        "student.patch_size=8",
+        "student.depth=2",
+        "loader.batch_size=2",
+        "loader.num_workers=0",
+        "loader.shuffle_buffer=2",
+        "loader.read_rows=2",
+        "loader.prefetch_factor=1",
+        "max_steps=2",
+        "mlflow.enabled=false",
+        *extra,
+    ]
 
 
 def test_train_on_s3_reads_per_teacher_and_per_file_streamed(c1, c2, s3, tmp_path):
@@ -279,16 +323,27 @@ def test_train_on_s3_reads_per_teacher_and_per_file_streamed(c1, c2, s3, tmp_pat
         shard_reqs = [r for r in n.requests if r.path.endswith(".parquet")]
         files = {r.path for r in shard_reqs}
         heads = collections.Counter(r.path for r in shard_reqs if r.method == "HEAD")
-        other = collections.Counter((r.method, r.path.split("/", 2)[-1].removeprefix(name + "/")) for r in n.requests if not r.path.endswith(".parquet"))
-        print(f"[s3 requests] {name} train: {len(files)} of {3 * units} Parquet files streamed, {len(shard_reqs)} requests on them "
-              f"(HEADs per file {sorted(set(heads.values()))}); other requests {dict(other)}", flush=True)
+        other = collections.Counter(
+            (r.method, r.path.split("/", 2)[-1].removeprefix(name + "/"))
+            for r in n.requests
+            if not r.path.endswith(".parquet")
+        )
+        print(
+            f"[s3 requests] {name} train: {len(files)} of {3 * units} Parquet files streamed, {len(shard_reqs)} requests on them "
+            f"(HEADs per file {sorted(set(heads.values()))}); other requests {dict(other)}",
+            flush=True,
+        )
         got[name] = (len(files), sorted(other.items()))
         # per file streamed: a HEAD (open), its footer and its column chunks
-        assert max(heads.values()) == 1 and len(shard_reqs) <= 6 * len(files), collections.Counter((r.method, r.path) for r in shard_reqs)
+        assert max(heads.values()) == 1 and len(shard_reqs) <= 6 * len(files), collections.Counter(
+            (r.method, r.path) for r in shard_reqs
+        )
         # the rest (the start): the manifest, one listing per directory read (views/, each teacher's, stats/), each teacher's merged moments
         assert n["LIST"] <= DIRS - 1, _by_file_type(n.requests)
         # (LISTs log as GET on the bucket) at most: the manifest read twice (HEAD, HEAD, GET each), each teacher's moments (HEAD, GET)
-        assert sum(c for (method, key), c in other.items() if (method, key) != ("GET", s3.bucket)) <= 2 * 3 + 2 * 2, other
+        assert sum(c for (method, key), c in other.items() if (method, key) != ("GET", s3.bucket)) <= 2 * 3 + 2 * 2, (
+            other
+        )
     assert got["c2"][0] < 3 * C2_UNITS // 2, got  # streamed lazily: two steps do not open the whole cache
     assert got["c1"][1] == got["c2"][1], got  # what the start reads does not depend on the number of units
 
@@ -297,8 +352,23 @@ def test_eval_on_s3(c1, s3, tmp_path):
     student = tmp_path / "run"
     assert main(_train(c1["uri"], student)) == 0
     with s3.counting() as n:
-        assert main(["eval", str(student / "student"), f"val_cache={c1['uri']}", f"train_cache={c1['uri']}", f"output={tmp_path / 'eval'}", "pictures=1", "probe_epochs=5",
-                     "dense=false", "zero_shot=false", "mlflow.enabled=false"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    str(student / "student"),
+                    f"val_cache={c1['uri']}",
+                    f"train_cache={c1['uri']}",
+                    f"output={tmp_path / 'eval'}",
+                    "pictures=1",
+                    "probe_epochs=5",
+                    "dense=false",
+                    "zero_shot=false",
+                    "mlflow.enabled=false",
+                ]
+            )
+            == 0
+        )
     _record("c1 eval (val = train = c1)", n)
     print(f"[s3 requests] c1 eval by object: {_by_file_type(n.requests)}", flush=True)
     assert not any(n[k] for k in WRITES), n.requests

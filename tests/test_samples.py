@@ -193,12 +193,15 @@ def test_scenes_masks_are_shipped_deterministic_and_aligned(tmp_path):
     assert seen == set(range(len(CLASSES)))  # every class appears somewhere
     generate_scenes(tmp_path / "s", count=4)
     for i in range(4):  # masks bit-identical (they come from numpy alone); images as the samples are compared
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "s" / f"scene_{i:03d}.png")), np.asarray(Image.open(SCENES_DIR / f"scene_{i:03d}.png")))
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "s" / f"scene_{i:03d}.png")),
+            np.asarray(Image.open(SCENES_DIR / f"scene_{i:03d}.png")),
+        )
         a = np.asarray(Image.open(tmp_path / "s" / f"scene_{i:03d}.jpg"), dtype=np.int16)
         assert np.abs(a - np.asarray(Image.open(SCENES_DIR / f"scene_{i:03d}.jpg"), dtype=np.int16)).mean() <= 1.0
     # the mask labels the pixels: each region's texture differs from the others' (flip applied to both)
     img, mask = render_scene(5)
     x = np.asarray(img, dtype=np.float64)
     means = [x[mask == c].mean(0) for c in np.unique(mask)]
-    assert min(np.abs(a - b).sum() for i, a in enumerate(means) for b in means[i + 1:]) > 5
+    assert min(np.abs(a - b).sum() for i, a in enumerate(means) for b in means[i + 1 :]) > 5
     assert sum(p.stat().st_size for p in SCENES_DIR.rglob("*") if p.is_file()) < 700_000

@@ -17,10 +17,28 @@ from pipelines.cache_tools import verify_cache
 from pipelines.config import load_config
 from pipelines.sources import SourceConfig, open_source
 from pipelines.synthetic import make_synthetic_cache
-from radio.cache import CacheLocation, CacheReader, Commit, MomentsMerger, commit_path, decode_features, decode_summary, load_manifest, read_record
+from radio.cache import (
+    CacheLocation,
+    CacheReader,
+    Commit,
+    MomentsMerger,
+    commit_path,
+    decode_features,
+    decode_summary,
+    load_manifest,
+    read_record,
+)
 
 LIMIT, PER_SHARD = 16, 2  # 8 units
-BASE = [f"source.limit={LIMIT}", f"images_per_shard={PER_SHARD}", "views.num_views=2", "student_resolution=32", "target_patch=8", "progress=false", "mlflow.enabled=false"]
+BASE = [
+    f"source.limit={LIMIT}",
+    f"images_per_shard={PER_SHARD}",
+    "views.num_views=2",
+    "student_resolution=32",
+    "target_patch=8",
+    "progress=false",
+    "mlflow.enabled=false",
+]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -38,7 +56,13 @@ def built(ray_session, tmp_path_factory):
 def _plan(out, *extra):
     cfg = _cfg(out, "teachers=[tiny-clip,tiny-sam]", *extra)
     src = open_source(cfg.source)
-    return plan_cache_job(cfg, LIMIT // PER_SHARD, _identity(cfg, src), {t: teacher_request(cfg, t) for t in cfg.teachers}, say=lambda m: None)
+    return plan_cache_job(
+        cfg,
+        LIMIT // PER_SHARD,
+        _identity(cfg, src),
+        {t: teacher_request(cfg, t) for t in cfg.teachers},
+        say=lambda m: None,
+    )
 
 
 def test_noop_rerun_does_not_start_ray_or_load_a_teacher(built):
@@ -58,7 +82,9 @@ def test_noop_rerun_does_not_start_ray_or_load_a_teacher(built):
     assert line is not None, r.stderr[-3000:]
     _, rc, ray_started, _ = line.split()
     assert rc == "0" and ray_started == "False"
-    assert {p: os.stat(p).st_mtime_ns for p in map(str, built.rglob("*"))} == before  # not even the manifest is rewritten
+    assert {
+        p: os.stat(p).st_mtime_ns for p in map(str, built.rglob("*"))
+    } == before  # not even the manifest is rewritten
 
 
 def test_plan_lists_each_directory_once_and_reads_nothing(built, monkeypatch):
@@ -72,11 +98,24 @@ def test_plan_lists_each_directory_once_and_reads_nothing(built, monkeypatch):
         return real_scan(self, rel)
 
     monkeypatch.setattr(Loc, "scan_stat", scan)
-    monkeypatch.setattr(Loc, "read_bytes", lambda self, rel, _r=Loc.read_bytes: (calls.__setitem__("read", calls["read"] + 1), _r(self, rel))[1])
-    monkeypatch.setattr(Loc, "parquet_file", lambda self, rel, _p=Loc.parquet_file: (calls.__setitem__("open", calls["open"] + 1), _p(self, rel))[1])
+    monkeypatch.setattr(
+        Loc,
+        "read_bytes",
+        lambda self, rel, _r=Loc.read_bytes: (calls.__setitem__("read", calls["read"] + 1), _r(self, rel))[1],
+    )
+    monkeypatch.setattr(
+        Loc,
+        "parquet_file",
+        lambda self, rel, _p=Loc.parquet_file: (calls.__setitem__("open", calls["open"] + 1), _p(self, rel))[1],
+    )
     plan = _plan(built)
     assert plan.up_to_date and not plan.work_units
-    assert sorted(calls["scan"]) == ["stats", "teachers/tiny-clip", "teachers/tiny-sam", "views"]  # one listing per directory
+    assert sorted(calls["scan"]) == [
+        "stats",
+        "teachers/tiny-clip",
+        "teachers/tiny-sam",
+        "views",
+    ]  # one listing per directory
     assert calls["open"] == 0 and calls["read"] == 1  # the manifest, nothing else
 
 
@@ -145,8 +184,12 @@ def test_merged_statistics_equal_numpy_over_every_stored_target(built):
         f_m, s_m = reader.merged_moments(t)
         # the file (float64 full second moments) equals numpy over every stored position
         np.testing.assert_allclose(f_m.mean, F.mean(0), rtol=1e-9, atol=1e-9)
-        np.testing.assert_allclose(f_m.cov, np.cov(F.T, bias=True), rtol=1e-4, atol=1e-6)  # shards keep the centered products in float32
-        np.testing.assert_allclose(m.teachers[t].stats.features.std, F.std(0), rtol=1e-6, atol=1e-9)  # M2 is the diagonal of the float32 product
+        np.testing.assert_allclose(
+            f_m.cov, np.cov(F.T, bias=True), rtol=1e-4, atol=1e-6
+        )  # shards keep the centered products in float32
+        np.testing.assert_allclose(
+            m.teachers[t].stats.features.std, F.std(0), rtol=1e-6, atol=1e-9
+        )  # M2 is the diagonal of the float32 product
         assert f_m.count == len(F)
         if summ:
             S = np.concatenate(summ)
@@ -201,7 +244,9 @@ def test_verify_reads_a_sample_and_says_what_it_read(built):
 def test_prepare_task_gets_its_units_records_only(tmp_path):
     src = open_source(SourceConfig(kind="samples", split="all"))
     part = src.part(10, 14)
-    assert [r.image_id for r in part.records] == [r.image_id for r in src.records[10:14]] and [r.index for r in part.records] == [10, 11, 12, 13]
+    assert [r.image_id for r in part.records] == [r.image_id for r in src.records[10:14]] and [
+        r.index for r in part.records
+    ] == [10, 11, 12, 13]
     assert part.read_bytes(part.records[0]) == src.read_bytes(src.records[10])
     blob = pickle.dumps(part)
     assert len(blob) < len(pickle.dumps(src)) / 10  # not the whole source: no other record travels with it
@@ -244,12 +289,17 @@ def test_a_changed_byte_is_refused_where_it_is_read(built, tmp_path):
     victim.write_bytes(bytes(data))
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     reader = CacheReader(str(out))  # opens: sizes and times are those committed
-    with pytest.raises(CacheError, match=r"tiny-clip/unit-00004\.parquet: its content changed since it was committed \(xxh3 .*radio cache verify"):
+    with pytest.raises(
+        CacheError,
+        match=r"tiny-clip/unit-00004\.parquet: its content changed since it was committed \(xxh3 .*radio cache verify",
+    ):
         list(reader.iter_unit(4))
     import radio.cache.store as store
 
     assert reader.manifest.teachers["tiny-clip"].by_unit()[4].xxh3  # recorded at commit
-    pf = store.CacheLocation(str(out)).parquet_file("teachers/tiny-clip/unit-00004.parquet")  # what eval, verify and the job's rerun open
+    pf = store.CacheLocation(str(out)).parquet_file(
+        "teachers/tiny-clip/unit-00004.parquet"
+    )  # what eval, verify and the job's rerun open
     with pytest.raises(OSError, match="CRC"):
         pf.read()
     buf = io.StringIO()

@@ -61,7 +61,10 @@ def test_folder_hidden_and_unlistable_entries_are_recorded_not_fingerprinted(tmp
     monkeypatch.setattr(os, "scandir", scandir)
     src = _open("kind=folder", f"path={root}")
     assert src.records == before.records and src.fingerprint == before.fingerprint  # a .DS_Store changes nothing
-    assert src.excluded == [{"image_id": ".DS_Store", "reason": "hidden file, not read (its name starts with '.')"}, {"image_id": "dogs/locked", "reason": "folder not readable: Permission denied"}]
+    assert src.excluded == [
+        {"image_id": ".DS_Store", "reason": "hidden file, not read (its name starts with '.')"},
+        {"image_id": "dogs/locked", "reason": "folder not readable: Permission denied"},
+    ]
 
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied")
@@ -102,12 +105,20 @@ def test_string_labels_become_class_indices(tmp_path):
         rows["image"].append({"bytes": buf.getvalue(), "path": None})
         rows["label"].append(name)
         rows["id"].append(f"img-{i}")
-    ds = datasets.Dataset.from_dict(rows, features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string"), "id": datasets.Value("string")}))
+    ds = datasets.Dataset.from_dict(
+        rows,
+        features=datasets.Features(
+            {"image": datasets.Image(), "label": datasets.Value("string"), "id": datasets.Value("string")}
+        ),
+    )
     ds.to_parquet(str(tmp_path / "s.parquet"))
     src = _open("kind=hf", "builder=parquet", f"path={tmp_path / 's.parquet'}", "split=train", "id_column=id")
     assert src.labels == ["ant", "bee", "zebra"] and [r.label_index for r in src.records] == [2, 0, 2, 1, 0]
     assert src.describe()["labels"] == ["ant", "bee", "zebra"]  # recorded in the manifest
-    ds2 = datasets.Dataset.from_dict({"image": rows["image"][:2], "label": [1.5, 2.5]}, features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("float32")}))
+    ds2 = datasets.Dataset.from_dict(
+        {"image": rows["image"][:2], "label": [1.5, 2.5]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("float32")}),
+    )
     ds2.to_parquet(str(tmp_path / "f.parquet"))
     with pytest.raises(SourceError, match="label_column 'label'.*float"):
         _open("kind=hf", "builder=parquet", f"path={tmp_path / 'f.parquet'}", "split=train")

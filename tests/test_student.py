@@ -11,7 +11,15 @@ from radio.checkpoint import save_student
 from radio.model import DistillModel, RadioModel, load_student
 from radio.losses import LossConfig, distill_loss
 from radio.normalize import RunningStats, TargetStats
-from radio.student import IMAGENET_MEAN, IMAGENET_STD, SIZES, StudentConfig, ViTStudent, normalize_uint8, trunk_param_count
+from radio.student import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SIZES,
+    StudentConfig,
+    ViTStudent,
+    normalize_uint8,
+    trunk_param_count,
+)
 
 CLIP = AdapterConfig("clip", feature_dim=24, feature_grid=(4, 4), summary_dim=16, hidden=32)
 SAM = AdapterConfig("sam", feature_dim=12, feature_grid=(16, 16), summary_dim=None, hidden=32)
@@ -99,8 +107,12 @@ def test_cpe_random_windows_in_training_deterministic_in_eval():
     assert torch.equal(e, m(x).features_BLC) and torch.equal(e[0], e[1])
     # eval: the whole 8x8 grid resized to the input's 4x4; non-square: the centred window of a 6x6 resize
     grid = m.pos_embed.reshape(1, 8, 8, -1).permute(0, 3, 1, 2)
-    torch.testing.assert_close(m._pos(1, 4, 4), F.interpolate(grid, size=(4, 4), mode="bicubic").flatten(2).transpose(1, 2))
-    torch.testing.assert_close(m._pos(1, 4, 6), F.interpolate(grid, size=(6, 6), mode="bicubic")[:, :, 1:5].flatten(2).transpose(1, 2))
+    torch.testing.assert_close(
+        m._pos(1, 4, 4), F.interpolate(grid, size=(4, 4), mode="bicubic").flatten(2).transpose(1, 2)
+    )
+    torch.testing.assert_close(
+        m._pos(1, 4, 6), F.interpolate(grid, size=(6, 6), mode="bicubic")[:, :, 1:5].flatten(2).transpose(1, 2)
+    )
     # a full training window reads exactly what eval reads
     m.train()
     m.CPE_SCALE, m.CPE_ASPECT = (1.0, 1.0), (1.0, 1.0)
@@ -116,7 +128,9 @@ def test_without_cpe_train_equals_eval():
 
 def test_normalize_uint8():
     x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    want = (x.float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    want = (x.float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1
+    )
     torch.testing.assert_close(normalize_uint8(x), want)
     with pytest.raises(TypeError, match="uint8"):
         normalize_uint8(x.float())
@@ -147,7 +161,9 @@ def test_resampling_area_when_shrinking_bilinear_when_growing():
     t = torch.randn(2, 16, 16, 5, generator=g)
     nchw = t.permute(0, 3, 1, 2)
     torch.testing.assert_close(resample_targets(t, (4, 8)), F.avg_pool2d(nchw, (4, 2)).permute(0, 2, 3, 1))
-    torch.testing.assert_close(resample_targets(t, (32, 24)), F.interpolate(nchw, size=(32, 24), mode="bilinear").permute(0, 2, 3, 1))
+    torch.testing.assert_close(
+        resample_targets(t, (32, 24)), F.interpolate(nchw, size=(32, 24), mode="bilinear").permute(0, 2, 3, 1)
+    )
     # a non-integer ratio (SAM's 64 -> 14) is an exact area average, fractional overlaps included
     ramp = torch.arange(64.0).view(1, 64, 1, 1).expand(1, 64, 64, 1)
     r = resample_targets(ramp, (14, 14))
@@ -188,14 +204,28 @@ def test_valid_mask_marks_padding():
 
 def _targets(B=2):
     g = torch.Generator().manual_seed(0)
-    return {"clip": {"summary": torch.randn(B, 16, generator=g), "features": torch.randn(B, 4, 4, 24, generator=g)}, "sam": {"features": torch.randn(B, 16, 16, 12, generator=g)}}
+    return {
+        "clip": {"summary": torch.randn(B, 16, generator=g), "features": torch.randn(B, 4, 4, 24, generator=g)},
+        "sam": {"features": torch.randn(B, 16, 16, 12, generator=g)},
+    }
 
 
 def test_loss_dict_terms_and_values():
     tg = _targets()
-    perfect = {"clip": {"summary": tg["clip"]["summary"], "features": tg["clip"]["features"]}, "sam": {"features": resample_targets(tg["sam"]["features"], (4, 4))}}
+    perfect = {
+        "clip": {"summary": tg["clip"]["summary"], "features": tg["clip"]["features"]},
+        "sam": {"features": resample_targets(tg["sam"]["features"], (4, 4))},
+    }
     out = distill_loss(perfect, tg, LossConfig())
-    assert set(out) == {"loss", "loss/clip/summary", "loss/clip/features", "loss/sam/features", "cos/clip/summary", "cos/clip/features", "cos/sam/features"}
+    assert set(out) == {
+        "loss",
+        "loss/clip/summary",
+        "loss/clip/features",
+        "loss/sam/features",
+        "cos/clip/summary",
+        "cos/clip/features",
+        "cos/sam/features",
+    }
     assert out["loss"].item() < 1e-5 and all(abs(out[k].item() - 1) < 1e-5 for k in out if k.startswith("cos/"))
     assert not any(out[k].requires_grad for k in out if k.startswith("cos/"))
     # known values: negated predictions -> cosine -1; features add 0.1 x smooth-L1 of |2x|
@@ -211,7 +241,13 @@ def test_teacher_weight_zero_removes_its_gradient():
     tg = _targets()
 
     def grads(weights):
-        p = {"clip": {"summary": torch.randn(2, 16, requires_grad=True), "features": torch.randn(2, 4, 4, 24, requires_grad=True)}, "sam": {"features": torch.randn(2, 4, 4, 12, requires_grad=True)}}
+        p = {
+            "clip": {
+                "summary": torch.randn(2, 16, requires_grad=True),
+                "features": torch.randn(2, 4, 4, 24, requires_grad=True),
+            },
+            "sam": {"features": torch.randn(2, 4, 4, 12, requires_grad=True)},
+        }
         out = distill_loss(p, tg, LossConfig(weights=weights))
         out["loss"].backward()
         g = p["sam"]["features"].grad
@@ -241,12 +277,17 @@ def test_running_stats_exact_and_mergeable():
 
 def test_target_stats_roundtrip_and_standardization():
     g = torch.Generator().manual_seed(0)
-    feats = torch.randn(4, 5, 5, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1], dtype=torch.float64) + 7
+    feats = (
+        torch.randn(4, 5, 5, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1], dtype=torch.float64)
+        + 7
+    )
     summ = torch.randn(40, 2, generator=g, dtype=torch.float64) * 3 - 1
     st = TargetStats.from_running(RunningStats().update(feats.reshape(-1, 3)), RunningStats().update(summ))
     n = st.normalize({"features": feats, "summary": summ})
     torch.testing.assert_close(n["features"].mean((0, 1, 2)), torch.zeros(3, dtype=torch.float64))
-    torch.testing.assert_close(n["features"].std((0, 1, 2), unbiased=False), torch.ones(3, dtype=torch.float64), atol=1e-4, rtol=0)  # eps=1e-6 on std 0.1
+    torch.testing.assert_close(
+        n["features"].std((0, 1, 2), unbiased=False), torch.ones(3, dtype=torch.float64), atol=1e-4, rtol=0
+    )  # eps=1e-6 on std 0.1
     back = st.denormalize(n)
     torch.testing.assert_close(back["features"], feats)
     torch.testing.assert_close(back["summary"], summ)
@@ -260,9 +301,18 @@ def test_target_stats_roundtrip_and_standardization():
 
 def test_export_roundtrip_bitwise_and_input_types(tmp_path):
     torch.manual_seed(0)
-    model = DistillModel(StudentConfig(size="nano", patch_size=8, summary_teachers=["clip"], cpe_max_img_size=448), [CLIP, SAM]).eval()
-    stats = {"clip": TargetStats([0.5] * 24, [2.0] * 24, [0.0] * 16, [3.0] * 16), "sam": TargetStats([1.0] * 12, [1.0] * 12)}
-    meta = {"stats": {t: s.to_dict() for t, s in stats.items()}, "fingerprints": {"clip": "abc"}, "teachers": {"clip": {"feature_dim": 24}}}
+    model = DistillModel(
+        StudentConfig(size="nano", patch_size=8, summary_teachers=["clip"], cpe_max_img_size=448), [CLIP, SAM]
+    ).eval()
+    stats = {
+        "clip": TargetStats([0.5] * 24, [2.0] * 24, [0.0] * 16, [3.0] * 16),
+        "sam": TargetStats([1.0] * 12, [1.0] * 12),
+    }
+    meta = {
+        "stats": {t: s.to_dict() for t, s in stats.items()},
+        "fingerprints": {"clip": "abc"},
+        "teachers": {"clip": {"feature_dim": 24}},
+    }
     save_student(tmp_path / "s", model, meta)
     loaded = load_student(tmp_path / "s")
     assert not loaded.training
@@ -279,7 +329,11 @@ def test_export_roundtrip_bitwise_and_input_types(tmp_path):
         raw = model(x)
     torch.testing.assert_close(out.adapters["clip"]["summary"], raw["clip"]["summary"] * (3.0 + 1e-6))
     torch.testing.assert_close(out.adapters["sam"]["features"], raw["sam"]["features"] * (1.0 + 1e-6) + 1.0)
-    assert out.features.shape == (2, 4, 6, 96) and out.summary.shape == (2, 96) and out.features_BCHW().shape == (2, 96, 4, 6)
+    assert (
+        out.features.shape == (2, 4, 6, 96)
+        and out.summary.shape == (2, 96)
+        and out.features_BCHW().shape == (2, 96, 4, 6)
+    )
     assert loaded.fingerprints == {"clip": "abc"} and loaded.teacher_names == ["clip", "sam"]
     assert loaded.config.cpe_max_img_size == 448 and loaded.meta["teachers"] == meta["teachers"]
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors is missing"):
@@ -298,5 +352,7 @@ def test_targets_cropped_to_valid_region_before_resampling():
     # the student's 4 columns span the 8 valid teacher columns: each the mean of 2 of them
     np.testing.assert_allclose(out[0, 0, :, 0].numpy(), [0.5, 2.5, 4.5, 6.5], atol=1e-6)
     # fractional extents (SAM's view ending inside a cell) weigh the last cell by its covered part
-    half = resample_targets(torch.arange(4.0)[None, None, :, None].expand(1, 1, 4, 1), (1, 1), torch.tensor([[1.0, 2.5]]))
+    half = resample_targets(
+        torch.arange(4.0)[None, None, :, None].expand(1, 1, 4, 1), (1, 1), torch.tensor([[1.0, 2.5]])
+    )
     np.testing.assert_allclose(half.item(), (0 + 1 + 0.5 * 2) / 2.5, atol=1e-6)

@@ -19,16 +19,27 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIP = AdapterConfig("tiny-clip", 24, (4, 4), 16, hidden=32)
 SAM = AdapterConfig("tiny-sam", 12, (8, 8), None, hidden=32)
 META = {
-    "teachers": {"tiny-clip": {"family": "clip", "source": "builtin:tiny-clip", "feature_dim": 24}, "tiny-sam": {"family": "sam", "source": "builtin:tiny-sam", "feature_dim": 12}},
-    "fingerprints": {"tiny-clip": "fp-clip", "tiny-sam": "fp-sam"}, "cache_id": "c0ffee", "mlflow_run_id": None, "resolution": 32,
-    "stats": {"tiny-clip": TargetStats([0.5] * 24, [2.0] * 24, [0.1] * 16, [3.0] * 16).to_dict(), "tiny-sam": TargetStats([1.0] * 12, [0.5] * 12).to_dict()},
+    "teachers": {
+        "tiny-clip": {"family": "clip", "source": "builtin:tiny-clip", "feature_dim": 24},
+        "tiny-sam": {"family": "sam", "source": "builtin:tiny-sam", "feature_dim": 12},
+    },
+    "fingerprints": {"tiny-clip": "fp-clip", "tiny-sam": "fp-sam"},
+    "cache_id": "c0ffee",
+    "mlflow_run_id": None,
+    "resolution": 32,
+    "stats": {
+        "tiny-clip": TargetStats([0.5] * 24, [2.0] * 24, [0.1] * 16, [3.0] * 16).to_dict(),
+        "tiny-sam": TargetStats([1.0] * 12, [0.5] * 12).to_dict(),
+    },
 }
 
 
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory):
     torch.manual_seed(0)
-    model = DistillModel(StudentConfig(size="nano", patch_size=8, summary_teachers=["tiny-clip"], img_size=32), [CLIP, SAM]).eval()
+    model = DistillModel(
+        StudentConfig(size="nano", patch_size=8, summary_teachers=["tiny-clip"], img_size=32), [CLIP, SAM]
+    ).eval()
     return save_student(tmp_path_factory.mktemp("s") / "student", model, META)
 
 
@@ -40,25 +51,38 @@ def test_radio_call_conventions(student_dir):
         nchw = model(x, feature_fmt="NCHW")
         full = model.predict(x)
     assert summary.shape == (2, model.summary_dim) == (2, 96) and features.shape == (2, 24, 96)
-    assert nchw.features.shape == (2, 96, 4, 6) and torch.equal(nchw.features.permute(0, 2, 3, 1).reshape(2, 24, 96), features)
-    assert torch.equal(full.features.reshape(2, 24, 96), features) and torch.equal(full.summary, summary)  # one summary token here
+    assert nchw.features.shape == (2, 96, 4, 6) and torch.equal(
+        nchw.features.permute(0, 2, 3, 1).reshape(2, 24, 96), features
+    )
+    assert torch.equal(full.features.reshape(2, 24, 96), features) and torch.equal(
+        full.summary, summary
+    )  # one summary token here
     with torch.no_grad():
-        assert torch.equal(model((x * 255).round().to(torch.uint8)).features, model((x * 255).round() / 255).features)  # uint8 works too
+        assert torch.equal(
+            model((x * 255).round().to(torch.uint8)).features, model((x * 255).round() / 255).features
+        )  # uint8 works too
     assert (model.patch_size, model.min_resolution_step, model.embed_dim, model.num_summary_tokens) == (8, 8, 96, 1)
     assert model.preferred_resolution == Resolution(32, 32) and model.config.img_size == 32
-    assert model.get_nearest_supported_resolution(30, 41) == (32, 40) and model.get_nearest_supported_resolution(1, 1) == (8, 8)
+    assert model.get_nearest_supported_resolution(30, 41) == (32, 40) and model.get_nearest_supported_resolution(
+        1, 1
+    ) == (8, 8)
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*, got values in \[0\.\d+, 25\d\]: divide by 255"):
         model(x * 255)
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*normalizes itself"):
         model((x - 0.5) / 0.2)  # an image normalized twice
     with torch.no_grad():  # bicubic overshoot, as RADIO takes it
-        assert model(x * 0.95 + 0.06).features.shape == features.shape and model(x * 1.02 - 0.01).features.shape == features.shape
+        assert (
+            model(x * 0.95 + 0.06).features.shape == features.shape
+            and model(x * 1.02 - 0.01).features.shape == features.shape
+        )
     for bad in (float("nan"), float("inf")):
         y = x.clone()
         y[0, 1, 2, 3] = bad
         with pytest.raises(ValueError, match=rf"images hold 1 NaN or Inf value\(s\) of {y.numel()}:"):
             model(y)
-    with pytest.raises(ValueError, match=r"multiple of min_resolution_step=8; got \(30, 48\), nearest supported: \(32, 48\)"):
+    with pytest.raises(
+        ValueError, match=r"multiple of min_resolution_step=8; got \(30, 48\), nearest supported: \(32, 48\)"
+    ):
         model(torch.rand(1, 3, 30, 48))
     with pytest.raises(ValueError, match="feature_fmt='NHWC'"):
         model(x, feature_fmt="NHWC")
@@ -77,8 +101,13 @@ def test_adaptors_at_load_time_in_teacher_space(student_dir):
     assert out["tiny-sam"].summary is None and out["tiny-sam"].features.shape == (2, 16, 12)
     with torch.no_grad():
         raw = model.model(x)
-    torch.testing.assert_close(out["tiny-sam"].features, (raw["tiny-sam"]["features"] * (0.5 + 1e-6) + 1.0).reshape(2, 16, 12))  # standardization undone
-    with pytest.raises(ValueError, match=r"adaptor 'dino' is not one of this student's teachers \['tiny-clip', 'tiny-sam'\] or their families \['clip', 'sam'\]"):
+    torch.testing.assert_close(
+        out["tiny-sam"].features, (raw["tiny-sam"]["features"] * (0.5 + 1e-6) + 1.0).reshape(2, 16, 12)
+    )  # standardization undone
+    with pytest.raises(
+        ValueError,
+        match=r"adaptor 'dino' is not one of this student's teachers \['tiny-clip', 'tiny-sam'\] or their families \['clip', 'sam'\]",
+    ):
         radio.load_student(str(student_dir), adaptor_names="dino")
 
 
@@ -90,7 +119,11 @@ def test_external_preprocessor_and_intermediates(student_dir):
         inter = model.forward_intermediates(x, indices=[0, -1], output_fmt="NLC", intermediates_only=True)
         final, with_prefix = model.forward_intermediates(x, indices=2, return_prefix_tokens=True, norm=True)
     assert len(inter) == 2 and inter[0].shape == (2, 20, 96)
-    assert len(with_prefix) == 2 and with_prefix[0].summary.shape == (2, 96) and with_prefix[0].features.shape == (2, 96, 4, 5)
+    assert (
+        len(with_prefix) == 2
+        and with_prefix[0].summary.shape == (2, 96)
+        and with_prefix[0].features.shape == (2, 96, 4, 5)
+    )
     # the last block, normed, is the final output
     torch.testing.assert_close(with_prefix[-1].features.flatten(2).transpose(1, 2), ref.features)
     torch.testing.assert_close(final.features.flatten(2).transpose(1, 2), ref.features)
@@ -121,8 +154,17 @@ def test_pretrained_roundtrip_hub_id_offline_and_torch_hub(student_dir, tmp_path
     model = radio.load_student(str(student_dir))
     d = model.save_pretrained(tmp_path / "pretrained")
     card = (d / "README.md").read_text()
-    assert "fp-clip" in card and "c0ffee" in card and "radio.load_student" in card and "pipeline_tag: image-feature-extraction" in card
-    assert f"\n# {d.resolve()}\n" in card and "PATH_OR_HUB_ID" not in card and f'radio.load_student("{d.resolve()}"' in card
+    assert (
+        "fp-clip" in card
+        and "c0ffee" in card
+        and "radio.load_student" in card
+        and "pipeline_tag: image-feature-extraction" in card
+    )
+    assert (
+        f"\n# {d.resolve()}\n" in card
+        and "PATH_OR_HUB_ID" not in card
+        and f'radio.load_student("{d.resolve()}"' in card
+    )
     again = RadioModel.from_pretrained(str(d))
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
@@ -165,8 +207,12 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path, monkeypatch):
         with torch.no_grad():
             ref = model(x)
         torch.testing.assert_close(torch.from_numpy(got["features"]), ref["backbone"].features, atol=ATOL, rtol=0)
-        torch.testing.assert_close(torch.from_numpy(got["tiny-clip.summary"]), ref["tiny-clip"].summary, atol=ATOL, rtol=0)
-        torch.testing.assert_close(torch.from_numpy(got["tiny-sam.features"]), ref["tiny-sam"].features, atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            torch.from_numpy(got["tiny-clip.summary"]), ref["tiny-clip"].summary, atol=ATOL, rtol=0
+        )
+        torch.testing.assert_close(
+            torch.from_numpy(got["tiny-sam.features"]), ref["tiny-sam"].features, atol=ATOL, rtol=0
+        )
     assert main(["export", str(student_dir)]) == 2
     # one self-contained file at this size, and a partial patch refused as by PyTorch (never floored to a grid)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student.onnx"]
@@ -175,7 +221,10 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path, monkeypatch):
     # PyTorch's input checks, in the graph: a 0-255 float image and NaN are refused by a node that says why;
     # bicubic overshoot is accepted as PyTorch accepts it
     x = torch.rand(1, 3, 16, 16)
-    for bad, why in ((x * 255, "float_images_must_lie_in_0_1"), (x.masked_fill(x > 0.9, float("nan")), "images_hold_NaN_or_Inf")):
+    for bad, why in (
+        (x * 255, "float_images_must_lie_in_0_1"),
+        (x.masked_fill(x > 0.9, float("nan")), "images_hold_NaN_or_Inf"),
+    ):
         with pytest.raises(Exception, match=f"refused__{why}"):
             sess.run(None, {"images": bad.numpy()})
         with pytest.raises(ValueError):
@@ -194,8 +243,17 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path, monkeypatch):
     assert main(["export", str(student_dir), "--onnx", "student.onnx"]) == 0
     weights = sum(v.numel() * v.element_size() for v in model.state_dict().values() if v.is_floating_point())
     assert sorted(q.name for q in ext.iterdir()) == ["student.onnx", "student.onnx.data"]
-    assert (ext / "student.onnx.data").stat().st_size < 1.5 * weights and (ext / "student.onnx").stat().st_size < 0.25 * weights
-    got = dict(zip(names, ort.InferenceSession(str(ext / "student.onnx"), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})))
+    assert (ext / "student.onnx.data").stat().st_size < 1.5 * weights and (
+        ext / "student.onnx"
+    ).stat().st_size < 0.25 * weights
+    got = dict(
+        zip(
+            names,
+            ort.InferenceSession(str(ext / "student.onnx"), providers=["CPUExecutionProvider"]).run(
+                None, {"images": x.numpy()}
+            ),
+        )
+    )
     torch.testing.assert_close(torch.from_numpy(got["features"]), model(x)["backbone"].features, atol=ATOL, rtol=0)
     # uint8, as PyTorch takes it, from a graph exported for it
     out8 = tmp_path / "u8" / "student.onnx"
@@ -203,7 +261,9 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path, monkeypatch):
     sess8 = ort.InferenceSession(str(out8), providers=["CPUExecutionProvider"])
     x8 = torch.randint(0, 256, (2, 3, 16, 32), dtype=torch.uint8)
     got = dict(zip(names, sess8.run(None, {"images": x8.numpy()})))
-    torch.testing.assert_close(torch.from_numpy(got["tiny-clip.summary"]), model(x8)["tiny-clip"].summary, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        torch.from_numpy(got["tiny-clip.summary"]), model(x8)["tiny-clip"].summary, atol=ATOL, rtol=0
+    )
     with pytest.raises(ValueError, match="multiple of min_resolution_step"):
         model(torch.rand(1, 3, 65, 64))
 
@@ -233,13 +293,19 @@ def test_damaged_student_is_one_clear_error(student_dir, tmp_path, capsys):
     for i in range(64):
         w[len(w) // 2 + i] ^= 0xFF
     (flipped / "model.safetensors").write_bytes(bytes(w))
-    with pytest.raises(radio.checkpoint.CheckpointError, match=r"model.safetensors does not match the sha256 recorded in .*config.json .*changed or damaged"):
+    with pytest.raises(
+        radio.checkpoint.CheckpointError,
+        match=r"model.safetensors does not match the sha256 recorded in .*config.json .*changed or damaged",
+    ):
         radio.load_student(str(flipped))
     assert main(["export", str(flipped), "--pretrained", str(tmp_path / "out2")]) == 2
     err = capsys.readouterr().err
     assert "does not match the sha256" in err and "Traceback" not in err and not (tmp_path / "out2").exists()
     cfg = json.loads((student_dir / "config.json").read_text())
-    assert len(cfg["weights_sha256"]) == 64 and (student_dir / "model.safetensors").stat().st_mode & 0o777 == 0o644 & ~_umask()
+    assert (
+        len(cfg["weights_sha256"]) == 64
+        and (student_dir / "model.safetensors").stat().st_mode & 0o777 == 0o644 & ~_umask()
+    )
     assert main(["export", str(tmp_path / "nowhere"), "--onnx", str(tmp_path / "x.onnx")]) == 2
     assert "not a student directory" in capsys.readouterr().err
 
@@ -251,7 +317,12 @@ def test_export_to_an_unwritable_place_is_one_line(student_dir, tmp_path, small_
     f = tmp_path / "a-file"
     f.write_text("x")
     ro = small_disk(1 << 20, read_only=True)
-    for flag, dest in (("--pretrained", f / "sub"), ("--pretrained", ro / "out"), ("--onnx", ro / "x.onnx"), ("--onnx", f / "x.onnx")):
+    for flag, dest in (
+        ("--pretrained", f / "sub"),
+        ("--pretrained", ro / "out"),
+        ("--onnx", ro / "x.onnx"),
+        ("--onnx", f / "x.onnx"),
+    ):
         assert main(["export", str(student_dir), flag, str(dest)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("radio: config error: ") and flag in err and "Traceback" not in err, err
@@ -289,25 +360,47 @@ def test_push_to_hub_uploads_the_student_directory(student_dir, monkeypatch, cap
 def test_radio_style_script_runs_with_only_the_repository_changed(student_dir):
     """User code written as NVlabs/RADIO's README and examples use the model; only REPO differs."""
     REPO, version = str(ROOT), str(student_dir)
-    model = torch.hub.load(REPO, "radio_model", version=version, progress=True, skip_validation=True, adaptor_names=["clip"], source="local")
+    model = torch.hub.load(
+        REPO,
+        "radio_model",
+        version=version,
+        progress=True,
+        skip_validation=True,
+        adaptor_names=["clip"],
+        source="local",
+    )
     model.eval()
     model.switch_to_deploy()  # a no-op here: nothing to fuse
     conditioner = model.make_preprocessor_external()
     assert conditioner.norm_mean.shape == (3, 1, 1) and conditioner.norm_std.shape == (3, 1, 1)
     nearest = model.get_nearest_supported_resolution(30, 41)
-    x = torch.nn.functional.interpolate(torch.rand(1, 3, 60, 70), size=tuple(nearest), mode="bicubic", align_corners=False)  # overshoots [0, 1]
+    x = torch.nn.functional.interpolate(
+        torch.rand(1, 3, 60, 70), size=tuple(nearest), mode="bicubic", align_corners=False
+    )  # overshoots [0, 1]
     x = conditioner(x)
     with torch.no_grad():
         out = model(x)
         summary, spatial = out["backbone"]
         clip_summary, clip_features = out["clip"]
         sparse = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
-        same = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True, aggregation="dense")  # one block per group
-        inter = model.forward_intermediates(x, indices=[1], intermediates_only=True, aggregation="dense")  # blocks 0 and 1 averaged
-    assert summary.shape[0] == 1 and spatial.shape == (1, nearest[0] // model.patch_size * (nearest[1] // model.patch_size), model.embed_dim)
+        same = model.forward_intermediates(
+            x, indices=[0, 1], intermediates_only=True, aggregation="dense"
+        )  # one block per group
+        inter = model.forward_intermediates(
+            x, indices=[1], intermediates_only=True, aggregation="dense"
+        )  # blocks 0 and 1 averaged
+    assert summary.shape[0] == 1 and spatial.shape == (
+        1,
+        nearest[0] // model.patch_size * (nearest[1] // model.patch_size),
+        model.embed_dim,
+    )
     assert clip_summary.shape == (1, 16) and all(torch.allclose(a, b) for a, b in zip(same, sparse))
     assert len(inter) == 1 and torch.allclose(inter[0], (sparse[0] + sparse[1]) / 2, atol=1e-6)
-    assert model.window_size is None and model.num_cls_tokens == model.num_summary_tokens and len(model.blocks) == model.config.depth
+    assert (
+        model.window_size is None
+        and model.num_cls_tokens == model.num_summary_tokens
+        and len(model.blocks) == model.config.depth
+    )
     assert model.summary_idxs.tolist() == [model.teacher_names.index(t) for t in model.config.summary_teachers]
     # PCA of the features, as RADIO's examples visualize them
     f = spatial[0] - spatial[0].mean(0)
@@ -325,13 +418,19 @@ def test_transformers_automodel_loads_an_exported_student(student_dir):
     import subprocess
     import sys
 
-    code = ("import json, radio, torch\nfrom transformers import AutoModel, AutoConfig\n"
-            f"m = AutoModel.from_pretrained({str(student_dir)!r}, adaptor_names=['clip'])\n"
-            f"ref = radio.load_student({str(student_dir)!r}, adaptor_names=['clip'])\n"
-            "x = torch.rand(1, 3, 32, 32)\n"
-            "print(json.dumps({'type': type(m).__name__, 'same': bool(torch.equal(m(x)['clip'].summary, ref(x)['clip'].summary)), 'model_type': AutoConfig.from_pretrained("
-            f"{str(student_dir)!r}).model_type}}))\n")
+    code = (
+        "import json, radio, torch\nfrom transformers import AutoModel, AutoConfig\n"
+        f"m = AutoModel.from_pretrained({str(student_dir)!r}, adaptor_names=['clip'])\n"
+        f"ref = radio.load_student({str(student_dir)!r}, adaptor_names=['clip'])\n"
+        "x = torch.rand(1, 3, 32, 32)\n"
+        "print(json.dumps({'type': type(m).__name__, 'same': bool(torch.equal(m(x)['clip'].summary, ref(x)['clip'].summary)), 'model_type': AutoConfig.from_pretrained("
+        f"{str(student_dir)!r}).model_type}}))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"type": "RadioModel", "same": True, "model_type": "radio-student"}
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "type": "RadioModel",
+        "same": True,
+        "model_type": "radio-student",
+    }
     assert json.loads((student_dir / "config.json").read_text())["model_type"] == "radio-student"

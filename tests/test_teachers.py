@@ -12,7 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from teachers import REGISTRY, TeacherLoadError, TeacherSpec, UnknownTeacher, create_teacher, fingerprint_of, list_teachers, pil_resize
+from teachers import (
+    REGISTRY,
+    TeacherLoadError,
+    TeacherSpec,
+    UnknownTeacher,
+    create_teacher,
+    fingerprint_of,
+    list_teachers,
+    pil_resize,
+)
 from teachers.tiny import save_random_teacher
 
 TINY = [n for n in list_teachers() if REGISTRY[n].tiny]
@@ -58,12 +67,18 @@ def _torchvision_official(teacher, img_3HW):
     mean, std = torch.tensor(d["image_mean"])[:, None, None], torch.tensor(d["image_std"])[:, None, None]
     x = img_3HW[None]
     if d["image_processor_type"].startswith("DINOv3"):
-        x = F.interpolate(x * scale, size=size, mode="bilinear", antialias=True, align_corners=False)  # uint8 * float -> float32
+        x = F.interpolate(
+            x * scale, size=size, mode="bilinear", antialias=True, align_corners=False
+        )  # uint8 * float -> float32
         return ((x - mean) / std).numpy()
     if "AVX2" in torch.backends.cpu.get_cpu_capability():
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     else:
-        x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False).round().to(torch.uint8)
+        x = (
+            F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+            .round()
+            .to(torch.uint8)
+        )
     return ((x.float() - mean / scale) / (std / scale)).numpy()
 
 
@@ -81,7 +96,9 @@ def _official(teacher, img_3HW):
     pil = Image.fromarray(img_3HW.permute(1, 2, 0).numpy())
     if teacher.spec.resize == "fit_aspect":
         h, w = teacher.input_size_for(*img_3HW.shape[1:])
-        return proc(images=pil, return_tensors="np", do_center_crop=False, size={"height": h, "width": w})["pixel_values"]
+        return proc(images=pil, return_tensors="np", do_center_crop=False, size={"height": h, "width": w})[
+            "pixel_values"
+        ]
     return proc(images=pil, return_tensors="np")["pixel_values"]
 
 
@@ -100,7 +117,12 @@ def test_shapes_and_dtypes(teacher):
         assert out.summary_BD.shape == (2, s.summary_dim) and out.summary_BD.dtype == torch.float32
     assert out.valid_hw_B2.shape == (2, 2)
     entry = REGISTRY[s.name]
-    assert (s.summary_dim, s.feature_dim, tuple(s.feature_grid), tuple(s.input_size)) == (entry.summary_dim, entry.feature_dim, entry.feature_grid, entry.input_size)
+    assert (s.summary_dim, s.feature_dim, tuple(s.feature_grid), tuple(s.input_size)) == (
+        entry.summary_dim,
+        entry.feature_dim,
+        entry.feature_grid,
+        entry.input_size,
+    )
 
 
 def test_preprocessing_equals_official_pil_processor(real_dirs):
@@ -151,8 +173,15 @@ def test_fp32_teacher_equals_plain_fp32_forward_and_bf16_is_another_fingerprint(
     t32, t16 = create_teacher("tiny-clip"), create_teacher("tiny-clip", dtype="bf16")
     assert t32.spec.fingerprint != t16.spec.fingerprint
     img = _img(50, 50, 5)
-    px = AutoImageProcessor.from_pretrained(t32.spec.source)(images=Image.fromarray(img.permute(1, 2, 0).numpy()), return_tensors="pt", do_center_crop=False, size={"height": 32, "width": 32})["pixel_values"]
-    plain = FAMILIES["clip"].load(t32.spec.source, None, torch.float32).eval()  # the checkpoint's own model class, float32
+    px = AutoImageProcessor.from_pretrained(t32.spec.source)(
+        images=Image.fromarray(img.permute(1, 2, 0).numpy()),
+        return_tensors="pt",
+        do_center_crop=False,
+        size={"height": 32, "width": 32},
+    )["pixel_values"]
+    plain = (
+        FAMILIES["clip"].load(t32.spec.source, None, torch.float32).eval()
+    )  # the checkpoint's own model class, float32
     with torch.no_grad():
         ref = plain(pixel_values=px)
     out32, out16 = t32([img]), t16([img])
@@ -191,7 +220,10 @@ def test_teacher_input_covers_the_whole_view(real_dirs, hw):
         s = teacher.spec
         pixels, extents = teacher.preprocess([img])
         x = pixels[0].double()
-        mean, std = torch.tensor(s.mean, dtype=torch.float64)[:, None, None], torch.tensor(s.std, dtype=torch.float64)[:, None, None]
+        mean, std = (
+            torch.tensor(s.mean, dtype=torch.float64)[:, None, None],
+            torch.tensor(s.std, dtype=torch.float64)[:, None, None],
+        )
         x = (x * std + mean) / s.rescale_factor  # back to 0..255
         vh, vw = (round(float(e) * s.patch_size) for e in extents[0])  # the resized view; SAM pads beyond it
         assert (vh, vw) == tuple(teacher.input_size_for(H, W)), name
@@ -217,8 +249,11 @@ def test_fit_aspect_keeps_the_view_aspect_and_refuses_wide_views(real_dirs):
         assert h == side and w % p == 0 and abs(w / h - 4 / 3) <= p / side, (name, h, w)
         out = teacher([_img(30, 40), _img(40, 40, 1)])  # mixed sizes: padded to the largest grid
         g = s.feature_grid
-        assert out.features_BHWC.shape[1:3] == (g[0], w // p) and out.valid_hw_B2.tolist() == [[g[0], w // p], [g[0], g[1]]]
-        assert (out.features_BHWC[1, :, g[1]:] == 0).all()
+        assert out.features_BHWC.shape[1:3] == (g[0], w // p) and out.valid_hw_B2.tolist() == [
+            [g[0], w // p],
+            [g[0], g[1]],
+        ]
+        assert (out.features_BHWC[1, :, g[1] :] == 0).all()
         alone = teacher([_img(30, 40)])
         torch.testing.assert_close(alone.features_BHWC[0], out.features_BHWC[0], atol=1e-5, rtol=1e-5)
         for hw in WIDE:
@@ -236,10 +271,22 @@ def _pillow(img_3HW, size_hw, interpolation):
 # Pillow 13's pass-order rule (vertical first iff the height shrinks by more than 2x the width's
 # pixel count): 22x40 -> 1x30 goes vertical first, 22x40 -> 2x30 horizontal first.
 RESIZE_CASES = [
-    ((1, 1), (1, 1)), ((1, 1), (7, 3)), ((9, 7), (1, 1)), ((1, 500), (1, 3)), ((10000, 50), (8000, 40)),
-    ((50, 10000), (40, 8000)), ((10000, 50), (64, 1)), ((3, 301), (224, 224)), ((700, 5), (224, 224)),
-    ((224, 500), (224, 224)), ((500, 224), (224, 224)), ((22, 40), (1, 30)), ((22, 40), (2, 30)),
-    ((58, 40), (37, 30)), ((58, 40), (38, 30)), ((480, 640), (224, 298)),
+    ((1, 1), (1, 1)),
+    ((1, 1), (7, 3)),
+    ((9, 7), (1, 1)),
+    ((1, 500), (1, 3)),
+    ((10000, 50), (8000, 40)),
+    ((50, 10000), (40, 8000)),
+    ((10000, 50), (64, 1)),
+    ((3, 301), (224, 224)),
+    ((700, 5), (224, 224)),
+    ((224, 500), (224, 224)),
+    ((500, 224), (224, 224)),
+    ((22, 40), (1, 30)),
+    ((22, 40), (2, 30)),
+    ((58, 40), (37, 30)),
+    ((58, 40), (38, 30)),
+    ((480, 640), (224, 298)),
 ]
 
 
@@ -250,7 +297,11 @@ def test_pil_resize_is_bitwise_pillow():
         img = _img(*hw, seed=i)
         for interpolation in ("bicubic", "bilinear"):
             ours = pil_resize(img, out_hw, interpolation)
-            assert ours.dtype == torch.uint8 and torch.equal(ours, _pillow(img, out_hw, interpolation)), (hw, out_hw, interpolation)
+            assert ours.dtype == torch.uint8 and torch.equal(ours, _pillow(img, out_hw, interpolation)), (
+                hw,
+                out_hw,
+                interpolation,
+            )
 
 
 def test_pil_resize_pass_order_matters():
@@ -340,7 +391,18 @@ def test_fingerprint_stable_across_processes():
 def test_fingerprint_changes_with_each_output_field(teacher):
     s = teacher.spec
     assert fingerprint_of(s) == s.fingerprint
-    for field, value in [("weights_sha256", "0" * 64), ("revision", "v2"), ("input_size", (s.input_size[0] + 1, s.input_size[1])), ("mean", tuple(m + 0.01 for m in s.mean)), ("resize_size", 999), ("dtype", "bf16"), ("attention", "eager" if s.attention != "eager" else "sdpa"), ("output", s.output + "!"), ("interpolation", "bilinear" if s.interpolation == "bicubic" else "bicubic"), ("compiled", True)]:
+    for field, value in [
+        ("weights_sha256", "0" * 64),
+        ("revision", "v2"),
+        ("input_size", (s.input_size[0] + 1, s.input_size[1])),
+        ("mean", tuple(m + 0.01 for m in s.mean)),
+        ("resize_size", 999),
+        ("dtype", "bf16"),
+        ("attention", "eager" if s.attention != "eager" else "sdpa"),
+        ("output", s.output + "!"),
+        ("interpolation", "bilinear" if s.interpolation == "bicubic" else "bicubic"),
+        ("compiled", True),
+    ]:
         assert fingerprint_of(dataclasses.replace(s, **{field: value})) != s.fingerprint, field
     for field, value in [("source", "/elsewhere"), ("name", "renamed")]:
         assert fingerprint_of(dataclasses.replace(s, **{field: value})) == s.fingerprint, field

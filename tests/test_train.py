@@ -33,20 +33,48 @@ def cache(tmp_path_factory):
 
 
 def _args(cache, out, *extra):
-    return [f"cache={cache}", f"output={out}", TEACHERS, "student.patch_size=8", "student.depth=2", "loader.batch_size=8", "loader.num_workers=0", "mlflow.experiment=test-train", *extra]
+    return [
+        f"cache={cache}",
+        f"output={out}",
+        TEACHERS,
+        "student.patch_size=8",
+        "student.depth=2",
+        "loader.batch_size=8",
+        "loader.num_workers=0",
+        "mlflow.experiment=test-train",
+        *extra,
+    ]
 
 
 def test_train_logs_params_metrics_artifacts(cache, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    cfg = load_config(TrainJobConfig, None, _args(cache, tmp_path / "run", "epochs=2", "checkpoint_every=4", "mlflow.register=radio-nano-test"))
+    cfg = load_config(
+        TrainJobConfig,
+        None,
+        _args(cache, tmp_path / "run", "epochs=2", "checkpoint_every=4", "mlflow.register=radio-nano-test"),
+    )
     result = train(cfg)
     client = MlflowClient()
     run = client.get_run(result["run_id"])
     p, m, tags = run.data.params, run.data.metrics, run.data.tags
-    assert p["student.size"] == "nano" and p["optim.lr"] == str(cfg.optim.lr) and p["cache.fingerprint.syn-clip"] == "fp-syn-clip"
-    for key in ("train/loss", "train/loss/syn-clip/summary", "train/loss/syn-clip/features", "train/loss/syn-sam/features", "train/lr", "train/grad_norm", "system/images_per_s",
-                "system/data_wait_fraction", "train/fidelity/syn-clip/summary", "train/epoch"):
+    assert (
+        p["student.size"] == "nano"
+        and p["optim.lr"] == str(cfg.optim.lr)
+        and p["cache.fingerprint.syn-clip"] == "fp-syn-clip"
+    )
+    for key in (
+        "train/loss",
+        "train/loss/syn-clip/summary",
+        "train/loss/syn-clip/features",
+        "train/loss/syn-sam/features",
+        "train/lr",
+        "train/grad_norm",
+        "system/images_per_s",
+        "system/data_wait_fraction",
+        "train/fidelity/syn-clip/summary",
+        "train/epoch",
+    ):
         assert key in m, key
     assert all(k.split("/")[0] in ("train", "system") for k in m), sorted(m)  # one naming scheme
     # read (one host sync) every log_every=10 steps, at every checkpoint (4) and at the end
@@ -55,8 +83,15 @@ def test_train_logs_params_metrics_artifacts(cache, tmp_path):
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens in its model-training view
     [inp] = run.inputs.dataset_inputs
-    assert inp.dataset.digest == tags["radio.cache_id"][:36] and inp.dataset.source_type == "local" and {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
-    assert json.loads(inp.dataset.schema)["mlflow_colspec"][0]["name"] == "image_id" and json.loads(inp.dataset.profile)["teachers"]["syn-clip"]["fingerprint"] == "fp-syn-clip"
+    assert (
+        inp.dataset.digest == tags["radio.cache_id"][:36]
+        and inp.dataset.source_type == "local"
+        and {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
+    )
+    assert (
+        json.loads(inp.dataset.schema)["mlflow_colspec"][0]["name"] == "image_id"
+        and json.loads(inp.dataset.profile)["teachers"]["syn-clip"]["fingerprint"] == "fp-syn-clip"
+    )
     # the student as an MLflow model: pickle-free pt2, same outputs as radio.load_student
     import mlflow.pytorch
 
@@ -92,33 +127,66 @@ def test_train_logs_params_metrics_artifacts(cache, tmp_path):
     import urllib.request
 
     port = _free_port()
-    srv = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", tags["radio.model_uri"], "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, cwd=ROOT)
+    srv = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            tags["radio.model_uri"],
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        cwd=ROOT,
+    )
     try:
         x = np.random.rand(1, 3, 32, 32).astype(np.float32)
         deadline, answer = time.time() + 180, None
         while time.time() < deadline and srv.poll() is None and answer is None:
             try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": x.tolist()}).encode(), headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/invocations",
+                    data=json.dumps({"inputs": x.tolist()}).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
                 answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
             except OSError:
                 time.sleep(0.5)
         assert answer is not None, srv.stderr.read().decode()[-3000:] if srv.poll() is not None else "no answer"
         with torch.no_grad():
             ref = mine(torch.from_numpy(x))
-        np.testing.assert_allclose(np.asarray(answer["predictions"]["syn-sam.features"]), ref["syn-sam"].features.numpy(), atol=1e-4)
+        np.testing.assert_allclose(
+            np.asarray(answer["predictions"]["syn-sam.features"]), ref["syn-sam"].features.numpy(), atol=1e-4
+        )
     finally:
         _kill(srv)
-    assert radio.load_student(tags["radio.model_uri"]).teacher_names == ["syn-clip", "syn-sam"]  # the MLflow URI loads too
+    assert radio.load_student(tags["radio.model_uri"]).teacher_names == [
+        "syn-clip",
+        "syn-sam",
+    ]  # the MLflow URI loads too
     [lm] = client.search_logged_models([run.info.experiment_id])
     assert lm.source_run_id == run.info.run_id and lm.name == run.info.run_name == "run"  # named after its run
     [version] = client.search_model_versions(f"run_id = '{run.info.run_id}'")  # mlflow.register=NAME
     assert version.name == "radio-nano-test"
-    assert tags["radio.teachers"] == "syn-clip,syn-sam" and tags["radio.student_size"] == "nano" and tags["radio.cache_id"]
+    assert (
+        tags["radio.teachers"] == "syn-clip,syn-sam" and tags["radio.student_size"] == "nano" and tags["radio.cache_id"]
+    )
     assert any(k.startswith("system/") for k in m)
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "loss_curve.png", "student"} <= arts
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "student")} == {"student/config.json", "student/model.safetensors"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "student")} == {
+        "student/config.json",
+        "student/model.safetensors",
+    }
     assert run.info.status == "FINISHED"
 
 
@@ -132,7 +200,10 @@ def test_missing_teacher_fails_at_start(cache, tmp_path, capsys):
     assert main(["train", *_args(cache, tmp_path / "p", "student.patch_size=7")]) == 2
     assert "'student.patch_size' 7 does not divide the 32px views cache" in capsys.readouterr().err
     assert main(["train", *_args(cache, tmp_path / "b", "loader.batch_size=49")]) == 2  # 24 images x 2 views
-    assert "'loader.batch_size' 49 is larger than the 48 views each of the 1 process(es) reads per epoch" in capsys.readouterr().err
+    assert (
+        "'loader.batch_size' 49 is larger than the 48 views each of the 1 process(es) reads per epoch"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "p" / "checkpoints").exists() and not (tmp_path / "b" / "checkpoints").exists()
 
 
@@ -159,10 +230,28 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(cache, tmp_path, monkeyp
 
 
 def test_kill_and_resume_matches_uninterrupted(cache, tmp_path):
-    ref = train(load_config(TrainJobConfig, None, _args(cache, tmp_path / "ref", "epochs=3", "checkpoint_every=2", "mlflow.enabled=false")))
+    ref = train(
+        load_config(
+            TrainJobConfig,
+            None,
+            _args(cache, tmp_path / "ref", "epochs=3", "checkpoint_every=2", "mlflow.enabled=false"),
+        )
+    )
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", *_args(cache, out, "epochs=3", "checkpoint_every=2", "mlflow.enabled=false")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**{k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "train",
+        *_args(cache, out, "epochs=3", "checkpoint_every=2", "mlflow.enabled=false"),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**{k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         latest = out / "checkpoints" / "latest"
@@ -173,7 +262,13 @@ def test_kill_and_resume_matches_uninterrupted(cache, tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
     assert not (out / "student").exists()
-    resumed = train(load_config(TrainJobConfig, None, _args(cache, out, "epochs=3", "checkpoint_every=2", "mlflow.enabled=false", "resume=true")))
+    resumed = train(
+        load_config(
+            TrainJobConfig,
+            None,
+            _args(cache, out, "epochs=3", "checkpoint_every=2", "mlflow.enabled=false", "resume=true"),
+        )
+    )
     assert [h["step"] for h in resumed["history"]] == [h["step"] for h in ref["history"]]
     for a, b in zip(resumed["history"], ref["history"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), (a, b)
@@ -209,12 +304,31 @@ def test_damaged_checkpoint_is_refused_naming_the_file_and_the_choices(cache, tm
         out = tmp_path / f"bad-{name}"
         shutil.copytree(tmp_path / "run", out)
         damage(out / step6 / name)
-        assert main(["train", *_args(cache, out, "epochs=1", "checkpoint_every=2", "mlflow.enabled=false", "resume=true")]) == 2
+        assert (
+            main(["train", *_args(cache, out, "epochs=1", "checkpoint_every=2", "mlflow.enabled=false", "resume=true")])
+            == 2
+        )
         err = capsys.readouterr().err
         assert f"checkpoint {out / step6} is damaged: {out / step6 / name}" in err, err
-        assert "resume=true resume_from=<one of step-00000004>" in err and "resume=false" in err and "Traceback" not in err
+        assert (
+            "resume=true resume_from=<one of step-00000004>" in err and "resume=false" in err and "Traceback" not in err
+        )
     # the choice the message offers works: the older checkpoint, checked, resumed and trained on to the end
-    r = train(load_config(TrainJobConfig, None, _args(cache, out, "epochs=1", "checkpoint_every=2", "mlflow.enabled=false", "resume=true", "resume_from=step-00000004")))
+    r = train(
+        load_config(
+            TrainJobConfig,
+            None,
+            _args(
+                cache,
+                out,
+                "epochs=1",
+                "checkpoint_every=2",
+                "mlflow.enabled=false",
+                "resume=true",
+                "resume_from=step-00000004",
+            ),
+        )
+    )
     assert r["step"] == 6 and [h["step"] for h in r["history"]][-1] == 6
     assert main(["train", *_args(cache, out, "resume_from=step-00000004")]) == 2
     assert "'resume_from' must be set only with resume=true" in capsys.readouterr().err
@@ -231,18 +345,46 @@ def test_disk_full_is_one_line_keeps_the_last_checkpoint_and_resumes(cache, tmp_
     err = capsys.readouterr().err
     line = [x for x in err.splitlines() if x.startswith("radio: error:")]
     assert line and f"no space left writing checkpoint {out / 'checkpoints' / 'step-00000004'}" in line[0], err
-    assert f"the last complete checkpoint, {out / 'checkpoints' / 'step-00000002'}, is kept" in line[0] and "resume=true" in line[0] and "Traceback" not in err
+    assert (
+        f"the last complete checkpoint, {out / 'checkpoints' / 'step-00000002'}, is kept" in line[0]
+        and "resume=true" in line[0]
+        and "Traceback" not in err
+    )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-00000002"]
     small_disk.resize(disk, 64 * 2**20)
     resumed = train(load_config(TrainJobConfig, None, [*args, "resume=true"]))
-    ref = train(load_config(TrainJobConfig, None, _args(cache, tmp_path / "ref", "epochs=1", "checkpoint_every=2", "mlflow.enabled=false")))
-    assert resumed["step"] == 6 and [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in ref["history"]], rel=1e-5, abs=1e-6)
+    ref = train(
+        load_config(
+            TrainJobConfig,
+            None,
+            _args(cache, tmp_path / "ref", "epochs=1", "checkpoint_every=2", "mlflow.enabled=false"),
+        )
+    )
+    assert resumed["step"] == 6 and [h["loss"] for h in resumed["history"]] == pytest.approx(
+        [h["loss"] for h in ref["history"]], rel=1e-5, abs=1e-6
+    )
 
 
 def test_two_process_accelerate_launch_sees_every_key_once(cache, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu",
-           "-m", "pipelines.cli", "train", *_args(cache, out, "epochs=2", "audit_keys=true", "loader.num_workers=1", "mlflow.enabled=false")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--multi_gpu",
+        "-m",
+        "pipelines.cli",
+        "train",
+        *_args(cache, out, "epochs=2", "audit_keys=true", "loader.num_workers=1", "mlflow.enabled=false"),
+    ]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     for epoch in range(2):
@@ -265,8 +407,27 @@ def _mlflow_server(port: int, root: Path) -> subprocess.Popen:
     Artifacts go through the server (mlflow-artifacts:/), as with a remote server."""
     import urllib.request
 
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", f"sqlite:///{root}/srv.db",
-                               "--artifacts-destination", str(root / "srv-artifacts"), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root}/srv.db",
+            "--artifacts-destination",
+            str(root / "srv-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -296,8 +457,14 @@ def test_real_mlflow_server_lost_mid_run_and_fail_fast_when_unreachable(cache, t
 
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
-    for k, v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
-        monkeypatch.setenv(k, v)  # fewer retries than start_run's default (3), to keep the test short; restored after it
+    for k, v in (
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
+    ):
+        monkeypatch.setenv(
+            k, v
+        )  # fewer retries than start_run's default (3), to keep the test short; restored after it
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     server = _mlflow_server(port, tmp_path)
     try:
@@ -318,17 +485,32 @@ def test_real_mlflow_server_lost_mid_run_and_fail_fast_when_unreachable(cache, t
         assert f"kept in {out / 'mlflow-pending.jsonl'}" in err and f"radio sync {out}" in err
         assert (out / "student" / "model.safetensors").is_file() and (out / "mlflow-pending.jsonl").is_file()
         kept = [json.loads(line)["op"] for line in (out / "mlflow-pending.jsonl").read_text().splitlines()]
-        assert {"metrics", "artifact", "student_model", "tags", "terminated"} <= set(kept) and kept[-1] == "terminated", kept
+        assert {"metrics", "artifact", "student_model", "tags", "terminated"} <= set(kept) and kept[
+            -1
+        ] == "terminated", kept
         run_id = json.loads((out / "mlflow-pending.jsonl").read_text().splitlines()[0])["run_id"]
         assert main(["sync", str(out)]) == 2  # still down: one line, and every record stays
-        assert "stay in" in capsys.readouterr().err and len((out / "mlflow-pending.jsonl").read_text().splitlines()) == len(kept)
+        assert "stay in" in capsys.readouterr().err and len(
+            (out / "mlflow-pending.jsonl").read_text().splitlines()
+        ) == len(kept)
         server = _mlflow_server(port, tmp_path)  # back, on the same store
         assert main(["sync", str(out)]) == 0
-        assert f"sent {len(kept)} MLflow record(s)" in capsys.readouterr().out and not (out / "mlflow-pending.jsonl").exists()
+        assert (
+            f"sent {len(kept)} MLflow record(s)" in capsys.readouterr().out
+            and not (out / "mlflow-pending.jsonl").exists()
+        )
         client = MlflowClient(uri)
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.tags.get("radio.model_uri", "").startswith("models:/")
-        assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [2, 4, 5, 6, 8, 10, 12]  # each once, sent live or replayed
+        assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [
+            2,
+            4,
+            5,
+            6,
+            8,
+            10,
+            12,
+        ]  # each once, sent live or replayed
         assert {a.path for a in client.list_artifacts(run_id)} >= {"student", "loss_curve.png", "config.yaml"}
     finally:
         _kill(server)
@@ -342,13 +524,23 @@ def test_real_mlflow_server_lost_mid_run_and_fail_fast_when_unreachable(cache, t
 
 def test_gradient_accumulation_halves_optimizer_steps(cache, tmp_path):
     one = train(load_config(TrainJobConfig, None, _args(cache, tmp_path / "acc1", "epochs=1", "mlflow.enabled=false")))
-    two = train(load_config(TrainJobConfig, None, _args(cache, tmp_path / "acc2", "epochs=1", "optim.grad_accum=2", "mlflow.enabled=false")))
+    two = train(
+        load_config(
+            TrainJobConfig,
+            None,
+            _args(cache, tmp_path / "acc2", "epochs=1", "optim.grad_accum=2", "mlflow.enabled=false"),
+        )
+    )
     assert one["step"] == 6 and two["step"] == 3
 
 
 def test_help_texts(capsys):
-    r = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and all(c in r.stdout for c in ("teachers", "config", "cache", "train", "eval", "compare", "quickstart"))
+    r = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0 and all(
+        c in r.stdout for c in ("teachers", "config", "cache", "train", "eval", "compare", "quickstart")
+    )
     for cmd in (["cache", "--help"], ["train", "--help"], ["eval", "--help"], ["quickstart", "--help"]):
         assert main(cmd) == 0, cmd
         assert "usage: radio" in capsys.readouterr().out
@@ -371,14 +563,43 @@ def exact_cache(ray_session, tmp_path_factory):
     for c in ("a", "b"):
         (src / c).mkdir(parents=True)
         for i in range(6):
-            Image.fromarray(np.random.default_rng(i + (c == "b") * 99).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(src / c / f"{i}.png")
+            Image.fromarray(
+                np.random.default_rng(i + (c == "b") * 99).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            ).save(src / c / f"{i}.png")
     out = root / "c"
-    run_cache_job(load_config(CacheJobConfig, None, [f"output={out}", "source.kind=folder", f"source.path={src}", "teachers=[tiny-clip,tiny-dinov2]", "views.num_views=1", "student_resolution=32", "target_patch=8", "progress=false", "mlflow.enabled=false"]))
+    run_cache_job(
+        load_config(
+            CacheJobConfig,
+            None,
+            [
+                f"output={out}",
+                "source.kind=folder",
+                f"source.path={src}",
+                "teachers=[tiny-clip,tiny-dinov2]",
+                "views.num_views=1",
+                "student_resolution=32",
+                "target_patch=8",
+                "progress=false",
+                "mlflow.enabled=false",
+            ],
+        )
+    )
     return str(out)
 
 
 def _online_args(cache, out, *extra):
-    return [f"cache={cache}", f"output={out}", "teachers=[tiny-clip,tiny-dinov2]", "student.patch_size=8", "student.depth=2", "loader.batch_size=6", "loader.num_workers=0", "mlflow.enabled=false", "seed=3", *extra]
+    return [
+        f"cache={cache}",
+        f"output={out}",
+        "teachers=[tiny-clip,tiny-dinov2]",
+        "student.patch_size=8",
+        "student.depth=2",
+        "loader.batch_size=6",
+        "loader.num_workers=0",
+        "mlflow.enabled=false",
+        "seed=3",
+        *extra,
+    ]
 
 
 def test_online_teacher_gives_the_cached_loss(exact_cache, tmp_path):
@@ -388,7 +609,9 @@ def test_online_teacher_gives_the_cached_loss(exact_cache, tmp_path):
     from radio.losses import distill_loss
 
     cached = Trainer(load_config(TrainJobConfig, None, _online_args(exact_cache, tmp_path / "a")), "")
-    online = Trainer(load_config(TrainJobConfig, None, _online_args(exact_cache, tmp_path / "b", "online={tiny-clip: {}}")), "")
+    online = Trainer(
+        load_config(TrainJobConfig, None, _online_args(exact_cache, tmp_path / "b", "online={tiny-clip: {}}")), ""
+    )
     assert online.online_origin == {"tiny-clip": "cache"} and online.cached == ["tiny-dinov2"]
     assert online.fingerprints == cached.fingerprints  # fp32 on CPU, as cached
     cached.stream.set_epoch(0)
@@ -399,7 +622,9 @@ def test_online_teacher_gives_the_cached_loss(exact_cache, tmp_path):
     for t, raw in online.online.targets(images, (4, 4)).items():
         targets_o[t] = online.stats[t].normalize(raw)
     for k in ("summary", "features"):
-        torch.testing.assert_close(targets_o["tiny-clip"][k], targets_c["tiny-clip"][k], atol=2e-2, rtol=1e-2)  # float16 storage
+        torch.testing.assert_close(
+            targets_o["tiny-clip"][k], targets_c["tiny-clip"][k], atol=2e-2, rtol=1e-2
+        )  # float16 storage
     online.model.load_state_dict(cached.model.state_dict())
     with torch.no_grad():
         lc = distill_loss(cached.model(images), targets_c, cached.cfg.loss)
@@ -412,12 +637,22 @@ def test_online_teacher_without_cache_stats_warms_up_and_resume_reuses_them(cach
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "hyb"
-    args = _args(cache, out, "teachers=[syn-clip,syn-sam,tiny-dinov2]", "online={tiny-dinov2: {stats_batches: 2}}", "epochs=2", "checkpoint_every=3")
+    args = _args(
+        cache,
+        out,
+        "teachers=[syn-clip,syn-sam,tiny-dinov2]",
+        "online={tiny-dinov2: {stats_batches: 2}}",
+        "epochs=2",
+        "checkpoint_every=3",
+    )
     first = train(load_config(TrainJobConfig, None, args[:-2] + ["max_steps=3", "epochs=2", "checkpoint_every=3"]))
     saved = json.loads((out / "online_stats.json").read_text())
     assert set(saved) == {"tiny-dinov2"} and len(saved["tiny-dinov2"]["features"]["mean"]) == 32
     run = MlflowClient().get_run(first["run_id"])
-    assert run.data.params["online.stats.tiny-dinov2"] == "warm-up (16 views)" and run.data.tags["radio.online_teachers"] == "tiny-dinov2"
+    assert (
+        run.data.params["online.stats.tiny-dinov2"] == "warm-up (16 views)"
+        and run.data.tags["radio.online_teachers"] == "tiny-dinov2"
+    )
     # edited statistics (same size) are refused by the checkpoint's record of them; the untouched run resumes
     import shutil
 
@@ -425,7 +660,7 @@ def test_online_teacher_without_cache_stats_warms_up_and_resume_reuses_them(cach
     shutil.copytree(out, edited)
     text = (edited / "online_stats.json").read_text()
     i = next(i for i, c in enumerate(text) if c.isdigit() and c != "9")
-    (edited / "online_stats.json").write_text(text[:i] + str(int(text[i]) + 1) + text[i + 1:])
+    (edited / "online_stats.json").write_text(text[:i] + str(int(text[i]) + 1) + text[i + 1 :])
     with pytest.raises(CheckpointError, match=r"online_stats.json does not match its recorded sha256"):
         train(load_config(TrainJobConfig, None, _args(cache, edited, *args[2:], "resume=true")))
     resumed = train(load_config(TrainJobConfig, None, args + ["resume=true"]))
@@ -458,7 +693,14 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_logs_no_step_twice(cache, tmp_pat
     args = _args(cache, out, "epochs=60", "checkpoint_every=1000", "log_every=2")
     import threading
 
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "train", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        text=True,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
     reader.start()
@@ -472,7 +714,12 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_logs_no_step_twice(cache, tmp_pat
     reader.join(timeout=30)
     err = "".join(lines)
     assert proc.returncode == 130, err[-3000:]
-    assert "Ctrl-C: finishing this step" in err and "Resume with:" in err and "resume=true" in err and "Traceback" not in err
+    assert (
+        "Ctrl-C: finishing this step" in err
+        and "Resume with:" in err
+        and "resume=true" in err
+        and "Traceback" not in err
+    )
     assert " INFO mlflow" not in err and "Token authentication" not in err, err  # quiet unless --verbose
     step = int(err.split("interrupted at step ")[1].split(";")[0])
     assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{step:08d}"  # written at the interrupt
@@ -482,7 +729,9 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_logs_no_step_twice(cache, tmp_pat
 
     resumed = main(shlex.split(resume_line)[1:])  # the printed command, as is
     assert resumed == 0
-    state = json.loads((out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip() / "trainer_state.json").read_text())
+    state = json.loads(
+        (out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip() / "trainer_state.json").read_text()
+    )
     steps = [m.step for m in MlflowClient().get_metric_history(state["run_id"], "train/loss")]
     assert len(steps) == len(set(steps)) and max(steps) == state["step"] > step
 
@@ -495,7 +744,9 @@ def test_offline_run_keeps_every_record_and_sync_replays_them_in_order(tmp_path,
 
     from pipelines.tracking import PENDING, Run
 
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once (start_run's default would retry 3 times)
+    monkeypatch.setenv(
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"
+    )  # refused at once (start_run's default would retry 3 times)
     store = f"sqlite:///{tmp_path}/store.db"
     live = MlflowClient(store)
     run_id = live.create_run(live.create_experiment("offline")).info.run_id
@@ -510,7 +761,9 @@ def test_offline_run_keeps_every_record_and_sync_replays_them_in_order(tmp_path,
     err = capsys.readouterr().err
     assert err.count("stopped answering") == 1 and "5 MLflow record(s)" in err
     ops = [json.loads(x)["op"] for x in (tmp_path / "out" / PENDING).read_text().splitlines()]
-    assert ops[0] == "params" and sorted(ops[1:4]) == ["metrics", "metrics", "tags"] and ops[4] == "terminated"  # the background sender's batch may land after the tags
+    assert (
+        ops[0] == "params" and sorted(ops[1:4]) == ["metrics", "metrics", "tags"] and ops[4] == "terminated"
+    )  # the background sender's batch may land after the tags
     assert main(["sync", str(tmp_path / "out"), "--tracking-uri", store]) == 0
     got = live.get_run(run_id)
     assert got.data.params == {"a": "1"} and got.data.tags["radio.steps"] == "4" and got.info.status == "FINISHED"

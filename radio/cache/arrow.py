@@ -28,7 +28,12 @@ def tensor_field(name: str, shape: tuple[int, ...], dtype) -> pa.Field:
     if dt.name not in _DTYPES:
         raise TypeError(f"unsupported tensor dtype {dt}; supported: {list(_DTYPES)}")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    return pa.field(name, pa.binary(max(1, nbytes)), nullable=False, metadata={TENSOR_META: json.dumps({"shape": list(shape), "dtype": dt.name}).encode()})
+    return pa.field(
+        name,
+        pa.binary(max(1, nbytes)),
+        nullable=False,
+        metadata={TENSOR_META: json.dumps({"shape": list(shape), "dtype": dt.name}).encode()},
+    )
 
 
 def tensor_to_arrow(arr_N: np.ndarray) -> pa.FixedSizeBinaryArray:
@@ -52,7 +57,9 @@ def arrow_to_tensor(col: pa.Array | pa.ChunkedArray, field: pa.Field | None = No
     if field is None:
         raise ValueError("arrow_to_tensor needs the column's field, whose metadata holds the tensor's shape and dtype")
     if TENSOR_META not in (field.metadata or {}) or not pa.types.is_fixed_size_binary(col.type):
-        raise ValueError(f"column {field.name!r} ({col.type}) is not a tensor column of this cache format (fixed-size binary with {TENSOR_META.decode()} metadata); rebuild the cache with `radio cache` into a new output path")
+        raise ValueError(
+            f"column {field.name!r} ({col.type}) is not a tensor column of this cache format (fixed-size binary with {TENSOR_META.decode()} metadata); rebuild the cache with `radio cache` into a new output path"
+        )
     meta = json.loads(field.metadata[TENSOR_META])
     dt = np.dtype(meta["dtype"])
     n = len(col)

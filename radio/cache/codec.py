@@ -19,7 +19,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["TARGET_DTYPES", "MIN_COS", "encode_targets", "decode_features", "decode_summary", "feature_columns", "grid_suffix", "bytes_per_row"]
+__all__ = [
+    "TARGET_DTYPES",
+    "MIN_COS",
+    "encode_targets",
+    "decode_features",
+    "decode_summary",
+    "feature_columns",
+    "grid_suffix",
+    "bytes_per_row",
+]
 
 TARGET_DTYPES = ("float16", "float32", "int8")
 # The worst per-position cosine to float32 that ``radio cache verify`` accepts for each codec (a stored

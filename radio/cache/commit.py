@@ -30,7 +30,17 @@ import numpy as np
 from ..normalize import RunningMoments
 from .store import CacheLocation, ShardInfo
 
-__all__ = ["MAGIC", "Commit", "FileRef", "commit_path", "encode_record", "read_record", "moments_arrays", "moments_from", "stats_path"]
+__all__ = [
+    "MAGIC",
+    "Commit",
+    "FileRef",
+    "commit_path",
+    "encode_record",
+    "read_record",
+    "moments_arrays",
+    "moments_from",
+    "stats_path",
+]
 
 MAGIC = b"RADIOCR1"
 _HEAD = struct.Struct("<8sQ")
@@ -83,7 +93,9 @@ def _parse_head(first: bytes, where: str) -> int:
     return n
 
 
-def read_record(loc: CacheLocation, rel: str, arrays: bool = True, data: bytes | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+def read_record(
+    loc: CacheLocation, rel: str, arrays: bool = True, data: bytes | None = None
+) -> tuple[dict, dict[str, np.ndarray]]:
     """(header, arrays) of the record at ``rel``; ``arrays=False`` reads the header only. ``data``: the
     record's bytes when the caller already holds them. Raises :class:`RecordError` for a damaged record."""
     where = loc.full(rel)
@@ -105,7 +117,9 @@ def read_record(loc: CacheLocation, rel: str, arrays: bool = True, data: bytes |
         for s in header.get("arrays", []):
             if s["offset"] + s["nbytes"] > len(blob):
                 raise RecordError(f"{where}: truncated commit record (array {s['name']} past its end)")
-            out[s["name"]] = np.frombuffer(blob[s["offset"] : s["offset"] + s["nbytes"]], np.dtype(s["dtype"])).reshape(s["shape"])
+            out[s["name"]] = np.frombuffer(blob[s["offset"] : s["offset"] + s["nbytes"]], np.dtype(s["dtype"])).reshape(
+                s["shape"]
+            )
     return header, out
 
 
@@ -115,10 +129,16 @@ def moments_arrays(prefix: str, m: RunningMoments) -> tuple[dict, dict[str, np.n
     if m.count == 0:
         return {f"{prefix}.count": 0}, {}
     iu = np.triu_indices(len(m.mean))
-    return {f"{prefix}.count": m.count}, {f"{prefix}.mean": m.mean, f"{prefix}.m2": m._m2, f"{prefix}.cov_triu": m._cov[iu].astype(np.float32)}
+    return {f"{prefix}.count": m.count}, {
+        f"{prefix}.mean": m.mean,
+        f"{prefix}.m2": m._m2,
+        f"{prefix}.cov_triu": m._cov[iu].astype(np.float32),
+    }
 
 
-def moments_from(prefix: str, header: dict, arrays: dict[str, np.ndarray], full_cov_f64: bool = False) -> RunningMoments | None:
+def moments_from(
+    prefix: str, header: dict, arrays: dict[str, np.ndarray], full_cov_f64: bool = False
+) -> RunningMoments | None:
     """The :class:`RunningMoments` stored under ``prefix`` (None when absent)."""
     if f"{prefix}.count" not in header:
         return None
@@ -149,8 +169,17 @@ class Commit:
     moments: dict[str, RunningMoments] | None = None
 
     def header(self) -> dict:
-        return {"kind": "teacher" if self.teacher else "views", "shard": self.shard.to_dict(), "cache_id": self.cache_id, "teacher": self.teacher,
-                "fingerprint": self.fingerprint, "request": self.request, "layout": self.layout, "images": self.images, "skipped": self.skipped}
+        return {
+            "kind": "teacher" if self.teacher else "views",
+            "shard": self.shard.to_dict(),
+            "cache_id": self.cache_id,
+            "teacher": self.teacher,
+            "fingerprint": self.fingerprint,
+            "request": self.request,
+            "layout": self.layout,
+            "images": self.images,
+            "skipped": self.skipped,
+        }
 
     def encode(self) -> bytes:
         head, arrays = self.header(), {}
@@ -165,8 +194,17 @@ class Commit:
         moments = None
         if arrays is not None and header.get("kind") == "teacher":
             moments = {k: m for k in ("features", "summary") if (m := moments_from(k, header, arrays)) is not None}
-        return cls(ShardInfo(**header["shard"]), header["cache_id"], header.get("teacher"), header.get("fingerprint"), header.get("request"), header.get("layout"),
-                   header.get("images", 0), header.get("skipped", []), moments)
+        return cls(
+            ShardInfo(**header["shard"]),
+            header["cache_id"],
+            header.get("teacher"),
+            header.get("fingerprint"),
+            header.get("request"),
+            header.get("layout"),
+            header.get("images", 0),
+            header.get("skipped", []),
+            moments,
+        )
 
     def write(self, loc: CacheLocation) -> "Commit":
         """Commit: write the record beside its (already written) shard; from here on the shard counts as done."""
@@ -174,7 +212,17 @@ class Commit:
         return self
 
     def without_moments(self) -> "Commit":
-        return Commit(self.shard, self.cache_id, self.teacher, self.fingerprint, self.request, self.layout, self.images, self.skipped, None)
+        return Commit(
+            self.shard,
+            self.cache_id,
+            self.teacher,
+            self.fingerprint,
+            self.request,
+            self.layout,
+            self.images,
+            self.skipped,
+            None,
+        )
 
 
 def sha256_bytes(data: bytes) -> str:

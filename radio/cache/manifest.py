@@ -19,8 +19,22 @@ from .commit import FileRef
 from .store import CacheLocation, ShardInfo
 
 __all__ = [
-    "FORMAT_VERSION", "MANIFEST_NAME", "CacheError", "CacheMismatch", "CacheFormatError", "ManifestDamaged", "CacheIdentity", "Moments",
-    "TeacherStats", "TargetLayout", "TeacherEntry", "ViewsEntry", "Skipped", "Manifest", "load_manifest", "save_manifest",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "CacheError",
+    "CacheMismatch",
+    "CacheFormatError",
+    "ManifestDamaged",
+    "CacheIdentity",
+    "Moments",
+    "TeacherStats",
+    "TargetLayout",
+    "TeacherEntry",
+    "ViewsEntry",
+    "Skipped",
+    "Manifest",
+    "load_manifest",
+    "save_manifest",
 ]
 
 FORMAT_VERSION = 3
@@ -97,7 +111,9 @@ class TeacherStats:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TeacherStats":
-        return cls(Moments(**d["features"]), Moments(**d["summary"]) if d.get("summary") else None, d.get("exact", True))
+        return cls(
+            Moments(**d["features"]), Moments(**d["summary"]) if d.get("summary") else None, d.get("exact", True)
+        )
 
 
 @dataclass
@@ -167,7 +183,9 @@ class TargetLayout:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TargetLayout":
-        return cls(tuple(d["grid"]), d["dtype"], tuple(d["native_grid"]), tuple(tuple(g) for g in d.get("extra_grids", ())))
+        return cls(
+            tuple(d["grid"]), d["dtype"], tuple(d["native_grid"]), tuple(tuple(g) for g in d.get("extra_grids", ()))
+        )
 
 
 class _Shards:
@@ -220,16 +238,31 @@ class TeacherEntry(_Shards):
 
     def to_dict(self) -> dict:
         return {
-            "spec": self.spec, "fingerprint": self.fingerprint, "layout": self.layout.to_dict(), "stats": self.stats.to_dict(),
-            "shards": [s.to_dict() for s in self.shards], "rows": self.rows, "bytes": self.bytes, "bytes_per_view": self.bytes_per_view,
-            "float32_native_bytes_per_view": self.float32_native_bytes_per_view, "complete": self.complete,
-            "moments": self.moments.to_dict() if self.moments else None, "request": self.request,
+            "spec": self.spec,
+            "fingerprint": self.fingerprint,
+            "layout": self.layout.to_dict(),
+            "stats": self.stats.to_dict(),
+            "shards": [s.to_dict() for s in self.shards],
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "bytes_per_view": self.bytes_per_view,
+            "float32_native_bytes_per_view": self.float32_native_bytes_per_view,
+            "complete": self.complete,
+            "moments": self.moments.to_dict() if self.moments else None,
+            "request": self.request,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "TeacherEntry":
-        return cls(d["spec"], TargetLayout.from_dict(d["layout"]), TeacherStats.from_dict(d["stats"]), [ShardInfo(**s) for s in d["shards"]], d["complete"],
-                   FileRef(**d["moments"]) if d.get("moments") else None, d.get("request"))
+        return cls(
+            d["spec"],
+            TargetLayout.from_dict(d["layout"]),
+            TeacherStats.from_dict(d["stats"]),
+            [ShardInfo(**s) for s in d["shards"]],
+            d["complete"],
+            FileRef(**d["moments"]) if d.get("moments") else None,
+            d.get("request"),
+        )
 
 
 @dataclass
@@ -238,7 +271,12 @@ class ViewsEntry(_Shards):
     shards: list[ShardInfo]
 
     def to_dict(self) -> dict:
-        return {"policy": self.policy, "rows": self.rows, "bytes": self.bytes, "shards": [s.to_dict() for s in self.shards]}
+        return {
+            "policy": self.policy,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "shards": [s.to_dict() for s in self.shards],
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "ViewsEntry":
@@ -280,18 +318,36 @@ class Manifest:
 
     def to_dict(self) -> dict:
         return {
-            "format_version": self.format_version, "cache_id": self.cache_id, "identity": self.identity.to_dict(), "source": self.source,
-            "units": self.units, "images": self.images, "views": self.views.to_dict(), "teachers": {t: e.to_dict() for t, e in self.teachers.items()},
-            "skipped": [asdict(s) for s in self.skipped], "complete": self.complete, "config": self.config, "mlflow_run_id": self.mlflow_run_id,
+            "format_version": self.format_version,
+            "cache_id": self.cache_id,
+            "identity": self.identity.to_dict(),
+            "source": self.source,
+            "units": self.units,
+            "images": self.images,
+            "views": self.views.to_dict(),
+            "teachers": {t: e.to_dict() for t, e in self.teachers.items()},
+            "skipped": [asdict(s) for s in self.skipped],
+            "complete": self.complete,
+            "config": self.config,
+            "mlflow_run_id": self.mlflow_run_id,
             "updated": self.updated,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
         return cls(
-            CacheIdentity.from_dict(d["identity"]), d["source"], d["units"], d["images"], ViewsEntry.from_dict(d["views"]),
-            {t: TeacherEntry.from_dict(e) for t, e in d["teachers"].items()}, [Skipped(**s) for s in d["skipped"]], d["complete"],
-            d.get("config", {}), d.get("mlflow_run_id"), d.get("updated", ""), d["format_version"],
+            CacheIdentity.from_dict(d["identity"]),
+            d["source"],
+            d["units"],
+            d["images"],
+            ViewsEntry.from_dict(d["views"]),
+            {t: TeacherEntry.from_dict(e) for t, e in d["teachers"].items()},
+            [Skipped(**s) for s in d["skipped"]],
+            d["complete"],
+            d.get("config", {}),
+            d.get("mlflow_run_id"),
+            d.get("updated", ""),
+            d["format_version"],
         )
 
 
@@ -300,7 +356,9 @@ def load_manifest(loc: CacheLocation) -> Manifest | None:
     is not valid JSON, or one missing fields is a :class:`CacheError` naming the file and what to do."""
     path = loc.full(MANIFEST_NAME)
     try:
-        data = loc.read_bytes(MANIFEST_NAME)  # one read (no separate existence check: a request less on an object store)
+        data = loc.read_bytes(
+            MANIFEST_NAME
+        )  # one read (no separate existence check: a request less on an object store)
     except OSError:
         if not loc.exists(MANIFEST_NAME):
             return None
@@ -308,19 +366,25 @@ def load_manifest(loc: CacheLocation) -> Manifest | None:
     try:
         d = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise CacheError(f"{path} is not valid JSON ({e}). The shards are intact: rerun the `radio cache` command that built this cache to rewrite the manifest from them.") from None
+        raise CacheError(
+            f"{path} is not valid JSON ({e}). The shards are intact: rerun the `radio cache` command that built this cache to rewrite the manifest from them."
+        ) from None
     version = d.get("format_version") if isinstance(d, dict) else None
     if version != FORMAT_VERSION:
         raise format_error(loc.uri, version)
     recorded = d.pop("sha256", None)
     if recorded != _digest(d):
         what = "has no recorded sha256" if recorded is None else "does not match its recorded sha256"
-        raise ManifestDamaged(f"{path} {what}: it was edited or damaged since the job wrote it, and its layouts, statistics and shard list cannot be trusted. "
-                              f"The shards are intact and carry their own records: rerun the `radio cache` command that built {loc.uri} to rewrite the manifest from them.")
+        raise ManifestDamaged(
+            f"{path} {what}: it was edited or damaged since the job wrote it, and its layouts, statistics and shard list cannot be trusted. "
+            f"The shards are intact and carry their own records: rerun the `radio cache` command that built {loc.uri} to rewrite the manifest from them."
+        )
     try:
         return Manifest.from_dict(d)
     except (KeyError, TypeError) as e:
-        raise CacheError(f"{path} is missing or has malformed field {e}. Rerun the `radio cache` command that built this cache to rewrite it from the shards.") from None
+        raise CacheError(
+            f"{path} is missing or has malformed field {e}. Rerun the `radio cache` command that built this cache to rewrite it from the shards."
+        ) from None
 
 
 def _digest(d: dict) -> str:

@@ -50,7 +50,13 @@ def column_types(loc: CacheLocation, manifest: Manifest, teachers: list[str] | N
     for t in manifest.teachers if teachers is None else teachers:
         shards = manifest.teachers[t].shards
         if shards:
-            types.update({f"{t}.{f.name}": str(f.type) for f in loc.parquet_file(shards[0].path).schema_arrow if f.name not in ("image_id", "view_index")})
+            types.update(
+                {
+                    f"{t}.{f.name}": str(f.type)
+                    for f in loc.parquet_file(shards[0].path).schema_arrow
+                    if f.name not in ("image_id", "view_index")
+                }
+            )
     return types
 
 
@@ -81,11 +87,22 @@ class CacheReader:
     configured for; any difference is refused. Only units complete for every requested teacher are read.
     """
 
-    def __init__(self, uri: str, teachers: list[str] | None = None, expect_fingerprints: dict[str, str] | None = None, check: bool = True, manifest: Manifest | None = None):
+    def __init__(
+        self,
+        uri: str,
+        teachers: list[str] | None = None,
+        expect_fingerprints: dict[str, str] | None = None,
+        check: bool = True,
+        manifest: Manifest | None = None,
+    ):
         self.loc = CacheLocation(uri)
-        manifest = manifest or load_manifest(self.loc)  # a stream passes the one it read: the manifest is read once per run
+        manifest = manifest or load_manifest(
+            self.loc
+        )  # a stream passes the one it read: the manifest is read once per run
         if manifest is None:
-            raise CacheError(f"no cache at {uri}: {MANIFEST_NAME} not found (build one with `radio cache CONFIG output={uri}`)")
+            raise CacheError(
+                f"no cache at {uri}: {MANIFEST_NAME} not found (build one with `radio cache CONFIG output={uri}`)"
+            )
         self.manifest: Manifest = manifest
         # teacher -> the extra grids (of TargetLayout.extra_grids) to read; absent teacher: every grid stored
         self.extra_grids: dict[str, list[tuple[int, int]]] = {}
@@ -93,10 +110,14 @@ class CacheReader:
         self.teachers = list(held) if teachers is None else list(teachers)
         missing = [t for t in self.teachers if t not in held]
         if missing:
-            raise CacheMismatch(f"cache {uri} has no targets for teacher(s) {missing}; it holds {sorted(held)}. Add them with `radio cache` (only the new teachers are computed) or remove them from the training config.")
+            raise CacheMismatch(
+                f"cache {uri} has no targets for teacher(s) {missing}; it holds {sorted(held)}. Add them with `radio cache` (only the new teachers are computed) or remove them from the training config."
+            )
         for t, fp in (expect_fingerprints or {}).items():
             if t in held and held[t].fingerprint != fp:
-                raise CacheMismatch(f"cache {uri} holds teacher {t!r} with fingerprint {held[t].fingerprint}, but the config asks for {fp}: the cache is stale for this teacher. Rebuild it with `radio cache ... rebuild=[{t}]`.")
+                raise CacheMismatch(
+                    f"cache {uri} holds teacher {t!r} with fingerprint {held[t].fingerprint}, but the config asks for {fp}: the cache is stale for this teacher. Rebuild it with `radio cache ... rebuild=[{t}]`."
+                )
         units = {s.unit for s in manifest.views.shards}
         for t in self.teachers:
             units &= {s.unit for s in held[t].shards}
@@ -108,7 +129,9 @@ class CacheReader:
             self._check_manifest()
 
     def _damaged(self, what: str) -> CacheError:
-        return CacheError(f"{what}. The cache is damaged or was edited: `radio cache verify {self.loc.uri}` lists every problem, and rerunning the `radio cache` command that built it recomputes what is wrong.")
+        return CacheError(
+            f"{what}. The cache is damaged or was edited: `radio cache verify {self.loc.uri}` lists every problem, and rerunning the `radio cache` command that built it recomputes what is wrong."
+        )
 
     def _check_manifest(self):
         """What a training must not start on, checked from the manifest and one listing per directory (no file
@@ -116,13 +139,21 @@ class CacheReader:
         are missing or whose size is not the one committed. Each shard's footer (identity, unit, fingerprint,
         layout, rows) is checked when it is streamed, and the merged moments' checksum when they are read."""
         m = self.manifest
-        if m.complete and (len(m.views.shards) != m.units or any(len(m.teachers[t].shards) != m.units for t in self.teachers)):
-            raise self._damaged(f"{self.loc.full(MANIFEST_NAME)} says the cache is complete with {m.units} units, but lists {len(m.views.shards)} views shards and {', '.join(f'{len(m.teachers[t].shards)} for {t}' for t in self.teachers)}")
+        if m.complete and (
+            len(m.views.shards) != m.units or any(len(m.teachers[t].shards) != m.units for t in self.teachers)
+        ):
+            raise self._damaged(
+                f"{self.loc.full(MANIFEST_NAME)} says the cache is complete with {m.units} units, but lists {len(m.views.shards)} views shards and {', '.join(f'{len(m.teachers[t].shards)} for {t}' for t in self.teachers)}"
+            )
         views = m.views.by_unit()
-        tables = [("views", [views[u] for u in self.units])] + [(f"teachers/{t}", self.entry(t).shards) for t in self.teachers]
+        tables = [("views", [views[u] for u in self.units])] + [
+            (f"teachers/{t}", self.entry(t).shards) for t in self.teachers
+        ]
         refs = [self.entry(t).moments for t in self.teachers]
         if any(r is None for r in refs):
-            raise self._damaged(f"{self.loc.full(MANIFEST_NAME)} lists no merged statistics for teacher(s) {[t for t, r in zip(self.teachers, refs) if r is None]}")
+            raise self._damaged(
+                f"{self.loc.full(MANIFEST_NAME)} lists no merged statistics for teacher(s) {[t for t, r in zip(self.teachers, refs) if r is None]}"
+            )
         tables.append(("stats", refs))
         for rel_dir, files in tables:
             sizes = self.loc.scan(rel_dir)
@@ -147,10 +178,21 @@ class CacheReader:
         for t in [None, *self.teachers]:
             rel = views_path(unit) if t is None else teacher_path(t, unit)
             e = None if t is None else self.entry(t)
-            pf, reason = open_checked(self.loc, rel, m.identity, unit, self._by_unit[t][unit], e.fingerprint if e else None, e.layout.to_dict() if e else None, stream=True)
+            pf, reason = open_checked(
+                self.loc,
+                rel,
+                m.identity,
+                unit,
+                self._by_unit[t][unit],
+                e.fingerprint if e else None,
+                e.layout.to_dict() if e else None,
+                stream=True,
+            )
             if reason is not None:
                 if e is not None and reason.startswith("holds targets with fingerprint"):
-                    raise CacheMismatch(f"{self.loc.full(rel)} {reason}: mixed targets in one cache. Rerun the `radio cache` command that built {self.loc.uri} to recompute it.")
+                    raise CacheMismatch(
+                        f"{self.loc.full(rel)} {reason}: mixed targets in one cache. Rerun the `radio cache` command that built {self.loc.uri} to recompute it."
+                    )
                 raise self._damaged(f"{self.loc.full(rel)}: {reason}")
             files[t] = pf
         return files
@@ -174,7 +216,12 @@ class CacheReader:
     def stats_of(self, teacher: str) -> TargetStats:
         """The statistics of any teacher the cache holds (read or not)."""
         st = self.entry(teacher).stats
-        return TargetStats(st.features.mean, st.features.std, st.summary.mean if st.summary else None, st.summary.std if st.summary else None)
+        return TargetStats(
+            st.features.mean,
+            st.features.std,
+            st.summary.mean if st.summary else None,
+            st.summary.std if st.summary else None,
+        )
 
     def merged_moments(self, teacher: str):
         """(features, summary or None) :class:`RunningMoments` of ``teacher`` merged over every unit, with full
@@ -185,10 +232,14 @@ class CacheReader:
         if teacher not in self._moments:
             ref = self.entry(teacher).moments
             if ref is None:
-                raise self._damaged(f"{self.loc.full(MANIFEST_NAME)} lists no merged statistics for teacher {teacher!r}")
+                raise self._damaged(
+                    f"{self.loc.full(MANIFEST_NAME)} lists no merged statistics for teacher {teacher!r}"
+                )
             f, s = read_merged_moments(self.loc, ref)
             if stats_differ(TeacherStats(_per_channel(f), _per_channel(s)), self.entry(teacher).stats):
-                raise self._damaged(f"{self.loc.full(MANIFEST_NAME)}: the statistics of teacher {teacher!r} differ from those in {self.loc.full(ref.path)}")
+                raise self._damaged(
+                    f"{self.loc.full(MANIFEST_NAME)}: the statistics of teacher {teacher!r} differ from those in {self.loc.full(ref.path)}"
+                )
             self._moments[teacher] = (f, s)
         return self._moments[teacher]
 
@@ -221,7 +272,9 @@ class CacheReader:
         offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset : col.offset + n + 1]
         data = np.frombuffer(col.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
         if data.size != n * res * res * 3:
-            raise CacheError(f"{self.loc.uri}: raw student views are not {res}x{res}x3 bytes each; the cache is damaged. Run `radio cache verify {self.loc.uri}`.")
+            raise CacheError(
+                f"{self.loc.uri}: raw student views are not {res}x{res}x3 bytes each; the cache is damaged. Run `radio cache verify {self.loc.uri}`."
+            )
         return data.reshape(n, res, res, 3)
 
     def student_pixels(self, batch: CacheBatch, rows) -> np.ndarray:
@@ -237,7 +290,7 @@ class CacheReader:
         if t not in self.extra_grids:
             return cols
         keep = {grid_suffix(tuple(g)) for g in self.extra_grids[t]}
-        return [c for c in cols if "@" not in c or c[c.index("@"):] in keep]
+        return [c for c in cols if "@" not in c or c[c.index("@") :] in keep]
 
     def iter_unit(self, unit: int, batch_rows: int = 64, with_images: bool = True) -> Iterator[CacheBatch]:
         """Stream one unit in batches of ``batch_rows``, joining the tables by key."""
@@ -245,10 +298,21 @@ class CacheReader:
 
         files = self._open_unit(unit)
         view_cols = ["image_id", "view_index", "label_index"] + (["student_image"] if with_images else [])
-        tcols = {t: ["image_id", "view_index", *(["summary"] if self.entry(t).summary_dim else []), *self._feature_columns(t)] for t in self.teachers}
+        tcols = {
+            t: [
+                "image_id",
+                "view_index",
+                *(["summary"] if self.entry(t).summary_dim else []),
+                *self._feature_columns(t),
+            ]
+            for t in self.teachers
+        }
         # each file read (pages CRC32-checked, decompressed) in a thread of its own, a batch ahead: Arrow
         # releases the GIL, so the files' checks and decoding run side by side on the cores there are
-        readers = {t: ThreadPrefetcher(self._read(pf, unit, t, batch_rows, view_cols if t is None else tcols[t]), depth=2) for t, pf in files.items()}
+        readers = {
+            t: ThreadPrefetcher(self._read(pf, unit, t, batch_rows, view_cols if t is None else tcols[t]), depth=2)
+            for t, pf in files.items()
+        }
         try:
             yield from self._join(unit, {t: iter(r) for t, r in readers.items()}, tcols, with_images)
         finally:
@@ -275,11 +339,22 @@ class CacheReader:
         for vb in its[None]:
             ids = vb.column("image_id").to_pylist()
             vidx = vb.column("view_index").to_numpy()
-            batch = CacheBatch(ids, vidx, vb.column("label_index").to_numpy(zero_copy_only=False), self._images(vb.column("student_image")) if with_images else [])
+            batch = CacheBatch(
+                ids,
+                vidx,
+                vb.column("label_index").to_numpy(zero_copy_only=False),
+                self._images(vb.column("student_image")) if with_images else [],
+            )
             for t, it in titers.items():
                 tb = next(it, None)
-                if tb is None or tb.column("image_id").to_pylist() != ids or not np.array_equal(tb.column("view_index").to_numpy(), vidx):
-                    raise CacheError(f"unit {unit}: keys of teacher {t!r} do not match the views table at rows {ids[:1]}..; the cache is damaged. Run `radio cache verify {self.loc.uri}`.")
+                if (
+                    tb is None
+                    or tb.column("image_id").to_pylist() != ids
+                    or not np.array_equal(tb.column("view_index").to_numpy(), vidx)
+                ):
+                    raise CacheError(
+                        f"unit {unit}: keys of teacher {t!r} do not match the views table at rows {ids[:1]}..; the cache is damaged. Run `radio cache verify {self.loc.uri}`."
+                    )
                 batch.teachers[t] = {name: column_tensor(tb, name) for name in tcols[t][2:]}
             yield batch
         for t, it in titers.items():
@@ -295,10 +370,13 @@ class CacheReader:
             except StopIteration:
                 return
             except (OSError, ValueError) as e:  # pyarrow: "CRC checksum verification failed", ArrowInvalid, ...
-                raise self._damaged(f"{self.loc.full(rel)}: a page does not read back as written ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+                raise self._damaged(
+                    f"{self.loc.full(rel)}: a page does not read back as written ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+                ) from None
             yield b
 
-    def iter_batches(self, units: list[int] | None = None, batch_rows: int = 64, with_images: bool = True) -> Iterator[CacheBatch]:
+    def iter_batches(
+        self, units: list[int] | None = None, batch_rows: int = 64, with_images: bool = True
+    ) -> Iterator[CacheBatch]:
         for u in self.units if units is None else units:
             yield from self.iter_unit(u, batch_rows, with_images)
-

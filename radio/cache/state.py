@@ -18,7 +18,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..normalize import RunningMoments
-from .commit import Commit, FileRef, RecordError, commit_path, encode_record, moments_arrays, moments_from, read_record, sha256_bytes, stats_path
+from .commit import (
+    Commit,
+    FileRef,
+    RecordError,
+    commit_path,
+    encode_record,
+    moments_arrays,
+    moments_from,
+    read_record,
+    sha256_bytes,
+    stats_path,
+)
 from .manifest import CacheIdentity, Manifest, Moments, Skipped, TargetLayout, TeacherEntry, TeacherStats, ViewsEntry
 from .store import CacheLocation, ShardInfo, teacher_path, views_path
 
@@ -50,7 +61,13 @@ class TableState:
         return views_path(unit) if self.teacher is None else teacher_path(self.teacher, unit)
 
 
-def scan_table(loc: CacheLocation, teacher: str | None, identity: CacheIdentity, listed: dict[str, ShardInfo], entry: TeacherEntry | None = None) -> TableState:
+def scan_table(
+    loc: CacheLocation,
+    teacher: str | None,
+    identity: CacheIdentity,
+    listed: dict[str, ShardInfo],
+    entry: TeacherEntry | None = None,
+) -> TableState:
     """The state of one table from a single listing of its directory.
 
     ``listed``: the manifest's shards of this table by path (trusted when the listed size matches: a changed
@@ -60,7 +77,9 @@ def scan_table(loc: CacheLocation, teacher: str | None, identity: CacheIdentity,
 
     st = TableState(teacher)
     cache_id = identity.cache_id  # a hash of the identity: once, not per file
-    fingerprint, request, layout = (entry.fingerprint, entry.request, entry.layout.to_dict()) if entry else (None, None, None)
+    fingerprint, request, layout = (
+        (entry.fingerprint, entry.request, entry.layout.to_dict()) if entry else (None, None, None)
+    )
     files = loc.scan_stat(st.rel_dir)
     shards, records = {}, {}
     for name, (size, _) in files.items():
@@ -84,12 +103,23 @@ def scan_table(loc: CacheLocation, teacher: str | None, identity: CacheIdentity,
             if prev.mtime_ns is not None and mtime is not None and mtime != prev.mtime_ns:
                 # written again since the manifest listed it (same size): its own footer and checksum decide
                 pf, reason = open_checked(loc, rel, identity, u, prev, fingerprint, layout)
-                reason = reason or (None if loc.sha256(rel) == prev.sha256 else "checksum differs from the one recorded when it was written")
+                reason = reason or (
+                    None
+                    if loc.sha256(rel) == prev.sha256
+                    else "checksum differs from the one recorded when it was written"
+                )
                 if reason:
                     st.damaged.append((rel, f"changed since it was committed: {reason}"))
                     continue
                 st.adopted += 1  # the same bytes (a copied cache): recorded again with its new time
-            st.commits[u] = Commit(ShardInfo(prev.path, prev.unit, prev.rows, prev.bytes, prev.sha256, xxh3=prev.xxh3), cache_id, teacher, fingerprint, request, layout)
+            st.commits[u] = Commit(
+                ShardInfo(prev.path, prev.unit, prev.rows, prev.bytes, prev.sha256, xxh3=prev.xxh3),
+                cache_id,
+                teacher,
+                fingerprint,
+                request,
+                layout,
+            )
             continue
         try:
             header, _ = read_record(loc, commit_path(rel), arrays=False)
@@ -98,9 +128,12 @@ def scan_table(loc: CacheLocation, teacher: str | None, identity: CacheIdentity,
             st.damaged.append((rel, f"its commit record is unreadable ({str(e).splitlines()[0][:160]})"))
             continue
         reason = (
-            "its commit record belongs to another cache" if c.cache_id != cache_id
-            else f"its commit record is for {c.shard.path}" if c.shard.path != rel or c.shard.unit != u or c.teacher != teacher
-            else f"{size} bytes, its commit record says {c.shard.bytes}" if c.shard.bytes != size
+            "its commit record belongs to another cache"
+            if c.cache_id != cache_id
+            else f"its commit record is for {c.shard.path}"
+            if c.shard.path != rel or c.shard.unit != u or c.teacher != teacher
+            else f"{size} bytes, its commit record says {c.shard.bytes}"
+            if c.shard.bytes != size
             else None
         )
         if reason:
@@ -164,7 +197,9 @@ def _per_channel(m: RunningMoments | None) -> Moments | None:
     return Moments(m.mean.tolist(), m.std.tolist(), int(m.count))
 
 
-def write_merged_moments(loc: CacheLocation, teacher: str, fingerprint: str, features: RunningMoments, summary: RunningMoments | None) -> FileRef:
+def write_merged_moments(
+    loc: CacheLocation, teacher: str, fingerprint: str, features: RunningMoments, summary: RunningMoments | None
+) -> FileRef:
     """Write ``stats/<teacher>.moments`` (full second moments in float64); returns its reference."""
     head, arrays = {"teacher": teacher, "fingerprint": fingerprint}, {}
     for k, m in (("features", features), ("summary", summary)):
@@ -181,22 +216,36 @@ def write_merged_moments(loc: CacheLocation, teacher: str, fingerprint: str, fea
     return FileRef(rel, len(data), sha256_bytes(data))
 
 
-def read_merged_moments(loc: CacheLocation, ref: FileRef, where: str = "") -> tuple[RunningMoments, RunningMoments | None]:
+def read_merged_moments(
+    loc: CacheLocation, ref: FileRef, where: str = ""
+) -> tuple[RunningMoments, RunningMoments | None]:
     """A teacher's merged moments, checked against the size and sha256 the manifest recorded for them."""
     from .manifest import CacheError
 
     data = loc.read_bytes(ref.path)
     if len(data) != ref.bytes or sha256_bytes(data) != ref.sha256:
-        raise CacheError(f"{loc.full(ref.path)}: {len(data)} bytes with a checksum that differs from the manifest's ({ref.bytes} bytes); the statistics are damaged. "
-                         f"Rerun the `radio cache` command that built {loc.uri} to rewrite them from the commit records.")
+        raise CacheError(
+            f"{loc.full(ref.path)}: {len(data)} bytes with a checksum that differs from the manifest's ({ref.bytes} bytes); the statistics are damaged. "
+            f"Rerun the `radio cache` command that built {loc.uri} to rewrite them from the commit records."
+        )
     header, arrays = read_record(loc, ref.path, data=data)
     f = moments_from("features", header, arrays)
     return f, moments_from("summary", header, arrays)
 
 
-def build_manifest(loc: CacheLocation, identity: CacheIdentity, source: dict, policy: dict, config: dict, n_units: int, required: list[str],
-                   views: dict[int, Commit], teachers: dict[str, tuple[dict, TeacherEntry | None, dict[int, Commit], MomentsMerger | None, str | None]],
-                   old: Manifest | None = None, excluded: list[dict] = ()) -> Manifest:
+def build_manifest(
+    loc: CacheLocation,
+    identity: CacheIdentity,
+    source: dict,
+    policy: dict,
+    config: dict,
+    n_units: int,
+    required: list[str],
+    views: dict[int, Commit],
+    teachers: dict[str, tuple[dict, TeacherEntry | None, dict[int, Commit], MomentsMerger | None, str | None]],
+    old: Manifest | None = None,
+    excluded: list[dict] = (),
+) -> Manifest:
     """Write the merged statistics and build the manifest from commit records (the caller saves it).
 
     ``teachers``: name -> (spec, its old manifest entry or None, its commits by unit, a merger holding this run's
@@ -211,7 +260,12 @@ def build_manifest(loc: CacheLocation, identity: CacheIdentity, source: dict, po
         shards = [commits[u].shard for u in sorted(commits)]
         layout = TargetLayout.from_dict(next(iter(commits.values())).layout or old_entry.layout.to_dict())
         key = lambda sh: (sh.path, sh.rows, sh.bytes, sh.sha256)  # noqa: E731
-        same = old_entry is not None and old_entry.moments is not None and list(map(key, old_entry.shards)) == list(map(key, shards)) and merger is None
+        same = (
+            old_entry is not None
+            and old_entry.moments is not None
+            and list(map(key, old_entry.shards)) == list(map(key, shards))
+            and merger is None
+        )
         if same:
             ref, stats = old_entry.moments, old_entry.stats
         else:
@@ -221,8 +275,16 @@ def build_manifest(loc: CacheLocation, identity: CacheIdentity, source: dict, po
             stats = TeacherStats(_per_channel(f), _per_channel(s))
         entries[name] = TeacherEntry(spec, layout, stats, shards, len(shards) == n_units, ref, request)
     manifest = Manifest(
-        identity=identity, source=source, units=n_units, images=images, views=ViewsEntry(policy, [views[u].shard for u in sorted(views)]), teachers=entries, skipped=skipped,
+        identity=identity,
+        source=source,
+        units=n_units,
+        images=images,
+        views=ViewsEntry(policy, [views[u].shard for u in sorted(views)]),
+        teachers=entries,
+        skipped=skipped,
         complete=len(views) == n_units and all(name in entries and entries[name].complete for name in required),
-        config=config, mlflow_run_id=old.mlflow_run_id if old else None, updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        config=config,
+        mlflow_run_id=old.mlflow_run_id if old else None,
+        updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     return manifest

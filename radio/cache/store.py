@@ -29,12 +29,19 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 __all__ = [
-    "CacheLocation", "ShardInfo", "unit_name", "views_path", "teacher_path",
-    "encode_metadata", "decode_metadata",
+    "CacheLocation",
+    "ShardInfo",
+    "unit_name",
+    "views_path",
+    "teacher_path",
+    "encode_metadata",
+    "decode_metadata",
 ]
 
 _META_PREFIX = "radio."
-VERIFY_PAGES = True  # check every Parquet page's CRC32 as it is read (bench/bench_reader.py --checksums measures the cost)
+VERIFY_PAGES = (
+    True  # check every Parquet page's CRC32 as it is read (bench/bench_reader.py --checksums measures the cost)
+)
 
 
 def unit_name(unit: int) -> str:
@@ -59,7 +66,7 @@ def decode_metadata(schema_metadata: dict[bytes, bytes] | None) -> dict:
     for k, v in (schema_metadata or {}).items():
         key = k.decode()
         if key.startswith(_META_PREFIX):
-            out[key[len(_META_PREFIX):]] = json.loads(v)
+            out[key[len(_META_PREFIX) :]] = json.loads(v)
     return out
 
 
@@ -79,7 +86,9 @@ class ShardInfo:
     bytes: int
     sha256: str
     mtime_ns: int | None = None
-    xxh3: str | None = None  # xxh3-128 of the file: what a stream checks when it opens a local shard (21 GB/s vs CRC32's ~2)
+    xxh3: str | None = (
+        None  # xxh3-128 of the file: what a stream checks when it opens a local shard (21 GB/s vs CRC32's ~2)
+    )
 
     def to_dict(self) -> dict:
         d = {"path": self.path, "unit": self.unit, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
@@ -96,7 +105,13 @@ class _HashingSink:
     def __init__(self, stream):
         import xxhash
 
-        self._stream, self._hash, self._fast, self._n, self.closed = stream, hashlib.sha256(), xxhash.xxh3_128(), 0, False
+        self._stream, self._hash, self._fast, self._n, self.closed = (
+            stream,
+            hashlib.sha256(),
+            xxhash.xxh3_128(),
+            0,
+            False,
+        )
 
     def write(self, data) -> int:
         mv = memoryview(data)
@@ -156,7 +171,11 @@ class CacheLocation:
 
     def list_files(self, rel_dir: str, suffix: str = ".parquet") -> list[str]:
         info = self.fs.get_file_info(pafs.FileSelector(self.full(rel_dir), allow_not_found=True))
-        return sorted(posixpath.relpath(i.path, self.root) for i in info if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and not i.base_name.startswith("."))
+        return sorted(
+            posixpath.relpath(i.path, self.root)
+            for i in info
+            if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and not i.base_name.startswith(".")
+        )
 
     def scan_stat(self, rel_dir: str) -> dict[str, tuple[int, int | None]]:
         """Every file directly in ``rel_dir`` (hidden and temporary ones included): name -> (size, mtime_ns).
@@ -179,7 +198,9 @@ class CacheLocation:
         """Rename a file to ``.damaged-<time>-<name>`` beside it (hidden from listings, kept for inspection)."""
         import time
 
-        target = posixpath.join(posixpath.dirname(self.full(rel)), f".damaged-{time.strftime('%Y%m%dT%H%M%S')}-{posixpath.basename(rel)}")
+        target = posixpath.join(
+            posixpath.dirname(self.full(rel)), f".damaged-{time.strftime('%Y%m%dT%H%M%S')}-{posixpath.basename(rel)}"
+        )
         self.fs.move(self.full(rel), target)
         return target
 
@@ -210,10 +231,16 @@ class CacheLocation:
             self.loc, self.rel = loc, rel
             final = loc.full(rel)
             self.final = final
-            self.tmp = posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(final)}") if loc.is_local else final
+            self.tmp = (
+                posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(final)}")
+                if loc.is_local
+                else final
+            )
 
         def __enter__(self) -> _HashingSink:
-            if self.loc.is_local:  # an object store has no folders: creating one is a HEAD and a marker PUT per level, per file
+            if (
+                self.loc.is_local
+            ):  # an object store has no folders: creating one is a HEAD and a marker PUT per level, per file
                 self.loc.fs.create_dir(posixpath.dirname(self.final), recursive=True)
             self.sink = _HashingSink(self.loc.fs.open_output_stream(self.tmp))
             return self.sink
@@ -231,10 +258,24 @@ class CacheLocation:
     def _atomic(self, rel: str) -> "CacheLocation._Atomic":
         return CacheLocation._Atomic(self, rel)
 
-    def write_table(self, rel: str, unit: int, table: pa.Table, *, row_group_rows: int, byte_stream_split: list[str], compression: str | dict = "zstd") -> ShardInfo:
+    def write_table(
+        self,
+        rel: str,
+        unit: int,
+        table: pa.Table,
+        *,
+        row_group_rows: int,
+        byte_stream_split: list[str],
+        compression: str | dict = "zstd",
+    ) -> ShardInfo:
         """Commit one Parquet file atomically (``compression``: one codec, or one per column)."""
-        kw = dict(compression=compression, use_byte_stream_split=byte_stream_split or False, use_dictionary=[c for c in table.column_names if c in ("image_id", "label")],
-                  write_statistics=["image_id", "view_index"], write_page_checksum=True)  # CRC32 per page: every byte a reader uses is checked as it is read
+        kw = dict(
+            compression=compression,
+            use_byte_stream_split=byte_stream_split or False,
+            use_dictionary=[c for c in table.column_names if c in ("image_id", "label")],
+            write_statistics=["image_id", "view_index"],
+            write_page_checksum=True,
+        )  # CRC32 per page: every byte a reader uses is checked as it is read
         with self._atomic(rel) as sink:
             pause = os.environ.get(PAUSE_WRITES_ENV)
             if pause and rel.startswith("teachers/") and not os.path.exists(os.path.join(pause, "paused")):
@@ -262,7 +303,9 @@ class CacheLocation:
         with pa.memory_map(self.full(rel)) as mm:
             got = xxhash.xxh3_128_hexdigest(memoryview(mm.read_buffer()))
         if got != info.xxh3:
-            raise ChangedFile(f"its content changed since it was committed (xxh3 {got[:12]}.., the record says {info.xxh3[:12]}..)")
+            raise ChangedFile(
+                f"its content changed since it was committed (xxh3 {got[:12]}.., the record says {info.xxh3[:12]}..)"
+            )
 
 
 # A test hook, off unless the variable names a folder: the first teacher shard written stops after its first

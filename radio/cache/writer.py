@@ -18,23 +18,54 @@ from .commit import Commit, commit_path, read_record
 from .manifest import FORMAT_VERSION, CacheIdentity, TargetLayout, TeacherStats, format_error
 from .store import CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
 
-__all__ = ["write_views_shard", "write_teacher_shard", "shard_moments", "shard_meta", "check_footer", "open_checked", "stats_differ"]
+__all__ = [
+    "write_views_shard",
+    "write_teacher_shard",
+    "shard_moments",
+    "shard_meta",
+    "check_footer",
+    "open_checked",
+    "stats_differ",
+]
 
 
-def write_views_shard(loc: CacheLocation, unit: int, rows: dict, skipped: list[dict], images: int, identity: CacheIdentity, row_group_rows: int) -> Commit:
+def write_views_shard(
+    loc: CacheLocation,
+    unit: int,
+    rows: dict,
+    skipped: list[dict],
+    images: int,
+    identity: CacheIdentity,
+    row_group_rows: int,
+) -> Commit:
     """Write and commit one unit's views table. ``rows``: image_id, view_index, label_index, crop_box (N, 4),
     flip, source_hw (N, 2), student_image (encoded bytes). Returns the commit (also written beside the shard)."""
-    table = pa.table({
-        "image_id": pa.array(rows["image_id"], pa.string()),
-        "view_index": pa.array(rows["view_index"], pa.int16()),
-        "label_index": pa.array(rows["label_index"], pa.int32()),
-        "crop_box": _int_lists(rows["crop_box"], 4),
-        "flip": pa.array(rows["flip"], pa.bool_()),
-        "source_hw": _int_lists(rows["source_hw"], 2),
-        "student_image": pa.array(rows["student_image"], pa.binary()),
-    })
-    meta = {"kind": "views", "unit": unit, "skipped": skipped, "images": images, "identity": identity.to_dict(), "format_version": FORMAT_VERSION}
-    info = loc.write_table(views_path(unit), unit, table.replace_schema_metadata(encode_metadata(meta)), row_group_rows=row_group_rows, byte_stream_split=[])
+    table = pa.table(
+        {
+            "image_id": pa.array(rows["image_id"], pa.string()),
+            "view_index": pa.array(rows["view_index"], pa.int16()),
+            "label_index": pa.array(rows["label_index"], pa.int32()),
+            "crop_box": _int_lists(rows["crop_box"], 4),
+            "flip": pa.array(rows["flip"], pa.bool_()),
+            "source_hw": _int_lists(rows["source_hw"], 2),
+            "student_image": pa.array(rows["student_image"], pa.binary()),
+        }
+    )
+    meta = {
+        "kind": "views",
+        "unit": unit,
+        "skipped": skipped,
+        "images": images,
+        "identity": identity.to_dict(),
+        "format_version": FORMAT_VERSION,
+    }
+    info = loc.write_table(
+        views_path(unit),
+        unit,
+        table.replace_schema_metadata(encode_metadata(meta)),
+        row_group_rows=row_group_rows,
+        byte_stream_split=[],
+    )
     return Commit(info, identity.cache_id, images=images, skipped=skipped).write(loc)
 
 
@@ -67,7 +98,19 @@ def shard_moments(cols: dict) -> dict[str, RunningMoments]:
     return out
 
 
-def write_teacher_shard(loc: CacheLocation, teacher: str, spec: dict, layout: TargetLayout, unit: int, image_id: list[str], view_index, cols: dict, identity: CacheIdentity, row_group_rows: int, request: str | None = None) -> Commit:
+def write_teacher_shard(
+    loc: CacheLocation,
+    teacher: str,
+    spec: dict,
+    layout: TargetLayout,
+    unit: int,
+    image_id: list[str],
+    view_index,
+    cols: dict,
+    identity: CacheIdentity,
+    row_group_rows: int,
+    request: str | None = None,
+) -> Commit:
     """Write and commit one teacher's targets for one unit. ``cols``: the encoded columns (``codec.encode_targets``).
     Returns the commit: the shard's size, checksum, rows and exact moments, as written beside the shard (the
     moments exactly as stored, so a merge of records held in memory equals one of records read back)."""
@@ -78,11 +121,29 @@ def write_teacher_shard(loc: CacheLocation, teacher: str, spec: dict, layout: Ta
         fields.append(tensor_field(name, cols[name].shape[1:], cols[name].dtype))
         arrays.append(tensor_to_arrow(cols[name]))
     # the statistics live in the commit record, not the footer: a footer is read whenever the shard is streamed
-    meta = {"kind": "teacher", "teacher": teacher, "unit": unit, "spec": spec, "fingerprint": spec["fingerprint"], "layout": layout.to_dict(), "identity": identity.to_dict(), "format_version": FORMAT_VERSION}
+    meta = {
+        "kind": "teacher",
+        "teacher": teacher,
+        "unit": unit,
+        "spec": spec,
+        "fingerprint": spec["fingerprint"],
+        "layout": layout.to_dict(),
+        "identity": identity.to_dict(),
+        "format_version": FORMAT_VERSION,
+    }
     table = pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=encode_metadata(meta)))
     compression = {"image_id": "zstd", "view_index": "zstd", **{n: TARGET_COMPRESSION for n in names}}
-    info = loc.write_table(teacher_path(teacher, unit), unit, table, row_group_rows=row_group_rows, byte_stream_split=[], compression=compression)
-    data = Commit(info, identity.cache_id, teacher, spec["fingerprint"], request, layout.to_dict(), moments=shard_moments(cols)).encode()
+    info = loc.write_table(
+        teacher_path(teacher, unit),
+        unit,
+        table,
+        row_group_rows=row_group_rows,
+        byte_stream_split=[],
+        compression=compression,
+    )
+    data = Commit(
+        info, identity.cache_id, teacher, spec["fingerprint"], request, layout.to_dict(), moments=shard_moments(cols)
+    ).encode()
     loc.write_bytes_atomic(commit_path(info.path), data)
     return Commit.from_record(*read_record(loc, commit_path(info.path), data=data))
 
@@ -95,7 +156,15 @@ def shard_meta(loc: CacheLocation, rel: str) -> dict:
     return meta
 
 
-def check_footer(meta: dict, rows: int, identity: CacheIdentity, unit: int, entry: ShardInfo | None = None, fingerprint: str | None = None, layout: dict | None = None) -> str | None:
+def check_footer(
+    meta: dict,
+    rows: int,
+    identity: CacheIdentity,
+    unit: int,
+    entry: ShardInfo | None = None,
+    fingerprint: str | None = None,
+    layout: dict | None = None,
+) -> str | None:
     """None when a shard's own metadata (its footer, already read) says it is what this cache holds at
     ``unit``; else a one-line reason. The shard's metadata wins over the manifest: a layout that differs is named."""
     if meta.get("format_version") != FORMAT_VERSION:
@@ -113,8 +182,16 @@ def check_footer(meta: dict, rows: int, identity: CacheIdentity, unit: int, entr
     return None
 
 
-def open_checked(loc: CacheLocation, rel: str, identity: CacheIdentity, unit: int, entry: ShardInfo | None = None, fingerprint: str | None = None, layout: dict | None = None,
-                 stream: bool = False):
+def open_checked(
+    loc: CacheLocation,
+    rel: str,
+    identity: CacheIdentity,
+    unit: int,
+    entry: ShardInfo | None = None,
+    fingerprint: str | None = None,
+    layout: dict | None = None,
+    stream: bool = False,
+):
     """(ParquetFile, None) for a shard whose footer checks out (:func:`check_footer`), else (None, reason).
     The footer is read once, here, and the returned file streams without reading it again. ``stream``: the
     caller reads the whole file and checks every byte of it first against the recorded hash
@@ -134,6 +211,16 @@ def open_checked(loc: CacheLocation, rel: str, identity: CacheIdentity, unit: in
 
 def stats_differ(a: TeacherStats, b: TeacherStats) -> bool:
     def close(x, y):
-        return x is None and y is None or (x is not None and y is not None and x.count == y.count and np.allclose(x.mean, y.mean, rtol=1e-9, atol=1e-12) and np.allclose(x.std, y.std, rtol=1e-9, atol=1e-12))
+        return (
+            x is None
+            and y is None
+            or (
+                x is not None
+                and y is not None
+                and x.count == y.count
+                and np.allclose(x.mean, y.mean, rtol=1e-9, atol=1e-12)
+                and np.allclose(x.std, y.std, rtol=1e-9, atol=1e-12)
+            )
+        )
 
     return not (close(a.features, b.features) and close(a.summary, b.summary))
