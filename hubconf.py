@@ -33,28 +33,34 @@ def radio_model(
     downloads go through huggingface_hub). What radio cannot honour is refused in one line."""
     if not version:
         raise ValueError(
-            "radio_model: version= names the student to load (a student directory, a Hugging Face hub id org/name, or an MLflow run id / "
+            "radio_model: version= names the student to load (a student directory, a Hugging Face hub id "
+            "org/name, or an MLflow run id / "
             "runs:/ or models:/ URI); radio ships no pretrained RADIO checkpoints"
         )
     if vitdet_window_size is not None:
         raise ValueError(
-            f"radio_model: vitdet_window_size={vitdet_window_size} is not supported: radio students attend globally in every block "
+            f"radio_model: vitdet_window_size={vitdet_window_size} is not supported: radio "
+            "students attend globally in every block "
             "(model.window_size is None); leave it unset"
         )
     if not (return_summary and return_spatial_features):
         raise ValueError(
-            "radio_model: return_summary/return_spatial_features=False are not supported: the model returns (summary, features); take the one you need"
+            "radio_model: return_summary/return_spatial_features=False are not supported: the "
+            "model returns (summary, features); take the one you need"
         )
     if support_packing:
         raise ValueError(
-            "radio_model: support_packing=True (variable-length packed sequences) is not supported; pass image batches (B, 3, H, W)"
+            "radio_model: support_packing=True (variable-length packed sequences) is not supported; "
+            "pass image batches (B, 3, H, W)"
         )
     if return_checkpoint:
         raise ValueError(
-            "radio_model: return_checkpoint=True is not supported: a radio student is safetensors + config.json; radio.load_student returns the model"
+            "radio_model: return_checkpoint=True is not supported: a radio student is safetensors "
+            "+ config.json; radio.load_student returns the model"
         )
     if kwargs:
         raise TypeError(
-            f"radio_model: unsupported option(s) {sorted(kwargs)}; supported: version, progress, adaptor_names, device, revision"
+            f"radio_model: unsupported option(s) {sorted(kwargs)}; supported: version, "
+            "progress, adaptor_names, device, revision"
         )
     return radio_student(version, adaptor_names=adaptor_names, device=device, revision=revision)

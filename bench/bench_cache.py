@@ -161,7 +161,8 @@ def main():
     finally:
         shutil.rmtree(tmp2, ignore_errors=True)
     print(
-        f"views: {n_views} ({ns.images} images x {ns.views}); teachers: {', '.join(teachers)}; cores: {os.cpu_count()}; device: {device}; job resizes in: {ns.resize_in}"
+        f"views: {n_views} ({ns.images} images x {ns.views}); teachers: {', '.join(teachers)}; "
+        f"cores: {os.cpu_count()}; device: {device}; job resizes in: {ns.resize_in}"
     )
     for name, (pil_s, port_s, norm_s) in resize.items():
         if pil_s is None:
@@ -170,7 +171,8 @@ def main():
             )
             continue
         print(
-            f"  resize {name:<18} Pillow, one CPU core {n_views / pil_s:8.1f} views/s   torch port on {device} (+ normalize) {n_views / port_s:8.1f} views/s   "
+            f"  resize {name:<18} Pillow, one CPU core {n_views / pil_s:8.1f} views/s   torch port "
+            f"on {device} (+ normalize) {n_views / port_s:8.1f} views/s   "
             f"normalize only (after Pillow) {n_views / norm_s:8.1f} views/s   ratio Pillow / port {port_s / pil_s:.2f}"
         )
     for name, sec in bare.items():
@@ -183,27 +185,35 @@ def main():
             else f"{r['flops_per_view'] * r['views_per_s'] / 1e9:.1f} GFLOP/s"
         )
         print(
-            f"  tuned model {name:<13} {r['seconds']:7.2f}s  {r['views_per_s']:8.1f} views/s  {r['flops_per_view'] / 1e9:.3g} GFLOP/view  {perf}  (compile {r['compile_s']:.1f}s, not counted)"
+            f"  tuned model {name:<13} {r['seconds']:7.2f}s  {r['views_per_s']:8.1f} "
+            f"views/s  {r['flops_per_view'] / 1e9:.3g} GFLOP/view  {perf}  (compile {r['compile_s']:.1f}s, "
+            "not counted)"
         )
     if tuned:
         tuned_total = sum(r["seconds"] for r in tuned.values())
         print(
-            f"  tuned models, all teachers  {tuned_total:7.2f}s  {n_views / tuned_total:8.1f} views/s (model only; preprocessing excluded)"
+            f"  tuned models, all teachers  {tuned_total:7.2f}s  {n_views / tuned_total:8.1f} "
+            "views/s (model only; preprocessing excluded)"
         )
     print(
-        f"  CPU side, in process: prepare {n_views / t_prep:8.1f} views/s, write all teachers {n_views / t_write:8.1f} views/s"
+        f"  CPU side, in process: prepare {n_views / t_prep:8.1f} views/s, write all teachers "
+        f"{n_views / t_write:8.1f} views/s"
     )
     print(
-        f"  radio cache job, end to end {job:7.2f}s  {n_views / job:8.1f} views/s  ({s.bytes_written / 1e6:.1f} MB written)"
+        f"  radio cache job, end to end {job:7.2f}s  {n_views / job:8.1f} "
+        f"views/s  ({s.bytes_written / 1e6:.1f} MB written)"
     )
     print(
-        f"  radio cache job, {ns.images // 2} images  {small:7.2f}s (the fixed cost: Ray actors importing torch + transformers, loading teachers)"
+        f"  radio cache job, {ns.images // 2} images  {small:7.2f}s (the fixed cost: Ray "
+        "actors importing torch + transformers, loading teachers)"
     )
     print(
-        f"  growth from {ns.images // 2} to {ns.images} images: {job - small:+.2f}s for {n_views - n_views // 2} more views (bare forward: {bare_total * 0.5:.2f}s)"
+        f"  growth from {ns.images // 2} to {ns.images} images: {job - small:+.2f}s "
+        f"for {n_views - n_views // 2} more views (bare forward: {bare_total * 0.5:.2f}s)"
     )
     print(
-        f"  peak RSS, driver + Ray workers: {rss_small / 2**20:.0f} MiB for {ns.images // 2} images, {rss_full / 2**20:.0f} MiB for {ns.images} images"
+        f"  peak RSS, driver + Ray workers: {rss_small / 2**20:.0f} MiB for {ns.images // 2} "
+        f"images, {rss_full / 2**20:.0f} MiB for {ns.images} images"
     )
     if s.steady_views_per_s:
         print(
@@ -212,7 +222,8 @@ def main():
     print(f"ratio end to end (cache job / bare forward throughput): {bare_total / job:.3f}")
     if s.steady_views_per_s:
         print(
-            f"ratio steady state (cache job / bare forward throughput): {s.steady_views_per_s / (n_views / bare_total):.3f}"
+            "ratio steady state (cache job / bare forward throughput): "
+            f"{s.steady_views_per_s / (n_views / bare_total):.3f}"
         )
     if tuned and s.steady_views_per_s:
         print(f"ratio steady state (cache job / tuned models): {s.steady_views_per_s / (n_views / tuned_total):.3f}")
@@ -314,7 +325,8 @@ def _sync(device: str):
 
 def tuned_forward(teacher, crops, batch_size: int, device: str, compile: bool = True) -> dict:
     """The model alone on pre-made inputs: torch.compile (unless ``compile`` is False), bf16 autocast on CUDA, FLOPs
-    per view counted once. Returns seconds, views_per_s, flops_per_view and compile_s (the first pass per input size)."""
+    per view counted once. Returns seconds, views_per_s, flops_per_view and compile_s (the first pass per input
+    size)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     batches = []

@@ -1,7 +1,8 @@
 """Bytes per view per teacher, and int8's worst cosine to float32, at real shapes, side by side in one run.
 
     python bench/bench_cache_format.py                       # CLIP-B/16, DINOv2-B/14-reg, SAM-H; 224 student views
-    python bench/bench_cache_format.py --teachers tiny-clip,tiny-dinov2,tiny-sam --student-resolution 64 --target-patch 8
+    python bench/bench_cache_format.py --teachers tiny-clip,tiny-dinov2,tiny-sam --student-resolution 64 \
+        --target-patch 8
 
 Real registry entries are built at their real size with random weights (``teachers.tiny.save_random_teacher``:
 the published architecture and image-processor config, ``save_pretrained`` to a temp dir) or loaded from
@@ -101,7 +102,8 @@ def main():
     loc = CacheLocation(tmp)
     rows = []
     print(
-        f"student views {ns.student_resolution} px, target grid {g}x{g} (target_patch {ns.target_patch}); device {device}, {os.cpu_count()} cores"
+        f"student views {ns.student_resolution} px, target grid {g}x{g} (target_patch {ns.target_patch}); "
+        f"device {device}, {os.cpu_count()} cores"
     )
     try:
         for name in ns.teachers.split(","):
@@ -125,7 +127,9 @@ def main():
             at_grid = resample_targets(native, grid)
             ids, vidx = [f"img{i}" for i in range(n)], list(range(n))
 
-            def marginal_bytes(feats, dtype, grid_hw, tag):
+            def marginal_bytes(
+                feats, dtype, grid_hw, tag, n=n, summary=summary, name=name, spec=spec, ids=ids, vidx=vidx
+            ):
                 sizes = []
                 for k in (1, n):
                     cols = encode_targets(summary[:k] if summary is not None else None, feats[:k], dtype)
@@ -185,15 +189,20 @@ def main():
         print(
             f"{r['teacher']:<20} {r['grid'][0]}x{r['grid'][1]} ({r['native'][0]}x{r['native'][1]}){'':<3} "
             + " ".join(f"{r[c] / 1e6:11.4f}" for c in cols)
-            + f"   {r['cos int8 grid']:.5f} | {r['cos per-position int8']:.5f} | {r['cos int8 native']:.5f}   (f16: {r['cos f16 grid']:.6f}; standardized: {r['std cos int8 grid']:.5f} | {r['std cos per-position']:.5f})"
+            + f"   {r['cos int8 grid']:.5f} | {r['cos per-position int8']:.5f} | {r['cos int8 native']:.5f} "
+            f"  (f16: {r['cos f16 grid']:.6f}; standardized: {r['std cos int8 grid']:.5f} "
+            f"| {r['std cos per-position']:.5f})"
         )
     tot = {c: sum(r[c] for r in rows) for c in cols}
     print(f"{'all':<20} {'':<14} " + " ".join(f"{tot[c] / 1e6:11.4f}" for c in cols))
     print(
-        f"ratio f16 grid / f16 native: {tot['f16 grid'] / tot['f16 native']:.3f};  f16 grid / f32 native: {tot['f16 grid'] / tot['f32 native']:.3f};  int8 grid / f32 native: {tot['int8 grid'] / tot['f32 native']:.3f}"
+        f"ratio f16 grid / f16 native: {tot['f16 grid'] / tot['f16 native']:.3f};  f16 grid / f32 native: "
+        f"{tot['f16 grid'] / tot['f32 native']:.3f};  int8 grid / f32 native: "
+        f"{tot['int8 grid'] / tot['f32 native']:.3f}"
     )
     print(
-        f"worst int8 cosine over all teachers: {min(r['cos int8 grid'] for r in rows):.5f} (in the loss's standardized space: {min(r['std cos int8 grid'] for r in rows):.5f})"
+        f"worst int8 cosine over all teachers: {min(r['cos int8 grid'] for r in rows):.5f} "
+        f"(in the loss's standardized space: {min(r['std cos int8 grid'] for r in rows):.5f})"
     )
 
 

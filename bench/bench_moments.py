@@ -42,11 +42,13 @@ def main():
     extra = len(RunningMoments().update(x).to_dict()["cov_m2_triu_f32"])
     shard = x.shape[0] * ns.dim * 2  # float16 features
     print(
-        f"shard: {ns.views} views x {ns.grid}x{ns.grid} x {ns.dim} channels ({shard / 1e6:.1f} MB of float16 features); cores: {os.cpu_count()}"
+        f"shard: {ns.views} views x {ns.grid}x{ns.grid} x {ns.dim} channels ({shard / 1e6:.1f} MB "
+        f"of float16 features); cores: {os.cpu_count()}"
     )
     print(f"  per-channel statistics   {best['RunningStats']:.3f}s")
     print(
-        f"  with second moments      {best['RunningMoments']:.3f}s   (+{best['RunningMoments'] - best['RunningStats']:.3f}s per shard and teacher)"
+        f"  with second moments      {best['RunningMoments']:.3f}s "
+        f"  (+{best['RunningMoments'] - best['RunningStats']:.3f}s per shard and teacher)"
     )
     print(f"  footer bytes added       {extra / 1e6:.2f} MB ({extra / shard:.1%} of the shard's features)")
     print(f"ratio (with second moments / per-channel): {best['RunningMoments'] / best['RunningStats']:.2f}")

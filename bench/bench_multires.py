@@ -1,6 +1,7 @@
 """Multi-resolution distillation at real shapes: bytes on disk, loader throughput, CPU step speed per resolution.
 
-    python bench/bench_multires.py [--teachers clip-vit-b16,dinov2-vitb14-reg,sam-vit-h] [--high 448 --low 224] [--images 48 --views 2] [--batch-size 32] [--epochs 10] [--size nano] [--steps 4]
+    python bench/bench_multires.py [--teachers clip-vit-b16,dinov2-vitb14-reg,sam-vit-h] [--high 448 --low 224] \
+        [--images 48 --views 2] [--batch-size 32] [--epochs 10] [--size nano] [--steps 4]
 
 Builds, through the project's own writer (``pipelines.synthetic``: registry dims and grids, random float16
 targets, raw views), a multi-resolution cache (views at ``--high``, targets at each teacher's main grid plus
@@ -29,7 +30,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
 def column_bytes(root: str) -> tuple[dict, dict, int]:
-    """{table: {column: compressed bytes}} over all shards (``<column>/raw``: uncompressed), {table: file bytes}, views rows."""
+    """{table: {column: compressed bytes}} over all shards (``<column>/raw``: uncompressed), {table: file bytes}, views
+    rows."""
     import pyarrow.parquet as pq
 
     cols, files = collections.defaultdict(lambda: collections.defaultdict(int)), collections.defaultdict(int)
@@ -101,14 +103,16 @@ def main():
         reader = CacheReader(roots["multi"])
         n = reader.num_rows()
         print(
-            f"caches: {n} views ({ns.images} images x {ns.views}) at {hi}px, targets for {lo}px too (target_patch {ns.patch}); 3 caches built in {time.perf_counter() - t0:.1f}s; "
+            f"caches: {n} views ({ns.images} images x {ns.views}) at {hi}px, targets for "
+            f"{lo}px too (target_patch {ns.patch}); 3 caches built in {time.perf_counter() - t0:.1f}s; "
             f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
         )
 
         # -- 1. bytes per view ------------------------------------------------------------------------
         cols, files, _ = column_bytes(roots["multi"])
         print(
-            "\n1. bytes per view (MB; Parquet column chunks; file: whole files, keys and footers (statistics, PHI-S moments) included, footers amortized over only this run's small shards)"
+            "\n1. bytes per view (MB; Parquet column chunks; file: whole files, keys and footers "
+            "(statistics, PHI-S moments) included, footers amortized over only this run's small shards)"
         )
         for t in teachers:
             lay = reader.entry(t).layout
@@ -116,17 +120,20 @@ def main():
             parts = [f"summary {c['summary'] / n / 1e6:.3f}"] if "summary" in c else []
             parts.append(f"features {lay.grid[0]}x{lay.grid[1]} (main) {c['features'] / n / 1e6:.3f}")
             parts += [
-                f"features@{g[0]}x{g[1]} (extra) {c[f'features@{g[0]}x{g[1]}'] / n / 1e6:.3f} ({c[f'features@{g[0]}x{g[1]}'] / c['features']:.2f}x main)"
+                f"features@{g[0]}x{g[1]} (extra) {c[f'features@{g[0]}x{g[1]}'] / n / 1e6:.3f} "
+                f"({c[f'features@{g[0]}x{g[1]}'] / c['features']:.2f}x main)"
                 for g in lay.extra_grids
             ]
             parts += ["no extra grid (main grid already <= the low grid)"] if not lay.extra_grids else []
             data = sum(v for k, v in c.items() if not k.endswith("/raw"))
             print(
-                f"  {t:<18} {'; '.join(parts)}; file {files[t] / n / 1e6:.3f} (footer etc. {(files[t] - data) / n / 1e6:.3f})"
+                f"  {t:<18} {'; '.join(parts)}; file {files[t] / n / 1e6:.3f} "
+                f"(footer etc. {(files[t] - data) / n / 1e6:.3f})"
             )
         cv = cols["views"]
         print(
-            f"  views {hi}px raw     student_image {cv['student_image'] / n / 1e6:.3f} (zstd; {cv['student_image/raw'] / n / 1e6:.3f} uncompressed); file {files['views'] / n / 1e6:.3f}"
+            f"  views {hi}px raw     student_image {cv['student_image'] / n / 1e6:.3f} "
+            f"(zstd; {cv['student_image/raw'] / n / 1e6:.3f} uncompressed); file {files['views'] / n / 1e6:.3f}"
         )
         extra = sum(v for t in teachers for k, v in cols[t].items() if "@" in k and not k.endswith("/raw"))
         totals, datas = {}, {}
@@ -137,11 +144,16 @@ def main():
                 sum(v for tab in c.values() for k, v in tab.items() if not k.endswith("/raw")) / rows,
             )
         print(
-            f"  total per view: multi-res {totals['multi'] / 1e6:.3f} MB (extra grids {extra / n / 1e6:.3f}) vs one-res {hi}px {totals['one-high'] / 1e6:.3f} MB: ratio {totals['multi'] / totals['one-high']:.3f}; "
-            f"column data only (footers left out, as in large shards): {datas['multi'] / 1e6:.3f} vs {datas['one-high'] / 1e6:.3f} MB, ratio {datas['multi'] / datas['one-high']:.3f}"
+            f"  total per view: multi-res {totals['multi'] / 1e6:.3f} MB (extra grids {extra / n / 1e6:.3f}) "
+            f"vs one-res {hi}px {totals['one-high'] / 1e6:.3f} "
+            f"MB: ratio {totals['multi'] / totals['one-high']:.3f}; "
+            f"column data only (footers left out, as in large shards): {datas['multi'] / 1e6:.3f} "
+            f"vs {datas['one-high'] / 1e6:.3f} MB, ratio {datas['multi'] / datas['one-high']:.3f}"
         )
         print(
-            f"  (two one-res caches, {hi}px + {lo}px, column data: {(datas['one-high'] + datas['one-low']) / 1e6:.3f} MB, {(datas['one-high'] + datas['one-low']) / datas['one-high']:.3f}x one-res {hi}px)"
+            f"  (two one-res caches, {hi}px + {lo}px, column "
+            f"data: {(datas['one-high'] + datas['one-low']) / 1e6:.3f} "
+            f"MB, {(datas['one-high'] + datas['one-low']) / datas['one-high']:.3f}x one-res {hi}px)"
         )
 
         # -- 2. loader throughput ---------------------------------------------------------------------
@@ -188,20 +200,24 @@ def main():
                     secs[k] += dt
                     rows[k] += sum(int(b["weight"].sum()) for b in got)
         print(
-            f"\n2. loader, CacheStream in this process (num_workers=0), batch {ns.batch_size}, {ns.epochs} timed epochs each (+1 warm-up), interleaved"
+            f"\n2. loader, CacheStream in this process (num_workers=0), batch {ns.batch_size}, "
+            f"{ns.epochs} timed epochs each (+1 warm-up), interleaved"
         )
         for r, s in sorted(shapes.items()):
             print(f"  batch at {r}px: {s}")
         rate = {k: rows[k] / secs[k] for k in streams}
         for k in streams:
             print(
-                f"  {k:<26} {rate[k]:7.0f} rows/s  {secs[k] / sum(seen[k].values()) * 1000:7.1f} ms/batch  batches by resolution {dict(sorted(seen[k].items()))}"
+                f"  {k:<26} {rate[k]:7.0f} rows/s  {secs[k] / sum(seen[k].values()) * 1000:7.1f} "
+                f"ms/batch  batches by resolution {dict(sorted(seen[k].items()))}"
             )
         cyc = f"cycle [{lo},{hi}]"
         mix = seen[cyc]
         predicted = sum(mix.values()) / sum(m / (rate[f"fixed {r}"] / ns.batch_size) for r, m in mix.items())
         print(
-            f"  fixed {lo} / fixed {hi}: {rate[f'fixed {lo}'] / rate[f'fixed {hi}']:.3f};  cycle / predicted from the fixed rates at its mix: {rate[cyc] / (predicted * ns.batch_size):.3f};  "
+            f"  fixed {lo} / fixed {hi}: {rate[f'fixed {lo}'] / rate[f'fixed {hi}']:.3f}; "
+            " cycle / predicted from the fixed rates at its "
+            f"mix: {rate[cyc] / (predicted * ns.batch_size):.3f};  "
             f"fixed {hi} multi-res / one-res cache: {rate[f'fixed {hi}'] / rate[f'fixed {hi}, one-res cache']:.3f}"
         )
 
@@ -252,16 +268,21 @@ def main():
         st = {r: statistics.median(v) for r, v in times.items()}
         params = sum(q.numel() for q in model.parameters())
         print(
-            f"\n3. training step on CPU: student {ns.size}/p{ns.patch} ({params / 1e6:.2f} M parameters incl. heads), batch {ns.batch_size}, in-memory batches, median of {ns.repeats} x {ns.steps} steps (last loss {loss:.3f})"
+            f"\n3. training step on CPU: student {ns.size}/p{ns.patch} ({params / 1e6:.2f} "
+            f"M parameters incl. heads), batch {ns.batch_size}, in-memory batches, median "
+            f"of {ns.repeats} x {ns.steps} steps (last loss {loss:.3f})"
         )
         for r in (lo, hi):
             print(
-                f"  {r}px ({r // ns.patch}x{r // ns.patch} tokens): {st[r] * 1000:8.1f} ms/step  {1 / st[r]:6.2f} steps/s  {ns.batch_size / st[r]:6.1f} images/s"
+                f"  {r}px ({r // ns.patch}x{r // ns.patch} tokens): {st[r] * 1000:8.1f} "
+                f"ms/step  {1 / st[r]:6.2f} steps/s  {ns.batch_size / st[r]:6.1f} images/s"
             )
         print(f"  steps/s {lo} / {hi}: {st[hi] / st[lo]:.2f}  (token ratio {(hi / lo) ** 2:.1f})")
         print(
-            f"  derive_resolution {hi}->{lo} of a {tuple(img.shape)} uint8 batch: {d * 1000:.1f} ms = {d / st[lo] * 100:.1f} % of a {lo}px step, "
-            f"{d / (secs[f'fixed {lo}'] / sum(seen[f'fixed {lo}'].values())) * 100:.0f} % of a {lo}px loader batch; output {tuple(derive_res.shape)}"
+            f"  derive_resolution {hi}->{lo} of a {tuple(img.shape)} uint8 batch: {d * 1000:.1f} "
+            f"ms = {d / st[lo] * 100:.1f} % of a {lo}px step, "
+            f"{d / (secs[f'fixed {lo}'] / sum(seen[f'fixed {lo}'].values())) * 100:.0f} % of a {lo}px loader "
+            f"batch; output {tuple(derive_res.shape)}"
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,11 @@ actors = [A.remote() for _ in range(3)]
 ray.get([a.ping.remote() for a in actors])
 ready = time.perf_counter() - t0
 time.sleep(2.0)  # let prestarted workers appear
-workers = [p for p in psutil.process_iter(["name", "cmdline"]) if "ray::" in (p.info["name"] or "") or any("default_worker.py" in c for c in (p.info["cmdline"] or []))]
+def is_ray_worker(p) -> bool:
+    return "ray::" in (p.info["name"] or "") or any("default_worker.py" in c for c in (p.info["cmdline"] or []))
+
+
+workers = [p for p in psutil.process_iter(["name", "cmdline"]) if is_ray_worker(p)]
 rss = sum(p.memory_info().rss for p in workers if p.is_running()) / 2**20
 print(json.dumps({"ready_s": ready, "workers": len(workers), "workers_rss_mib": rss}))
 ray.shutdown()
@@ -49,11 +53,13 @@ def main():
         runs = [run(n) for _ in range(ns.repeats)]
         res[label] = {k: min(r[k] for r in runs) for k in runs[0]}
         print(
-            f"{label:>14} logical CPUs: ready {res[label]['ready_s']:.2f}s  worker processes {res[label]['workers']}  workers RSS {res[label]['workers_rss_mib']:.0f} MiB"
+            f"{label:>14} logical CPUs: ready {res[label]['ready_s']:.2f}s "
+            f" worker processes {res[label]['workers']}  workers RSS {res[label]['workers_rss_mib']:.0f} MiB"
         )
     a, b = res["fixed 8"], res[f"job-sized {sized}"]
     print(
-        f"ratio job-sized / fixed: start {b['ready_s'] / a['ready_s']:.2f}  worker memory {b['workers_rss_mib'] / max(a['workers_rss_mib'], 1e-9):.2f}"
+        f"ratio job-sized / fixed: start {b['ready_s'] / a['ready_s']:.2f} "
+        f" worker memory {b['workers_rss_mib'] / max(a['workers_rss_mib'], 1e-9):.2f}"
     )
 
 

@@ -1,6 +1,7 @@
 """The training reader alone, on a synthetic cache with the real shapes of registry teachers.
 
-    python bench/bench_reader.py --teachers clip-vit-b16,dinov2-vitb14-reg,sam-vit-h --views 2048 --student-resolution 224 --workers 1
+    python bench/bench_reader.py --teachers clip-vit-b16,dinov2-vitb14-reg,sam-vit-h --views 2048 \
+        --student-resolution 224 --workers 1
 
 Builds the cache through the project's own writer (the registry's nominal dims, stored at the default target
 grid, random float16 targets: zstd cannot shrink them, so this is the worst case for bytes), then iterates
@@ -36,7 +37,8 @@ def main():
         type=int,
         default=0,
         metavar="ROUNDS",
-        help="instead: time in-process epochs with every byte checked and without, alternately, ROUNDS times each; print the ratios",
+        help="instead: time in-process epochs with every byte checked and without, alternately, ROUNDS "
+        "times each; print the ratios",
     )
     p.add_argument(
         "--hash-speed",
@@ -73,7 +75,9 @@ def main():
     n_views = reader.num_rows()
     per_view = sum(reader.entry(t).bytes_per_view for t in teachers) + reader.manifest.views.bytes / n_views
     print(
-        f"cache: {n_views} views ({images} images x {views}), {per_view / 1e6:.3f} MB per view on disk, built in {t_build:.0f}s; teachers {', '.join(f'{t} {reader.grids[t][0]}x{reader.grids[t][1]}' for t in teachers)}"
+        f"cache: {n_views} views ({images} images x {views}), {per_view / 1e6:.3f} MB per view on disk, "
+        f"built in {t_build:.0f}s; "
+        f"teachers {', '.join(f'{t} {reader.grids[t][0]}x{reader.grids[t][1]}' for t in teachers)}"
     )
     torch.set_num_threads(1)
     if ns.checksums:
@@ -84,7 +88,8 @@ def main():
         print("batch: " + ", ".join(f"{k} {tuple(b[k].shape)} {str(b[k].dtype).replace('torch.', '')}" for k in keys))
         rate = rows / dt / max(1, ns.workers)
         print(
-            f"{rows} views in {dt:.2f}s with {ns.workers} worker process(es) ({os.cpu_count()} cores): {rows / dt:.0f} views/s in all, {rows / dt * per_view / 1e6:.0f} MB/s"
+            f"{rows} views in {dt:.2f}s with {ns.workers} worker process(es) ({os.cpu_count()} "
+            f"cores): {rows / dt:.0f} views/s in all, {rows / dt * per_view / 1e6:.0f} MB/s"
         )
         print(f"reader: {rate:.0f} views/s per process")
     finally:
@@ -171,7 +176,8 @@ def checked_over_unchecked(
         method = ctx.get_start_method() if ctx is not None else mp.get_start_method()
         if method != "fork":
             raise RuntimeError(
-                f"checked_over_unchecked needs fork-started loader workers (got {method!r}): the check's switch would not reach them"
+                f"checked_over_unchecked needs fork-started loader workers (got {method!r}): "
+                "the check's switch would not reach them"
             )
     rates = {True: [], False: []}
     try:
@@ -216,7 +222,8 @@ def _checksum_cost(root, teachers, ns, cleanup: bool):
         cmed = {k: sorted(v)[len(v) // 2] for k, v in cpu.items()}
         for m in ("on",):
             print(
-                f"reader checking every byte / without checks: {med[m] / med['off']:.3f} of views/s (medians {med[m]:.0f} / {med['off']:.0f}), "
+                f"reader checking every byte / without checks: {med[m] / med['off']:.3f} of views/s (medians "
+                f"{med[m]:.0f} / {med['off']:.0f}), "
                 f"{cmed[m] / cmed['off']:.3f} of views per CPU-second (medians {cmed[m]:.0f} / {cmed['off']:.0f}), "
                 f"{max(rates[m]) / max(rates['off']):.3f} best round to best round, over {ns.checksums} rounds each"
             )

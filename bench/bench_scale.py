@@ -1,6 +1,7 @@
 """radio's bookkeeping at many units: fitted growth over three sizes, projected to ImageNet-1k's 20 000 units.
 
-    python bench/bench_scale.py [--sizes 1000,4000,16000] [--job-sizes 24,48,96] [--real-dims] [--s3 100,400] [--json OUT]
+    python bench/bench_scale.py [--sizes 1000,4000,16000] [--job-sizes 24,48,96] [--real-dims] \
+        [--s3 100,400] [--json OUT]
 
 Parts (each prints its figures as it gets them):
 
@@ -418,7 +419,8 @@ def bench_real_dims(work: Path, views_per_unit: int = 256):
             f"real/{t}/commit_record_MB", cb / 1e6, "MB", "(moments in binary; read only by a finalize that merges it)"
         )
         emit(f"real/{t}/merged_stats_MB", ref.bytes / 1e6, "MB", "(one per teacher, read once at train start)")
-    manifest_per_file = 260  # bytes per shard entry in manifest.json (measured on the synthetic caches: see synthetic/manifest_bytes_per_file)
+    # bytes per shard entry in manifest.json (measured on the synthetic caches: see synthetic/manifest_bytes_per_file)
+    manifest_per_file = 260
     files = 4 * TARGET_UNITS
     views_bytes = views_per_unit * 224 * 224 * 3  # raw student views
     total = TARGET_UNITS * (target_bytes + views_bytes)

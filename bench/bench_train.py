@@ -1,6 +1,7 @@
 """Student training throughput, side by side in one run: all teachers cached, hybrid, all online.
 
-    python bench/bench_train.py --cache caches/samples-train [--steps 30] [--batch-size 32] [--online tiny-clip] [--compile]
+    python bench/bench_train.py --cache caches/samples-train [--steps 30] [--batch-size 32] [--online tiny-clip] \
+        [--compile]
 
 (a) cached: steps/s reading the cache through the real loader (the reader thread, or ``--workers N``
     DataLoader processes) divided by steps/s on the same batches already in memory (on the training
@@ -91,20 +92,24 @@ def main():
         torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     )
     print(
-        f"student {ns.size}/p{ns.patch} at {reader.manifest.student_resolution}px, batch {ns.batch_size}, teachers {', '.join(teachers)}; hybrid online: {', '.join(hybrid)}; compile {ns.compile}; {device}"
+        f"student {ns.size}/p{ns.patch} at {reader.manifest.student_resolution}px, batch {ns.batch_size}, "
+        f"teachers {', '.join(teachers)}; hybrid online: {', '.join(hybrid)}; compile {ns.compile}; {device}"
     )
     for mode in ("memory", "cached", "hybrid", "online"):
         print(f"  {mode:<8} {results[mode] * 1000:8.1f} ms/step  {ns.batch_size / results[mode]:8.0f} images/s")
     print(
-        f"(a) cached / memory steps/s: {results['memory'] / results['cached']:.3f}  (goal >= 0.95 on CPU, >= 0.9 on a GPU)"
+        f"(a) cached / memory steps/s: {results['memory'] / results['cached']:.3f}  (goal >= 0.95 on CPU, "
+        ">= 0.9 on a GPU)"
     )
     print(
-        f"(b) hybrid / cached steps/s: {results['cached'] / results['hybrid']:.3f};  (c) all online / cached: {results['cached'] / results['online']:.3f}"
+        f"(b) hybrid / cached steps/s: {results['cached'] / results['hybrid']:.3f};  (c) all online / cached: "
+        f"{results['cached'] / results['online']:.3f}"
     )
     achieved = flops / results["memory"]
     peak = peak_flops()
     print(
-        f"(d) student step {flops / 1e9:.1f} GFLOP (forward + backward, counted), {achieved / 1e12:.3f} TFLOP/s achieved"
+        f"(d) student step {flops / 1e9:.1f} GFLOP (forward + backward, counted), {achieved / 1e12:.3f} "
+        "TFLOP/s achieved"
         + (
             f", MFU {achieved / peak * 100:.1f}% of {peak / 1e12:.0f} TFLOP/s bf16"
             if peak

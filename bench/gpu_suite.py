@@ -1,7 +1,8 @@
-"""Every GPU figure in one call (issue 20): the cache job against tuned teachers, the student's training step, the reader.
+"""Every GPU figure in one call (issue 20): the cache job against tuned teachers, the student's training step,
+the reader.
 
-    python bench/gpu_suite.py --out DIR [--budget-s 330] [--work DIR] [--commit SHA]     # one GPU, ~6 min
-    python bench/gpu_suite.py --out DIR --smoke                                          # the same code paths on CPU, tiny sizes
+    python bench/gpu_suite.py --out DIR [--budget-s 330] [--work DIR] [--commit SHA]  # one GPU, ~6 min
+    python bench/gpu_suite.py --out DIR --smoke  # the same code paths on CPU, tiny sizes
 
 It builds what it needs (real-size CLIP-B/16, DINOv2-B/14-reg and SAM-H with random weights through
 ``teachers.tiny.save_random_teacher``; an image folder; a synthetic cache with the registry's dims), then measures,
@@ -218,7 +219,8 @@ def _met(value, goal: str | None):
 
 
 class Suite:
-    """Figures as they come: printed (flushed), appended to ``gpu_suite.jsonl`` and rewritten into ``gpu_suite.json``."""
+    """Figures as they come: printed (flushed), appended to ``gpu_suite.jsonl`` and rewritten into
+    ``gpu_suite.json``."""
 
     def __init__(self, out: Path, specs: dict, meta: dict, budget_s: float):
         self.out, self.specs, self.meta, self.budget_s = out, specs, meta, budget_s
@@ -284,7 +286,8 @@ class Suite:
             for n in self.pending(names):
                 self.null(
                     n,
-                    reason=f"budget: {self.elapsed():.0f}s of --budget-s {self.budget_s:.0f} used; {section} needs ~{min_s:.0f}s",
+                    reason=f"budget: {self.elapsed():.0f}s of --budget-s {self.budget_s:.0f} used; {section} needs "
+                    f"~{min_s:.0f}s",
                 )
             return None
         print(f"--- {section} ({left:.0f}s of budget left)", flush=True)
@@ -387,7 +390,7 @@ def build_images(sz: Sizes, out: Path, n: int) -> Path:
     repeated under new names as often as needed (new names: new views)."""
     from PIL import Image
 
-    from radio.samples import load_sample_index
+    from pipelines.samples import load_sample_index
 
     recs = load_sample_index()
     made: dict[int, Path] = {}
@@ -480,7 +483,8 @@ def teachers_section(suite: Suite, sz: Sizes, dirs: dict, images: Path, peak, de
             suite.put(
                 f"cache/tuned_views_per_s/{role}",
                 r["views_per_s"],
-                note=f"model alone on ready inputs, {'torch.compile' if sz.compile else 'eager'}; first pass per input size ({r['compile_s']:.1f}s) not counted",
+                note=f"model alone on ready inputs, {'torch.compile' if sz.compile else 'eager'}; "
+                f"first pass per input size ({r['compile_s']:.1f}s) not counted",
             )
             suite.put(f"cache/tuned_gflop_per_view/{role}", r["flops_per_view"] / 1e9)
             suite.put(f"cache/tuned_mfu/{role}", r["flops_per_view"] * r["views_per_s"] / peak if peak else None)
@@ -563,7 +567,8 @@ def _units_done(output: Path, teachers: list[str]):
 
 
 def ray_start(suite: Suite, sz: Sizes, dirs: dict, images: Path, work: Path) -> dict:
-    """Start (or join) Ray before the jobs: a fixed cost of any job, not what they measure. Returns the jobs' shared state."""
+    """Start (or join) Ray before the jobs: a fixed cost of any job, not what they measure. Returns the jobs'
+    shared state."""
     import ray
 
     from pipelines.cache import init_ray
@@ -571,7 +576,8 @@ def ray_start(suite: Suite, sz: Sizes, dirs: dict, images: Path, work: Path) -> 
     joined = bool(os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
     state = {
         "started": not joined,
-        "rss_note": "this process and its children; Ray was joined, so its workers count only if they are children of this process"
+        "rss_note": "this process and its children; Ray was joined, so its workers count only if they are children "
+        "of this process"
         if joined
         else "this process + the Ray it started (raylet, GCS) + Ray's workers",
     }
@@ -614,7 +620,8 @@ def job_2n(suite: Suite, sz: Sizes, dirs: dict, images: Path, work: Path, peak, 
         suite.put(
             "cache/job_seconds",
             secs,
-            note=f"{2 * sz.images} images x {sz.views} views, {2 * sz.images // sz.images_per_shard} units, end to end (actor start-up and compile included)",
+            note=f"{2 * sz.images} images x {sz.views} views, {2 * sz.images // sz.images_per_shard} "
+            "units, end to end (actor start-up and compile included)",
         )
         half = sz.images // sz.images_per_shard  # units of the first N images
         rss_n = max((r for r, done in samples if done < half), default=None)
@@ -630,7 +637,8 @@ def job_2n(suite: Suite, sz: Sizes, dirs: dict, images: Path, work: Path, peak, 
         suite.put(
             "cache/job_steady_views_per_s",
             steady,
-            note=f"first unit done -> last unit done: start-up excluded; at most {sz.max_inflight_units} units in flight",
+            note=f"first unit done -> last unit done: start-up excluded; at most {sz.max_inflight_units} "
+            "units in flight",
         )
         n, missing = teach.get("views", 0), "the teachers section did not time all three teachers"
         tuned = n / sum(teach["tuned_s"].values()) if len(teach.get("tuned_s", {})) == len(ROLES) else None
@@ -794,12 +802,14 @@ def train_cached(suite: Suite, sz: Sizes, dirs: dict, work: Path, cache: Path | 
             suite.put(
                 "train/resident_steps_per_s",
                 1 / mem_s,
-                note=f"{sz.student_size}/p{sz.patch} at {sz.student_resolution}px, batch {sz.train_batch}, the same batches already on {tr.acc.device}",
+                note=f"{sz.student_size}/p{sz.patch} at {sz.student_resolution}px, batch {sz.train_batch}, "
+                f"the same batches already on {tr.acc.device}",
             )
             suite.put(
                 "train/cached_steps_per_s",
                 1 / cached_s,
-                note=f"through the real loader ({tr.workers} worker processes; 0: the reader thread), epoch restarts included ({len(tr.stream)} batches an epoch)",
+                note=f"through the real loader ({tr.workers} worker processes; 0: the reader "
+                f"thread), epoch restarts included ({len(tr.stream)} batches an epoch)",
             )
             suite.put("train/cached_over_resident", mem_s / cached_s)
             suite.put("train/cached_images_per_s", sz.train_batch / cached_s)
@@ -821,7 +831,7 @@ def train_cached(suite: Suite, sz: Sizes, dirs: dict, work: Path, cache: Path | 
             secs = [sz.train_batch * sz.fit_log_every / r["system/images_per_s"] for r in rows]
             suite.put(
                 "train/data_wait_fraction",
-                sum(r["system/data_wait_fraction"] * x for r, x in zip(rows, secs)) / sum(secs),
+                sum(r["system/data_wait_fraction"] * x for r, x in zip(rows, secs, strict=True)) / sum(secs),
                 note=f"Trainer.fit over {sz.fit_steps} steps ({len(rows)} logged windows, time-weighted)",
             )
             suite.put("train/fit_images_per_s", sz.train_batch * sz.fit_log_every * len(rows) / sum(secs))
@@ -905,7 +915,8 @@ def reader_section(suite: Suite, sz: Sizes, cache: Path | None):
         suite.put(
             "reader/checked_over_unchecked",
             ratio,
-            note=f"every byte checked (xxh3 of each local shard) / no check: {on:.0f} / {off:.0f} views/s, medians of 3 alternating epochs (issue 19)",
+            note=f"every byte checked (xxh3 of each local shard) / no check: {on:.0f} / {off:.0f} views/s, "
+            "medians of 3 alternating epochs (issue 19)",
         )
 
     suite.measure(
@@ -991,7 +1002,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="FIELD=JSON",
-        help='override one of the sizes (see Sizes), e.g. --set images=512 --set \'batch={"clip":256,"dinov2":256,"sam":32}\'',
+        help="override one of the sizes (see Sizes), e.g. --set images=512 --set "
+        '\'batch={"clip":256,"dinov2":256,"sam":32}\'',
     )
     ns = p.parse_args(argv)
     if ns.ray_tar:
@@ -1025,7 +1037,8 @@ def main(argv: list[str] | None = None) -> int:
     if cuda and not peak:
         suite.mfu_reason = f"no dense bf16 peak known for {meta['machine']} (bench_train.PEAK_BF16)"
     print(
-        f"gpu_suite: {meta['machine']}; torch {meta['torch']}; ray {meta['ray']}; {'smoke' if ns.smoke else 'full'}; budget {sz.budget_s:.0f}s; out {ns.out}",
+        f"gpu_suite: {meta['machine']}; torch {meta['torch']}; "
+        f"ray {meta['ray']}; {'smoke' if ns.smoke else 'full'}; budget {sz.budget_s:.0f}s; out {ns.out}",
         flush=True,
     )
     work = Path(ns.work) if ns.work else Path(tempfile.mkdtemp(prefix="gpu-suite-"))
@@ -1089,7 +1102,9 @@ def main(argv: list[str] | None = None) -> int:
         met = [f for f in suite.figures.values() if f["met"] is not None]
         nulls = [f for f in suite.figures.values() if f["value"] is None]
         print(
-            f"gpu_suite: {len(suite.figures)} figures in {suite.elapsed():.0f}s, {sum(f['met'] for f in met)}/{len(met)} goals met, {len(nulls)} null; {Path(ns.out) / 'gpu_suite.json'}",
+            f"gpu_suite: {len(suite.figures)} figures in {suite.elapsed():.0f}s, "
+            f"{sum(f['met'] for f in met)}/{len(met)} goals met, {len(nulls)} "
+            f"null; {Path(ns.out) / 'gpu_suite.json'}",
             flush=True,
         )
         if "mlflow" in sys.modules:

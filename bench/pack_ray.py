@@ -4,13 +4,15 @@
 
 Downloads (``pip download --only-binary=:all: --no-deps`` for the target Python and manylinux x86_64) the Ray
 wheel of the version installed here and the few wheels Ray needs that a torch + transformers + accelerate +
-onnxruntime machine lacks (jsonschema and its dependencies, msgpack, click, requests and its dependencies), unzips them into one tree, drops
+onnxruntime machine lacks (jsonschema and its dependencies, msgpack, click, requests and its dependencies), unzips them
+into one tree, drops
 what ``radio cache`` never loads (Java jars, the dashboard's web client, RLlib, Serve, Tune, Train, ray.llm) and
 writes ``--out`` (tar.xz: the device tool carries at most 64 MiB). ``.whl/`` is ignored by git.
 
 On the GPU machine (see BENCHMARKS.md, "Every GPU figure in one call")::
 
-    mkdir -p /tmp/ray312 && tar -xJf .whl/ray312.tar.xz -C /tmp/ray312 && PYTHONPATH=/tmp/ray312:$PWD python bench/gpu_suite.py --out $OUT
+    mkdir -p /tmp/ray312 && tar -xJf .whl/ray312.tar.xz -C /tmp/ray312 && PYTHONPATH=/tmp/ray312:$PWD python
+    bench/gpu_suite.py --out $OUT
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import zipfile
 # Ray's own requirements (its METADATA: click, filelock, jsonschema, msgpack, packaging, protobuf, pyyaml, requests)
 # minus what torch (filelock), transformers and accelerate (packaging, pyyaml) and onnxruntime (protobuf) bring.
 # transformers 5 no longer pulls requests in (huggingface_hub uses httpx), and Ray imports it at start-up. The host must
-# still have protobuf, pyyaml, filelock, packaging and typing_extensions (checked: a Python 3.12 with only those runs Ray).
+# still have protobuf, pyyaml, filelock, packaging and typing_extensions (checked: a Python 3.12 with only those runs
+# Ray).
 EXTRA = [
     "jsonschema",
     "jsonschema-specifications",
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in sorted(os.listdir(tree)):
                 tar.add(os.path.join(tree, name), arcname=name)
         print(
-            f"ray {version} for cp{ns.python.replace('.', '')}: {size / 2**20:.0f} MiB unpacked (without {', '.join(DROP)}), {out}: {os.path.getsize(out) / 2**20:.1f} MiB"
+            f"ray {version} for cp{ns.python.replace('.', '')}: {size / 2**20:.0f} MiB "
+            f"unpacked (without {', '.join(DROP)}), {out}: {os.path.getsize(out) / 2**20:.1f} MiB"
         )
         if ns.keep_tree:
             shutil.rmtree(ns.keep_tree, ignore_errors=True)

@@ -44,8 +44,8 @@ from radio.cache import (
     TargetLayout,
     build_manifest,
     commit_path,
-    load_manifest,
     describe_differences,
+    load_manifest,
     save_manifest,
     scan_table,
     shard_meta,
@@ -340,7 +340,8 @@ class CacheSummary:
     def format(self) -> str:
         lines = [
             f"cache {self.output} (id {self.cache_id})",
-            f"  images {self.images}  views {self.views}  skipped {self.skipped}  in {self.seconds:.1f}s  ({self.images_per_s:.1f} images/s)",
+            f"  images {self.images}  views {self.views}  skipped {self.skipped}  in {self.seconds:.1f}s "
+            f" ({self.images_per_s:.1f} images/s)",
             f"  bytes written {self.bytes_written / 1e6:.2f} MB"
             + (
                 f"  steady state {self.steady_views_per_s:.1f} views/s (after start-up)"
@@ -469,7 +470,8 @@ def validate(cfg: CacheJobConfig):
             f"lower_resolutions[{i}]",
             r,
             f"an integer with target_patch ({tp}) <= it < student_resolution ({cfg.student_resolution})",
-            "Views are stored once at student_resolution, the highest resolution a run trains at; list the lower ones here",
+            "Views are stored once at student_resolution, the highest resolution a run trains at; list "
+            "the lower ones here",
             also=("student_resolution", "target_patch"),
         )
         require(
@@ -524,8 +526,10 @@ def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
             err = e
             time.sleep(0.5)
     raise RayUnavailable(
-        f"RAY_ADDRESS={address}: no Ray cluster answers at {host}:{port} after {timeout_s:.0f} s ({type(err).__name__}: {err}). "
-        "Start the head node there (ray start --head --port=...), fix the address, or unset RAY_ADDRESS to run on a local Ray"
+        f"RAY_ADDRESS={address}: no Ray cluster answers at {host}:{port} after "
+        f"{timeout_s:.0f} s ({type(err).__name__}: {err}). "
+        "Start the head node there (ray start --head --port=...), fix the address, or unset RAY_ADDRESS "
+        "to run on a local Ray"
     )
 
 
@@ -769,7 +773,8 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
         full = disk_full(e) if isinstance(e, Exception) else None
         if full is not None:
             raise DiskFull(
-                f"no space left writing cache {cfg.output} ({full}): every unit committed before is kept, and a half-written file is removed by the rerun. "
+                f"no space left writing cache {cfg.output} ({full}): every unit committed before is kept, and "
+                "a half-written file is removed by the rerun. "
                 "Free space there and rerun the same command to resume"
             ) from None
         raise
@@ -830,12 +835,13 @@ def _start_teachers(
             for _ in range(max(1, job.actors))
         ]
     specs, layouts = {}, {}
-    for name, (spec, layout) in zip(pools, ray.get([p[0].spec.remote() for p in pools.values()])):
+    for name, (spec, layout) in zip(pools, ray.get([p[0].spec.remote() for p in pools.values()]), strict=True):
         specs[name], layouts[name] = spec, layout
         ratio = tuple(cfg.views.ratio)
         if spec["resize"] == "fit_aspect" and (ratio[0] < 1 / 4 or ratio[1] > 4):
             raise ConfigError(
-                f"teacher {name} keeps the view's aspect up to 4:1, but views.ratio={list(ratio)} allows more. Narrow views.ratio (e.g. [0.75, 1.333])."
+                f"teacher {name} keeps the view's aspect up to 4:1, but views.ratio={list(ratio)} "
+                "allows more. Narrow views.ratio (e.g. [0.75, 1.333])."
             )
         held = plan.tables[name].commits
         if not held:
@@ -853,7 +859,8 @@ def _start_teachers(
                 if not d.startswith("fingerprint")
             ]
             raise CacheMismatch(
-                f"cache {cfg.output} holds teacher {name!r} computed or stored differently (fingerprint {old_fp}, the config gives {spec['fingerprint']}). Differences:\n  "
+                f"cache {cfg.output} holds teacher {name!r} computed or stored differently "
+                f"(fingerprint {old_fp}, the config gives {spec['fingerprint']}). Differences:\n  "
                 + "\n  ".join(diffs or ["(weights)"])
                 + f"\nRecompute only this teacher with rebuild=[{name}], or use a new output path."
             )
@@ -881,8 +888,10 @@ def _run_pipeline(cfg: CacheJobConfig, plan: CachePlan, source: Source) -> RunRe
         cpus < reserved + 1
     ):  # actors hold their CPUs all job long: with none left for prepare/write tasks it would wait forever
         raise ConfigError(
-            f"Ray has {cpus:g} CPUs, but the teacher actors reserve {reserved:g} (teachers.<t>.actors x cpus_per_actor) and the prepare/write "
-            f"tasks need 1 more: lower teachers.<t>.cpus_per_actor or actors, or give Ray num_cpus >= {math.ceil(reserved + 1)}"
+            f"Ray has {cpus:g} CPUs, but the teacher actors reserve {reserved:g} (teachers.<t>.actors "
+            "x cpus_per_actor) and the prepare/write "
+            "tasks need 1 more: lower teachers.<t>.cpus_per_actor or actors, or give Ray "
+            f"num_cpus >= {math.ceil(reserved + 1)}"
         )
     pools, specs, layouts = _start_teachers(ray, cfg, plan, plan.needs_teachers, has_gpu)
     from teachers import TeacherSpec

@@ -15,7 +15,6 @@ from radio.cache import (
     CacheError,
     CacheLocation,
     Manifest,
-    TeacherStats,
     column_tensor,
     decode_features,
     decode_summary,
@@ -45,9 +44,12 @@ def cache_info(uri: str) -> str:
     loc, m = _open(uri)
     src = m.source
     lines = [
-        f"cache      {uri}  (id {m.cache_id}, format v{m.format_version}, {'complete' if m.complete else 'INCOMPLETE: rerun radio cache to finish'})",
+        f"cache      {uri}  (id {m.cache_id}, format v{m.format_version}, "
+        f"{'complete' if m.complete else 'INCOMPLETE: rerun radio cache to finish'})",
         f"source     {src['kind']}:{src.get('path') or ''} split={src.get('split')}  fingerprint {src['fingerprint']}",
-        f"images     {m.images}   views {m.views.rows} ({m.views.policy['num_views']} per image)   units {m.units}   student view {m.student_resolution}px {m.identity.student_image_format}",
+        f"images     {m.images}   views {m.views.rows} ({m.views.policy['num_views']} "
+        f"per image)   units {m.units}   student view {m.student_resolution}px "
+        f"{m.identity.student_image_format}",
         f"skipped    {len(m.skipped)}",
         "teachers   (bytes per view; 'vs f32 native': against float32 targets at the teacher's own grid)",
     ]
@@ -60,13 +62,16 @@ def cache_info(uri: str) -> str:
         )
         grid += "".join(f" + {g[0]}x{g[1]}" for g in lay.extra_grids)  # the grids of lower_resolutions
         lines.append(
-            f"  {name:<16} fingerprint {t.fingerprint}  rows {t.rows}  {t.bytes_per_view / 1024:.1f} KiB/view ({t.bytes_per_view / t.float32_native_bytes_per_view:.3f} vs f32 native)"
-            f"  {lay.dtype}  summary {s.get('summary_dim') or '-'}  features {s['feature_dim']} @ {grid}  stats {'exact' if t.stats.exact else 'sampled'}{'' if t.complete else '  INCOMPLETE'}"
+            f"  {name:<16} fingerprint {t.fingerprint}  rows {t.rows}  {t.bytes_per_view / 1024:.1f} "
+            f"KiB/view ({t.bytes_per_view / t.float32_native_bytes_per_view:.3f} vs f32 native)"
+            f"  {lay.dtype}  summary {s.get('summary_dim') or '-'}  features {s['feature_dim']} "
+            f"@ {grid}  stats {'exact' if t.stats.exact else 'sampled'}{'' if t.complete else '  INCOMPLETE'}"
         )
     total = m.views.bytes + sum(t.bytes for t in m.teachers.values())
     per_view = sum(t.bytes_per_view for t in m.teachers.values())
     lines.append(
-        f"bytes      {total / 1e6:.2f} MB (views {m.views.bytes / 1e6:.2f} MB; targets {per_view / 1e6:.3f} MB per view)"
+        f"bytes      {total / 1e6:.2f} MB (views {m.views.bytes / 1e6:.2f} MB; targets {per_view / 1e6:.3f} "
+        "MB per view)"
     )
     for s in m.skipped[:10]:
         lines.append(f"  skipped {s.image_id}: {s.reason}")
@@ -103,10 +108,16 @@ def verify_cache(
     file and merge the statistics again from every commit record. Files found damaged are not recomputed.
     Prints what it read (bytes, against the cache's). Returns True when everything matches.
     """
-    from radio.cache import MomentsMerger, RecordError, commit_path, open_checked, read_merged_moments, read_record
-    from radio.cache.state import _per_channel
-
-    from radio.cache import ManifestDamaged
+    from radio.cache import (
+        ManifestDamaged,
+        MomentsMerger,
+        RecordError,
+        commit_path,
+        open_checked,
+        read_merged_moments,
+        read_record,
+    )
+    from radio.cache.state import teacher_stats
 
     out = out or sys.stdout
     try:
@@ -144,11 +155,12 @@ def verify_cache(
             problems.append(f"{rel_dir}/{extra}: on storage but not in the manifest (rerun radio cache to record it)")
     for t in sorted(set(loc.list_dirs("teachers")) - set(m.teachers)):
         problems.append(
-            f"teachers/{t}: on storage but not in the manifest (rerun radio cache to record it, or `radio cache drop {uri} {t}`)"
+            f"teachers/{t}: on storage but not in the manifest (rerun radio cache to record it, or `radio "
+            f"cache drop {uri} {t}`)"
         )
     # 2. footers, commit headers and keys of every file not already found damaged
     keys_by_unit = {}
-    for rel_dir, t, shards in tables:
+    for _rel_dir, t, shards in tables:
         e = m.teachers.get(t) if t else None
         for sh in shards:
             if sh.path in missing:
@@ -180,7 +192,7 @@ def verify_cache(
                 for g in range(pf.num_row_groups)
                 for c in range(2)
             )
-            k = list(zip(keys.column("image_id").to_pylist(), keys.column("view_index").to_pylist()))
+            k = list(zip(keys.column("image_id").to_pylist(), keys.column("view_index").to_pylist(), strict=True))
             if t is None:
                 if len(set(k)) != len(k):
                     bad(sh.path, "duplicate keys")
@@ -192,7 +204,8 @@ def verify_cache(
             f"manifest.json: marked complete with {m.units} units, but lists {len(m.views.shards)} views shards and "
             + ", ".join(f"{len(t.shards)} for {n}" for n, t in m.teachers.items())
         )
-    # 3. merged statistics: the file's checksum, the manifest's per-channel values, and (full) a merge again from every record
+    # 3. merged statistics: the file's checksum, the manifest's per-channel values, and (full) a merge again from every
+    # record
     for name, e in m.teachers.items():
         if e.moments is None:
             problems.append(f"manifest.json: no merged statistics for teacher {name!r}")
@@ -203,24 +216,25 @@ def verify_cache(
         except (CacheError, OSError, RecordError) as err:
             problems.append(str(err).split(". Rerun")[0])
             continue
-        if stats_differ(TeacherStats(_per_channel(f), _per_channel(s)), e.stats):
+        if stats_differ(teacher_stats(f, s), e.stats):
             problems.append(
-                f"manifest.json: the statistics of teacher {name!r} differ from its merged statistics file {e.moments.path}"
+                f"manifest.json: the statistics of teacher {name!r} differ from its merged "
+                f"statistics file {e.moments.path}"
             )
         if full and not any(sh.path in damaged for sh in e.shards):
             merger = MomentsMerger(loc, name, m.units, {sh.unit for sh in e.shards})
             f2, s2 = merger.finish()
             read["bytes"] += sum(loc.size(commit_path(sh.path)) for sh in e.shards)
-            if stats_differ(
-                TeacherStats(_per_channel(f2), _per_channel(s2)), TeacherStats(_per_channel(f), _per_channel(s))
-            ) or not np.allclose(f2.cov, f.cov, rtol=1e-9, atol=1e-12):
+            if stats_differ(teacher_stats(f2, s2), teacher_stats(f, s)) or not np.allclose(
+                f2.cov, f.cov, rtol=1e-9, atol=1e-12
+            ):
                 problems.append(
                     f"{e.moments.path}: differs from the merge of its teacher's {len(e.shards)} commit records"
                 )
     # 4. checksums: every file (full) or every file of the sampled units
     units = sorted(keys_by_unit)
     picks = units if full else sorted(random.Random(seed).sample(units, min(sample, len(units))))
-    for rel_dir, t, shards in tables:
+    for _rel_dir, _t, shards in tables:
         by_unit = {sh.unit: sh for sh in shards}
         for u in picks:
             sh = by_unit.get(u)
@@ -231,7 +245,9 @@ def verify_cache(
                 bad(sh.path, "checksum differs from the one recorded when it was written")
     n_files = sum(len(sh) for _, _, sh in tables)
     print(
-        f"checked {n_files} files (listing, footers, commit records, keys; checksums of {'all' if full else f'{len(picks)} sampled unit(s)'}): {'OK' if not problems else f'{len(problems)} problem(s)'}",
+        f"checked {n_files} files (listing, footers, commit records, keys; checksums "
+        f"of {'all' if full else f'{len(picks)} sampled unit(s)'}): "
+        f"{'OK' if not problems else f'{len(problems)} problem(s)'}",
         file=out,
     )
     if sample > 0 and keys_by_unit:
@@ -246,7 +262,8 @@ def verify_cache(
         if rows:
             problems.extend(_recompute(loc, m, intact, rows, atol, min_cos, out, read))
     print(
-        f"read {read['bytes'] / 1e6:.2f} MB of the cache's {total / 1e6:.2f} MB ({100 * read['bytes'] / max(1, total):.2f} %)",
+        f"read {read['bytes'] / 1e6:.2f} MB of the cache's {total / 1e6:.2f} "
+        f"MB ({100 * read['bytes'] / max(1, total):.2f} %)",
         file=out,
     )
     for p in problems:
@@ -289,7 +306,8 @@ def _recompute(loc, m: Manifest, keys_by_unit, picks, atol, min_cos, out, read) 
     source = open_source(src_cfg)
     if source.fingerprint != m.identity.source_fingerprint:
         return [
-            f"source {src_cfg.kind}:{src_cfg.path} has changed since the cache was built (fingerprint {source.fingerprint} != {m.identity.source_fingerprint}); cannot recompute"
+            f"source {src_cfg.kind}:{src_cfg.path} has changed since the cache was built (fingerprint "
+            f"{source.fingerprint} != {m.identity.source_fingerprint}); cannot recompute"
         ]
     ips = m.identity.images_per_shard
     policy = ViewPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.views.policy.items()})
@@ -302,7 +320,8 @@ def _recompute(loc, m: Manifest, keys_by_unit, picks, atol, min_cos, out, read) 
         )
         if teachers[name].spec.fingerprint != tinfo.fingerprint:
             problems.append(
-                f"teacher {name}: the weights at {spec['source']} now have fingerprint {teachers[name].spec.fingerprint}, the cache holds {tinfo.fingerprint}"
+                f"teacher {name}: the weights at {spec['source']} now have fingerprint "
+                f"{teachers[name].spec.fingerprint}, the cache holds {tinfo.fingerprint}"
             )
     worst = {}
     for u, i in picks:
@@ -363,8 +382,8 @@ def _recompute(loc, m: Manifest, keys_by_unit, picks, atol, min_cos, out, read) 
                 worst[key] = (max(w[0], diff), min(w[1], cos), bound, layout.dtype)
                 if cos < bound or (atol is not None and diff > atol):
                     problems.append(
-                        f"{image_id} view {view_index} {key}: worst cosine {cos:.6f} (bound {bound}), max abs diff {diff:.4g}"
-                        + (f" (limit {atol})" if atol is not None else "")
+                        f"{image_id} view {view_index} {key}: worst cosine {cos:.6f} (bound {bound}), "
+                        f"max abs diff {diff:.4g}" + (f" (limit {atol})" if atol is not None else "")
                     )
     print(
         f"recomputed {len(picks)} rows (worst cosine over rows and grid positions, against float32 recomputation):",
@@ -410,7 +429,8 @@ def main(argv: list[str]) -> int:
         "--sample",
         type=int,
         default=8,
-        help="units drawn (seeded): every file of them checksummed, one row of each recomputed with the teachers (0: structure only)",
+        help="units drawn (seeded): every file of them checksummed, one row of each recomputed "
+        "with the teachers (0: structure only)",
     )
     v.add_argument(
         "--full",
@@ -424,7 +444,8 @@ def main(argv: list[str]) -> int:
         "--min-cos",
         type=float,
         default=None,
-        help="smallest allowed cosine per grid position / summary (default: 0.999 for float16 and float32 targets, 0.995 for int8)",
+        help="smallest allowed cosine per grid position / summary (default: 0.999 for float16 and float32 "
+        "targets, 0.995 for int8)",
     )
     v.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("drop", help="remove one teacher's targets")

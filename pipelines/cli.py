@@ -57,7 +57,8 @@ def _infer_job(config: str, jobs: dict) -> str:
     if len(fits) == 1:
         return fits[0]
     raise ConfigError(
-        f"cannot tell which job {config} configures; name the file cache*.yaml, train*.yaml, eval*.yaml or quickstart*.yaml, or pass the job name ({', '.join(jobs)})"
+        f"cannot tell which job {config} configures; name the file cache*.yaml, train*.yaml, eval*.yaml "
+        f"or quickstart*.yaml, or pass the job name ({', '.join(jobs)})"
     )
 
 
@@ -98,12 +99,13 @@ def cmd_teachers(ns) -> int:
         )
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for j, r in enumerate(rows):
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
         if j == 0:
             print("  ".join("-" * w for w in widths))
     if not ns.fingerprints:
         print(
-            "\n'-': `radio teachers --fingerprints` loads each real teacher (hub id or local cache) to hash its weights."
+            "\n'-': `radio teachers --fingerprints` loads each real teacher (hub id or local cache) to "
+            "hash its weights."
         )
     return 0
 
@@ -198,17 +200,15 @@ def cmd_sync(ns) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input, printed as one clear message instead of a traceback."""
     from radio.cache import CacheError
-    from teachers import TeacherLoadError, UnknownTeacher  # noqa: I001
-
     from radio.checkpoint import CheckpointError
+    from radio.export import OnnxExportError
+    from teachers import TeacherLoadError, UnknownTeacher
 
     from .cache import RayUnavailable
-    from .config import DiskFull
     from .compare import CompareError
+    from .config import DiskFull
     from .sources import SourceError
     from .tracking import TrackingUnavailable
-    from radio.export import OnnxExportError
-
     from .train import TrainingDiverged
 
     return (
@@ -230,7 +230,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="radio",
-        description="Build agglomerative vision models: cache frozen teachers (Ray), distill students (Accelerate), compare them (MLflow).",
+        description="Build agglomerative vision models: cache frozen teachers (Ray), distill students (Accelerate), "
+        "compare them (MLflow).",
         epilog="--verbose (anywhere on the line) shows Ray's and MLflow's informational output.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -246,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sub.add_parser(
         "cache",
         help="build a teacher cache: radio cache [CONFIG] [key=value ...]; radio cache info|verify|drop CACHE",
-        description="radio cache [CONFIG] [key=value ...] builds or completes a cache. radio cache info CACHE, radio cache verify CACHE [--sample N], radio cache drop CACHE TEACHER inspect and edit one.",
+        description="radio cache [CONFIG] [key=value ...] builds or completes a cache. radio cache info CACHE, "
+        "radio cache verify CACHE [--sample N], radio cache drop CACHE TEACHER inspect and edit one.",
     )
     cache.add_argument("args", nargs=argparse.REMAINDER)
     cache.set_defaults(func=cmd_cache)
@@ -276,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     sy = sub.add_parser(
         "sync",
         help="send the MLflow records a run kept while its tracking server did not answer",
-        description=f"radio sync OUTPUT sends OUTPUT/{'mlflow-pending.jsonl'} (written when the tracking store stopped answering mid-run) to the store, in order; what cannot be sent stays for the next try.",
+        description=f"radio sync OUTPUT sends OUTPUT/{'mlflow-pending.jsonl'} (written when the tracking "
+        "store stopped answering mid-run) to the store, in order; what cannot be sent stays for the next try.",
     )
     sy.add_argument("path", help="a training output directory (or its pending file)")
     sy.add_argument("--tracking-uri", help="send to this store instead of the one each record names")
@@ -345,13 +348,15 @@ def main(argv: list[str] | None = None) -> int:
         full = disk_full(e)
         if full is not None:
             print(
-                f"radio: error: no space left on device ({full}). Work finished before this point is kept; free space and rerun the same command",
+                f"radio: error: no space left on device ({full}). Work finished before this point is kept; "
+                "free space and rerun the same command",
                 file=sys.stderr,
             )
             return 2
         if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EISDIR):
             print(
-                f"radio: error: cannot write {e.filename or ''}: {e.strerror}. Choose another destination or fix its permissions",
+                f"radio: error: cannot write {e.filename or ''}: {e.strerror}. Choose another destination "
+                "or fix its permissions",
                 file=sys.stderr,
             )
             return 2

@@ -86,9 +86,12 @@ def _fmt(v) -> str:
 
 
 def _lines(head: list[str], body: list[list[str]]) -> list[str]:
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-    return lines + ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in body]
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
+    return lines + ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in body]
 
 
 def _short(text: str, n: int) -> str:
@@ -223,7 +226,8 @@ def save_compare_view(
         )
     except Exception as e:  # a read-only or unreachable store: the plain compare page still works
         print(
-            f"radio compare: could not save the comparison view in {uri} ({type(e).__name__}: {str(e)[:200]}); linking MLflow's compare page instead",
+            f"radio compare: could not save the comparison view in {uri} ({type(e).__name__}: "
+            f"{str(e)[:200]}); linking MLflow's compare page instead",
             file=sys.stderr,
         )
         return None
@@ -301,7 +305,8 @@ def main(argv: list[str]) -> int:
     cmd, url, table_url, view = compare_links(uri, exp_id, rows, every, sort)
     print(f"\n{len(rows)} student run(s) in experiment {ns.experiment!r}, sorted by {sort}.")
     print(
-        f"Open the comparison in MLflow (the headline eval metrics as charts on the first screen, sorted by {sort}):\n  {cmd}\n  then browse {url}\n"
+        "Open the comparison in MLflow (the headline eval metrics as charts on the first screen, "
+        f"sorted by {sort}):\n  {cmd}\n  then browse {url}\n"
         f"  every parameter and metric in one table: {table_url}"
     )
     if ns.screenshot:
@@ -317,7 +322,8 @@ def main(argv: list[str]) -> int:
             print(f"screenshot of the comparison's first screen: {png}")
         else:
             print(
-                f"radio compare: the page did not show the headline charts within 120 s; the screenshot {png} is what it showed",
+                f"radio compare: the page did not show the headline charts within 120 s; the screenshot {png} "
+                "is what it showed",
                 file=sys.stderr,
             )
     return 0

@@ -128,7 +128,7 @@ def _is_optional(tp) -> tuple[bool, Any]:
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if len(args) < len(get_args(tp)):
-            return True, (args[0] if len(args) == 1 else Union[tuple(args)])
+            return True, (args[0] if len(args) == 1 else Union[tuple(args)])  # noqa: UP007 (built at run time from a tuple)
     return False, tp
 
 
@@ -202,7 +202,9 @@ def _coerce(value: Any, tp, path: str, origins: str | dict) -> Any:
         if origin_tp is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise bad(f"a list of {len(args)} items")
-            return tuple(_coerce(v, a, f"{path}[{i}]", origins) for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(
+                _coerce(v, a, f"{path}[{i}]", origins) for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
         item_tp = args[0] if args else Any
         items = [_coerce(v, item_tp, f"{path}[{i}]", origins) for i, v in enumerate(value)]
         return tuple(items) if origin_tp is tuple else items

@@ -5,7 +5,7 @@
 - ``eval/knn_top1`` (cosine, k=20) and ``eval/linear_top1`` on the student's summary, with the same
   protocol on each teacher's own summary as reference (``eval/teacher/<t>/knn_top1``);
 - ``eval/dense_miou``: a dense linear probe (semantic segmentation, mIoU at pixel resolution) on the student's
-  patch features, trained and tested on the built-in scenes (``radio.samples.load_scene_index``: images made of
+  patch features, trained and tested on the built-in scenes (``pipelines.samples.load_scene_index``: images made of
   regions of the sample classes, with per-pixel masks);
 - ``eval/<t>/zeroshot_top1``: zero-shot classification through the adaptor of each language-aligned teacher
   (CLIP, SigLIP) against that teacher's text embeddings of the class names (``zero_shot_templates``), with the
@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from radio.cache import CacheReader, decode_features, decode_summary
-from radio.targets import resample_targets
-from radio.model import load_student
 from radio.metrics import dense_probe_miou, knn_top1, linear_probe_top1, masked_cosine, pca_rgb, zero_shot_top1
+from radio.model import load_student
+from radio.targets import resample_targets
 from radio.views import derive_resolution
 
-from .config import ConfigError, check_output_dir, load_config, require
 from .compare import metric_order
+from .config import ConfigError, check_output_dir, load_config, require
 from .tracking import PENDING, MlflowConfig, NullRun, cache_dataset, log_cache_input, start_run, tracking_uri
 
 __all__ = ["EvalJobConfig", "evaluate", "main"]
@@ -141,7 +141,7 @@ def _scene_features(model, split: str, size: int, batch_size: int) -> tuple[torc
     each scene resized to ``size`` (PIL bicubic; masks nearest)."""
     from PIL import Image
 
-    from radio.samples import load_scene_index
+    from pipelines.samples import load_scene_index
 
     recs = load_scene_index(split)
     imgs = np.stack(
@@ -156,7 +156,7 @@ def _scene_features(model, split: str, size: int, batch_size: int) -> tuple[torc
 def dense_miou(model, size: int, batch_size: int = 64, epochs: int = 200) -> float:
     """The dense linear probe at ``size`` px: mIoU of a linear head on the student's patch features, trained on
     the scenes' train split, tested on their val split."""
-    from radio.samples import CLASSES
+    from pipelines.samples import CLASSES
 
     tr_f, tr_m = _scene_features(model, "train", size, batch_size)
     te_f, te_m = _scene_features(model, "val", size, batch_size)
@@ -212,7 +212,7 @@ def _titled_row(tiles: list[np.ndarray], titles: list[str]) -> np.ndarray:
     bar, gap = 16, 4
     canvas = Image.new("RGB", (len(tiles) * (PANEL + gap) - gap, PANEL + bar), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    for j, (tile, title) in enumerate(zip(tiles, titles)):
+    for j, (tile, title) in enumerate(zip(tiles, titles, strict=True)):
         x = j * (PANEL + gap)
         canvas.paste(Image.fromarray(tile).resize((PANEL, PANEL), Image.Resampling.NEAREST), (x, bar))
         draw.text((x + 2, 2), title[:30], fill=(0, 0, 0))
@@ -286,7 +286,8 @@ def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
     bad = [r for r in cfg.resolutions if r % step]
     if bad:
         raise ConfigError(
-            f"'resolutions' {cfg.resolutions}: {bad} not multiples of this student's min_resolution_step {step} (its patch size); nearest: {[max(step, round(r / step) * step) for r in bad]}"
+            f"'resolutions' {cfg.resolutions}: {bad} not multiples of this student's min_resolution_step "
+            f"{step} (its patch size); nearest: {[max(step, round(r / step) * step) for r in bad]}"
         )
     val = CacheReader(cfg.val_cache, teachers)
     train = CacheReader(cfg.train_cache, teachers)
@@ -294,7 +295,8 @@ def evaluate(cfg: EvalJobConfig) -> dict[str, float]:
         for t in teachers:
             if reader.fingerprints[t] != model.fingerprints.get(t):
                 print(
-                    f"[radio eval] warning: {name} holds {t} with fingerprint {reader.fingerprints[t]}, the student was trained on {model.fingerprints.get(t)}",
+                    f"[radio eval] warning: {name} holds {t} with fingerprint {reader.fingerprints[t]}, "
+                    f"the student was trained on {model.fingerprints.get(t)}",
                     file=sys.stderr,
                 )
     q = _embed(model, val, teachers, cfg.batch_size, view0_only=True)
@@ -378,7 +380,10 @@ def describe_eval(metrics: dict[str, float]) -> str:
     )
     fid = sorted(k for k in metrics if k.endswith("_cos"))
     rows = "\n".join(f"| `{k}` | {metrics[k]:.4f} |" for k in head + fid)
-    return f"**radio eval** (higher is better; `radio compare` prints the same names)\n\n| metric | value |\n|---|---|\n{rows}\n"
+    return (
+        "**radio eval** (higher is better; `radio compare` prints the same names)\n\n| "
+        f"metric | value |\n|---|---|\n{rows}\n"
+    )
 
 
 def validate(cfg: EvalJobConfig):

@@ -56,7 +56,11 @@ class OnlineTeachers:
             self.teachers[name] = t
             if max(t.spec.input_size) > student_resolution:
                 print(
-                    f"[radio train] warning: online teacher {name} takes {t.spec.input_size[0]}x{t.spec.input_size[1]} inputs but sees the stored {student_resolution}px student views, upsampled: its targets will be blurrier than cached ones (a cached teacher sees the full-resolution crop). Cache it instead if that matters.",
+                    f"[radio train] warning: online teacher {name} "
+                    f"takes {t.spec.input_size[0]}x{t.spec.input_size[1]} inputs but sees the "
+                    f"stored {student_resolution}px student views, upsampled: its targets will be "
+                    "blurrier than cached ones (a cached teacher sees the full-resolution "
+                    "crop). Cache it instead if that matters.",
                     file=sys.stderr,
                 )
         self.configs = configs

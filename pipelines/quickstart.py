@@ -117,7 +117,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     caches = {}
     for split, views in (("train", cfg.num_views), ("val", 1)):
         _step(
-            f"radio cache: {split} split of the built-in samples, {views} view(s) per image, teachers {', '.join(cfg.teachers)}"
+            f"radio cache: {split} split of the built-in samples, {views} view(s) per image, teachers "
+            f"{', '.join(cfg.teachers)}"
         )
         cache_cfg = load_config(
             CacheJobConfig,
@@ -145,8 +146,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         res = _resolutions(cfg) if v.multires else [cfg.student_resolution]
         at = f"at {' and '.join(f'{r}px' for r in res)} in turn" if len(res) > 1 else f"at {res[0]}px"
         _step(
-            f"radio train: student {name} ({v.size}, depth {v.depth or 'preset'}, dim {v.dim or 'preset'}) for {v.epochs} epochs {at}"
-            + (" (resuming)" if resume else "")
+            f"radio train: student {name} ({v.size}, depth {v.depth or 'preset'}, dim {v.dim or 'preset'}) "
+            f"for {v.epochs} epochs {at}" + (" (resuming)" if resume else "")
         )
         overrides = [
             f"cache={caches['train']}",
@@ -205,7 +206,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     print(f"(every metric: radio compare --experiment {cfg.experiment})")
     cmd, url, table_url, _ = compare_links(tracking_uri(MlflowConfig()), exp_id, rows, columns)
     print(
-        f"\nquickstart finished in {time.perf_counter() - t0:.0f}s. See both students side by side in MLflow:\n  {cmd}\n  then open {url}\n"
+        f"\nquickstart finished in {time.perf_counter() - t0:.0f}s. See both students side "
+        f"by side in MLflow:\n  {cmd}\n  then open {url}\n"
         f"  (every parameter and metric in one table: {table_url})"
     )
     print(f"Pictures (PCA of features, student vs teachers): {work / 'runs'}/*/student/eval/")
@@ -218,7 +220,8 @@ def main(argv: list[str]) -> int:
     cfg = job_config(
         argv,
         QuickstartConfig,
-        "usage: radio quickstart [CONFIG] [key=value ...]\n\nRuns cache -> train x2 -> eval -> compare on built-in samples with tiny teachers. Keys: `radio config show quickstart`.",
+        "usage: radio quickstart [CONFIG] [key=value ...]\n\nRuns cache -> train x2 -> eval -> "
+        "compare on built-in samples with tiny teachers. Keys: `radio config show quickstart`.",
         validate,
     )
     if cfg is None:

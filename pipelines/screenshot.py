@@ -35,7 +35,8 @@ _PROBE_JS = r"""
   for (const t of texts) {
     out.texts[t] = els.filter(e => own(e) === t).map(e => {
       let box = e;
-      while (together.length && box.parentElement && !together.every(s => box.innerText && box.innerText.includes(s))) box = box.parentElement;
+      const holds = (b) => together.every(s => b.innerText && b.innerText.includes(s));
+      while (together.length && box.parentElement && !holds(box)) box = box.parentElement;
       const hit = {rect: rect(e)};
       if (together.length && box !== document.body) { hit.box = rect(box); hit.box_text = box.innerText; }
       return hit;
@@ -98,7 +99,8 @@ class serve_mlflow_ui:
                 if self.proc.poll() is not None or time.time() > deadline:
                     self.__exit__()
                     raise RuntimeError(
-                        f"mlflow ui did not start on 127.0.0.1:{self.port} within {self.wait_s:.0f}s: {self._log_tail()}"
+                        f"mlflow ui did not start on 127.0.0.1:{self.port} within {self.wait_s:.0f}s: "
+                        f"{self._log_tail()}"
                     ) from None
                 time.sleep(0.5)
 
@@ -126,7 +128,8 @@ async def _drive(
                 raw = await ws.receive()
                 if raw.type != aiohttp.WSMsgType.TEXT:  # closed, closing or an error: the browser went away
                     raise RuntimeError(
-                        f"chromium closed its DevTools connection during {method} ({raw.type.name}); it may have crashed"
+                        f"chromium closed its DevTools connection during {method} ({raw.type.name}); "
+                        "it may have crashed"
                     )
                 msg = json.loads(raw.data)
                 if msg.get("id") == i:
@@ -210,9 +213,8 @@ def open_page(
             port_file, deadline = Path(profile) / "DevToolsActivePort", time.time() + 60
             while not (port_file.exists() and port_file.read_text().strip()):
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(
-                        f"chromium did not open its DevTools port: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else 'timed out after 60s'}"
-                    )
+                    why = proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timed out after 60s"
+                    raise RuntimeError(f"chromium did not open its DevTools port: {why}")
                 time.sleep(0.2)
             port = int(port_file.read_text().split()[0])
             pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())

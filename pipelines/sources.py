@@ -70,7 +70,7 @@ class PackedStrings:
         self.blob, self.offsets = blob, offsets
 
     @classmethod
-    def of(cls, strings) -> "PackedStrings":
+    def of(cls, strings) -> PackedStrings:
         parts = [x.encode("utf-8", "surrogateescape") for x in strings]
         offsets = np.zeros(len(parts) + 1, np.int64)
         np.cumsum([len(b) for b in parts], out=offsets[1:])
@@ -82,7 +82,7 @@ class PackedStrings:
     def __getitem__(self, i: int) -> str:
         return self.blob[self.offsets[i] : self.offsets[i + 1]].decode("utf-8", "surrogateescape")
 
-    def slice(self, a: int, b: int) -> "PackedStrings":
+    def slice(self, a: int, b: int) -> PackedStrings:
         b = min(b, len(self))
         lo, hi = int(self.offsets[a]), int(self.offsets[b])
         return PackedStrings(self.blob[lo:hi], self.offsets[a : b + 1] - lo)
@@ -149,7 +149,7 @@ class Source:
         """Every record as an object (for a part or a small source; the job itself never builds this list)."""
         return [self.record(i) for i in range(len(self))]
 
-    def part(self, a: int, b: int) -> "Source":
+    def part(self, a: int, b: int) -> Source:
         """Records ``a..b-1`` only, with what is needed to read them (the excluded list stays with the driver)."""
         b = min(b, len(self))
         p = Source(
@@ -353,7 +353,8 @@ def _load_hf(cfg: SourceConfig):
 
     if not cfg.path:
         raise SourceError(
-            "source.path is required for source.kind=hf (a hub id, a save_to_disk directory, or files for source.builder)"
+            "source.path is required for source.kind=hf (a hub id, a save_to_disk directory, or files "
+            "for source.builder)"
         )
     try:
         if cfg.builder:
@@ -372,11 +373,13 @@ def _load_hf(cfg: SourceConfig):
         raise
     except Exception as e:
         raise SourceError(
-            f"cannot open Hugging Face data set {cfg.path!r} (split {cfg.split!r}, builder {cfg.builder!r}): {type(e).__name__}: {e}"
+            f"cannot open Hugging Face data set {cfg.path!r} (split {cfg.split!r}, builder {cfg.builder!r}): "
+            f"{type(e).__name__}: {e}"
         ) from None
     if cfg.image_column not in ds.column_names:
         raise SourceError(
-            f"data set {cfg.path!r} has no column {cfg.image_column!r} (source.image_column); columns: {ds.column_names}"
+            f"data set {cfg.path!r} has no column {cfg.image_column!r} (source.image_column); "
+            f"columns: {ds.column_names}"
         )
     if cfg.limit is not None:
         ds = ds.select(range(min(cfg.limit, len(ds))))
@@ -387,7 +390,7 @@ def _load_hf(cfg: SourceConfig):
 def open_source(cfg: SourceConfig) -> Source:
     """Enumerate the configured source. Raises SourceError naming the input and the fix."""
     if cfg.kind == "samples":
-        from radio.samples import load_sample_index, sample_classes
+        from pipelines.samples import load_sample_index, sample_classes
 
         split = None if cfg.split in ("all", None) else cfg.split
         if split not in (None, "train", "val"):
@@ -436,7 +439,9 @@ def open_source(cfg: SourceConfig) -> Source:
             else:
                 kinds = sorted({type(v).__name__ for v in values})
                 raise SourceError(
-                    f"source.label_column {label_col!r} of {cfg.path!r} holds {kinds} values; labels must be class names (strings), integers or a ClassLabel. Set source.label_column to another column, or null for no labels"
+                    f"source.label_column {label_col!r} of {cfg.path!r} holds {kinds} values; "
+                    "labels must be class names (strings), integers or a ClassLabel. Set source.label_column "
+                    "to another column, or null for no labels"
                 )
         if cfg.id_column and cfg.id_column not in ds.column_names:
             raise SourceError(

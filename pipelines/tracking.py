@@ -61,7 +61,8 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0):
                 raise TrackingUnavailable(f"MLflow tracking server {uri} answered {r.status} on /health")
     except (urllib.error.URLError, OSError) as e:
         raise TrackingUnavailable(
-            f"MLflow tracking server {uri} is unreachable ({e}). Start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix MLFLOW_TRACKING_URI, or run with mlflow.enabled=false."
+            f"MLflow tracking server {uri} is unreachable ({e}). Start it (e.g. `mlflow server --host "
+            "127.0.0.1 --port 5000`), fix MLFLOW_TRACKING_URI, or run with mlflow.enabled=false."
         ) from None
 
 
@@ -134,13 +135,15 @@ class Run:
                 return
             self.offline = True
         where = (
-            f"kept in {self.pending}; send them with `radio sync {self.pending.parent}` (a resumed `radio train` also does)"
+            f"kept in {self.pending}; send them with `radio sync {self.pending.parent}` "
+            "(a resumed `radio train` also does)"
             if self.pending
             else "not kept (this job keeps no pending file)"
         )
         first = str(e).splitlines()[0][:300] if str(e) else ""
         print(
-            f"[radio] MLflow at {self.client.tracking_uri} stopped answering ({type(e).__name__}: {first}); the job goes on. This run's records from now on are {where}.",
+            f"[radio] MLflow at {self.client.tracking_uri} stopped answering ({type(e).__name__}: "
+            f"{first}); the job goes on. This run's records from now on are {where}.",
             file=sys.stderr,
             flush=True,
         )
@@ -286,7 +289,8 @@ class Run:
         self._do({"op": "terminated", "status": status}, lambda: self.client.set_terminated(self.run_id, status=status))
         if self.kept:
             print(
-                f"[radio] {self.kept} MLflow record(s) of run {self.run_id} kept in {self.pending}: send them with `radio sync {self.pending.parent}`",
+                f"[radio] {self.kept} MLflow record(s) of run {self.run_id} kept in {self.pending}: send "
+                f"them with `radio sync {self.pending.parent}`",
                 file=sys.stderr,
                 flush=True,
             )
@@ -425,7 +429,8 @@ def replay_pending(path: str | os.PathLike, tracking_uri: str | None = None) -> 
         p = p / PENDING
     if not p.is_file():
         raise FileNotFoundError(
-            f"{p}: no pending MLflow records here (a run writes {PENDING} beside its outputs only when the tracking store stopped answering)"
+            f"{p}: no pending MLflow records here (a run writes {PENDING} beside its outputs only when "
+            "the tracking store stopped answering)"
         )
     entries = []
     for n, line in enumerate(p.read_text().splitlines(), 1):
@@ -447,7 +452,9 @@ def replay_pending(path: str | os.PathLike, tracking_uri: str | None = None) -> 
             tmp.write_text("".join(json.dumps(x) + "\n" for x in entries[i:]))
             os.replace(tmp, p)
             raise TrackingUnavailable(
-                f"{i} of {len(entries)} MLflow records sent to {uri}; the other {len(entries) - i} stay in {p} ({type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}). Run `radio sync` again once the store answers"
+                f"{i} of {len(entries)} MLflow records sent to {uri}; the other {len(entries) - i} stay "
+                f"in {p} ({type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}). "
+                "Run `radio sync` again once the store answers"
             ) from None
     p.unlink()
     return len(entries)
@@ -517,7 +524,8 @@ def tracking_uri(cfg: MlflowConfig) -> str:
         import mlflow
     except ImportError:
         raise TrackingUnavailable(
-            f"MLflow is not installed here{f' (tracking store {uri})' if uri else ''}: pip install mlflow, or run with mlflow.enabled=false"
+            f"MLflow is not installed here{f' (tracking store {uri})' if uri else ''}: pip install mlflow, "
+            "or run with mlflow.enabled=false"
         ) from None
     return uri or mlflow.get_tracking_uri()
 

@@ -24,20 +24,20 @@ import torch
 from radio.adapters import AdapterConfig
 from radio.cache import CacheReader, decode_features, decode_summary
 from radio.checkpoint import CheckpointError, save_student
-from radio.model import DistillModel
 from radio.data import CacheStream, LoaderConfig, ResolutionSchedule, ThreadPrefetcher, make_loader, resolve_workers
 from radio.losses import LossConfig, distill_loss
+from radio.model import DistillModel
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
 
 from .config import (
     ConfigError,
     DiskFull,
-    nearest_hint,
     check_output_dir,
     config_to_yaml,
     disk_full,
     flatten_config,
+    nearest_hint,
     require,
 )
 from .online import OnlineTeacherConfig, OnlineTeachers
@@ -154,7 +154,7 @@ def _select(batch: dict, keep: torch.Tensor) -> dict:
         if isinstance(v, torch.Tensor):
             return v[keep]
         return (
-            [x for x, m in zip(v, keep.tolist()) if m] if isinstance(v, list) else v
+            [x for x, m in zip(v, keep.tolist(), strict=True) if m] if isinstance(v, list) else v
         )  # a batch-wide value (resolution)
 
     return {k: pick(v) for k, v in batch.items()}
@@ -185,12 +185,17 @@ class Trainer:
         if res % ps:
             fits = [p for p in range(2, min(res, 32) + 1) if res % p == 0]
             raise ConfigError(
-                f"'student.patch_size' {ps} does not divide the {res}px views cache {cfg.cache} stores: the student's grid must be whole. Choose a patch size dividing {res} (e.g. {fits[-3:]}) or a cache built with a student_resolution that is a multiple of {ps}"
+                f"'student.patch_size' {ps} does not divide the {res}px views cache {cfg.cache} stores: "
+                f"the student's grid must be whole. Choose a patch size dividing {res} (e.g. {fits[-3:]}) or "
+                f"a cache built with a student_resolution that is a multiple of {ps}"
             )
         rows = reader.manifest.views.rows // max(1, self.acc.num_processes)
         if cfg.loader.batch_size > rows:
             raise ConfigError(
-                f"'loader.batch_size' {cfg.loader.batch_size} is larger than the {rows} views each of the {self.acc.num_processes} process(es) reads per epoch from cache {cfg.cache}: every step would be one partial batch. Use loader.batch_size <= {rows}, or cache more images"
+                f"'loader.batch_size' {cfg.loader.batch_size} is larger than the {rows} "
+                f"views each of the {self.acc.num_processes} process(es) reads per "
+                f"epoch from cache {cfg.cache}: every step would be one partial batch. Use "
+                f"loader.batch_size <= {rows}, or cache more images"
             )
         grid = (res // cfg.student.patch_size, res // cfg.student.patch_size)
         grids = dict(reader.grids)
@@ -235,7 +240,10 @@ class Trainer:
         above = [r for r in cfg.resolution.resolutions if r > res]
         if above:
             raise ConfigError(
-                f"'resolution.resolutions' {cfg.resolution.resolutions}: {above} above the {res}px views cache {cfg.cache} stores. Views are stored at the highest resolution a run trains at: build a cache with student_resolution={max(above)} (and lower_resolutions=[...] for the others)"
+                f"'resolution.resolutions' {cfg.resolution.resolutions}: {above} above the {res}px "
+                f"views cache {cfg.cache} stores. Views are stored at the highest resolution "
+                f"a run trains at: build a cache with student_resolution={max(above)} "
+                "(and lower_resolutions=[...] for the others)"
             )
         self.stream = CacheStream(
             cfg.cache,
@@ -307,7 +315,8 @@ class Trainer:
                 else "no checkpoint was complete yet"
             )
             raise DiskFull(
-                f"no space left writing checkpoint {d} ({full}): the partial checkpoint was removed and {kept}. Free space under {self.out} and resume with resume=true"
+                f"no space left writing checkpoint {d} ({full}): the partial checkpoint "
+                f"was removed and {kept}. Free space under {self.out} and resume with resume=true"
             ) from None
         if self.acc.is_main_process:
             self.state.last_good = str(d)
@@ -382,13 +391,15 @@ class Trainer:
             return {}
         keys = list(self._sums)
         values = (torch.stack([self._sums[k].float() for k in keys]) / self._count).tolist()
-        out = dict(zip(keys, values))
+        out = dict(zip(keys, values, strict=True))
         first, last = self._since + 1, self.state.step
         self._sums, self._count, self._since = {}, 0, self.state.step
         if not math.isfinite(out["loss"]):
             steps = f"step {last}" if first >= last else f"steps {first}-{last}"
             raise TrainingDiverged(
-                f"loss is {out['loss']} in {steps} (losses are read every log_every={self.cfg.log_every} steps): stopping. The last good checkpoint is {self.state.last_good or '(none yet)'}; lower optim.lr or check the cache's statistics."
+                f"loss is {out['loss']} in {steps} (losses are read every log_every={self.cfg.log_every} "
+                f"steps): stopping. The last good checkpoint is {self.state.last_good or '(none yet)'}; "
+                "lower optim.lr or check the cache's statistics."
             )
         return out
 
@@ -423,7 +434,8 @@ class Trainer:
             self._stop = True
             if self.acc.is_main_process:
                 print(
-                    "\n[radio train] Ctrl-C: finishing this step, then writing a checkpoint (Ctrl-C again to stop at once)",
+                    "\n[radio train] Ctrl-C: finishing this step, then writing a checkpoint "
+                    "(Ctrl-C again to stop at once)",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -455,7 +467,9 @@ class Trainer:
                 t_got = time.perf_counter()
                 if cfg.audit_keys:
                     audit += [
-                        (i, int(v)) for i, v, w in zip(batch["image_id"], batch["view_index"], batch["weight"]) if w > 0
+                        (i, int(v))
+                        for i, v, w in zip(batch["image_id"], batch["view_index"], batch["weight"], strict=True)
+                        if w > 0
                     ]
                 wait_s += t_got - t_wait
                 self._accumulate(self.train_step(batch))
@@ -491,7 +505,8 @@ class Trainer:
                         if not checkpoint:
                             self.save_checkpoint()
                         raise TrainingInterrupted(
-                            f"interrupted at step {self.state.step}; checkpoint {self._ckpt_dir(self.state.step)} written"
+                            f"interrupted at step {self.state.step}; checkpoint "
+                            f"{self._ckpt_dir(self.state.step)} written"
                         )
                     if self.state.step >= max_steps:
                         break
@@ -518,7 +533,9 @@ class Trainer:
         rate = (self.state.step - self._step0) / max(1e-9, now - self._t0)
         eta = (max_steps - self.state.step) / rate if rate > 0 else float("nan")
         print(
-            f"[radio train] step {self.state.step}/{max_steps}  epoch {self.state.epoch}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  {metrics['images_per_s']:.0f} img/s  ETA {eta:.0f}s",
+            f"[radio train] step {self.state.step}/{max_steps}  epoch {self.state.epoch} "
+            f" loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  {metrics['images_per_s']:.0f} "
+            f"img/s  ETA {eta:.0f}s",
             file=sys.stderr,
             flush=True,
         )
@@ -533,7 +550,8 @@ class Trainer:
                 if full is None:
                     raise
                 raise DiskFull(
-                    f"no space left exporting the student to {d} ({full}): the final checkpoint {self.state.last_good} is kept. Free space and rerun with resume=true to export it"
+                    f"no space left exporting the student to {d} ({full}): the final checkpoint "
+                    f"{self.state.last_good} is kept. Free space and rerun with resume=true to export it"
                 ) from None
         self.acc.wait_for_everyone()
         return d
@@ -781,7 +799,8 @@ def validate(cfg: TrainJobConfig):
         "standardize",
         cfg.standardize,
         "channel when teachers run online",
-        "PHI-S is fitted to a cache's exact second moments; online teachers have none. Use standardize=channel, or cache those teachers",
+        "PHI-S is fitted to a cache's exact second moments; online teachers "
+        "have none. Use standardize=channel, or cache those teachers",
     )
     check_output_dir(cfg.output)
 
@@ -875,7 +894,8 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
         )
         run = f"; MLflow run {tracker.run_id}" if tracker.run_id else ""
         print(
-            f"[radio train] {'resuming at step ' + str(trainer.state.step) if resumed else 'starting'}: {plan}, {acc.num_processes} process(es) on {acc.device}{run}",
+            f"[radio train] {'resuming at step ' + str(trainer.state.step) if resumed else 'starting'}: "
+            f"{plan}, {acc.num_processes} process(es) on {acc.device}{run}",
             file=sys.stderr,
         )
     try:
@@ -1002,7 +1022,8 @@ def main(argv: list[str]) -> int:
     cfg = job_config(
         argv,
         TrainJobConfig,
-        "usage: radio train [CONFIG] [key=value ...]\n\nDistill a student from a cache. Keys: `radio config show train`.",
+        "usage: radio train [CONFIG] [key=value ...]\n\nDistill a student from a cache. Keys: `radio config "
+        "show train`.",
         validate,
     )
     if cfg is None:

@@ -56,7 +56,8 @@ class AdapterHeads(nn.Module):
             if c.summary_dim:
                 if c.name not in self.summary_index:
                     raise ValueError(
-                        f"teacher {c.name!r} has a summary but no summary token in the student (summary_teachers={summary_teachers})"
+                        f"teacher {c.name!r} has a summary but no summary token in the student "
+                        f"(summary_teachers={summary_teachers})"
                     )
                 self.summary[c.name] = MLPHead(student_dim, c.hidden, c.summary_dim)
             self.features[c.name] = MLPHead(student_dim, c.hidden, c.feature_dim)

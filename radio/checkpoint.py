@@ -95,11 +95,13 @@ def read_student(path: str | Path) -> StudentFiles:
         cfg = json.loads((d / CONFIG).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(
-            f"{d / CONFIG} is not valid JSON ({e}): the student checkpoint is damaged; export it again (radio train ... resume=true re-exports)"
+            f"{d / CONFIG} is not valid JSON ({e}): the student checkpoint is damaged; export it again "
+            "(radio train ... resume=true re-exports)"
         ) from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise CheckpointError(
-            f"{d / CONFIG}: format {cfg.get('format') if isinstance(cfg, dict) else None!r}, this version reads {FORMAT!r}"
+            f"{d / CONFIG}: format {cfg.get('format') if isinstance(cfg, dict) else None!r}, "
+            f"this version reads {FORMAT!r}"
         )
     s = cfg["student"]
     student = StudentConfig(**{**s, "mean": tuple(s["mean"]), "std": tuple(s["std"])})
@@ -108,14 +110,17 @@ def read_student(path: str | Path) -> StudentFiles:
     want = cfg.get("weights_sha256")  # absent in students written before checksums: loaded as they are
     if want is not None and hashlib.sha256(blob).hexdigest() != want:
         raise CheckpointError(
-            f"{d / WEIGHTS} does not match the sha256 recorded in {d / CONFIG} ({len(blob)} bytes): the weights were changed or damaged since export. "
-            "Export the student again (radio train ... resume=true re-exports from the last checkpoint) or load another copy"
+            f"{d / WEIGHTS} does not match the sha256 recorded in {d / CONFIG} ({len(blob)} "
+            "bytes): the weights were changed or damaged since export. "
+            "Export the student again (radio train ... resume=true re-exports from the last checkpoint) or "
+            "load another copy"
         )
     try:
         state = load_bytes(blob)
     except Exception as e:  # truncated or not safetensors at all
         raise CheckpointError(
-            f"{d / WEIGHTS} cannot be read as safetensors ({type(e).__name__}: {e}): the student checkpoint is damaged; export it again"
+            f"{d / WEIGHTS} cannot be read as safetensors ({type(e).__name__}: {e}): the student checkpoint "
+            "is damaged; export it again"
         ) from None
     meta = cfg.get("meta", {})
     if (d / "eval" / "metrics.json").is_file() and "eval" not in meta:  # what `radio eval` measured, for the model card

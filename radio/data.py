@@ -73,20 +73,22 @@ class ResolutionSchedule:
     def __post_init__(self):
         if self.mode == "fixed" and len(self.resolutions) > 1:
             raise ValueError(
-                f"resolution.resolutions lists {self.resolutions} but resolution.mode is fixed: use mode=cycle or mode=sample, or one resolution"
+                f"resolution.resolutions lists {self.resolutions} but resolution.mode is fixed: use mode=cycle "
+                "or mode=sample, or one resolution"
             )
         if self.weights and (
             len(self.weights) != len(self.resolutions) or any(w < 0 for w in self.weights) or sum(self.weights) <= 0
         ):
             raise ValueError(
-                f"resolution.weights {self.weights} must be one non-negative weight per resolution in {self.resolutions}, not all zero"
+                f"resolution.weights {self.weights} must be one non-negative weight per resolution "
+                f"in {self.resolutions}, not all zero"
             )
         if self.weights and self.mode != "sample":
             raise ValueError(
                 f"resolution.weights is set but resolution.mode is {self.mode}: weights apply to mode=sample"
             )
 
-    def resolved(self, stored: int) -> "ResolutionSchedule":
+    def resolved(self, stored: int) -> ResolutionSchedule:
         return self if self.resolutions else ResolutionSchedule("fixed", [stored])
 
     def resolution(self, seed: int, epoch: int, batch: int) -> int:
@@ -169,15 +171,17 @@ class CacheStream(IterableDataset):
         for r in self.schedule.resolutions:
             if r > self.resolution:
                 raise ValueError(
-                    f"resolution {r} is above the {self.resolution}px views cache {uri} stores: build a cache with student_resolution={r} (and lower_resolutions for the others)"
+                    f"resolution {r} is above the {self.resolution}px views cache {uri} stores: "
+                    f"build a cache with student_resolution={r} (and lower_resolutions for the others)"
                 )
         self.pin_memory = torch.cuda.is_available()  # in a worker process, shared memory takes precedence
         self.epoch = 0
         self.skip_batches = 0  # batches of this epoch already consumed (by the whole rank)
 
     def grids_read(self) -> dict[str, list[tuple[int, int]]]:
-        """Per teacher, the extra stored grids some resolution of the schedule is served from (the others are not read)."""
-        return {t: sorted({by_t[t] for by_t in self.served.values()} - {None}) for t in self.layouts}
+        """Per teacher, the extra stored grids some resolution of the schedule is served from (the others are not
+        read)."""
+        return {t: sorted({g for by_t in self.served.values() if (g := by_t[t]) is not None}) for t in self.layouts}
 
     def set_epoch(self, epoch: int, skip_batches: int = 0):
         self.epoch, self.skip_batches = epoch, skip_batches
@@ -265,7 +269,7 @@ class CacheStream(IterableDataset):
                 {k: k for k in refs[0][0].teachers[t]}, self.served[resolution][t]
             )  # served name -> stored name
             for key, src in names.items():
-                out[f"{t}/{key}"] = gather(lambda b: b.teachers[t][src])
+                out[f"{t}/{key}"] = gather(lambda b, t=t, src=src: b.teachers[t][src])
         return out
 
     def _empty(self, shape, dtype) -> torch.Tensor:
@@ -284,7 +288,8 @@ class CacheStream(IterableDataset):
         n_workers = info.num_workers if info is not None else 1
         if n_workers != self.num_workers:
             raise RuntimeError(
-                f"CacheStream was built for num_workers={self.num_workers} but runs under {n_workers} DataLoader workers"
+                f"CacheStream was built for num_workers={self.num_workers} but runs under {n_workers} "
+                "DataLoader workers"
             )
         # The DataLoader takes batches from its workers round-robin, always starting with worker 0:
         # batch k of an epoch comes from role k % W. After skipping S batches, worker 0 must play the

@@ -112,14 +112,12 @@ def guard_inputs(path: str | Path, value_range: tuple[float, float], input_dtype
         for i, name in enumerate(node.input):
             if name == "images":
                 node.input[i] = checked
-    c = lambda name, value, dtype=TensorProto.FLOAT: helper.make_node(
-        "Constant",
-        [],
-        [name],
-        value=helper.make_tensor(
-            name, dtype, [len(value)] if isinstance(value, list) else [], value if isinstance(value, list) else [value]
-        ),
-    )  # noqa: E731
+
+    def c(name: str, value, dtype=TensorProto.FLOAT):
+        values = value if isinstance(value, list) else [value]
+        dims = [len(value)] if isinstance(value, list) else []
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, dtype, dims, values))
+
     nodes = [
         c("guard_zero", [0.0]),
         c("guard_ok_shape", [1], TensorProto.INT64),
@@ -194,7 +192,7 @@ def check_onnx(graph, path: str | Path, inputs: list[torch.Tensor]) -> float:
         got = sess.run(None, {"images": x.numpy()})
         with torch.no_grad():
             ref = graph(x.float() / 255 if x.dtype == torch.uint8 else x)
-        for n, g in zip(names, got):
+        for n, g in zip(names, got, strict=True):
             d = float((torch.from_numpy(g) - ref[n]).abs().max())
             if not d <= ATOL:
                 raise OnnxExportError(

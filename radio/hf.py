@@ -34,7 +34,7 @@ def register() -> None:
         config_class = RadioStudentConfig
 
         @classmethod
-        def from_pretrained(
+        def from_pretrained(  # pyright: ignore[reportIncompatibleMethodOverride] (returns a RadioModel)
             cls,
             pretrained_model_name_or_path,
             *model_args,

@@ -21,7 +21,8 @@ def model_card(model, repo_id: str | None = None) -> str:
     name = repo_id or "PATH_OR_HUB_ID"
     teachers = meta.get("teachers", {})
     rows = "\n".join(
-        f"| `{t}` | {teachers.get(t, {}).get('family', '?')} | `{teachers.get(t, {}).get('source', '?')}` | `{meta.get('fingerprints', {}).get(t, '?')}` |"
+        f"| `{t}` | {teachers.get(t, {}).get('family', '?')} | `{teachers.get(t, {}).get('source', '?')}` "
+        f"| `{meta.get('fingerprints', {}).get(t, '?')}` |"
         for t in model.teacher_names
     )
     metrics = meta.get("eval", {})
@@ -44,7 +45,8 @@ pipeline_tag: image-feature-extraction
 # {name}
 
 An agglomerative ViT student (size `{cfg.size}`: dim {cfg.dim}, depth {cfg.depth}, patch {cfg.patch_size}) distilled
-with radio (the open agglomerative-distillation pipeline) from {len(model.teacher_names)} frozen teachers at {res.height}x{res.width} px.
+with radio (the open agglomerative-distillation pipeline) from {len(model.teacher_names)} frozen teachers at
+{res.height}x{res.width} px.
 It has NVIDIA RADIO's API: `summary, features = model(x)`, and one adaptor per teacher that predicts that
 teacher's own outputs.
 
@@ -116,7 +118,8 @@ def download(repo_id: str, revision: str | None = None) -> Path:
         d = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(FILES)))
     except Exception as e:
         raise FileNotFoundError(
-            f"hub student {repo_id!r} (revision {revision or 'main'}) could not be found or downloaded: {type(e).__name__}: {e}. "
+            f"hub student {repo_id!r} (revision {revision or 'main'}) could not be found or "
+            f"downloaded: {type(e).__name__}: {e}. "
             "Offline (HF_HUB_OFFLINE=1) only the local hub cache is read; pass a directory instead."
         ) from None
     if (

@@ -7,6 +7,8 @@ per position of the student grid, averaged over the batch. Targets are standardi
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -59,7 +61,7 @@ def distill_loss(preds: dict, targets: dict, cfg: LossConfig) -> dict[str, torch
         out[f"cos/{t}/features"] = cos.mean().detach()
         terms.append(cfg.feature_weight * out[f"loss/{t}/features"])
         if w_t:  # a weight-0 teacher is logged but left out of the graph (0 x NaN would still be NaN)
-            term = w_t * sum(terms)
+            term = w_t * functools.reduce(operator.add, terms)  # sum() without its int 0 start
             total = term if total is None else total + term
     if total is None:
         raise ValueError(

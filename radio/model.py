@@ -21,8 +21,8 @@ adapter in teacher space).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -55,7 +55,7 @@ class DistillModel(nn.Module):
         super().__init__()
         self.trunk = ViTStudent(student)
         self.student_cfg, self.adapter_cfgs = self.trunk.cfg, list(adapters)
-        self.heads = AdapterHeads(self.adapter_cfgs, self.trunk.cfg.dim, self.trunk.cfg.summary_teachers)
+        self.heads = AdapterHeads(self.adapter_cfgs, self.trunk.cfg.shape[0], self.trunk.cfg.summary_teachers)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that take no weight decay (besides every 1-D parameter: norms and biases)."""
@@ -95,7 +95,8 @@ class StudentPrediction:
 
 
 class InputConditioner(nn.Module):
-    """float [0, 1] (B, 3, H, W) -> normalized with the student's mean/std (what ``make_preprocessor_external`` hands out)."""
+    """float [0, 1] (B, 3, H, W) -> normalized with the student's mean/std (what ``make_preprocessor_external`` hands
+    out)."""
 
     def __init__(self, mean, std):
         super().__init__()
@@ -169,7 +170,7 @@ class RadioModel(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return self.model.student_cfg.dim
+        return self.model.student_cfg.shape[0]
 
     @property
     def num_summary_tokens(self) -> int:
@@ -182,7 +183,7 @@ class RadioModel(nn.Module):
     @property
     def preferred_resolution(self) -> Resolution:
         """The resolution the student was distilled at."""
-        r = int(self.meta.get("resolution") or self.config.img_size)
+        r = int(self.meta.get("resolution") or self.config.img_size or 224)
         return Resolution(r, r)
 
     @property
@@ -209,7 +210,7 @@ class RadioModel(nn.Module):
     def blocks(self) -> nn.ModuleList:
         return self.model.trunk.blocks
 
-    def switch_to_deploy(self) -> "RadioModel":
+    def switch_to_deploy(self) -> RadioModel:
         """RADIO fuses re-parameterized layers here; a radio student has none: a no-op, for drop-in code."""
         return self
 
@@ -243,7 +244,7 @@ class RadioModel(nn.Module):
         self._adaptors = resolved
 
     @property
-    def adaptors(self) -> dict[str, "Adaptor"]:
+    def adaptors(self) -> dict[str, Adaptor]:
         """RADIO's ``model.adaptors[name]``: one per selected adaptor name, with ``tokenizer`` and
         ``encode_text`` for a language-aligned teacher (CLIP, SigLIP)."""
         cache = self.__dict__.setdefault("_adaptor_objs", {})
@@ -269,7 +270,8 @@ class RadioModel(nn.Module):
         if not (math.isfinite(lo) and math.isfinite(hi)):
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(
-                f"images hold {bad} NaN or Inf value(s) of {x.numel()}: fix the input (e.g. a failed decode or a division by zero); the model refuses non-finite pixels"
+                f"images hold {bad} NaN or Inf value(s) of {x.numel()}: fix the input (e.g. "
+                "a failed decode or a division by zero); the model refuses non-finite pixels"
             )
         return lo, hi
 
@@ -280,7 +282,9 @@ class RadioModel(nn.Module):
         if x.shape[-2] % step or x.shape[-1] % step:
             near = self.get_nearest_supported_resolution(*x.shape[-2:])
             raise ValueError(
-                f"the input resolution must be a multiple of min_resolution_step={step}; got {tuple(x.shape[-2:])}, nearest supported: {tuple(near)} (model.get_nearest_supported_resolution)"
+                f"the input resolution must be a multiple of min_resolution_step={step}; "
+                f"got {tuple(x.shape[-2:])}, nearest supported: {tuple(near)} "
+                "(model.get_nearest_supported_resolution)"
             )
         if self._external:
             if not torch.is_floating_point(x):
@@ -293,14 +297,16 @@ class RadioModel(nn.Module):
             if not torch.is_floating_point(x):
                 raise TypeError(f"images must be float in [0, 1] or uint8, got {x.dtype}")
             lo, hi = self._check_finite(x)
-            if lo is not None and (lo < self.INPUT_RANGE[0] or hi > self.INPUT_RANGE[1]):
+            if lo is not None and hi is not None and (lo < self.INPUT_RANGE[0] or hi > self.INPUT_RANGE[1]):
                 hint = (
                     "divide by 255"
                     if lo >= self.INPUT_RANGE[0] and hi > 2
-                    else "the model normalizes itself: pass [0, 1] images, or call make_preprocessor_external() and normalize yourself"
+                    else "the model normalizes itself: pass [0, 1] images, or call make_preprocessor_external() "
+                    "and normalize yourself"
                 )
                 raise ValueError(
-                    f"float images must lie in [0, 1] (resampling overshoot up to {self.INPUT_RANGE} is accepted), got values in [{lo:.3g}, {hi:.3g}]: {hint}"
+                    f"float images must lie in [0, 1] (resampling overshoot up to {self.INPUT_RANGE} "
+                    f"is accepted), got values in [{lo:.3g}, {hi:.3g}]: {hint}"
                 )
         return self.input_conditioner(x)
 
@@ -323,7 +329,8 @@ class RadioModel(nn.Module):
         return {"backbone": ret, **{n: self._adapter(t, preds[t], out.grid_hw, fmt) for n, t in self._adaptors.items()}}
 
     def forward(self, x: torch.Tensor, feature_fmt: str = "NLC"):
-        """RADIO's forward: ``RadioOutput(summary, features)``, or a dict with ``backbone`` and each selected adaptor."""
+        """RADIO's forward: ``RadioOutput(summary, features)``, or a dict with ``backbone`` and each selected
+        adaptor."""
         if feature_fmt not in FEATURE_FMTS:
             raise ValueError(f"feature_fmt={feature_fmt!r}: choose one of {list(FEATURE_FMTS)}")
         return self._final(self.model.trunk(self._condition(x)), feature_fmt)
@@ -396,6 +403,7 @@ class RadioModel(nn.Module):
         ]
         if intermediates_only:
             return items
+        assert final is not None  # the trunk stops early only when asked for intermediates alone
         return self._final(final, output_fmt), items
 
     # ---- hub ---------------------------------------------------------------------------------
@@ -408,7 +416,7 @@ class RadioModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls, ref: str, revision: str | None = None, adaptor_names: list[str] | str | None = None, device: str = "cpu"
-    ) -> "RadioModel":
+    ) -> RadioModel:
         """A student from a directory, a Hugging Face hub id (``org/name``), an MLflow run id or model URI."""
         from .resolve import resolve_student
 
@@ -432,7 +440,7 @@ class Adaptor:
         text = adaptor.encode_text(tokens, normalize=True)   # (1, D), the space of model(x)["clip"].summary
     """
 
-    def __init__(self, model: "RadioModel", name: str, teacher: str):
+    def __init__(self, model: RadioModel, name: str, teacher: str):
         self.model, self.name, self.teacher = model, name, teacher
         self._tower = None
 
@@ -448,8 +456,10 @@ class Adaptor:
                 )
             except Exception as e:
                 raise ValueError(
-                    f"adaptor {self.name!r} (teacher {self.teacher}): no text encoder can be loaded ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
-                    "Text needs the teacher's full checkpoint (text tower and tokenizer) at the source the student recorded, or in the hub cache"
+                    f"adaptor {self.name!r} (teacher {self.teacher}): no text encoder can "
+                    f"be loaded ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
+                    "Text needs the teacher's full checkpoint (text tower and tokenizer) "
+                    "at the source the student recorded, or in the hub cache"
                 ) from None
         return self._tower
 
@@ -513,7 +523,8 @@ def load_student(path, device: str | torch.device = "cpu", adaptor_names: list[s
     missing, unexpected = model.state_dict().keys() - f.state.keys(), f.state.keys() - model.state_dict().keys()
     if missing or unexpected:
         raise ValueError(
-            f"{f.path / 'model.safetensors'} does not match {f.path / 'config.json'}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            f"{f.path / 'model.safetensors'} does not match {f.path / 'config.json'}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     model.load_state_dict(f.state)
     stats = {t: TargetStats.from_dict(v) for t, v in f.meta.get("stats", {}).items()}

@@ -10,6 +10,7 @@ finished.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ class RunningStats:
         self._mean = None if mean is None else np.asarray(mean, np.float64)
         self._m2 = None if m2 is None else np.asarray(m2, np.float64)
 
-    def update(self, x_NC) -> "RunningStats":
+    def update(self, x_NC) -> RunningStats:
         """Add N rows of C channels (numpy or torch; spatial maps: reshape(-1, C) first)."""
         if isinstance(x_NC, torch.Tensor):
             x_NC = x_NC.detach().cpu().double().numpy()
@@ -46,24 +47,24 @@ class RunningStats:
         return self.merge(self._chunk(x))
 
     @classmethod
-    def _chunk(cls, x: np.ndarray) -> "RunningStats":
+    def _chunk(cls, x: np.ndarray) -> RunningStats:
         """One chunk's own two-pass moments (subclasses add what they keep)."""
         mean = x.mean(0)
         return RunningStats(len(x), mean, ((x - mean) ** 2).sum(0))
 
-    def merge(self, other: "RunningStats") -> "RunningStats":
+    def merge(self, other: RunningStats) -> RunningStats:
         """Fold ``other`` into this one (in place; returns self)."""
         if other.count == 0:
             return self
         if self.count == 0:
-            self.count, self._mean, self._m2 = other.count, other._mean.copy(), other._m2.copy()
+            self.count, self._mean, self._m2 = other.count, other.mean.copy(), other.m2.copy()
             return self
-        if other._mean.shape != self._mean.shape:
-            raise ValueError(f"cannot merge statistics of {other._mean.shape[0]} channels into {self._mean.shape[0]}")
+        if other.mean.shape != self.mean.shape:
+            raise ValueError(f"cannot merge statistics of {other.mean.shape[0]} channels into {self.mean.shape[0]}")
         n = self.count + other.count
-        delta = other._mean - self._mean
-        self._mean = self._mean + delta * (other.count / n)
-        self._m2 = self._m2 + other._m2 + delta**2 * (self.count * other.count / n)
+        delta = other.mean - self.mean
+        self._mean = self.mean + delta * (other.count / n)
+        self._m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / n)
         self.count = n
         return self
 
@@ -74,11 +75,16 @@ class RunningStats:
         return self._mean
 
     @property
-    def std(self) -> np.ndarray:
-        """Population standard deviation (ddof=0)."""
+    def m2(self) -> np.ndarray:
+        """Sum of squared deviations from the mean, per channel (C,) float64."""
         if self._m2 is None:
             raise ValueError("RunningStats: no data")
-        return np.sqrt(self._m2 / self.count)
+        return self._m2
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation (ddof=0)."""
+        return np.sqrt(self.m2 / self.count)
 
     def to_dict(self) -> dict:
         return {
@@ -88,7 +94,7 @@ class RunningStats:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunningStats":
+    def from_dict(cls, d: dict) -> RunningStats:
         return cls(d["count"], d.get("mean"), d.get("m2"))
 
 
@@ -117,13 +123,13 @@ class RunningMoments(RunningStats):
         self._cov = None if cov_m2 is None else np.asarray(cov_m2, np.float64)
 
     @classmethod
-    def _chunk(cls, x: np.ndarray) -> "RunningMoments":
+    def _chunk(cls, x: np.ndarray) -> RunningMoments:
         mean = x.mean(0)
         c = (x - mean).astype(np.float32)
         cov = (c.T @ c).astype(np.float64)
         return RunningMoments(len(x), mean, np.diag(cov).copy(), cov)
 
-    def merge(self, other: "RunningStats") -> "RunningMoments":
+    def merge(self, other: RunningStats) -> RunningMoments:
         if other.count == 0:
             return self
         if not isinstance(other, RunningMoments) or other._cov is None:
@@ -133,17 +139,22 @@ class RunningMoments(RunningStats):
             self._cov = other._cov.copy()
             return self
         n_a, n_b = self.count, other.count
-        delta = other._mean - self._mean
-        self._cov = self._cov + other._cov + np.outer(delta, delta) * (n_a * n_b / (n_a + n_b))
+        delta = other.mean - self.mean
+        self._cov = self.cov_m2 + other._cov + np.outer(delta, delta) * (n_a * n_b / (n_a + n_b))
         super().merge(other)
         return self
 
     @property
-    def cov(self) -> np.ndarray:
-        """Population covariance (ddof=0), (C, C) float64."""
+    def cov_m2(self) -> np.ndarray:
+        """Sum of outer products of deviations from the mean, (C, C) float64."""
         if self._cov is None:
             raise ValueError("RunningMoments: no data")
-        return self._cov / self.count
+        return self._cov
+
+    @property
+    def cov(self) -> np.ndarray:
+        """Population covariance (ddof=0), (C, C) float64."""
+        return self.cov_m2 / self.count
 
     def to_dict(self) -> dict:
         d = super().to_dict()
@@ -153,7 +164,7 @@ class RunningMoments(RunningStats):
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunningMoments":
+    def from_dict(cls, d: dict) -> RunningMoments:
         cov = None
         if d.get("cov_m2_triu_f32") is not None:
             C = len(d["mean"])
@@ -163,7 +174,8 @@ class RunningMoments(RunningStats):
             cov = cov + np.triu(cov, 1).T
         elif d.get("mean") is not None:
             raise ValueError(
-                "these statistics hold no second moments (the cache predates them): PHI-S needs a cache written with them"
+                "these statistics hold no second moments (the cache predates them): PHI-S needs a cache "
+                "written with them"
             )
         return cls(d["count"], d.get("mean"), d.get("m2"), cov)
 
@@ -209,7 +221,8 @@ def hadamard(n: int) -> np.ndarray:
     H = _hadamard_int(int(n))
     if H is None:
         raise ValueError(
-            f"no Hadamard matrix of order {n} from the Sylvester and Paley constructions; use standardize=channel for this teacher"
+            f"no Hadamard matrix of order {n} from the Sylvester and Paley constructions; "
+            "use standardize=channel for this teacher"
         )
     return H.astype(np.float64) / np.sqrt(n)
 
@@ -228,7 +241,7 @@ class PhiS:
     scale: float
 
     @classmethod
-    def fit(cls, mean, cov) -> "PhiS":
+    def fit(cls, mean, cov) -> PhiS:
         cov = np.asarray(cov, np.float64)
         C = len(cov)
         eigval, U = np.linalg.eigh((cov + cov.T) / 2)
@@ -245,7 +258,7 @@ class PhiS:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PhiS":
+    def from_dict(cls, d: dict) -> PhiS:
         C = int(d["dim"])
         return cls(np.asarray(d["mean"], np.float64), _unb64(d["rotation_f64"], np.float64, (C, C)), float(d["scale"]))
 
@@ -265,8 +278,9 @@ class TargetStats:
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # (key, device, dtype) -> tensor
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TargetStats":
-        """From a manifest's ``stats`` entry: ``{"features": {"mean", "std"}, "summary": {...}?}`` (extra keys ignored)."""
+    def from_dict(cls, d: dict) -> TargetStats:
+        """From a manifest's ``stats`` entry: ``{"features": {"mean", "std"}, "summary": {...}?}`` (extra keys
+        ignored)."""
         s = d.get("summary")
         phis = d.get("phis") or {}
         return cls(
@@ -279,7 +293,7 @@ class TargetStats:
         )
 
     @classmethod
-    def from_running(cls, features: RunningStats, summary: RunningStats | None = None) -> "TargetStats":
+    def from_running(cls, features: RunningStats, summary: RunningStats | None = None) -> TargetStats:
         return cls(
             features.mean.tolist(),
             features.std.tolist(),
@@ -288,8 +302,8 @@ class TargetStats:
         )
 
     def to_dict(self) -> dict:
-        d = {"features": {"mean": list(self.features_mean), "std": list(self.features_std)}}
-        if self.summary_mean is not None:
+        d: dict[str, Any] = {"features": {"mean": list(self.features_mean), "std": list(self.features_std)}}
+        if self.summary_mean is not None and self.summary_std is not None:
             d["summary"] = {"mean": list(self.summary_mean), "std": list(self.summary_std)}
         if self.phis_features is not None:
             d["phis"] = {
@@ -303,7 +317,7 @@ class TargetStats:
         return "phis" if self.phis_features is not None else "channel"
 
     @classmethod
-    def phis_from_moments(cls, features: RunningMoments, summary: RunningMoments | None = None) -> "TargetStats":
+    def phis_from_moments(cls, features: RunningMoments, summary: RunningMoments | None = None) -> TargetStats:
         """Per-channel moments kept for reference; the PHI-S maps do the standardization."""
         st = cls.from_running(features, summary)
         st.phis_features = PhiS.fit(features.mean, features.cov)
@@ -358,7 +372,8 @@ class TargetStats:
         return x_BD * self._t("summary_std", x_BD) + self._t("summary_mean", x_BD)
 
     def normalize(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """{"summary"?: (B, D), "features": (B, H, W, C)} in the teacher's space -> standardized (other keys pass through)."""
+        """{"summary"?: (B, D), "features": (B, H, W, C)} in the teacher's space -> standardized (other keys pass
+        through)."""
         r = dict(out)
         r["features"] = self.normalize_features(out["features"])
         if out.get("summary") is not None:

@@ -46,7 +46,7 @@ def resolve_student(ref: str, tracking_uri: str | None = None, revision: str | N
         return p, _meta(p).get("mlflow_run_id")
     if ref.startswith(("runs:/", "models:/")):
         try:
-            import mlflow
+            import mlflow.artifacts
         except ImportError:
             raise FileNotFoundError(f"{ref}: MLflow is not installed to resolve it") from None
         try:
@@ -64,7 +64,8 @@ def resolve_student(ref: str, tracking_uri: str | None = None, revision: str | N
 
         return download(ref, revision), None
     raise FileNotFoundError(
-        f"{ref!r} is not a student directory, an MLflow run id or URI (runs:/..., models:/...), or a Hugging Face hub id (org/name)"
+        f"{ref!r} is not a student directory, an MLflow run id or URI (runs:/..., models:/...), or a Hugging "
+        "Face hub id (org/name)"
     )
 
 

@@ -61,7 +61,9 @@ class StudentConfig:
         default_factory=list
     )  # one summary token each, in this order (at least one token)
     img_size: int | None = (
-        None  # reference position grid, img_size // patch_size per side; None: the training resolution (the trainer sets it; a bare model takes 224)
+        # reference position grid, img_size // patch_size per side; None: the training resolution (the trainer sets it;
+        # a bare model takes 224)
+        None
     )
     cpe_max_img_size: int | None = None  # CPE: position grid for this size, randomly windowed in training; None = off
     drop_path: float = 0.0  # stochastic depth of the last block (linear ramp from 0)
@@ -80,19 +82,22 @@ class StudentConfig:
         if len(set(self.summary_teachers)) != len(self.summary_teachers):
             raise ValueError(f"summary_teachers has duplicates: {self.summary_teachers}")
 
-    def resolved(self) -> "StudentConfig":
-        """The same config with dim/depth/heads filled from the size preset where they are None."""
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(dim, depth, heads): the explicit overrides, the size preset where they are None."""
         dim, depth, heads = SIZES[self.size]
-        r = replace(
-            self,
-            dim=dim if self.dim is None else self.dim,
-            depth=depth if self.depth is None else self.depth,
-            heads=heads if self.heads is None else self.heads,
-            img_size=self.img_size or 224,
+        return (
+            dim if self.dim is None else self.dim,
+            depth if self.depth is None else self.depth,
+            heads if self.heads is None else self.heads,
         )
-        if r.dim % r.heads:
-            raise ValueError(f"student dim {r.dim} is not divisible by heads {r.heads}")
-        return r
+
+    def resolved(self) -> StudentConfig:
+        """The same config with dim/depth/heads filled from the size preset where they are None."""
+        dim, depth, heads = self.shape
+        if dim % heads:
+            raise ValueError(f"student dim {dim} is not divisible by heads {heads}")
+        return replace(self, dim=dim, depth=depth, heads=heads, img_size=self.img_size or 224)
 
     @property
     def num_summary_tokens(self) -> int:
@@ -101,7 +106,7 @@ class StudentConfig:
     @property
     def pos_grid(self) -> int:
         """Side of the learned position grid (the CPE grid when CPE is on)."""
-        return (self.cpe_max_img_size or self.img_size) // self.patch_size
+        return (self.cpe_max_img_size or self.img_size or 224) // self.patch_size
 
 
 def tracing() -> bool:
@@ -112,7 +117,7 @@ def tracing() -> bool:
     return (
         tc.is_compiling()
         or getattr(tc, "is_exporting", lambda: False)()
-        or torch.jit.is_tracing()
+        or torch.jit.is_tracing()  # pyright: ignore[reportPrivateImportUsage] (public, not re-exported)
         or torch.onnx.is_in_onnx_export()
     )
 
@@ -120,10 +125,11 @@ def tracing() -> bool:
 def trunk_param_count(cfg: StudentConfig) -> int:
     """Closed-form parameter count of ``ViTStudent(cfg)`` (checks the build; sizes a model without building it)."""
     c = cfg.resolved()
-    D, p, hid = c.dim, c.patch_size, int(c.dim * c.mlp_ratio)
+    (D, depth, _), p = c.shape, c.patch_size
+    hid = int(D * c.mlp_ratio)
     block = 2 * 2 * D + (3 * D * D + 3 * D) + (D * D + D) + (D * hid + hid) + (hid * D + D)  # 2 LN, qkv, proj, mlp
     return (
-        (3 * p * p * D + D) + c.pos_grid**2 * D + (c.num_summary_tokens + c.num_registers) * D + c.depth * block + 2 * D
+        (3 * p * p * D + D) + c.pos_grid**2 * D + (c.num_summary_tokens + c.num_registers) * D + depth * block + 2 * D
     )
 
 
@@ -208,14 +214,14 @@ class ViTStudent(nn.Module):
         super().__init__()
         cfg = cfg.resolved()
         self.cfg = cfg
-        D, p = cfg.dim, cfg.patch_size
+        (D, depth, heads), p = cfg.shape, cfg.patch_size
         self.patch_embed = nn.Conv2d(3, D, kernel_size=p, stride=p)
         self.summary_tokens = nn.Parameter(torch.zeros(1, cfg.num_summary_tokens, D))
         self.register_tokens = nn.Parameter(torch.zeros(1, cfg.num_registers, D))
         self.pos_grid = cfg.pos_grid
         self.pos_embed = nn.Parameter(torch.zeros(1, self.pos_grid * self.pos_grid, D))
-        dpr = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
-        self.blocks = nn.ModuleList(Block(D, cfg.heads, cfg.mlp_ratio, dpr[i]) for i in range(cfg.depth))
+        dpr = [cfg.drop_path * i / max(1, depth - 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(Block(D, heads, cfg.mlp_ratio, dpr[i]) for i in range(depth))
         self.norm = nn.LayerNorm(D, eps=1e-6)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.summary_tokens, std=0.02)
@@ -295,7 +301,8 @@ class ViTStudent(nn.Module):
         p = self.cfg.patch_size
         if H % p or W % p:
             raise ValueError(
-                f"input size {H}x{W} is not a multiple of the student's patch size {p}; resize or crop to e.g. {max(p, H // p * p)}x{max(p, W // p * p)}"
+                f"input size {H}x{W} is not a multiple of the student's patch size {p}; resize or crop "
+                f"to e.g. {max(p, H // p * p)}x{max(p, W // p * p)}"
             )
         x = self.patch_embed(x_B3HW)
         h, w = x.shape[-2:]

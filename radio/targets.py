@@ -88,7 +88,8 @@ def resample_targets(
 def resample_valid_mask(
     valid_hw_B2: torch.Tensor, teacher_grid: tuple[int, int], out_hw: tuple[int, int], threshold: float = 0.5
 ) -> torch.Tensor:
-    """Which cells of a grid spanning the teacher's *whole* (padded) canvas lie mostly on real pixels: (B, h, w) float 0/1.
+    """Which cells of a grid spanning the teacher's *whole* (padded) canvas lie mostly on real pixels: (B, h, w) float
+    0/1.
 
     For the student grid of this pipeline (which spans only the valid region) use
     ``resample_targets(feats, hw, valid_hw)`` instead: every cell is then valid. This mask serves inputs

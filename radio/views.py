@@ -167,7 +167,8 @@ def derive_resolution(images_B3HW, size: int):
         return images_B3HW
     if size > min(H, W):
         raise ValueError(
-            f"cannot derive {size}px views from {H}x{W} stored views: a cache stores views at the highest resolution a run trains at"
+            f"cannot derive {size}px views from {H}x{W} stored views: a cache stores views at the highest "
+            "resolution a run trains at"
         )
     x = F.interpolate(images_B3HW.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
     return x.round_().clamp_(0, 255).to(torch.uint8)

@@ -8,8 +8,8 @@ with the weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -41,7 +41,8 @@ def _checked(cls, source, revision, dtype, **kw):
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise ValueError(
-            f"{source}: {cls.__name__} found no weights for {len(missing)} parameters (e.g. {missing[0]}); this checkpoint does not hold this architecture"
+            f"{source}: {cls.__name__} found no weights for {len(missing)} parameters (e.g. {missing[0]}); "
+            "this checkpoint does not hold this architecture"
         )
     return model
 
@@ -188,7 +189,8 @@ FAMILIES: dict[str, Family] = {
         ("dinov2", "dinov2_with_registers"),
         _dinov2_load,
         _dinov2_forward,
-        "summary=last_hidden_state[:, 0] (CLS after final norm); features=patch tokens after final norm, registers excluded",
+        "summary=last_hidden_state[:, 0] (CLS after final norm); features=patch tokens after final norm, "
+        "registers excluded",
         True,
     ),
     "sam": Family(

@@ -199,7 +199,9 @@ def input_size(spec, h: int, w: int) -> tuple[int, int]:
     cells = max(1, round(side * max(h, w) / min(h, w) / p))
     if cells * p > MAX_ASPECT * side:
         raise ValueError(
-            f"teacher {spec.name} keeps the view's aspect and takes at most {MAX_ASPECT:g}:1; a {h}x{w} view would need a {side}x{cells * p} input. Narrow views.ratio (e.g. views.ratio=[0.75,1.333]) or use square views."
+            f"teacher {spec.name} keeps the view's aspect and takes at most {MAX_ASPECT:g}:1; "
+            f"a {h}x{w} view would need a {side}x{cells * p} input. Narrow views.ratio "
+            "(e.g. views.ratio=[0.75,1.333]) or use square views."
         )
     return (side, cells * p) if w > h else (cells * p, side)
 

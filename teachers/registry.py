@@ -168,19 +168,22 @@ def _check_local_dir(path: Path, family: str):
         raise TeacherLoadError(f"{path} has no config.json: not a transformers checkpoint directory")
     if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
         extra = (
-            " (it has pytorch_model.bin: only safetensors weights are loaded, convert them with save_pretrained(safe_serialization=True))"
+            " (it has pytorch_model.bin: only safetensors weights are loaded, convert "
+            "them with save_pretrained(safe_serialization=True))"
             if (path / "pytorch_model.bin").exists()
             else ""
         )
         raise TeacherLoadError(f"{path} has no model.safetensors weights{extra}")
     if not (path / "preprocessor_config.json").is_file():
         raise TeacherLoadError(
-            f"{path} has no preprocessor_config.json: the image-processor config must be saved with the weights (processor.save_pretrained)"
+            f"{path} has no preprocessor_config.json: the image-processor config must be saved "
+            "with the weights (processor.save_pretrained)"
         )
     mt = model_type_of(str(path), None)
     if mt not in FAMILIES[family].model_types:
         raise TeacherLoadError(
-            f"{path}/config.json is model_type {mt!r}, but a {family} teacher needs one of {list(FAMILIES[family].model_types)}"
+            f"{path}/config.json is model_type {mt!r}, but a {family} teacher needs "
+            f"one of {list(FAMILIES[family].model_types)}"
         )
 
 
@@ -249,7 +252,9 @@ class Teacher(torch.nn.Module):
         for i, img in enumerate(items):
             if not isinstance(img, torch.Tensor) or img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
                 raise ValueError(
-                    f"teacher {s.name} expects uint8 RGB images shaped (3, H, W), got {tuple(getattr(img, 'shape', ()))} {getattr(img, 'dtype', type(img).__name__)}"
+                    f"teacher {s.name} expects uint8 RGB images shaped "
+                    f"(3, H, W), got {tuple(getattr(img, 'shape', ()))} "
+                    f"{getattr(img, 'dtype', type(img).__name__)}"
                 )
             groups.setdefault(tuple(img.shape[1:]), []).append(i)
         # Same-size images go through the device as one batch: one copy, one resize, one normalization.
@@ -272,7 +277,8 @@ class Teacher(torch.nn.Module):
         size = self.input_size_for(H, W)
         if resized and size != (H, W):
             raise ValueError(
-                f"teacher {s.name} was handed a {H}x{W} image as already resized, but its input for such a view is {size[0]}x{size[1]}: "
+                f"teacher {s.name} was handed a {H}x{W} image as already resized, but its input for such "
+                f"a view is {size[0]}x{size[1]}: "
                 "the image was resized for another teacher (pass resized=False to resize it here)"
             )
         x = images_B3HW
@@ -364,7 +370,10 @@ def check_source(name: str, source: str | None = None, revision: str | None = No
     except Exception as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise TeacherLoadError(
-            f"cannot load teacher {name} from {src!r}{' (HF_HUB_OFFLINE=1: only local files are used)' if offline else ''}: {type(e).__name__}: {str(e).splitlines()[0]}. Pass a local directory with teachers.{name}.source=/path/to/checkpoint"
+            "cannot load teacher "
+            f"{name} from {src!r}{' (HF_HUB_OFFLINE=1: only local files are used)' if offline else ''}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0]}. Pass a local directory "
+            f"with teachers.{name}.source=/path/to/checkpoint"
         ) from None
     return src
 
@@ -434,7 +443,10 @@ def create_teacher(
     except (OSError, ValueError, RuntimeError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise TeacherLoadError(
-            f"cannot load teacher {name} from {src!r}{' (HF_HUB_OFFLINE=1: only local files are used)' if offline else ''}: {type(e).__name__}: {str(e).splitlines()[0]}. Pass a local directory with teachers.{name}.source=/path/to/checkpoint"
+            "cannot load teacher "
+            f"{name} from {src!r}{' (HF_HUB_OFFLINE=1: only local files are used)' if offline else ''}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0]}. Pass a local directory "
+            f"with teachers.{name}.source=/path/to/checkpoint"
         ) from None
     weights = _weights_sha256(model)
     model = model.to(device=device, dtype=_DTYPES[dtype]).eval().requires_grad_(False)
@@ -500,7 +512,8 @@ def _spec_from(entry: RegistryEntry, src, revision, dtype, p, model, family, wei
             input_hw = (int(_size(size, "shortest_edge")),) * 2
         if input_hw[0] != input_hw[1] or input_hw[0] % patch:
             raise TeacherLoadError(
-                f"{src}: crop size {input_hw} is not a square multiple of the patch {patch}; the whole-view rule needs one"
+                f"{src}: crop size {input_hw} is not a square multiple of the patch {patch}; "
+                "the whole-view rule needs one"
             )
         rule, rsize = "fit_aspect", input_hw[0]
     else:
@@ -511,7 +524,8 @@ def _spec_from(entry: RegistryEntry, src, revision, dtype, p, model, family, wei
     resample = PIL_CODES.get(int(p.resample), None)
     if resample is None or (family.resize != "pillow" and resample != "bilinear"):
         raise TeacherLoadError(
-            f"{src}: image processor resample={p.resample} is not {'bilinear or bicubic' if family.resize == 'pillow' else 'bilinear'}"
+            f"{src}: image processor resample={p.resample} "
+            f"is not {'bilinear or bicubic' if family.resize == 'pillow' else 'bilinear'}"
         )
     if family.resize != "pillow":
         resample = "torchvision-bilinear-float" if family.resize == "torchvision-float" else "torchvision-bilinear"

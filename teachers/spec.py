@@ -29,7 +29,9 @@ class TeacherSpec:
     resize: str
     resize_size: int | tuple[int, int]
     pad_size: tuple[int, int] | None
-    interpolation: str  # bicubic | bilinear (Pillow's) | torchvision-bilinear (antialiased, uint8) | torchvision-bilinear-float (after rescale)
+    # bicubic | bilinear (Pillow's) | torchvision-bilinear (antialiased, uint8) | torchvision-bilinear-float (after
+    # rescale)
+    interpolation: str
     rescale_factor: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -56,7 +58,7 @@ class TeacherSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TeacherSpec":
+    def from_dict(cls, d: dict) -> TeacherSpec:
         kw = {}
         for f in fields(cls):
             if f.name not in d and f.name == "compiled":  # specs written before the field existed
@@ -65,7 +67,7 @@ class TeacherSpec:
             kw[f.name] = tuple(v) if isinstance(v, list) else v
         return cls(**kw)
 
-    def with_fingerprint(self) -> "TeacherSpec":
+    def with_fingerprint(self) -> TeacherSpec:
         return replace(self, fingerprint=fingerprint_of(self))
 
 
@@ -89,6 +91,6 @@ class TeacherOutput:
     the view's extent on each feature map, in cells from the top-left (fractional where SAM's padding
     starts inside a cell), on the host; the rest of the map is padding."""
 
-    summary_BD: "object"
-    features_BHWC: "object"
-    valid_hw_B2: "object"
+    summary_BD: object
+    features_BHWC: object
+    valid_hw_B2: object

@@ -81,7 +81,8 @@ def load_text_tower(
         for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model")
     ):
         raise TeacherLoadError(
-            f"teacher {name}: {src} holds no tokenizer; zero-shot needs the checkpoint's tokenizer files beside its weights"
+            f"teacher {name}: {src} holds no tokenizer; zero-shot needs the checkpoint's tokenizer "
+            "files beside its weights"
         )
     try:
         with _quiet_transformers():
@@ -89,7 +90,8 @@ def load_text_tower(
             tokenizer = T.AutoTokenizer.from_pretrained(src, revision=revision)
     except (OSError, ValueError, TypeError) as e:
         raise TeacherLoadError(
-            f"teacher {name}: cannot load its text tower and tokenizer from {src!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            f"teacher {name}: cannot load its text tower and tokenizer from {src!r} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0]}); "
             "zero-shot needs the whole checkpoint (a vision-only one has no text tower)"
         ) from None
     return TextTower(model, tokenizer, entry.family, padding)

@@ -77,10 +77,11 @@ def _tiny_clip(d: str):
     _tiny_tokenizer(d, _TEXT["max_position_embeddings"])
 
 
-# The tiny text towers' words: prompt templates and the built-in sample classes (radio.samples.CLASSES; this
+# The tiny text towers' words: prompt templates and the built-in sample classes (pipelines.samples.CLASSES; this
 # package does not import radio). Any other word is [UNK]: zero-shot through a tiny teacher is a plumbing test.
 _WORDS = (
-    "a photo of the an image texture picture pattern . , landscape stripes checkerboard rings bubbles waves polygons fur bricks leaves"
+    "a photo of the an image texture picture pattern . , landscape stripes checkerboard rings bubbles "
+    "waves polygons fur bricks leaves"
 ).split()
 
 

@@ -148,7 +148,8 @@ class S3Server:
     WebDAV, Iceberg and Lance endpoints are off.  The admin server cannot be switched off in `weed mini`
     (-admin.ui=false only hides its UI), so it gets free ports too.  The process runs in its own process
     group, and `stop()` kills that group.  Its log, sockets and TMPDIR live in a fresh directory under /tmp,
-    removed on stop, and so does its data unless `data_dir` is given (then kept).  Credentials: `access_key` / `secret_key`, enforced by the server;
+    removed on stop, and so does its data unless `data_dir` is given (then kept).  Credentials: `access_key` /
+    `secret_key`, enforced by the server;
     `env` holds them as AWS_* variables for clients.
     """
 
@@ -242,7 +243,7 @@ class S3Server:
         return pafs.S3FileSystem(**opts)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
-    def start(self, attempt: int = 1) -> "S3Server":
+    def start(self, attempt: int = 1) -> S3Server:
         if self.proc is not None:
             return self
         weed = find_weed()
@@ -267,7 +268,7 @@ class S3Server:
             "admin_grpc",
             "metrics",
         ]
-        p = self.ports = dict(zip(names, _free_ports(len(names))))
+        p = self.ports = dict(zip(names, _free_ports(len(names)), strict=True))
         cmd = [
             weed,
             "-logtostderr",  # glog would otherwise write weed.* files into /tmp
@@ -392,7 +393,7 @@ class S3Server:
             shutil.rmtree(self._tmp, ignore_errors=True)  # sockets, log, and the data unless data_dir was given
             self._tmp = None
 
-    def __enter__(self) -> "S3Server":
+    def __enter__(self) -> S3Server:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -20,8 +20,8 @@ from pipelines.cache import CacheJobConfig, run_cache_job
 from pipelines.cli import main
 from pipelines.config import load_config
 from radio.cache import CacheMismatch, CacheReader, column_tensor, load_manifest
-from radio.targets import resample_targets
 from radio.cache.store import CacheLocation
+from radio.targets import resample_targets
 
 LIMIT, PER_SHARD, VIEWS = 24, 6, 2  # 4 units
 BASE = [
@@ -50,6 +50,19 @@ def _digest(root: Path) -> dict[str, str]:
     }
 
 
+def _counts(root: Path) -> dict:
+    """What the manifest says the cache holds (and `radio cache info` shows): must stay true through repairs."""
+    m = load_manifest(CacheLocation(str(root)))
+    return {
+        "units": m.units,
+        "images": m.images,
+        "complete": m.complete,
+        "views_rows": m.views.rows,
+        "skipped": [(s.image_id, s.reason) for s in m.skipped],
+        "teachers": {t: (e.rows, e.complete, len(e.shards)) for t, e in m.teachers.items()},
+    }
+
+
 @pytest.fixture(scope="module")
 def cache_dir(ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("cache") / "c"
@@ -64,7 +77,7 @@ def test_rows_keys_and_manifest(cache_dir):
     keys = []
     for f in sorted((cache_dir / "views").glob("*.parquet")):
         t = pq.read_table(f, columns=["image_id", "view_index"])
-        keys += list(zip(t["image_id"].to_pylist(), t["view_index"].to_pylist()))
+        keys += list(zip(t["image_id"].to_pylist(), t["view_index"].to_pylist(), strict=True))
     assert len(keys) == len(set(keys)) == LIMIT * VIEWS
     for name in ("tiny-clip", "tiny-sam"):
         t = m.teachers[name]
@@ -184,7 +197,7 @@ def test_prepare_task_resize_equals_device_resize_bitwise(tmp_path):
     )
     clip, siglip = square["inputs"]["tiny-clip"], square["inputs"]["tiny-siglip"]
     assert (
-        all(a is b and a.shape == (32, 32, 3) for a, b in zip(clip, siglip))
+        all(a is b and a.shape == (32, 32, 3) for a, b in zip(clip, siglip, strict=True))
         and clip[0] is not square["inputs"]["tiny-sam"][0]
     )
     assert len(pickle.dumps(square["inputs"])) < len(
@@ -618,6 +631,7 @@ def test_truncated_or_foreign_shard_is_named_refused_and_recomputed(ray_session,
         len(list((out / "teachers" / "tiny-sam").glob(".damaged-*.parquet"))) == 1
     )  # kept aside (with its record), not deleted
     assert _digest(out) == good
+    assert _counts(out) == _counts(cache_dir)  # the units taken from the listing keep their images in the count
     assert main(["cache", "verify", str(out), "--sample", "0"]) == 0
 
 

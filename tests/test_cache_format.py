@@ -164,7 +164,7 @@ def test_default_grid_and_native_give_the_same_training_targets(caches):
         "tiny-sam": (8, 8),
     }
     student_hw = (4, 4)  # a patch-8 student on the 32-px views
-    for a, b in zip(grid.iter_batches(), native.iter_batches()):
+    for a, b in zip(grid.iter_batches(), native.iter_batches(), strict=True):
         assert a.image_id == b.image_id
         for t in ("tiny-clip", "tiny-sam"):
             ta = resample_targets(decode_features(a.teachers[t]), student_hw)

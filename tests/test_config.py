@@ -169,8 +169,8 @@ def test_setting_errors_name_their_origin(tmp_path, capsys):
     assert f"{f}: views.flip_prob must be in [0, 1]" in capsys.readouterr().err
     assert main(["quickstart", "students.nano-d4.patch_size=5"]) == 2
     assert (
-        "override 'students.nano-d4.patch_size=5': 'students.nano-d4.patch_size' must be a divisor of student_resolution (64)"
-        in capsys.readouterr().err
+        "override 'students.nano-d4.patch_size=5': 'students.nano-d4.patch_size' must be a divisor of "
+        "student_resolution (64)" in capsys.readouterr().err
     )
     assert (
         main(["train", f"cache={tmp_path}", "student.size=huge"]) == 2
@@ -249,7 +249,8 @@ def test_bad_train_settings_fail_before_any_work(tmp_path, capsys, bad, key):
         (
             "train",
             ["loss.weights={tiny-clp: 1}"],
-            "must be the weight of one of teachers=['tiny-clip', 'tiny-dinov2', 'tiny-sam'], got 1.0. Did you mean 'tiny-clip'?",
+            "must be the weight of one of teachers=['tiny-clip', 'tiny-dinov2', 'tiny-sam'], "
+            "got 1.0. Did you mean 'tiny-clip'?",
         ),
         (
             "train",

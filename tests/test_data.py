@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.synthetic import make_synthetic_cache
 from radio.cache import CacheMismatch, CacheReader
 from radio.data import CacheStream, LoaderConfig, make_loader
-
-from pipelines.synthetic import make_synthetic_cache
 
 LIMIT, VIEWS = 20, 2
 
@@ -39,7 +38,7 @@ def _epoch_keys(cache, world, workers, epoch, batch_size=5):
         n = 0
         for b in loader:
             n += 1
-            seen += [(i, int(v)) for i, v, w in zip(b["image_id"], b["view_index"], b["weight"]) if w > 0]
+            seen += [(i, int(v)) for i, v, w in zip(b["image_id"], b["view_index"], b["weight"], strict=True) if w > 0]
         counts.append(n)
         assert n == len(s)
     return seen, counts
@@ -110,7 +109,9 @@ def test_stream_equals_a_row_by_row_read(tmp_path, dtype):
     seen = set()
     s = CacheStream(str(root), ["syn-clip", "syn-sam"], batch_size=4, shuffle_buffer=7, read_rows=3, seed=1)
     for b in make_loader(s, LoaderConfig(num_workers=0)):
-        for k, (image_id, v, w) in enumerate(zip(b["image_id"], b["view_index"].tolist(), b["weight"].tolist())):
+        for k, (image_id, v, w) in enumerate(
+            zip(b["image_id"], b["view_index"].tolist(), b["weight"].tolist(), strict=True)
+        ):
             if w == 0:
                 continue
             image, label, row = ref[(image_id, v)]

@@ -8,7 +8,6 @@ import torch
 
 import radio
 from pipelines.cache import CacheJobConfig, run_cache_job
-from radio.cache import CacheReader
 from pipelines.cli import main
 from pipelines.compare import compare_runs
 from pipelines.config import load_config
@@ -16,6 +15,7 @@ from pipelines.evaluate import EvalJobConfig, evaluate
 from pipelines.screenshot import find_chromium
 from pipelines.tracking import NullRun
 from pipelines.train import Trainer, TrainJobConfig, train
+from radio.cache import CacheReader
 from radio.normalize import TargetStats
 
 TEACHERS = ["tiny-clip", "tiny-dinov2", "tiny-sam"]
@@ -435,11 +435,8 @@ def test_compare_view_is_saved_and_a_refusing_store_falls_back_to_the_compare_pa
     ]
     rows = [{"run_id": "a" * 32}, {"run_id": "b" * 32}]
     cmd, url, table, view = compare_links(uri, exp_id, rows, cols)
-    assert (
-        view == VIEW_KEY
-        and f"#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}&compareRunsMode=CHART&workflowType=machine_learning"
-        in url
-    )
+    runs_page = f"#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}"
+    assert view == VIEW_KEY and f"{runs_page}&compareRunsMode=CHART&workflowType=machine_learning" in url
     assert "#/compare-runs?" in table and "127.0.0.1" in cmd
     envelope = json.loads(client.get_experiment(exp_id).tags[f"mlflow.sharedViewState.{VIEW_KEY}"])
     state = json.loads(envelope["state"])  # what MLflow 3.17's runs page reads: search facets and chart layout

@@ -28,7 +28,10 @@ def test_dense_probe_recovers_separable_patches_and_not_noise():
     tr_l, tr_m = _blocky(24, 6, 4, K, 0)
     te_l, te_m = _blocky(8, 6, 4, K, 1)
     basis = torch.randn(K, 16, generator=torch.Generator().manual_seed(2))
-    feat = lambda l: basis[l] + 0.05 * torch.randn(*l.shape, 16, generator=torch.Generator().manual_seed(3))  # noqa: E731
+
+    def feat(labels):
+        return basis[labels] + 0.05 * torch.randn(*labels.shape, 16, generator=torch.Generator().manual_seed(3))
+
     # the known answer: an ideal head's logits (one-hot per patch), upsampled bilinearly as the probe's are; only
     # pixels near a corner where patches of other classes meet can be lost
     oracle = F.interpolate(
@@ -37,7 +40,10 @@ def test_dense_probe_recovers_separable_patches_and_not_noise():
     best = mean_iou(oracle, te_m, K)
     assert 0.85 < best < 1.0
     assert dense_probe_miou(feat(tr_l), tr_m, feat(te_l), te_m, K, epochs=150) == pytest.approx(best, abs=0.02)
-    noise = lambda l, s: torch.randn(*l.shape, 16, generator=torch.Generator().manual_seed(s))  # noqa: E731
+
+    def noise(labels, seed):
+        return torch.randn(*labels.shape, 16, generator=torch.Generator().manual_seed(seed))
+
     assert dense_probe_miou(noise(tr_l, 4), tr_m, noise(te_l, 5), te_m, K, epochs=150) < 0.5
 
 
@@ -50,7 +56,8 @@ def test_zero_shot_top1_known_answer():
 
 def test_text_embeddings_are_the_text_towers_own():
     """The real loading path (from_pretrained of the whole checkpoint and its tokenizer) equals the model's
-    get_text_features called directly; teachers without a text tower, or a checkpoint without a tokenizer, are refused."""
+    get_text_features called directly; teachers without a text tower, or a checkpoint without a tokenizer, are
+    refused."""
     import transformers as T
 
     from teachers import TeacherLoadError, text_embeddings

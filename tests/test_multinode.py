@@ -98,7 +98,7 @@ def _run_job(output: Path, mode: str, extra_env: dict | None = None) -> dict:
             except OSError:
                 pass
         if left:
-            warnings.warn(f"{mode} job left {len(left)} processes running after it exited; killed them")
+            warnings.warn(f"{mode} job left {len(left)} processes running after it exited; killed them", stacklevel=2)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -139,7 +139,8 @@ def _check_node_loss(reference: Path, out: Path, report: dict):
     assert len(report["nodes"]) == 3 and [n["node_id"] for n in report["nodes"] if not n["alive"]] == [rm["node_id"]], (
         report["nodes"]
     )
-    # removed mid-job: after some shards were committed, before most were, and with the job still running when it was gone
+    # removed mid-job: after some shards were committed, before most were, and with the job still running when it was
+    # gone
     total = UNITS * TABLES
     assert rm["removed"] and rm["job_running_before"] and rm["job_running_after"], rm
     assert 0 < rm["shards_before"] and rm["shards_after"] < total, rm
@@ -159,8 +160,10 @@ def _check_node_loss(reference: Path, out: Path, report: dict):
     assert not differing, f"{len(differing)} of {len(want)} files differ from the one-node cache: {differing}"
     assert (out / "manifest.json").exists()
     print(
-        f"\n[multinode] {report['mode']}: {len(want)} files byte-identical; node removed after {rm['shards_before']}/{total} shards "
-        f"({rm['remove_s']:.1f}s to remove, GCS saw it dead after {rm.get('node_dead_after_s', float('nan')):.1f}s); cluster start "
+        f"\n[multinode] {report['mode']}: {len(want)} files byte-identical; "
+        f"node removed after {rm['shards_before']}/{total} shards "
+        f"({rm['remove_s']:.1f}s to remove, GCS saw it "
+        f"dead after {rm.get('node_dead_after_s', float('nan')):.1f}s); cluster start "
         f"{report['cluster_start_s']:.0f}s, job {report['job_s']:.0f}s, subprocess {report['total_s']:.0f}s"
     )
 

@@ -73,7 +73,9 @@ def test_cycle_visits_every_teacher_resolution_pair_with_derived_views(cache):
     s = _stream(cache, sched)
     ref = _stream(cache, ResolutionSchedule())  # the same rows at the stored 64 px
     pairs, n = set(), 0
-    for b, full in zip(make_loader(s, LoaderConfig(num_workers=0)), make_loader(ref, LoaderConfig(num_workers=0))):
+    for b, full in zip(
+        make_loader(s, LoaderConfig(num_workers=0)), make_loader(ref, LoaderConfig(num_workers=0)), strict=True
+    ):
         r = b["resolution"]
         assert r == [16, 32, 64][n % 3] and b["image"].shape[2:] == (r, r) and b["image"].dtype == torch.uint8
         assert b["image_id"] == full["image_id"]  # the schedule changes no row order

@@ -283,7 +283,8 @@ def test_info_and_verify_on_s3(c1, c2, s3, capsys):
         with capsys.disabled():
             got[name] = _record(f"{name} cache verify ({units} units)", n)
             print(
-                f"[s3 requests] {name} verify by object: {_by_file_type(n.requests)}; it says: {' '.join(l for l in out.splitlines() if 'read' in l)[:200]}",
+                f"[s3 requests] {name} verify by object: {_by_file_type(n.requests)}; "
+                f"it says: {' '.join(line for line in out.splitlines() if 'read' in line)[:200]}",
                 flush=True,
             )
         assert not any(n[k] for k in WRITES), n.requests
@@ -329,7 +330,8 @@ def test_train_on_s3_reads_per_teacher_and_per_file_streamed(c1, c2, s3, tmp_pat
             if not r.path.endswith(".parquet")
         )
         print(
-            f"[s3 requests] {name} train: {len(files)} of {3 * units} Parquet files streamed, {len(shard_reqs)} requests on them "
+            f"[s3 requests] {name} train: {len(files)} of {3 * units} Parquet "
+            f"files streamed, {len(shard_reqs)} requests on them "
             f"(HEADs per file {sorted(set(heads.values()))}); other requests {dict(other)}",
             flush=True,
         )
@@ -338,9 +340,11 @@ def test_train_on_s3_reads_per_teacher_and_per_file_streamed(c1, c2, s3, tmp_pat
         assert max(heads.values()) == 1 and len(shard_reqs) <= 6 * len(files), collections.Counter(
             (r.method, r.path) for r in shard_reqs
         )
-        # the rest (the start): the manifest, one listing per directory read (views/, each teacher's, stats/), each teacher's merged moments
+        # the rest (the start): the manifest, one listing per directory read (views/, each teacher's, stats/), each
+        # teacher's merged moments
         assert n["LIST"] <= DIRS - 1, _by_file_type(n.requests)
-        # (LISTs log as GET on the bucket) at most: the manifest read twice (HEAD, HEAD, GET each), each teacher's moments (HEAD, GET)
+        # (LISTs log as GET on the bucket) at most: the manifest read twice (HEAD, HEAD, GET each), each teacher's
+        # moments (HEAD, GET)
         assert sum(c for (method, key), c in other.items() if (method, key) != ("GET", s3.bucket)) <= 2 * 3 + 2 * 2, (
             other
         )

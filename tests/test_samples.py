@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from radio.samples import (
+from pipelines.samples import (
     MAX_SIDE,
     MIN_SIDE,
     SAMPLES_DIR,
@@ -101,7 +101,7 @@ def test_regenerating_gives_identical_files(tmp_path):
             differing.append(str(p))
     assert not differing, (
         f"{len(differing)} shipped files differ from the generator (e.g. {differing[:3]}); "
-        "run `python -m radio.samples` to regenerate them"
+        "run `python -m pipelines.samples` to regenerate them"
     )
     with open(SAMPLES_DIR / "index.csv", newline="") as f:
         header = next(csv.reader(f))
@@ -180,7 +180,7 @@ def test_scenes_masks_are_shipped_deterministic_and_aligned(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from radio.samples import CLASSES, SCENES_DIR, generate_scenes, load_scene_index, render_scene
+    from pipelines.samples import CLASSES, SCENES_DIR, generate_scenes, load_scene_index, render_scene
 
     recs = load_scene_index()
     assert len(recs) == 48 and {r.split for r in recs} == {"train", "val"} and len(load_scene_index("val")) == 12

@@ -147,7 +147,8 @@ def test_commit_record_is_the_commit(built, tmp_path):
 
 
 def test_same_size_rewrite_is_found_from_the_listing(built, tmp_path, capsys):
-    """A shard written again with other bytes of the same size lists another time: the rerun checks it and sets it aside."""
+    """A shard written again with other bytes of the same size lists another time: the rerun checks it and sets it
+    aside."""
     import shutil
 
     out = tmp_path / "c"
@@ -203,9 +204,9 @@ def test_merged_statistics_equal_numpy_over_every_stored_target(built):
 
 
 def test_phis_trains_from_the_merged_file_and_refuses_an_edited_one(built, tmp_path):
-    from radio.cache import CacheError
-
     import shutil
+
+    from radio.cache import CacheError
 
     out = tmp_path / "c"
     shutil.copytree(built, out)

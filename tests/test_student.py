@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from radio.adapters import AdapterConfig, AdapterHeads, resample_targets, resample_valid_mask
 from radio.checkpoint import save_student
-from radio.model import DistillModel, RadioModel, load_student
 from radio.losses import LossConfig, distill_loss
+from radio.model import DistillModel, RadioModel, load_student
 from radio.normalize import RunningStats, TargetStats
 from radio.student import (
     IMAGENET_MEAN,

@@ -10,8 +10,7 @@ import torch
 import radio
 from radio.adapters import AdapterConfig
 from radio.checkpoint import save_student
-from radio.model import DistillModel
-from radio.model import RadioModel, RadioOutput, Resolution
+from radio.model import DistillModel, RadioModel, RadioOutput, Resolution
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
 
@@ -106,7 +105,8 @@ def test_adaptors_at_load_time_in_teacher_space(student_dir):
     )  # standardization undone
     with pytest.raises(
         ValueError,
-        match=r"adaptor 'dino' is not one of this student's teachers \['tiny-clip', 'tiny-sam'\] or their families \['clip', 'sam'\]",
+        match=r"adaptor 'dino' is not one of this student's teachers \['tiny-clip', 'tiny-sam'\] or their "
+        r"families \['clip', 'sam'\]",
     ):
         radio.load_student(str(student_dir), adaptor_names="dino")
 
@@ -203,7 +203,7 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path, monkeypatch):
     model = radio.load_student(str(student_dir), adaptor_names=["tiny-clip", "tiny-sam"])
     for shape in ((3, 3, 48, 24), (1, 3, 16, 64)):  # batch and resolution are dynamic
         x = torch.rand(*shape)
-        got = dict(zip(names, sess.run(None, {"images": x.numpy()})))
+        got = dict(zip(names, sess.run(None, {"images": x.numpy()}), strict=True))
         with torch.no_grad():
             ref = model(x)
         torch.testing.assert_close(torch.from_numpy(got["features"]), ref["backbone"].features, atol=ATOL, rtol=0)
@@ -230,7 +230,7 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path, monkeypatch):
         with pytest.raises(ValueError):
             model(bad)
     over = x * 1.2 - 0.1  # [-0.1, 1.1]
-    got = dict(zip(names, sess.run(None, {"images": over.numpy()})))
+    got = dict(zip(names, sess.run(None, {"images": over.numpy()}), strict=True))
     torch.testing.assert_close(torch.from_numpy(got["features"]), model(over)["backbone"].features, atol=ATOL, rtol=0)
     # weights too big for one file go to OUT.onnx.data once (the guard rewrites the graph only), even when the
     # export runs in the output folder
@@ -252,6 +252,7 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path, monkeypatch):
             ort.InferenceSession(str(ext / "student.onnx"), providers=["CPUExecutionProvider"]).run(
                 None, {"images": x.numpy()}
             ),
+            strict=True,
         )
     )
     torch.testing.assert_close(torch.from_numpy(got["features"]), model(x)["backbone"].features, atol=ATOL, rtol=0)
@@ -260,7 +261,7 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path, monkeypatch):
     assert main(["export", str(student_dir), "--onnx", str(out8), "--onnx-input", "uint8"]) == 0
     sess8 = ort.InferenceSession(str(out8), providers=["CPUExecutionProvider"])
     x8 = torch.randint(0, 256, (2, 3, 16, 32), dtype=torch.uint8)
-    got = dict(zip(names, sess8.run(None, {"images": x8.numpy()})))
+    got = dict(zip(names, sess8.run(None, {"images": x8.numpy()}), strict=True))
     torch.testing.assert_close(
         torch.from_numpy(got["tiny-clip.summary"]), model(x8)["tiny-clip"].summary, atol=ATOL, rtol=0
     )
@@ -394,7 +395,7 @@ def test_radio_style_script_runs_with_only_the_repository_changed(student_dir):
         nearest[0] // model.patch_size * (nearest[1] // model.patch_size),
         model.embed_dim,
     )
-    assert clip_summary.shape == (1, 16) and all(torch.allclose(a, b) for a, b in zip(same, sparse))
+    assert clip_summary.shape == (1, 16) and all(torch.allclose(a, b) for a, b in zip(same, sparse, strict=True))
     assert len(inter) == 1 and torch.allclose(inter[0], (sparse[0] + sparse[1]) / 2, atol=1e-6)
     assert (
         model.window_size is None
@@ -423,7 +424,8 @@ def test_transformers_automodel_loads_an_exported_student(student_dir):
         f"m = AutoModel.from_pretrained({str(student_dir)!r}, adaptor_names=['clip'])\n"
         f"ref = radio.load_student({str(student_dir)!r}, adaptor_names=['clip'])\n"
         "x = torch.rand(1, 3, 32, 32)\n"
-        "print(json.dumps({'type': type(m).__name__, 'same': bool(torch.equal(m(x)['clip'].summary, ref(x)['clip'].summary)), 'model_type': AutoConfig.from_pretrained("
+        "print(json.dumps({'type': type(m).__name__, 'same': bool(torch.equal(m(x)['clip'].summary, "
+        "ref(x)['clip'].summary)), 'model_type': AutoConfig.from_pretrained("
         f"{str(student_dir)!r}).model_type}}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -137,7 +137,8 @@ def test_preprocessing_equals_official_pil_processor(real_dirs):
 
 def test_prepare_path_inputs_equal_official_processor(real_dirs):
     """The cache job's path: the CPU prepare task resizes the view (Pillow, or torchvision's uint8 bilinear for
-    SAM2/SAM3), the teacher only normalizes (resized=True). Its pixel values are bitwise those of the teacher's own resize
+    SAM2/SAM3), the teacher only normalizes (resized=True). Its pixel values are bitwise those of the teacher's own
+    resize
     (the torch port) and within 1e-5 of the official processor, for every registry teacher."""
     from teachers.preprocess import host_resize, resizes_on_host
 
@@ -348,7 +349,7 @@ def test_extreme_aspect_ratios_and_batch_tensor(teacher):
     for hw in [(40, 40), (30, 52), (64, 64)]:
         batch = torch.stack([_img(*hw, 3), _img(*hw, 4), _img(*hw, 5)])
         (px_b, ext_b), (px_i, ext_i) = teacher.preprocess(batch), teacher.preprocess(list(batch))
-        assert all(torch.equal(a, b) for a, b in zip(px_b, px_i)) and torch.equal(ext_b, ext_i), hw
+        assert all(torch.equal(a, b) for a, b in zip(px_b, px_i, strict=True)) and torch.equal(ext_b, ext_i), hw
 
 
 def test_sam_valid_region_excludes_padding():
@@ -382,7 +383,10 @@ def test_bitwise_deterministic(teacher):
 
 def test_fingerprint_stable_across_processes():
     """Every tiny teacher's fingerprint, computed again in a fresh interpreter (one for all: each costs the imports)."""
-    code = f"import json; from teachers import create_teacher; print(json.dumps({{n: create_teacher(n).spec.fingerprint for n in {list(TINY)!r}}}))"
+    code = (
+        "import json; from teachers import create_teacher; "
+        f"print(json.dumps({{n: create_teacher(n).spec.fingerprint for n in {list(TINY)!r}}}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {n: create_teacher(n).spec.fingerprint for n in TINY}

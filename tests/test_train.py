@@ -15,11 +15,10 @@ import torch
 
 from pipelines.cli import main
 from pipelines.config import load_config
+from pipelines.synthetic import make_synthetic_cache
 from pipelines.train import TrainingDiverged, TrainJobConfig, train
 from radio.cache import CacheMismatch
 from radio.checkpoint import CheckpointError
-
-from pipelines.synthetic import make_synthetic_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHERS = "teachers=[syn-clip,syn-sam]"
@@ -270,7 +269,7 @@ def test_kill_and_resume_matches_uninterrupted(cache, tmp_path):
         )
     )
     assert [h["step"] for h in resumed["history"]] == [h["step"] for h in ref["history"]]
-    for a, b in zip(resumed["history"], ref["history"]):
+    for a, b in zip(resumed["history"], ref["history"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), (a, b)
 
 

@@ -23,8 +23,8 @@ def test_views_are_deterministic_and_depend_on_key():
 def test_boxes_lie_inside_the_image(w, h):
     p = ViewPolicy(num_views=16, first_view_full=False)
     for v in sample_views(p, "x", w, h):
-        l, t, r, b = v.box
-        assert 0 <= l < r <= w and 0 <= t < b <= h
+        left, t, r, b = v.box
+        assert 0 <= left < r <= w and 0 <= t < b <= h
 
 
 def test_area_and_flip_statistics():
@@ -40,8 +40,8 @@ def test_crop_and_render():
     p = ViewPolicy(num_views=8, first_view_full=False, flip_prob=1.0)
     v = sample_view(p, "a", 3, 30, 20)
     crop = crop_view(img, v)
-    l, t, r, b = v.box
-    np.testing.assert_array_equal(crop, img[t:b, l:r][:, ::-1])
+    left, t, r, b = v.box
+    np.testing.assert_array_equal(crop, img[t:b, left:r][:, ::-1])
     out = render_view(img, v, (16, 16))
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8
 

@@ -12,6 +12,7 @@ from .codec import (
     feature_columns,
     grid_suffix,
 )
+from .commit import Commit, FileRef, RecordError, commit_path, read_record, stats_path
 from .manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -31,9 +32,8 @@ from .manifest import (
     save_manifest,
 )
 from .reader import CacheBatch, CacheReader, column_types, describe_differences
-from .store import CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
-from .commit import Commit, FileRef, RecordError, commit_path, read_record, stats_path
 from .state import MomentsMerger, TableState, build_manifest, read_merged_moments, scan_table, table_dirs
+from .store import CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
 from .writer import (
     check_footer,
     open_checked,

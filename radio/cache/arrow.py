@@ -58,7 +58,9 @@ def arrow_to_tensor(col: pa.Array | pa.ChunkedArray, field: pa.Field | None = No
         raise ValueError("arrow_to_tensor needs the column's field, whose metadata holds the tensor's shape and dtype")
     if TENSOR_META not in (field.metadata or {}) or not pa.types.is_fixed_size_binary(col.type):
         raise ValueError(
-            f"column {field.name!r} ({col.type}) is not a tensor column of this cache format (fixed-size binary with {TENSOR_META.decode()} metadata); rebuild the cache with `radio cache` into a new output path"
+            f"column {field.name!r} ({col.type}) is not a tensor column of this cache format (fixed-size "
+            f"binary with {TENSOR_META.decode()} metadata); rebuild the cache with `radio cache` "
+            "into a new output path"
         )
     meta = json.loads(field.metadata[TENSOR_META])
     dt = np.dtype(meta["dtype"])

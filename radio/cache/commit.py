@@ -131,8 +131,8 @@ def moments_arrays(prefix: str, m: RunningMoments) -> tuple[dict, dict[str, np.n
     iu = np.triu_indices(len(m.mean))
     return {f"{prefix}.count": m.count}, {
         f"{prefix}.mean": m.mean,
-        f"{prefix}.m2": m._m2,
-        f"{prefix}.cov_triu": m._cov[iu].astype(np.float32),
+        f"{prefix}.m2": m.m2,
+        f"{prefix}.cov_triu": m.cov_m2[iu].astype(np.float32),
     }
 
 
@@ -190,7 +190,7 @@ class Commit:
         return encode_record(head, arrays)
 
     @classmethod
-    def from_record(cls, header: dict, arrays: dict | None = None) -> "Commit":
+    def from_record(cls, header: dict, arrays: dict | None = None) -> Commit:
         moments = None
         if arrays is not None and header.get("kind") == "teacher":
             moments = {k: m for k in ("features", "summary") if (m := moments_from(k, header, arrays)) is not None}
@@ -206,12 +206,12 @@ class Commit:
             moments,
         )
 
-    def write(self, loc: CacheLocation) -> "Commit":
+    def write(self, loc: CacheLocation) -> Commit:
         """Commit: write the record beside its (already written) shard; from here on the shard counts as done."""
         loc.write_bytes_atomic(commit_path(self.shard.path), self.encode())
         return self
 
-    def without_moments(self) -> "Commit":
+    def without_moments(self) -> Commit:
         return Commit(
             self.shard,
             self.cache_id,

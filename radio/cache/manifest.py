@@ -41,6 +41,11 @@ FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 
 
+def hw(grid) -> tuple[int, int]:
+    """A (height, width) pair from any two-item sequence (a manifest's JSON lists, a tuple)."""
+    return int(grid[0]), int(grid[1])
+
+
 class CacheError(RuntimeError):
     """A cache is missing, incomplete or damaged."""
 
@@ -60,8 +65,10 @@ class CacheFormatError(CacheError):
 def format_error(uri: str, found) -> CacheFormatError:
     return CacheFormatError(
         f"cache {uri} is in format v{found}, this version of radio reads format v{FORMAT_VERSION} only "
-        f"(v3 keeps a commit record beside every shard and each teacher's statistics in one file; v2 kept them in every shard's "
-        f"footer; v1 caches hold center-cropped, padded targets). Rebuild it: rerun the `radio cache` command that built it with a new output=PATH, "
+        "(v3 keeps a commit record beside every shard and each teacher's statistics in one file; v2 kept "
+        "them in every shard's "
+        "footer; v1 caches hold center-cropped, padded targets). Rebuild it: rerun the `radio cache` "
+        "command that built it with a new output=PATH, "
         f"or delete {uri} and rerun it unchanged."
     )
 
@@ -84,7 +91,7 @@ class CacheIdentity:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CacheIdentity":
+    def from_dict(cls, d: dict) -> CacheIdentity:
         return cls(**d)
 
 
@@ -110,7 +117,7 @@ class TeacherStats:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TeacherStats":
+    def from_dict(cls, d: dict) -> TeacherStats:
         return cls(
             Moments(**d["features"]), Moments(**d["summary"]) if d.get("summary") else None, d.get("exact", True)
         )
@@ -132,10 +139,10 @@ class TargetLayout:
     @property
     def grids(self) -> list[tuple[int, int]]:
         """Every grid stored, the main one first."""
-        return [tuple(self.grid), *(tuple(g) for g in self.extra_grids)]
+        return [hw(self.grid), *(hw(g) for g in self.extra_grids)]
 
     @classmethod
-    def stored(cls, native_grid, target_grid, extra_targets, dtype: str) -> "TargetLayout":
+    def stored(cls, native_grid, target_grid, extra_targets, dtype: str) -> TargetLayout:
         """The layout of a teacher with grid ``native_grid`` asked for ``target_grid`` (None: native) and the
         grids ``extra_targets`` of lower resolutions: each capped by the teacher's own grid
         (``radio.targets.stored_grid``), none stored twice, the extra grids finest first."""
@@ -149,7 +156,7 @@ class TargetLayout:
         """The stored columns of one batch: ``maps`` holds the feature maps at ``self.grids``, in that order; the
         main grid's columns keep their names, each extra grid's are suffixed (``@HxW``)."""
         cols = encode_targets(summary, maps[0], self.dtype)
-        for g, m in zip(self.extra_grids, maps[1:]):
+        for g, m in zip(self.extra_grids, maps[1:], strict=True):
             cols.update({k + grid_suffix(g): v for k, v in encode_targets(None, m, self.dtype).items()})
         return cols
 
@@ -182,7 +189,7 @@ class TargetLayout:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TargetLayout":
+    def from_dict(cls, d: dict) -> TargetLayout:
         return cls(
             tuple(d["grid"]), d["dtype"], tuple(d["native_grid"]), tuple(tuple(g) for g in d.get("extra_grids", ()))
         )
@@ -253,7 +260,7 @@ class TeacherEntry(_Shards):
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TeacherEntry":
+    def from_dict(cls, d: dict) -> TeacherEntry:
         return cls(
             d["spec"],
             TargetLayout.from_dict(d["layout"]),
@@ -279,7 +286,7 @@ class ViewsEntry(_Shards):
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ViewsEntry":
+    def from_dict(cls, d: dict) -> ViewsEntry:
         return cls(d["policy"], [ShardInfo(**s) for s in d["shards"]])
 
 
@@ -334,7 +341,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Manifest":
+    def from_dict(cls, d: dict) -> Manifest:
         return cls(
             CacheIdentity.from_dict(d["identity"]),
             d["source"],
@@ -367,7 +374,8 @@ def load_manifest(loc: CacheLocation) -> Manifest | None:
         d = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise CacheError(
-            f"{path} is not valid JSON ({e}). The shards are intact: rerun the `radio cache` command that built this cache to rewrite the manifest from them."
+            f"{path} is not valid JSON ({e}). The shards are intact: rerun the `radio cache` command "
+            "that built this cache to rewrite the manifest from them."
         ) from None
     version = d.get("format_version") if isinstance(d, dict) else None
     if version != FORMAT_VERSION:
@@ -376,14 +384,17 @@ def load_manifest(loc: CacheLocation) -> Manifest | None:
     if recorded != _digest(d):
         what = "has no recorded sha256" if recorded is None else "does not match its recorded sha256"
         raise ManifestDamaged(
-            f"{path} {what}: it was edited or damaged since the job wrote it, and its layouts, statistics and shard list cannot be trusted. "
-            f"The shards are intact and carry their own records: rerun the `radio cache` command that built {loc.uri} to rewrite the manifest from them."
+            f"{path} {what}: it was edited or damaged since the job wrote it, and its layouts, statistics "
+            "and shard list cannot be trusted. "
+            "The shards are intact and carry their own records: rerun the `radio cache` command that "
+            f"built {loc.uri} to rewrite the manifest from them."
         )
     try:
         return Manifest.from_dict(d)
     except (KeyError, TypeError) as e:
         raise CacheError(
-            f"{path} is missing or has malformed field {e}. Rerun the `radio cache` command that built this cache to rewrite it from the shards."
+            f"{path} is missing or has malformed field {e}. Rerun the `radio cache` command that "
+            "built this cache to rewrite it from the shards."
         ) from None
 
 

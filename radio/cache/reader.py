@@ -17,7 +17,15 @@ from ..images import decode_student_image
 from ..normalize import TargetStats
 from .arrow import column_tensor
 from .codec import grid_suffix
-from .manifest import MANIFEST_NAME, CacheError, CacheMismatch, Manifest, TeacherEntry, TeacherStats, load_manifest
+from .manifest import (
+    MANIFEST_NAME,
+    CacheError,
+    CacheMismatch,
+    Manifest,
+    TeacherEntry,
+    hw,
+    load_manifest,
+)
 from .store import CacheLocation, teacher_path, views_path
 
 __all__ = ["CacheReader", "CacheBatch", "describe_differences", "column_types"]
@@ -37,7 +45,11 @@ def describe_differences(have, want, prefix: str = "") -> list[str]:
                 out.extend(describe_differences(have[k], want[k], p))
         return out
     if isinstance(have, (list, tuple)) and isinstance(want, (list, tuple)) and len(have) == len(want):
-        return [d for i, (a, b) in enumerate(zip(have, want)) for d in describe_differences(a, b, f"{prefix}[{i}]")]
+        return [
+            d
+            for i, (a, b) in enumerate(zip(have, want, strict=True))
+            for d in describe_differences(a, b, f"{prefix}[{i}]")
+        ]
     return [] if have == want else [f"{prefix or '<root>'}: {have!r} (cache) != {want!r} (config)"]
 
 
@@ -111,26 +123,31 @@ class CacheReader:
         missing = [t for t in self.teachers if t not in held]
         if missing:
             raise CacheMismatch(
-                f"cache {uri} has no targets for teacher(s) {missing}; it holds {sorted(held)}. Add them with `radio cache` (only the new teachers are computed) or remove them from the training config."
+                f"cache {uri} has no targets for teacher(s) {missing}; it holds {sorted(held)}. "
+                "Add them with `radio cache` (only the new teachers are computed) or remove them from "
+                "the training config."
             )
         for t, fp in (expect_fingerprints or {}).items():
             if t in held and held[t].fingerprint != fp:
                 raise CacheMismatch(
-                    f"cache {uri} holds teacher {t!r} with fingerprint {held[t].fingerprint}, but the config asks for {fp}: the cache is stale for this teacher. Rebuild it with `radio cache ... rebuild=[{t}]`."
+                    f"cache {uri} holds teacher {t!r} with fingerprint {held[t].fingerprint}, "
+                    f"but the config asks for {fp}: the cache is stale for this teacher. "
+                    f"Rebuild it with `radio cache ... rebuild=[{t}]`."
                 )
         units = {s.unit for s in manifest.views.shards}
         for t in self.teachers:
             units &= {s.unit for s in held[t].shards}
         self.units = sorted(units)
         self.rows_per_unit = {s.unit: s.rows for s in manifest.views.shards}
-        self._by_unit = None
+        self._by_unit: dict[str | None, dict] | None = None
         self._moments: dict[str, tuple] = {}
         if check:
             self._check_manifest()
 
     def _damaged(self, what: str) -> CacheError:
         return CacheError(
-            f"{what}. The cache is damaged or was edited: `radio cache verify {self.loc.uri}` lists every problem, and rerunning the `radio cache` command that built it recomputes what is wrong."
+            f"{what}. The cache is damaged or was edited: `radio cache verify {self.loc.uri}` lists "
+            "every problem, and rerunning the `radio cache` command that built it recomputes what is wrong."
         )
 
     def _check_manifest(self):
@@ -143,16 +160,19 @@ class CacheReader:
             len(m.views.shards) != m.units or any(len(m.teachers[t].shards) != m.units for t in self.teachers)
         ):
             raise self._damaged(
-                f"{self.loc.full(MANIFEST_NAME)} says the cache is complete with {m.units} units, but lists {len(m.views.shards)} views shards and {', '.join(f'{len(m.teachers[t].shards)} for {t}' for t in self.teachers)}"
+                f"{self.loc.full(MANIFEST_NAME)} says the cache is complete with {m.units} units, "
+                f"but lists {len(m.views.shards)} "
+                f"views shards and {', '.join(f'{len(m.teachers[t].shards)} for {t}' for t in self.teachers)}"
             )
         views = m.views.by_unit()
-        tables = [("views", [views[u] for u in self.units])] + [
+        tables: list[tuple[str, list]] = [("views", [views[u] for u in self.units])] + [
             (f"teachers/{t}", self.entry(t).shards) for t in self.teachers
         ]
         refs = [self.entry(t).moments for t in self.teachers]
         if any(r is None for r in refs):
             raise self._damaged(
-                f"{self.loc.full(MANIFEST_NAME)} lists no merged statistics for teacher(s) {[t for t, r in zip(self.teachers, refs) if r is None]}"
+                f"{self.loc.full(MANIFEST_NAME)} lists no merged statistics "
+                f"for teacher(s) {[t for t, r in zip(self.teachers, refs, strict=True) if r is None]}"
             )
         tables.append(("stats", refs))
         for rel_dir, files in tables:
@@ -191,7 +211,8 @@ class CacheReader:
             if reason is not None:
                 if e is not None and reason.startswith("holds targets with fingerprint"):
                     raise CacheMismatch(
-                        f"{self.loc.full(rel)} {reason}: mixed targets in one cache. Rerun the `radio cache` command that built {self.loc.uri} to recompute it."
+                        f"{self.loc.full(rel)} {reason}: mixed targets in one cache. Rerun "
+                        f"the `radio cache` command that built {self.loc.uri} to recompute it."
                     )
                 raise self._damaged(f"{self.loc.full(rel)}: {reason}")
             files[t] = pf
@@ -226,7 +247,7 @@ class CacheReader:
     def merged_moments(self, teacher: str):
         """(features, summary or None) :class:`RunningMoments` of ``teacher`` merged over every unit, with full
         second moments: one file, checked against the manifest's checksum."""
-        from .state import _per_channel, read_merged_moments
+        from .state import read_merged_moments, teacher_stats
         from .writer import stats_differ
 
         if teacher not in self._moments:
@@ -236,9 +257,10 @@ class CacheReader:
                     f"{self.loc.full(MANIFEST_NAME)} lists no merged statistics for teacher {teacher!r}"
                 )
             f, s = read_merged_moments(self.loc, ref)
-            if stats_differ(TeacherStats(_per_channel(f), _per_channel(s)), self.entry(teacher).stats):
+            if stats_differ(teacher_stats(f, s), self.entry(teacher).stats):
                 raise self._damaged(
-                    f"{self.loc.full(MANIFEST_NAME)}: the statistics of teacher {teacher!r} differ from those in {self.loc.full(ref.path)}"
+                    f"{self.loc.full(MANIFEST_NAME)}: the statistics of teacher {teacher!r} differ from "
+                    f"those in {self.loc.full(ref.path)}"
                 )
             self._moments[teacher] = (f, s)
         return self._moments[teacher]
@@ -251,7 +273,7 @@ class CacheReader:
     @property
     def grids(self) -> dict[str, tuple[int, int]]:
         """The grid each teacher's targets are stored at."""
-        return {t: tuple(self.entry(t).layout.grid) for t in self.teachers}
+        return {t: hw(self.entry(t).layout.grid) for t in self.teachers}
 
     @property
     def labels(self) -> list[str]:
@@ -273,7 +295,8 @@ class CacheReader:
         data = np.frombuffer(col.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
         if data.size != n * res * res * 3:
             raise CacheError(
-                f"{self.loc.uri}: raw student views are not {res}x{res}x3 bytes each; the cache is damaged. Run `radio cache verify {self.loc.uri}`."
+                f"{self.loc.uri}: raw student views are not {res}x{res}x3 bytes each; the cache is damaged. "
+                f"Run `radio cache verify {self.loc.uri}`."
             )
         return data.reshape(n, res, res, 3)
 
@@ -289,7 +312,7 @@ class CacheReader:
         cols = self.entry(t).layout.feature_columns()
         if t not in self.extra_grids:
             return cols
-        keep = {grid_suffix(tuple(g)) for g in self.extra_grids[t]}
+        keep = {grid_suffix(hw(g)) for g in self.extra_grids[t]}
         return [c for c in cols if "@" not in c or c[c.index("@") :] in keep]
 
     def iter_unit(self, unit: int, batch_rows: int = 64, with_images: bool = True) -> Iterator[CacheBatch]:
@@ -325,6 +348,7 @@ class CacheReader:
         from .store import ChangedFile
 
         rel = views_path(unit) if teacher is None else teacher_path(teacher, unit)
+        assert self._by_unit is not None  # built by the epoch that hands out this shard
         info = self._by_unit[teacher][unit]
         if self.loc.hashed_whole(info):
             try:
@@ -353,7 +377,8 @@ class CacheReader:
                     or not np.array_equal(tb.column("view_index").to_numpy(), vidx)
                 ):
                     raise CacheError(
-                        f"unit {unit}: keys of teacher {t!r} do not match the views table at rows {ids[:1]}..; the cache is damaged. Run `radio cache verify {self.loc.uri}`."
+                        f"unit {unit}: keys of teacher {t!r} do not match the views table at rows {ids[:1]}..; "
+                        f"the cache is damaged. Run `radio cache verify {self.loc.uri}`."
                     )
                 batch.teachers[t] = {name: column_tensor(tb, name) for name in tcols[t][2:]}
             yield batch
@@ -362,7 +387,8 @@ class CacheReader:
                 raise CacheError(f"unit {unit}: teacher {t!r} has more rows than the views table; the cache is damaged")
 
     def _checked(self, batches, unit: int, teacher: str | None):
-        """``batches`` of one shard; a page whose checksum fails (or that does not decode) is a CacheError naming the file."""
+        """``batches`` of one shard; a page whose checksum fails (or that does not decode) is a CacheError naming the
+        file."""
         rel = views_path(unit) if teacher is None else teacher_path(teacher, unit)
         while True:
             try:
@@ -371,7 +397,8 @@ class CacheReader:
                 return
             except (OSError, ValueError) as e:  # pyarrow: "CRC checksum verification failed", ArrowInvalid, ...
                 raise self._damaged(
-                    f"{self.loc.full(rel)}: a page does not read back as written ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+                    f"{self.loc.full(rel)}: a page does not read back as written ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:160]})"
                 ) from None
             yield b
 

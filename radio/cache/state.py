@@ -13,6 +13,7 @@ from __future__ import annotations
 import posixpath
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -189,9 +190,12 @@ class MomentsMerger:
         return self.features, (self.summary if self.has_summary else None)
 
 
-def _per_channel(m: RunningMoments | None) -> Moments | None:
-    if m is None:
-        return None
+def teacher_stats(features: RunningMoments, summary: RunningMoments | None) -> TeacherStats:
+    """The manifest's per-channel statistics of a teacher's merged moments."""
+    return TeacherStats(_per_channel(features), None if summary is None else _per_channel(summary))
+
+
+def _per_channel(m: RunningMoments) -> Moments:
     if m.count == 0:
         return Moments([], [], 0)
     return Moments(m.mean.tolist(), m.std.tolist(), int(m.count))
@@ -207,7 +211,7 @@ def write_merged_moments(
             continue
         h, a = moments_arrays(k, m)
         if m.count:  # merged: keep the covariance exact (float64), unlike a shard's float32 triangle
-            a[f"{k}.cov_triu"] = m._cov[np.triu_indices(len(m.mean))]
+            a[f"{k}.cov_triu"] = m.cov_m2[np.triu_indices(len(m.mean))]
         head.update(h)
         arrays.update(a)
     data = encode_record(head, arrays)
@@ -225,11 +229,17 @@ def read_merged_moments(
     data = loc.read_bytes(ref.path)
     if len(data) != ref.bytes or sha256_bytes(data) != ref.sha256:
         raise CacheError(
-            f"{loc.full(ref.path)}: {len(data)} bytes with a checksum that differs from the manifest's ({ref.bytes} bytes); the statistics are damaged. "
+            f"{loc.full(ref.path)}: {len(data)} bytes with a checksum that differs from the manifest's "
+            f"({ref.bytes} bytes); the statistics are damaged. "
             f"Rerun the `radio cache` command that built {loc.uri} to rewrite them from the commit records."
         )
     header, arrays = read_record(loc, ref.path, data=data)
     f = moments_from("features", header, arrays)
+    if f is None:
+        raise CacheError(
+            f"{loc.full(ref.path)}: holds no feature moments; the statistics are damaged. "
+            f"Rerun the `radio cache` command that built {loc.uri} to rewrite them from the commit records."
+        )
     return f, moments_from("summary", header, arrays)
 
 
@@ -244,12 +254,13 @@ def build_manifest(
     views: dict[int, Commit],
     teachers: dict[str, tuple[dict, TeacherEntry | None, dict[int, Commit], MomentsMerger | None, str | None]],
     old: Manifest | None = None,
-    excluded: list[dict] = (),
+    excluded: Sequence[dict] = (),
 ) -> Manifest:
     """Write the merged statistics and build the manifest from commit records (the caller saves it).
 
     ``teachers``: name -> (spec, its old manifest entry or None, its commits by unit, a merger holding this run's
-    moments or None when none were computed, the request key its targets are known to answer or None). A teacher whose shards are exactly those of its old entry
+    moments or None when none were computed, the request key its targets are known to answer or None). A teacher whose
+    shards are exactly those of its old entry
     keeps its merged statistics file. ``excluded``: source entries never read, recorded after the skips."""
     skipped = [Skipped(**s) for u in sorted(views) for s in views[u].skipped] + [Skipped(**s) for s in excluded]
     images = sum(c.images for c in views.values())
@@ -258,7 +269,14 @@ def build_manifest(
         if not commits:
             continue
         shards = [commits[u].shard for u in sorted(commits)]
-        layout = TargetLayout.from_dict(next(iter(commits.values())).layout or old_entry.layout.to_dict())
+        recorded = next(iter(commits.values())).layout
+        if recorded is None and old_entry is not None:
+            recorded = old_entry.layout.to_dict()
+        if recorded is None:
+            from .manifest import CacheError
+
+            raise CacheError(f"{loc.full('teachers/' + name)}: no commit record holds the targets' layout")
+        layout = TargetLayout.from_dict(recorded)
         key = lambda sh: (sh.path, sh.rows, sh.bytes, sh.sha256)  # noqa: E731
         same = (
             old_entry is not None
@@ -266,13 +284,13 @@ def build_manifest(
             and list(map(key, old_entry.shards)) == list(map(key, shards))
             and merger is None
         )
-        if same:
+        if same and old_entry is not None:
             ref, stats = old_entry.moments, old_entry.stats
         else:
             merger = merger or MomentsMerger(loc, name, n_units, set(commits))
             f, s = merger.finish()
             ref = write_merged_moments(loc, name, spec["fingerprint"], f, s)
-            stats = TeacherStats(_per_channel(f), _per_channel(s))
+            stats = teacher_stats(f, s)
         entries[name] = TeacherEntry(spec, layout, stats, shards, len(shards) == n_units, ref, request)
     manifest = Manifest(
         identity=identity,

@@ -23,6 +23,7 @@ import posixpath
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -227,7 +228,7 @@ class CacheLocation:
         return self.fs.get_file_info(self.full(rel)).size
 
     class _Atomic:
-        def __init__(self, loc: "CacheLocation", rel: str):
+        def __init__(self, loc: CacheLocation, rel: str):
             self.loc, self.rel = loc, rel
             final = loc.full(rel)
             self.final = final
@@ -255,7 +256,7 @@ class CacheLocation:
                 self.loc.fs.move(self.tmp, self.final)  # rename(2): atomic on a local filesystem
             return False
 
-    def _atomic(self, rel: str) -> "CacheLocation._Atomic":
+    def _atomic(self, rel: str) -> CacheLocation._Atomic:
         return CacheLocation._Atomic(self, rel)
 
     def write_table(
@@ -269,7 +270,7 @@ class CacheLocation:
         compression: str | dict = "zstd",
     ) -> ShardInfo:
         """Commit one Parquet file atomically (``compression``: one codec, or one per column)."""
-        kw = dict(
+        kw: dict[str, Any] = dict(
             compression=compression,
             use_byte_stream_split=byte_stream_split or False,
             use_dictionary=[c for c in table.column_names if c in ("image_id", "label")],
@@ -304,7 +305,8 @@ class CacheLocation:
             got = xxhash.xxh3_128_hexdigest(memoryview(mm.read_buffer()))
         if got != info.xxh3:
             raise ChangedFile(
-                f"its content changed since it was committed (xxh3 {got[:12]}.., the record says {info.xxh3[:12]}..)"
+                f"its content changed since it was committed (xxh3 {got[:12]}.., "
+                f"the record says {(info.xxh3 or '')[:12]}..)"
             )
 
 

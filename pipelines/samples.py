@@ -9,7 +9,7 @@ aspect ratio) that a kNN probe on image features means something.
 Everything is deterministic: every image is drawn from its own ``numpy.random.Generator`` seeded by
 ``(seed, class index, image index)``, so re-running :func:`generate_samples` writes byte-identical
 files (given the same numpy and Pillow/libjpeg builds). The shipped copy lives in :data:`SAMPLES_DIR`;
-regenerate it with ``python -m radio.samples``.
+regenerate it with ``python -m pipelines.samples``.
 
 This module imports only numpy, Pillow and the standard library.
 """
@@ -19,9 +19,9 @@ from __future__ import annotations
 import colorsys
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -396,7 +396,10 @@ def _polygons(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
             else (a0 + np.arange(n_sides) * 2 * np.pi / n_sides)
         )
         radii = r * rng.uniform(0.7, 1.0, n_sides)
-        pts = [(float((cx + rr * np.cos(a)) * ss), float((cy + rr * np.sin(a)) * ss)) for a, rr in zip(angles, radii)]
+        pts = [
+            (float((cx + rr * np.cos(a)) * ss), float((cy + rr * np.sin(a)) * ss))
+            for a, rr in zip(angles, radii, strict=True)
+        ]
         col = tuple(int(c) for c in np.rint(_rand_color(rng) * 255)) + (255,)
         outline = (0, 0, 0, 255) if rng.random() < 0.4 else None
         draw.polygon(pts, fill=col, outline=outline, width=ss if outline else 0)
