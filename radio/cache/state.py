@@ -263,7 +263,13 @@ def build_manifest(
     shards are exactly those of its old entry
     keeps its merged statistics file. ``excluded``: source entries never read, recorded after the skips."""
     skipped = [Skipped(**s) for u in sorted(views) for s in views[u].skipped] + [Skipped(**s) for s in excluded]
-    images = sum(c.images for c in views.values())
+    if old is not None:
+        # units taken from the manifest's listing carry no record (so no skips): the old manifest holds theirs, in
+        # the order they were found; a recomputed unit skips the same images again (the source is in the identity)
+        known = {s.image_id for s in old.skipped}
+        skipped = list(old.skipped) + [s for s in skipped if s.image_id not in known]
+    # every image read gives exactly num_views rows: the count follows from the shards, listed or recorded
+    images = sum(c.shard.rows for c in views.values()) // max(1, int(policy.get("num_views", 1)))
     entries = {}
     for name, (spec, old_entry, commits, merger, request) in teachers.items():
         if not commits:
