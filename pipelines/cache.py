@@ -27,7 +27,7 @@ import os
 import posixpath
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -53,11 +53,21 @@ from radio.cache import (
     write_teacher_shard,
     write_views_shard,
 )
+from radio.cache.commit import sha256_bytes
 from radio.images import BadImage, decode_image, encode_image
 from radio.targets import resample_targets
 from radio.views import ViewPolicy, crop_view, render_view, sample_views
 
-from .config import ConfigError, DiskFull, check_output_dir, disk_full, dump_config, flatten_config, require
+from .config import (
+    ConfigError,
+    DiskFull,
+    check_output_dir,
+    disk_full,
+    dump_config,
+    flatten_config,
+    nearest_hint,
+    require,
+)
 from .sources import Source, SourceConfig, SourceError, SourceRecord, open_source
 from .tracking import PENDING, MlflowConfig, log_cache_input, start_run
 
@@ -113,7 +123,12 @@ class CacheJobConfig:
     row_group_rows: int = 64
     target_dtype: Literal["float16", "float32", "int8"] = "float16"  # int8: per-row, per-channel scales
     max_inflight_units: int = 4
-    rebuild: list[str] = field(default_factory=list)  # teachers whose existing targets are recomputed
+    rebuild: list[str] = field(default_factory=list)  # teachers (or `views`) whose existing shards are recomputed
+    # listing: trust what the manifest lists at its recorded size and time (a rerun costs one listing per
+    # directory). bytes: a repair (`radio cache repair`): every shard hashed against its commit record, every
+    # record checked whole, damaged files set aside and recomputed, the statistics and the manifest rebuilt
+    # from the verified records
+    verify: Literal["listing", "bytes"] = "listing"
     max_pixels: int = 64_000_000  # larger images are skipped as possible decompression bombs
     progress: bool = True
     mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="radio-cache"))
@@ -435,6 +450,14 @@ def validate(cfg: CacheJobConfig):
         ">= 1 (or null for every image)",
     )
     require(bool(cfg.teachers), "teachers", cfg.teachers, "at least one teacher", "e.g. teachers=[tiny-clip,tiny-sam]")
+    for i, t in enumerate(cfg.rebuild):
+        require(
+            t == "views" or t in cfg.teachers,
+            f"rebuild[{i}]",
+            t,
+            f"one of this job's teachers ({', '.join(cfg.teachers)}) or views",
+            nearest_hint(t, [*cfg.teachers, "views"]),
+        )
     for t, job in cfg.teachers.items():
         for key in ("batch_size", "actors"):
             require(getattr(job, key) >= 1, f"teachers.{t}.{key}", getattr(job, key), ">= 1")
@@ -665,21 +688,25 @@ def plan_cache_job(
                     f"cache {cfg.output} holds shards of another source or view policy:\n  " + "\n  ".join(diffs)
                 )
     for t in cfg.rebuild:
-        if t in cfg.teachers:
-            loc.delete_dir(f"teachers/{t}")
+        loc.delete_dir("views" if t == "views" else f"teachers/{t}")
+    repair = cfg.verify == "bytes"
     listed = {
         s.path: s
         for s in (
-            [*manifest.views.shards, *[s for e in manifest.teachers.values() for s in e.shards]] if manifest else []
+            [*manifest.views.shards, *[s for e in manifest.teachers.values() for s in e.shards]]
+            if manifest and not repair  # a repair trusts the shards' own records, not the manifest's listing
+            else []
         )
     }
     entries = manifest.teachers if manifest else {}
-    views = scan_table(loc, None, identity, listed)
+    views = scan_table(loc, None, identity, listed, check_bytes=repair)
     tables = {
-        t: scan_table(loc, t, identity, listed, entries.get(t))
+        t: scan_table(loc, t, identity, listed, entries.get(t), check_bytes=repair)
         for t in sorted(set(loc.list_dirs("teachers")) | set(cfg.teachers))
     }
     cleaned = set_aside = 0
+    if repair:
+        set_aside += _set_aside_damaged_stats(loc, manifest, say)
     for st in [views, *tables.values()]:
         # a damaged, truncated or foreign shard is moved aside (nothing deleted) and recomputed; what a killed
         # writer left (a shard without its record, a record without its shard, a temporary file) is removed
@@ -697,9 +724,35 @@ def plan_cache_job(
     stale = [t for t, e in entries.items() if _stats_stale(e, stats)]
     todo_views = [u for u in range(n_units) if u not in views.commits]
     todo = {t: [u for u in range(n_units) if u not in tables[t].commits] for t in cfg.teachers}
+    if repair:  # no old manifest: its entries, statistics and skips are rebuilt from the verified records
+        manifest, stale = None, []
     return CachePlan(
         loc, identity, n_units, manifest, views, tables, requests, trusted, todo_views, todo, cleaned, set_aside, stale
     )
+
+
+def _set_aside_damaged_stats(loc: CacheLocation, manifest: Manifest | None, say) -> int:
+    """A repair: each merged statistics file whose bytes differ from the manifest's record (or that does not
+    read as a record) is moved aside; all of them are then merged again from the commit records."""
+    from radio.cache import RecordError, read_record
+
+    moved = 0
+    for e in (manifest.teachers if manifest else {}).values():
+        ref = e.moments
+        if ref is None or not loc.exists(ref.path):
+            continue
+        data = loc.read_bytes(ref.path)
+        reason = None if len(data) == ref.bytes and sha256_bytes(data) == ref.sha256 else "differs from its record"
+        if reason is None:
+            try:
+                read_record(loc, ref.path, data=data)
+            except RecordError as err:
+                reason = str(err).split(": ", 1)[-1]
+        if reason:
+            aside = loc.move_aside(ref.path)
+            say(f"[radio cache] {loc.full(ref.path)}: {reason}; moved to {aside}, merged again from the records")
+            moved += 1
+    return moved
 
 
 def _stats_stale(entry, listed: dict) -> bool:
@@ -1012,8 +1065,6 @@ def finalize_cache(cfg: CacheJobConfig, plan: CachePlan, source: Source, result:
             continue
         old_entry = old.teachers.get(name) if old else None
         if old_entry is not None and name in plan.stale_stats:  # merged again from the commit records
-            from dataclasses import replace
-
             old_entry = replace(old_entry, moments=None)
         spec = result.specs.get(name) or (
             old_entry.spec if old_entry else shard_meta(plan.loc, teacher_path(name, min(commits))).get("spec")
@@ -1030,7 +1081,7 @@ def finalize_cache(cfg: CacheJobConfig, plan: CachePlan, source: Source, result:
         plan.identity,
         {**source.describe(), "config": dump_config(cfg.source)},
         cfg.views.to_dict(),
-        dump_config(cfg),
+        dump_config(replace(cfg, verify="listing")),  # what built it; a repair is not a setting of it
         plan.n_units,
         list(cfg.teachers),
         views,
@@ -1049,7 +1100,6 @@ def finalize_cache(cfg: CacheJobConfig, plan: CachePlan, source: Source, result:
 def _with_mtimes(loc: CacheLocation, rel_dir: str, commits: dict) -> dict:
     """The commits with each shard's modification time as listed now (one listing), for the manifest: a later
     rerun that lists another time for a file knows it was written again, without reading it."""
-    from dataclasses import replace
 
     if not commits:
         return commits
@@ -1136,6 +1186,37 @@ def finalize_manifest(
 
 
 def _with_teachers(cfg: CacheJobConfig, teachers: list[str]) -> CacheJobConfig:
-    from dataclasses import replace
 
     return replace(cfg, teachers={t: cfg.teachers.get(t, TeacherJobConfig()) for t in teachers}, rebuild=[])
+
+
+def repair_config(args: list[str]) -> CacheJobConfig:
+    """The job that repairs the cache ``args[0]``: the config recorded in its manifest (or ``args[1]``, a
+    config file, when given), then ``key=value`` overrides, with ``verify=bytes`` and ``output`` the cache."""
+    import json
+    import tempfile
+
+    from .config import config_to_yaml, load_config, split_config_args
+
+    if not args or "=" in args[0]:
+        raise ConfigError("radio cache repair CACHE [CONFIG] [key=value ...]: name the cache to repair")
+    uri, (path, overrides) = args[0], split_config_args(args[1:])
+    forced = [*overrides, f"output={uri}", "verify=bytes"]
+    if path is not None:
+        return load_config(CacheJobConfig, path, forced, validate=validate)
+    loc = CacheLocation(uri)
+    try:  # the manifest's checksum may fail (that can be the damage): its recorded config is all that is read
+        recorded = json.loads(loc.read_bytes("manifest.json")).get("config")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, dict) or not recorded:
+        raise ConfigError(
+            f"{loc.full('manifest.json')} is missing or unreadable, so the job's config cannot be taken from it: "
+            f"pass the config that built the cache: radio cache repair {uri} CONFIG [key=value ...]"
+        )
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(config_to_yaml(recorded))
+    try:
+        return load_config(CacheJobConfig, f.name, forced, validate=validate)
+    finally:
+        os.unlink(f.name)

@@ -173,14 +173,16 @@ def verify_cache(
                 continue
             read["bytes"] += pf.metadata.serialized_size + 8
             try:
-                header, _ = read_record(loc, commit_path(sh.path), arrays=False)
+                # full: the whole record, its moments' checksum included; else the header (its own checksum)
+                header, _ = read_record(loc, commit_path(sh.path), arrays=full and t is not None)
                 read["bytes"] += 16 + len(json.dumps(header))
                 rec = header.get("shard", {})
                 if (rec.get("bytes"), rec.get("sha256"), rec.get("rows")) != (sh.bytes, sh.sha256, sh.rows):
                     bad(sh.path, "its commit record and the manifest disagree on its size, checksum or rows")
                     continue
-            except (RecordError, OSError) as err:
-                bad(sh.path, f"its commit record is unreadable ({str(err).splitlines()[0][:120]})")
+            except (RecordError, OSError) as err:  # named by the record's own path: the file that holds the problem
+                problems.append(f"{commit_path(sh.path)}: {str(err).splitlines()[0].split(': ', 1)[-1][:200]}")
+                damaged.add(sh.path)
                 continue
             try:
                 keys = pf.read(columns=["image_id", "view_index"])
@@ -223,7 +225,11 @@ def verify_cache(
             )
         if full and not any(sh.path in damaged for sh in e.shards):
             merger = MomentsMerger(loc, name, m.units, {sh.unit for sh in e.shards})
-            f2, s2 = merger.finish()
+            try:
+                f2, s2 = merger.finish()
+            except (RecordError, OSError) as err:  # a record changed between the two reads: named, not a traceback
+                problems.append(str(err).splitlines()[0][:300])
+                continue
             read["bytes"] += sum(loc.size(commit_path(sh.path)) for sh in e.shards)
             if stats_differ(teacher_stats(f2, s2), teacher_stats(f, s)) or not np.allclose(
                 f2.cov, f.cov, rtol=1e-9, atol=1e-12
@@ -269,6 +275,8 @@ def verify_cache(
     for p in problems:
         print(f"MISMATCH {p}", file=out)
     print("verify: OK" if not problems else f"verify: FAILED ({len(problems)} problem(s))", file=out)
+    if problems:
+        print(f"repair: `radio cache repair {uri}` sets the damaged files aside and recomputes them", file=out)
     return not problems
 
 

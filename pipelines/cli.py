@@ -124,6 +124,8 @@ CACHE_USAGE = """usage: radio cache [CONFIG] [key=value ...]      build or compl
        radio cache info CACHE                     what a cache holds
        radio cache verify CACHE [--sample N]      check files and keys, recompute N rows
        radio cache drop CACHE TEACHER             remove one teacher's targets
+       radio cache repair CACHE [CONFIG] [k=v]    hash every file against its record, set damaged files
+                                                  aside, recompute them, rebuild statistics and manifest
 
 Keys and defaults: `radio config show cache`. Example:
   radio cache configs/cache-samples.yaml views.num_views=4 teachers.tiny-sam.actors=2"""
@@ -138,9 +140,13 @@ def cmd_cache(ns) -> int:
         from . import cache_tools
 
         return cache_tools.main(args)
-    from .cache import run_cache_job
+    from .cache import repair_config, run_cache_job
 
-    cfg, resolved = resolve("cache", args)
+    if args and args[0] == "repair":
+        cfg = repair_config(args[1:])
+        resolved = config_to_yaml(cfg)
+    else:
+        cfg, resolved = resolve("cache", args)
     summary = run_cache_job(cfg, resolved)
     print(summary.format())
     return 0

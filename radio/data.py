@@ -153,6 +153,7 @@ class CacheStream(IterableDataset):
             uri, self.teachers, expect_fingerprints, check=False, manifest=manifest
         )  # the trainer's own reader checked the manifest
         self.manifest = reader.manifest  # read once; each epoch's readers reuse it
+        self.memo = reader._verified_memo()  # where shards found intact are noted: hashed once per run, not per epoch
         self.units = reader.units
         if not self.units:
             raise ValueError(
@@ -300,7 +301,7 @@ class CacheStream(IterableDataset):
         n_batches = self.batches_per_reader()
         skip = len(range(role, self.skip_batches, self.num_workers))
         reader = CacheReader(
-            self.uri, self.teachers, check=False, manifest=self.manifest
+            self.uri, self.teachers, check=False, manifest=self.manifest, memo=self.memo
         )  # each file's footer is checked as it is opened
         reader.extra_grids = self.grids_read()  # only the grids this schedule's resolutions use
         rng = np.random.default_rng([self.seed, self.epoch, reader_index])

@@ -673,7 +673,7 @@ def test_edited_manifest_is_refused_and_rewritten_from_the_shards(ray_session, c
         err = capsys.readouterr().err
         assert (
             "does not match its recorded sha256" in err
-            and "rerun the `radio cache` command" in err
+            and f"radio cache repair {out}" in err
             and "Traceback" not in err
         )
         assert main(["cache", "verify", str(out)]) == 1
@@ -797,3 +797,81 @@ def test_disk_full_mid_job_is_one_line_and_the_rerun_completes_byte_identical(
     small_disk.resize(disk, 16 * 2**20)
     assert main(["cache", f"output={out}", *BASE, "teachers=[tiny-clip,tiny-sam]"]) == 0
     assert _digest(out) == _digest(cache_dir)
+
+
+def _flip(path: Path, at: int) -> None:
+    """Change one byte in place, keeping the size and the modification time: what a listing cannot see."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x5A
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+# every kind of file a cache holds, and where in it a byte changes (a negative offset counts from the end)
+DAMAGE = {
+    "views shard, a data page": ("views/unit-00001.parquet", 0.4),
+    "teacher shard, a data page": ("teachers/tiny-sam/unit-00002.parquet", 0.4),
+    "teacher shard, its footer": ("teachers/tiny-clip/unit-00003.parquet", -40),
+    "views commit record, its header": ("views/unit-00000.commit", 40),
+    "teacher commit record, its moments": ("teachers/tiny-clip/unit-00001.commit", -8),
+    "merged statistics": ("stats/tiny-sam.moments", -8),
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_damage_is_named_and_the_named_repair_restores_the_pristine_cache(
+    ray_session, cache_dir, tmp_path, capsys, kind
+):
+    """A changed byte in any file of a cache (size and time kept) is found by verify --full, named by its own
+    path, and the command every refusal names, `radio cache repair CACHE`, sets it aside and recomputes it:
+    the shards, records and statistics are byte for byte the pristine cache's, and so are the manifest's counts."""
+    rel, where = DAMAGE[kind]
+    out = _damaged_copy(cache_dir, tmp_path, "damaged")
+    victim = out / rel
+    size = victim.stat().st_size
+    _flip(victim, int(size * where) if isinstance(where, float) else where % size)
+    capsys.readouterr()
+    assert main(["cache", "verify", str(out), "--full", "--sample", "0"]) == 1
+    text = capsys.readouterr().out
+    named = [line for line in text.splitlines() if line.startswith("MISMATCH")]
+    assert named and all(rel in line for line in named), text  # the file that holds the damage, and only it
+    assert f"radio cache repair {out}" in text
+    assert main(["cache", "repair", str(out)]) == 0
+    assert "moved to" in capsys.readouterr().err
+    assert list(victim.parent.glob(f".damaged-*{victim.name}")), "the damaged file is kept aside, not deleted"
+    assert _digest(out) == _digest(cache_dir)
+    assert _counts(out) == _counts(cache_dir)
+    assert main(["cache", "verify", str(out), "--full", "--sample", "0"]) == 0
+    CacheReader(str(out)).merged_moments("tiny-sam")
+
+
+def test_a_stream_refusing_a_changed_shard_names_the_repair(cache_dir, tmp_path):
+    """What training meets: the error names the file and the exact repair command."""
+    from radio.cache import CacheError
+
+    out = _damaged_copy(cache_dir, tmp_path, "stream")
+    _flip(out / "views/unit-00002.parquet", 200)
+    reader = CacheReader(str(out))
+    with pytest.raises(CacheError, match=rf"views/unit-00002\.parquet: .*`radio cache repair {out}`"):
+        list(reader.iter_unit(2))
+
+
+def test_a_manifest_edited_with_its_checksum_recomputed_is_rebuilt_by_the_repair(ray_session, cache_dir, tmp_path):
+    from radio.cache.manifest import _digest as manifest_digest
+
+    out = _damaged_copy(cache_dir, tmp_path, "forged")
+    m = json.loads((out / "manifest.json").read_text())
+    m.pop("sha256")
+    m["images"] = 0
+    m["views"]["shards"][1]["rows"] += 2
+    m["sha256"] = manifest_digest(m)
+    (out / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True))
+    assert main(["cache", "repair", str(out)]) == 0
+    assert _digest(out) == _digest(cache_dir) and _counts(out) == _counts(cache_dir)
+
+
+def test_rebuild_names_a_teacher_of_the_job_or_views(tmp_path, capsys):
+    assert main(["cache", f"output={tmp_path / 'c'}", *BASE, "teachers=[tiny-clip]", "rebuild=[tiny-nope]"]) == 2
+    err = capsys.readouterr().err
+    assert "rebuild[0]" in err and "tiny-nope" in err and "Traceback" not in err

@@ -125,3 +125,49 @@ def test_stream_equals_a_row_by_row_read(tmp_path, dtype):
                 if "summary" in cols:
                     assert np.array_equal(cols["summary"].numpy(), row[t]["summary"])
     assert seen == set(ref)
+
+
+def test_a_shard_checked_once_is_not_hashed_again_while_unchanged(cache, tmp_path, monkeypatch):
+    """Checking every byte costs one hash per shard per run, not per epoch: a shard found intact is noted with
+    its identity (size, inode, mtime, ctime) and later epochs, in fresh loader workers, only stat it. Any write
+    to it changes its ctime, so it is hashed again, and a changed byte is still an error."""
+    import os
+    import shutil
+
+    import xxhash
+
+    from radio.cache import CacheError
+
+    local = tmp_path / "c"
+    shutil.copytree(cache, local)
+    log = tmp_path / "hashed.log"
+    real = xxhash.xxh3_128_hexdigest
+
+    def counting(data):
+        with open(log, "a") as f:  # from the loader's worker processes too
+            f.write("x\n")
+        return real(data)
+
+    monkeypatch.setattr(xxhash, "xxh3_128_hexdigest", counting)
+    s = CacheStream(str(local), ["syn-clip", "syn-sam"], num_workers=2, batch_size=5, shuffle_buffer=8, seed=1)
+
+    def epoch(e: int) -> int:
+        log.write_text("")
+        s.set_epoch(e)
+        for _ in make_loader(s, LoaderConfig(num_workers=2, prefetch_factor=2)):
+            pass
+        return len(log.read_text().splitlines())
+
+    files = 3 * len(list((local / "views").glob("unit-*.parquet")))  # views and two teachers per unit
+    assert epoch(0) == files
+    assert epoch(1) == 0
+    victim = local / "teachers" / "syn-sam" / "unit-00001.parquet"
+    victim.write_bytes(victim.read_bytes())  # the same bytes written again: a new ctime
+    assert epoch(2) == 1
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime kept: only ctime tells
+    with pytest.raises(CacheError, match=r"syn-sam/unit-00001\.parquet: its content changed"):
+        epoch(3)

@@ -15,6 +15,10 @@ On disk (little-endian)::
 
 ``read_record(..., arrays=False)`` reads the header only (two small reads), which is all planning needs.
 The merged statistics of a teacher (``stats/<teacher>.moments``) use the same container.
+
+A record checks itself: its header carries the sha256 of the rest of the header (``head_sha256``) and of the
+arrays (``arrays_sha256``), so a changed byte anywhere in it is a :class:`RecordError` naming the record, on
+a header-only read as on a full one (records written before these fields existed are read unchecked).
 """
 
 from __future__ import annotations
@@ -76,8 +80,20 @@ def encode_record(header: dict, arrays: dict[str, np.ndarray] | None = None) -> 
         specs.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset, "nbytes": a.nbytes})
         blobs.append(a.tobytes())
         offset += a.nbytes
-    head = json.dumps({**header, "arrays": specs}, sort_keys=True, separators=(",", ":")).encode()
-    return _HEAD.pack(MAGIC, len(head)) + head + b"".join(blobs)
+    body = b"".join(blobs)
+    head = {**header, "arrays": specs}
+    head = {**head, "head_sha256": _head_sha256(head), "arrays_sha256": hashlib.sha256(body).hexdigest()}
+    encoded = json.dumps(head, sort_keys=True, separators=(",", ":")).encode()
+    return _HEAD.pack(MAGIC, len(encoded)) + encoded + body
+
+
+_CHECKS = ("head_sha256", "arrays_sha256")
+
+
+def _head_sha256(header: dict) -> str:
+    """sha256 of the header's canonical JSON, its own checksums left out."""
+    rest = {k: v for k, v in header.items() if k not in _CHECKS}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class RecordError(ValueError):
@@ -112,6 +128,12 @@ def read_record(
         header = json.loads(head)
     except ValueError as e:
         raise RecordError(f"{where}: commit record header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise RecordError(f"{where}: commit record header is not a JSON object")
+    if "head_sha256" in header and _head_sha256(header) != header["head_sha256"]:
+        raise RecordError(f"{where}: commit record header does not match its recorded sha256 (changed after writing)")
+    if arrays and "arrays_sha256" in header and hashlib.sha256(blob).hexdigest() != header["arrays_sha256"]:
+        raise RecordError(f"{where}: commit record arrays do not match their recorded sha256 (changed after writing)")
     out = {}
     if arrays:
         for s in header.get("arrays", []):

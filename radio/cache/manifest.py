@@ -373,9 +373,10 @@ def load_manifest(loc: CacheLocation) -> Manifest | None:
     try:
         d = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise CacheError(
-            f"{path} is not valid JSON ({e}). The shards are intact: rerun the `radio cache` command "
-            "that built this cache to rewrite the manifest from them."
+        raise ManifestDamaged(
+            f"{path} is not valid JSON ({e}): it was damaged since the job wrote it. The shards are intact and "
+            f"carry their own records: `radio cache repair {loc.uri} CONFIG` (the config that built it) rewrites "
+            "the manifest from them."
         ) from None
     version = d.get("format_version") if isinstance(d, dict) else None
     if version != FORMAT_VERSION:
@@ -386,15 +387,15 @@ def load_manifest(loc: CacheLocation) -> Manifest | None:
         raise ManifestDamaged(
             f"{path} {what}: it was edited or damaged since the job wrote it, and its layouts, statistics "
             "and shard list cannot be trusted. "
-            "The shards are intact and carry their own records: rerun the `radio cache` command that "
-            f"built {loc.uri} to rewrite the manifest from them."
+            "The shards are intact and carry their own records: "
+            f"`radio cache repair {loc.uri}` rewrites the manifest from them."
         )
     try:
         return Manifest.from_dict(d)
     except (KeyError, TypeError) as e:
-        raise CacheError(
-            f"{path} is missing or has malformed field {e}. Rerun the `radio cache` command that "
-            "built this cache to rewrite it from the shards."
+        raise ManifestDamaged(
+            f"{path} is missing or has malformed field {e}: it was damaged since the job wrote it. "
+            f"`radio cache repair {loc.uri}` rewrites it from the shards' own records."
         ) from None
 
 

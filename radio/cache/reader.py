@@ -106,6 +106,7 @@ class CacheReader:
         expect_fingerprints: dict[str, str] | None = None,
         check: bool = True,
         manifest: Manifest | None = None,
+        memo: str | None = None,
     ):
         self.loc = CacheLocation(uri)
         manifest = manifest or load_manifest(
@@ -141,13 +142,27 @@ class CacheReader:
         self.rows_per_unit = {s.unit: s.rows for s in manifest.views.shards}
         self._by_unit: dict[str | None, dict] | None = None
         self._moments: dict[str, tuple] = {}
+        self._memo = memo  # see _verified_memo; made here (or handed down), before any loader worker forks
+        if memo is None and self.loc.is_local:
+            import atexit
+            import shutil
+            import tempfile
+
+            self._memo = tempfile.mkdtemp(prefix="radio-verified-")
+            atexit.register(shutil.rmtree, self._memo, True)
         if check:
             self._check_manifest()
 
+    def _verified_memo(self) -> str | None:
+        """The folder where this reader's processes note the local shards they found intact: made with the
+        reader, so the loader workers it forks share it; removed when the process that made it exits."""
+        return self._memo
+
     def _damaged(self, what: str) -> CacheError:
         return CacheError(
-            f"{what}. The cache is damaged or was edited: `radio cache verify {self.loc.uri}` lists "
-            "every problem, and rerunning the `radio cache` command that built it recomputes what is wrong."
+            f"{what}. The cache is damaged or was edited: `radio cache repair {self.loc.uri}` checks every "
+            "file against its record, sets the damaged ones aside and recomputes them "
+            f"(`radio cache verify {self.loc.uri}` lists the problems first)."
         )
 
     def _check_manifest(self):
@@ -352,7 +367,7 @@ class CacheReader:
         info = self._by_unit[teacher][unit]
         if self.loc.hashed_whole(info):
             try:
-                self.loc.check_whole(rel, info)
+                self.loc.check_whole(rel, info, memo=self._verified_memo())
             except ChangedFile as e:
                 raise self._damaged(f"{self.loc.full(rel)}: {e}") from None
         yield from self._checked(pf.iter_batches(batch_size=batch_rows, columns=columns), unit, teacher)

@@ -68,12 +68,15 @@ def scan_table(
     identity: CacheIdentity,
     listed: dict[str, ShardInfo],
     entry: TeacherEntry | None = None,
+    check_bytes: bool = False,
 ) -> TableState:
     """The state of one table from a single listing of its directory.
 
     ``listed``: the manifest's shards of this table by path (trusted when the listed size matches: a changed
     size is damage). Shards it does not list are adopted from their commit record's header when the record
-    names this cache, this unit, this path and the listed size; else they are damaged."""
+    names this cache, this unit, this path and the listed size; else they are damaged. ``check_bytes`` (a
+    repair): every adopted shard is also hashed against its record, and a teacher's record read whole (its
+    moments checked), so a changed byte anywhere is damage."""
     from .writer import open_checked
 
     st = TableState(teacher)
@@ -137,6 +140,8 @@ def scan_table(
             if c.shard.bytes != size
             else None
         )
+        if reason is None and check_bytes:
+            reason = _bytes_differ(loc, rel, c.shard, whole_record=teacher is not None)
         if reason:
             st.damaged.append((rel, reason))
         else:
@@ -144,6 +149,26 @@ def scan_table(
             st.adopted += 1
     st.orphans.extend(commit_path(st.path(u)) for u in records if u not in shards)
     return st
+
+
+def _bytes_differ(loc: CacheLocation, rel: str, info: ShardInfo, whole_record: bool) -> str | None:
+    """Why the shard at ``rel`` (or its record) is not what its record says, or None: the shard's bytes against
+    the recorded xxh3 (local) or sha256, and with ``whole_record`` the record's arrays against their checksum."""
+    from .store import ChangedFile
+
+    if whole_record:
+        try:
+            read_record(loc, commit_path(rel))
+        except (RecordError, OSError) as e:
+            return f"its commit record is damaged ({str(e).splitlines()[0][:160]})"
+    if info.xxh3 and loc.is_local:
+        try:
+            loc.check_whole(rel, info)
+        except ChangedFile as e:
+            return str(e)
+        return None
+    got = loc.sha256(rel)
+    return None if got == info.sha256 else f"its sha256 {got[:12]}.. differs from its record's {info.sha256[:12]}.."
 
 
 class MomentsMerger:
@@ -231,14 +256,14 @@ def read_merged_moments(
         raise CacheError(
             f"{loc.full(ref.path)}: {len(data)} bytes with a checksum that differs from the manifest's "
             f"({ref.bytes} bytes); the statistics are damaged. "
-            f"Rerun the `radio cache` command that built {loc.uri} to rewrite them from the commit records."
+            f"`radio cache repair {loc.uri}` merges them again from the commit records."
         )
     header, arrays = read_record(loc, ref.path, data=data)
     f = moments_from("features", header, arrays)
     if f is None:
         raise CacheError(
             f"{loc.full(ref.path)}: holds no feature moments; the statistics are damaged. "
-            f"Rerun the `radio cache` command that built {loc.uri} to rewrite them from the commit records."
+            f"`radio cache repair {loc.uri}` merges them again from the commit records."
         )
     return f, moments_from("summary", header, arrays)
 

@@ -296,18 +296,43 @@ class CacheLocation:
         """Whether a stream checks this shard whole (:meth:`check_whole`) instead of page by page."""
         return self.is_local and VERIFY_PAGES and info is not None and bool(info.xxh3)
 
-    def check_whole(self, rel: str, info: ShardInfo) -> None:
+    def check_whole(self, rel: str, info: ShardInfo, memo: str | None = None) -> None:
         """Hash a local shard about to be streamed whole (every byte, footer included; xxh3-128 at ~21 GB/s
-        against Arrow's page CRC32 at ~2) and raise :class:`ChangedFile` if it differs from its record."""
+        against Arrow's page CRC32 at ~2) and raise :class:`ChangedFile` if it differs from its record.
+
+        ``memo``: a folder shared by the processes of one run (the training process and its loader workers).
+        A file found intact is noted there with its identity (size, inode, mtime and ctime: any write to it
+        changes its ctime, which no user call can set back), and is not hashed again while that identity holds:
+        later epochs of the run check each shard with one stat."""
         import xxhash
 
-        with pa.memory_map(self.full(rel)) as mm:
+        path = self.full(rel)
+        note = ident = None
+        if memo is not None:
+            st = os.stat(path)
+            ident = f"{st.st_size} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns} {info.xxh3}"
+            note = os.path.join(memo, hashlib.sha1(path.encode()).hexdigest())
+            try:
+                with open(note) as f:
+                    if f.read() == ident:
+                        return
+            except OSError:
+                pass
+        with pa.memory_map(path) as mm:
             got = xxhash.xxh3_128_hexdigest(memoryview(mm.read_buffer()))
         if got != info.xxh3:
             raise ChangedFile(
                 f"its content changed since it was committed (xxh3 {got[:12]}.., "
                 f"the record says {(info.xxh3 or '')[:12]}..)"
             )
+        if note is not None and ident is not None:
+            try:  # a rename: a worker reading it sees all of the note or none
+                tmp = f"{note}.{os.getpid()}"
+                with open(tmp, "w") as f:
+                    f.write(ident)
+                os.replace(tmp, note)
+            except OSError:  # the memo is an optimisation; the check above already ran
+                pass
 
 
 # A test hook, off unless the variable names a folder: the first teacher shard written stops after its first
