@@ -443,6 +443,7 @@ def validate(cfg: CacheJobConfig):
         "max_pixels",
     ):
         require(getattr(cfg, key) >= 1, key, getattr(cfg, key), ">= 1")
+    require(cfg.student_resolution <= 8192, "student_resolution", cfg.student_resolution, "<= 8192 (pixels per side)")
     require(
         cfg.source.limit is None or cfg.source.limit >= 1,
         "source.limit",
@@ -536,8 +537,13 @@ def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
 
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
+    if address == "auto" or not sep:
         return
+    if not port.isdigit() or not host:
+        raise RayUnavailable(
+            f"RAY_ADDRESS={address}: not a cluster address; give host:port of the head node's GCS "
+            "(e.g. 10.0.0.5:6379), or unset RAY_ADDRESS to run on a local Ray"
+        )
     deadline, err = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
         try:
@@ -556,11 +562,40 @@ def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
     )
 
 
-def init_ray(cfg: CacheJobConfig | None = None):
-    """Join ``RAY_ADDRESS`` when set, else start (or reuse) a local Ray sized by :func:`local_ray_cpus`.
+def private_ray_env() -> None:
+    """Make the local Ray this process starts one that only the job can use (checked on Ray 2.60).
 
-    A local Ray's gRPC servers listen on every interface in Ray 2.x whatever node address is given; its
-    token authentication (on by default) is what guards them. We do not disable it."""
+    - Token authentication on, with a fresh random token in ``RAY_AUTH_TOKEN`` that the raylet, the GCS and the
+      workers inherit from this process (nothing is written to ``~/.ray``). Ray 2.60 leaves it off unless
+      ``RAY_AUTH_MODE=token``; a client without the token gets ``Unauthenticated: InvalidAuthToken``. An
+      explicit ``RAY_AUTH_MODE`` or token of the user's is kept.
+    - Every server on loopback: Ray binds its gRPC servers to the node's IP, which it resolves to a routable
+      address for a cluster; with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (Ray's own single-machine setting
+      on macOS and Windows) the node is 127.0.0.1 and so is every listener (GCS, raylet, object manager,
+      runtime-env agent, workers). The dashboard is off (``include_dashboard=False``)."""
+    import secrets
+
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] == "token" and not (
+        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    ):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray._private.ray_constants as ray_constants
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    # read when ray was imported, so set here too: the node address is resolved from the first, and this
+    # process's own clients (the driver's) take the mode and token from the others, as Ray's own
+    # `ray.init` does when it turns token authentication on
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def init_ray(cfg: CacheJobConfig | None = None):
+    """Join ``RAY_ADDRESS`` when set (with the token in ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` when that
+    cluster has token authentication), else start (or reuse) a private local Ray (:func:`private_ray_env`)
+    sized by :func:`local_ray_cpus`."""
     import ray
 
     if not ray.is_initialized():
@@ -570,6 +605,7 @@ def init_ray(cfg: CacheJobConfig | None = None):
             check_ray_address(address)
             ray.init(address=address, **kwargs)
         else:
+            private_ray_env()
             ray.init(num_cpus=local_ray_cpus(cfg), **kwargs)
     return ray
 
@@ -820,6 +856,14 @@ def run_cache_job(cfg: CacheJobConfig, resolved_yaml: str | None = None) -> Cach
     try:
         result = _run_pipeline(cfg, plan, source) if plan.needs_teachers or plan.todo_views else RunResult()
         manifest = finalize_cache(cfg, plan, source, result)
+        if manifest.images == 0:
+            from collections import Counter
+
+            why = "; ".join(f"{n} {r}" for r, n in Counter(s.reason for s in manifest.skipped).most_common(3))
+            raise SourceError(
+                f"source {cfg.source.kind}:{cfg.source.path}: none of its {len(source)} file(s) reads as an "
+                f"image ({why}), so the cache at {cfg.output} holds no views. Point source.path at the images"
+            )
     except BaseException as e:
         if run is not None:
             run.end(status="KILLED" if not isinstance(e, Exception) else "FAILED")

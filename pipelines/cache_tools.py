@@ -460,6 +460,8 @@ def main(argv: list[str]) -> int:
     d.add_argument("cache")
     d.add_argument("teacher")
     ns = p.parse_args(argv)
+    if ns.cmd == "verify" and ns.sample < 0:
+        p.error(f"--sample must be >= 0 (units whose rows are recomputed), got {ns.sample}")
     if ns.cmd == "info":
         print(cache_info(ns.cache))
         return 0

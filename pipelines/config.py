@@ -140,7 +140,16 @@ def nearest_hint(key: str, valid: list[str]) -> str:
 
 
 def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    """How a type reads in an error: `an integer or 'native'`, not `Union`."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if tp in names:
+        return names[tp]
+    return str(tp).replace("typing.", "") if origin is not None else getattr(tp, "__name__", None) or str(tp)
 
 
 def _coerce(value: Any, tp, path: str, origins: str | dict) -> Any:
@@ -424,6 +433,8 @@ def load_config(
             layer = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: not a text file (a YAML config is UTF-8 text)") from None
         if not isinstance(layer, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(layer).__name__}")
         _merge_file_layer(cls, data, layer, "", origin, str(p))

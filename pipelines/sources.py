@@ -330,6 +330,7 @@ def _folder_source(cfg: SourceConfig, root: Path, files: list[str] | None = None
     label_idx = np.empty(len(files), np.int32)
     ids = []
     base = str(root) + os.sep
+    readable = 0
     for i, f in enumerate(files):
         li = label_idx[i] = label_of(f)
         ids.append(_readable_id(f))
@@ -337,7 +338,13 @@ def _folder_source(cfg: SourceConfig, root: Path, files: list[str] | None = None
             size = os.stat(base + f).st_size
         except OSError:
             size = -1  # vanished or unreadable: recorded as skipped when it is read
+        readable += size > 0
         h.update(f"{f}\0{size}\0{li}\n".encode("utf-8", "surrogateescape"))
+    if files and not readable:  # before Ray starts: a cache of zero images is not a result
+        raise SourceError(
+            f"source folder {root}: all {len(files)} file(s) are empty or unreadable (e.g. {files[0]}); "
+            "nothing to cache. Point source.path at the images"
+        )
     packed_ids = PackedStrings.of(ids)
     del ids
     packed_files = (

@@ -221,6 +221,14 @@ class Trainer:
             self.stats.update(stats)
             grids.update({t: grid for t in cfg.online})
         summary_teachers = [t for t in cfg.teachers if self.specs[t].get("summary_dim")]
+        if cfg.student.summary_teachers:  # the order of the student's summary tokens, as the user set it
+            require(
+                sorted(cfg.student.summary_teachers) == sorted(summary_teachers),
+                "student.summary_teachers",
+                cfg.student.summary_teachers,
+                f"each teacher with a summary ({summary_teachers}) once, in the order of the student's summary tokens",
+            )
+            summary_teachers = list(cfg.student.summary_teachers)
         # the position grid defaults to the resolution the student trains at (what its config then says)
         student_cfg = StudentConfig(
             **{**asdict(cfg.student), "summary_teachers": summary_teachers, "img_size": cfg.student.img_size or res}
@@ -678,6 +686,55 @@ def resume_checkpoint(out: Path, name: str | None = None) -> Path | None:
     return d
 
 
+def validate_student(sc: StudentConfig, teachers) -> None:
+    """The student's settings: every size and count in range, names that exist, a normalization that divides."""
+    from radio.student import SIZES
+
+    require(sc.size in SIZES, "student.size", sc.size, f"one of {list(SIZES)}", nearest_hint(sc.size, list(SIZES)))
+    require(1 <= sc.patch_size <= 64, "student.patch_size", sc.patch_size, "in [1, 64]")
+    for key in ("dim", "depth", "heads"):
+        v = getattr(sc, key)
+        require(v is None or v >= 1, f"student.{key}", v, ">= 1 (or null for the size's value)")
+    dim, _, heads = sc.shape
+    require(
+        dim % heads == 0,
+        "student.dim",
+        dim,
+        f"a multiple of student.heads ({heads}), each head taking dim / heads channels",
+        f"e.g. student.dim={max(heads, round(dim / heads) * heads)}",
+        also=("student.heads",),
+    )
+    require(0 < sc.mlp_ratio <= 16 and math.isfinite(sc.mlp_ratio), "student.mlp_ratio", sc.mlp_ratio, "in (0, 16]")
+    require(0 <= sc.num_registers <= 64, "student.num_registers", sc.num_registers, "in [0, 64]")
+    require(0 <= sc.drop_path < 1, "student.drop_path", sc.drop_path, "in [0, 1) (the last block's drop rate)")
+    for key in ("img_size", "cpe_max_img_size"):
+        v = getattr(sc, key)
+        require(
+            v is None or 1 <= v <= 4096,
+            f"student.{key}",
+            v,
+            "in [1, 4096] (or null)",
+        )
+    unknown = [t for t in sc.summary_teachers if t not in teachers]
+    require(
+        not unknown,
+        "student.summary_teachers",
+        sc.summary_teachers,
+        f"names from teachers={list(teachers)}",
+        nearest_hint(unknown[0], list(teachers)) if unknown else "",
+        also=("teachers",),
+    )
+    for key in ("mean", "std"):
+        v = getattr(sc, key)
+        require(
+            len(v) == 3 and all(math.isfinite(x) for x in v),
+            f"student.{key}",
+            list(v),
+            "three finite numbers (R, G, B)",
+        )
+    require(all(x > 0 for x in sc.std), "student.std", list(sc.std), "> 0 per channel (images are divided by it)")
+
+
 def validate(cfg: TrainJobConfig):
     """Settings checked before any work. Each error is a SettingError naming the key, the value and what is
     allowed (``load_config(validate=validate)`` adds where the value came from)."""
@@ -724,13 +781,13 @@ def validate(cfg: TrainJobConfig):
         f"a subset of teachers={list(cfg.teachers)}",
         "List every teacher in `teachers`, and the ones to run in the step under `online`",
     )
-    require(cfg.student.patch_size >= 1, "student.patch_size", cfg.student.patch_size, ">= 1")
+    validate_student(cfg.student, cfg.teachers)
     for i, r in enumerate(cfg.resolution.resolutions):
         require(
-            r >= cfg.student.patch_size and r % cfg.student.patch_size == 0,
+            cfg.student.patch_size <= r <= 8192 and r % cfg.student.patch_size == 0,
             f"resolution.resolutions[{i}]",
             r,
-            f"a positive multiple of student.patch_size ({cfg.student.patch_size})",
+            f"a positive multiple of student.patch_size ({cfg.student.patch_size}), at most 8192",
             also=("student.patch_size",),
         )
     dup = sorted({r for r in cfg.resolution.resolutions if cfg.resolution.resolutions.count(r) > 1})

@@ -875,3 +875,68 @@ def test_rebuild_names_a_teacher_of_the_job_or_views(tmp_path, capsys):
     assert main(["cache", f"output={tmp_path / 'c'}", *BASE, "teachers=[tiny-clip]", "rebuild=[tiny-nope]"]) == 2
     err = capsys.readouterr().err
     assert "rebuild[0]" in err and "tiny-nope" in err and "Traceback" not in err
+
+
+def _listeners(pid: int) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket of ``pid`` and its descendants."""
+    import psutil
+
+    root = psutil.Process(pid)
+    out = []
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            out += [(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections("inet") if c.status == "LISTEN"]
+        except psutil.Error:  # a worker that ended meanwhile
+            pass
+    return out
+
+
+def _loopback(ip: str) -> bool:
+    import ipaddress
+
+    a = ipaddress.ip_address(ip)
+    return a.is_loopback or (a.version == 6 and a.ipv4_mapped is not None and a.ipv4_mapped.is_loopback)
+
+
+def test_the_jobs_own_ray_listens_on_loopback_only_and_requires_its_token(tmp_path):
+    """A job without RAY_ADDRESS starts a Ray only it can use: while it runs (held inside a shard write by the
+    test hook), every socket its processes listen on is bound to loopback, and the cluster's processes run with
+    token authentication on and a token of the job's own."""
+    import psutil
+
+    from radio.cache.store import PAUSE_WRITES_ENV
+
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("RAY_AUTH")}
+    env.update({"PYTHONUNBUFFERED": "1", PAUSE_WRITES_ENV: str(hold)})
+    args = [sys.executable, "-m", "pipelines.cli", "cache", f"output={tmp_path / 'c'}", *BASE, "teachers=[tiny-clip]"]
+    proc = subprocess.Popen(
+        [*args, "mlflow.enabled=false"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not (hold / "paused").exists():
+            time.sleep(0.05)
+        assert (hold / "paused").exists(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "hung"
+        found = _listeners(proc.pid)
+        names = {n for n, _, _ in found}
+        assert {"gcs_server", "raylet"} <= names, found  # the job's own cluster, listening
+        assert all(_loopback(ip) for _, ip, _ in found), [f for f in found if not _loopback(f[1])]
+        gcs = next(p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "gcs_server")
+        gcs_env = gcs.environ()
+        assert gcs_env.get("RAY_AUTH_MODE") == "token" and len(gcs_env.get("RAY_AUTH_TOKEN", "")) >= 32
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_ray_address_that_is_not_an_address_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:notaport")
+    assert main(["cache", f"output={tmp_path / 'c'}", *BASE, "teachers=[tiny-clip]", "mlflow.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert "RAY_ADDRESS=127.0.0.1:notaport: not a cluster address" in err and "Traceback" not in err

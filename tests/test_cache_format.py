@@ -246,7 +246,7 @@ def test_manifest_that_is_not_json_is_a_clear_error(caches, tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(caches["grid"], bad)
     (bad / "manifest.json").write_text('{"format_version": 2, "trunc')
-    with pytest.raises(CacheError, match="not valid JSON.*rerun"):
+    with pytest.raises(CacheError, match="not valid JSON.*radio cache repair"):
         CacheReader(str(bad))
     assert main(["cache", "info", str(bad)]) == 2
     err = capsys.readouterr().err

@@ -128,6 +128,9 @@ def test_cli_config_show_errors(capsys):
         ("teachers.tiny-clip.batch_size=0", "teachers.tiny-clip.batch_size"),
         ("student_resolution=-1", "student_resolution"),
         ("teachers.tiny-clip.actors=0", "teachers.tiny-clip.actors"),
+        ("student_resolution=1000000000", "student_resolution"),
+        ("rebuild=[tiny-nope]", "rebuild[0]"),
+        ("rebuild=[views,tiny-dinov2]", "rebuild[1]"),
     ],
 )
 def test_bad_cache_settings_fail_before_any_work(tmp_path, capsys, bad, key):
@@ -135,9 +138,47 @@ def test_bad_cache_settings_fail_before_any_work(tmp_path, capsys, bad, key):
 
     assert main(["cache", f"output={tmp_path / 'c'}", "teachers=[tiny-clip]", "mlflow.enabled=false", bad]) == 2
     err = capsys.readouterr().err
-    assert key in err and "must be >=" in err and "Traceback" not in err
+    assert key in err and "must be" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f"override '{bad}'" in err  # where the value came from
     assert not (tmp_path / "c").exists()
+
+
+def test_a_union_setting_names_what_it_takes(tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["cache", f"output={tmp_path / 'c'}", "teachers=[tiny-clip]", "target_grid=nativ"]) == 2
+    err = capsys.readouterr().err
+    assert "'target_grid' must be an integer or 'native'" in err and "Union" not in err, err
+
+
+def test_a_binary_config_file_is_one_line(tmp_path, capsys):
+    from pipelines.cli import main
+
+    bad = tmp_path / "cache-x.yaml"
+    bad.write_bytes(bytes(range(256)) * 4)
+    assert main(["cache", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "not a text file" in err and "Traceback" not in err
+
+
+def test_verify_sample_below_zero_is_refused(tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["cache", "verify", str(tmp_path), "--sample", "-1"]) == 2
+    assert "--sample must be >= 0" in capsys.readouterr().err
+
+
+def test_a_folder_of_empty_files_is_refused_before_any_work(tmp_path, capsys):
+    from pipelines.cli import main
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(5):
+        (src / f"{i}.jpg").write_bytes(b"")
+    out = tmp_path / "c"
+    assert main(["cache", f"output={out}", "source.kind=folder", f"source.path={src}", "teachers=[tiny-clip]"]) == 2
+    err = capsys.readouterr().err
+    assert "all 5 file(s) are empty" in err and "Traceback" not in err and not out.exists()
 
 
 def test_setting_errors_name_their_origin(tmp_path, capsys):
@@ -231,6 +272,21 @@ def test_cache_output_that_is_a_file_fails_first(tmp_path, capsys):
         ("optim.lr=0", "optim.lr"),
         ("loader.num_workers=-2", "loader.num_workers"),
         ("teachers=[]", "teachers"),
+        # the student: every number in range, every name known (issue 27's list and the classes they stand for)
+        ("student.drop_path=5", "student.drop_path"),
+        ("student.drop_path=-0.1", "student.drop_path"),
+        ("student.summary_teachers=[nope]", "student.summary_teachers"),
+        ("student.std=[0,0,0]", "student.std"),
+        ("student.std=[1,1]", "student.std"),
+        ("student.mean=[.nan,0,0]", "student.mean"),
+        ("student.num_registers=-1", "student.num_registers"),
+        ("student.dim=34", "student.dim"),  # nano has 3 heads
+        ("student.depth=0", "student.depth"),
+        ("student.heads=0", "student.heads"),
+        ("student.mlp_ratio=0", "student.mlp_ratio"),
+        ("student.patch_size=0", "student.patch_size"),
+        ("student.img_size=1000000000", "student.img_size"),
+        ("resolution.resolutions=[1000000000]", "resolution.resolutions[0]"),
     ],
 )
 def test_bad_train_settings_fail_before_any_work(tmp_path, capsys, bad, key):

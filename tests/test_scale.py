@@ -216,7 +216,7 @@ def test_phis_trains_from_the_merged_file_and_refuses_an_edited_one(built, tmp_p
     data = bytearray(p.read_bytes())
     data[-5] ^= 0x01  # same size, other statistics
     p.write_bytes(bytes(data))
-    with pytest.raises(CacheError, match=r"stats/tiny-clip\.moments.*checksum.*Rerun the `radio cache` command"):
+    with pytest.raises(CacheError, match=r"stats/tiny-clip\.moments.*checksum.*`radio cache repair "):
         CacheReader(str(out))
     buf = io.StringIO()
     assert not verify_cache(str(out), sample=0, out=buf)
