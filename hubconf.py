@@ -4,10 +4,21 @@
 ``radio.load_student`` takes it. Weights are safetensors; nothing is unpickled.
 """
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from radio.model import RadioModel
+
 dependencies = ["torch", "safetensors"]
 
 
-def radio_student(ref: str, adaptor_names=None, device: str = "cpu", revision=None, **kwargs):
+def radio_student(
+    ref: str,
+    adaptor_names: list[str] | str | None = None,
+    device: str = "cpu",
+    revision: str | None = None,
+    **kwargs,
+) -> "RadioModel":
     """A distilled student with NVIDIA RADIO's API (``summary, features = model(x)``)."""
     from radio import load_student
 
@@ -17,16 +28,16 @@ def radio_student(ref: str, adaptor_names=None, device: str = "cpu", revision=No
 def radio_model(
     version: str = "",
     progress: bool = True,
-    adaptor_names=None,
-    vitdet_window_size=None,
+    adaptor_names: list[str] | str | None = None,
+    vitdet_window_size: int | None = None,
     return_summary: bool = True,
     return_spatial_features: bool = True,
     support_packing: bool = False,
     return_checkpoint: bool = False,
     device: str = "cpu",
-    revision=None,
+    revision: str | None = None,
     **kwargs,
-):
+) -> "RadioModel":
     """NVlabs/RADIO's entry point and signature: ``torch.hub.load(REPO, "radio_model", version=STUDENT,
     progress=True, skip_validation=True, adaptor_names=[...])``. ``version`` names a radio student: a student
     directory, a Hugging Face hub id (``org/name``) or an MLflow run id / URI. ``progress`` is accepted (hub

@@ -3,6 +3,11 @@ checkpoints. Depends on torch, numpy, pyarrow, safetensors and Pillow only."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import RadioModel
+
 __version__ = "0.1.0"
 
 __all__ = ["load_student", "resolve_student", "__version__"]
@@ -19,7 +24,7 @@ def load_student(
     adaptor_names: list[str] | str | None = None,
     revision: str | None = None,
     tracking_uri: str | None = None,
-):
+) -> RadioModel:
     """A trained student with NVIDIA RADIO's API, in eval mode: ``summary, features = model(x)``.
 
     ``ref``: a directory, an MLflow run id or URI, or a Hugging Face hub id (see :func:`resolve_student`).

@@ -33,7 +33,7 @@ class AdapterConfig:
 class MLPHead(nn.Module):
     """(..., in_dim) -> (..., out_dim): Linear -> LayerNorm -> GELU -> Linear."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
         super().__init__()
         self.fc1, self.norm, self.fc2 = nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.Linear(hidden, out_dim)
 
@@ -44,7 +44,7 @@ class MLPHead(nn.Module):
 class AdapterHeads(nn.Module):
     """All teachers' heads. ``summary_teachers`` gives the order of the student's summary tokens."""
 
-    def __init__(self, configs: list[AdapterConfig], student_dim: int, summary_teachers: list[str]):
+    def __init__(self, configs: list[AdapterConfig], student_dim: int, summary_teachers: list[str]) -> None:
         super().__init__()
         self.configs = {c.name: c for c in configs}
         if len(self.configs) != len(configs):

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load as load_bytes
@@ -46,7 +46,7 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_student(path: str | Path, model, meta: dict | None = None) -> Path:
+def save_student(path: str | Path, model: Any, meta: dict | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` of ``model`` (a ``radio.model.DistillModel``) into
     directory ``path``; returns it.
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .cache import CacheReader, TargetLayout
+from .cache import CacheReader, Manifest, TargetLayout
 from .images import decode_student_image
 from .prefetch import ThreadPrefetcher
 from .views import derive_resolution
@@ -143,8 +143,8 @@ class CacheStream(IterableDataset):
         expect_fingerprints: dict[str, str] | None = None,
         schedule: ResolutionSchedule | None = None,
         patch_size: int = 16,
-        manifest=None,
-    ):
+        manifest: Manifest | None = None,
+    ) -> None:
         super().__init__()
         self.uri, self.teachers = uri, list(teachers)
         self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
@@ -184,7 +184,7 @@ class CacheStream(IterableDataset):
         read)."""
         return {t: sorted({g for by_t in self.served.values() if (g := by_t[t]) is not None}) for t in self.layouts}
 
-    def set_epoch(self, epoch: int, skip_batches: int = 0):
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip_batches = epoch, skip_batches
 
     @property

@@ -19,9 +19,15 @@ name says what was wrong (``refused__float_images_must_lie_in_0_1_...`` for valu
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import RadioModel
+
 import contextlib
 import io
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,7 +42,12 @@ class OnnxExportError(RuntimeError):
 
 
 def export_onnx(
-    model, path: str | Path, opset: int = 18, check: bool = True, verbose: bool = False, input_dtype: str = "float32"
+    model: RadioModel,
+    path: str | Path,
+    opset: int = 18,
+    check: bool = True,
+    verbose: bool = False,
+    input_dtype: str = "float32",
 ) -> dict:
     """Write ``model`` (a RadioModel) to ``path`` as ONNX; returns {"path", "outputs", "max_abs_diff"}.
 
@@ -177,7 +188,7 @@ def guard_inputs(path: str | Path, value_range: tuple[float, float], input_dtype
     onnx.checker.check_model(str(path))  # by path: works above protobuf's 2 GB too
 
 
-def check_onnx(graph, path: str | Path, inputs: list[torch.Tensor]) -> float:
+def check_onnx(graph: Any, path: str | Path, inputs: list[torch.Tensor]) -> float:
     """Largest |onnxruntime - PyTorch| over every output and input; raises OnnxExportError above ATOL."""
     try:
         import onnxruntime as ort

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import RadioModel
 
 MODEL_TYPE = "radio-student"  # the model_type key of an exported student's config.json
 _TARGET = "transformers.models.auto.modeling_auto"
@@ -36,14 +41,14 @@ def register() -> None:
         @classmethod
         def from_pretrained(  # pyright: ignore[reportIncompatibleMethodOverride] (returns a RadioModel)
             cls,
-            pretrained_model_name_or_path,
-            *model_args,
-            config=None,
-            revision=None,
-            adaptor_names=None,
-            device_map=None,
-            **kwargs,
-        ):
+            pretrained_model_name_or_path: str | os.PathLike,
+            *model_args: object,
+            config: object = None,
+            revision: str | None = None,
+            adaptor_names: list[str] | str | None = None,
+            device_map: str | dict | None = None,
+            **kwargs: object,
+        ) -> RadioModel:
             from .model import RadioModel
 
             device = device_map if isinstance(device_map, str) and device_map != "auto" else "cpu"
@@ -66,7 +71,7 @@ class _RegisterOnImport(importlib.abc.MetaPathFinder):
             return spec
         run = spec.loader.exec_module
 
-        def exec_module(module):
+        def exec_module(module) -> None:
             run(module)
             try:
                 register()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any  # the model arguments: a radio.model.RadioModel (which imports this module)
 
 __all__ = ["save_pretrained", "push_to_hub", "download", "model_card"]
 
 FILES = ("config.json", "model.safetensors", "README.md")
 
 
-def model_card(model, repo_id: str | None = None) -> str:
+def model_card(model: Any, repo_id: str | None = None) -> str:
     """A README for the hub: YAML header, what the student is, where its targets came from, how to load it."""
     cfg, meta = model.config, model.meta
     name = repo_id or "PATH_OR_HUB_ID"
@@ -81,7 +82,7 @@ Weights are safetensors; nothing is unpickled.
 """
 
 
-def save_pretrained(model, save_directory, card: bool = True, repo_id: str | None = None) -> Path:
+def save_pretrained(model: Any, save_directory: str | Path, card: bool = True, repo_id: str | None = None) -> Path:
     """Write ``model`` (a RadioModel) as a student directory loadable by ``radio.load_student``."""
     from .checkpoint import save_student
 
@@ -92,7 +93,11 @@ def save_pretrained(model, save_directory, card: bool = True, repo_id: str | Non
 
 
 def push_to_hub(
-    model, repo_id: str, private: bool = True, token: str | None = None, commit_message: str = "Upload radio student"
+    model: Any,
+    repo_id: str,
+    private: bool = True,
+    token: str | None = None,
+    commit_message: str = "Upload radio student",
 ) -> str:
     """Create (or reuse) ``repo_id`` on the hub and upload the student directory; returns the commit URL."""
     import tempfile

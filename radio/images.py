@@ -24,7 +24,7 @@ DEFAULT_MAX_PIXELS = 64_000_000
 class BadImage(ValueError):
     """A file that cannot be turned into an RGB image: corrupt, truncated, empty, not an image, too big."""
 
-    def __init__(self, name: str, reason: str):
+    def __init__(self, name: str, reason: str) -> None:
         # the reason is recorded in the cache manifest: keep it stable from run to run (PIL's messages name
         # the address of an in-memory stream, "<_io.BytesIO object at 0x7f...>")
         reason = re.sub(r" at 0x[0-9a-fA-F]+", "", reason)

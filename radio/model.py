@@ -21,6 +21,7 @@ adapter in teacher space).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -51,7 +52,7 @@ class DistillModel(nn.Module):
     here with the student's mean/std, so the trainer and the exported model share one preprocessing.
     """
 
-    def __init__(self, student: StudentConfig, adapters: list[AdapterConfig]):
+    def __init__(self, student: StudentConfig, adapters: list[AdapterConfig]) -> None:
         super().__init__()
         self.trunk = ViTStudent(student)
         self.student_cfg, self.adapter_cfgs = self.trunk.cfg, list(adapters)
@@ -98,7 +99,7 @@ class InputConditioner(nn.Module):
     """float [0, 1] (B, 3, H, W) -> normalized with the student's mean/std (what ``make_preprocessor_external`` hands
     out)."""
 
-    def __init__(self, mean, std):
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.mean, self.std = tuple(mean), tuple(std)
 
@@ -140,7 +141,7 @@ class RadioModel(nn.Module):
         stats: dict[str, TargetStats],
         meta: dict,
         adaptor_names: list[str] | str | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self.model, self.stats, self.meta = model, stats, meta
         self.input_conditioner: nn.Module = InputConditioner(model.student_cfg.mean, model.student_cfg.std)
@@ -224,7 +225,7 @@ class RadioModel(nn.Module):
         return list(self._adaptors)
 
     @adaptor_names.setter
-    def adaptor_names(self, names: list[str] | str | None):
+    def adaptor_names(self, names: list[str] | str | None) -> None:
         names = [names] if isinstance(names, str) else list(names or [])
         families = {}
         for t, spec in self.meta.get("teachers", {}).items():
@@ -328,7 +329,7 @@ class RadioModel(nn.Module):
         preds = self.model.heads(out)
         return {"backbone": ret, **{n: self._adapter(t, preds[t], out.grid_hw, fmt) for n, t in self._adaptors.items()}}
 
-    def forward(self, x: torch.Tensor, feature_fmt: str = "NLC"):
+    def forward(self, x: torch.Tensor, feature_fmt: str = "NLC") -> RadioOutput | dict[str, RadioOutput]:
         """RADIO's forward: ``RadioOutput(summary, features)``, or a dict with ``backbone`` and each selected
         adaptor."""
         if feature_fmt not in FEATURE_FMTS:
@@ -352,7 +353,7 @@ class RadioModel(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
         aggregation: str = "sparse",
-    ):
+    ) -> list | tuple[RadioOutput | dict, list]:
         """RADIO's (and timm's) intermediates: a list with one entry per selected block, the patch features
         in ``output_fmt`` (or ``RadioOutput(summary, features)`` with ``return_prefix_tokens``), after the
         final output unless ``intermediates_only``: ``(final, intermediates)``. ``aggregation``: ``sparse``,
@@ -407,7 +408,7 @@ class RadioModel(nn.Module):
         return self._final(final, output_fmt), items
 
     # ---- hub ---------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory, model_card: bool = True):
+    def save_pretrained(self, save_directory: str | Path, model_card: bool = True) -> Path:
         """Write a loadable student directory (safetensors + config.json, and a README model card)."""
         from .hub import save_pretrained
 
@@ -440,7 +441,7 @@ class Adaptor:
         text = adaptor.encode_text(tokens, normalize=True)   # (1, D), the space of model(x)["clip"].summary
     """
 
-    def __init__(self, model: RadioModel, name: str, teacher: str):
+    def __init__(self, model: RadioModel, name: str, teacher: str) -> None:
         self.model, self.name, self.teacher = model, name, teacher
         self._tower = None
 
@@ -464,11 +465,11 @@ class Adaptor:
         return self._tower
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Callable[..., dict]:
         """``tokenizer(texts)`` -> a token batch for :meth:`encode_text` (padded and truncated as the teacher's)."""
         return self._text().tokenizer
 
-    def encode_text(self, tokens, normalize: bool = False) -> torch.Tensor:
+    def encode_text(self, tokens: torch.Tensor | dict, normalize: bool = False) -> torch.Tensor:
         """Text features (N, D) in the space of this adaptor's summary; ``normalize``: unit length."""
         z = self._text().encode(tokens)
         return torch.nn.functional.normalize(z, dim=-1) if normalize else z
@@ -479,7 +480,7 @@ class ExportableStudent(nn.Module):
     (B, 3, H, W) -> a flat dict of tensors: ``summary`` (B, T*D), ``features`` (B, N, D), and for every
     teacher ``<teacher>.features`` (B, N, Ct) and ``<teacher>.summary`` (B, Dt) in teacher space."""
 
-    def __init__(self, model: RadioModel):
+    def __init__(self, model: RadioModel) -> None:
         super().__init__()
         self.radio = model
         self.conditioner = InputConditioner(model.config.mean, model.config.std)  # its own: the model's may be external
@@ -514,7 +515,9 @@ class ExportableStudent(nn.Module):
         return result
 
 
-def load_student(path, device: str | torch.device = "cpu", adaptor_names: list[str] | str | None = None) -> RadioModel:
+def load_student(
+    path: str | Path, device: str | torch.device = "cpu", adaptor_names: list[str] | str | None = None
+) -> RadioModel:
     """The student in directory ``path`` (model.safetensors + config.json), in eval mode. No pickle.
 
     ``radio.load_student`` takes any name of a student (run id, MLflow URI, hub id) and calls this."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from .student import tracing
 
@@ -30,12 +31,12 @@ class RunningStats:
     chunking or merge order (no catastrophic cancellation, unlike sum / sum-of-squares).
     """
 
-    def __init__(self, count: float = 0.0, mean=None, m2=None):
+    def __init__(self, count: float = 0.0, mean: ArrayLike | None = None, m2: ArrayLike | None = None) -> None:
         self.count = float(count)
         self._mean = None if mean is None else np.asarray(mean, np.float64)
         self._m2 = None if m2 is None else np.asarray(m2, np.float64)
 
-    def update(self, x_NC) -> RunningStats:
+    def update(self, x_NC: np.ndarray | torch.Tensor) -> RunningStats:
         """Add N rows of C channels (numpy or torch; spatial maps: reshape(-1, C) first)."""
         if isinstance(x_NC, torch.Tensor):
             x_NC = x_NC.detach().cpu().double().numpy()
@@ -118,7 +119,13 @@ class RunningMoments(RunningStats):
     largest cost), every merge in float64; stored as the float32 upper triangle in base64 (ViT-B, C = 768:
     1.2 MB per shard)."""
 
-    def __init__(self, count: float = 0.0, mean=None, m2=None, cov_m2=None):
+    def __init__(
+        self,
+        count: float = 0.0,
+        mean: ArrayLike | None = None,
+        m2: ArrayLike | None = None,
+        cov_m2: ArrayLike | None = None,
+    ) -> None:
         super().__init__(count, mean, m2)
         self._cov = None if cov_m2 is None else np.asarray(cov_m2, np.float64)
 
@@ -241,7 +248,7 @@ class PhiS:
     scale: float
 
     @classmethod
-    def fit(cls, mean, cov) -> PhiS:
+    def fit(cls, mean: ArrayLike, cov: ArrayLike) -> PhiS:
         cov = np.asarray(cov, np.float64)
         C = len(cov)
         eigval, U = np.linalg.eigh((cov + cov.T) / 2)

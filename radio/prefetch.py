@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = ["ThreadPrefetcher"]
 
 
@@ -15,7 +17,7 @@ class ThreadPrefetcher:
 
     _END = object()
 
-    def __init__(self, iterable, depth: int = 4):
+    def __init__(self, iterable: Iterable, depth: int = 4) -> None:
         import queue
         import threading
 
@@ -24,7 +26,7 @@ class ThreadPrefetcher:
         self._thread = threading.Thread(target=self._run, args=(iterable,), daemon=True)
         self._thread.start()
 
-    def _run(self, iterable):
+    def _run(self, iterable) -> None:
         import queue
 
         try:
@@ -53,5 +55,5 @@ class ThreadPrefetcher:
         finally:
             self.close()
 
-    def close(self):
+    def close(self) -> None:
         self._stop.set()

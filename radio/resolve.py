@@ -4,10 +4,13 @@ Below ``radio/model.py`` (which loads what this finds) and above ``radio/hub.py`
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 __all__ = ["resolve_student", "student_dir_in"]
 
 
-def student_dir_in(root):
+def student_dir_in(root: str | os.PathLike) -> Path:
     """The folder under ``root`` holding a student's config.json and model.safetensors (MLflow nests it)."""
     from pathlib import Path
 
@@ -29,7 +32,7 @@ def _meta(d) -> dict:
         return {}
 
 
-def resolve_student(ref: str, tracking_uri: str | None = None, revision: str | None = None):
+def resolve_student(ref: str, tracking_uri: str | None = None, revision: str | None = None) -> tuple[Path, str | None]:
     """(student directory, MLflow run id or None) for any way of naming a student:
 
     - a directory (``OUTPUT/student``, or one written by ``save_pretrained``);

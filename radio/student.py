@@ -14,6 +14,7 @@ DINOv2 and SAM use; CLIP's differ by < 0.03). :func:`normalize_images` / :func:`
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -133,7 +134,9 @@ def trunk_param_count(cfg: StudentConfig) -> int:
     )
 
 
-def normalize_images(x_B3HW: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+def normalize_images(
+    x_B3HW: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """uint8 [0, 255] or float [0, 1] images (B, 3, H, W) -> float32 (or the input float dtype), normalized."""
     if x_B3HW.dtype == torch.uint8:
         x_B3HW = x_B3HW.float() / 255.0
@@ -146,7 +149,9 @@ def normalize_images(x_B3HW: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     return (x_B3HW - m) / s
 
 
-def normalize_uint8(x_uint8_B3HW: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+def normalize_uint8(
+    x_uint8_B3HW: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """uint8 images (B, 3, H, W) -> normalized float32 student input."""
     if x_uint8_B3HW.dtype != torch.uint8:
         raise TypeError(f"normalize_uint8 expects uint8 images, got {x_uint8_B3HW.dtype}")
@@ -168,7 +173,7 @@ class StudentOutput:
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, dim * 3)
@@ -184,7 +189,7 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block with per-sample stochastic depth."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
@@ -210,7 +215,7 @@ class ViTStudent(nn.Module):
     CPE_SCALE = (0.1, 1.0)
     CPE_ASPECT = (3 / 4, 4 / 3)
 
-    def __init__(self, cfg: StudentConfig):
+    def __init__(self, cfg: StudentConfig) -> None:
         super().__init__()
         cfg = cfg.resolved()
         self.cfg = cfg
@@ -229,7 +234,7 @@ class ViTStudent(nn.Module):
         self.apply(self._init)
 
     @staticmethod
-    def _init(m: nn.Module):
+    def _init(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)

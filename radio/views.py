@@ -8,6 +8,11 @@ any resume. Cached targets of a view the student never saw would be worse than n
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 import hashlib
 import math
 from dataclasses import asdict, dataclass
@@ -152,7 +157,7 @@ def render_view(image_HW3: np.ndarray, view: View, size_hw: tuple[int, int]) -> 
     return np.asarray(Image.fromarray(crop).resize((w, h), Image.Resampling.BICUBIC, reducing_gap=None))
 
 
-def derive_resolution(images_B3HW, size: int):
+def derive_resolution(images_B3HW: torch.Tensor, size: int) -> torch.Tensor:
     """Stored student views -> the same views at a lower square resolution ``size``: uint8 (B, 3, H, W) ->
     uint8 (B, 3, size, size), antialiased bicubic (torch's, PIL's filter family), rounded.
 

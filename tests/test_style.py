@@ -41,3 +41,30 @@ def test_the_library_type_checks():
     assert r.returncode == 0 and re.search(r"^0 errors", r.stdout, re.M), (
         f"pyright finds:\n{r.stdout[-6000:]}{r.stderr}"
     )
+
+
+def test_the_librarys_public_functions_are_typed():
+    """Every public function and method of radio/ (and the hub entry points) annotates its arguments and its
+    return: what a user imports says what it takes. Private helpers (a leading underscore) may stay bare."""
+    import ast
+
+    bare = []
+    for f in sorted([*(ROOT / "radio").rglob("*.py"), ROOT / "hubconf.py"]):
+
+        def walk(node: ast.AST, public: bool, where: str, f: Path = f) -> None:
+            for n in ast.iter_child_nodes(node):
+                if isinstance(n, ast.ClassDef):
+                    walk(n, public and not n.name.startswith("_"), f"{where}{n.name}.")
+                elif isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef):
+                    if not public or (n.name.startswith("_") and n.name != "__init__"):
+                        continue
+                    a = n.args
+                    args = [x for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+                    missing = [x.arg for x in args if x.annotation is None]
+                    if n.returns is None:
+                        missing.append("return")
+                    if missing:
+                        bare.append(f"{f.relative_to(ROOT)}:{n.lineno} {where}{n.name}: {missing}")
+
+        walk(ast.parse(f.read_text()), True, "")
+    assert not bare, "\n".join(bare)

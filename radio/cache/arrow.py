@@ -22,7 +22,7 @@ TENSOR_META = b"radio.tensor"
 _DTYPES = ("int8", "uint8", "float16", "float32", "int16", "int32", "int64")
 
 
-def tensor_field(name: str, shape: tuple[int, ...], dtype) -> pa.Field:
+def tensor_field(name: str, shape: tuple[int, ...], dtype: pa.DataType) -> pa.Field:
     """The Arrow field of a column holding one ``shape`` tensor of ``dtype`` per row."""
     dt = np.dtype(dtype)
     if dt.name not in _DTYPES:

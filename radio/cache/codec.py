@@ -50,7 +50,7 @@ def feature_columns(dtype: str, grid: tuple[int, int] | None = None) -> tuple[st
     return tuple(n + grid_suffix(grid) for n in names)
 
 
-def _check(dtype: str):
+def _check(dtype: str) -> None:
     if dtype not in TARGET_DTYPES:
         raise ValueError(f"target dtype {dtype!r} is not one of {list(TARGET_DTYPES)}")
 
@@ -83,7 +83,7 @@ def _t(x, device=None) -> torch.Tensor:
     return t if device is None else t.to(device, non_blocking=True)
 
 
-def decode_features(cols: dict, device=None) -> torch.Tensor:
+def decode_features(cols: dict, device: str | torch.device | None = None) -> torch.Tensor:
     """Stored feature columns (numpy or torch) -> float32 (B, H, W, C) on ``device`` (default: where they are)."""
     f = _t(cols["features"], device)
     if "features_scale" not in cols:
@@ -92,7 +92,7 @@ def decode_features(cols: dict, device=None) -> torch.Tensor:
     return f.float() * scale[:, None, None] + offset[:, None, None]
 
 
-def decode_summary(cols: dict, device=None) -> torch.Tensor | None:
+def decode_summary(cols: dict, device: str | torch.device | None = None) -> torch.Tensor | None:
     return _t(cols["summary"], device).float() if cols.get("summary") is not None else None
 
 

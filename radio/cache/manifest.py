@@ -10,6 +10,12 @@ carry statistics; each teacher's merged moments are one file, ``stats/<teacher>.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -41,7 +47,7 @@ FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 
 
-def hw(grid) -> tuple[int, int]:
+def hw(grid: Sequence[int]) -> tuple[int, int]:
     """A (height, width) pair from any two-item sequence (a manifest's JSON lists, a tuple)."""
     return int(grid[0]), int(grid[1])
 
@@ -62,7 +68,7 @@ class CacheFormatError(CacheError):
     """A cache written in another format version."""
 
 
-def format_error(uri: str, found) -> CacheFormatError:
+def format_error(uri: str, found: object) -> CacheFormatError:
     return CacheFormatError(
         f"cache {uri} is in format v{found}, this version of radio reads format v{FORMAT_VERSION} only "
         "(v3 keeps a commit record beside every shard and each teacher's statistics in one file; v2 kept "
@@ -142,7 +148,13 @@ class TargetLayout:
         return [hw(self.grid), *(hw(g) for g in self.extra_grids)]
 
     @classmethod
-    def stored(cls, native_grid, target_grid, extra_targets, dtype: str) -> TargetLayout:
+    def stored(
+        cls,
+        native_grid: tuple[int, int],
+        target_grid: tuple[int, int] | None,
+        extra_targets: Sequence[tuple[int, int]],
+        dtype: str,
+    ) -> TargetLayout:
         """The layout of a teacher with grid ``native_grid`` asked for ``target_grid`` (None: native) and the
         grids ``extra_targets`` of lower resolutions: each capped by the teacher's own grid
         (``radio.targets.stored_grid``), none stored twice, the extra grids finest first."""
@@ -150,9 +162,9 @@ class TargetLayout:
 
         main = stored_grid(native_grid, target_grid)
         extra = {stored_grid(native_grid, g) for g in extra_targets} - {main}
-        return cls(main, dtype, tuple(native_grid), tuple(sorted(extra, reverse=True)))
+        return cls(main, dtype, hw(native_grid), tuple(sorted(extra, reverse=True)))
 
-    def encode(self, summary, maps: list) -> dict:
+    def encode(self, summary: torch.Tensor | None, maps: list) -> dict:
         """The stored columns of one batch: ``maps`` holds the feature maps at ``self.grids``, in that order; the
         main grid's columns keep their names, each extra grid's are suffixed (``@HxW``)."""
         cols = encode_targets(summary, maps[0], self.dtype)
@@ -404,7 +416,7 @@ def _digest(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def save_manifest(loc: CacheLocation, manifest: Manifest):
+def save_manifest(loc: CacheLocation, manifest: Manifest) -> None:
     d = manifest.to_dict()
     d = json.loads(json.dumps(d))  # as it reads back (tuples as lists), so the checksum covers what a reader sees
     loc.write_bytes_atomic(MANIFEST_NAME, json.dumps({**d, "sha256": _digest(d)}, indent=1, sort_keys=True).encode())

@@ -7,6 +7,12 @@ or reordered row is an error, never a silent misalignment.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..normalize import RunningMoments
+
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +37,7 @@ from .store import CacheLocation, teacher_path, views_path
 __all__ = ["CacheReader", "CacheBatch", "describe_differences", "column_types"]
 
 
-def describe_differences(have, want, prefix: str = "") -> list[str]:
+def describe_differences(have: object, want: object, prefix: str = "") -> list[str]:
     """Human-readable leaf differences between two JSON-like trees: ``"a.b: 1 (cache) != 2 (config)"``."""
     if isinstance(have, dict) and isinstance(want, dict):
         out = []
@@ -107,7 +113,7 @@ class CacheReader:
         check: bool = True,
         manifest: Manifest | None = None,
         memo: str | None = None,
-    ):
+    ) -> None:
         self.loc = CacheLocation(uri)
         manifest = manifest or load_manifest(
             self.loc
@@ -165,7 +171,7 @@ class CacheReader:
             f"(`radio cache verify {self.loc.uri}` lists the problems first)."
         )
 
-    def _check_manifest(self):
+    def _check_manifest(self) -> None:
         """What a training must not start on, checked from the manifest and one listing per directory (no file
         is opened): a manifest that claims more than its shard list holds, and shards or merged statistics that
         are missing or whose size is not the one committed. Each shard's footer (identity, unit, fingerprint,
@@ -259,7 +265,7 @@ class CacheReader:
             st.summary.std if st.summary else None,
         )
 
-    def merged_moments(self, teacher: str):
+    def merged_moments(self, teacher: str) -> tuple[RunningMoments, RunningMoments | None]:
         """(features, summary or None) :class:`RunningMoments` of ``teacher`` merged over every unit, with full
         second moments: one file, checked against the manifest's checksum."""
         from .state import read_merged_moments, teacher_stats
@@ -315,7 +321,7 @@ class CacheReader:
             )
         return data.reshape(n, res, res, 3)
 
-    def student_pixels(self, batch: CacheBatch, rows) -> np.ndarray:
+    def student_pixels(self, batch: CacheBatch, rows: Iterable[int]) -> np.ndarray:
         """The student views of ``rows`` of ``batch`` as uint8 (n, H, W, 3), whatever their stored format."""
         if isinstance(batch.student_image, np.ndarray):
             return batch.student_image[np.asarray(rows, dtype=np.int64)]

@@ -178,7 +178,7 @@ class MomentsMerger:
     Moments of units committed in this run are handed to :meth:`add` as they arrive; units committed earlier
     are read from their records when the merge reaches them. At most the out-of-order window is held."""
 
-    def __init__(self, loc: CacheLocation, teacher: str, n_units: int, held: set[int]):
+    def __init__(self, loc: CacheLocation, teacher: str, n_units: int, held: set[int]) -> None:
         self.loc, self.teacher, self.n_units, self.held = loc, teacher, n_units, set(held)
         self.next = 0
         self.pending: dict[int, dict] = {}
@@ -186,11 +186,11 @@ class MomentsMerger:
         self.has_summary = False
         self.read_records = 0
 
-    def add(self, unit: int, moments: dict[str, RunningMoments]):
+    def add(self, unit: int, moments: dict[str, RunningMoments]) -> None:
         self.pending[unit] = moments
         self._advance()
 
-    def _advance(self, final: bool = False):
+    def _advance(self, final: bool = False) -> None:
         while self.next < self.n_units:
             u = self.next
             if u in self.pending:

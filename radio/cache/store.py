@@ -23,7 +23,7 @@ import posixpath
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -103,7 +103,7 @@ class ShardInfo:
 class _HashingSink:
     """File-like object that forwards to a pyarrow output stream and hashes what passes through."""
 
-    def __init__(self, stream):
+    def __init__(self, stream) -> None:
         import xxhash
 
         self._stream, self._hash, self._fast, self._n, self.closed = (
@@ -129,10 +129,10 @@ class _HashingSink:
     def xxh3(self) -> str:
         return self._fast.hexdigest()
 
-    def flush(self):
+    def flush(self) -> None:
         self._stream.flush()
 
-    def close(self):
+    def close(self) -> None:
         if not self.closed:
             self._stream.close()
             self.closed = True
@@ -151,7 +151,7 @@ class _HashingSink:
 class CacheLocation:
     """A cache root on some pyarrow filesystem, with the few operations the cache needs."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str) -> None:
         self.uri = str(uri)
         if "://" in self.uri:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
@@ -192,7 +192,7 @@ class CacheLocation:
         info = self.fs.get_file_info(pafs.FileSelector(self.full(rel_dir), allow_not_found=True))
         return sorted(i.base_name for i in info if i.type == pafs.FileType.Directory)
 
-    def delete(self, rel: str):
+    def delete(self, rel: str) -> None:
         self.fs.delete_file(self.full(rel))
 
     def move_aside(self, rel: str) -> str:
@@ -205,7 +205,7 @@ class CacheLocation:
         self.fs.move(self.full(rel), target)
         return target
 
-    def delete_dir(self, rel: str):
+    def delete_dir(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.delete_dir(self.full(rel))
 
@@ -213,7 +213,7 @@ class CacheLocation:
         with self.fs.open_input_stream(self.full(rel)) as f:
             return f.read()
 
-    def write_bytes_atomic(self, rel: str, data: bytes):
+    def write_bytes_atomic(self, rel: str, data: bytes) -> None:
         with self._atomic(rel) as sink:
             sink.write(data)
 
@@ -228,7 +228,7 @@ class CacheLocation:
         return self.fs.get_file_info(self.full(rel)).size
 
     class _Atomic:
-        def __init__(self, loc: CacheLocation, rel: str):
+        def __init__(self, loc: CacheLocation, rel: str) -> None:
             self.loc, self.rel = loc, rel
             final = loc.full(rel)
             self.final = final
@@ -341,7 +341,7 @@ class CacheLocation:
 PAUSE_WRITES_ENV = "RADIO_TEST_PAUSE_WRITES"
 
 
-def _write_pausing(sink, table: pa.Table, rows: int, kw: dict, folder: str, path: str):
+def _write_pausing(sink, table: pa.Table, rows: int, kw: dict, folder: str, path: str) -> NoReturn:
     w = pq.ParquetWriter(sink, table.schema, **kw)
     w.write_table(table.slice(0, rows), row_group_size=rows)
     sink.flush() if hasattr(sink, "flush") else None

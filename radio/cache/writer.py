@@ -8,8 +8,11 @@ streamed. Statistics live in the commit records and in one merged file per teach
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..normalize import RunningMoments
 from .arrow import tensor_field, tensor_to_arrow
@@ -105,7 +108,7 @@ def write_teacher_shard(
     layout: TargetLayout,
     unit: int,
     image_id: list[str],
-    view_index,
+    view_index: Sequence[int] | np.ndarray,
     cols: dict,
     identity: CacheIdentity,
     row_group_rows: int,
@@ -191,7 +194,7 @@ def open_checked(
     fingerprint: str | None = None,
     layout: dict | None = None,
     stream: bool = False,
-):
+) -> tuple[pq.ParquetFile | None, str | None]:
     """(ParquetFile, None) for a shard whose footer checks out (:func:`check_footer`), else (None, reason).
     The footer is read once, here, and the returned file streams without reading it again. ``stream``: the
     caller reads the whole file and checks every byte of it first against the recorded hash
