@@ -349,8 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # no space left, from any writer: one line, never a traceback over finished work
         import errno
 
+        from radio.cache.store import object_store_error
+
         from .config import disk_full
 
+        store = object_store_error(e)
+        if store is not None:
+            print(f"radio: error: {store}", file=sys.stderr)
+            return 2
         full = disk_full(e)
         if full is not None:
             print(

@@ -376,3 +376,30 @@ def test_eval_on_s3(c1, s3, tmp_path):
     _record("c1 eval (val = train = c1)", n)
     print(f"[s3 requests] c1 eval by object: {_by_file_type(n.requests)}", flush=True)
     assert not any(n[k] for k in WRITES), n.requests
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("wrong credentials", "credentials refused"),
+        ("server down", "the server does not answer"),
+        ("no endpoint", "the endpoint's host does not resolve"),
+    ],
+)
+def test_a_failing_object_store_is_one_line_naming_it(s3_server, tmp_path, monkeypatch, capsys, case, expect):
+    """What a user meets when the store fails: one line naming the store, what failed and what to do, from
+    `radio cache info` and from a job alike; never pyarrow's traceback."""
+    uri = s3_server.uri("missing-cache")
+    if case == "wrong credentials":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-key")
+    elif case == "server down":
+        uri = "s3://radio-test/missing-cache?endpoint_override=127.0.0.1:1&scheme=http"  # nothing listens on 1
+    else:
+        uri = "s3://radio-test/missing-cache"  # AWS itself, unreachable from here
+    for argv in (["cache", "info", uri], ["cache", f"output={uri}", "teachers=[tiny-clip]", *COMMON]):
+        t0 = time.monotonic()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        print(f"[store failure] {case}: {argv[1]} answered in {time.monotonic() - t0:.1f}s", flush=True)
+        assert err.startswith("radio: error: object store s3://radio-test/") and expect in err, err
+        assert "To do:" in err and "Traceback" not in err and len(err.splitlines()) == 1, err

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -69,6 +70,37 @@ def decode_metadata(schema_metadata: dict[bytes, bytes] | None) -> dict:
         if key.startswith(_META_PREFIX):
             out[key[len(_META_PREFIX) :]] = json.loads(v)
     return out
+
+
+def object_store_error(e: BaseException) -> str | None:
+    """One line for a failing object store (pyarrow's S3 errors name the key and the AWS error, in a paragraph),
+    saying which store, what failed and what to do; None for any other error."""
+    cause = getattr(e, "cause", None)  # a Ray task's error carries the worker's exception
+    text = str(cause if isinstance(cause, BaseException) else e)
+    if "AWS Error" not in text:
+        return None
+    first = " ".join(text.split())
+    where = re.search(r"(?:key '([^']*)' in )?bucket '([^']*)'", first)
+    name = f"s3://{where.group(2)}/{where.group(1) or ''}" if where else "the object store"
+    low = first.lower()
+    if any(k in low for k in ("access_denied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden")):
+        what, fix = "credentials refused", "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the role)"
+    elif "could not resolve host" in low or "curlcode: 6" in low:
+        what, fix = (
+            "the endpoint's host does not resolve",
+            "name an S3-compatible server in the URI (?endpoint_override=HOST:PORT&scheme=http), or check the network",
+        )
+    elif "network_connection" in low or "could not connect" in low or "curlcode: 7" in low:
+        what, fix = "the server does not answer", "start it or fix the endpoint in the URI"
+    elif "no_such_bucket" in low or "nosuchbucket" in low:
+        what, fix = "no such bucket", "create it or fix the URI"
+    else:
+        what, fix = "a request failed", "see the store's message"
+    detail = re.sub(r"^When [^:]*: ", "", first)[:200]
+    return (
+        f"object store {name}: {what} ({detail}). To do: {fix}. What was committed is kept: rerun the same "
+        "command to resume"
+    )
 
 
 class ChangedFile(OSError):
