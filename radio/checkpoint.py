@@ -66,10 +66,17 @@ def save_student(path: str | Path, model: Any, meta: dict | None = None) -> Path
         "adapters": [asdict(c) for c in model.adapter_cfgs],
         "meta": meta or {},
     }
+    cfg["config_sha256"] = _config_sha256(cfg)  # the whole config covered: an edited mean or width is refused
     text = json.dumps(cfg, indent=1)  # before any write: a non-JSON meta fails without touching the directory
     _atomic_write(d / WEIGHTS, lambda p: p.write_bytes(blob))
     _atomic_write(d / CONFIG, lambda p: p.write_text(text))
     return d
+
+
+def _config_sha256(cfg: dict) -> str:
+    """sha256 of a student config's canonical JSON, its own checksum left out."""
+    rest = {k: v for k, v in cfg.items() if k != "config_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class StudentFiles(NamedTuple):
@@ -102,6 +109,13 @@ def read_student(path: str | Path) -> StudentFiles:
         raise CheckpointError(
             f"{d / CONFIG}: format {cfg.get('format') if isinstance(cfg, dict) else None!r}, "
             f"this version reads {FORMAT!r}"
+        )
+    want_cfg = cfg.get("config_sha256")  # absent in students written before it: read as they are
+    if want_cfg is not None and _config_sha256(cfg) != want_cfg:
+        raise CheckpointError(
+            f"{d / CONFIG} does not match its recorded config_sha256: it was edited or damaged since export "
+            "(its normalization, sizes or teachers cannot be trusted). Export the student again "
+            "(radio train ... resume=true re-exports from the last checkpoint) or load another copy"
         )
     s = cfg["student"]
     student = StudentConfig(**{**s, "mean": tuple(s["mean"]), "std": tuple(s["std"])})

@@ -311,6 +311,25 @@ def test_damaged_student_is_one_clear_error(student_dir, tmp_path, capsys):
     assert "not a student directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("field", ["mean", "mlp_ratio"])
+def test_an_edited_student_config_is_refused_naming_it(student_dir, tmp_path, field):
+    """The whole config.json is covered, not only the weights: an edited normalization mean (which would load
+    and give other outputs) or width (torch's size mismatch) is one CheckpointError naming the file."""
+    import shutil
+
+    edited = tmp_path / field
+    shutil.copytree(student_dir, edited)
+    cfg = json.loads((edited / "config.json").read_text())
+    cfg["student"][field] = [0.5, 0.5, 0.5] if field == "mean" else 2.0
+    (edited / "config.json").write_text(json.dumps(cfg, indent=1))
+    with pytest.raises(
+        radio.checkpoint.CheckpointError, match=r"config.json does not match its recorded config_sha256"
+    ):
+        radio.load_student(str(edited))
+    with pytest.raises(radio.checkpoint.CheckpointError, match=r"config.json does not match"):
+        torch.hub.load(str(ROOT), "radio_student", str(edited), source="local")
+
+
 def test_export_to_an_unwritable_place_is_one_line(student_dir, tmp_path, small_disk, capsys):
     """A destination under a file, or on a read-only mount (a real one): refused before anything is written."""
     from pipelines.cli import main
