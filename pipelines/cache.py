@@ -529,6 +529,23 @@ class RayUnavailable(ConnectionError):
     """``RAY_ADDRESS`` names a cluster that does not answer."""
 
 
+def _speaks_grpc(conn) -> bool:
+    """Whether the server on ``conn`` speaks HTTP/2, as gRPC does: sent the client preface, a gRPC server
+    answers with a SETTINGS frame (type 4); an HTTP/1 server, or anything else, does not."""
+
+    try:
+        conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        head = b""
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except (TimeoutError, OSError):
+        return False
+    return len(head) >= 4 and head[3] == 4
+
+
 def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
     """Fail in seconds, naming ``RAY_ADDRESS``, when nothing listens at the cluster address it gives
     (``host:port`` or ``ray://host:port``). Ray itself would retry its GCS connection for minutes, printing
@@ -549,7 +566,13 @@ def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
         try:
             with socket.create_connection(
                 (host.strip("[]"), int(port)), timeout=max(0.5, min(3.0, deadline - time.monotonic()))
-            ):
+            ) as conn:
+                if os.environ.get("RAY_USE_TLS", "0") not in ("1", "true") and not _speaks_grpc(conn):
+                    raise RayUnavailable(
+                        f"RAY_ADDRESS={address}: something answers at {host}:{port}, but not Ray's GCS (it does "
+                        "not speak gRPC: another service on that port?). Give the head node's GCS address "
+                        "(ray start --head prints it), or unset RAY_ADDRESS to run on a local Ray"
+                    )
                 return
         except OSError as e:  # refused, unresolvable, unreachable, timed out: retried while a head node may be starting
             err = e

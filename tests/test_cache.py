@@ -942,3 +942,28 @@ def test_ray_address_that_is_not_an_address_is_one_line(tmp_path):
     r = subprocess.run([*args, "mlflow.enabled=false"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "RAY_ADDRESS=127.0.0.1:notaport: not a cluster address" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ray_address_where_another_service_answers_is_one_line(tmp_path):
+    """An HTTP server on the port RAY_ADDRESS names: the job says so in seconds (Ray alone retries for minutes)."""
+    import http.server
+    import threading
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{httpd.server_port}"}
+        args = [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "cache",
+            f"output={tmp_path / 'c'}",
+            *BASE,
+            "teachers=[tiny-clip]",
+        ]
+        r = subprocess.run([*args, "mlflow.enabled=false"], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        httpd.shutdown()
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "not Ray's GCS" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
