@@ -403,3 +403,43 @@ def test_a_failing_object_store_is_one_line_naming_it(s3_server, tmp_path, monke
         print(f"[store failure] {case}: {argv[1]} answered in {time.monotonic() - t0:.1f}s", flush=True)
         assert err.startswith("radio: error: object store s3://radio-test/") and expect in err, err
         assert "To do:" in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_a_store_lost_mid_job_is_one_line_and_the_rerun_completes_it(s3, c1_clip, tmp_path):
+    """The object store dies while the job writes (after its first committed teacher shard): the job stops with
+    one line naming the store (after pyarrow's bounded retries), keeps what it committed, and the same command
+    against the store back up (same data, new ports) finishes a cache byte-identical to the local one-shot."""
+    from tests.s3server import S3Server
+
+    data = tmp_path / "weed-data"
+    srv = S3Server(data_dir=data, access_key=s3.access_key, secret_key=s3.secret_key).start()
+    try:
+        cmd = _cache_cmd(srv.uri("lost"), *C1, "teachers=[tiny-clip]", "max_inflight_units=1")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(s3), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        fs, deadline = srv.filesystem(), time.time() + TIMEOUT
+        while time.time() < deadline and proc.poll() is None:
+            names = [
+                i.base_name
+                for i in fs.get_file_info(pafs.FileSelector(srv.path("lost/teachers/tiny-clip"), allow_not_found=True))
+            ]
+            if any(n.endswith(".commit") for n in names):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the job ended before the store could be stopped"
+        t0 = time.monotonic()
+        srv.stop()
+        try:
+            err = proc.communicate(timeout=TIMEOUT)[1].decode(errors="replace").strip()
+        finally:
+            proc.kill()
+        print(f"[store lost] the job stopped {time.monotonic() - t0:.1f}s after the store", flush=True)
+        assert proc.returncode == 2, err[-3000:]
+        last = err.splitlines()[-1]
+        assert last.startswith("radio: error: object store s3://radio-test/") and "rerun the same command" in last, err
+        assert "Traceback" not in err, err[-3000:]
+        srv.start()  # the same data, new ports
+        done = _computed(_run(s3, _cache_cmd(srv.uri("lost"), *C1, "teachers=[tiny-clip]")))
+        assert done["tiny-clip"] < C1_UNITS, done  # what was committed before the loss is kept
+        assert _digest_s3(srv, "lost") == _digest_local(c1_clip["local"])
+    finally:
+        srv.stop()
