@@ -227,7 +227,7 @@ def verify_cache(
             merger = MomentsMerger(loc, name, m.units, {sh.unit for sh in e.shards})
             try:
                 f2, s2 = merger.finish()
-            except (RecordError, OSError) as err:  # a record changed between the two reads: named, not a traceback
+            except (RecordError, CacheError, OSError) as err:  # a damaged record: named, not a traceback
                 problems.append(str(err).splitlines()[0][:300])
                 continue
             read["bytes"] += sum(loc.size(commit_path(sh.path)) for sh in e.shards)

@@ -967,3 +967,19 @@ def test_ray_address_where_another_service_answers_is_one_line(tmp_path):
         httpd.shutdown()
     assert r.returncode == 2, r.stderr[-2000:]
     assert "not Ray's GCS" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_damaged_record_never_becomes_the_statistics(ray_session, cache_dir, tmp_path, capsys):
+    """The statistics are merged again from the records (their file is gone) while one record's moments were
+    changed: the plain rerun refuses, naming the record and the repair, instead of merging them; the repair
+    then restores the pristine statistics."""
+    out = _damaged_copy(cache_dir, tmp_path, "record")
+    record = out / "teachers/tiny-sam/unit-00002.commit"
+    _flip(record, record.stat().st_size - 8)
+    (out / "stats/tiny-sam.moments").unlink()
+    capsys.readouterr()
+    assert main(["cache", f"output={out}", *BASE, "teachers=[tiny-clip,tiny-sam]", "mlflow.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert "unit-00002.commit" in err and f"radio cache repair {out}" in err and "Traceback" not in err, err
+    assert main(["cache", "repair", str(out)]) == 0
+    assert _digest(out) == _digest(cache_dir) and _counts(out) == _counts(cache_dir)

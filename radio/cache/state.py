@@ -196,7 +196,14 @@ class MomentsMerger:
             if u in self.pending:
                 m = self.pending.pop(u)
             elif u in self.held:
-                header, arrays = read_record(self.loc, commit_path(teacher_path(self.teacher, u)))
+                try:
+                    header, arrays = read_record(self.loc, commit_path(teacher_path(self.teacher, u)))
+                except RecordError as e:  # its moments would become the merged statistics: refused, with the repair
+                    from .manifest import CacheError
+
+                    raise CacheError(
+                        f"{e}. `radio cache repair {self.loc.uri}` sets it aside and recomputes its unit"
+                    ) from None
                 m = Commit.from_record(header, arrays).moments or {}
                 self.read_records += 1
             elif final:  # a unit without targets (an incomplete cache): nothing to merge
