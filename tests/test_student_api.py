@@ -455,3 +455,14 @@ def test_transformers_automodel_loads_an_exported_student(student_dir):
         "model_type": "radio-student",
     }
     assert json.loads((student_dir / "config.json").read_text())["model_type"] == "radio-student"
+
+
+def test_the_readmes_using_a_student_snippet_runs_as_written(student_dir):
+    """What a user copies first: the README's "Using a student" block, run verbatim but for the student's path."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("### Using a student", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "quickstart/runs/nano-d4/student" in block
+    scope: dict = {}
+    exec(block.replace("quickstart/runs/nano-d4/student", str(student_dir)), scope)  # noqa: S102
+    assert scope["summary"].shape[0] == 1 and scope["clip_summary"].shape == (1, 16)
+    assert len(scope["inter"]) == 2 and scope["out"]["clip"].summary.shape == (1, 16)
