@@ -53,7 +53,6 @@ from radio.cache import (
     write_teacher_shard,
     write_views_shard,
 )
-from radio.cache.commit import sha256_bytes
 from radio.images import BadImage, decode_image, encode_image
 from radio.targets import resample_targets
 from radio.views import ViewPolicy, crop_view, render_view, sample_views
@@ -793,23 +792,18 @@ def plan_cache_job(
 def _set_aside_damaged_stats(loc: CacheLocation, manifest: Manifest | None, say) -> int:
     """A repair: each merged statistics file whose bytes differ from the manifest's record (or that does not
     read as a record) is moved aside; all of them are then merged again from the commit records."""
-    from radio.cache import RecordError, read_record
+    from radio.cache import CacheError, RecordError, read_merged_moments
 
     moved = 0
     for e in (manifest.teachers if manifest else {}).values():
         ref = e.moments
         if ref is None or not loc.exists(ref.path):
             continue
-        data = loc.read_bytes(ref.path)
-        reason = None if len(data) == ref.bytes and sha256_bytes(data) == ref.sha256 else "differs from its record"
-        if reason is None:
-            try:
-                read_record(loc, ref.path, data=data)
-            except RecordError as err:
-                reason = str(err).split(": ", 1)[-1]
-        if reason:
+        try:  # the reader's own check: size and sha256 against the manifest, then the record's checksums
+            read_merged_moments(loc, ref)
+        except (CacheError, RecordError) as err:
             aside = loc.move_aside(ref.path)
-            say(f"[radio cache] {loc.full(ref.path)}: {reason}; moved to {aside}, merged again from the records")
+            say(f"[radio cache] {str(err).split('. ')[0]}; moved to {aside}, merged again from the records")
             moved += 1
     return moved
 

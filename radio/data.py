@@ -153,7 +153,7 @@ class CacheStream(IterableDataset):
             uri, self.teachers, expect_fingerprints, check=False, manifest=manifest
         )  # the trainer's own reader checked the manifest
         self.manifest = reader.manifest  # read once; each epoch's readers reuse it
-        self.memo = reader._verified_memo()  # where shards found intact are noted: hashed once per run, not per epoch
+        self.memo = reader.memo  # where shards found intact are noted: hashed once per run, not per epoch
         self.units = reader.units
         if not self.units:
             raise ValueError(

@@ -935,11 +935,16 @@ def test_the_jobs_own_ray_listens_on_loopback_only_and_requires_its_token(tmp_pa
         proc.wait()
 
 
+def _job_joining(address: str, out: Path) -> subprocess.CompletedProcess:
+    """A cache job told to join ``address``, in its own process: a test process may already hold the session's
+    Ray, which an in-process job would reuse without looking at RAY_ADDRESS."""
+    env = {**os.environ, "RAY_ADDRESS": address}
+    args = [sys.executable, "-m", "pipelines.cli", "cache", f"output={out}", *BASE, "teachers=[tiny-clip]"]
+    return subprocess.run([*args, "mlflow.enabled=false"], env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_ray_address_that_is_not_an_address_is_one_line(tmp_path):
-    """In its own process: a test process may already hold the session's Ray, which the job would reuse."""
-    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:notaport"}
-    args = [sys.executable, "-m", "pipelines.cli", "cache", f"output={tmp_path / 'c'}", *BASE, "teachers=[tiny-clip]"]
-    r = subprocess.run([*args, "mlflow.enabled=false"], env=env, capture_output=True, text=True, timeout=300)
+    r = _job_joining("127.0.0.1:notaport", tmp_path / "c")
     assert r.returncode == 2, r.stderr[-2000:]
     assert "RAY_ADDRESS=127.0.0.1:notaport: not a cluster address" in r.stderr and "Traceback" not in r.stderr
 
@@ -952,17 +957,7 @@ def test_ray_address_where_another_service_answers_is_one_line(tmp_path):
     httpd = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{httpd.server_port}"}
-        args = [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "cache",
-            f"output={tmp_path / 'c'}",
-            *BASE,
-            "teachers=[tiny-clip]",
-        ]
-        r = subprocess.run([*args, "mlflow.enabled=false"], env=env, capture_output=True, text=True, timeout=300)
+        r = _job_joining(f"127.0.0.1:{httpd.server_port}", tmp_path / "c")
     finally:
         httpd.shutdown()
     assert r.returncode == 2, r.stderr[-2000:]

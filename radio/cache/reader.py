@@ -148,21 +148,19 @@ class CacheReader:
         self.rows_per_unit = {s.unit: s.rows for s in manifest.views.shards}
         self._by_unit: dict[str | None, dict] | None = None
         self._moments: dict[str, tuple] = {}
-        self._memo = memo  # see _verified_memo; made here (or handed down), before any loader worker forks
+        # where this reader's processes note the local shards they found intact (CacheLocation.check_whole):
+        # made here (or handed down by a stream) before any loader worker forks, so they share it; removed
+        # when the process that made it exits
+        self.memo = memo
         if memo is None and self.loc.is_local:
             import atexit
             import shutil
             import tempfile
 
-            self._memo = tempfile.mkdtemp(prefix="radio-verified-")
-            atexit.register(shutil.rmtree, self._memo, True)
+            self.memo = tempfile.mkdtemp(prefix="radio-verified-")
+            atexit.register(shutil.rmtree, self.memo, True)
         if check:
             self._check_manifest()
-
-    def _verified_memo(self) -> str | None:
-        """The folder where this reader's processes note the local shards they found intact: made with the
-        reader, so the loader workers it forks share it; removed when the process that made it exits."""
-        return self._memo
 
     def _damaged(self, what: str) -> CacheError:
         return CacheError(
@@ -373,7 +371,7 @@ class CacheReader:
         info = self._by_unit[teacher][unit]
         if self.loc.hashed_whole(info):
             try:
-                self.loc.check_whole(rel, info, memo=self._verified_memo())
+                self.loc.check_whole(rel, info, memo=self.memo)
             except ChangedFile as e:
                 raise self._damaged(f"{self.loc.full(rel)}: {e}") from None
         yield from self._checked(pf.iter_batches(batch_size=batch_rows, columns=columns), unit, teacher)
