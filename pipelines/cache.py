@@ -1105,6 +1105,11 @@ def _run_pipeline(cfg: CacheJobConfig, plan: CachePlan, source: Source) -> RunRe
                     del unit_left[u]
                     res.completions.append((time.perf_counter(), unit_rows.get(u, 0)))
                 progress.update(images, "  ".join(f"{k} {v}/{computed[k]}" for k, v in done.items() if computed[k]))
+    except BaseException:
+        # the job reports its own one-line error; the tasks it abandons (their actors are killed below) would
+        # each add Ray's "Unhandled error" paragraph after it, at exit
+        os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
+        raise
     finally:
         progress.close()
         for pool in pools.values():
