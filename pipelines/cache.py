@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import posixpath
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -1264,7 +1265,7 @@ def repair_config(args: list[str]) -> CacheJobConfig:
 
     from .config import config_to_yaml, load_config, split_config_args
 
-    if not args or "=" in args[0]:
+    if not args or ("=" in args[0] and "://" not in args[0].split("=", 1)[0]):  # a URI's query has '='s
         raise ConfigError("radio cache repair CACHE [CONFIG] [key=value ...]: name the cache to repair")
     uri, (path, overrides) = args[0], split_config_args(args[1:])
     forced = [*overrides, f"output={uri}", "verify=bytes"]
@@ -1278,7 +1279,7 @@ def repair_config(args: list[str]) -> CacheJobConfig:
     if not isinstance(recorded, dict) or not recorded:
         raise ConfigError(
             f"{loc.full('manifest.json')} is missing or unreadable, so the job's config cannot be taken from it: "
-            f"pass the config that built the cache: radio cache repair {uri} CONFIG [key=value ...]"
+            f"pass the config that built the cache: radio cache repair {shlex.quote(uri)} CONFIG [key=value ...]"
         )
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(config_to_yaml(recorded))

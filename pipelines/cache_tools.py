@@ -6,6 +6,7 @@ import argparse
 import json
 import posixpath
 import random
+import shlex
 import sys
 
 import numpy as np
@@ -276,7 +277,10 @@ def verify_cache(
         print(f"MISMATCH {p}", file=out)
     print("verify: OK" if not problems else f"verify: FAILED ({len(problems)} problem(s))", file=out)
     if problems:
-        print(f"repair: `radio cache repair {uri}` sets the damaged files aside and recomputes them", file=out)
+        print(
+            f"repair: `radio cache repair {shlex.quote(uri)}` sets the damaged files aside and recomputes them",
+            file=out,
+        )
     return not problems
 
 

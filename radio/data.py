@@ -209,7 +209,7 @@ class CacheStream(IterableDataset):
         buf: list = []
         # Parquet reads (page CRC32 checks, decompression, the key join) run one thread ahead of the shuffle
         # and batch assembly below: Arrow releases the GIL, so on a spare core the checks cost no views/s
-        read = ThreadPrefetcher((b for u in units for b in reader.iter_unit(u, self.read_rows)), depth=2)
+        read = ThreadPrefetcher(reader.iter_units(units, self.read_rows), depth=2)
         for batch in read:
             for i in range(len(batch)):
                 buf.append((batch, i))

@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["tensor_to_arrow", "arrow_to_tensor", "column_tensor", "tensor_field", "TENSOR_META"]
+__all__ = ["tensor_to_arrow", "arrow_to_tensor", "column_tensor", "tensor_field", "column_digest", "TENSOR_META"]
 
 TENSOR_META = b"radio.tensor"
 _DTYPES = ("int8", "uint8", "float16", "float32", "int16", "int32", "int64")
@@ -73,3 +73,43 @@ def arrow_to_tensor(col: pa.Array | pa.ChunkedArray, field: pa.Field | None = No
 def column_tensor(table: pa.Table | pa.RecordBatch, name: str) -> np.ndarray:
     """The tensor column ``name`` of a table or record batch as (N, *shape) numpy."""
     return arrow_to_tensor(table.column(name), table.schema.field(name))
+
+
+def column_digest(col: pa.Array | pa.ChunkedArray) -> str | None:
+    """xxh3-64 of a column's values (hex), whatever its chunking and buffer offsets: what a shard records per row
+    group and column when it is written, and what a reader from an object store compares after decoding (see
+    ``radio.cache.store.RemoteShard``). None for a type it does not cover (that file's pages are then checked)."""
+    import xxhash
+
+    values, lengths = xxhash.xxh3_64(), xxhash.xxh3_64()
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    for a in chunks:
+        if not _digest_into(a, values, lengths):
+            return None
+    return xxhash.xxh3_64_hexdigest(f"{len(col)}:".encode() + values.digest() + lengths.digest())
+
+
+def _digest_into(a: pa.Array, values, lengths) -> bool:
+    t, n = a.type, len(a)
+    if pa.types.is_dictionary(t):
+        a, t = a.dictionary_decode(), t.value_type
+    if a.null_count:  # what a null slot reads back as is not what was written: such a file's pages are checked
+        return False
+    if pa.types.is_binary(t) or pa.types.is_string(t) or pa.types.is_large_binary(t) or pa.types.is_large_string(t):
+        wide = pa.types.is_large_binary(t) or pa.types.is_large_string(t)
+        offs = np.frombuffer(a.buffers()[1], np.int64 if wide else np.int32)[a.offset : a.offset + n + 1]
+        lengths.update(np.diff(offs).astype(np.int64).tobytes())
+        if n and offs[-1] > offs[0]:
+            values.update(memoryview(a.buffers()[2])[int(offs[0]) : int(offs[-1])])
+        return True
+    if pa.types.is_boolean(t):
+        values.update(np.asarray(a.to_numpy(zero_copy_only=False), dtype=np.bool_).tobytes())
+        return True
+    if pa.types.is_fixed_size_binary(t) or (pa.types.is_primitive(t) and t.bit_width % 8 == 0):
+        width = t.byte_width if pa.types.is_fixed_size_binary(t) else t.bit_width // 8
+        if n:
+            values.update(memoryview(a.buffers()[1])[a.offset * width : (a.offset + n) * width])
+        return True
+    if pa.types.is_fixed_size_list(t):
+        return _digest_into(a.flatten(), values, lengths)
+    return False

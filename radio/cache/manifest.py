@@ -387,7 +387,7 @@ def load_manifest(loc: CacheLocation) -> Manifest | None:
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestDamaged(
             f"{path} is not valid JSON ({e}): it was damaged since the job wrote it. The shards are intact and "
-            f"carry their own records: `radio cache repair {loc.uri} CONFIG` (the config that built it) rewrites "
+            f"carry their own records: `radio cache repair {loc.shell} CONFIG` (the config that built it) rewrites "
             "the manifest from them."
         ) from None
     version = d.get("format_version") if isinstance(d, dict) else None
@@ -400,14 +400,14 @@ def load_manifest(loc: CacheLocation) -> Manifest | None:
             f"{path} {what}: it was edited or damaged since the job wrote it, and its layouts, statistics "
             "and shard list cannot be trusted. "
             "The shards are intact and carry their own records: "
-            f"`radio cache repair {loc.uri}` rewrites the manifest from them."
+            f"`radio cache repair {loc.shell}` rewrites the manifest from them."
         )
     try:
         return Manifest.from_dict(d)
     except (KeyError, TypeError) as e:
         raise ManifestDamaged(
             f"{path} is missing or has malformed field {e}: it was damaged since the job wrote it. "
-            f"`radio cache repair {loc.uri}` rewrites it from the shards' own records."
+            f"`radio cache repair {loc.shell}` rewrites it from the shards' own records."
         ) from None
 
 

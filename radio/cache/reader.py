@@ -32,7 +32,7 @@ from .manifest import (
     hw,
     load_manifest,
 )
-from .store import CacheLocation, teacher_path, views_path
+from .store import CacheLocation, ChangedFile, RemoteShard, object_store_error, teacher_path, views_path
 
 __all__ = ["CacheReader", "CacheBatch", "describe_differences", "column_types"]
 
@@ -164,9 +164,9 @@ class CacheReader:
 
     def _damaged(self, what: str) -> CacheError:
         return CacheError(
-            f"{what}. The cache is damaged or was edited: `radio cache repair {self.loc.uri}` checks every "
+            f"{what}. The cache is damaged or was edited: `radio cache repair {self.loc.shell}` checks every "
             "file against its record, sets the damaged ones aside and recomputes them "
-            f"(`radio cache verify {self.loc.uri}` lists the problems first)."
+            f"(`radio cache verify {self.loc.shell}` lists the problems first)."
         )
 
     def _check_manifest(self) -> None:
@@ -205,37 +205,62 @@ class CacheReader:
         for t in self.teachers:  # one small file per teacher, checksummed: the manifest's statistics must be its
             self.merged_moments(t)
 
-    def _open_unit(self, unit: int) -> dict:
-        """The files of ``unit`` (None: the views; else teacher name -> ParquetFile), each footer read once and
-        checked against the manifest (identity, unit, fingerprint, layout, rows) before any row is used."""
-        from .writer import open_checked
+    def _columns(self, t: str | None, with_images: bool = True) -> list[str]:
+        """The columns read from the views table (``t`` None) or from teacher ``t``'s."""
+        if t is None:
+            return ["image_id", "view_index", "label_index"] + (["student_image"] if with_images else [])
+        return [
+            "image_id",
+            "view_index",
+            *(["summary"] if self.entry(t).summary_dim else []),
+            *self._feature_columns(t),
+        ]
 
+    def _open_unit(self, unit: int, start: bool = False) -> dict:
+        """The files of ``unit`` (None: the views; else teacher name -> ParquetFile), each footer read once and
+        checked against the manifest (identity, unit, fingerprint, layout, rows) before any row is used.
+        ``start``: files on an object store request their first row groups now."""
         m = self.manifest
         if self._by_unit is None:  # shard lookups by unit, built once (a cache may hold many thousands of units)
             self._by_unit = {None: m.views.by_unit(), **{t: self.entry(t).by_unit() for t in self.teachers}}
-        files = {}
-        for t in [None, *self.teachers]:
-            rel = views_path(unit) if t is None else teacher_path(t, unit)
-            e = None if t is None else self.entry(t)
-            pf, reason = open_checked(
-                self.loc,
-                rel,
-                m.identity,
-                unit,
-                self._by_unit[t][unit],
-                e.fingerprint if e else None,
-                e.layout.to_dict() if e else None,
-                stream=True,
-            )
-            if reason is not None:
-                if e is not None and reason.startswith("holds targets with fingerprint"):
-                    raise CacheMismatch(
-                        f"{self.loc.full(rel)} {reason}: mixed targets in one cache. Rerun "
-                        f"the `radio cache` command that built {self.loc.uri} to recompute it."
-                    )
-                raise self._damaged(f"{self.loc.full(rel)}: {reason}")
-            files[t] = pf
-        return files
+        tables = [None, *self.teachers]
+        if not self.loc.is_local:  # each open is a request to the store (its footer): send them side by side
+            from .store import fetch_pool
+
+            opened = list(fetch_pool().map(lambda t: self._open_one(unit, t), tables))
+            for t, f in zip(tables, opened, strict=True):
+                if start and isinstance(f, RemoteShard):
+                    f.start(self._columns(t))
+        else:
+            opened = [self._open_one(unit, t) for t in tables]
+        return dict(zip(tables, opened, strict=True))
+
+    def _open_one(self, unit: int, t: str | None):
+        """One file of ``unit`` (``t``: None for the views), opened and its footer checked."""
+        from .writer import open_checked
+
+        m = self.manifest
+        assert self._by_unit is not None
+        rel = views_path(unit) if t is None else teacher_path(t, unit)
+        e = None if t is None else self.entry(t)
+        pf, reason = open_checked(
+            self.loc,
+            rel,
+            m.identity,
+            unit,
+            self._by_unit[t][unit],
+            e.fingerprint if e else None,
+            e.layout.to_dict() if e else None,
+            stream=True,
+        )
+        if reason is not None:
+            if e is not None and reason.startswith("holds targets with fingerprint"):
+                raise CacheMismatch(
+                    f"{self.loc.full(rel)} {reason}: mixed targets in one cache. Rerun "
+                    f"the `radio cache` command that built {self.loc.uri} to recompute it."
+                )
+            raise self._damaged(f"{self.loc.full(rel)}: {reason}")
+        return pf
 
     def entry(self, teacher: str) -> TeacherEntry:
         return self.manifest.teachers[teacher]
@@ -315,7 +340,7 @@ class CacheReader:
         if data.size != n * res * res * 3:
             raise CacheError(
                 f"{self.loc.uri}: raw student views are not {res}x{res}x3 bytes each; the cache is damaged. "
-                f"Run `radio cache verify {self.loc.uri}`."
+                f"Run `radio cache verify {self.loc.shell}`."
             )
         return data.reshape(n, res, res, 3)
 
@@ -334,21 +359,41 @@ class CacheReader:
         keep = {grid_suffix(hw(g)) for g in self.extra_grids[t]}
         return [c for c in cols if "@" not in c or c[c.index("@") :] in keep]
 
-    def iter_unit(self, unit: int, batch_rows: int = 64, with_images: bool = True) -> Iterator[CacheBatch]:
-        """Stream one unit in batches of ``batch_rows``, joining the tables by key."""
+    def iter_units(self, units: list[int], batch_rows: int = 64) -> Iterator[CacheBatch]:
+        """:meth:`iter_unit` of each of ``units`` in turn. From an object store, the next unit's files are opened
+        (their footers requested) while the current one streams, so a unit's start does not wait on the store."""
+        if self.loc.is_local or len(units) < 2:
+            for u in units:
+                yield from self.iter_unit(u, batch_rows)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="radio-next-unit") as pool:
+            ahead = pool.submit(self._open_unit, units[0], True)
+            try:
+                for k, u in enumerate(units):
+                    files = ahead.result()
+                    if k + 1 < len(units):
+                        ahead = pool.submit(self._open_unit, units[k + 1], True)
+                    yield from self.iter_unit(u, batch_rows, files=files)
+            finally:  # a stream stopped early: the unit opened ahead stops fetching
+                try:
+                    for f in ahead.result().values():
+                        if isinstance(f, RemoteShard):
+                            f.close()
+                except Exception:  # noqa: BLE001 - its failure to open is not the error being raised
+                    pass
+
+    def iter_unit(
+        self, unit: int, batch_rows: int = 64, with_images: bool = True, files: dict | None = None
+    ) -> Iterator[CacheBatch]:
+        """Stream one unit in batches of ``batch_rows``, joining the tables by key (``files``: the unit's files,
+        if :meth:`_open_unit` already opened them)."""
         from ..prefetch import ThreadPrefetcher
 
-        files = self._open_unit(unit)
-        view_cols = ["image_id", "view_index", "label_index"] + (["student_image"] if with_images else [])
-        tcols = {
-            t: [
-                "image_id",
-                "view_index",
-                *(["summary"] if self.entry(t).summary_dim else []),
-                *self._feature_columns(t),
-            ]
-            for t in self.teachers
-        }
+        files = files or self._open_unit(unit)
+        view_cols = self._columns(None, with_images)
+        tcols = {t: self._columns(t) for t in self.teachers}
         # each file read (pages CRC32-checked, decompressed) in a thread of its own, a batch ahead: Arrow
         # releases the GIL, so the files' checks and decoding run side by side on the cores there are
         readers = {
@@ -364,7 +409,6 @@ class CacheReader:
     def _read(self, pf, unit: int, teacher: str | None, batch_rows: int, columns: list[str]):
         """One shard's batches, in its reading thread: a local shard is first hashed whole against its commit
         record (the files of a unit side by side), any other has its pages' CRC32s checked as they are read."""
-        from .store import ChangedFile
 
         rel = views_path(unit) if teacher is None else teacher_path(teacher, unit)
         assert self._by_unit is not None  # built by the epoch that hands out this shard
@@ -397,7 +441,7 @@ class CacheReader:
                 ):
                     raise CacheError(
                         f"unit {unit}: keys of teacher {t!r} do not match the views table at rows {ids[:1]}..; "
-                        f"the cache is damaged. Run `radio cache verify {self.loc.uri}`."
+                        f"the cache is damaged. Run `radio cache verify {self.loc.shell}`."
                     )
                 batch.teachers[t] = {name: column_tensor(tb, name) for name in tcols[t][2:]}
             yield batch
@@ -414,7 +458,11 @@ class CacheReader:
                 b = next(batches)
             except StopIteration:
                 return
+            except ChangedFile as e:  # a row group whose digest differs (RemoteShard)
+                raise self._damaged(f"{self.loc.full(rel)}: {e}") from None
             except (OSError, ValueError) as e:  # pyarrow: "CRC checksum verification failed", ArrowInvalid, ...
+                if object_store_error(e) is not None:  # the store failing, not the file: said in one line upstream
+                    raise
                 raise self._damaged(
                     f"{self.loc.full(rel)}: a page does not read back as written ({type(e).__name__}: "
                     f"{str(e).splitlines()[0][:160]})"

@@ -202,7 +202,7 @@ class MomentsMerger:
                     from .manifest import CacheError
 
                     raise CacheError(
-                        f"{e}. `radio cache repair {self.loc.uri}` sets it aside and recomputes its unit"
+                        f"{e}. `radio cache repair {self.loc.shell}` sets it aside and recomputes its unit"
                     ) from None
                 m = Commit.from_record(header, arrays).moments or {}
                 self.read_records += 1
@@ -263,14 +263,14 @@ def read_merged_moments(
         raise CacheError(
             f"{loc.full(ref.path)}: {len(data)} bytes with a checksum that differs from the manifest's "
             f"({ref.bytes} bytes); the statistics are damaged. "
-            f"`radio cache repair {loc.uri}` merges them again from the commit records."
+            f"`radio cache repair {loc.shell}` merges them again from the commit records."
         )
     header, arrays = read_record(loc, ref.path, data=data)
     f = moments_from("features", header, arrays)
     if f is None:
         raise CacheError(
             f"{loc.full(ref.path)}: holds no feature moments; the statistics are damaged. "
-            f"`radio cache repair {loc.uri}` merges them again from the commit records."
+            f"`radio cache repair {loc.shell}` merges them again from the commit records."
         )
     return f, moments_from("summary", header, arrays)
 

@@ -23,6 +23,7 @@ import posixpath
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -44,6 +45,26 @@ _META_PREFIX = "radio."
 VERIFY_PAGES = (
     True  # check every Parquet page's CRC32 as it is read (bench/bench_reader.py --checksums measures the cost)
 )
+
+
+# metadata key (radio.digests): {"rows": rows per row group, "columns": {name: [hex per group]}, "plain": [names of
+# the columns whose every row group is one uncompressed PLAIN page]}
+DIGESTS = "digests"
+PAGE_BYTES = 1 << 30  # a data page holds up to this many bytes: a row group's column is one page below it
+
+
+def row_group_digests(table: pa.Table, rows: int) -> dict:
+    """The digest (:func:`radio.cache.arrow.column_digest`) of each column in each ``rows``-row slice of ``table``:
+    the row groups ``pq.write_table(table, row_group_size=rows)`` writes. Columns it does not cover are left out."""
+    from .arrow import column_digest
+
+    cols = {}
+    for name in table.column_names:
+        col = table.column(name)
+        got = [column_digest(col.slice(i, rows)) for i in range(0, table.num_rows, rows)]
+        if all(d is not None for d in got):
+            cols[name] = got
+    return {"rows": rows, "columns": cols}
 
 
 def unit_name(unit: int) -> str:
@@ -196,6 +217,13 @@ class CacheLocation:
     def __reduce__(self):  # picklable for Ray tasks: rebuilt from the URI on the worker
         return (CacheLocation, (self.uri,))
 
+    @property
+    def shell(self) -> str:
+        """The URI as a shell word (an object store's ``?...&...`` quoted), for commands a message names."""
+        import shlex
+
+        return shlex.quote(self.uri)
+
     def full(self, rel: str) -> str:
         return posixpath.join(self.root, rel)
 
@@ -301,19 +329,42 @@ class CacheLocation:
         byte_stream_split: list[str],
         compression: str | dict = "zstd",
     ) -> ShardInfo:
-        """Commit one Parquet file atomically (``compression``: one codec, or one per column)."""
+        """Commit one Parquet file atomically (``compression``: one codec, or one per column). Its metadata records
+        the digest of every column of every row group (``radio.digests``), which a reader from an object store
+        checks after decoding instead of each page's CRC32 (:class:`RemoteShard`)."""
+        rows = max(1, row_group_rows)
+        digests = row_group_digests(table, rows)
+        dictionary = [c for c in table.column_names if c in ("image_id", "label")]
+        codec = {
+            c: compression.get(c, "snappy") if isinstance(compression, dict) else compression
+            for c in table.column_names
+        }
+        # tensor columns stored as they are, one page per row group: their values are one contiguous run of the
+        # file, which a reader from an object store uses in place (RemoteShard) instead of decoding a copy
+        digests["plain"] = [
+            f.name
+            for f in table.schema
+            if pa.types.is_fixed_size_binary(f.type)
+            and str(codec[f.name]).lower() in ("none", "uncompressed")
+            and f.name not in (byte_stream_split or ())
+            and f.name not in dictionary
+            and not f.nullable
+            and rows * f.type.byte_width < PAGE_BYTES
+        ]
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **encode_metadata({DIGESTS: digests})})
         kw: dict[str, Any] = dict(
             compression=compression,
             use_byte_stream_split=byte_stream_split or False,
-            use_dictionary=[c for c in table.column_names if c in ("image_id", "label")],
+            use_dictionary=dictionary,
             write_statistics=["image_id", "view_index"],
-            write_page_checksum=True,
-        )  # CRC32 per page: every byte a reader uses is checked as it is read
+            write_page_checksum=True,  # CRC32 per page: every byte a reader uses is checked as it is read
+            data_page_size=PAGE_BYTES,
+        )
         with self._atomic(rel) as sink:
             pause = os.environ.get(PAUSE_WRITES_ENV)
             if pause and rel.startswith("teachers/") and not os.path.exists(os.path.join(pause, "paused")):
-                _write_pausing(sink, table, max(1, row_group_rows), kw, pause, self.full(rel))
-            pq.write_table(table, sink, row_group_size=max(1, row_group_rows), **kw)
+                _write_pausing(sink, table, rows, kw, pause, self.full(rel))
+            pq.write_table(table, sink, row_group_size=rows, **kw)
         return ShardInfo(rel, unit, table.num_rows, sink.tell(), sink.sha256, xxh3=sink.xxh3)
 
     def parquet_file(self, rel: str, verify_pages: bool | None = None) -> pq.ParquetFile:
@@ -323,6 +374,16 @@ class CacheLocation:
         if self.is_local:  # memory-mapped: uncompressed tensor pages are read without an extra copy
             return pq.ParquetFile(pa.memory_map(self.full(rel)), page_checksum_verification=verify)
         return pq.ParquetFile(self.fs.open_input_file(self.full(rel)), page_checksum_verification=verify)
+
+    def ranges(self):
+        """The :class:`radio.cache.s3http.S3Ranges` this location's shards are streamed through, or None
+        (pyarrow's client reads them): made once per location."""
+        if not hasattr(self, "_ranges"):
+            from .s3http import ranges_for
+
+            use = not self.is_local and os.environ.get("RADIO_S3_CLIENT", "") != "pyarrow"
+            self._ranges = ranges_for(self.uri, getattr(self.fs, "region", None)) if use else None
+        return self._ranges
 
     def hashed_whole(self, info: ShardInfo | None) -> bool:
         """Whether a stream checks this shard whole (:meth:`check_whole`) instead of page by page."""
@@ -365,6 +426,334 @@ class CacheLocation:
                 os.replace(tmp, note)
             except OSError:  # the memo is an optimisation; the check above already ran
                 pass
+
+
+_FETCH: tuple[int, Any] | None = None
+
+
+def fetch_pool():
+    """The threads this process fetches shards from an object store with (opening files, row groups ahead):
+    one pool, so their kept-alive connections serve file after file."""
+    global _FETCH
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _FETCH is None or _FETCH[0] != os.getpid():  # a forked loader worker makes its own
+        _FETCH = (os.getpid(), ThreadPoolExecutor(16, thread_name_prefix="radio-fetch"))
+    return _FETCH[1]
+
+
+class RemoteShard:
+    """A shard streamed from an object store, in as few requests as its layout allows, checked without CRC32.
+
+    Opened from the size the manifest recorded (no HEAD). Its footer is one ranged GET; each row group is one
+    ranged GET of the columns read (neighbours within ``HOLE_LIMIT`` bytes coalesced), sent ``depth`` row groups
+    ahead of the decoding so the store's latency overlaps it. A row group is checked after decoding: each
+    column read against the digest the writer recorded for it (``radio.digests``, xxh3 at memory speed), where
+    Parquet's page CRC32s would cost a second, slower pass; a shard written before digests existed has its
+    pages' CRC32s checked instead. It offers what a stream uses of ``pq.ParquetFile``: ``schema_arrow``,
+    ``metadata`` and ``iter_batches``.
+
+    Bytes come through :mod:`radio.cache.s3http` (received straight into place) where the location's
+    credentials allow it, else through pyarrow's client (set ``RADIO_S3_CLIENT=pyarrow`` to force that)."""
+
+    HOLE_LIMIT = 1 << 20
+    FOOTER_READ = 64 << 10  # what pyarrow reads first from a file's end to find its footer
+
+    def __init__(self, loc: CacheLocation, rel: str, size: int, depth: int = 3) -> None:
+        self.loc, self.rel, self.size, self.depth = loc, rel, size, max(1, depth)
+        self._started: tuple | None = None  # (columns, pool, futures of the row groups requested ahead)
+        self._http = loc.ranges()
+        if self._http is not None:
+            self._file = _Ranges(self._http, self.loc.full(rel).split("/", 1)[1], size)
+            tail = min(size, self.FOOTER_READ)
+            self._file.fetch(size - tail, size)
+            pf = pq.ParquetFile(pa.PythonFile(self._file, mode="r"), page_checksum_verification=False)
+            self.metadata, self.schema_arrow = pf.metadata, pf.schema_arrow
+            self._file.drop(size - tail)
+        else:
+            self._fragment = self._make_fragment(verify_pages=False)
+            self.metadata = self._fragment.metadata  # the footer: one ranged GET
+            self.schema_arrow = self._fragment.physical_schema
+        digests = decode_metadata(self.schema_arrow.metadata).get(DIGESTS)
+        self.digests: dict | None = digests if isinstance(digests, dict) else None
+        verify_pages = self.digests is None and VERIFY_PAGES  # an older shard: its pages' CRC32s are its check
+        if self._http is not None:
+            self._pf = pq.ParquetFile(
+                pa.PythonFile(self._file, mode="r"), metadata=self.metadata, page_checksum_verification=verify_pages
+            )
+        elif verify_pages:
+            self._fragment = self._make_fragment(verify_pages=True)
+
+    def _make_fragment(self, verify_pages: bool):
+        import pyarrow.dataset as ds
+
+        opts = ds.ParquetFragmentScanOptions(
+            pre_buffer=True,
+            cache_options=pa.CacheOptions(hole_size_limit=self.HOLE_LIMIT, range_size_limit=1 << 40, lazy=False),
+            page_checksum_verification=verify_pages,
+        )
+        fmt = ds.ParquetFileFormat(default_fragment_scan_options=opts)
+        return fmt.make_fragment(self.loc.full(self.rel), filesystem=self.loc.fs, file_size=self.size)
+
+    def _checked_columns(self, columns: list[str]) -> bool:
+        d = self.digests
+        if d is None or not VERIFY_PAGES:
+            return False
+        groups = self.metadata.num_row_groups
+        missing = [c for c in columns if len(d.get("columns", {}).get(c, ())) != groups]
+        if missing:
+            raise ChangedFile(f"its metadata has no digests for column(s) {missing} of its {groups} row groups")
+        return True
+
+    def spans(self, i: int, columns: list[str]) -> list[tuple[int, int]]:
+        """The byte ranges holding ``columns`` of row group ``i``, neighbours closer than ``HOLE_LIMIT`` merged."""
+        rg, want, out = self.metadata.row_group(i), set(columns), []
+        for j in range(rg.num_columns):
+            c = rg.column(j)
+            if c.path_in_schema.split(".")[0] in want:
+                start = c.data_page_offset
+                if c.has_dictionary_page and c.dictionary_page_offset and 0 < c.dictionary_page_offset < start:
+                    start = c.dictionary_page_offset
+                out.append((start, start + c.total_compressed_size))
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted(out):
+            if merged and a - merged[-1][1] <= self.HOLE_LIMIT:
+                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+            else:
+                merged.append((a, b))
+        return merged
+
+    def _fetch(self, i: int, columns: list[str]) -> list[tuple[int, int]]:
+        got = self.spans(i, columns)
+        for a, b in got:
+            self._file.fetch(a, b)
+        return got
+
+    def _in_place(self, i: int, columns: list[str]) -> dict[str, pa.Array]:
+        """The columns of row group ``i`` that are one uncompressed PLAIN page of fixed-size values (the writer
+        says which, the footer confirms it), as arrays over the received bytes: the page's values are its last
+        ``rows * width`` bytes. Whether they are the values written is the digest's to say."""
+        plain = set((self.digests or {}).get("plain", ()))
+        rg, out = self.metadata.row_group(i), {}
+        for j in range(rg.num_columns):
+            c = rg.column(j)
+            name = c.path_in_schema
+            if name not in plain or name not in columns:
+                continue
+            field = self.schema_arrow.field(name)
+            width, rows = field.type.byte_width, rg.num_rows
+            if (
+                c.compression != "UNCOMPRESSED"
+                or not set(c.encodings) <= {"PLAIN", "RLE", "BIT_PACKED"}
+                or c.num_values != rows
+                or c.total_compressed_size < rows * width
+            ):
+                continue
+            end = c.data_page_offset + c.total_compressed_size
+            values = self._file.buffer(end - rows * width, end)
+            if values is not None:
+                out[name] = pa.FixedSizeBinaryArray.from_buffers(field.type, rows, [None, values])
+        return out
+
+    def _decode(self, i: int, columns: list[str], check: bool) -> pa.Table:
+        if self._http is not None:
+            got = self._in_place(i, columns)
+            rest = [c for c in columns if c not in got]
+            if rest:
+                decoded = self._pf.read_row_group(i, columns=rest)
+                got.update({c: decoded.column(c) for c in rest})
+            table = pa.Table.from_arrays(
+                [got[c] for c in columns], schema=pa.schema([self.schema_arrow.field(c) for c in columns])
+            )
+        else:
+            table = self._fragment.subset(row_group_ids=[i]).to_table(columns=columns)
+        if check:
+            from .arrow import column_digest
+
+            for c in columns:
+                got, want = column_digest(table.column(c)), self.digests["columns"][c][i]  # type: ignore[index]
+                if got != want:
+                    raise ChangedFile(
+                        f"row group {i}, column {c!r} does not read back as written (digest {got}, written {want})"
+                    )
+        return table
+
+    def start(self, columns: list[str]) -> None:
+        """Request the first ``depth`` row groups of ``columns`` now, before the shard is iterated (a stream does
+        this for the next unit while the current one streams)."""
+        if self._started is None:
+            pool = fetch_pool()
+            job = self._decode_job(columns) if self._http is None else (lambda i: self._fetch(i, columns))
+            groups = self.metadata.num_row_groups
+            self._started = (list(columns), pool, [pool.submit(job, i) for i in range(min(self.depth, groups))])
+
+    def _decode_job(self, columns: list[str]):
+        check = self._checked_columns(columns)
+        return lambda i: self._decode(i, columns, check)
+
+    def _tables(self, columns: list[str]) -> Iterator[pa.Table]:
+        """Each row group's table, checked; the next ``depth`` row groups' bytes are on their way meanwhile
+        (pyarrow's client fetches and decodes a fragment in one call: there whole calls run ahead)."""
+        check = self._checked_columns(columns)
+        groups = self.metadata.num_row_groups
+        if self._started is not None and self._started[0] != list(columns):
+            self.close()
+        self.start(columns)
+        assert self._started is not None
+        _, pool, ahead = self._started
+        job = self._decode_job(columns) if self._http is None else (lambda i: self._fetch(i, columns))
+        try:
+            for i in range(groups):
+                got = ahead.pop(0).result()
+                if i + self.depth < groups:
+                    ahead.append(pool.submit(job, i + self.depth))
+                if self._http is None:
+                    yield got
+                    continue
+                try:
+                    yield self._decode(i, columns, check)
+                finally:
+                    for start, _ in got:
+                        self._file.drop(start)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop fetching ahead (waits for the requests in flight)."""
+        if self._started is not None:
+            from concurrent.futures import wait
+
+            futures = self._started[2]
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            self._started = None
+
+    def iter_batches(self, batch_size: int, columns: list[str]):
+        """Record batches of ``batch_size`` rows (the last may be shorter) of ``columns``, row groups checked."""
+        carry: pa.Table | None = None
+        for table in self._tables(columns):
+            if carry is not None:
+                table = pa.concat_tables([carry, table]).combine_chunks()
+                carry = None
+            whole = table.num_rows // batch_size * batch_size
+            yield from table.slice(0, whole).combine_chunks().to_batches(max_chunksize=batch_size)
+            if whole < table.num_rows:
+                carry = table.slice(whole)
+        if carry is not None and carry.num_rows:
+            yield from carry.combine_chunks().to_batches()
+
+
+class _BufferPool:
+    """Buffers that row groups are received into, reused: a fresh allocation of tens of MB per row group is a
+    fresh mapping whose every page the kernel zeroes before the body lands on it (a third of the reader's CPU
+    in a `perf` profile). Decoded columns may be views of the buffer they were read from, so a buffer given
+    back is reused only once nothing refers to it any more (its reference count), never while a value aliases
+    it."""
+
+    def __init__(self, keep: int = 64) -> None:
+        import threading
+
+        self._held: list = []  # given back, maybe still referred to by decoded batches
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def take(self, n: int):
+        import sys
+
+        import numpy as np
+
+        with self._lock:
+            held = self._held  # a free buffer is referred to by this list and getrefcount's argument only
+            free = [i for i in range(len(held)) if held[i].size >= n and sys.getrefcount(held[i]) <= 2]
+            if free:
+                return self._held.pop(min(free, key=lambda i: self._held[i].size))
+        return np.empty(max(n, 1), np.uint8)
+
+    def give(self, base) -> None:
+        import sys
+
+        with self._lock:
+            held = self._held
+            held.append(base)
+            if len(held) > self._keep:  # forget a free one (or, if all are in use, the oldest)
+                free = [i for i in range(len(held)) if sys.getrefcount(held[i]) <= 2]
+                held.pop(free[0] if free else 0)
+
+
+_POOL = _BufferPool()
+
+
+class _Ranges:
+    """The file pyarrow parses a :class:`RemoteShard` through: reads are served from byte ranges fetched ahead
+    (zero-copy); a read outside them (a footer longer than ``FOOTER_READ``) is fetched when it is asked for."""
+
+    def __init__(self, http, key: str, size: int) -> None:
+        import threading
+
+        self._http, self._key, self._size, self._pos = http, key, size, 0
+        self._parts: dict[int, tuple[int, Any]] = {}
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def fetch(self, start: int, end: int) -> None:
+        base = _POOL.take(end - start)
+        self._http.read_into(self._key, start, base[: end - start].data)
+        with self._lock:
+            self._parts[start] = (end, base)
+
+    def drop(self, start: int) -> None:
+        with self._lock:
+            part = self._parts.pop(start, None)
+        if part is not None:
+            _POOL.give(part[1])
+
+    def _find(self, a: int, b: int):
+        with self._lock:
+            for start, (end, base) in self._parts.items():
+                if start <= a and b <= end:
+                    return pa.py_buffer(base[a - start : b - start])  # holds a reference to base while used
+        return None
+
+    def buffer(self, a: int, b: int) -> pa.Buffer | None:
+        """Bytes ``[a, b)`` if they were fetched (a zero-copy view), else None."""
+        return self._find(a, b)
+
+    def read_buffer(self, n: int = -1) -> pa.Buffer:
+        a = self._pos
+        b = self._size if n < 0 else min(self._size, a + n)
+        got = self._find(a, b)
+        if got is None:
+            self.fetch(a, b)
+            got = self._find(a, b)
+            self.drop(a)
+        self._pos = b
+        return got
+
+    def read(self, n: int = -1) -> bytes:
+        return self.read_buffer(n).to_pybytes()
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._pos = pos if whence == 0 else self._pos + pos if whence == 1 else self._size + pos
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def size(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 # A test hook, off unless the variable names a folder: the first teacher shard written stops after its first

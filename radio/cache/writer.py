@@ -19,7 +19,16 @@ from .arrow import tensor_field, tensor_to_arrow
 from .codec import decode_features
 from .commit import Commit, commit_path, read_record
 from .manifest import FORMAT_VERSION, CacheIdentity, TargetLayout, TeacherStats, format_error
-from .store import CacheLocation, ShardInfo, decode_metadata, encode_metadata, teacher_path, views_path
+from .store import (
+    CacheLocation,
+    RemoteShard,
+    ShardInfo,
+    decode_metadata,
+    encode_metadata,
+    object_store_error,
+    teacher_path,
+    views_path,
+)
 
 __all__ = [
     "write_views_shard",
@@ -194,20 +203,29 @@ def open_checked(
     fingerprint: str | None = None,
     layout: dict | None = None,
     stream: bool = False,
-) -> tuple[pq.ParquetFile | None, str | None]:
+) -> tuple[pq.ParquetFile | RemoteShard | None, str | None]:
     """(ParquetFile, None) for a shard whose footer checks out (:func:`check_footer`), else (None, reason).
     The footer is read once, here, and the returned file streams without reading it again. ``stream``: the
-    caller reads the whole file and checks every byte of it first against the recorded hash
-    (``CacheLocation.check_whole``), so its pages are read without page checks."""
+    caller streams the whole file. A local one is checked first against the recorded hash
+    (``CacheLocation.check_whole``), so its pages are read without page checks; one on an object store is
+    a :class:`RemoteShard` (opened from the recorded size, its row groups checked by digest)."""
     whole = stream and loc.hashed_whole(entry)
     try:
-        pf = loc.parquet_file(rel, verify_pages=not whole)
+        if stream and not loc.is_local and entry is not None:  # no HEAD, row groups ahead, checked by digest
+            pf = RemoteShard(loc, rel, entry.bytes)
+        else:
+            pf = loc.parquet_file(rel, verify_pages=not whole)
         meta = decode_metadata(pf.schema_arrow.metadata)
         rows = pf.metadata.num_rows
     except FileNotFoundError:
         return None, "missing"
     except Exception as e:  # truncated or overwritten: pyarrow raises ArrowInvalid, OSError, ...
-        return None, f"not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        text = str(e)
+        if "NO_SUCH_KEY" in text or "NoSuchKey" in text:
+            return None, "missing"
+        if object_store_error(e) is not None:  # the store failing is not the file being damaged
+            raise
+        return None, f"not a readable Parquet file ({type(e).__name__}: {text.splitlines()[0][:120]})"
     reason = check_footer(meta, rows, identity, unit, entry, fingerprint, layout)
     return (None, reason) if reason else (pf, None)
 

@@ -1,0 +1,197 @@
+"""The training reader from an object store against local disk, side by side, at real shapes (issue 31).
+
+    python bench/bench_s3_reader.py --views 960 --units 4 --delay-ms 20 --rounds 3
+
+Builds one cache with the registry's real teacher dims (CLIP-B/16, DINOv2-B/14-reg, SAM-H by default; random
+float16 targets, the worst case for bytes), copies it into a SeaweedFS bucket on loopback (`tests/s3server.py`),
+and puts a delaying TCP proxy (`tests/latency_proxy.py`, a process of its own) between the reader and the
+store. Then, alternately for ``--rounds`` rounds, it streams two epochs of the cache through ``CacheStream`` and
+``make_loader`` exactly as the trainer does (its default loader workers: the reader thread on a CPU machine)
+from: local disk, the store directly, and the store behind the proxy.
+
+What it reports, per source, the median over rounds of the second epoch of each round (the first epoch of a run
+also hashes each local shard whole, reported on its own line):
+
+- views/s, and its ratio to local disk's;
+- the reader's CPU per view: this process's CPU time (user + system, every thread), which the store's and the
+  proxy's processes are not part of;
+- requests per epoch, counted by the server, against the row groups of the files streamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def epoch(stream, loader, n: int) -> tuple[int, float, float]:
+    """(views, wall seconds, process CPU seconds) of epoch ``n``."""
+    stream.set_epoch(n)
+    t0, c0 = time.perf_counter(), time.process_time()
+    rows = 0
+    for b in loader:
+        rows += int(b["weight"].sum())
+    return rows, time.perf_counter() - t0, time.process_time() - c0
+
+
+def pin(pid: int, cores: set[int]) -> None:
+    """Every thread of ``pid`` (and so the threads they start) onto ``cores``."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except OSError:  # a thread that ended meanwhile
+            pass
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teachers", default="clip-vit-b16,dinov2-vitb14-reg,sam-vit-h")
+    p.add_argument("--views", type=int, default=960, help="views in the cache")
+    p.add_argument("--units", type=int, default=4, help="units (shards per table) the views are split into")
+    p.add_argument("--views-per-image", type=int, default=4)
+    p.add_argument("--student-resolution", type=int, default=224)
+    p.add_argument("--row-group-rows", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--delay-ms", type=float, default=20.0, help="latency the proxy adds to every request")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--cache", default=None, help="reuse (or keep) the local synthetic cache at this path")
+    p.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin (by default, with 2 cores or more, this process runs on the first core and the store "
+        "and the proxy on the others, so neither is charged for the other's work)",
+    )
+    ns = p.parse_args()
+
+    import pyarrow.fs as pafs
+    import torch
+
+    from pipelines.synthetic import make_synthetic_cache
+    from radio.cache import CacheReader
+    from radio.data import CacheStream, LoaderConfig, make_loader, resolve_workers
+    from tests.latency_proxy import LatencyProxy
+    from tests.s3server import S3Server
+
+    torch.set_num_threads(1)
+    teachers = ns.teachers.split(",")
+    images = math.ceil(ns.views / ns.views_per_image)
+    root = ns.cache or tempfile.mkdtemp(prefix="bench-s3-reader-")
+    t0 = time.perf_counter()
+    if not os.path.exists(os.path.join(root, "manifest.json")):
+        make_synthetic_cache(
+            root,
+            limit=images,
+            views=ns.views_per_image,
+            per_shard=math.ceil(images / ns.units),
+            teachers=teachers,
+            target_dtype="float16",
+            student_resolution=ns.student_resolution,
+            row_group_rows=ns.row_group_rows,
+            split="all",
+        )
+    reader = CacheReader(root)
+    n_views = reader.num_rows()
+    files = len(reader.units) * (1 + len(teachers))
+    row_groups = sum(math.ceil(reader.rows_per_unit[u] / ns.row_group_rows) for u in reader.units) * (1 + len(teachers))
+    mb = (reader.manifest.views.bytes + sum(reader.entry(t).bytes for t in teachers)) / 1e6
+    print(
+        f"cache: {n_views} views in {len(reader.units)} units, {files} files, {row_groups} row groups, "
+        f"{mb:.0f} MB ({mb / n_views:.2f} MB per view), built in {time.perf_counter() - t0:.0f}s"
+    )
+    cfg = LoaderConfig(batch_size=ns.batch_size)
+    workers = resolve_workers(cfg)
+    print(
+        f"loader: the trainer's defaults (workers {workers}, shuffle buffer {cfg.shuffle_buffer}, "
+        f"prefetch {cfg.prefetch_factor}, read_rows {cfg.read_rows}), batch {ns.batch_size}; {os.cpu_count()} cores"
+    )
+    try:
+        with S3Server(bucket="radio-bench", export_env=True) as s3:
+            fs = s3.filesystem()
+            t0 = time.perf_counter()
+            pafs.copy_files(root, s3.path("cache"), destination_filesystem=fs)
+            print(f"copied to {s3.uri('cache')} in {time.perf_counter() - t0:.0f}s")
+            with LatencyProxy(s3.endpoint, ns.delay_ms) as proxy:
+                cores = sorted(os.sched_getaffinity(0))
+                if not ns.no_pin and len(cores) >= 2:
+                    for pid in (s3.pid, proxy.proc.pid):  # type: ignore[union-attr]
+                        pin(pid, set(cores[1:]))
+                    pin(os.getpid(), {cores[0]})
+                    print(f"pinned: this process to core {cores[0]}, the store and the proxy to {cores[1:]}")
+                sources = {
+                    "local": root,
+                    "s3": s3.uri("cache"),
+                    f"s3+{ns.delay_ms:g}ms": proxy.route(s3.uri("cache")),
+                }
+                _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream, make_loader)
+    finally:
+        if not ns.cache:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream, make_loader) -> None:
+    streams = {}
+    for name, uri in sources.items():
+        stream = CacheStream(
+            uri,
+            teachers,
+            num_workers=max(1, workers),
+            batch_size=cfg.batch_size,
+            shuffle_buffer=cfg.shuffle_buffer,
+            read_rows=cfg.read_rows,
+        )
+        streams[name] = (stream, make_loader(stream, cfg, workers))
+    first: dict[str, tuple] = {}
+    later: dict[str, list[tuple]] = collections.defaultdict(list)
+    requests: dict[str, collections.Counter] = {}
+    for r in range(ns.rounds):
+        for name, (stream, loader) in streams.items():
+            for e in range(2):
+                with s3.counting() as n:
+                    got = epoch(stream, loader, 2 * r + e)
+                if r == 0 and e == 0:
+                    first[name] = got
+                elif e == 1:
+                    later[name].append(got)
+                if name != "local" and e == 1:
+                    requests[name] = collections.Counter({k: v for k, v in n.items() if v})
+            print(
+                f"  round {r}: {name:<10} views/s {later[name][-1][0] / later[name][-1][1]:7.0f}, "
+                f"CPU {later[name][-1][2] / later[name][-1][0] * 1e3:.3f} ms/view",
+                flush=True,
+            )
+
+    def med(name, i):
+        return statistics.median(x[i] / x[0] if i == 2 else x[0] / x[1] for x in later[name])
+
+    base_rate, base_cpu = med("local", 1), med("local", 2)
+    print(f"\nsecond epoch of each round, median of {ns.rounds}:")
+    for name in sources:
+        rate, cpu = med(name, 1), med(name, 2)
+        print(
+            f"  {name:<10} {rate:7.0f} views/s ({rate / base_rate:.2f} of local)   "
+            f"reader CPU {cpu * 1e3:.3f} ms/view ({cpu / base_cpu:.2f}x local)"
+        )
+    print("first epoch of the run (local shards hashed whole):")
+    for name, (rows, wall, cpu) in first.items():
+        print(f"  {name:<10} {rows / wall:7.0f} views/s   reader CPU {cpu / rows * 1e3:.3f} ms/view")
+    print(f"requests per epoch ({files} files, {row_groups} row groups):")
+    for name, n in requests.items():
+        print(f"  {name:<10} {dict(sorted(n.items()))}")
+    lat = f"s3+{ns.delay_ms:g}ms"
+    print(
+        f"\nS3 / local: reader CPU per view {med('s3', 2) / base_cpu:.2f}x; views/s with {ns.delay_ms:g} ms "
+        f"latency {med(lat, 1) / base_rate:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Streaming a cache from an object store (issue 31): the same rows as local disk, the fewest requests, every
+value checked, and the buffers rows are received into never reused under a value still in use.
+
+A synthetic cache (two teachers, three units whose row counts are not multiples of the row group) is copied to
+the loopback SeaweedFS of tests/s3server.py; each test streams it as training does and compares with the
+local copy. Both ways of receiving bytes run: radio's own ranged GETs (`radio.cache.s3http`) and pyarrow's
+client (`RADIO_S3_CLIENT=pyarrow`, what a location whose credentials come from elsewhere uses).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from radio.cache import CacheError, CacheReader
+from radio.cache.arrow import column_digest
+from radio.data import CacheStream
+
+pytest_plugins = ["tests.s3server"]
+
+TEACHERS = {"t-sum": (8, 16, (4, 4)), "t-feat": (None, 32, (2, 2))}
+ROWS_PER_GROUP = 4  # units of 5 images x 2 views: 10 rows, row groups of 4, 4, 2
+
+
+@pytest.fixture(scope="module")
+def caches(s3_server, tmp_path_factory):
+    """(local root, s3 uri, the s3 prefix) of one synthetic cache, on local disk and copied to the store."""
+    from pipelines.synthetic import make_synthetic_cache
+
+    root = tmp_path_factory.mktemp("s3-reader") / "c"
+    make_synthetic_cache(
+        root, limit=15, views=2, per_shard=5, teachers=TEACHERS, row_group_rows=ROWS_PER_GROUP, split="all"
+    )
+    pafs.copy_files(str(root), s3_server.path("reader/c"), destination_filesystem=s3_server.filesystem())
+    return root, s3_server.uri("reader/c"), "reader/c"
+
+
+@pytest.fixture(params=["http", "pyarrow"])
+def client(request, monkeypatch):
+    monkeypatch.setenv("RADIO_S3_CLIENT", "" if request.param == "http" else "pyarrow")
+    return request.param
+
+
+def _epoch(uri: str, epoch: int = 0, keep: bool = True) -> list[dict]:
+    stream = CacheStream(uri, list(TEACHERS), batch_size=4, shuffle_buffer=8, read_rows=3, seed=7)
+    stream.set_epoch(epoch)
+    return [b for b in stream] if keep else [{"n": len(b["image_id"])} for b in stream]
+
+
+def _same(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x["image_id"] == y["image_id"]
+        for k, v in x.items():
+            if hasattr(v, "shape"):
+                assert np.array_equal(np.asarray(v), np.asarray(y[k])), k
+
+
+def _shard_layout(root) -> tuple[int, int]:
+    """(files, row groups) of the cache's Parquet shards."""
+    files = sorted(root.rglob("unit-*.parquet"))
+    return len(files), sum(pq.ParquetFile(f).metadata.num_row_groups for f in files)
+
+
+def test_an_epoch_from_s3_equals_local_in_one_footer_and_one_get_per_row_group(caches, s3_server, client):
+    root, uri, _ = caches
+    want = _epoch(str(root))
+    stream = CacheStream(uri, list(TEACHERS), batch_size=4, shuffle_buffer=8, read_rows=3, seed=7)
+    with s3_server.counting() as n:
+        got = list(stream)
+    _same(got, want)
+    files, groups = _shard_layout(root)
+    parquet = [r for r in n.requests if r.path.endswith(".parquet")]
+    kinds = collections.Counter(("GET_RANGE" if r.code == "206" else r.method) for r in parquet)
+    print(f"[s3 requests] one epoch ({client}): {dict(n)}; {files} files, {groups} row groups", flush=True)
+    # per file: its footer, then each row group in one ranged GET; no HEAD (the manifest has every size), no
+    # listing, nothing else
+    assert kinds == {"GET_RANGE": files + groups}, kinds
+    assert n.total == len(parquet), n.requests
+    assert len({r.path for r in parquet}) == files
+
+
+def test_values_never_alias_a_reused_receive_buffer(caches, monkeypatch):
+    """Epochs streamed with every batch kept alive, after an epoch that let the buffers be reused: the
+    reader's pool of receive buffers must not hand out one that a kept value still points into."""
+    import radio.cache.store as store
+
+    monkeypatch.delenv("RADIO_S3_CLIENT", raising=False)
+    monkeypatch.setattr(store, "_POOL", store._BufferPool(keep=3))
+    root, uri, _ = caches
+    _epoch(uri, 0, keep=False)  # fills the pool
+    kept = [_epoch(uri, e) for e in (1, 2)]
+    for e, got in zip((1, 2), kept, strict=True):
+        _same(got, _epoch(str(root), e))
+
+
+def _rewrite(s3_server, key: str, change) -> bytes:
+    """Replace object ``key`` by ``change(its bytes)`` (same size); returns the original bytes."""
+    fs = s3_server.filesystem()
+    with fs.open_input_stream(s3_server.path(key)) as f:
+        data = f.read()
+    new = change(bytearray(data))
+    assert len(new) == len(data)
+    with fs.open_output_stream(s3_server.path(key)) as f:
+        f.write(bytes(new))
+    return data
+
+
+def _flip(offset: int):
+    def change(b: bytearray) -> bytearray:
+        b[offset] ^= 0x01
+        return b
+
+    return change
+
+
+@pytest.mark.parametrize("where", ["in-place tensor", "decoded column"])
+def test_a_changed_byte_on_s3_is_refused_naming_the_file_and_the_repair(caches, s3_server, client, where):
+    root, uri, prefix = caches
+    rel = "teachers/t-sum/unit-00001.parquet"
+    md = pq.ParquetFile(root / rel).metadata.row_group(1)
+    col = {c.path_in_schema: c for c in (md.column(j) for j in range(md.num_columns))}
+    name = "features" if where == "in-place tensor" else "view_index"
+    chunk = col[name]
+    offset = chunk.data_page_offset + chunk.total_compressed_size - 3  # inside the last values of the chunk
+    pristine = _rewrite(s3_server, f"{prefix}/{rel}", _flip(offset))
+    try:
+        with pytest.raises(CacheError) as e:
+            _epoch(uri)
+        msg = str(e.value)
+        assert rel in msg and "radio cache repair" in msg, msg
+        assert len(msg.splitlines()) == 1, msg
+    finally:
+        _rewrite(s3_server, f"{prefix}/{rel}", lambda b: bytearray(pristine))
+    _same(_epoch(uri), _epoch(str(root)))  # the pristine bytes back: the same rows as local disk
+
+
+def test_a_shard_written_without_digests_has_its_pages_checked(caches, s3_server, client, tmp_path):
+    """Shards from before digests existed stream with Parquet's page CRC32s as their check."""
+    from radio.cache.store import DIGESTS, encode_metadata
+
+    root, uri, prefix = caches
+    rel = "teachers/t-feat/unit-00002.parquet"
+    table = pq.read_table(root / rel)
+    meta = {k: v for k, v in table.schema.metadata.items() if k != encode_metadata({DIGESTS: 0}).popitem()[0]}
+    old = tmp_path / "old.parquet"
+    pq.write_table(table.replace_schema_metadata(meta), old, row_group_size=ROWS_PER_GROUP, write_page_checksum=True)
+    size = old.stat().st_size
+    reader = CacheReader(str(root), check=False)
+    info = reader.entry("t-feat").by_unit()[2]
+    assert info.bytes != size  # a different file: the manifest must name it, as a repair would have
+    fs = s3_server.filesystem()
+    key = f"{prefix}-old"
+    pafs.copy_files(str(root), s3_server.path(key), destination_filesystem=fs)
+    with fs.open_output_stream(s3_server.path(f"{key}/{rel}")) as f:
+        f.write(old.read_bytes())
+    from radio.cache.manifest import save_manifest
+    from radio.cache.store import CacheLocation
+
+    info.bytes = size  # the manifest names the file by its size, as the job that wrote it would have
+    save_manifest(CacheLocation(s3_server.uri(key)), reader.manifest)
+    remote = CacheReader(s3_server.uri(key), check=False)
+    got = [b for b in remote.iter_unit(2, 3)]
+    want = [b for b in CacheReader(str(root), check=False).iter_unit(2, 3)]
+    assert [b.image_id for b in got] == [b.image_id for b in want]
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g.teachers["t-feat"]["features"], w.teachers["t-feat"]["features"])
+    chunk = pq.ParquetFile(old).metadata.row_group(0).column(2)
+    offset = chunk.data_page_offset + chunk.total_compressed_size - 3
+    _rewrite(s3_server, f"{key}/{rel}", _flip(offset))
+    with pytest.raises(CacheError, match="does not read back as written"):
+        list(CacheReader(s3_server.uri(key), check=False).iter_unit(2, 3))
+
+
+def test_wrong_credentials_for_radios_own_gets_are_one_object_store_line(caches, s3_server):
+    from radio.cache.s3http import ranges_for
+    from radio.cache.store import object_store_error
+
+    _, uri, prefix = caches
+    bad = ranges_for(uri.replace("?", "?access_key=nobody&secret_key=wrong&"))
+    assert bad is not None
+    with pytest.raises(OSError) as e:
+        bad.read_into(f"{prefix}/manifest.json", 0, memoryview(bytearray(10)))
+    line = object_store_error(e.value)
+    assert line is not None and "credentials refused" in line, (str(e.value), line)
+    good = ranges_for(uri)
+    assert good is not None
+    buf = bytearray(10)
+    good.read_into(f"{prefix}/manifest.json", 0, memoryview(buf))
+    assert buf.startswith(b"{")
+    with pytest.raises(OSError, match="NO_SUCH_KEY"):
+        good.read_into(f"{prefix}/no-such-object", 0, memoryview(bytearray(10)))
+
+
+def test_ranges_for_uses_pyarrow_where_credentials_come_from_elsewhere(monkeypatch):
+    from radio.cache.s3http import ranges_for
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    assert ranges_for("s3://b/c?region=us-east-1") is None  # a profile or an instance role: pyarrow's chain
+    assert ranges_for("s3://b/c?region=us-east-1&role_arn=arn:aws:iam::1:role/x&access_key=a&secret_key=s") is None
+    assert ranges_for("gs://b/c") is None
+    r = ranges_for("s3://b/c?region=eu-west-1&access_key=a&secret_key=s")
+    assert r is not None and (r.host, r.path_style, r.scheme) == ("b.s3.eu-west-1.amazonaws.com", False, "https")
+    r = ranges_for("s3://b/c?endpoint_override=127.0.0.1:9000&scheme=http&region=us-east-1&anonymous=true")
+    assert r is not None and (r.host, r.path_style, r.scheme, r.anonymous) == ("127.0.0.1:9000", True, "http", True)
+
+
+def test_latency_on_the_path_changes_no_value(caches, s3_server):
+    """Through the delaying proxy the bench uses: the same rows, and no request answered sooner than the delay."""
+    from radio.cache.s3http import ranges_for
+    from tests.latency_proxy import LatencyProxy
+
+    root, uri, prefix = caches
+    with LatencyProxy(s3_server.endpoint, delay_ms=40) as proxy:
+        slow = proxy.route(uri)
+        _same(_epoch(slow), _epoch(str(root)))
+        r = ranges_for(slow)
+        assert r is not None
+        t0 = time.perf_counter()
+        r.read_into(f"{prefix}/manifest.json", 0, memoryview(bytearray(10)))
+        assert time.perf_counter() - t0 >= 0.04
+
+
+def test_column_digest_is_the_values_not_their_layout():
+    rng = np.random.default_rng(0)
+    strings = pa.array([f"img-{i}" for i in range(10)])
+    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(6), 10, [None, pa.py_buffer(rng.bytes(60))])
+    lists = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(40, dtype=np.int32)), 4)
+    for arr in (strings, fixed, lists, pa.array(np.arange(10, dtype=np.int16)), pa.array([True, False] * 5)):
+        whole = column_digest(arr)
+        assert whole is not None
+        assert column_digest(pa.chunked_array([arr.slice(0, 3), arr.slice(3)])) == whole
+        assert column_digest(pa.concat_arrays([arr.slice(0, 3), arr.slice(3)])) == whole
+        assert column_digest(arr.slice(1)) != whole
+        assert column_digest(arr.slice(2, 4)) == column_digest(pa.concat_arrays([arr.slice(2, 4)]))
+    assert column_digest(pa.array(["ab", "c"])) != column_digest(pa.array(["a", "bc"]))  # boundaries count
+    assert column_digest(pa.array([1, None], type=pa.int32())) is None  # nulls: left to the page checks
