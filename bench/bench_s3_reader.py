@@ -33,14 +33,21 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
-def epoch(stream, loader, n: int) -> tuple[int, float, float]:
-    """(views, wall seconds, process CPU seconds) of epoch ``n``."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` (every thread) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def epoch(stream, loader, n: int, others: tuple[int, ...] = ()) -> tuple[int, float, float, float]:
+    """(views, wall seconds, process CPU seconds, CPU seconds of the ``others`` processes) of epoch ``n``."""
     stream.set_epoch(n)
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, o0 = time.perf_counter(), time.process_time(), sum(cpu_seconds(p) for p in others)
     rows = 0
     for b in loader:
         rows += int(b["weight"].sum())
-    return rows, time.perf_counter() - t0, time.process_time() - c0
+    return rows, time.perf_counter() - t0, time.process_time() - c0, sum(cpu_seconds(p) for p in others) - o0
 
 
 def pin(pid: int, cores: set[int]) -> None:
@@ -131,13 +138,14 @@ def main() -> None:
                     "s3": s3.uri("cache"),
                     f"s3+{ns.delay_ms:g}ms": proxy.route(s3.uri("cache")),
                 }
-                _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream, make_loader)
+                others = (s3.pid, proxy.proc.pid)  # type: ignore[union-attr]
+                _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream, make_loader, others)
     finally:
         if not ns.cache:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream, make_loader) -> None:
+def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream, make_loader, others) -> None:
     streams = {}
     for name, uri in sources.items():
         stream = CacheStream(
@@ -156,7 +164,7 @@ def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream
         for name, (stream, loader) in streams.items():
             for e in range(2):
                 with s3.counting() as n:
-                    got = epoch(stream, loader, 2 * r + e)
+                    got = epoch(stream, loader, 2 * r + e, others)
                 if r == 0 and e == 0:
                     first[name] = got
                 elif e == 1:
@@ -176,12 +184,14 @@ def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream
     print(f"\nsecond epoch of each round, median of {ns.rounds}:")
     for name in sources:
         rate, cpu = med(name, 1), med(name, 2)
+        store = statistics.median(x[3] / x[1] for x in later[name])
         print(
             f"  {name:<10} {rate:7.0f} views/s ({rate / base_rate:.2f} of local)   "
-            f"reader CPU {cpu * 1e3:.3f} ms/view ({cpu / base_cpu:.2f}x local)"
+            f"reader CPU {cpu * 1e3:.3f} ms/view ({cpu / base_cpu:.2f}x local)   "
+            f"store + proxy busy {store:.2f} cores"
         )
     print("first epoch of the run (local shards hashed whole):")
-    for name, (rows, wall, cpu) in first.items():
+    for name, (rows, wall, cpu, _) in first.items():
         print(f"  {name:<10} {rows / wall:7.0f} views/s   reader CPU {cpu / rows * 1e3:.3f} ms/view")
     print(f"requests per epoch ({files} files, {row_groups} row groups):")
     for name, n in requests.items():

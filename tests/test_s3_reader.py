@@ -84,6 +84,13 @@ def test_an_epoch_from_s3_equals_local_in_one_footer_and_one_get_per_row_group(c
     assert kinds == {"GET_RANGE": files + groups}, kinds
     assert n.total == len(parquet), n.requests
     assert len({r.path for r in parquet}) == files
+    from radio.cache.store import RemoteShard
+
+    opened = CacheReader(uri, check=False)._open_unit(0)
+    for name, f in opened.items():  # checked by digest; the tensor columns used where they were received
+        assert isinstance(f, RemoteShard) and f.digests is not None, name
+        if name is not None:
+            assert "features" in f.digests["plain"], f.digests
 
 
 def test_values_never_alias_a_reused_receive_buffer(caches, monkeypatch):
@@ -148,9 +155,9 @@ def test_a_shard_written_without_digests_has_its_pages_checked(caches, s3_server
     root, uri, prefix = caches
     rel = "teachers/t-feat/unit-00002.parquet"
     table = pq.read_table(root / rel)
-    meta = {k: v for k, v in table.schema.metadata.items() if k != encode_metadata({DIGESTS: 0}).popitem()[0]}
-    old = tmp_path / "old.parquet"
-    pq.write_table(table.replace_schema_metadata(meta), old, row_group_size=ROWS_PER_GROUP, write_page_checksum=True)
+    assert encode_metadata({DIGESTS: 0}).popitem()[0] in pq.ParquetFile(root / rel).metadata.metadata
+    old = tmp_path / "old.parquet"  # as the writer made it before digests: the same table, no digests
+    pq.write_table(table, old, row_group_size=ROWS_PER_GROUP, write_page_checksum=True)
     size = old.stat().st_size
     reader = CacheReader(str(root), check=False)
     info = reader.entry("t-feat").by_unit()[2]

@@ -25,11 +25,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .s3http import S3Ranges
 
 __all__ = [
     "CacheLocation",
@@ -351,7 +356,6 @@ class CacheLocation:
             and not f.nullable
             and rows * f.type.byte_width < PAGE_BYTES
         ]
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **encode_metadata({DIGESTS: digests})})
         kw: dict[str, Any] = dict(
             compression=compression,
             use_byte_stream_split=byte_stream_split or False,
@@ -364,7 +368,11 @@ class CacheLocation:
             pause = os.environ.get(PAUSE_WRITES_ENV)
             if pause and rel.startswith("teachers/") and not os.path.exists(os.path.join(pause, "paused")):
                 _write_pausing(sink, table, rows, kw, pause, self.full(rel))
-            pq.write_table(table, sink, row_group_size=rows, **kw)
+            with pq.ParquetWriter(sink, table.schema, **kw) as writer:
+                writer.write_table(table, row_group_size=rows)
+                writer.add_key_value_metadata(
+                    encode_metadata({DIGESTS: digests})
+                )  # the footer's only, not the schema's
         return ShardInfo(rel, unit, table.num_rows, sink.tell(), sink.sha256, xxh3=sink.xxh3)
 
     def parquet_file(self, rel: str, verify_pages: bool | None = None) -> pq.ParquetFile:
@@ -375,7 +383,7 @@ class CacheLocation:
             return pq.ParquetFile(pa.memory_map(self.full(rel)), page_checksum_verification=verify)
         return pq.ParquetFile(self.fs.open_input_file(self.full(rel)), page_checksum_verification=verify)
 
-    def ranges(self):
+    def ranges(self) -> S3Ranges | None:
         """The :class:`radio.cache.s3http.S3Ranges` this location's shards are streamed through, or None
         (pyarrow's client reads them): made once per location."""
         if not hasattr(self, "_ranges"):
@@ -431,7 +439,7 @@ class CacheLocation:
 _FETCH: tuple[int, Any] | None = None
 
 
-def fetch_pool():
+def fetch_pool() -> ThreadPoolExecutor:
     """The threads this process fetches shards from an object store with (opening files, row groups ahead):
     one pool, so their kept-alive connections serve file after file."""
     global _FETCH
@@ -474,7 +482,7 @@ class RemoteShard:
             self._fragment = self._make_fragment(verify_pages=False)
             self.metadata = self._fragment.metadata  # the footer: one ranged GET
             self.schema_arrow = self._fragment.physical_schema
-        digests = decode_metadata(self.schema_arrow.metadata).get(DIGESTS)
+        digests = decode_metadata(self.metadata.metadata).get(DIGESTS)  # the file's key-value metadata
         self.digests: dict | None = digests if isinstance(digests, dict) else None
         verify_pages = self.digests is None and VERIFY_PAGES  # an older shard: its pages' CRC32s are its check
         if self._http is not None:
@@ -629,7 +637,7 @@ class RemoteShard:
             wait(futures)
             self._started = None
 
-    def iter_batches(self, batch_size: int, columns: list[str]):
+    def iter_batches(self, batch_size: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
         """Record batches of ``batch_size`` rows (the last may be shorter) of ``columns``, row groups checked."""
         carry: pa.Table | None = None
         for table in self._tables(columns):
