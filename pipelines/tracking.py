@@ -31,9 +31,8 @@ __all__ = [
 
 # The MLflow UI opens an experiment in the mode its kind names; without one it guesses GenAI (traces).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-MODEL_NAME = (
-    "radio-student"  # the LoggedModel of a training run (its checkpoint files are the run's `student/` artifacts)
-)
+MODEL_NAME = "radio-student"  # a run without a name: its LoggedModel's radio.run_name tag
+LOGGED_MODEL = "model"  # the LoggedModel of a training run (its checkpoint files are the run's `student/` artifacts)
 
 
 @dataclass
@@ -369,11 +368,10 @@ def _send_dataset(
 
 def _send_student(client, run_id: str, student_dir: str, resolution: int, register: str | None = None) -> str:
     """Log a student as an MLflow model of the run (``pipelines.mlflow_student``: torch.export's pickle-free pt2
-    with dynamic H and W, and a servable pyfunc), named after the run and linked to it as a LoggedModel, with
-    the run's eval metrics once ``radio eval`` logged them. ``register``: also create a version of that
-    registered model. Returns the model URI."""
-    import re
-
+    with dynamic batch, H and W, and a servable pyfunc) named ``model`` (``runs:/<run_id>/model``; the run's name is
+    its ``radio.run_name`` tag) and linked to the run as a LoggedModel, with the run's eval metrics once
+    ``radio eval`` logged them. ``register``: also create a version of that registered model. Returns the model
+    URI."""
     import mlflow
     import torch
     from mlflow.models import Model
@@ -381,7 +379,7 @@ def _send_student(client, run_id: str, student_dir: str, resolution: int, regist
     from . import mlflow_student
 
     run = client.get_run(run_id)
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", run.info.run_name or "radio-student").strip("-") or MODEL_NAME
+    name = run.info.run_name or MODEL_NAME
     reqs = [
         f"torch=={torch.__version__.split('+')[0]}",
         "safetensors",
@@ -390,7 +388,8 @@ def _send_student(client, run_id: str, student_dir: str, resolution: int, regist
     with _fluent_store(client.tracking_uri), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         info = Model.log(
             artifact_path=None,
-            name=name,
+            name=LOGGED_MODEL,  # runs:/<run_id>/model, as MLflow's examples load it
+            tags={"radio.run_name": name},
             flavor=mlflow_student,
             registered_model_name=register,
             await_registration_for=0,

@@ -68,7 +68,9 @@ class AdapterHeads(nn.Module):
 
     def forward(self, out: StudentOutput) -> dict[str, dict[str, torch.Tensor]]:
         """-> {teacher: {"summary": (B, Dt) if the teacher has one, "features": (B, h, w, Ct) on the student grid}}."""
-        feats_BHWC = out.features_BHWC()
+        # contiguous: the tokens are a slice of the sequence, and a linear layer over a strided batch folds it only
+        # when B == 1, a branch torch.export would specialize (a batch-1 guard in the exported graph)
+        feats_BHWC = out.features_BHWC().contiguous()
         preds = {}
         for name in self.configs:
             p = {"features": self.features[name](feats_BHWC)}

@@ -24,11 +24,12 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from .adapters import AdapterConfig
+from .hf import MODEL_TYPE
 from .student import StudentConfig
 
-__all__ = ["save_student", "read_student", "StudentFiles", "CheckpointError", "FORMAT"]
+__all__ = ["save_student", "read_student", "image_processor_config", "StudentFiles", "CheckpointError", "FORMAT"]
 
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
+WEIGHTS, CONFIG, PROCESSOR = "model.safetensors", "config.json", "preprocessor_config.json"
 FORMAT = "radio-student/1"
 
 
@@ -60,7 +61,7 @@ def save_student(path: str | Path, model: Any, meta: dict | None = None) -> Path
     # the config records the weights' sha256: load_student refuses weights changed since they were written
     cfg = {
         "format": FORMAT,
-        "model_type": "radio-student",
+        "model_type": MODEL_TYPE,
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "student": asdict(model.student_cfg),
         "adapters": [asdict(c) for c in model.adapter_cfgs],
@@ -70,7 +71,30 @@ def save_student(path: str | Path, model: Any, meta: dict | None = None) -> Path
     text = json.dumps(cfg, indent=1)  # before any write: a non-JSON meta fails without touching the directory
     _atomic_write(d / WEIGHTS, lambda p: p.write_bytes(blob))
     _atomic_write(d / CONFIG, lambda p: p.write_text(text))
+    processor = json.dumps(image_processor_config(model.student_cfg, (meta or {}).get("resolution")), indent=1)
+    _atomic_write(d / PROCESSOR, lambda p: p.write_text(processor))
     return d
+
+
+def image_processor_config(student: StudentConfig, resolution: int | None = None) -> dict:
+    """``preprocessor_config.json``: what ``AutoImageProcessor`` and ``pipeline("image-feature-extraction")`` use.
+    As RADIO's: CLIP's processor resizing to the resolution the student was distilled at (bicubic) and scaling to
+    [0, 1], without normalizing (the model normalizes with its own mean/std, recorded here for reference)."""
+    r = int(resolution or student.img_size or 224)
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"height": r, "width": r},
+        "resample": 3,  # PIL bicubic
+        "do_center_crop": False,
+        "crop_size": {"height": r, "width": r},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": False,
+        "image_mean": list(student.mean),
+        "image_std": list(student.std),
+    }
 
 
 def _config_sha256(cfg: dict) -> str:

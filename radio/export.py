@@ -6,13 +6,17 @@ dynamic batch, height and width (multiples of the patch); outputs ``summary`` (B
 the teacher's space. After writing, the file is run with onnxruntime on two input sizes and compared
 with PyTorch; the export fails if any output differs by more than ``ATOL``. Weights under 1 GB are stored in
 the one ``.onnx`` file; bigger ones in ``OUT.onnx.data`` beside it (ONNX's protobuf limit is 2 GB), which must
-travel with it. A side that is not a multiple of the patch fails in onnxruntime (a Reshape that needs whole
-patches), as the student refuses it.
+travel with it.
 
 The PyTorch model's input checks are in the graph too. ONNX has no assert operator, so a refusal is a Reshape
 to an impossible shape, computed from the pixels: onnxruntime then stops with an error naming the node, whose
 name says what was wrong (``refused__float_images_must_lie_in_0_1_...`` for values outside the accepted
-[-0.5, 1.5], e.g. a 0-255 float image; ``refused__images_hold_NaN_or_Inf``). One graph takes one input dtype:
+[-0.5, 1.5], e.g. a 0-255 float image; ``refused__images_hold_NaN_or_Inf``;
+``refused__the_input_resolution_must_be_a_multiple_of_min_resolution_step_<p>...`` for a side that is not a multiple
+of the patch, whose "requested shape" in onnxruntime's message is the nearest supported (height, width), as
+PyTorch's message names it). One graph takes one input dtype, and onnxruntime refuses any other before the graph
+runs ("Unexpected input data type. Actual: (tensor(double))": cast numpy's float64 with ``.astype(np.float32)``;
+the PyTorch model casts it itself):
 ``input_dtype="float32"`` (default; [0, 1]) or ``"uint8"`` ([0, 255], scaled in the graph), chosen at export
 (``radio export ... --onnx-input uint8``); the PyTorch model takes both.
 """
@@ -90,7 +94,7 @@ def export_onnx(
             verbose=verbose,
             external_data=external,
         )
-    guard_inputs(path, model.INPUT_RANGE, input_dtype)
+    guard_inputs(path, model.INPUT_RANGE, input_dtype, patch=model.patch_size)
     report = {
         "path": str(path),
         "outputs": names,
@@ -109,9 +113,12 @@ def export_onnx(
     return report
 
 
-def guard_inputs(path: str | Path, value_range: tuple[float, float], input_dtype: str = "float32") -> None:
+def guard_inputs(
+    path: str | Path, value_range: tuple[float, float], input_dtype: str = "float32", patch: int | None = None
+) -> None:
     """Put the PyTorch model's input checks in front of the exported graph (see the module's docstring), and
-    for ``uint8`` make the input uint8 [0, 255], scaled to [0, 1] in the graph."""
+    for ``uint8`` make the input uint8 [0, 255], scaled to [0, 1] in the graph. ``patch``: also refuse a side that
+    is not a multiple of it, as PyTorch does, naming the nearest supported resolution."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -181,11 +188,54 @@ def guard_inputs(path: str | Path, value_range: tuple[float, float], input_dtype
             helper.make_node("Add", ["images", finite], ["images_finite"]),
             helper.make_node("Add", ["images_finite", in_range], [checked]),
         ]
+    if patch:
+        nodes[-1].output[0] = "images_guarded"  # the checked images are those of a supported size
+        sized = refuse_resolution(nodes, patch, c)
+        nodes.append(helper.make_node("Add", ["images_guarded", sized], [checked]))
     rest = list(g.node)
     del g.node[:]
     g.node.extend(nodes + rest)
     onnx.save_model(model, str(path))  # the graph only: external weights keep pointing at OUT.onnx.data
     onnx.checker.check_model(str(path))  # by path: works above protobuf's 2 GB too
+
+
+def refuse_resolution(nodes: list, patch: int, c: Any) -> str:
+    """PyTorch's refusal of a side that is not a multiple of ``patch``, in the graph: a Reshape that fails in a node
+    named ``refused__the_input_resolution_must_be_a_multiple_of_min_resolution_step_<p>...``, to a shape that is the
+    nearest supported (height, width), as PyTorch's message names it (onnxruntime prints it as the "requested
+    shape"). Returns the name of a zero (1, 1) to add to the images."""
+    from onnx import TensorProto, helper
+
+    why = (
+        f"the_input_resolution_must_be_a_multiple_of_min_resolution_step_{patch}"
+        "__the_requested_shape_is_the_nearest_supported_resolution"
+    )
+    nodes.extend(
+        [
+            helper.make_node("Shape", ["images"], ["guard_shape"]),
+            c("guard_hw_index", [2, 3], TensorProto.INT64),
+            helper.make_node("Gather", ["guard_shape", "guard_hw_index"], ["guard_hw"], axis=0),
+            c("guard_patch", [patch], TensorProto.INT64),
+            helper.make_node("Mod", ["guard_hw", "guard_patch"], ["guard_partial"]),
+            c("guard_zero_i", [0], TensorProto.INT64),
+            helper.make_node("Equal", ["guard_partial", "guard_zero_i"], ["guard_whole"]),
+            helper.make_node("Cast", ["guard_whole"], ["guard_whole_i"], to=TensorProto.INT64),
+            helper.make_node("ReduceMin", ["guard_whole_i"], ["guard_all_whole"], keepdims=0),
+            c("guard_one_i", 1, TensorProto.INT64),
+            helper.make_node("Equal", ["guard_all_whole", "guard_one_i"], ["guard_sized"]),
+            # nearest: max(p, round(side / p) * p), rounding half to even as Python's round (and ONNX's Round)
+            helper.make_node("Cast", ["guard_hw"], ["guard_hw_f"], to=TensorProto.FLOAT),
+            c("guard_patch_f", float(patch)),
+            helper.make_node("Div", ["guard_hw_f", "guard_patch_f"], ["guard_cells"]),
+            helper.make_node("Round", ["guard_cells"], ["guard_cells_r"]),
+            helper.make_node("Mul", ["guard_cells_r", "guard_patch_f"], ["guard_near_f"]),
+            helper.make_node("Max", ["guard_near_f", "guard_patch_f"], ["guard_near_m"]),
+            helper.make_node("Cast", ["guard_near_m"], ["guard_near"], to=TensorProto.INT64),
+            helper.make_node("Where", ["guard_sized", "guard_ok_shape", "guard_near"], [f"{why}_shape"]),
+            helper.make_node("Reshape", ["guard_zero", f"{why}_shape"], ["guard_sized_zero"], name=f"refused__{why}"),
+        ]
+    )
+    return "guard_sized_zero"
 
 
 def check_onnx(graph: Any, path: str | Path, inputs: list[torch.Tensor]) -> float:

@@ -18,7 +18,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .model import RadioModel
 
-MODEL_TYPE = "radio-student"  # the model_type key of an exported student's config.json
+# The model_type of an exported student's config.json. transformers names it in the error it raises for a model
+# type it does not know (a student loaded without ``import radio``), so it says what to do; no remote code is ever
+# offered. Students exported before it carry LEGACY_MODEL_TYPE; both are registered.
+MODEL_TYPE = "radio-student (pip install radio-distill, then import radio before loading)"
+LEGACY_MODEL_TYPE = "radio-student"
 _TARGET = "transformers.models.auto.modeling_auto"
 _done = False
 
@@ -31,6 +35,9 @@ def register() -> None:
     from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
     class RadioStudentConfig(PretrainedConfig):
+        """config.json as transformers reads it. RADIO's fields a user sets before ``from_pretrained(...,
+        config=config)`` are honoured: ``adaptor_names``."""
+
         model_type = MODEL_TYPE
 
     class RadioStudentAutoModel(PreTrainedModel):
@@ -51,13 +58,22 @@ def register() -> None:
         ) -> RadioModel:
             from .model import RadioModel
 
+            if adaptor_names is None:  # RADIO's pattern: config.adaptor_names = [...]; from_pretrained(config=config)
+                adaptor_names = getattr(config, "adaptor_names", None)
             device = device_map if isinstance(device_map, str) and device_map != "auto" else "cpu"
             return RadioModel.from_pretrained(
                 str(pretrained_model_name_or_path), revision=revision, adaptor_names=adaptor_names, device=device
             )
 
-    AutoConfig.register(MODEL_TYPE, RadioStudentConfig, exist_ok=True)
-    AutoModel.register(RadioStudentConfig, RadioStudentAutoModel, exist_ok=True)
+    class LegacyConfig(RadioStudentConfig):
+        model_type = LEGACY_MODEL_TYPE
+
+    class LegacyAutoModel(RadioStudentAutoModel):
+        config_class = LegacyConfig
+
+    for config, model in ((RadioStudentConfig, RadioStudentAutoModel), (LegacyConfig, LegacyAutoModel)):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+        AutoModel.register(config, model, exist_ok=True)
     _done = True
 
 

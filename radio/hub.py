@@ -13,7 +13,7 @@ from typing import Any  # the model arguments: a radio.model.RadioModel (which i
 
 __all__ = ["save_pretrained", "push_to_hub", "download", "model_card"]
 
-FILES = ("config.json", "model.safetensors", "README.md")
+FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
 
 
 def model_card(model: Any, repo_id: str | None = None) -> str:
@@ -75,6 +75,18 @@ x = torch.rand(1, 3, {res.height}, {res.width})  # float in [0, 1], sides multip
 out = model(x)
 summary, features = out["backbone"]        # (1, {model.summary_dim}), (1, N, {cfg.dim})
 teacher_summary, teacher_features = out[{model.teacher_names[0]!r}]
+```
+
+With transformers, after `import radio` (no remote code):
+
+```python
+import radio
+from transformers import AutoImageProcessor, AutoModel, pipeline
+
+processor = AutoImageProcessor.from_pretrained("{name}")  # resize to {res.height}x{res.width}, scale to [0, 1]
+model = AutoModel.from_pretrained("{name}")
+summary, features = model(pixel_values=processor(images=image, return_tensors="pt").pixel_values)
+extractor = pipeline("image-feature-extraction", model="{name}")
 ```
 
 Or, from a checkout of the project: `torch.hub.load(CHECKOUT, "radio_student", "{name}", source="local")`.

@@ -81,6 +81,16 @@ class RadioOutput(NamedTuple):
     summary: torch.Tensor | None  # (B, C); None for a teacher without a summary (SAM)
     features: torch.Tensor  # (B, N, C) or (B, C, h, w)
 
+    def __getitem__(self, key):  # pyright: ignore[reportIncompatibleMethodOverride] (a str says what to do)
+        if isinstance(key, str):
+            raise KeyError(
+                f"model(x) returned RadioOutput(summary, features), not a dict: no adaptor is selected, so there is "
+                f"no {key!r}. Select adaptors at load (adaptor_names=[{key!r}], or config.adaptor_names with "
+                f"transformers) or set model.adaptor_names = [{key!r}]; model(x) then returns "
+                "{'backbone': ..., name: ...}"
+            )
+        return tuple.__getitem__(self, key)
+
 
 @dataclass
 class StudentPrediction:
@@ -215,6 +225,18 @@ class RadioModel(nn.Module):
         """RADIO fuses re-parameterized layers here; a radio student has none: a no-op, for drop-in code."""
         return self
 
+    # what transformers' pipelines ask of a model
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def can_generate(self) -> bool:
+        return False
+
     def get_nearest_supported_resolution(self, height: int, width: int) -> Resolution:
         step = self.min_resolution_step
         return Resolution(max(step, int(round(height / step)) * step), max(step, int(round(width / step)) * step))
@@ -277,6 +299,11 @@ class RadioModel(nn.Module):
         return lo, hi
 
     def _condition(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"images must be a torch.Tensor (B, 3, H, W), got {type(x).__name__}: convert with torch.from_numpy "
+                "or an image processor (AutoImageProcessor.from_pretrained(student_dir))"
+            )
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(x.shape)}")
         step = self.min_resolution_step
@@ -293,7 +320,7 @@ class RadioModel(nn.Module):
                     f"make_preprocessor_external() was called: the model expects normalized float input, got {x.dtype}"
                 )
             self._check_finite(x)
-            return x
+            return self._as_model_dtype(x)
         if x.dtype != torch.uint8:
             if not torch.is_floating_point(x):
                 raise TypeError(f"images must be float in [0, 1] or uint8, got {x.dtype}")
@@ -309,7 +336,11 @@ class RadioModel(nn.Module):
                     f"float images must lie in [0, 1] (resampling overshoot up to {self.INPUT_RANGE} "
                     f"is accepted), got values in [{lo:.3g}, {hi:.3g}]: {hint}"
                 )
-        return self.input_conditioner(x)
+        return self._as_model_dtype(self.input_conditioner(x))
+
+    def _as_model_dtype(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels in the weights' dtype (numpy's default float64 becomes float32)."""
+        return x.to(self.dtype) if torch.is_floating_point(x) and x.dtype != self.dtype else x
 
     # ---- forward -----------------------------------------------------------------------------
     def teacher_space(self, teacher: str, pred: dict) -> dict:
@@ -329,9 +360,16 @@ class RadioModel(nn.Module):
         preds = self.model.heads(out)
         return {"backbone": ret, **{n: self._adapter(t, preds[t], out.grid_hw, fmt) for n, t in self._adaptors.items()}}
 
-    def forward(self, x: torch.Tensor, feature_fmt: str = "NLC") -> RadioOutput | dict[str, RadioOutput]:
+    def forward(
+        self, x: torch.Tensor | None = None, feature_fmt: str = "NLC", *, pixel_values: torch.Tensor | None = None
+    ) -> RadioOutput | dict[str, RadioOutput]:
         """RADIO's forward: ``RadioOutput(summary, features)``, or a dict with ``backbone`` and each selected
-        adaptor."""
+        adaptor. ``pixel_values=``: the same images by transformers' name (what its image processors and pipelines
+        pass)."""
+        if (x is None) == (pixel_values is None):
+            raise TypeError("model(x) takes one image batch: pass it as x or as pixel_values=, not both or neither")
+        x = pixel_values if x is None else x
+        assert x is not None
         if feature_fmt not in FEATURE_FMTS:
             raise ValueError(f"feature_fmt={feature_fmt!r}: choose one of {list(FEATURE_FMTS)}")
         return self._final(self.model.trunk(self._condition(x)), feature_fmt)

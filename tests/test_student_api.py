@@ -10,6 +10,7 @@ import torch
 import radio
 from radio.adapters import AdapterConfig
 from radio.checkpoint import save_student
+from radio.hf import MODEL_TYPE
 from radio.model import DistillModel, RadioModel, RadioOutput, Resolution
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
@@ -216,8 +217,25 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path, monkeypatch):
     assert main(["export", str(student_dir)]) == 2
     # one self-contained file at this size, and a partial patch refused as by PyTorch (never floored to a grid)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student.onnx"]
-    with pytest.raises(Exception, match="(?i)reshape"):
-        sess.run(None, {"images": torch.rand(1, 3, 65, 64).numpy()})
+    # PyTorch's words, in the refusing node's name, and its nearest supported resolution as the requested shape
+    with pytest.raises(
+        ValueError, match=r"multiple of min_resolution_step=8; got \(65, 44\), nearest supported: \(64, 48\)"
+    ):
+        model(torch.rand(1, 3, 65, 44))
+    with pytest.raises(
+        Exception,
+        match=r"refused__the_input_resolution_must_be_a_multiple_of_min_resolution_step_8_.*requested shape:\{64,48\}",
+    ):
+        sess.run(None, {"images": torch.rand(1, 3, 65, 44).numpy()})
+    with pytest.raises(Exception, match=r"(?s)Unexpected input data type.*tensor\(double\)"):  # one dtype per graph
+        sess.run(None, {"images": torch.rand(1, 3, 16, 16, dtype=torch.float64).numpy()})
+    x64 = torch.rand(1, 3, 16, 16, dtype=torch.float64)  # which PyTorch casts, as numpy's default dtype
+    torch.testing.assert_close(
+        torch.from_numpy(sess.run(None, {"images": x64.float().numpy()})[1]),
+        model(x64)["backbone"].features,
+        atol=ATOL,
+        rtol=0,
+    )
     # PyTorch's input checks, in the graph: a 0-255 float image and NaN are refused by a node that says why;
     # bicubic overshoot is accepted as PyTorch accepts it
     x = torch.rand(1, 3, 16, 16)
@@ -265,8 +283,8 @@ def test_onnx_export_matches_pytorch(student_dir, tmp_path, monkeypatch):
     torch.testing.assert_close(
         torch.from_numpy(got["tiny-clip.summary"]), model(x8)["tiny-clip"].summary, atol=ATOL, rtol=0
     )
-    with pytest.raises(ValueError, match="multiple of min_resolution_step"):
-        model(torch.rand(1, 3, 65, 64))
+    with pytest.raises(Exception, match=r"refused__the_input_resolution_must.*requested shape:\{16,64\}"):
+        sess8.run(None, {"images": torch.randint(0, 256, (1, 3, 16, 63), dtype=torch.uint8).numpy()})
 
 
 def _umask() -> int:
@@ -372,7 +390,7 @@ def test_push_to_hub_uploads_the_student_directory(student_dir, monkeypatch, cap
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     assert main(["export", str(student_dir), "--push-to-hub", "acme/radio-nano"]) == 0
     assert calls["repo"] == ("acme/radio-nano", True, True, "model")  # private unless --public
-    assert calls["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert calls["files"] == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
     assert 'radio.load_student("acme/radio-nano"' in calls["card"]
     assert "https://huggingface.co/acme/radio-nano/commit/abc" in capsys.readouterr().out
 
@@ -452,9 +470,83 @@ def test_transformers_automodel_loads_an_exported_student(student_dir):
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {
         "type": "RadioModel",
         "same": True,
-        "model_type": "radio-student",
+        "model_type": MODEL_TYPE,
     }
-    assert json.loads((student_dir / "config.json").read_text())["model_type"] == "radio-student"
+    assert json.loads((student_dir / "config.json").read_text())["model_type"] == MODEL_TYPE
+
+
+HF_USER = """
+import json, sys
+import numpy as np, torch
+from PIL import Image
+import radio
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
+
+path = sys.argv[1]
+image = Image.fromarray((np.random.default_rng(0).random((50, 70, 3)) * 255).astype("uint8"))
+processor = AutoImageProcessor.from_pretrained(path)
+pixel_values = processor(images=image, return_tensors="pt").pixel_values
+ref = radio.load_student(path, adaptor_names=["clip"])
+# RADIO's Hugging Face pattern: adaptors chosen on the config, then from_pretrained(config=config)
+config = AutoConfig.from_pretrained(path)
+config.adaptor_names = ["clip"]
+model = AutoModel.from_pretrained(path, config=config)
+out = model(pixel_values=pixel_values)
+pipe = pipeline("image-feature-extraction", model=path)
+features = pipe(image, return_tensors=True)
+plain = AutoModel.from_pretrained(path)
+try:
+    plain(pixel_values)["clip"]
+    hint = ""
+except KeyError as e:
+    hint = str(e)
+print(json.dumps({
+    "pixel_values": list(pixel_values.shape),
+    "range": [float(pixel_values.min()), float(pixel_values.max())],
+    "clip": bool(torch.equal(out["clip"].summary, ref(pixel_values)["clip"].summary)),
+    "pipeline": bool(torch.allclose(features, ref(pixel_values)["backbone"].summary, atol=1e-6)),
+    "hint": hint,
+}))
+"""
+
+
+def test_transformers_users_calls_image_processor_pipeline_pixel_values_and_config(student_dir, tmp_path):
+    """What a Hugging Face user does with an exported student, after `import radio`: AutoImageProcessor (the
+    student's preprocessor_config.json), pipeline("image-feature-extraction"), model(pixel_values=...), RADIO's
+    config.adaptor_names pattern; and without `import radio`, an error that says what to do (no remote code)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "hf_user.py"
+    script.write_text(HF_USER)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, str(script), str(student_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["pixel_values"] == [1, 3, 32, 32] and 0 <= got["range"][0] <= got["range"][1] <= 1  # [0, 1], resized
+    assert got["clip"] and got["pipeline"]
+    assert "adaptor_names=['clip']" in got["hint"] and "config.adaptor_names" in got["hint"]
+    cold = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from transformers import pipeline; pipeline('image-feature-extraction', model={str(student_dir)!r})",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert cold.returncode != 0 and "pip install radio-distill, then import radio" in cold.stderr
+    assert "trust_remote_code" not in cold.stderr
 
 
 def test_the_readmes_using_a_student_snippet_runs_as_written(student_dir):

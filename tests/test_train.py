@@ -96,10 +96,14 @@ def test_train_logs_params_metrics_artifacts(cache, tmp_path):
 
     import radio
 
-    logged = mlflow.pytorch.load_model(tags["radio.model_uri"])
+    # the run's model is runs:/<run>/model, as MLflow's own examples load a run's model
+    model_uri = f"runs:/{run.info.run_id}/model"
+    logged = mlflow.pytorch.load_model(model_uri)
     mine = radio.load_student(result["student"], adaptor_names=["syn-clip", "syn-sam"])
-    for hw in ((32, 32), (16, 48), (64, 40)):  # every resolution the student takes, not only the one it was logged at
-        x = torch.rand(3, 3, *hw)
+    # every batch size (1 included: torch.export must not specialize it) and every resolution the student takes,
+    # not only the one it was logged at
+    for b, hw in ((1, (32, 32)), (3, (32, 32)), (1, (16, 48)), (2, (64, 40))):
+        x = torch.rand(b, 3, *hw)
         with torch.no_grad():
             got, ref = logged(x), mine(x)
         torch.testing.assert_close(got["features"], ref["backbone"].features)
@@ -111,17 +115,33 @@ def test_train_logs_params_metrics_artifacts(cache, tmp_path):
     import mlflow.pyfunc
     import numpy as np
 
-    assert client.get_logged_model(tags["radio.model_uri"].split("/")[-1]).name == run.info.run_name
-    served = mlflow.pyfunc.load_model(tags["radio.model_uri"])
-    for hw in ((32, 32), (16, 48)):
-        x = np.random.rand(2, 3, *hw).astype(np.float32)
-        got = served.predict(x)
+    lm = client.get_logged_model(tags["radio.model_uri"].split("/")[-1])
+    assert lm.name == "model" and lm.tags["radio.run_name"] == run.info.run_name
+    served = mlflow.pyfunc.load_model(model_uri)
+    meta = served.metadata
+    assert meta.signature.inputs is None and "summary" in meta.signature.outputs.input_names()
+    assert "uint8" in meta.metadata["radio.input"]
+    u8 = np.random.randint(0, 256, (1, 3, 16, 48), dtype=np.uint8)
+    f64 = np.random.rand(1, 3, 32, 32)  # numpy's default dtype
+    f32 = np.random.rand(2, 3, 32, 32).astype(np.float32)
+    for x, sent in (  # every input the README lists: float32, float64, uint8, {"images": x}; batch 1 and 2
+        (f32, f32),
+        (f64, f64),
+        (u8, u8),
+        (f32[:1], {"images": f32[:1]}),
+        (u8, u8.astype(np.int64)),  # the integers a JSON request becomes
+    ):
+        got = served.predict(sent)
         with torch.no_grad():
             ref = mine(torch.from_numpy(x))
         np.testing.assert_allclose(got["syn-clip.summary"], ref["syn-clip"].summary.numpy(), atol=1e-5)
         np.testing.assert_allclose(got["features"], ref["backbone"].features.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="divide by 255"):
         served.predict(np.random.rand(1, 3, 32, 32).astype(np.float32) * 255)
+    with pytest.raises(ValueError, match=r"integer images must lie in \[0, 255\]"):
+        served.predict(np.full((1, 3, 32, 32), 300))
+    with pytest.raises(ValueError, match="multiple of min_resolution_step"):
+        served.predict(np.random.rand(1, 3, 33, 32))
     # and `mlflow models serve` on loopback answers a request with those numbers
     import urllib.request
 
@@ -148,16 +168,20 @@ def test_train_logs_params_metrics_artifacts(cache, tmp_path):
         cwd=ROOT,
     )
     try:
+
+        def ask(body: dict) -> dict | None:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            return json.loads(urllib.request.urlopen(req, timeout=60).read())
+
         x = np.random.rand(1, 3, 32, 32).astype(np.float32)
         deadline, answer = time.time() + 180, None
         while time.time() < deadline and srv.poll() is None and answer is None:
             try:
-                req = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/invocations",
-                    data=json.dumps({"inputs": x.tolist()}).encode(),
-                    headers={"Content-Type": "application/json"},
-                )
-                answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
+                answer = ask({"inputs": x.tolist()})
             except OSError:
                 time.sleep(0.5)
         assert answer is not None, srv.stderr.read().decode()[-3000:] if srv.poll() is not None else "no answer"
@@ -166,14 +190,23 @@ def test_train_logs_params_metrics_artifacts(cache, tmp_path):
         np.testing.assert_allclose(
             np.asarray(answer["predictions"]["syn-sam.features"]), ref["syn-sam"].features.numpy(), atol=1e-4
         )
+        # a uint8 image as JSON integers, named as the README names it
+        u8 = np.random.randint(0, 256, (1, 3, 16, 16), dtype=np.uint8)
+        answer = ask({"inputs": {"images": u8.tolist()}})
+        with torch.no_grad():
+            ref = mine(torch.from_numpy(u8))
+        np.testing.assert_allclose(
+            np.asarray(answer["predictions"]["syn-clip.summary"]), ref["syn-clip"].summary.numpy(), atol=1e-4
+        )
     finally:
         _kill(srv)
     assert radio.load_student(tags["radio.model_uri"]).teacher_names == [
         "syn-clip",
         "syn-sam",
     ]  # the MLflow URI loads too
+    assert radio.load_student(model_uri).teacher_names == ["syn-clip", "syn-sam"]
     [lm] = client.search_logged_models([run.info.experiment_id])
-    assert lm.source_run_id == run.info.run_id and lm.name == run.info.run_name == "run"  # named after its run
+    assert lm.source_run_id == run.info.run_id and lm.name == "model" and lm.tags["radio.run_name"] == "run"
     [version] = client.search_model_versions(f"run_id = '{run.info.run_id}'")  # mlflow.register=NAME
     assert version.name == "radio-nano-test"
     assert (
@@ -185,6 +218,7 @@ def test_train_logs_params_metrics_artifacts(cache, tmp_path):
     assert {a.path for a in client.list_artifacts(run.info.run_id, "student")} == {
         "student/config.json",
         "student/model.safetensors",
+        "student/preprocessor_config.json",
     }
     assert run.info.status == "FINISHED"
 
