@@ -61,9 +61,18 @@ def register() -> None:
             if adaptor_names is None:  # RADIO's pattern: config.adaptor_names = [...]; from_pretrained(config=config)
                 adaptor_names = getattr(config, "adaptor_names", None)
             device = device_map if isinstance(device_map, str) and device_map != "auto" else "cpu"
-            return RadioModel.from_pretrained(
+            model = RadioModel.from_pretrained(
                 str(pretrained_model_name_or_path), revision=revision, adaptor_names=adaptor_names, device=device
             )
+            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))  # "auto"/None: as saved (float32)
+            if dtype is not None and dtype != "auto":
+                import torch
+
+                want = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+                if not isinstance(want, torch.dtype) or not want.is_floating_point:
+                    raise ValueError(f"dtype={dtype!r}: a radio student runs in a floating dtype (e.g. torch.bfloat16)")
+                model = model.to(want)
+            return model
 
     class LegacyConfig(RadioStudentConfig):
         model_type = LEGACY_MODEL_TYPE

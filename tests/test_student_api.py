@@ -495,6 +495,7 @@ out = model(pixel_values=pixel_values)
 pipe = pipeline("image-feature-extraction", model=path)
 features = pipe(image, return_tensors=True)
 plain = AutoModel.from_pretrained(path)
+half = AutoModel.from_pretrained(path, dtype=torch.bfloat16)  # transformers' dtype= is honoured
 try:
     plain(pixel_values)["clip"]
     hint = ""
@@ -506,6 +507,7 @@ print(json.dumps({
     "clip": bool(torch.equal(out["clip"].summary, ref(pixel_values)["clip"].summary)),
     "pipeline": bool(torch.allclose(features, ref(pixel_values)["backbone"].summary, atol=1e-6)),
     "hint": hint,
+    "bf16": [str(half.dtype), str(half(pixel_values).summary.dtype)],
 }))
 """
 
@@ -531,7 +533,7 @@ def test_transformers_users_calls_image_processor_pipeline_pixel_values_and_conf
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["pixel_values"] == [1, 3, 32, 32] and 0 <= got["range"][0] <= got["range"][1] <= 1  # [0, 1], resized
-    assert got["clip"] and got["pipeline"]
+    assert got["clip"] and got["pipeline"] and got["bf16"] == ["torch.bfloat16", "torch.bfloat16"]
     assert "adaptor_names=['clip']" in got["hint"] and "config.adaptor_names" in got["hint"]
     cold = subprocess.run(
         [
