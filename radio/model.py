@@ -516,12 +516,16 @@ class Adaptor:
 class ExportableStudent(nn.Module):
     """A graph-friendly view of a student for torch.export, MLflow (pt2) and ONNX: float [0, 1] images
     (B, 3, H, W) -> a flat dict of tensors: ``summary`` (B, T*D), ``features`` (B, N, D), and for every
-    teacher ``<teacher>.features`` (B, N, Ct) and ``<teacher>.summary`` (B, Dt) in teacher space."""
+    teacher ``<teacher>.features`` (B, N, Ct) and ``<teacher>.summary`` (B, Dt) in teacher space.
 
-    def __init__(self, model: RadioModel) -> None:
+    ``checks``: refuse non-finite pixels and values outside ``RadioModel.INPUT_RANGE`` in the graph (a uint8 or
+    0-255 image would otherwise run at the wrong scale); ONNX puts its own checks in front instead."""
+
+    def __init__(self, model: RadioModel, checks: bool = True) -> None:
         super().__init__()
         self.radio = model
         self.conditioner = InputConditioner(model.config.mean, model.config.std)  # its own: the model's may be external
+        self.checks = checks
 
     def output_names(self) -> list[str]:
         names = ["summary", "features"]
@@ -537,7 +541,24 @@ class ExportableStudent(nn.Module):
         B, C, H, W = x.shape
         p = self.radio.patch_size
         x = x.reshape(B, C, H // p, p, W // p, p).reshape(B, C, H, W)
+        if self.checks:
+            self._check_pixels(x)
         return self.forward_normalized(self.conditioner(x))
+
+    def _check_pixels(self, x: torch.Tensor) -> None:
+        """The student's pixel checks as graph ops (``_assert_async``): a graph is traced for one dtype (float32
+        in [0, 1]), so without them a uint8 or 0-255 image would run, silently, at the wrong scale."""
+        lo_ok, hi_ok = self.radio.INPUT_RANGE
+        torch._assert_async(
+            torch.isfinite(x).all(),
+            "images hold NaN or Inf values: fix the input (e.g. a failed decode); the model refuses non-finite pixels",
+        )
+        lo, hi = torch.aminmax(x)
+        torch._assert_async(
+            (lo >= lo_ok) & (hi <= hi_ok),
+            f"this graph takes float32 images in [0, 1] (resampling overshoot up to ({lo_ok}, {hi_ok}) is accepted): "
+            "divide 0-255 images, uint8 included, by 255 (MLflow's pyfunc flavor takes uint8 as it is)",
+        )
 
     def forward_normalized(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The same outputs from an already normalized batch (the student's mean/std applied)."""

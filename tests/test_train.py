@@ -111,6 +111,12 @@ def test_train_logs_params_metrics_artifacts(cache, tmp_path):
         torch.testing.assert_close(got["syn-sam.features"], ref["syn-sam"].features)
     with pytest.raises(Exception, match=r"Guard failed"):  # not a multiple of the patch: refused, as by the student
         logged(torch.rand(1, 3, 33, 32))
+    # a graph is traced for float32 in [0, 1]: uint8 or 0-255 pixels are refused, never run at the wrong scale
+    for bad in (torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8), torch.rand(1, 3, 32, 32) * 255):
+        with pytest.raises(RuntimeError, match="divide 0-255 images, uint8 included, by 255"):
+            logged(bad)
+    with pytest.raises(RuntimeError, match="NaN or Inf"):
+        logged(torch.full((1, 3, 32, 32), float("nan")))
     # the same model through pyfunc (numpy in, named arrays out), at two resolutions, named after its run
     import mlflow.pyfunc
     import numpy as np
