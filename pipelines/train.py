@@ -233,6 +233,18 @@ class Trainer:
         student_cfg = StudentConfig(
             **{**asdict(cfg.student), "summary_teachers": summary_teachers, "img_size": cfg.student.img_size or res}
         )
+        ws, p = student_cfg.vitdet_window_size, student_cfg.patch_size
+        if ws:
+            sizes = sorted({res, *cfg.resolution.resolutions})
+            bad = [r for r in sizes if (r // p) % ws]
+            require(
+                not bad,
+                "student.vitdet_window_size",
+                ws,
+                f"a divisor of the patch grid at every training resolution {sizes}",
+                f"{bad} px give grids of {[r // p for r in bad]} patches; choose a window dividing "
+                f"{sorted({r // p for r in sizes})}, or resolutions that are multiples of {ws * p} px",
+            )
         adapters = [
             AdapterConfig(
                 name=t,

@@ -24,12 +24,15 @@ def load_student(
     adaptor_names: list[str] | str | None = None,
     revision: str | None = None,
     tracking_uri: str | None = None,
+    vitdet_window_size: int | str | None = "as-trained",
 ) -> RadioModel:
     """A trained student with NVIDIA RADIO's API, in eval mode: ``summary, features = model(x)``.
 
     ``ref``: a directory, an MLflow run id or URI, or a Hugging Face hub id (see :func:`resolve_student`).
     ``adaptor_names``: teachers (or teacher families, e.g. ``clip``) whose adaptors ``model(x)`` returns.
+    ``vitdet_window_size``: ViTDet mode, windowed attention (that many patches per side) in all but the global
+    blocks, for fast high-resolution inference; None: global attention everywhere; default: as trained.
     """
     from .model import load_student as _load
 
-    return _load(resolve_student(str(ref), tracking_uri, revision)[0], device, adaptor_names)
+    return _load(resolve_student(str(ref), tracking_uri, revision)[0], device, adaptor_names, vitdet_window_size)

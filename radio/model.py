@@ -32,7 +32,7 @@ import torch.nn as nn
 from .adapters import AdapterConfig, AdapterHeads
 from .checkpoint import read_student
 from .normalize import TargetStats
-from .student import StudentConfig, StudentOutput, ViTStudent, normalize_images, tracing
+from .student import StudentConfig, StudentOutput, ViTStudent, check_window, normalize_images, tracing
 
 __all__ = [
     "DistillModel",
@@ -202,7 +202,7 @@ class RadioModel(nn.Module):
         """The CPE position grid's resolution (None without CPE: any multiple of the patch works)."""
         return self.config.cpe_max_img_size
 
-    # RADIO's names for what it has (aliases), and for what it does not (no windowed attention, nothing to fuse)
+    # RADIO's names for what it has (aliases), and for what it does not (nothing to fuse)
     @property
     def num_cls_tokens(self) -> int:
         return self.num_summary_tokens
@@ -214,8 +214,14 @@ class RadioModel(nn.Module):
         return torch.tensor([names.index(t) for t in self.config.summary_teachers if t in names], dtype=torch.int64)
 
     @property
-    def window_size(self) -> None:
-        return None  # no ViTDet windowed attention: every block attends globally
+    def window_size(self) -> int | None:
+        """ViTDet's window side in patches (``vitdet_window_size``), None when every block attends globally."""
+        return self.model.trunk.window_size
+
+    @window_size.setter
+    def window_size(self, window: int | None) -> None:
+        check_window(window)
+        self.model.trunk.window_size = window
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -454,12 +460,17 @@ class RadioModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, ref: str, revision: str | None = None, adaptor_names: list[str] | str | None = None, device: str = "cpu"
+        cls,
+        ref: str,
+        revision: str | None = None,
+        adaptor_names: list[str] | str | None = None,
+        device: str = "cpu",
+        vitdet_window_size: int | str | None = "as-trained",
     ) -> RadioModel:
         """A student from a directory, a Hugging Face hub id (``org/name``), an MLflow run id or model URI."""
         from .resolve import resolve_student
 
-        return load_student(resolve_student(str(ref), revision=revision)[0], device, adaptor_names)
+        return load_student(resolve_student(str(ref), revision=revision)[0], device, adaptor_names, vitdet_window_size)
 
     def push_to_hub(
         self, repo_id: str, private: bool = True, token: str | None = None, commit_message: str = "Upload radio student"
@@ -549,12 +560,12 @@ class ExportableStudent(nn.Module):
         """The student's pixel checks as graph ops (``_assert_async``): a graph is traced for one dtype (float32
         in [0, 1]), so without them a uint8 or 0-255 image would run, silently, at the wrong scale."""
         lo_ok, hi_ok = self.radio.INPUT_RANGE
-        torch._assert_async(
+        torch._assert_async(  # pyright: ignore[reportPrivateImportUsage] (the op torch.export keeps)
             torch.isfinite(x).all(),
             "images hold NaN or Inf values: fix the input (e.g. a failed decode); the model refuses non-finite pixels",
         )
         lo, hi = torch.aminmax(x)
-        torch._assert_async(
+        torch._assert_async(  # pyright: ignore[reportPrivateImportUsage] (the op torch.export keeps)
             (lo >= lo_ok) & (hi <= hi_ok),
             f"this graph takes float32 images in [0, 1] (resampling overshoot up to ({lo_ok}, {hi_ok}) is accepted): "
             "divide 0-255 images, uint8 included, by 255 (MLflow's pyfunc flavor takes uint8 as it is)",
@@ -574,11 +585,19 @@ class ExportableStudent(nn.Module):
         return result
 
 
+AS_TRAINED = "as-trained"  # load_student's vitdet_window_size default: the student's own setting
+
+
 def load_student(
-    path: str | Path, device: str | torch.device = "cpu", adaptor_names: list[str] | str | None = None
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    adaptor_names: list[str] | str | None = None,
+    vitdet_window_size: int | str | None = AS_TRAINED,
 ) -> RadioModel:
     """The student in directory ``path`` (model.safetensors + config.json), in eval mode. No pickle.
 
+    ``vitdet_window_size``: ViTDet mode (windows of that many patches per side in all but the global blocks),
+    None for global attention everywhere, or as the student was trained (the default).
     ``radio.load_student`` takes any name of a student (run id, MLflow URI, hub id) and calls this."""
     f = read_student(path)
     model = DistillModel(f.student, f.adapters)
@@ -590,4 +609,7 @@ def load_student(
         )
     model.load_state_dict(f.state)
     stats = {t: TargetStats.from_dict(v) for t, v in f.meta.get("stats", {}).items()}
-    return RadioModel(model, stats, f.meta, adaptor_names).to(device).eval()
+    loaded = RadioModel(model, stats, f.meta, adaptor_names).to(device).eval()
+    if vitdet_window_size != AS_TRAINED:
+        loaded.window_size = vitdet_window_size  # pyright: ignore[reportAttributeAccessIssue] (checked there)
+    return loaded

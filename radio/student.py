@@ -14,6 +14,7 @@ DINOv2 and SAM use; CLIP's differ by < 0.03). :func:`normalize_images` / :func:`
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -32,6 +33,7 @@ __all__ = [
     "normalize_uint8",
     "trunk_param_count",
     "tracing",
+    "global_blocks",
 ]
 
 # name -> (dim, depth, heads); tiny..large are DeiT/ViT's widths, nano is for CPU tests and the quickstart
@@ -70,6 +72,10 @@ class StudentConfig:
     drop_path: float = 0.0  # stochastic depth of the last block (linear ramp from 0)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # ViTDet (RADIO's vitdet_window_size): windows of this many patches per side in all but the global blocks;
+    # None: every block attends globally. A loaded student can switch it (load_student(vitdet_window_size=...)).
+    vitdet_window_size: int | None = None
+    vitdet_num_global: int = 4  # global blocks, evenly spaced, the last one always among them (RADIO's default)
 
     def __post_init__(self):
         if self.size not in SIZES:
@@ -82,6 +88,7 @@ class StudentConfig:
             raise ValueError(f"cpe_max_img_size {self.cpe_max_img_size} must be >= img_size {self.img_size}")
         if len(set(self.summary_teachers)) != len(self.summary_teachers):
             raise ValueError(f"summary_teachers has duplicates: {self.summary_teachers}")
+        check_window(self.vitdet_window_size, self.vitdet_num_global)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -108,6 +115,21 @@ class StudentConfig:
     def pos_grid(self) -> int:
         """Side of the learned position grid (the CPE grid when CPE is on)."""
         return (self.cpe_max_img_size or self.img_size or 224) // self.patch_size
+
+
+def check_window(window: int | None, num_global: int = 4) -> None:
+    """Refuse a ViTDet setting that cannot work, naming the key."""
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"vitdet_window_size={window!r}: a window side in patches (an integer >= 1), or None")
+    if isinstance(num_global, bool) or not isinstance(num_global, int) or num_global < 1:
+        raise ValueError(f"vitdet_num_global={num_global!r}: the number of global blocks, an integer >= 1")
+
+
+def global_blocks(depth: int, num_global: int) -> set[int]:
+    """The blocks that attend globally in ViTDet mode, as RADIO spaces them: every ``depth // num_global``-th block
+    ends a period of windowed blocks, and the last block is always global."""
+    period = max(depth // num_global, 1)
+    return {i for i in range(depth) if i == depth - 1 or (period > 1 and i % period == period - 1)}
 
 
 def tracing() -> bool:
@@ -228,6 +250,8 @@ class ViTStudent(nn.Module):
         dpr = [cfg.drop_path * i / max(1, depth - 1) for i in range(depth)]
         self.blocks = nn.ModuleList(Block(D, heads, cfg.mlp_ratio, dpr[i]) for i in range(depth))
         self.norm = nn.LayerNorm(D, eps=1e-6)
+        self.window_size = cfg.vitdet_window_size
+        self.global_blocks = global_blocks(depth, cfg.vitdet_num_global)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.summary_tokens, std=0.02)
         nn.init.trunc_normal_(self.register_tokens, std=0.02)
@@ -321,11 +345,58 @@ class ViTStudent(nn.Module):
         T, R = self.summary_tokens.shape[1], self.register_tokens.shape[1]
         return StudentOutput(x[:, :T], x[:, T + R :], hw)
 
+    def _run(self, x: torch.Tensor, hw: tuple[int, int], last: int | None = None):
+        """Run the blocks (up to ``last``), yielding ``(i, tokens)`` after each in the sequence's own order.
+
+        ViTDet mode (``window_size``): in a windowed block the patches attend within windows of
+        ``window_size**2`` patches and the summary and register tokens sit out (RADIO's ViTDet); the global
+        blocks see every token. The patches are put in window order once and back at each global block."""
+        ws = self.window_size
+        if not ws:
+            for i, blk in enumerate(self.blocks[: None if last is None else last + 1]):
+                x = blk(x)
+                yield i, x
+            return
+        h, w = hw
+        if h % ws or w % ws:
+            step = ws * self.patch_size
+            near = (max(step, round(h / ws) * step), max(step, round(w / ws) * step))
+            raise ValueError(
+                f"vitdet_window_size={ws}: the patch grid {h}x{w} is not a multiple of the window; pass sides that "
+                f"are multiples of {step} px (e.g. {near[0]}x{near[1]}), or load with vitdet_window_size=None"
+            )
+        P = x.shape[1] - h * w  # summary + register tokens
+        B, D = x.shape[0], x.shape[-1]
+        prefix, windows = x[:, :P], None
+
+        def to_windows(t: torch.Tensor) -> torch.Tensor:  # (B, h*w, D) -> (B * nW, ws*ws, D)
+            t = t.reshape(B, h // ws, ws, w // ws, ws, D).permute(0, 1, 3, 2, 4, 5)
+            return t.reshape(-1, ws * ws, D)
+
+        def to_grid(t: torch.Tensor) -> torch.Tensor:  # the inverse
+            t = t.reshape(B, h // ws, w // ws, ws, ws, D).permute(0, 1, 3, 2, 4, 5)
+            return t.reshape(B, h * w, D)
+
+        for i, blk in enumerate(self.blocks[: None if last is None else last + 1]):
+            if i in self.global_blocks:
+                if windows is not None:
+                    x, windows = torch.cat([prefix, to_grid(windows)], dim=1), None
+                x = blk(x)
+                yield i, x
+            else:
+                if windows is None:
+                    prefix, windows = x[:, :P], to_windows(x[:, P:])
+                windows = blk(windows)
+                yield i, torch.cat([prefix, to_grid(windows)], dim=1)
+
     def forward_features(self, x_B3HW: torch.Tensor) -> StudentOutput:
         """Normalized float images (B, 3, H, W), H and W multiples of the patch -> StudentOutput."""
         x, hw = self._tokens(x_B3HW)
-        for blk in self.blocks:
-            x = blk(x)
+        if not self.window_size:
+            for blk in self.blocks:
+                x = blk(x)
+            return self._split(self.norm(x), hw)
+        [(_, x)] = deque(self._run(x, hw), maxlen=1)  # the last block's output; the others are not kept
         return self._split(self.norm(x), hw)
 
     forward = forward_features
@@ -352,13 +423,13 @@ class ViTStudent(nn.Module):
             take = {i + depth if i < 0 else i for i in indices}
             if not take or not all(0 <= i < depth for i in take):
                 raise ValueError(f"indices={list(indices)}: block indices must lie in [-{depth}, {depth - 1}]")
-        x, hw = self._tokens(x_B3HW)
+        tokens, hw = self._tokens(x_B3HW)
         inter = []
         last = max(take)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x)
+        x = tokens
+        for i, x in self._run(tokens, hw, last if stop_early else None):  # noqa: B007 (x: the last block's, after)
             if i in take:
                 inter.append(self._split(self.norm(x) if norm else x, hw))
-            if stop_early and i == last:
-                return None, inter
+        if stop_early:
+            return None, inter
         return self._split(self.norm(x), hw), inter

@@ -17,6 +17,7 @@ from radio.student import (
     SIZES,
     StudentConfig,
     ViTStudent,
+    global_blocks,
     normalize_uint8,
     trunk_param_count,
 )
@@ -124,6 +125,62 @@ def test_without_cpe_train_equals_eval():
     m = ViTStudent(StudentConfig(size="nano", img_size=64))
     x = torch.randn(2, 3, 48, 64)
     torch.testing.assert_close(m.train()(x).features_BLC, m.eval()(x).features_BLC)
+
+
+def test_vitdet_global_blocks_are_spaced_as_radios():
+    assert global_blocks(12, 4) == {2, 5, 8, 11}  # ViT-B: 4 global blocks, the last one among them
+    assert global_blocks(24, 4) == {5, 11, 17, 23}  # ViT-L/H
+    assert global_blocks(4, 4) == {3} and global_blocks(2, 4) == {1}  # period 1: all windowed but the last
+    assert global_blocks(12, 2) == {5, 11}
+
+
+def test_vitdet_windowed_blocks_attend_within_windows_and_prefix_tokens_sit_out():
+    """Block 0 windowed, block 1 global: the output equals running block 0 on each window's patches alone (the
+    summary and register tokens untouched), then block 1 on the whole sequence."""
+    torch.manual_seed(0)
+    m = ViTStudent(StudentConfig(size="nano", depth=2, patch_size=8, img_size=64, vitdet_window_size=2)).eval()
+    assert m.window_size == 2 and m.global_blocks == {1}
+    x = torch.randn(2, 3, 32, 48)  # a 4x6 patch grid: 2x3 windows of 2x2 patches
+    with torch.no_grad():
+        got = m(x)
+        tokens, (h, w) = m._tokens(x)
+        P = tokens.shape[1] - h * w
+        grid = tokens[:, P:].reshape(2, h, w, -1).clone()
+        for wy in range(0, h, 2):
+            for wx in range(0, w, 2):
+                win = grid[:, wy : wy + 2, wx : wx + 2].reshape(2, 4, -1)
+                grid[:, wy : wy + 2, wx : wx + 2] = m.blocks[0](win).reshape(2, 2, 2, -1)
+        ref = m.blocks[1](torch.cat([tokens[:, :P], grid.reshape(2, h * w, -1)], 1))
+        ref = m._split(m.norm(ref), (h, w))
+    torch.testing.assert_close(got.features_BLC, ref.features_BLC)
+    torch.testing.assert_close(got.summary_BTD, ref.summary_BTD)
+    # intermediates run the same blocks, and stop early as asked
+    final, inter = m.forward_intermediates(x, indices=[0, 1])
+    torch.testing.assert_close(final.features_BLC, got.features_BLC)
+    assert len(inter) == 2 and m.forward_intermediates(x, indices=[0], stop_early=True)[0] is None
+    with pytest.raises(ValueError, match=r"vitdet_window_size=2: the patch grid 5x6 is not a multiple.*32x48"):
+        m(torch.randn(1, 3, 40, 48))
+    with pytest.raises(ValueError, match="vitdet_window_size=0"):
+        StudentConfig(vitdet_window_size=0)
+
+
+def test_vitdet_chosen_at_load_and_back_to_global(tmp_path):
+    torch.manual_seed(0)
+    d = save_student(
+        tmp_path / "s",
+        DistillModel(StudentConfig(size="nano", patch_size=8, img_size=64, summary_teachers=["clip"]), [CLIP]),
+    )
+    x = torch.rand(1, 3, 64, 64)
+    glob = load_student(d)
+    assert glob.window_size is None
+    win = load_student(d, vitdet_window_size=4)
+    assert win.window_size == 4
+    a, b = glob(x).features, win(x).features
+    assert not torch.equal(a, b) and F.cosine_similarity(a, b, -1).mean() > 0.5
+    win.window_size = None  # RADIO's attribute, settable: back to global attention, the same numbers
+    torch.testing.assert_close(win(x).features, a)
+    with pytest.raises(ValueError, match="vitdet_window_size=-1"):
+        load_student(d, vitdet_window_size=-1)
 
 
 def test_normalize_uint8():

@@ -229,6 +229,24 @@ def test_train_logs_params_metrics_artifacts(cache, tmp_path):
     assert run.info.status == "FINISHED"
 
 
+def test_vitdet_student_trains_and_loads_as_trained(cache, tmp_path, capsys):
+    """ViTDet mode in training: `student.vitdet_window_size` windows all but the global blocks; the exported
+    student records it and loads as trained; a window that does not divide the grid is refused before any step."""
+    import radio
+
+    result = train(
+        load_config(TrainJobConfig, None, _args(cache, tmp_path / "w", "epochs=1", "student.vitdet_window_size=2"))
+    )
+    model = radio.load_student(result["student"])
+    assert model.window_size == 2 and model.config.vitdet_window_size == 2
+    x = torch.rand(1, 3, 32, 32)
+    assert radio.load_student(result["student"], vitdet_window_size=None)(x).features.shape == model(x).features.shape
+    assert main(["train", *_args(cache, tmp_path / "v", "student.vitdet_window_size=3")]) == 2
+    err = capsys.readouterr().err
+    assert "'student.vitdet_window_size' must be a divisor of the patch grid" in err and "[4] patches" in err
+    assert not (tmp_path / "v" / "checkpoints").exists()
+
+
 def test_missing_teacher_fails_at_start(cache, tmp_path, capsys):
     with pytest.raises(CacheMismatch, match="syn-dino"):
         train(load_config(TrainJobConfig, None, _args(cache, tmp_path / "x", "teachers=[syn-clip,syn-dino]")))
