@@ -90,6 +90,19 @@ def test_rows_keys_and_manifest(cache_dir):
     assert tuple(m.teachers["tiny-sam"].layout.native_grid) == (8, 8)
 
 
+def test_a_fault_in_the_reader_is_not_called_damage(cache_dir, monkeypatch):
+    """Only what a damaged file raises (pyarrow's errors, OSError, ValueError) marks a shard damaged; a bug in the
+    reader's own code propagates as itself, never sending intact shards to `radio cache repair`."""
+    reader = CacheReader(str(cache_dir))
+
+    def broken(self, rel, verify_pages=True):
+        raise AttributeError("a bug, not damage")
+
+    monkeypatch.setattr(CacheLocation, "parquet_file", broken)
+    with pytest.raises(AttributeError, match="a bug, not damage"):
+        list(reader.iter_unit(0))
+
+
 def test_shards_readable_by_plain_pyarrow_with_shapes(cache_dir):
     m = load_manifest(CacheLocation(str(cache_dir)))
     entry = m.teachers["tiny-sam"]

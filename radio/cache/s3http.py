@@ -87,7 +87,6 @@ class S3Ranges:
         self._key, self._secret, self._token, self.anonymous = access_key, secret_key, session_token, anonymous
         self.timeout, self.retries = timeout, retries
         self._local = threading.local()
-        self.requests = 0  # GETs sent (attempts included), for tests and benchmarks
 
     def __reduce__(self):  # a reader handed to a loader worker reconnects there
         return (
@@ -159,7 +158,6 @@ class S3Ranges:
         for attempt in range(self.retries + 1):
             conn = self._connection(fresh=attempt > 0)
             try:
-                self.requests += 1
                 conn.request("GET", path, headers=self._headers(path, {"range": f"bytes={start}-{start + n - 1}"}))
                 resp = conn.getresponse()
                 if resp.status == 206 or (resp.status == 200 and start == 0 and resp.length == n):

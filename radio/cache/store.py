@@ -659,11 +659,11 @@ class _BufferPool:
     back is reused only once nothing refers to it any more (its reference count), never while a value aliases
     it."""
 
-    def __init__(self, keep: int = 64) -> None:
+    def __init__(self, keep: int = 64, max_bytes: int = 1 << 29) -> None:
         import threading
 
         self._held: list = []  # given back, maybe still referred to by decoded batches
-        self._keep = keep
+        self._keep, self._max_bytes = keep, max_bytes  # at most this many buffers, and this many bytes of free ones
         self._lock = threading.Lock()
 
     def take(self, n: int):
@@ -687,6 +687,14 @@ class _BufferPool:
             if len(held) > self._keep:  # forget a free one (or, if all are in use, the oldest)
                 free = [i for i in range(len(held)) if sys.getrefcount(held[i]) <= 2]
                 held.pop(free[0] if free else 0)
+            free = [b for b in held if sys.getrefcount(b) <= 3]  # held, this list, getrefcount's argument
+            spare = sum(b.size for b in free) - self._max_bytes
+            for b in free:  # the oldest free ones go first, until the free bytes fit
+                if spare <= 0:
+                    break
+                spare -= b.size
+                held.remove(b)
+            del free
 
 
 _POOL = _BufferPool()

@@ -219,7 +219,8 @@ def open_checked(
         rows = pf.metadata.num_rows
     except FileNotFoundError:
         return None, "missing"
-    except Exception as e:  # truncated or overwritten: pyarrow raises ArrowInvalid, OSError, ...
+    except (pa.ArrowException, OSError, ValueError, EOFError) as e:  # truncated or overwritten (ArrowInvalid, ...);
+        # anything else is a fault in this code, not damage: it propagates rather than send the file to repair
         text = str(e)
         if "NO_SUCH_KEY" in text or "NoSuchKey" in text:
             return None, "missing"
