@@ -24,12 +24,16 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from .adapters import AdapterConfig
-from .hf import MODEL_TYPE
 from .student import StudentConfig
 
 __all__ = ["save_student", "read_student", "image_processor_config", "StudentFiles", "CheckpointError", "FORMAT"]
 
 WEIGHTS, CONFIG, PROCESSOR = "model.safetensors", "config.json", "preprocessor_config.json"
+# The model_type of config.json. transformers names it in the error it raises for a model type it does not know (a
+# student loaded without ``import radio``), so it says what to do; no remote code is ever offered. Students exported
+# before it carry LEGACY_MODEL_TYPE; ``radio.hf`` registers both with transformers' Auto classes.
+MODEL_TYPE = "radio-student (pip install radio-distill, then import radio before loading)"
+LEGACY_MODEL_TYPE = "radio-student"
 FORMAT = "radio-student/1"
 
 

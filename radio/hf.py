@@ -18,11 +18,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .model import RadioModel
 
-# The model_type of an exported student's config.json. transformers names it in the error it raises for a model
-# type it does not know (a student loaded without ``import radio``), so it says what to do; no remote code is ever
-# offered. Students exported before it carry LEGACY_MODEL_TYPE; both are registered.
-MODEL_TYPE = "radio-student (pip install radio-distill, then import radio before loading)"
-LEGACY_MODEL_TYPE = "radio-student"
 _TARGET = "transformers.models.auto.modeling_auto"
 _done = False
 
@@ -33,6 +28,8 @@ def register() -> None:
     if _done:
         return
     from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+
+    from .checkpoint import LEGACY_MODEL_TYPE, MODEL_TYPE
 
     class RadioStudentConfig(PretrainedConfig):
         """config.json as transformers reads it. RADIO's fields a user sets before ``from_pretrained(...,

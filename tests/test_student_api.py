@@ -9,8 +9,7 @@ import torch
 
 import radio
 from radio.adapters import AdapterConfig
-from radio.checkpoint import save_student
-from radio.hf import MODEL_TYPE
+from radio.checkpoint import MODEL_TYPE, save_student
 from radio.model import DistillModel, RadioModel, RadioOutput, Resolution
 from radio.normalize import TargetStats
 from radio.student import StudentConfig
