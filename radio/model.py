@@ -20,8 +20,9 @@ adapter in teacher space).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -91,6 +92,12 @@ class RadioOutput(NamedTuple):
             )
         return tuple.__getitem__(self, key)
 
+    def to(self, *args, **kwargs) -> RadioOutput:
+        """Both tensors moved or cast (RADIO's ``RadioOutput.to``); a missing summary stays None."""
+        return RadioOutput(
+            None if self.summary is None else self.summary.to(*args, **kwargs), self.features.to(*args, **kwargs)
+        )
+
 
 @dataclass
 class StudentPrediction:
@@ -127,6 +134,10 @@ class InputConditioner(nn.Module):
 
 
 FEATURE_FMTS = ("NLC", "NCHW")
+NORM_ALPHA_SCHEMES = ("post-alpha", "pre-alpha", "none")
+# RADIO's adaptor names -> the teacher family they denote (C-RADIOv3: clip, siglip2-g, dino_v2, sam; v4: siglip2-g,
+# dino_v3, sam3), so a script written for RADIO selects the same kind of adaptor
+RADIO_ADAPTOR_NAMES = {"dino_v2": "dinov2", "dino_v3": "dinov3", "siglip2-g": "siglip", "siglip": "siglip"}
 
 
 def _fmt(features_BLC: torch.Tensor, hw: tuple[int, int], fmt: str) -> torch.Tensor:
@@ -177,7 +188,8 @@ class RadioModel(nn.Module):
 
     @property
     def min_resolution_step(self) -> int:
-        return self.patch_size
+        """As RADIO's: the patch, times the ViTDet window when windowed attention is on."""
+        return self.patch_size * (self.window_size or 1)
 
     @property
     def embed_dim(self) -> int:
@@ -227,6 +239,21 @@ class RadioModel(nn.Module):
     def blocks(self) -> nn.ModuleList:
         return self.model.trunk.blocks
 
+    @contextlib.contextmanager
+    def cpe_video_mode(self, t: int) -> Iterator[None]:
+        """RADIO's context manager for video: the batch is (B*T, 3, H, W), B clips of ``t`` frames in a row, and
+        every frame of a clip gets the same position window. A radio student draws random CPE windows only in
+        training (in eval every image gets the same centred grid, so frames agree already); there, each clip draws
+        one window for all its frames."""
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise ValueError(f"cpe_video_mode(t={t!r}): t is the number of frames per clip, an integer >= 1")
+        trunk = self.model.trunk
+        before, trunk.video_frames = trunk.video_frames, t
+        try:
+            yield
+        finally:
+            trunk.video_frames = before
+
     def switch_to_deploy(self) -> RadioModel:
         """RADIO fuses re-parameterized layers here; a radio student has none: a no-op, for drop-in code."""
         return self
@@ -262,13 +289,20 @@ class RadioModel(nn.Module):
         for n in names:
             if n in self.teacher_names:
                 resolved[n] = n
-            elif len(families.get(n, [])) == 1 and families[n][0] in self.teacher_names:
-                resolved[n] = families[n][0]
+            elif (
+                len(families.get(f := RADIO_ADAPTOR_NAMES.get(n, n), [])) == 1 and families[f][0] in self.teacher_names
+            ):
+                resolved[n] = families[f][0]
             else:
                 fam = sorted(f for f, ts in families.items() if f and len(ts) == 1)
                 raise ValueError(
                     f"adaptor {n!r} is not one of this student's teachers {self.teacher_names}"
                     + (f" or their families {fam}" if fam else "")
+                    + (
+                        f" (RADIO's name {n!r} denotes the {RADIO_ADAPTOR_NAMES[n]} family)"
+                        if n in RADIO_ADAPTOR_NAMES
+                        else ""
+                    )
                 )
         self._adaptors = resolved
 
@@ -397,12 +431,17 @@ class RadioModel(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
         aggregation: str = "sparse",
+        norm_alpha_scheme: str = "post-alpha",
     ) -> list | tuple[RadioOutput | dict, list]:
         """RADIO's (and timm's) intermediates: a list with one entry per selected block, the patch features
         in ``output_fmt`` (or ``RadioOutput(summary, features)`` with ``return_prefix_tokens``), after the
         final output unless ``intermediates_only``: ``(final, intermediates)``. ``aggregation``: ``sparse``,
         each selected block's output; ``dense``, as RADIO, the mean over the blocks since the previous selected
-        one (the first entry averages every block up to it)."""
+        one (the first entry averages every block up to it). ``norm_alpha_scheme`` (``post-alpha``, ``pre-alpha``,
+        ``none``): where RADIO applies its learned intermediate-feature normalizer's scale; a radio student has no
+        such normalizer, so the three give the same (unnormalized) features, as RADIO's do without one."""
+        if norm_alpha_scheme not in NORM_ALPHA_SCHEMES:
+            raise ValueError(f"norm_alpha_scheme={norm_alpha_scheme!r}: choose one of {list(NORM_ALPHA_SCHEMES)}")
         if output_fmt not in FEATURE_FMTS:
             raise ValueError(f"output_fmt={output_fmt!r}: choose one of {list(FEATURE_FMTS)}")
         if aggregation not in ("sparse", "dense"):

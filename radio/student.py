@@ -251,6 +251,7 @@ class ViTStudent(nn.Module):
         self.blocks = nn.ModuleList(Block(D, heads, cfg.mlp_ratio, dpr[i]) for i in range(depth))
         self.norm = nn.LayerNorm(D, eps=1e-6)
         self.window_size = cfg.vitdet_window_size
+        self.video_frames = 1  # CPE video mode (RadioModel.cpe_video_mode): frames per clip sharing one window
         self.global_blocks = global_blocks(depth, cfg.vitdet_num_global)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.summary_tokens, std=0.02)
@@ -297,7 +298,16 @@ class ViTStudent(nn.Module):
                 grid = F.interpolate(grid, size=(s, s), mode="bicubic", align_corners=False)
             top, left = (s - h) // 2, (s - w) // 2
             return grid[:, :, top : top + h, left : left + w].flatten(2).transpose(1, 2)
-        # Window sides as fractions of the grid, (B, 2) in (x, y) order for grid_sample.
+        # Window sides as fractions of the grid, (B, 2) in (x, y) order for grid_sample. Video mode
+        # (``video_frames`` T > 1): the batch is B/T clips of T frames, each clip one window for all its frames.
+        T = self.video_frames
+        if B % T:
+            raise ValueError(f"cpe_video_mode(t={T}): the batch of {B} is not a whole number of {T}-frame clips")
+        pos = self._cpe_windows(grid, B // T, h, w)
+        return pos.repeat_interleave(T, dim=0) if T > 1 else pos
+
+    def _cpe_windows(self, grid: torch.Tensor, B: int, h: int, w: int) -> torch.Tensor:
+        """B random windows of the CPE grid, each resampled to (h, w): (B, h*w, D)."""
         dev = grid.device
         area = torch.empty(B, device=dev).uniform_(*self.CPE_SCALE)
         aspect = (w / h) * torch.exp(

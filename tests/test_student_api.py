@@ -443,8 +443,13 @@ def test_radio_style_script_runs_with_only_the_repository_changed(student_dir):
     f = spatial[0] - spatial[0].mean(0)
     _, _, v = torch.pca_lowrank(f, q=3)
     assert (f @ v[:, :3]).shape == (spatial.shape[1], 3)
-    with pytest.raises(ValueError, match="vitdet_window_size=8 is not supported"):
-        torch.hub.load(REPO, "radio_model", version=version, vitdet_window_size=8, source="local")
+    windowed = torch.hub.load(REPO, "radio_model", version=version, vitdet_window_size=2, source="local")
+    assert windowed.window_size == 2 and windowed.min_resolution_step == 2 * model.patch_size  # as RADIO's
+    with pytest.raises(ValueError, match="multiple of min_resolution_step=16.*nearest supported: \\(32, 48\\)"):
+        windowed(torch.rand(1, 3, 40, 48))
+    for bad, words in ((dict(neck_name="encoder"), "has no necks"), (dict(torch_dtype="x"), "unsupported option")):
+        with pytest.raises((ValueError, TypeError), match=words):
+            torch.hub.load(REPO, "radio_model", version=version, source="local", **bad)
     with pytest.raises(ValueError, match="version= names the student to load"):
         torch.hub.load(REPO, "radio_model", source="local")
 
