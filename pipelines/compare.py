@@ -14,6 +14,7 @@ __all__ = [
     "main",
     "compare_runs",
     "compare_links",
+    "model_page",
     "format_table",
     "headline_metrics",
     "save_compare_view",
@@ -158,11 +159,17 @@ def _compact(rows: list[dict], columns: list[str]) -> list[str]:
 
 
 VIEW_KEY = "radio-students"  # the saved view radio writes: experiment tag mlflow.sharedViewState.radio-students
+TABLE_VIEW_KEY = "radio-students-table"  # the same runs as a table, the eval metrics as its columns
 
 
 def headline_metrics(columns: list[str], n: int = 6) -> list[str]:
     """The metrics a comparison opens with: knn, linear, dense, then zero-shot (what the first screen shows)."""
     return [c for c in sorted(columns, key=metric_order) if metric_order(c)[0] <= 1][:n]
+
+
+def table_metrics(columns: list[str]) -> list[str]:
+    """The eval metrics in the table view, headline ones first."""
+    return [c for c in sorted(columns, key=metric_order) if c.startswith("eval/")]
 
 
 def save_compare_view(
@@ -204,6 +211,11 @@ def save_compare_view(
                 "uuid": section,
                 "name": "Students compared: headline eval metrics (radio)",
                 "display": True,
+                # two charts a row keeps each title whole beside MLflow's Assistant panel at 1440 px; a third row
+                # would fall below a 1280 x 720 screen, so five or more charts go three a row; 200 px tall: two
+                # rows on the first screen
+                "columns": 2 if len(charts) <= 4 else 3,
+                "cardHeight": 200,
                 "isReordered": True,
                 "deleted": False,
                 "isGenerated": False,
@@ -214,16 +226,23 @@ def save_compare_view(
         "runListHidden": True,
         "runsHiddenMode": "SHOW_ALL",
     }
-    envelope = {
-        "name": "radio: students compared",
-        "createdAt": int(time.time() * 1000),
-        "updatedAt": int(time.time() * 1000),
-        "state": json.dumps(state),
+    # the table: one row per student, the headline metrics as its first columns (MLflow's compare-runs page
+    # opens on a parallel-coordinates plot of parameters instead, its metrics a screen and a half down)
+    table = {
+        **{k: v for k, v in state.items() if k not in ("compareRunCharts", "compareRunSections")},
+        "runListHidden": False,
+        "selectedColumns": [f"metrics.`{m}`" for m in table_metrics(columns)],
+    }
+    now = int(time.time() * 1000)
+    views = {
+        VIEW_KEY: ("radio: students compared", state),
+        TABLE_VIEW_KEY: ("radio: students, every eval metric", table),
     }
     try:
-        MlflowClient(tracking_uri=uri).set_experiment_tag(
-            experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(envelope)
-        )
+        client = MlflowClient(tracking_uri=uri)
+        for key, (name, st) in views.items():
+            envelope = {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(st)}
+            client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(envelope))
     except Exception as e:  # a read-only or unreachable store: the plain compare page still works
         print(
             f"radio compare: could not save the comparison view in {uri} ({type(e).__name__}: "
@@ -235,16 +254,17 @@ def save_compare_view(
 
 
 def ui_command(
-    uri: str, experiment_id: str, run_ids: list[str], port: int = 5000, view: str | None = None
+    uri: str, experiment_id: str, run_ids: list[str], port: int = 5000, view: str | None = None, mode: str = "CHART"
 ) -> tuple[str, str]:
     """The ``mlflow ui`` command for store ``uri`` (loopback only) and the URL of the comparison: the saved
-    ``view`` of the experiment's runs page in chart mode when given, else MLflow's compare-runs page."""
+    ``view`` of the experiment's runs page in ``mode`` (``CHART`` or ``TABLE``) when given, else MLflow's
+    compare-runs page."""
     cmd = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}"
     # workflowType: MLflow 3.17 keeps its GenAI / model-training toggle in the browser's local storage (GenAI for a
     # fresh browser) and ignores the experiment's kind tag; the URL's parameter wins over both
     if view:
         query = urllib.parse.urlencode(
-            {"viewStateShareKey": view, "compareRunsMode": "CHART", "workflowType": "machine_learning"}
+            {"viewStateShareKey": view, "compareRunsMode": mode, "workflowType": "machine_learning"}
         )
         return cmd, f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?{query}"
     query = urllib.parse.urlencode(
@@ -253,15 +273,24 @@ def ui_command(
     return cmd, f"http://127.0.0.1:{port}/#/compare-runs?{query}"
 
 
+def model_page(experiment_id: str, model_id: str, port: int = 5000) -> str:
+    """The page of a logged model in ``mlflow ui`` on loopback, in the model-training view (MLflow 3.17 opens a
+    fresh browser's pages in its GenAI view otherwise)."""
+    query = urllib.parse.urlencode({"workflowType": "machine_learning"})
+    return f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/models/{model_id}?{query}"
+
+
 def compare_links(
     uri: str, experiment_id: str, rows: list[dict], columns: list[str], sort: str = "eval/knn_top1"
 ) -> tuple[str, str, str, str | None]:
-    """``(mlflow ui command, the comparison's URL, MLflow's compare-runs URL, view key)``; saves radio's view first
-    (``columns``: every metric of the runs; the view shows their headline ones)."""
+    """``(mlflow ui command, the comparison's URL, the table's URL, view key)``; saves radio's views first
+    (``columns``: every metric of the runs; the charts show their headline ones, the table all of them, headline
+    first). Without the views (a store that refuses the tag), the table's URL is MLflow's compare-runs page."""
     ids = [r["run_id"] for r in rows]
     view = save_compare_view(uri, experiment_id, columns, len(rows), sort)
     cmd, url = ui_command(uri, experiment_id, ids, view=view)
-    return cmd, url, ui_command(uri, experiment_id, ids)[1], view
+    table = ui_command(uri, experiment_id, ids, view=TABLE_VIEW_KEY if view else None, mode="TABLE")[1]
+    return cmd, url, table, view
 
 
 def main(argv: list[str]) -> int:
@@ -307,7 +336,7 @@ def main(argv: list[str]) -> int:
     print(
         "Open the comparison in MLflow (the headline eval metrics as charts on the first screen, "
         f"sorted by {sort}):\n  {cmd}\n  then browse {url}\n"
-        f"  every parameter and metric in one table: {table_url}"
+        f"  the students as a table, every eval metric a column: {table_url}"
     )
     if ns.screenshot:
         from .screenshot import screenshot_compare

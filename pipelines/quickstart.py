@@ -104,9 +104,9 @@ def _step(title: str):
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:
-    from .compare import compare_links, compare_runs, format_table
+    from .compare import compare_links, compare_runs, format_table, model_page
     from .evaluate import EvalJobConfig, evaluate
-    from .tracking import tracking_uri
+    from .tracking import model_id_of, tracking_uri
     from .train import TrainJobConfig, train
 
     validate(cfg)
@@ -208,8 +208,15 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     print(
         f"\nquickstart finished in {time.perf_counter() - t0:.0f}s. See both students side "
         f"by side in MLflow:\n  {cmd}\n  then open {url}\n"
-        f"  (every parameter and metric in one table: {table_url})"
+        f"  the students as a table, every eval metric a column: {table_url}"
     )
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(MlflowConfig()))
+    for r in rows:  # each student's logged model: its datasets, its eval numbers, how to load it
+        model_id = model_id_of(client.get_run(r["run_id"]).data.tags.get("radio.model_uri"))
+        if model_id:
+            print(f"  {r['run']}'s MLflow model (runs:/{r['run_id']}/model): {model_page(exp_id, model_id)}")
     print(f"Pictures (PCA of features, student vs teachers): {work / 'runs'}/*/student/eval/")
     return {"runs": runs, "caches": caches, "rows": rows}
 

@@ -30,6 +30,16 @@ _PROBE_JS = r"""
 ((texts, together) => {
   const own = (e) => [...e.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent).join('').trim();
   const rect = (e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  // cut by its box (an ellipsis, or overflow hidden): the element or one of its three nearest ancestors is
+  // narrower than its content
+  const clipped = (e) => {
+    for (let b = e, i = 0; b && i < 4; b = b.parentElement, i++) {
+      const st = getComputedStyle(b);
+      const cut = st.overflow !== 'visible' || st.textOverflow === 'ellipsis';
+      if (b.scrollWidth > b.clientWidth + 1 && cut) return true;
+    }
+    return false;
+  };
   const els = [...document.querySelectorAll('body *')];
   const out = {viewport: [window.innerWidth, window.innerHeight], texts: {}};
   for (const t of texts) {
@@ -37,7 +47,7 @@ _PROBE_JS = r"""
       let box = e;
       const holds = (b) => together.every(s => b.innerText && b.innerText.includes(s));
       while (together.length && box.parentElement && !holds(box)) box = box.parentElement;
-      const hit = {rect: rect(e)};
+      const hit = {rect: rect(e), clipped: clipped(e)};
       if (together.length && box !== document.body) { hit.box = rect(box); hit.box_text = box.innerText; }
       return hit;
     });
@@ -113,8 +123,20 @@ class serve_mlflow_ui:
         self.log.close()
 
 
+# MLflow 3.17 opens its Assistant panel (a third of a 1280 px screen) on a browser's first visit to a local server;
+# a user closes it once and the browser remembers. ``open_page(..., close_assistant=True)`` does that click.
+CLOSE_ASSISTANT_JS = "document.querySelector('[data-component-id=\"mlflow.assistant.chat_panel.close\"]')?.click()"
+
+
 async def _drive(
-    ws_url: str, url: str, size: tuple[int, int], texts: list[str], together: list[str], ready, timeout_s: float
+    ws_url: str,
+    url: str,
+    size: tuple[int, int],
+    texts: list[str],
+    together: list[str],
+    ready,
+    timeout_s: float,
+    before_probe: str | None = None,
 ) -> tuple[bytes, dict]:
     import aiohttp
 
@@ -145,6 +167,8 @@ async def _drive(
         expr = _PROBE_JS % (json.dumps(texts), json.dumps(together))
 
         async def probe() -> dict:
+            if before_probe:
+                await call("Runtime.evaluate", expression=before_probe)
             res = await call("Runtime.evaluate", expression=expr, returnByValue=True)
             return res.get("result", {}).get("value") or {}
 
@@ -172,12 +196,14 @@ def open_page(
     together: tuple[str, ...] = (),
     ready=None,
     timeout_s: float = 120.0,
+    close_assistant: bool = False,
 ) -> dict:
     """Open ``url`` in headless Chromium with a ``size`` viewport, wait until ``ready(probe)`` (default: every
     text in ``texts`` is on the page) or ``timeout_s``, save the first screen to ``out_png``, and return the
     probe: ``{"viewport": [w, h], "ready": bool, "texts": {text: [{"rect": [l, t, r, b], "box": [...],
     "box_text": ...}]}}`` (``ready`` False: the page never showed what was asked for; the screenshot is what it
-    showed at ``timeout_s``)."""
+    showed at ``timeout_s``). Each hit says whether its box cuts it (``clipped``: an ellipsis or hidden overflow).
+    ``close_assistant``: close MLflow's Assistant panel first, as a user does once (see ``CLOSE_ASSISTANT_JS``)."""
     chromium = find_chromium()
     if chromium is None:
         raise FileNotFoundError("Chromium is not installed (Debian: apt-get install chromium)")
@@ -221,7 +247,19 @@ def open_page(
             ws_url = next(p["webSocketDebuggerUrl"] for p in pages if p.get("type") == "page")
             try:  # every DevTools call included: a hung renderer cannot hang the caller
                 png, seen = asyncio.run(
-                    asyncio.wait_for(_drive(ws_url, url, size, texts, together, ready, timeout_s), timeout_s + 60)
+                    asyncio.wait_for(
+                        _drive(
+                            ws_url,
+                            url,
+                            size,
+                            texts,
+                            together,
+                            ready,
+                            timeout_s,
+                            CLOSE_ASSISTANT_JS if close_assistant else None,
+                        ),
+                        timeout_s + 60,
+                    )
                 )
             except (asyncio.TimeoutError, TimeoutError):
                 raise RuntimeError(f"chromium did not finish with {url} within {timeout_s + 60:.0f}s") from None

@@ -989,6 +989,7 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
         trainer.read_metrics()  # a diverged tail is never saved as the final checkpoint
         trainer.save_checkpoint()
     student_dir = trainer.export()
+    model_id = None
     if acc.is_main_process:
         fig = out / "loss_curve.png"
         if _loss_figure(trainer.history, fig):
@@ -1016,8 +1017,14 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
         if monitor:
             monitor.finish()
         tracker.end()
+    page = None
+    if model_id and getattr(tracker, "experiment_id", None):
+        from .compare import model_page
+
+        page = model_page(tracker.experiment_id, model_id)
     return {
         "run_id": tracker.run_id,
+        "model_page": page,
         "output": str(out),
         "student": str(student_dir),
         "step": trainer.state.step,
@@ -1104,4 +1111,6 @@ def main(argv: list[str]) -> int:
     if result["main"]:  # one line per training, not one per process
         run = f"; mlflow run {result['run_id']}" if result["run_id"] else ""
         print(f"trained {result['step']} steps; student exported to {result['student']}{run}")
+        if result.get("model_page"):
+            print(f"its MLflow model: runs:/{result['run_id']}/model; page (with `mlflow ui`): {result['model_page']}")
     return 0

@@ -210,7 +210,8 @@ def test_compare_lists_runs_sorted(caches, students, capsys, monkeypatch):
     assert main(["compare", "--experiment", EXP, "--sort", "knn_top1"]) == 0  # the short form too
     assert main(["compare", "--experiment", EXP, "--sort", header[-1]]) == 0
     capsys.readouterr()
-    assert "trained" in out and "mlflow ui --backend-store-uri" in out and "127.0.0.1" in out and "compare-runs" in out
+    assert "trained" in out and "mlflow ui --backend-store-uri" in out and "127.0.0.1" in out
+    assert "viewStateShareKey=radio-students-table&compareRunsMode=TABLE" in out  # the table, not compare-runs
     assert "workflowType=machine_learning" in out  # the model-training view, whatever a browser's local storage says
     assert main(["compare", "--experiment", "no-such-experiment"]) == 2
     # the table fits the terminal: at 80 and 120 columns every line of it does, with each run's headline numbers
@@ -287,59 +288,96 @@ def test_quickstart_end_to_end_reduced(quickstart, capsys):
     find_chromium() is None and not os.environ.get("RADIO_REQUIRE_CHROMIUM"),
     reason="Chromium is not installed (apt-get install chromium); .ci/run installs it",
 )
-def test_the_printed_link_opens_on_both_students_eval_metrics(quickstart, tmp_path):
-    """Follow the link the quickstart printed in a fresh headless Chromium (no local storage) at 1440 x 900:
-    the first screen, without scrolling, holds a chart per headline eval metric, each naming both students and
-    showing both values (what `mlflow ui` renders, read from the page's own layout)."""
+def test_every_printed_link_opens_on_what_a_user_came_for(quickstart, tmp_path):
+    """Follow every link the quickstart printed (the comparison's charts, the students' table, each student's
+    model page) in headless Chromium at 1440 x 900 (a fresh profile: MLflow opens its Assistant panel beside the
+    page) and at 1280 x 720 (the Assistant closed, as a user closes it once), reading what `mlflow ui` renders:
+    - the charts: every headline eval metric's chart on the first screen, its title whole (not cut by its box),
+      naming both students with their values;
+    - the table: both students, and eval metric columns, on the first screen;
+    - a model page: its datasets (the training cache among them), its eval numbers, its run."""
     import re
+
+    from mlflow.tracking import MlflowClient
 
     from pipelines.compare import headline_metrics
     from pipelines.screenshot import open_page, serve_mlflow_ui
 
-    link = re.search(r"then open (http://127\.0\.0\.1:5000/\S+)", quickstart["stdout"]).group(1)
-    assert "viewStateShareKey=" in link and "workflowType=machine_learning" in link and "compareRunsMode=CHART" in link
+    out = quickstart["stdout"]
+    link = re.search(r"then open (http://127\.0\.0\.1:5000/\S+)", out).group(1)
+    table = re.search(r"every eval metric a column: (http://127\.0\.0\.1:5000/\S+)", out).group(1)
+    models = re.findall(r"'s MLflow model \(runs:/\w+/model\): (http://127\.0\.0\.1:5000/\S+)", out)
+    assert "viewStateShareKey=" in link and "compareRunsMode=CHART" in link and "compareRunsMode=TABLE" in table
+    assert all("workflowType=machine_learning" in u for u in (link, table, *models)), out
     rows, columns, _ = compare_runs("test-quickstart")
-    names, metrics = [r["run"] for r in rows], headline_metrics(columns)[:3]
-    assert metrics == ["eval/knn_top1", "eval/linear_top1", "eval/dense_miou"]
-    from mlflow.tracking import MlflowClient
-
+    names, metrics = [r["run"] for r in rows], headline_metrics(columns)
+    assert metrics == ["eval/knn_top1", "eval/linear_top1", "eval/dense_miou", "eval/tiny-clip/zeroshot_top1"]
+    assert len(models) == len(rows) == 2
     client = MlflowClient()
-    run = client.get_run(rows[0]["run_id"])
-    model_id = run.data.tags["radio.model_uri"].split("/")[-1]
-    train_ds = next(m.dataset_name for m in client.get_logged_model(model_id).metrics if m.key == "train/final_loss")
+    datasets = {}
+    for r in rows:
+        model_id = client.get_run(r["run_id"]).data.tags["radio.model_uri"].split("/")[-1]
+        assert any(model_id in u for u in models)
+        datasets[r["run"]] = next(
+            m.dataset_name for m in client.get_logged_model(model_id).metrics if m.key == "train/final_loss"
+        )
     with serve_mlflow_ui(os.environ["MLFLOW_TRACKING_URI"]) as port:
-        seen = open_page(
-            link.replace(":5000/", f":{port}/"),
-            tmp_path / "first-screen.png",
-            size=(1440, 900),
-            texts=(*metrics, *names),
-            together=tuple(names),
-        )
-        # the student's model page: its training cache among the datasets, its eval numbers as the description
-        model_page = f"http://127.0.0.1:{port}/#/experiments/{run.info.experiment_id}/models/{model_id}?workflowType=machine_learning"
-        mp = open_page(
-            model_page,
-            tmp_path / "model-page.png",
-            size=(1440, 900),
-            texts=("Datasets used", "eval/knn_top1", rows[0]["run"]),
-            together=(train_ds,),
-        )
-    w, h = seen["viewport"]
-    assert (w, h) == (1440, 900)
-    inside = lambda r: r[0] >= 0 and r[1] >= 0 and r[2] <= w and r[3] <= h and r[2] > r[0] and r[3] > r[1]  # noqa: E731
-    for m in metrics:
-        cards = [hit for hit in seen["texts"].get(m, []) if "box" in hit and inside(hit["rect"]) and inside(hit["box"])]
-        assert cards, f"no chart of {m} on the first screen: {seen['texts'].get(m)}"
-        text = cards[0]["box_text"].split("\n")
-        for r in rows:
-            assert r["run"] in text and f"{r[m]:.2f}" in text, (m, r["run"], r[m], text)
-    on_screen = lambda t: [h["rect"] for h in mp["texts"].get(t, []) if inside(h["rect"])]  # noqa: E731
-    assert on_screen("Datasets used") and on_screen("eval/knn_top1") and on_screen(rows[0]["run"]), mp["texts"]
-    assert train_ds.startswith("radio-cache-") and any(
-        train_ds in h.get("box_text", "") and inside(h["box"]) for h in mp["texts"]["Datasets used"]
-    ), mp["texts"]["Datasets used"]
-    # the GenAI view would show traces and token usage instead; the screenshot is kept for the README's description
-    assert (tmp_path / "first-screen.png").stat().st_size > 10_000
+        here = lambda u: u.replace(":5000/", f":{port}/")  # noqa: E731
+        for (w, h), closed in (((1440, 900), False), ((1280, 720), True)):
+            inside = lambda r: r[0] >= 0 and r[1] >= 0 and r[2] <= w and r[3] <= h and r[2] > r[0]  # noqa: B023, E731
+            seen = open_page(
+                here(link),
+                tmp_path / f"charts-{w}.png",
+                size=(w, h),
+                texts=(*metrics, *names),
+                together=tuple(names),
+                close_assistant=closed,
+            )
+            assert seen["ready"] and seen["viewport"] == [w, h]
+            for m in metrics:
+                titles = [t for t in seen["texts"].get(m, []) if "box" in t and inside(t["rect"])]
+                assert titles, f"{w}x{h}: no chart of {m} on the first screen: {seen['texts'].get(m)}"
+                assert not titles[0]["clipped"], f"{w}x{h}: the title {m} is cut by its box"
+                assert titles[0]["box"][1] < h
+                text = titles[0]["box_text"].split("\n")
+                for r in rows:
+                    assert r["run"] in text and f"{r[m]:.2f}" in text, (w, m, r["run"], r[m], text)
+            tab = open_page(
+                here(table),
+                tmp_path / f"table-{w}.png",
+                size=(w, h),
+                texts=tuple(names),
+                close_assistant=closed,
+                ready=lambda p: all(p["texts"].get(n) for n in names),
+            )
+            assert all(any(inside(t["rect"]) for t in tab["texts"][n]) for n in names), tab["texts"]
+            heads = open_page(
+                here(table),
+                tmp_path / f"table-heads-{w}.png",
+                size=(w, h),
+                texts=tuple(metrics),
+                close_assistant=closed,
+                ready=lambda p: any(p["texts"].get(m) for m in metrics),
+            )
+            assert any(inside(t["rect"]) for m in metrics for t in heads["texts"].get(m, [])), heads["texts"]
+            for u in models:
+                run = next(
+                    r for r in rows if client.get_run(r["run_id"]).data.tags["radio.model_uri"].split("/")[-1] in u
+                )
+                mp = open_page(
+                    here(u),
+                    tmp_path / f"model-{run['run']}-{w}.png",
+                    size=(w, h),
+                    texts=("Datasets used", "eval/knn_top1", run["run"]),
+                    together=(datasets[run["run"]],),
+                    close_assistant=closed,
+                )
+                on_screen = lambda t: [x for x in mp["texts"].get(t, []) if inside(x["rect"])]  # noqa: B023, E731
+                assert on_screen("Datasets used") and on_screen("eval/knn_top1") and on_screen(run["run"]), mp["texts"]
+                assert datasets[run["run"]].startswith("radio-cache-") and any(
+                    datasets[run["run"]] in x.get("box_text", "") for x in mp["texts"]["Datasets used"]
+                ), mp["texts"]["Datasets used"]
+    assert (tmp_path / "charts-1440.png").stat().st_size > 10_000
 
 
 def test_picture_names_are_safe_and_bounded():
@@ -414,7 +452,7 @@ def test_compare_view_is_saved_and_a_refusing_store_falls_back_to_the_compare_pa
 
     from mlflow.tracking import MlflowClient
 
-    from pipelines.compare import VIEW_KEY, compare_links, headline_metrics
+    from pipelines.compare import TABLE_VIEW_KEY, VIEW_KEY, compare_links, headline_metrics
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
     client = MlflowClient(uri)
@@ -437,13 +475,22 @@ def test_compare_view_is_saved_and_a_refusing_store_falls_back_to_the_compare_pa
     cmd, url, table, view = compare_links(uri, exp_id, rows, cols)
     runs_page = f"#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}"
     assert view == VIEW_KEY and f"{runs_page}&compareRunsMode=CHART&workflowType=machine_learning" in url
-    assert "#/compare-runs?" in table and "127.0.0.1" in cmd
+    assert f"viewStateShareKey={TABLE_VIEW_KEY}&compareRunsMode=TABLE&workflowType=machine_learning" in table
+    assert "127.0.0.1" in cmd
+    tabled = json.loads(
+        json.loads(client.get_experiment(exp_id).tags[f"mlflow.sharedViewState.{TABLE_VIEW_KEY}"])["state"]
+    )
+    assert tabled["runListHidden"] is False and tabled["selectedColumns"][:4] == [
+        f"metrics.`{m}`" for m in headline_metrics(cols)
+    ]  # every eval metric a column, headline ones first
+    assert len(tabled["selectedColumns"]) == len(cols) and tabled["searchFilter"] == "tags.`radio.kind` = 'student'"
     envelope = json.loads(client.get_experiment(exp_id).tags[f"mlflow.sharedViewState.{VIEW_KEY}"])
     state = json.loads(envelope["state"])  # what MLflow 3.17's runs page reads: search facets and chart layout
     assert envelope["name"] and isinstance(envelope["createdAt"], int)
     assert [c["metricKey"] for c in state["compareRunCharts"]] == headline_metrics(cols)
     assert {c["metricSectionId"] for c in state["compareRunCharts"]} == {state["compareRunSections"][0]["uuid"]}
     assert state["searchFilter"] == "tags.`radio.kind` = 'student'" and state["runListHidden"] is True
+    assert state["compareRunSections"][0]["columns"] == 2  # four headline charts: two a row, whole titles
     # a store that refuses the tag: one line, and the link is MLflow's compare page
     monkeypatch.setattr(
         MlflowClient, "set_experiment_tag", lambda *a, **k: (_ for _ in ()).throw(PermissionError("read-only store"))
