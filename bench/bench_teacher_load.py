@@ -81,7 +81,7 @@ def measure(name: str, src: str, dtype: str, legacy: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description="Peak host memory of loading a large teacher, against its weights' bytes.")
     ap.add_argument("--teacher", default="dinov3-vit7b16")
     ap.add_argument("--depth", type=int, default=4, help="blocks (the real width and heads are kept)")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])

@@ -200,15 +200,21 @@ def _weight_files(src: str, revision: str | None) -> list[Path]:
         if index.is_file():
             return [local / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
         return [local / "model.safetensors"]
-    from transformers.utils import cached_file
+    from transformers.utils.hub import cached_file
+
+    def hub_file(name: str) -> Path:
+        path = cached_file(src, name, revision=revision)
+        if path is None:
+            raise TeacherLoadError(f"{src}: {name} is not in the hub cache")
+        return Path(path)
 
     index = cached_file(
         src, "model.safetensors.index.json", revision=revision, _raise_exceptions_for_missing_entries=False
     )
     if index is None:
-        return [Path(cached_file(src, "model.safetensors", revision=revision))]
+        return [hub_file("model.safetensors")]
     names = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
-    return [Path(cached_file(src, f, revision=revision)) for f in names]
+    return [hub_file(f) for f in names]
 
 
 def _file_sha256(path: Path) -> str:
