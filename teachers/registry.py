@@ -19,7 +19,7 @@ import torch
 from .families import FAMILIES, model_type_of, to_grid
 from .preprocess import PIL_CODES, input_size, pil_resize, torchvision_resize
 from .spec import TeacherOutput, TeacherSpec
-from .tiny import materialize_tiny
+from .tiny import materialize_tiny, radio_home
 
 __all__ = [
     "RegistryEntry",
@@ -62,8 +62,8 @@ class RegistryEntry:
         return self.source.startswith("tiny:")
 
 
-def _e(name, family, source, size, sdim, fdim, grid):
-    return RegistryEntry(name, family, source, (size, size), sdim, fdim, (grid, grid))
+def _e(name, family, source, size, sdim, fdim, grid, dtype="fp32"):
+    return RegistryEntry(name, family, source, (size, size), sdim, fdim, (grid, grid), dtype=dtype)
 
 
 REGISTRY: dict[str, RegistryEntry] = {
@@ -88,9 +88,13 @@ REGISTRY: dict[str, RegistryEntry] = {
             "siglip2-b16-224", "siglip", "google/siglip2-base-patch16-224", 224, 768, 768, 14
         ),  # fixed-resolution SigLIP2: SigLIP's architecture
         _e("siglip2-so400m-p14-384", "siglip", "google/siglip2-so400m-patch14-384", 384, 1152, 1152, 27),
+        _e("siglip2-g-opt-p16-384", "siglip", "google/siglip2-giant-opt-patch16-384", 384, 1536, 1536, 24),
         _e("dinov3-vits16", "dinov3", "facebook/dinov3-vits16-pretrain-lvd1689m", 224, 384, 384, 14),
         _e("dinov3-vitb16", "dinov3", "facebook/dinov3-vitb16-pretrain-lvd1689m", 224, 768, 768, 14),
         _e("dinov3-vitl16", "dinov3", "facebook/dinov3-vitl16-pretrain-lvd1689m", 224, 1024, 1024, 14),
+        _e("dinov3-vith16plus", "dinov3", "facebook/dinov3-vith16plus-pretrain-lvd1689m", 224, 1280, 1280, 14),
+        # 6.7 B parameters: 13.4 GB in bf16, its compute dtype by default (27 GB in fp32)
+        _e("dinov3-vit7b16", "dinov3", "facebook/dinov3-vit7b16-pretrain-lvd1689m", 224, 4096, 4096, 14, "bf16"),
         _e("sam2.1-hiera-b+", "sam2", "facebook/sam2.1-hiera-base-plus", 1024, None, 256, 64),
         _e("sam2.1-hiera-l", "sam2", "facebook/sam2.1-hiera-large", 1024, None, 256, 64),
         _e("sam3", "sam3", "facebook/sam3", 1008, None, 256, 72),
@@ -187,17 +191,65 @@ def _check_local_dir(path: Path, family: str):
         )
 
 
-def _weights_sha256(model: torch.nn.Module) -> str:
-    """Hash of the loaded weights: sorted names, dtypes, shapes and bytes (as loaded, before any cast).
+def _weight_files(src: str, revision: str | None) -> list[Path]:
+    """The checkpoint's safetensors files: the shards its index lists, or its one model.safetensors. A hub id's are
+    in the local hub cache, where loading it has just put them."""
+    local = Path(src)
+    if local.is_dir():
+        index = local / "model.safetensors.index.json"
+        if index.is_file():
+            return [local / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        return [local / "model.safetensors"]
+    from transformers.utils.hub import cached_file
 
-    Hashing the tensors rather than files makes the hash independent of sharding and file layout.
-    """
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    def hub_file(name: str) -> Path:
+        path = cached_file(src, name, revision=revision)
+        if path is None:
+            raise TeacherLoadError(f"{src}: {name} is not in the hub cache")
+        return Path(path)
+
+    index = cached_file(
+        src, "model.safetensors.index.json", revision=revision, _raise_exceptions_for_missing_entries=False
+    )
+    if index is None:
+        return [hub_file("model.safetensors")]
+    names = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
+    return [hub_file(f) for f in names]
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of one weights file. In the hub cache an LFS file is stored as ``blobs/<its sha256>``, the hash the hub
+    records for it: nothing is read. Otherwise the file is streamed (16 MiB at a time, nothing kept) and the result
+    memoized under RADIO_HOME by path, size, inode and modification time, the identity ``source_key`` trusts too."""
+    real = path.resolve()
+    if real.parent.name == "blobs" and len(real.name) == 64 and all(c in "0123456789abcdef" for c in real.name):
+        return real.name
+    st = real.stat()
+    key = hashlib.sha256(f"{real}|{st.st_size}|{st.st_ino}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    memo = radio_home() / "sha256" / key
+    if memo.is_file():
+        return memo.read_text().strip()
+    h, buf = hashlib.sha256(), bytearray(16 << 20)
+    view = memoryview(buf)
+    with open(real, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])  # hashlib releases the GIL: this runs beside the load
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(f".{key}.{os.getpid()}")
+    tmp.write_text(h.hexdigest())
+    os.replace(tmp, memo)
     return h.hexdigest()
+
+
+def _weights_sha256(files: list[Path]) -> str:
+    """The weights' identity: sha256 over the checkpoint's safetensors files (each file's name and sha256).
+
+    The files, not the loaded tensors: a teacher loaded in bf16 from an fp32 checkpoint has the same weights hash as
+    in fp32 (its dtype is a field of its own), and hashing never needs a pass over the loaded weights. The same files
+    in another directory give the same hash; the same tensors sharded otherwise give another one (their targets are
+    recomputed, never wrongly reused).
+    """
+    return hashlib.sha256(json.dumps([[f.name, _file_sha256(f)] for f in files]).encode()).hexdigest()
 
 
 def _size(d, key):
@@ -434,10 +486,21 @@ def create_teacher(
     if local.exists() or src.startswith(("/", ".", "~")):
         _check_local_dir(local, entry.family)
         src = str(local.resolve())
+    # The weights load straight into the compute dtype (transformers casts shard by shard; a bf16 checkpoint loaded in
+    # bf16 is not copied at all), never through an fp32 copy: a 7B teacher is 13.4 GB in bf16, 27 GB in fp32.
+    # A local checkpoint's files are hashed beside the load (disk read once, the hash rides the page cache).
+    hashing = None
+    if Path(src).is_dir():
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1)
+        hashing = pool.submit(_weights_sha256, _weight_files(src, revision))
+        pool.shutdown(wait=False)
     try:
         with _quiet_transformers():
-            model = family.load(src, revision, torch.float32)
+            model = family.load(src, revision, _DTYPES[dtype])
             processor = _processor(src, revision, family)
+            weights = hashing.result() if hashing is not None else _weights_sha256(_weight_files(src, revision))
     except TeacherLoadError:
         raise
     except (OSError, ValueError, RuntimeError) as e:
@@ -448,7 +511,7 @@ def create_teacher(
             f"{type(e).__name__}: {str(e).splitlines()[0]}. Pass a local directory "
             f"with teachers.{name}.source=/path/to/checkpoint"
         ) from None
-    weights = _weights_sha256(model)
+    # A no-op on the host for tensors already in the dtype; casts what transformers keeps in fp32 (as before).
     model = model.to(device=device, dtype=_DTYPES[dtype]).eval().requires_grad_(False)
     spec = _spec_from(entry, src, revision, dtype, processor, model, family, weights)
     if compile:

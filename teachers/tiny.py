@@ -14,7 +14,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TINY_BUILDERS", "REAL_ARCHITECTURES", "radio_home", "materialize_tiny", "save_random_teacher"]
+__all__ = [
+    "TINY_BUILDERS",
+    "REAL_ARCHITECTURES",
+    "radio_home",
+    "materialize_tiny",
+    "save_random_teacher",
+    "save_tiny_sam3_whole",
+]
 
 _TEXT = dict(
     vocab_size=99,
@@ -303,20 +310,46 @@ def _sam3_vision(T, hidden, inter, layers, heads, image, window, global_attn, pr
     )
 
 
-def _tiny_sam3(d: str):
-    """SAM3's vision encoder alone (model_type sam3_vision_model). The published checkpoint is the whole SAM3
-    (detector, tracker, text encoder); the registry takes its vision_encoder, which no test here exercises."""
-    import transformers as T
-
-    _init(T.Sam3VisionModel(_sam3_vision(T, 32, 64, 2, 2, 56, 2, [1], 28, fpn=16))).save_pretrained(d)
+def _sam3_processor(d: str, size: int):
     _write_processor(
         d,
         "Sam3ImageProcessor",
-        size={"height": 56, "width": 56},
+        size={"height": size, "width": size},
         resample=2,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     )
+
+
+def _tiny_sam3(d: str):
+    """SAM3's vision encoder alone (model_type sam3_vision_model). The published checkpoint is the whole SAM3:
+    :func:`save_tiny_sam3_whole` writes that layout."""
+    import transformers as T
+
+    _init(T.Sam3VisionModel(_sam3_vision(T, 32, 64, 2, 2, 56, 2, [1], 28, fpn=16))).save_pretrained(d)
+    _sam3_processor(d, 56)
+
+
+def save_tiny_sam3_whole(d: str, seed: int = 0) -> str:
+    """The whole SAM3 (model_type sam3: vision encoder, CLIP text encoder, geometry encoder, DETR encoder and decoder,
+    mask decoder) at toy sizes, laid out as the published ``facebook/sam3`` checkpoint is: the registry's sam3 family
+    loads ``Sam3Model`` and keeps its ``vision_encoder``. Same vision tower as tiny-sam3. Returns ``d``."""
+    import transformers as T
+
+    small = dict(hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    cfg = T.Sam3Config(
+        vision_config=_sam3_vision(T, 32, 64, 2, 2, 56, 2, [1], 28, fpn=16),
+        text_config=dict(model_type="clip_text_model", projection_dim=16, **_TEXT),
+        geometry_encoder_config=dict(num_layers=1, **small),
+        detr_encoder_config=dict(num_layers=1, **small),
+        detr_decoder_config=dict(num_layers=1, num_queries=4, **small),
+        mask_decoder_config=dict(hidden_size=16, num_attention_heads=2),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _init(T.Sam3Model(cfg)).save_pretrained(d)
+    _sam3_processor(d, 56)
+    return d
 
 
 TINY_BUILDERS = {
@@ -373,8 +406,8 @@ _CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.2613
 
 
 def _clip_arch(hidden, layers, heads, inter, size, patch, proj):
-    def build(T, shrink):
-        h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
+    def build(T, shrink, depth=None):
+        h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, depth or layers, heads, inter)
         cfg = T.CLIPVisionConfig(
             hidden_size=h,
             intermediate_size=i,
@@ -396,8 +429,8 @@ def _clip_arch(hidden, layers, heads, inter, size, patch, proj):
 
 
 def _dinov2_arch(hidden, layers, heads, registers, swiglu=False):
-    def build(T, shrink):
-        h, n, a = (32, 1, 2) if shrink else (hidden, layers, heads)
+    def build(T, shrink, depth=None):
+        h, n, a = (32, 1, 2) if shrink else (hidden, depth or layers, heads)
         kw = dict(
             hidden_size=h,
             num_hidden_layers=n,
@@ -417,8 +450,9 @@ def _dinov2_arch(hidden, layers, heads, registers, swiglu=False):
 
 
 def _sam_arch(hidden, layers, heads, global_attn):
-    def build(T, shrink):
-        h, n, a, g = (32, 1, 2, [0]) if shrink else (hidden, layers, heads, global_attn)
+    def build(T, shrink, depth=None):
+        h, n, a, g = (32, 1, 2, [0]) if shrink else (hidden, depth or layers, heads, global_attn)
+        g = _globals(g, n)
         cfg = T.SamVisionConfig(
             hidden_size=h,
             num_hidden_layers=n,
@@ -439,8 +473,8 @@ def _sam_arch(hidden, layers, heads, global_attn):
 
 
 def _siglip_arch(hidden, layers, heads, inter, size, patch):
-    def build(T, shrink):
-        h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
+    def build(T, shrink, depth=None):
+        h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, depth or layers, heads, inter)
         cfg = T.SiglipVisionConfig(
             hidden_size=h,
             intermediate_size=i,
@@ -455,8 +489,8 @@ def _siglip_arch(hidden, layers, heads, inter, size, patch):
 
 
 def _siglip2_arch(hidden, layers, heads, inter, size, patch):
-    def build(T, shrink):
-        h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
+    def build(T, shrink, depth=None):
+        h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, depth or layers, heads, inter)
         cfg = T.SiglipVisionConfig(
             hidden_size=h,
             intermediate_size=i,
@@ -472,6 +506,11 @@ def _siglip2_arch(hidden, layers, heads, inter, size, patch):
     return build
 
 
+def _globals(indexes: list[int], depth: int) -> list[int]:
+    """Global-attention blocks of a model cut to ``depth`` blocks: those that remain, else the last one."""
+    return [i for i in indexes if i < depth] or [depth - 1]
+
+
 class _JsonProcessor:
     """Stands in for a torchvision-only processor class when writing its config."""
 
@@ -482,9 +521,13 @@ class _JsonProcessor:
         _write_processor(d, self.cls, **self.facts)
 
 
-def _dinov3_arch(hidden, layers, heads, inter, gated=False):
-    def build(T, shrink):
-        h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, layers, heads, inter)
+def _dinov3_arch(hidden, layers, heads, inter, gated=False, qv_bias=True):
+    """DINOv3's ViTs as transformers ports them. ViT-H+ and ViT-7B have a SwiGLU FFN (``use_gated_mlp``; its width is
+    DINOv3's ``int(ffn_ratio * dim * 2 / 3)`` rounded up to the alignment: 5120 and 8192); ViT-7B has no query or value
+    bias (``qkv_bias=False`` in dinov3/hub/backbones.py; the key bias is masked to zero in every size)."""
+
+    def build(T, shrink, depth=None):
+        h, n, a, i = (32, 1, 2, 64) if shrink else (hidden, depth or layers, heads, inter)
         cfg = T.DINOv3ViTConfig(
             hidden_size=h,
             intermediate_size=i,
@@ -494,6 +537,8 @@ def _dinov3_arch(hidden, layers, heads, inter, gated=False):
             patch_size=16,
             num_register_tokens=4,
             use_gated_mlp=gated,
+            query_bias=qv_bias,
+            value_bias=qv_bias,
             layerscale_value=1.0,
         )
         return T.DINOv3ViTModel(cfg), _JsonProcessor(
@@ -504,7 +549,7 @@ def _dinov3_arch(hidden, layers, heads, inter, gated=False):
 
 
 def _sam2_arch(hidden, blocks, heads, windows, global_blocks, background):
-    def build(T, shrink):
+    def build(T, shrink, depth=None):  # Hiera's stages keep their depth
         if shrink:
             vision = _sam2_vision(T, 16, [1, 1, 2, 1], [1, 1, 2, 2], [8, 4, 14, 7], [3], background, fpn=16)
         else:
@@ -517,11 +562,11 @@ def _sam2_arch(hidden, blocks, heads, windows, global_blocks, background):
 
 
 def _sam3_arch():
-    def build(T, shrink):
+    def build(T, shrink, depth=None):
         vision = (
             _sam3_vision(T, 32, 64, 1, 2, 1008, 24, [0], 336, fpn=16)
             if shrink
-            else _sam3_vision(T, 1024, 4736, 32, 16, 1008, 24, [7, 15, 23, 31], 336)
+            else _sam3_vision(T, 1024, 4736, depth or 32, 16, 1008, 24, _globals([7, 15, 23, 31], depth or 32), 336)
         )
         return T.Sam3VisionModel(vision), _JsonProcessor(
             "Sam3ImageProcessor",
@@ -549,21 +594,36 @@ REAL_ARCHITECTURES = {
     "siglip-b16-224": _siglip_arch(768, 12, 12, 3072, 224, 16),
     "siglip2-b16-224": _siglip2_arch(768, 12, 12, 3072, 224, 16),
     "siglip2-so400m-p14-384": _siglip2_arch(1152, 27, 16, 4304, 384, 14),
+    # giant-opt: the g/16 vision tower (width 1536, depth 40, 16 heads, MLP 4x), SigLIP's architecture as the others
+    "siglip2-g-opt-p16-384": _siglip2_arch(1536, 40, 16, 6144, 384, 16),
     "dinov3-vits16": _dinov3_arch(384, 12, 6, 1536),
     "dinov3-vitb16": _dinov3_arch(768, 12, 12, 3072),
     "dinov3-vitl16": _dinov3_arch(1024, 24, 16, 4096),
+    "dinov3-vith16plus": _dinov3_arch(1280, 32, 20, 5120, gated=True),
+    "dinov3-vit7b16": _dinov3_arch(4096, 40, 32, 8192, gated=True, qv_bias=False),
     "sam2.1-hiera-b+": _sam2_arch(112, [2, 3, 16, 3], [2, 4, 8, 16], [8, 4, 14, 7], [12, 16, 20], [14, 14]),
     "sam2.1-hiera-l": _sam2_arch(144, [2, 6, 36, 4], [2, 4, 8, 16], [8, 4, 16, 8], [23, 33, 43], [7, 7]),
     "sam3": _sam3_arch(),
 }
 
 
-def save_random_teacher(name: str, path: str, *, shrink: bool = False, seed: int = 0) -> str:
+def save_random_teacher(
+    name: str,
+    path: str,
+    *,
+    shrink: bool = False,
+    seed: int = 0,
+    depth: int | None = None,
+    dtype: str = "fp32",
+    max_shard_size: str | None = None,
+) -> str:
     """Write registry teacher ``name``'s architecture with random weights and its real processor config.
 
     ``shrink``: one narrow layer instead of the real depth and width, keeping the real input size, patch
-    size and preprocessing (for fast tests of everything but the dims). Returns ``path``, a directory
-    loadable with ``create_teacher(name, source=path)``.
+    size and preprocessing (for fast tests of everything but the dims). ``depth``: the real width and heads with
+    this many blocks (a 7B teacher's layer shapes at a size this machine holds). ``dtype``: the dtype the weights are
+    stored in (fp32, bf16, fp16); ``max_shard_size``: shard the safetensors as ``save_pretrained`` does (e.g.
+    ``"200MB"``). Returns ``path``, a directory loadable with ``create_teacher(name, source=path)``.
     """
     import transformers as T
 
@@ -571,12 +631,14 @@ def save_random_teacher(name: str, path: str, *, shrink: bool = False, seed: int
         raise KeyError(f"no real architecture recorded for {name!r}; known: {sorted(REAL_ARCHITECTURES)}")
     from transformers.utils import logging as hf_logging
 
+    store = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     hf_logging.disable_progress_bar()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model, proc = REAL_ARCHITECTURES[name](T, shrink)
-            _init(model).save_pretrained(path)
+            model, proc = REAL_ARCHITECTURES[name](T, shrink, depth)
+            kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+            _init(model).to(store).save_pretrained(path, **kw)
         proc.save_pretrained(path)
     finally:
         hf_logging.enable_progress_bar()

@@ -107,8 +107,13 @@ def test_shipped_configs_resolve():
 
     files = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
     assert files, "configs/ should ship example configs"
+    from teachers import REGISTRY
+
     for f in files:
         assert main(["config", "show", str(f)]) == 0
+        d = yaml.safe_load(f.read_text())
+        named = d.get("teachers") or []
+        assert set(named) <= set(REGISTRY), (f.name, sorted(set(named) - set(REGISTRY)))
 
 
 def test_cli_config_show_errors(capsys):

@@ -472,3 +472,117 @@ def test_cli_teachers_table(capsys):
     assert main(["teachers", "--fingerprints"]) == 0
     out = capsys.readouterr().out
     assert create_teacher("tiny-sam").spec.fingerprint in out and "not loadable" in out
+
+
+def test_real_architectures_have_the_registry_dims():
+    """Every real registry entry's recorded architecture, at full size (on the meta device: no memory), gives the
+    registry's nominal summary/feature dims and grid."""
+    import transformers as T
+
+    from teachers.families import FAMILIES
+    from teachers.tiny import REAL_ARCHITECTURES
+
+    assert set(REAL_ARCHITECTURES) == set(REAL)
+    for name in REAL:
+        e = REGISTRY[name]
+        with torch.device("meta"):
+            model, _ = REAL_ARCHITECTURES[name](T, False)
+        fam = FAMILIES[e.family]
+        assert fam.dims(model.config) == (e.summary_dim, e.feature_dim), name
+        assert e.input_size[0] // int(fam.stride(model.config)) == e.feature_grid[0], name
+
+
+LARGE = ["siglip2-g-opt-p16-384", "dinov3-vith16plus", "dinov3-vit7b16"]
+
+
+@pytest.mark.parametrize("name", LARGE)
+def test_large_teachers_equal_transformers_own_model(real_dirs, name):
+    """The new large entries' architectures (SwiGLU FFN; ViT-7B without query/value biases), narrowed, loaded by
+    create_teacher give what transformers' own model class (AutoModel) gives on the same pixels."""
+    from transformers import AutoModel
+
+    t = create_teacher(name, source=real_dirs[name], dtype="fp32")  # the 7B's registry default is bf16
+    cfg = t.model.config
+    if name.startswith("dinov3"):
+        assert cfg.use_gated_mlp and cfg.query_bias == cfg.value_bias == (name != "dinov3-vit7b16")
+    imgs = [_img(70, 70, 1), _img(64, 64, 2)]
+    out = t(imgs)
+    ref_model = AutoModel.from_pretrained(real_dirs[name]).eval()
+    px = torch.stack(t.preprocess(imgs)[0])
+    with torch.no_grad():
+        ref = ref_model(pixel_values=px)
+    n_skip = 1 + (getattr(cfg, "num_register_tokens", 0) or 0) if name.startswith("dinov3") else 0
+    torch.testing.assert_close(out.summary_BD, ref.pooler_output, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.features_BHWC.flatten(1, 2), ref.last_hidden_state[:, n_skip:], rtol=0, atol=1e-6)
+
+
+def test_bf16_teacher_loaded_in_dtype_equals_fp32_load_then_cast():
+    """Loading straight into bf16 (no fp32 copy) gives bitwise the numbers of the old path: the fp32 model cast."""
+    from teachers.families import FAMILIES
+
+    imgs = [_img(40, 40, 1), _img(40, 40, 2)]
+    for name in TINY:
+        t = create_teacher(name, dtype="bf16")
+        assert {p.dtype for p in t.model.parameters()} == {torch.bfloat16}, name
+        old = FAMILIES[t.spec.family].load(t.spec.source, None, torch.float32).to(torch.bfloat16).eval()
+        px = torch.stack(t.preprocess(imgs)[0]).to(torch.bfloat16)
+        with torch.inference_mode():
+            a, b = t.family.forward(t.model, px), t.family.forward(old, px)
+        assert torch.equal(a[1], b[1]) and (a[0] is None or torch.equal(a[0], b[0])), name
+
+
+def test_large_teacher_loads_in_dtype_without_an_fp32_copy(tmp_path):
+    """One ViT-7B/16 block at its real width (4096, 32 heads, SwiGLU 8192), stored as bf16 safetensors shards, loads
+    in bf16 in a fresh process with a peak RSS increase under 1.6x the weights' bytes after every weight is read
+    once (an fp32 copy alone would be 2x; the path before this was 3.1x). Not timed."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    from bench_teacher_load import measure
+
+    src = save_random_teacher("dinov3-vit7b16", str(tmp_path / "7b"), depth=1, dtype="bf16", max_shard_size="100MB")
+    assert os.path.isfile(os.path.join(src, "model.safetensors.index.json"))
+    r = measure("dinov3-vit7b16", src, "bf16")
+    assert r["dtypes"] == ["torch.bfloat16"]
+    assert r["weights_bytes"] > 300e6
+    assert r["touched_peak_bytes"] < 1.6 * r["weights_bytes"], r
+
+
+def test_sam3_whole_checkpoint_loads_its_vision_encoder(tmp_path):
+    """The published SAM3 checkpoint is the whole model (model_type sam3): the teacher is its vision_encoder, and
+    gives what transformers' Sam3Model.vision_encoder gives."""
+    from transformers import Sam3Model
+
+    from teachers.tiny import save_tiny_sam3_whole
+
+    src = save_tiny_sam3_whole(str(tmp_path / "sam3"))
+    assert json.load(open(os.path.join(src, "config.json")))["model_type"] == "sam3"
+    t = create_teacher("tiny-sam3", source=src)
+    whole = Sam3Model.from_pretrained(src).eval()
+    img = _img(56, 56, 3)
+    px = torch.stack(t.preprocess([img])[0])
+    with torch.no_grad():
+        levels = whole.vision_encoder(pixel_values=px).fpn_hidden_states
+    ref = levels[list(whole.vision_encoder.config.scale_factors).index(1.0)].permute(0, 2, 3, 1)
+    torch.testing.assert_close(t([img]).features_BHWC, ref, rtol=0, atol=1e-6)
+    assert t.spec.weights_sha256 != create_teacher("tiny-sam3").spec.weights_sha256
+
+
+def test_weights_hash_comes_from_the_files_not_a_second_read(tmp_path, monkeypatch):
+    """A hub-cache file is named by the sha256 the hub records: taken as is, the file is not read. A local file is
+    streamed once and memoized by its identity (path, size, inode, mtime)."""
+    from teachers import registry
+
+    digest = "ab" * 32
+    blob = tmp_path / "blobs" / digest
+    blob.parent.mkdir()
+    blob.write_bytes(b"not the content that hashes to it")
+    link = tmp_path / "snapshots" / "model.safetensors"
+    link.parent.mkdir()
+    link.symlink_to(blob)
+    assert registry._file_sha256(link) == digest
+    local = tmp_path / "local.safetensors"
+    local.write_bytes(b"x" * 1000)
+    import hashlib
+
+    assert registry._file_sha256(local) == hashlib.sha256(b"x" * 1000).hexdigest()
+    monkeypatch.setattr("builtins.open", None)  # a second call must not open the file
+    assert registry._file_sha256(local) == hashlib.sha256(b"x" * 1000).hexdigest()
