@@ -261,6 +261,12 @@ class TeacherWorker:
     def spec(self) -> tuple[dict, dict]:
         return self.teacher.spec.to_dict(), self.layout.to_dict()
 
+    def tensor_sha256(self) -> str:
+        """The loaded weights' hash as radio recorded it before 2026-12-05 (teachers.registry.tensor_sha256)."""
+        from teachers.registry import tensor_sha256
+
+        return tensor_sha256(self.teacher.model)
+
     def run(self, prepared: dict) -> dict:
         import torch
 
@@ -973,6 +979,16 @@ def _start_teachers(
                 for d in describe_differences({**old_spec, "layout": old_layout}, {**spec, "layout": layout})
                 if not d.startswith("fingerprint")
             ]
+            if _same_weights_hashed_before(name, diffs, old_spec, pools[name][0]):
+                print(
+                    f"[radio cache] teacher {name}: this cache fingerprinted its weights by the loaded tensors "
+                    "(before 2026-12-05); the same weights are loaded now, so its targets stand and it keeps that "
+                    "fingerprint (checked by one pass over the weights per run)",
+                    file=sys.stderr,
+                )
+                specs[name] = {**spec, "weights_sha256": old_spec["weights_sha256"], "fingerprint": old_fp}
+                plan.trusted[name] = True
+                continue
             raise CacheMismatch(
                 f"cache {cfg.output} holds teacher {name!r} computed or stored differently "
                 f"(fingerprint {old_fp}, the config gives {spec['fingerprint']}). Differences:\n  "
@@ -981,6 +997,16 @@ def _start_teachers(
             )
         plan.trusted[name] = True  # same weights and layout under a new request key: the targets stand
     return pools, specs, layouts
+
+
+def _same_weights_hashed_before(name: str, diffs: list[str], old_spec: dict, actor) -> bool:
+    """Whether the only difference is the weights hash and the held targets' hash is the tensor hash radio recorded
+    before it hashed checkpoint files, of the weights loaded now (one extra pass over them, for such a cache only)."""
+    import ray
+
+    if any(not d.startswith("weights_sha256") for d in diffs) or not old_spec.get("weights_sha256"):
+        return False
+    return ray.get(actor.tensor_sha256.remote()) == old_spec["weights_sha256"]
 
 
 def _held_identity(plan: CachePlan, teacher: str) -> tuple[str, dict]:

@@ -252,6 +252,18 @@ def _weights_sha256(files: list[Path]) -> str:
     return hashlib.sha256(json.dumps([[f.name, _file_sha256(f)] for f in files]).encode()).hexdigest()
 
 
+def tensor_sha256(model: torch.nn.Module) -> str:
+    """The weights hash radio recorded before 2026-12-05: sorted names, dtypes, shapes and bytes of the loaded
+    tensors. Computed only to recognise a cache written then (its fingerprint hashed the tensors, today's the files):
+    the same weights loaded in the same dtype give the same hash, and that cache's targets stand."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name.removeprefix('_orig_mod.')}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _size(d, key):
     if d is None:
         return None

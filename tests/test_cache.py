@@ -103,6 +103,48 @@ def test_a_fault_in_the_reader_is_not_called_damage(cache_dir, monkeypatch):
         list(reader.iter_unit(0))
 
 
+ROOT = Path(__file__).resolve().parent.parent
+LEGACY_HASHING = "a65a87d^"  # the last commit whose teachers were fingerprinted by their loaded tensors
+
+
+def test_a_cache_fingerprinted_by_tensors_keeps_its_targets(ray_session, tmp_path, capsys):
+    """A cache written before teachers were fingerprinted by their checkpoint files (by radio itself, at the last
+    commit that hashed loaded tensors) resumes with today's code: the same weights are recognised, nothing is
+    recomputed, the cache keeps its fingerprint and stays byte-identical, and its stream reads."""
+    old = tmp_path / "old-radio"
+    old.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", LEGACY_HASHING], cwd=ROOT, capture_output=True, timeout=120, check=False
+    )
+    assert archive.returncode == 0, f"this test needs the repository's history: {archive.stderr.decode()[-500:]}"
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True, timeout=120)
+    out = tmp_path / "c"
+    args = [f"output={out}", *BASE[:-1], "progress=false", "teachers=[tiny-clip]", "mlflow.enabled=false"]
+    env = {**os.environ, "PYTHONPATH": str(old)}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "cache", *args],
+        cwd=old,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    before, fp = _digest(out), load_manifest(CacheLocation(str(out))).teachers["tiny-clip"].fingerprint
+    s = run_cache_job(_cfg(out, "teachers=[tiny-clip]", "mlflow.enabled=false"))
+    assert s.computed == {"views": 0, "tiny-clip": 0}  # a no-op rerun does not even load the teacher
+    # a lost unit: the teacher loads, its fingerprint differs, the tensors are recognised, the unit is recomputed
+    # under the cache's own fingerprint, and the cache ends byte-identical to what the old code wrote
+    for f in ("unit-00003.parquet", "unit-00003.commit"):
+        (out / "teachers" / "tiny-clip" / f).unlink()
+    s = run_cache_job(_cfg(out, "teachers=[tiny-clip]", "mlflow.enabled=false"))
+    assert s.computed == {"views": 0, "tiny-clip": 1}
+    assert "the same weights are loaded now, so its targets stand" in capsys.readouterr().err
+    assert _digest(out) == before and load_manifest(CacheLocation(str(out))).teachers["tiny-clip"].fingerprint == fp
+    assert CacheReader(str(out)).teachers == ["tiny-clip"]
+
+
 def test_shards_readable_by_plain_pyarrow_with_shapes(cache_dir):
     m = load_manifest(CacheLocation(str(cache_dir)))
     entry = m.teachers["tiny-sam"]
