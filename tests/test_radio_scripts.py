@@ -72,7 +72,10 @@ def test_radios_example_loader_and_its_calls_run_as_written(radio_student):
     assert "(1, 16) 2 32 tiny-clip (1, 3, 224, 224) True SigLIP2WrappedTokenizer" in got
 
 
-def test_radio_module_names_reexport_radios_equivalents():
+def test_radio_module_names_reexport_radios_equivalents(radio_student):
+    import radio
+
+    student = radio_student
     from radio.adaptor_base import RadioOutput
     from radio.input_conditioner import InputConditioner, get_default_conditioner
     from radio.model import RadioModel
@@ -87,6 +90,13 @@ def test_radio_module_names_reexport_radios_equivalents():
     )
     torch.testing.assert_close(c(x), want.half())
     assert get_default_conditioner().norm_mean.shape == (3, 1, 1)
+    # RADIO's visualize example checks isinstance(preprocessor, InputConditioner) on what the model hands out
+    model = radio.load_student(student)
+    assert isinstance(model.make_preprocessor_external(), InputConditioner)
+    from radio.utils import barrier, get_rank, get_world_size, rank_gate  # its examples' rank helpers
+
+    assert get_rank() == 0 and get_world_size() == 1 and barrier() is None
+    assert rank_gate(lambda v: v + 1)(1) == 2
     out = RadioOutput(None, torch.zeros(1, 2, 3)).to(torch.float16)
     assert out.summary is None and out.features.dtype == torch.float16
     with pytest.raises(NotImplementedError, match="radio.load_student"):
