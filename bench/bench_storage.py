@@ -61,14 +61,15 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, n in DATASETS.items():
         both = {"float16": 0, "int8": 0}
-        for part, size, per in rows:
+        for part, _size, per in rows:
             tot = {d: sum(b[d] for _, b in per.values()) for d in ("float16", "int8")}
             for d in both:
                 both[d] += tot[d]
             print(f"| {name} | {n:,} | {part} | {n * tot['float16'] / 1e12:.1f} | {n * tot['int8'] / 1e12:.1f} |")
         if len(rows) > 1:
             print(
-                f"| {name} | {n:,} | **all** | **{n * both['float16'] / 1e12:.1f}** | **{n * both['int8'] / 1e12:.1f}** |"
+                f"| {name} | {n:,} | **all** | **{n * both['float16'] / 1e12:.1f}** "
+                f"| **{n * both['int8'] / 1e12:.1f}** |"
             )
 
 
