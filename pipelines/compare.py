@@ -232,6 +232,9 @@ def save_compare_view(
         **{k: v for k, v in state.items() if k not in ("compareRunCharts", "compareRunSections")},
         "runListHidden": False,
         "selectedColumns": [f"metrics.`{m}`" for m in table_metrics(columns)],
+        # in this order (MLflow orders shown columns by name otherwise), each wide enough for its whole name
+        "columnOrder": [f"metrics.`{m}`" for m in table_metrics(columns)],
+        "columnWidths": {f"metrics.`{m}`": 8 * len(m) + 40 for m in table_metrics(columns)},
     }
     now = int(time.time() * 1000)
     views = {

@@ -30,13 +30,18 @@ _PROBE_JS = r"""
 ((texts, together) => {
   const own = (e) => [...e.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent).join('').trim();
   const rect = (e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
-  // cut by its box (an ellipsis, or overflow hidden): the element or one of its three nearest ancestors is
-  // narrower than its content
+  // cut by a box: the text's own extent (a Range over it) passes the edge of the element or of an ancestor that
+  // clips (overflow other than visible, or an ellipsis); a scrolled-away part of a wide table is not a cut title
   const clipped = (e) => {
-    for (let b = e, i = 0; b && i < 4; b = b.parentElement, i++) {
+    const range = document.createRange();
+    range.selectNodeContents(e);
+    const t = range.getBoundingClientRect();
+    for (let b = e; b && b !== document.body; b = b.parentElement) {
       const st = getComputedStyle(b);
-      const cut = st.overflow !== 'visible' || st.textOverflow === 'ellipsis';
-      if (b.scrollWidth > b.clientWidth + 1 && cut) return true;
+      if (st.overflowX !== 'visible' || st.textOverflow === 'ellipsis') {
+        const c = b.getBoundingClientRect();
+        if (t.right > c.right + 1 || t.left < c.left - 1) return true;
+      }
     }
     return false;
   };

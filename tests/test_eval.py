@@ -321,6 +321,17 @@ def test_every_printed_link_opens_on_what_a_user_came_for(quickstart, tmp_path):
         datasets[r["run"]] = next(
             m.dataset_name for m in client.get_logged_model(model_id).metrics if m.key == "train/final_loss"
         )
+
+    def charts_drawn(probe: dict) -> bool:
+        """Every headline chart's card names both students with their values."""
+        return all(
+            any(
+                all(r["run"] in t.get("box_text", "") and f"{r[m]:.2f}" in t.get("box_text", "") for r in rows)
+                for t in probe["texts"].get(m, [])
+            )
+            for m in metrics
+        )
+
     with serve_mlflow_ui(os.environ["MLFLOW_TRACKING_URI"]) as port:
         here = lambda u: u.replace(":5000/", f":{port}/")  # noqa: E731
         for (w, h), closed in (((1440, 900), False), ((1280, 720), True)):
@@ -332,6 +343,7 @@ def test_every_printed_link_opens_on_what_a_user_came_for(quickstart, tmp_path):
                 texts=(*metrics, *names),
                 together=tuple(names),
                 close_assistant=closed,
+                ready=charts_drawn,  # bar labels come after the titles: wait for them (a loaded machine is slow)
             )
             assert seen["ready"] and seen["viewport"] == [w, h]
             for m in metrics:
@@ -351,7 +363,12 @@ def test_every_printed_link_opens_on_what_a_user_came_for(quickstart, tmp_path):
                 ready=lambda p: all(p["texts"].get(n) for n in names) and any(p["texts"].get(m) for m in metrics),
             )
             assert all(any(inside(t["rect"]) for t in tab["texts"][n]) for n in names), tab["texts"]
-            assert any(inside(t["rect"]) for m in metrics for t in tab["texts"].get(m, [])), tab["texts"]
+            # the headline columns first, in radio's order, each header whole (MLflow would sort them by name)
+            heads = {m: [t for t in tab["texts"].get(m, []) if inside(t["rect"])] for m in metrics}
+            assert heads[metrics[0]] and heads[metrics[1]], tab["texts"]
+            # the first two whole; the others may lie under the table's right edge, a sideways scroll away
+            assert all(not t["clipped"] for m in metrics[:2] for t in heads[m]), repr(heads)
+            assert heads[metrics[0]][0]["rect"][0] < heads[metrics[1]][0]["rect"][0]  # knn before linear
             for u in models:
                 run = next(
                     r for r in rows if client.get_run(r["run_id"]).data.tags["radio.model_uri"].split("/")[-1] in u
@@ -475,6 +492,7 @@ def test_compare_view_is_saved_and_a_refusing_store_falls_back_to_the_compare_pa
     assert tabled["runListHidden"] is False and tabled["selectedColumns"][:4] == [
         f"metrics.`{m}`" for m in headline_metrics(cols)
     ]  # every eval metric a column, headline ones first
+    assert tabled["columnOrder"] == tabled["selectedColumns"] and len(tabled["columnWidths"]) == len(cols)
     assert len(tabled["selectedColumns"]) == len(cols) and tabled["searchFilter"] == "tags.`radio.kind` = 'student'"
     envelope = json.loads(client.get_experiment(exp_id).tags[f"mlflow.sharedViewState.{VIEW_KEY}"])
     state = json.loads(envelope["state"])  # what MLflow 3.17's runs page reads: search facets and chart layout
