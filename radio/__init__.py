@@ -24,7 +24,7 @@ def load_student(
     adaptor_names: list[str] | str | None = None,
     revision: str | None = None,
     tracking_uri: str | None = None,
-    vitdet_window_size: int | str | None = "as-trained",
+    vitdet_window_size: int | str | None = "as-trained",  # radio.model.AS_TRAINED (not imported here: torch)
 ) -> RadioModel:
     """A trained student with NVIDIA RADIO's API, in eval mode: ``summary, features = model(x)``.
 

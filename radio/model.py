@@ -134,6 +134,7 @@ class InputConditioner(nn.Module):
 
 
 FEATURE_FMTS = ("NLC", "NCHW")
+AS_TRAINED = "as-trained"  # load_student's vitdet_window_size default: the student's own setting
 NORM_ALPHA_SCHEMES = ("post-alpha", "pre-alpha", "none")
 # RADIO's adaptor names -> the teacher family they denote (C-RADIOv3: clip, siglip2-g, dino_v2, sam; v4: siglip2-g,
 # dino_v3, sam3), so a script written for RADIO selects the same kind of adaptor
@@ -504,7 +505,7 @@ class RadioModel(nn.Module):
         revision: str | None = None,
         adaptor_names: list[str] | str | None = None,
         device: str = "cpu",
-        vitdet_window_size: int | str | None = "as-trained",
+        vitdet_window_size: int | str | None = AS_TRAINED,
     ) -> RadioModel:
         """A student from a directory, a Hugging Face hub id (``org/name``), an MLflow run id or model URI."""
         from .resolve import resolve_student
@@ -622,9 +623,6 @@ class ExportableStudent(nn.Module):
             if "summary" in p:
                 result[f"{t}.summary"] = p["summary"]
         return result
-
-
-AS_TRAINED = "as-trained"  # load_student's vitdet_window_size default: the student's own setting
 
 
 def load_student(

@@ -402,10 +402,6 @@ class ViTStudent(nn.Module):
     def forward_features(self, x_B3HW: torch.Tensor) -> StudentOutput:
         """Normalized float images (B, 3, H, W), H and W multiples of the patch -> StudentOutput."""
         x, hw = self._tokens(x_B3HW)
-        if not self.window_size:
-            for blk in self.blocks:
-                x = blk(x)
-            return self._split(self.norm(x), hw)
         [(_, x)] = deque(self._run(x, hw), maxlen=1)  # the last block's output; the others are not kept
         return self._split(self.norm(x), hw)
 
