@@ -111,6 +111,11 @@ class CacheJobConfig:
     # are stored once, at student_resolution; the trainer derives lower ones. Each teacher's targets are also
     # stored at the grid of each (resolution // target_patch, never finer than the teacher's own grid).
     lower_resolutions: list[int] = field(default_factory=list)
+    # C-RADIOv4's stochastic resolutions: the size sets runs of this cache train at, as the trainer's
+    # resolution.partitions, e.g. [[128,192,224,256,384,432],[512,768,1024,1152]]. Views are stored at the largest
+    # size; each teacher's targets once per partition, at the grid of the partition's largest size, and that one set
+    # serves every size of the partition. Sets student_resolution and lower_resolutions (leave those unset).
+    partitions: list[list[int]] = field(default_factory=list)
     # Targets are stored at target_grid x target_grid (default: student_resolution // target_patch, the
     # grid of a student with that patch size), or "native" (the teacher's own grid); never finer than the
     # teacher's own grid. Per teacher: teachers.<t>.target_grid.
@@ -132,6 +137,36 @@ class CacheJobConfig:
     max_pixels: int = 64_000_000  # larger images are skipped as possible decompression bombs
     progress: bool = True
     mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="radio-cache"))
+
+    def __post_init__(self):
+        if not self.partitions:
+            return
+        parts = sorted((sorted(p) for p in self.partitions), key=lambda p: p[-1] if p else 0)
+        if any(not p or not all(isinstance(r, int) and r >= 1 for r in p) for p in parts):
+            raise ValueError(f"'partitions' must be non-empty lists of sizes in pixels, got {self.partitions}")
+        for a, b in zip(parts[:-1], parts[1:], strict=True):
+            if a[-1] >= b[0]:
+                raise ValueError(
+                    f"'partitions' {self.partitions} interleave ({a} and {b}): each partition's targets are stored at "
+                    "its largest size's grid and serve its sizes, so every size of one partition must lie below every "
+                    "size of the next (e.g. [[128,192,224,256,384,432],[512,768,1024,1152]])"
+                )
+        top, lower = parts[-1][-1], [p[-1] for p in parts[:-1]]
+        if self.lower_resolutions and sorted(self.lower_resolutions) != lower:
+            raise ValueError(
+                f"'lower_resolutions' {self.lower_resolutions} disagrees with 'partitions' {self.partitions}, which "
+                f"set it to {lower} (the largest size of each partition below the top one): leave lower_resolutions "
+                "unset"
+            )
+        if self.student_resolution not in (top, _DEFAULT_STUDENT_RESOLUTION):
+            raise ValueError(
+                f"'student_resolution' {self.student_resolution} disagrees with 'partitions' {self.partitions}, whose "
+                f"largest size ({top}) is where views are stored: leave student_resolution unset"
+            )
+        self.student_resolution, self.lower_resolutions = top, lower
+
+
+_DEFAULT_STUDENT_RESOLUTION = CacheJobConfig.student_resolution
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,6 +529,16 @@ def validate(cfg: CacheJobConfig):
         f"e.g. student_resolution={max(tp, cfg.student_resolution // tp * tp)}",
         also=("target_patch",),
     )
+    for i, part in enumerate(cfg.partitions):
+        for j, r in enumerate(part):
+            require(
+                tp <= r and r % tp == 0,
+                f"partitions[{i}][{j}]",
+                r,
+                f"a multiple of target_patch ({tp}), so the student's grid at it is whole",
+                f"e.g. {max(tp, r // tp * tp)}",
+                also=("target_patch",),
+            )
     for i, r in enumerate(cfg.lower_resolutions):
         require(
             isinstance(r, int) and tp <= r < cfg.student_resolution,

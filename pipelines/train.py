@@ -97,7 +97,9 @@ class TrainJobConfig:
     standardize: Literal["channel", "phis"] = "channel"
     loss: LossConfig = field(default_factory=LossConfig)
     # Multi-resolution distillation: the student resolution of each batch (default: the cache's stored one).
-    # e.g. resolution.mode=cycle resolution.resolutions=[64,128] (every teacher at a low and a high resolution)
+    # e.g. resolution.mode=cycle resolution.resolutions=[64,128] (every teacher at a low and a high resolution), or
+    # C-RADIOv4's stochastic resolutions: resolution.mode=partitions resolution.partitions=[[128,...,432],[512,...]]
+    # (each optimizer step: one batch per partition, at a size drawn from it; see radio.data.ResolutionSchedule)
     resolution: ResolutionSchedule = field(default_factory=ResolutionSchedule)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -170,8 +172,10 @@ class Trainer:
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() else "no"
         # cpu=True without CUDA: under a multi-process launch that selects the gloo backend (MULTI_CPU).
+        # resolution partitions: every optimizer step accumulates one batch of each partition
+        self.accum = cfg.optim.grad_accum * cfg.resolution.period
         self.acc = Accelerator(
-            mixed_precision=mp, gradient_accumulation_steps=cfg.optim.grad_accum, cpu=not torch.cuda.is_available()
+            mixed_precision=mp, gradient_accumulation_steps=self.accum, cpu=not torch.cuda.is_available()
         )
         set_seed(cfg.seed)
         cached = [t for t in cfg.teachers if t not in cfg.online]
@@ -277,7 +281,7 @@ class Trainer:
         self.resolutions = self.stream.schedule.resolutions
         self.loader = make_loader(self.stream, cfg.loader, self.workers)
         self.steps_per_epoch = [
-            math.ceil(self.stream.batches_per_reader(e) * self.stream.num_workers / cfg.optim.grad_accum)
+            math.ceil(self.stream.batches_per_reader(e) * self.stream.num_workers / self.accum)
             for e in range(cfg.epochs)
         ]
         self.total_steps = sum(self.steps_per_epoch)

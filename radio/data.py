@@ -16,7 +16,6 @@ epoch replays the row stream without decoding the skipped rows and continues bit
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -64,13 +63,39 @@ class ResolutionSchedule:
     so resume replays it exactly. Lower resolutions are derived from the stored views in the loader
     (``radio.views.derive_resolution``); each teacher's targets come from the stored grid nearest the student's
     grid at that resolution (``lower_resolutions`` of ``radio cache`` stores them).
+
+    ``partitions``: C-RADIOv4's stochastic resolutions. ``partitions`` lists the size sets, e.g. a low
+    ``[128, 192, 224, 256, 384, 432]`` and a high ``[512, 768, 1024, 1152]``; every optimizer step holds one
+    batch of each partition (batch b of a rank belongs to partition ``b % len(partitions)``, and the trainer
+    accumulates that many batches per step), each at a size drawn uniformly from its partition. A cache built with
+    the same ``partitions`` stores each teacher's targets once per partition, at the grid of its largest size,
+    and that one set serves every size of the partition (area-averaged to the student's grid in the loss).
+    ``resolutions`` is then filled with every size of every partition.
     """
 
-    mode: Literal["fixed", "cycle", "sample"] = "fixed"
+    mode: Literal["fixed", "cycle", "sample", "partitions"] = "fixed"
     resolutions: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+    partitions: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self):
+        if self.mode == "partitions":
+            sizes = sorted(r for part in self.partitions for r in part)
+            if not self.partitions or any(not part for part in self.partitions):
+                raise ValueError(
+                    f"resolution.mode is partitions but resolution.partitions is {self.partitions}: list one or more "
+                    "non-empty size sets, e.g. resolution.partitions=[[128,192,224,256,384,432],[512,768,1024,1152]]"
+                )
+            if self.resolutions and sorted(self.resolutions) != sizes:
+                raise ValueError(
+                    f"resolution.resolutions {self.resolutions} and resolution.partitions {self.partitions} disagree: "
+                    "with mode=partitions leave resolution.resolutions empty (it is filled from the partitions)"
+                )
+            self.resolutions = sizes
+        elif self.partitions:
+            raise ValueError(
+                f"resolution.partitions is set but resolution.mode is {self.mode}: use resolution.mode=partitions"
+            )
         if self.mode == "fixed" and len(self.resolutions) > 1:
             raise ValueError(
                 f"resolution.resolutions lists {self.resolutions} but resolution.mode is fixed: use mode=cycle "
@@ -91,9 +116,21 @@ class ResolutionSchedule:
     def resolved(self, stored: int) -> ResolutionSchedule:
         return self if self.resolutions else ResolutionSchedule("fixed", [stored])
 
+    @property
+    def period(self) -> int:
+        """Batches per optimizer step the schedule needs: one per partition (1 outside mode=partitions)."""
+        return len(self.partitions) if self.mode == "partitions" else 1
+
+    def partition_of(self, batch: int) -> int:
+        """The partition batch ``batch`` of a rank belongs to (mode=partitions)."""
+        return batch % self.period
+
     def resolution(self, seed: int, epoch: int, batch: int) -> int:
         """The resolution of batch ``batch`` (of a rank, counted from the epoch's start) of ``epoch``."""
         rs = self.resolutions
+        if self.mode == "partitions":
+            part = self.partitions[self.partition_of(batch)]
+            return part[int(np.random.default_rng([seed, epoch, batch, 0x9A7]).integers(len(part)))]
         if self.mode == "fixed" or len(rs) == 1:
             return rs[0]
         if self.mode == "cycle":
@@ -109,12 +146,19 @@ def epoch_assignment(units: list[int], seed: int, epoch: int, n_readers: int) ->
 
 
 def batches_per_epoch(
-    rows_per_unit: dict[int, int], units: list[int], seed: int, epoch: int, n_readers: int, batch_size: int
+    rows_per_unit: dict[int, int],
+    units: list[int],
+    seed: int,
+    epoch: int,
+    n_readers: int,
+    batch_size: int,
+    multiple: int = 1,
 ) -> int:
-    """Batches each reader emits in ``epoch``: enough for the fullest reader, the others pad."""
+    """Batches each reader emits in ``epoch``: enough for the fullest reader, the others pad; rounded up to a
+    ``multiple`` (the resolution partitions: every optimizer step holds one batch of each)."""
     assignment = epoch_assignment(units, seed, epoch, n_readers)
     most = max(sum(rows_per_unit[u] for u in a) for a in assignment)
-    return max(1, math.ceil(most / batch_size))
+    return max(1, -(-most // (batch_size * multiple))) * multiple
 
 
 class CacheStream(IterableDataset):
@@ -199,6 +243,7 @@ class CacheStream(IterableDataset):
             self.epoch if epoch is None else epoch,
             self.n_readers,
             self.batch_size,
+            self.schedule.period,
         )
 
     def __len__(self) -> int:  # batches per epoch for this rank

@@ -54,7 +54,9 @@ def distill_loss(preds: dict, targets: dict, cfg: LossConfig) -> dict[str, torch
             out[f"cos/{t}/summary"] = cos.mean().detach()
             terms.append(cfg.summary_weight * out[f"loss/{t}/summary"])
         pred = p["features"].float()
-        target = resample_targets(tgt["features"], tuple(pred.shape[1:3]))
+        # from the stored grid (itself resampled from the teacher's) to the student's: linear, so the two steps
+        # keep a ramp where one step puts it (radio.targets._linear_weights)
+        target = resample_targets(tgt["features"], tuple(pred.shape[1:3]), kernel="linear")
         cos = F.cosine_similarity(pred, target, dim=-1)  # (B, h, w)
         l1 = F.smooth_l1_loss(pred, target, beta=cfg.smooth_l1_beta, reduction="none").mean(-1)
         out[f"loss/{t}/features"] = (cfg.feature_cos * (1 - cos) + cfg.feature_smooth_l1 * l1).mean()

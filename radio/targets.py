@@ -5,7 +5,10 @@ A teacher's map covers the view in its top-left ``extent`` cells (the whole map,
 output cell is the mean of the input cells its pixels cover, fractional overlaps included), bilinear with
 half-pixel centres when growing. The cache job applies it once, in the teacher actor, to store targets at
 the grid the student trains on (:func:`stored_grid`); the trainer applies it again only when the student's
-grid differs from the stored one.
+grid differs from the stored one (a lower resolution, a size of a resolution partition), with the ``linear``
+kernel: the stored map was already area-averaged once, and a second area average at a non-integer ratio
+shifts a ramp by up to 0.06 of a student cell where the linear kernel keeps it within what one direct
+resampling gives (the ramp test in tests/test_partitions.py).
 """
 
 from __future__ import annotations
@@ -43,13 +46,49 @@ def _axis_weights(src_len_B: torch.Tensor, dst: int, src_size: int) -> torch.Ten
     return torch.where(L >= dst, area, lin)
 
 
+def _hat_integral(t: torch.Tensor) -> torch.Tensor:
+    """The integral of the unit hat ``max(0, 1 - |s|)`` from -inf to ``t``."""
+    return torch.where(t < -1, 0.0, torch.where(t < 0, (t + 1) ** 2 / 2, torch.where(t < 1, 1 - (1 - t) ** 2 / 2, 1.0)))
+
+
+def _linear_weights(dst: int, src: int, device=None) -> torch.Tensor:
+    """(dst, src) weights: the mean of the piecewise-linear reconstruction of ``src`` cells (linear between cell
+    centres, extended linearly past the outer centres) over each of ``dst`` equal cells spanning the same extent.
+
+    Exact for content that is linear across the map (a ramp), at any ratio: resampling a map that was itself
+    resampled (a partition's stored grid to a smaller student grid) then keeps the alignment a direct
+    resampling has, where two area averages in a row each assume constant cells and shift a ramp by up to 0.06
+    of a student cell at non-integer ratios (tests/test_partitions.py)."""
+    i = torch.arange(dst, dtype=torch.float64, device=device)[:, None]
+    k = torch.arange(-1, src + 1, dtype=torch.float64, device=device)[None, :]  # hats at centres k + 0.5
+    a, b = i * src / dst, (i + 1) * src / dst
+    w = (_hat_integral(b - k - 0.5) - _hat_integral(a - k - 0.5)) / (b - a)  # (dst, src + 2)
+    out = w[:, 1 : src + 1].clone()
+    if src == 1:  # one cell: constant
+        return out + w[:, :1] + w[:, -1:]
+    # the hats past either end carry the linear extension: 2 x the outer cell - 1 x its neighbour
+    out[:, 0] += 2 * w[:, 0]
+    out[:, 1] -= w[:, 0]
+    out[:, -1] += 2 * w[:, -1]
+    out[:, -2] -= w[:, -1]
+    return out
+
+
 def resample_targets(
-    feats_BHWC: torch.Tensor, out_hw: tuple[int, int], valid_hw_B2: torch.Tensor | None = None
+    feats_BHWC: torch.Tensor,
+    out_hw: tuple[int, int],
+    valid_hw_B2: torch.Tensor | None = None,
+    kernel: str = "area",
 ) -> torch.Tensor:
     """Teacher feature maps -> the student's grid (B, h, w, C), float32.
 
     ``valid_hw_B2``: the view's extent (rows, cols) in cells on each map, int or float; only that top-left
     region is resampled (see the module docstring). None: the whole grid.
+
+    ``kernel``: ``area`` (see the module docstring; what the cache stores), or ``linear``: each output cell the
+    mean of the map's piecewise-linear reconstruction over it (:func:`_linear_weights`), for whole maps
+    (``valid_hw_B2`` None) that were already resampled once: the trainer's step from a stored grid to the
+    student's. A map already on the output grid is returned as it is by both.
 
     Targets are moved to the student grid rather than predictions to the teacher grid: shrinking SAM's
     64x64 map to a 14x14 student grid costs a fraction of upsampling every prediction (and the loss) to
@@ -60,6 +99,16 @@ def resample_targets(
     B, H, W, _ = feats_BHWC.shape
     h, w = out_hw
     x = feats_BHWC.float()
+    if kernel == "linear":
+        if valid_hw_B2 is not None:
+            raise ValueError("resample_targets(kernel='linear') resamples whole maps: valid_hw_B2 must be None")
+        if (H, W) == (h, w):
+            return x
+        wh = _linear_weights(h, H, x.device).to(x.dtype)
+        ww = _linear_weights(w, W, x.device).to(x.dtype)
+        return torch.einsum("jl,bilc->bijc", ww, torch.einsum("ik,bklc->bilc", wh, x))
+    if kernel != "area":
+        raise ValueError(f"resample_targets: kernel must be 'area' or 'linear', got {kernel!r}")
     if valid_hw_B2 is None:
         if (H, W) == (h, w):
             return x

@@ -271,7 +271,7 @@ def test_loss_dict_terms_and_values():
     tg = _targets()
     perfect = {
         "clip": {"summary": tg["clip"]["summary"], "features": tg["clip"]["features"]},
-        "sam": {"features": resample_targets(tg["sam"]["features"], (4, 4))},
+        "sam": {"features": resample_targets(tg["sam"]["features"], (4, 4), kernel="linear")},
     }
     out = distill_loss(perfect, tg, LossConfig())
     assert set(out) == {
