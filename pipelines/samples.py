@@ -601,11 +601,12 @@ class SceneRecord:
     split: str
 
 
-def render_scene(index: int, seed: int = 0) -> tuple[Image.Image, np.ndarray]:
+def render_scene(index: int, seed: int = 0, side: int = SCENE_SIDE) -> tuple[Image.Image, np.ndarray]:
     """Scene ``index``: 2-4 regions (a warped Voronoi partition), each a texture of a distinct class.
-    Returns the RGB image and its uint8 (H, W) mask of class indices (deterministic in ``(seed, index)``)."""
+    Returns the RGB image and its uint8 (H, W) mask of class indices (deterministic in ``(seed, index, side)``).
+    ``side``: the image's side in pixels; textures keep their pixel scale, so a larger side shows more of them."""
     rng = np.random.default_rng([seed, 7_919, index])
-    h = w = SCENE_SIDE
+    h = w = side
     k = int(rng.integers(2, 5))
     classes = rng.choice(len(CLASSES), size=k, replace=False)
     yy, xx = _grid(h, w)
