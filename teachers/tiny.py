@@ -604,6 +604,7 @@ REAL_ARCHITECTURES = {
     "sam2.1-hiera-b+": _sam2_arch(112, [2, 3, 16, 3], [2, 4, 8, 16], [8, 4, 14, 7], [12, 16, 20], [14, 14]),
     "sam2.1-hiera-l": _sam2_arch(144, [2, 6, 36, 4], [2, 4, 8, 16], [8, 4, 16, 8], [23, 33, 43], [7, 7]),
     "sam3": _sam3_arch(),
+    "sam3-trunk": _sam3_arch(),  # the same checkpoint; only the output taken differs
 }
 
 
