@@ -333,7 +333,9 @@ def _tiny_sam3(d: str):
 def save_tiny_sam3_whole(d: str, seed: int = 0) -> str:
     """The whole SAM3 (model_type sam3: vision encoder, CLIP text encoder, geometry encoder, DETR encoder and decoder,
     mask decoder) at toy sizes, laid out as the published ``facebook/sam3`` checkpoint is: the registry's sam3 family
-    loads ``Sam3Model`` and keeps its ``vision_encoder``. Same vision tower as tiny-sam3. Returns ``d``."""
+    loads ``Sam3Model`` and keeps its ``vision_encoder``. The vision tower has tiny-sam3's architecture but not its
+    weights (the seeded init walks every parameter of the whole model): the teacher of exactly this vision encoder is
+    ``create_teacher("tiny-sam3", source=d)`` (or ``tiny-sam3-trunk``). Returns ``d``."""
     import transformers as T
 
     small = dict(hidden_size=16, num_attention_heads=2, intermediate_size=32)
