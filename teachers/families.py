@@ -162,6 +162,14 @@ def _sam3_forward(model, x):
     return None, levels[i].permute(0, 2, 3, 1)
 
 
+def _sam3_trunk_forward(model, x):
+    # The ViT trunk's output (B, 72, 72, 1024) at 1008 px: what SAM3's neck derives all four FPN levels from, so a
+    # student that predicts it can stand in for SAM3's whole vision encoder (C-RADIOv4's SAM3 adaptor; radio/sam3.py).
+    out = model.backbone(pixel_values=x).last_hidden_state
+    p = model.config.backbone_config.patch_size
+    return None, out.reshape(x.shape[0], x.shape[-2] // p, x.shape[-1] // p, -1)
+
+
 def _sam2_stride(cfg) -> int:
     b = cfg.backbone_config
     return int(b.patch_stride[0]) * 2 ** (cfg.num_feature_levels - 1)  # stride-4 trunk start, x2 per pooled level
@@ -240,6 +248,17 @@ FAMILIES: dict[str, Family] = {
         resize="torchvision",
         stride=lambda cfg: cfg.backbone_config.patch_size,
         dims=lambda cfg: (None, cfg.fpn_hidden_size),
+    ),
+    "sam3-trunk": Family(
+        "sam3-trunk",
+        ("sam3", "sam3_vision_model"),
+        _sam3_load,
+        _sam3_trunk_forward,
+        "features=ViT trunk output before the FPN neck (what the neck derives every level from)",
+        False,
+        resize="torchvision",
+        stride=lambda cfg: cfg.backbone_config.patch_size,
+        dims=lambda cfg: (None, cfg.backbone_config.hidden_size),
     ),
 }
 

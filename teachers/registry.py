@@ -98,6 +98,7 @@ REGISTRY: dict[str, RegistryEntry] = {
         _e("sam2.1-hiera-b+", "sam2", "facebook/sam2.1-hiera-base-plus", 1024, None, 256, 64),
         _e("sam2.1-hiera-l", "sam2", "facebook/sam2.1-hiera-large", 1024, None, 256, 64),
         _e("sam3", "sam3", "facebook/sam3", 1008, None, 256, 72),
+        _e("sam3-trunk", "sam3-trunk", "facebook/sam3", 1008, None, 1024, 72),  # C-RADIOv4's SAM3 target
         _e("tiny-clip", "clip", "tiny:tiny-clip", 32, 24, 32, 4),
         _e("tiny-dinov2", "dinov2", "tiny:tiny-dinov2", 28, 32, 32, 7),
         _e("tiny-sam", "sam", "tiny:tiny-sam", 64, None, 16, 8),
@@ -106,6 +107,7 @@ REGISTRY: dict[str, RegistryEntry] = {
         _e("tiny-dinov3", "dinov3", "tiny:tiny-dinov3", 28, 32, 32, 7),
         _e("tiny-sam2", "sam2", "tiny:tiny-sam2", 64, None, 16, 4),
         _e("tiny-sam3", "sam3", "tiny:tiny-sam3", 56, None, 16, 4),
+        _e("tiny-sam3-trunk", "sam3-trunk", "tiny:tiny-sam3", 56, None, 32, 4),
     ]
 }
 

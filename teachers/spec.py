@@ -17,7 +17,7 @@ class TeacherSpec:
     """The facts of a loaded teacher. Travels as plain data (``to_dict``) into every cache shard."""
 
     name: str
-    family: str  # clip | dinov2 | dinov3 | sam | sam2 | sam3 | siglip
+    family: str  # clip | dinov2 | dinov3 | sam | sam2 | sam3 | sam3-trunk | siglip
     source: str  # hub id or local directory the weights came from
     revision: str | None
     input_size: tuple[int, int]  # (H, W) of pixel_values for a square view

@@ -333,7 +333,9 @@ def _tiny_sam3(d: str):
 def save_tiny_sam3_whole(d: str, seed: int = 0) -> str:
     """The whole SAM3 (model_type sam3: vision encoder, CLIP text encoder, geometry encoder, DETR encoder and decoder,
     mask decoder) at toy sizes, laid out as the published ``facebook/sam3`` checkpoint is: the registry's sam3 family
-    loads ``Sam3Model`` and keeps its ``vision_encoder``. Same vision tower as tiny-sam3. Returns ``d``."""
+    loads ``Sam3Model`` and keeps its ``vision_encoder``. The vision tower has tiny-sam3's architecture but not its
+    weights (the seeded init walks every parameter of the whole model): the teacher of exactly this vision encoder is
+    ``create_teacher("tiny-sam3", source=d)`` (or ``tiny-sam3-trunk``). Returns ``d``."""
     import transformers as T
 
     small = dict(hidden_size=16, num_attention_heads=2, intermediate_size=32)
@@ -604,6 +606,7 @@ REAL_ARCHITECTURES = {
     "sam2.1-hiera-b+": _sam2_arch(112, [2, 3, 16, 3], [2, 4, 8, 16], [8, 4, 14, 7], [12, 16, 20], [14, 14]),
     "sam2.1-hiera-l": _sam2_arch(144, [2, 6, 36, 4], [2, 4, 8, 16], [8, 4, 16, 8], [23, 33, 43], [7, 7]),
     "sam3": _sam3_arch(),
+    "sam3-trunk": _sam3_arch(),  # the same checkpoint; only the output taken differs
 }
 
 

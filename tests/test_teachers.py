@@ -112,7 +112,7 @@ def test_shapes_and_dtypes(teacher):
     assert out.features_BHWC.shape == (2, *s.feature_grid, s.feature_dim) and out.features_BHWC.dtype == torch.float32
     assert out.valid_hw_B2.tolist() == [list(map(float, s.feature_grid))] * 2
     if s.summary_dim is None:
-        assert out.summary_BD is None and s.family in ("sam", "sam2", "sam3")
+        assert out.summary_BD is None and s.family in ("sam", "sam2", "sam3", "sam3-trunk")
     else:
         assert out.summary_BD.shape == (2, s.summary_dim) and out.summary_BD.dtype == torch.float32
     assert out.valid_hw_B2.shape == (2, 2)
