@@ -139,6 +139,18 @@ def lr_lambda(total_steps: int, warmup: int, min_ratio: float):
     return f
 
 
+def _metric_key(k: str) -> str:
+    """distill_loss's key -> the logged name (see Trainer.train_step)."""
+    head, _, rest = k.partition("/")
+    if head == "cos":
+        return f"fidelity/{rest}"
+    if head == "angle":
+        return f"fidelity/{rest}_angle_deg"
+    if head == "spread":
+        return f"balance/{rest}_spread_deg"
+    return k
+
+
 def prepare_targets(batch: dict, teachers: list[str], stats: dict[str, TargetStats], device) -> dict:
     """Standardized float32 targets per teacher, decoded from their stored dtype on ``device``."""
     targets = {}
@@ -399,8 +411,9 @@ class Trainer:
             self.opt.step()
             self.sched.step() if self.acc.sync_gradients else None
             self.opt.zero_grad(set_to_none=True)
-        # training-batch cosines are logged as fidelity/...: after eval/ in MLflow's alphabetical tables
-        out = {k.replace("cos/", "fidelity/", 1) if k.startswith("cos/") else k: v.detach() for k, v in losses.items()}
+        # training-batch cosines (and summary angles) are logged as fidelity/...: after eval/ in MLflow's alphabetical
+        # tables; a balanced summary loss's per-teacher spreads as balance/<t>/summary_spread_deg
+        out = {_metric_key(k): v.detach() for k, v in losses.items()}
         if grad_norm is not None:
             out["grad_norm"] = torch.as_tensor(grad_norm, device=device).detach().float()
         return out

@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import operator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from .targets import resample_targets
 
-__all__ = ["LossConfig", "distill_loss"]
+__all__ = ["LossConfig", "distill_loss", "summary_angle", "summary_terms"]
 
 
 @dataclass
@@ -27,6 +28,52 @@ class LossConfig:
     feature_cos: float = 0.9  # share of cosine distance in the feature loss
     feature_smooth_l1: float = 0.1  # share of smooth-L1
     smooth_l1_beta: float = 1.0
+    # cosine: AM-RADIO's summary term, 1 - cos. balanced: C-RADIOv4's idea of summary terms measured as angles so
+    # that no teacher's summary dominates: the angle between the student's and the teacher's summary, in units of
+    # the teacher's own spread (the mean angle between two of its summaries in the batch), see summary_terms
+    summary_loss: Literal["cosine", "balanced"] = "cosine"
+
+
+def summary_angle(a_BD: torch.Tensor, b_BD: torch.Tensor) -> torch.Tensor:
+    """Angles (B,) in radians between rows, as ``2 atan2(|a - b|, |a + b|)`` of the unit vectors: accurate near 0
+    and pi, where ``acos`` of a cosine loses its digits and its gradient is infinite; the gradient of an angle
+    has the same size whatever the angle, so a nearly matched teacher keeps pulling."""
+    a, b = F.normalize(a_BD.float(), dim=-1), F.normalize(b_BD.float(), dim=-1)
+    return 2 * torch.atan2((a - b).norm(dim=-1), (a + b).norm(dim=-1))
+
+
+def summary_terms(pred_BD: torch.Tensor, target_BD: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
+    """One teacher's summary term and what it is made of, for the logs.
+
+    ``cosine``: ``1 - cos`` (AM-RADIO). ``balanced``: ``angle(student, teacher) / spread``, the spread being the
+    mean angle between two different summaries of the teacher in the batch (detached; pi/2, the angle of two
+    random directions, when the batch has one row). Teachers differ in how their summaries fill the sphere:
+    one whose summaries sit in a narrow cone gives small cosine distances whatever the student does and is
+    drowned by a teacher whose summaries spread wide; in units of its own spread each teacher's error weighs
+    the same, and an angle keeps its gradient as the error shrinks where ``1 - cos`` (quadratic near 0) lets a
+    nearly matched teacher fade. This is radio's reading of C-RADIOv4's balanced summary loss (summaries
+    measured as angles so that no teacher dominates); the tech report's own formula could not be read here.
+    Returns ``loss`` (scalar), ``cos`` and ``angle`` (mean, degrees; detached) and, when balanced, ``spread``
+    (degrees; detached)."""
+    cos = F.cosine_similarity(pred_BD.float(), target_BD.float(), dim=-1)
+    angle = summary_angle(pred_BD, target_BD)
+    out = {"cos": cos.mean().detach(), "angle": torch.rad2deg(angle.mean()).detach()}
+    if kind == "cosine":
+        out["loss"] = (1 - cos).mean()
+        return out
+    if kind != "balanced":
+        raise ValueError(f"loss.summary_loss must be 'cosine' or 'balanced', got {kind!r}")
+    with torch.no_grad():
+        B = target_BD.shape[0]
+        if B > 1:
+            t = F.normalize(target_BD.float(), dim=-1)
+            pair = summary_angle(t[:, None, :].expand(B, B, -1), t[None, :, :].expand(B, B, -1))
+            spread = (pair.sum() / (B * (B - 1))).clamp(min=1e-3)  # the diagonal is 0
+        else:
+            spread = torch.tensor(torch.pi / 2, device=target_BD.device)
+    out["loss"] = angle.mean() / spread
+    out["spread"] = torch.rad2deg(spread)
+    return out
 
 
 def distill_loss(preds: dict, targets: dict, cfg: LossConfig) -> dict[str, torch.Tensor]:
@@ -36,9 +83,10 @@ def distill_loss(preds: dict, targets: dict, cfg: LossConfig) -> dict[str, torch
     ``targets[t]``: normalized targets: {"summary": (B, Dt) if the teacher has one, "features" (B, Ht, Wt, Ct)
     at the grid they were stored at, covering exactly the view}; resampled onto the student grid only when
     the two grids differ.
-    Returns ``{"loss": total, "loss/<t>/summary", "loss/<t>/features", "cos/<t>/summary", "cos/<t>/features"}``
-    (scalars); ``loss`` = sum over teachers of weight_t x (summary_weight x summary + feature_weight x features);
-    the ``cos/`` entries are detached mean cosine similarities for logging.
+    Returns ``{"loss": total, "loss/<t>/summary", "loss/<t>/features", "cos/<t>/summary", "cos/<t>/features",
+    "angle/<t>/summary"}`` (scalars; with ``summary_loss=balanced`` also ``spread/<t>/summary``); ``loss`` = sum
+    over teachers of weight_t x (summary_weight x summary + feature_weight x features); the ``cos/``, ``angle/``
+    (degrees) and ``spread/`` (degrees) entries are detached, for logging (see :func:`summary_terms`).
     """
     out: dict[str, torch.Tensor] = {}
     total = None
@@ -49,9 +97,12 @@ def distill_loss(preds: dict, targets: dict, cfg: LossConfig) -> dict[str, torch
         p = preds[t]
         terms = []
         if "summary" in tgt:
-            cos = F.cosine_similarity(p["summary"].float(), tgt["summary"].float(), dim=-1)  # (B,)
-            out[f"loss/{t}/summary"] = (1 - cos).mean()
-            out[f"cos/{t}/summary"] = cos.mean().detach()
+            st = summary_terms(p["summary"], tgt["summary"], cfg.summary_loss)
+            out[f"loss/{t}/summary"] = st["loss"]
+            out[f"cos/{t}/summary"] = st["cos"]
+            out[f"angle/{t}/summary"] = st["angle"]
+            if "spread" in st:
+                out[f"spread/{t}/summary"] = st["spread"]
             terms.append(cfg.summary_weight * out[f"loss/{t}/summary"])
         pred = p["features"].float()
         # from the stored grid (itself resampled from the teacher's) to the student's: linear, so the two steps

@@ -282,7 +282,9 @@ def test_loss_dict_terms_and_values():
         "cos/clip/summary",
         "cos/clip/features",
         "cos/sam/features",
+        "angle/clip/summary",
     }
+    assert out["angle/clip/summary"].item() < 0.1  # degrees
     assert out["loss"].item() < 1e-5 and all(abs(out[k].item() - 1) < 1e-5 for k in out if k.startswith("cos/"))
     assert not any(out[k].requires_grad for k in out if k.startswith("cos/"))
     # known values: negated predictions -> cosine -1; features add 0.1 x smooth-L1 of |2x|
