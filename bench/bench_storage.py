@@ -28,6 +28,11 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--teachers", default="siglip2-g-opt-p16-384,dinov3-vit7b16,sam3")
     p.add_argument("--partitions", default="low=432,high=1152", help="name=largest size, comma-separated")
+    p.add_argument(
+        "--sizes",
+        default="low=128/192/224/256/384/432,high=512/768/1024/1152",
+        help="every size of each partition (the partition-against-sizes table), name=s1/s2/...",
+    )
     p.add_argument("--patch", type=int, default=16, help="the student's patch (the stored grid's cell)")
     a = p.parse_args()
 
@@ -71,6 +76,29 @@ def main() -> None:
                 f"| {name} | {n:,} | **all** | **{n * both['float16'] / 1e12:.1f}** "
                 f"| **{n * both['int8'] / 1e12:.1f}** |"
             )
+
+    # One stored set per partition against one size alone and against every size stored: what
+    # `radio cache partitions=[[...],[...]]` stores (the largest size's grid, serving every size) against one target
+    # set per size (lower_resolutions listing each size; each grid capped by the teacher's own)
+    print("\nfloat16 target bytes per view: one set per partition against its sizes stored one by one")
+    print("| partition | one set (MB) | largest size alone (MB) | every size stored (MB) | every size / one set |")
+    print("|---|---|---|---|---|")
+    for kv in a.sizes.split(","):
+        part, sizes = kv.split("=")
+        sizes = [int(x) for x in sizes.split("/")]
+        per_size = {}
+        for size in sizes:
+            want = (size // a.patch, size // a.patch)
+            total = 0
+            for t in a.teachers.split(","):
+                e = get_spec_template(t)
+                native = want if e.family in ANY_SIZE else e.feature_grid
+                grid = TargetLayout.stored(native, want, (), "float16").grid
+                total += bytes_per_row(grid, e.feature_dim, e.summary_dim, "float16")
+            per_size[size] = total
+        one = per_size[max(sizes)]  # the partition's set is its largest size's; the teachers' grids cap both alike
+        distinct = sum(per_size.values())
+        print(f"| {part} {sizes} | {one / 1e6:.2f} | {one / 1e6:.2f} | {distinct / 1e6:.2f} | {distinct / one:.2f}x |")
 
 
 if __name__ == "__main__":

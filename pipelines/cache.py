@@ -92,6 +92,10 @@ class TeacherJobConfig:
     # their own size instead: less object-store traffic for a teacher whose input is much larger than them).
     resize_in: Literal["prepare", "device"] = "prepare"
     compile: bool | None = None  # torch.compile the teacher; None: on CUDA only (fingerprinted either way)
+    # Run a teacher that takes any size (CLIP, DINOv2, DINOv3) at this square input instead of its processor's, e.g.
+    # DINOv3 at 1152 for C-RADIOv4's high partition: its map then has the grid that partition stores (72x72), and the
+    # low partition's set is that map area-averaged. None: the processor's size. Fingerprinted.
+    input_size: int | None = None
 
 
 def _default_teachers() -> dict[str, TeacherJobConfig]:
@@ -286,6 +290,7 @@ class TeacherWorker:
             dtype=job.get("dtype"),
             device=device,
             compile=(device.startswith("cuda") if compile_ is None else bool(compile_)),
+            input_size=job.get("input_size"),
         )
         self.batch_size = int(job.get("batch_size", 32))
         spec = self.teacher.spec
@@ -505,6 +510,9 @@ def validate(cfg: CacheJobConfig):
             require(getattr(job, key) >= 1, f"teachers.{t}.{key}", getattr(job, key), ">= 1")
         for key in ("gpus_per_actor", "cpus_per_actor"):
             require(getattr(job, key) >= 0, f"teachers.{t}.{key}", getattr(job, key), ">= 0")
+        require(
+            job.input_size is None or job.input_size >= 1, f"teachers.{t}.input_size", job.input_size, ">= 1 or null"
+        )
     for name, job in [("", cfg), *((f"teachers.{t}.", j) for t, j in cfg.teachers.items())]:
         grid = job.target_grid
         require(
@@ -705,6 +713,7 @@ def teacher_request(cfg: CacheJobConfig, teacher: str) -> str:
         "revision": job.revision,
         "dtype": job.dtype,
         "compile": job.compile,
+        **({"input_size": job.input_size} if job.input_size is not None else {}),  # older keys stay as they were
         "target_grid": target_grid_for(cfg, teacher),
         "extra_grids": extra_grids_for(cfg, teacher),
         "target_dtype": cfg.target_dtype,

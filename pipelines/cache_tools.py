@@ -328,7 +328,11 @@ def _recompute(loc, m: Manifest, keys_by_unit, picks, atol, min_cos, out, read) 
     for name, tinfo in m.teachers.items():
         spec = tinfo.spec
         teachers[name] = create_teacher(
-            name, source=spec["source"], revision=spec.get("revision"), dtype=spec.get("dtype")
+            name,
+            source=spec["source"],
+            revision=spec.get("revision"),
+            dtype=spec.get("dtype"),
+            input_size=spec["input_size"][0] if spec.get("resize") == "fit_aspect" else None,
         )
         if teachers[name].spec.fingerprint != tinfo.fingerprint:
             problems.append(

@@ -478,8 +478,13 @@ def create_teacher(
     dtype: str | None = None,
     device: str | torch.device = "cpu",
     compile: bool = False,
+    input_size: int | None = None,
 ) -> Teacher:
     """Load registry teacher ``name``, frozen, on ``device``.
+
+    ``input_size``: run a teacher that takes any size (its processor resizes the shortest edge: CLIP, DINOv2,
+    DINOv3) at this square input instead of its processor's, e.g. DINOv3 at 1152 px for C-RADIOv4's high
+    partition (a multiple of its patch; recorded in the spec and fingerprint). Fixed-size teachers refuse it.
 
     ``source`` overrides the registry's hub id (a hub id or a local directory); ``revision`` pins a hub
     revision; ``dtype`` is fp32, bf16 or fp16; ``compile``: run the model through ``torch.compile`` (recorded
@@ -528,6 +533,21 @@ def create_teacher(
     # A no-op on the host for tensors already in the dtype; casts what transformers keeps in fp32 (as before).
     model = model.to(device=device, dtype=_DTYPES[dtype]).eval().requires_grad_(False)
     spec = _spec_from(entry, src, revision, dtype, processor, model, family, weights)
+    if input_size is not None and input_size != spec.input_size[0]:
+        if spec.resize != "fit_aspect" or input_size < spec.patch_size or input_size % spec.patch_size:
+            raise ValueError(
+                f"teachers.{name}.input_size={input_size}: "
+                + (
+                    f"{name} takes one input size ({spec.input_size[0]}x{spec.input_size[1]}, resize rule "
+                    f"{spec.resize}); only teachers that take any size (CLIP, DINOv2, DINOv3) can be run at another"
+                    if spec.resize != "fit_aspect"
+                    else f"must be a positive multiple of {name}'s patch ({spec.patch_size}), e.g. "
+                    f"{max(1, input_size // spec.patch_size) * spec.patch_size}"
+                )
+            )
+        g = input_size // spec.patch_size
+        spec = replace(spec, input_size=(input_size, input_size), resize_size=input_size, feature_grid=(g, g))
+        spec = spec.with_fingerprint()
     if compile:
         # Inputs of a fit_aspect teacher vary in width: after the second shape dynamo marks them dynamic.
         model = torch.compile(model)

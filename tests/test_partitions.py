@@ -32,6 +32,7 @@ def cache(ray_session, tmp_path_factory):
         "target_patch=8",
         f"partitions={PARTS_ARG}",
         f"teachers=[{','.join(TEACHERS)}]",
+        "teachers.tiny-clip.input_size=64",  # an any-size teacher run at the high partition's size
         "mlflow.enabled=false",
         "progress=false",
     ]
@@ -44,8 +45,9 @@ def test_cache_stores_one_target_set_per_partition(cache):
     assert m.student_resolution == 64  # views at the largest size of all
     # tiny-sam (8x8 at its input): the high partition at 64 // 8 = 8, the low one at 32 // 8 = 4, once each
     assert m.teachers["tiny-sam"].layout.grids == [(8, 8), (4, 4)]
-    # tiny-clip's own 4x4 grid caps both partitions: one set serves both
-    assert m.teachers["tiny-clip"].layout.grids == [(4, 4)]
+    # tiny-clip runs at 64 px (input_size): its 8x8 map is the high set, area-averaged to 4x4 for the low one
+    assert m.teachers["tiny-clip"].layout.grids == [(8, 8), (4, 4)]
+    assert m.teachers["tiny-clip"].spec["input_size"] == [64, 64]
     # bytes per view for the low partition, against one size alone and against every size stored (what
     # lower_resolutions=[16,24] would add): the partition costs what its largest size alone costs
     c = m.teachers["tiny-sam"].spec["feature_dim"]
@@ -155,3 +157,18 @@ def test_train_end_to_end_with_both_partitions(cache, tmp_path):
         with torch.no_grad():
             out = model.predict(torch.randint(0, 255, (1, 3, r, r), dtype=torch.uint8))
         assert out.features.shape[1:3] == (r // 8, r // 8) and np.isfinite(out.features.numpy()).all()
+
+
+def test_an_any_size_teacher_runs_at_the_input_size_asked(tmp_path):
+    from teachers import create_teacher
+
+    base, big = create_teacher("tiny-dinov2"), create_teacher("tiny-dinov2", input_size=56)
+    assert base.spec.feature_grid == (7, 7) and big.spec.feature_grid == (14, 14)
+    assert big.spec.fingerprint != base.spec.fingerprint and big.spec.weights_sha256 == base.spec.weights_sha256
+    out = big.forward(torch.randint(0, 255, (1, 3, 56, 56), dtype=torch.uint8))
+    assert out.features_BHWC.shape[1:3] == (14, 14)
+    assert create_teacher("tiny-dinov2", input_size=28).spec == base.spec  # its own size: the same teacher
+    with pytest.raises(ValueError, match="only teachers that take any size"):
+        create_teacher("tiny-sam", input_size=128)
+    with pytest.raises(ValueError, match="multiple of tiny-dinov2's patch"):
+        create_teacher("tiny-dinov2", input_size=30)
