@@ -26,7 +26,7 @@ ANY_SIZE = ("dinov2", "dinov3")  # families whose teacher runs at the view's siz
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--teachers", default="siglip2-g-opt-p16-384,dinov3-vit7b16,sam3")
+    p.add_argument("--teachers", default="siglip2-g-opt-p16-384,dinov3-vit7b16,sam3-trunk")
     p.add_argument("--partitions", default="low=432,high=1152", help="name=largest size, comma-separated")
     p.add_argument(
         "--sizes",

@@ -7,7 +7,7 @@ half-pixel centres when growing. The cache job applies it once, in the teacher a
 the grid the student trains on (:func:`stored_grid`); the trainer applies it again only when the student's
 grid differs from the stored one (a lower resolution, a size of a resolution partition), with the ``linear``
 kernel: the stored map was already area-averaged once, and a second area average at a non-integer ratio
-shifts a ramp by up to 0.06 of a student cell where the linear kernel keeps it within what one direct
+shifts a ramp by up to 0.07 of a student cell where the linear kernel keeps it within what one direct
 resampling gives (the ramp test in tests/test_partitions.py).
 """
 
@@ -57,7 +57,7 @@ def _linear_weights(dst: int, src: int, device=None) -> torch.Tensor:
 
     Exact for content that is linear across the map (a ramp), at any ratio: resampling a map that was itself
     resampled (a partition's stored grid to a smaller student grid) then keeps the alignment a direct
-    resampling has, where two area averages in a row each assume constant cells and shift a ramp by up to 0.06
+    resampling has, where two area averages in a row each assume constant cells and shift a ramp by up to 0.07
     of a student cell at non-integer ratios (tests/test_partitions.py)."""
     i = torch.arange(dst, dtype=torch.float64, device=device)[:, None]
     k = torch.arange(-1, src + 1, dtype=torch.float64, device=device)[None, :]  # hats at centres k + 0.5
