@@ -323,6 +323,20 @@ class Trainer:
             0  # the last step already in the MLflow run (a resumed run's replayed steps are not logged again)
         )
 
+    def partitions_line(self) -> str:
+        """Each resolution partition and the stored grids its sizes read, per teacher (mode=partitions)."""
+        parts = []
+        for part in self.cfg.resolution.partitions:
+            grids = {}
+            for t, lay in self.stream.layouts.items():
+                got = {self.stream.served[r][t] or tuple(lay.grid) for r in part}
+                grids[t] = "/".join(f"{g[0]}x{g[1]}" for g in sorted(got))
+            parts.append(f"{part} from {', '.join(f'{t} {g}' for t, g in grids.items())}")
+        return (
+            f"one batch of each resolution partition per step ({self.accum} batches per optimizer step): "
+            + "; ".join(parts)
+        )
+
     # -- checkpoints -------------------------------------------------------------------------
     def _ckpt_dir(self, step: int) -> Path:
         return self.out / "checkpoints" / f"step-{step:08d}"
@@ -984,6 +998,8 @@ def train(cfg: TrainJobConfig, resolved_yaml: str | None = None, resume_command:
             f"{plan}, {acc.num_processes} process(es) on {acc.device}{run}",
             file=sys.stderr,
         )
+        if cfg.resolution.mode == "partitions" and acc.is_main_process:
+            print(f"[radio train] {trainer.partitions_line()}", file=sys.stderr)
     try:
         trainer.fit(tracker)
     except TrainingDiverged:

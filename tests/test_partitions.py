@@ -149,6 +149,10 @@ def test_train_end_to_end_with_both_partitions(cache, tmp_path):
     cfg = load_config(TrainJobConfig, None, [*args, f"output={tmp_path}/a"])
     t = Trainer(cfg, "")
     assert t.acc.gradient_accumulation_steps == 2 and t.total_steps * 2 == len(t.stream)
+    # the start line says which stored grid each partition reads: one per partition
+    assert "[16, 24, 32] from tiny-clip 4x4, tiny-sam 4x4; [48, 64] from tiny-clip 8x8, tiny-sam 8x8" in (
+        t.partitions_line()
+    )
     assert main(["train", *args, f"output={tmp_path}/run"]) == 0
     from radio import load_student
 
