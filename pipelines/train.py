@@ -825,10 +825,19 @@ def validate(cfg: TrainJobConfig):
         "List every teacher in `teachers`, and the ones to run in the step under `online`",
     )
     validate_student(cfg.student, cfg.teachers)
-    for i, r in enumerate(cfg.resolution.resolutions):
+    named = (
+        [
+            (f"resolution.partitions[{i}][{j}]", r)
+            for i, part in enumerate(cfg.resolution.partitions)
+            for j, r in enumerate(part)
+        ]
+        if cfg.resolution.mode == "partitions"
+        else [(f"resolution.resolutions[{i}]", r) for i, r in enumerate(cfg.resolution.resolutions)]
+    )
+    for key, r in named:
         require(
             cfg.student.patch_size <= r <= 8192 and r % cfg.student.patch_size == 0,
-            f"resolution.resolutions[{i}]",
+            key,
             r,
             f"a positive multiple of student.patch_size ({cfg.student.patch_size}), at most 8192",
             also=("student.patch_size",),

@@ -83,7 +83,12 @@ def test_partition_refusals(tmp_path):
 
     assert "resolution.partitions=[[128" in train_err("resolution.mode=partitions")
     assert "use resolution.mode=partitions" in train_err("resolution.partitions=[[16],[32]]")
-    assert "resolution.resolutions" in train_err("resolution.mode=partitions", "resolution.partitions=[[16,20],[32]]")
+    assert "'resolution.partitions[0][1]' must be a positive multiple of student.patch_size (8)" in train_err(
+        "resolution.mode=partitions", "resolution.partitions=[[16,20],[32]]"
+    )
+    assert "distinct resolutions ([32] repeated)" in train_err(
+        "resolution.mode=partitions", "resolution.partitions=[[16,32],[32,48]]"
+    )
 
 
 def test_every_step_holds_one_batch_of_each_partition(cache):
