@@ -129,7 +129,7 @@ def evaluate(sam3_dir: str, student_dir: str, limit: int | None = None) -> dict[
     from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
     import radio
-    from radio.sam3 import StudentSam3VisionEncoder, sam3_with_student
+    from radio.sam3 import StudentSam3VisionEncoder, adaptor_teacher, sam3_with_student
 
     sam3 = Sam3Model.from_pretrained(sam3_dir).eval()
     student = radio.load_student(student_dir)
@@ -144,7 +144,7 @@ def evaluate(sam3_dir: str, student_dir: str, limit: int | None = None) -> dict[
             out[f"{key}/{name}"] = mask_iou(got, ref)
     # the level path fed SAM3's own scale-1 level: what that path loses in its derived finer levels
     own = sam3.vision_encoder(px)
-    enc = StudentSam3VisionEncoder(student, "tiny-sam3", student.meta["teachers"]["tiny-sam3"], sam3.vision_encoder)
+    enc = StudentSam3VisionEncoder(student, *adaptor_teacher(student, "tiny-sam3"), sam3.vision_encoder)
     i = enc.scale_factors.index(1.0)
     trunk = enc.least_norm_trunk(own.fpn_hidden_states[i])
     levels = [layer(trunk) for layer in enc.neck.fpn_layers]

@@ -39,13 +39,14 @@ import torch.nn.functional as F
 
 from .model import RadioModel
 
-__all__ = ["sam3_with_student", "StudentSam3VisionEncoder", "SAM3_TARGETS"]
+__all__ = ["sam3_with_student", "StudentSam3VisionEncoder", "SAM3_TARGETS", "adaptor_teacher"]
 
 # The teacher families whose targets can stand in for SAM3's vision encoder, and what each one is
 SAM3_TARGETS = {"sam3-trunk": "trunk", "sam3": "level"}
 
 
-def _adaptor_teacher(student: RadioModel, adaptor: str | None) -> tuple[str, dict]:
+def adaptor_teacher(student: RadioModel, adaptor: str | None) -> tuple[str, dict]:
+    """The student's SAM3 adaptor (``adaptor``, or its only one; a trunk adaptor first) and its teacher's spec."""
     teachers = student.meta.get("teachers", {})
     usable = [t for t in student.teacher_names if teachers.get(t, {}).get("family") in SAM3_TARGETS]
     if adaptor is None:
@@ -172,7 +173,7 @@ def sam3_with_student(sam3_model: nn.Module, student: RadioModel, adaptor: str |
     both). Returns a ``Sam3Model`` (a shallow copy sharing every other weight with ``sam3_model``, which is left as
     it was): ``model(pixel_values=..., input_ids=..., input_boxes=...)``, ``get_vision_features``, the processor's
     post-processing, all as before. See the module docstring for what the student feeds SAM3's decoder."""
-    name, spec = _adaptor_teacher(student, adaptor)
+    name, spec = adaptor_teacher(student, adaptor)
     encoder = StudentSam3VisionEncoder(student, name, spec, sam3_model.vision_encoder)
     model = copy.copy(sam3_model)
     model._modules = dict(sam3_model._modules)  # nn.Module keeps submodules here; a shallow copy would share it
