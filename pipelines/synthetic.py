@@ -49,12 +49,15 @@ def make_synthetic_cache(
     lower_resolutions: list[int] = (),
     target_patch: int = 16,
     student_image_format: str = "raw",
+    features_fn=None,
 ):
     """Write a complete cache at ``out`` from the built-in samples; returns its manifest.
 
     ``teachers``: {name: (summary_dim or None, feature_dim, (h, w))} or a list of registry names.
     ``lower_resolutions``: each teacher's targets are also stored at ``r // target_patch`` (capped by its grid),
-    area-averaged from the main grid's, as the cache job stores them."""
+    area-averaged from the main grid's, as the cache job stores them.
+    ``features_fn(name, crops)``: a stand-in teacher computed from the views (uint8 (h, w, 3) crops, each the whole
+    view) -> (summary (n, D) or None, features (n, h, w, C)) as float32 tensors; default: random targets."""
     from radio.targets import resample_targets
 
     if isinstance(teachers, (list, tuple)):
@@ -107,8 +110,11 @@ def make_synthetic_cache(
         )
         n = len(prepared["image_id"])
         for name, (sdim, fdim, grid) in teachers.items():
-            summary = torch.from_numpy(rng.standard_normal(size=(n, sdim), dtype=np.float32)) if sdim else None
-            feats = torch.from_numpy(rng.standard_normal(size=(n, *grid, fdim), dtype=np.float32))
+            if features_fn is not None:
+                summary, feats = features_fn(name, prepared["crops"])
+            else:
+                summary = torch.from_numpy(rng.standard_normal(size=(n, sdim), dtype=np.float32)) if sdim else None
+                feats = torch.from_numpy(rng.standard_normal(size=(n, *grid, fdim), dtype=np.float32))
             layout = TargetLayout.stored(
                 tuple(grid), None, [(r // target_patch, r // target_patch) for r in lower_resolutions], target_dtype
             )

@@ -28,6 +28,7 @@ from radio.data import CacheStream, LoaderConfig, ResolutionSchedule, ThreadPref
 from radio.losses import LossConfig, distill_loss
 from radio.model import DistillModel
 from radio.normalize import TargetStats
+from radio.shift import draw_offsets, shift_batch
 from radio.student import StudentConfig
 
 from .config import (
@@ -205,6 +206,12 @@ class Trainer:
                 f"the student's grid must be whole. Choose a patch size dividing {res} (e.g. {fits[-3:]}) or "
                 f"a cache built with a student_resolution that is a multiple of {ps}"
             )
+        sp = cfg.loss.shift_px
+        if sp and min([res, *cfg.resolution.resolutions]) - sp < ps:
+            raise ConfigError(
+                f"'loss.shift_px' {sp} leaves no crop of the {min([res, *cfg.resolution.resolutions])}px views "
+                f"this run trains at: the shifted crop is the view less shift_px, at least one patch ({ps} px)"
+            )
         rows = reader.manifest.views.rows // max(1, self.acc.num_processes)
         if cfg.loader.batch_size > rows:
             raise ConfigError(
@@ -252,6 +259,7 @@ class Trainer:
         ws, p = student_cfg.vitdet_window_size, student_cfg.patch_size
         if ws:
             sizes = sorted({res, *cfg.resolution.resolutions})
+            sizes = sorted({*sizes, *(r - cfg.loss.shift_px for r in sizes)})  # the shifted crops
             bad = [r for r in sizes if (r // p) % ws]
             require(
                 not bad,
@@ -413,6 +421,13 @@ class Trainer:
             p = self.cfg.student.patch_size
             for t, raw in self.online.targets(images, (images.shape[2] // p, images.shape[3] // p)).items():
                 targets[t] = self.stats[t].normalize(raw)
+        if self.cfg.loss.shift_px:
+            m = self.cfg.loss.shift_px
+            seed = [self.cfg.seed, self.state.epoch, self.state.batch_in_epoch, self.acc.process_index, 0x5F1]
+            offsets = draw_offsets(
+                images.shape[0], m, seed, self.cfg.loss.shift_step_px or self.cfg.student.patch_size
+            )  # a pure function of the step: resume draws the same
+            images, targets = shift_batch(images, targets, m, self.cfg.student.patch_size, offsets)
         with self.acc.accumulate(self.model):
             preds = self.model(images)
             losses = distill_loss(preds, targets, self.cfg.loss)
@@ -849,6 +864,31 @@ def validate(cfg: TrainJobConfig):
         cfg.resolution.resolutions,
         f"distinct resolutions ({dup} repeated)",
         "List each once; with mode=sample, resolution.weights sets how often each is drawn",
+    )
+    sp = cfg.loss.shift_px
+    require(
+        sp >= 0 and sp % cfg.student.patch_size == 0,
+        "loss.shift_px",
+        sp,
+        f"0 (off) or a positive multiple of student.patch_size ({cfg.student.patch_size}), so the shifted crop's "
+        "grid is whole",
+        f"e.g. loss.shift_px={cfg.student.patch_size}",
+        also=("student.patch_size",),
+    )
+    step = cfg.loss.shift_step_px
+    require(
+        step is None or step >= 1,
+        "loss.shift_step_px",
+        step,
+        ">= 1 pixel, or null for whole patches (the targets are then the stored cells themselves)",
+    )
+    small = [r for r in cfg.resolution.resolutions if r - sp < cfg.student.patch_size]
+    require(
+        not sp or not small,
+        "loss.shift_px",
+        sp,
+        f"smaller than every training resolution by at least a patch ({small} px leave no crop)",
+        also=("resolution.resolutions",),
     )
     # the loss: weights are non-negative, name listed teachers, and leave something to learn
     lc = cfg.loss

@@ -32,6 +32,14 @@ class LossConfig:
     # that no teacher's summary dominates: the angle between the student's and the teacher's summary, in units of
     # the teacher's own spread (the mean angle between two of its summaries in the batch), see summary_terms
     summary_loss: Literal["cosine", "balanced"] = "cosine"
+    # Shift-equivariant loss (radio.shift): the student sees a crop of the cached view, shift_px pixels smaller
+    # (a multiple of its patch), at a random offset in [0, shift_px] per sample, and is compared with each teacher's
+    # map over exactly the pixels it saw, so it learns what moves with the content and not a teacher's
+    # fixed-position artifacts. 0: off
+    shift_px: int = 0
+    # the offsets' step: None, whole patches (the targets are then the stored cells themselves, exactly); a smaller
+    # step resamples the targets at sub-cell offsets, which blurs a patch teacher's map (bench/bench_shift_artifact.py)
+    shift_step_px: int | None = None
 
 
 def summary_angle(a_BD: torch.Tensor, b_BD: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["resample_targets", "resample_valid_mask", "stored_grid"]
+__all__ = ["resample_targets", "resample_valid_mask", "resample_window", "stored_grid"]
 
 
 def stored_grid(native_hw: tuple[int, int], target_hw: tuple[int, int] | None) -> tuple[int, int]:
@@ -51,27 +51,58 @@ def _hat_integral(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t < -1, 0.0, torch.where(t < 0, (t + 1) ** 2 / 2, torch.where(t < 1, 1 - (1 - t) ** 2 / 2, 1.0)))
 
 
-def _linear_weights(dst: int, src: int, device=None) -> torch.Tensor:
+def _linear_weights(
+    dst: int, src: int, device=None, origin_B: torch.Tensor | None = None, length: float | None = None
+) -> torch.Tensor:
     """(dst, src) weights: the mean of the piecewise-linear reconstruction of ``src`` cells (linear between cell
     centres, extended linearly past the outer centres) over each of ``dst`` equal cells spanning the same extent.
+    With ``origin_B`` (B,) and ``length`` (in source cells): (B, dst, src) weights for the window
+    ``[origin, origin + length)`` of each sample's map instead (the shift-equivariant loss's overlap).
 
     Exact for content that is linear across the map (a ramp), at any ratio: resampling a map that was itself
     resampled (a partition's stored grid to a smaller student grid) then keeps the alignment a direct
     resampling has, where two area averages in a row each assume constant cells and shift a ramp by up to 0.07
-    of a student cell at non-integer ratios (tests/test_partitions.py)."""
-    i = torch.arange(dst, dtype=torch.float64, device=device)[:, None]
-    k = torch.arange(-1, src + 1, dtype=torch.float64, device=device)[None, :]  # hats at centres k + 0.5
-    a, b = i * src / dst, (i + 1) * src / dst
-    w = (_hat_integral(b - k - 0.5) - _hat_integral(a - k - 0.5)) / (b - a)  # (dst, src + 2)
-    out = w[:, 1 : src + 1].clone()
+    of a student cell at non-integer ratios (bench/bench_partitions.py)."""
+    L = float(src if length is None else length)
+    o = torch.zeros(1, dtype=torch.float64, device=device) if origin_B is None else origin_B.to(device, torch.float64)
+    i = torch.arange(dst, dtype=torch.float64, device=device)[None, :, None]
+    k = torch.arange(-1, src + 1, dtype=torch.float64, device=device)[None, None, :]  # hats at centres k + 0.5
+    a = o[:, None, None] + i * L / dst
+    b = a + L / dst
+    w = (_hat_integral(b - k - 0.5) - _hat_integral(a - k - 0.5)) / (b - a)  # (B, dst, src + 2)
+    out = w[..., 1 : src + 1].clone()
     if src == 1:  # one cell: constant
-        return out + w[:, :1] + w[:, -1:]
-    # the hats past either end carry the linear extension: 2 x the outer cell - 1 x its neighbour
-    out[:, 0] += 2 * w[:, 0]
-    out[:, 1] -= w[:, 0]
-    out[:, -1] += 2 * w[:, -1]
-    out[:, -2] -= w[:, -1]
-    return out
+        out = out + w[..., :1] + w[..., -1:]
+    else:  # the hats past either end carry the linear extension: 2 x the outer cell - 1 x its neighbour
+        out[..., 0] += 2 * w[..., 0]
+        out[..., 1] -= w[..., 0]
+        out[..., -1] += 2 * w[..., -1]
+        out[..., -2] -= w[..., -1]
+    return out[0] if origin_B is None else out
+
+
+def resample_window(
+    feats_BHWC: torch.Tensor, origin_B2: torch.Tensor, extent_hw: tuple[float, float], out_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Each sample's window ``[origin, origin + extent)`` (rows, cols, in cells of the map; fractional) of a whole
+    map -> ``out_hw`` cells, float32, with the ``linear`` kernel: exact for a ramp at any sub-cell offset. The
+    shift-equivariant loss's targets: the teacher's map over the pixels a shifted student crop covers."""
+    B, H, W, _ = feats_BHWC.shape
+    x = feats_BHWC.float()
+    o = origin_B2.detach().to(x.device, torch.float64)
+    eh, ew = float(extent_hw[0]), float(extent_hw[1])
+    if (o < 0).any() or (o[:, 0] + eh > H + 1e-6).any() or (o[:, 1] + ew > W + 1e-6).any():
+        raise ValueError(f"windows of {eh}x{ew} cells at {o.tolist()} leave the {H}x{W} map")
+    whole = (o == o.round()).all() and (eh, ew) == tuple(float(v) for v in out_hw)
+    if whole:  # whole cells onto as many cells: the map's own values, sliced (no resampling, no blur)
+        h, w = out_hw
+        rows = o[:, 0].round().long().cpu()[:, None] + torch.arange(h)
+        cols = o[:, 1].round().long().cpu()[:, None] + torch.arange(w)
+        b = torch.arange(B)[:, None, None]
+        return x[b, rows.to(x.device)[:, :, None], cols.to(x.device)[:, None, :]]
+    wh = _linear_weights(out_hw[0], H, x.device, o[:, 0], eh).to(x.dtype)  # (B, h, H)
+    ww = _linear_weights(out_hw[1], W, x.device, o[:, 1], ew).to(x.dtype)  # (B, w, W)
+    return torch.einsum("bjl,bilc->bijc", ww, torch.einsum("bik,bklc->bilc", wh, x))
 
 
 def resample_targets(
