@@ -18,7 +18,7 @@ on the stand-in of bench/bench_shift_artifact.py it costs fidelity (0.889 agains
 artifact. The cost is the margin's pixels, which the
 student does not see in that step (a 64-px view with an 8-px margin: 77 % of the view per step). The
 alternative, storing the student's view with a margin around the teacher's (so the student sees as much as the
-teacher, shifted), costs ``((S + margin) / S)^2`` the view bytes: 1.27x at 64 + 8 px, 1.08x for 224 + 8 px
+teacher, shifted), costs ``((S + margin) / S)^2`` the view bytes: 1.27x at 64 + 8 px, 1.07x for 224 + 8 px
 views (target bytes unchanged), and a cache built for it.
 
 The summary is a whole-view quantity: the crop covers most of the view, and the summary target is kept.
