@@ -415,8 +415,11 @@ class RadioModel(nn.Module):
             raise ValueError(f"feature_fmt={feature_fmt!r}: choose one of {list(FEATURE_FMTS)}")
         return self._final(self.model.trunk(self._condition(x)), feature_fmt)
 
+    @torch.no_grad()
     def predict(self, x: torch.Tensor) -> StudentPrediction:
-        """Trunk and every adapter (teacher space) at once, features channels last: the project's evaluation."""
+        """Trunk and every adapter (teacher space) at once, features channels last: the project's evaluation.
+        Inference: no autograd graph (``.numpy()`` works on every output); call the model itself to train through
+        it."""
         out = self.model.trunk(self._condition(x))
         preds = self.model.heads(out)
         adapters = {t: self.teacher_space(t, p) for t, p in preds.items()}
