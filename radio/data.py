@@ -69,7 +69,7 @@ class ResolutionSchedule:
     batch of each partition (batch b of a rank belongs to partition ``b % len(partitions)``, and the trainer
     accumulates that many batches per step), each at a size drawn uniformly from its partition. A cache built with
     the same ``partitions`` stores each teacher's targets once per partition, at the grid of its largest size,
-    and that one set serves every size of the partition (area-averaged to the student's grid in the loss).
+    and that one set serves every size of the partition (resampled to the student's grid in the loss).
     ``resolutions`` is then filled with every size of every partition.
     """
 

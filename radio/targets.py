@@ -89,17 +89,18 @@ def resample_window(
     shift-equivariant loss's targets: the teacher's map over the pixels a shifted student crop covers."""
     B, H, W, _ = feats_BHWC.shape
     x = feats_BHWC.float()
-    o = origin_B2.detach().to(x.device, torch.float64)
+    # the checks and the choice below read a host copy (the trainer's offsets are drawn on the host): no device sync
+    host = origin_B2.detach().to("cpu", torch.float64)
     eh, ew = float(extent_hw[0]), float(extent_hw[1])
-    if (o < 0).any() or (o[:, 0] + eh > H + 1e-6).any() or (o[:, 1] + ew > W + 1e-6).any():
-        raise ValueError(f"windows of {eh}x{ew} cells at {o.tolist()} leave the {H}x{W} map")
-    whole = (o == o.round()).all() and (eh, ew) == tuple(float(v) for v in out_hw)
-    if whole:  # whole cells onto as many cells: the map's own values, sliced (no resampling, no blur)
-        h, w = out_hw
-        rows = o[:, 0].round().long().cpu()[:, None] + torch.arange(h)
-        cols = o[:, 1].round().long().cpu()[:, None] + torch.arange(w)
+    if (host < 0).any() or (host[:, 0] + eh > H + 1e-6).any() or (host[:, 1] + ew > W + 1e-6).any():
+        raise ValueError(f"windows of {eh}x{ew} cells at {host.tolist()} leave the {H}x{W} map")
+    if bool((host == host.round()).all()) and (eh, ew) == (float(out_hw[0]), float(out_hw[1])):
+        # whole cells onto as many cells: the map's own values, sliced (no resampling, no blur)
+        rows = host[:, 0].long()[:, None] + torch.arange(out_hw[0])
+        cols = host[:, 1].long()[:, None] + torch.arange(out_hw[1])
         b = torch.arange(B)[:, None, None]
-        return x[b, rows.to(x.device)[:, :, None], cols.to(x.device)[:, None, :]]
+        return x[b.to(x.device), rows.to(x.device)[:, :, None], cols.to(x.device)[:, None, :]]
+    o = host.to(x.device)
     wh = _linear_weights(out_hw[0], H, x.device, o[:, 0], eh).to(x.dtype)  # (B, h, H)
     ww = _linear_weights(out_hw[1], W, x.device, o[:, 1], ew).to(x.dtype)  # (B, w, W)
     return torch.einsum("bjl,bilc->bijc", ww, torch.einsum("bik,bklc->bilc", wh, x))
