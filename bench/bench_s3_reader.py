@@ -3,18 +3,23 @@
     python bench/bench_s3_reader.py --views 960 --units 4 --delay-ms 20 --rounds 3
 
 Builds one cache with the registry's real teacher dims (CLIP-B/16, DINOv2-B/14-reg, SAM-H by default; random
-float16 targets, the worst case for bytes), copies it into a SeaweedFS bucket on loopback (`tests/s3server.py`),
-and puts a delaying TCP proxy (`tests/latency_proxy.py`, a process of its own) between the reader and the
-store. Then, alternately for ``--rounds`` rounds, it streams two epochs of the cache through ``CacheStream`` and
-``make_loader`` exactly as the trainer does (its default loader workers: the reader thread on a CPU machine)
-from: local disk, the store directly, and the store behind the proxy.
+float16 targets, the worst case for bytes) and serves it from two S3 stores on loopback: SeaweedFS
+(`tests/s3server.py`, the cache copied into a bucket) and a read-only stand-in that answers ranged GETs with
+``sendfile`` (`tests/sendfile_store.py`; SeaweedFS on one core serves less than the reader takes from local
+disk, so against it the reader waits on the store). A delaying TCP proxy (`tests/latency_proxy.py`, a process
+of its own) sits in front of each for the rows with latency. Then, alternately for ``--rounds`` rounds, it
+streams two epochs of the cache through ``CacheStream`` and ``make_loader`` exactly as the trainer does (its
+default loader workers: the reader thread on a CPU machine) from each source.
 
 What it reports, per source, the median over rounds of the second epoch of each round (the first epoch of a run
 also hashes each local shard whole, reported on its own line):
 
 - views/s, and its ratio to local disk's;
 - the reader's CPU per view: this process's CPU time (user + system, every thread), which the store's and the
-  proxy's processes are not part of;
+  proxy's processes are not part of; and the same less the softirq time of the reader's core (pinned runs):
+  on loopback the ACKs a reader sends run the sender's TCP stack (its ``tcp_write_xmit``) in the reader's
+  context, work a remote store's machine does; this kernel has no IRQ time accounting, so that time is in the
+  process's system time and ``/proc/stat``'s softirq column of its core tells how much;
 - requests per epoch, counted by the server, against the row groups of the files streamed.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import math
 import os
 import shutil
@@ -40,14 +46,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def epoch(stream, loader, n: int, others: tuple[int, ...] = ()) -> tuple[int, float, float, float]:
-    """(views, wall seconds, process CPU seconds, CPU seconds of the ``others`` processes) of epoch ``n``."""
+def softirq_seconds(core: int | None) -> float:
+    """Softirq time of ``core`` so far (``/proc/stat``); 0 without a core."""
+    if core is None:
+        return 0.0
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                return int(line.split()[7]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def epoch(
+    stream, loader, n: int, others: tuple[int, ...] = (), core: int | None = None
+) -> tuple[int, float, float, float, float]:
+    """(views, wall seconds, process CPU seconds, CPU seconds of the ``others`` processes, softirq seconds of
+    ``core``) of epoch ``n``."""
     stream.set_epoch(n)
-    t0, c0, o0 = time.perf_counter(), time.process_time(), sum(cpu_seconds(p) for p in others)
+    t0, c0, o0, s0 = (
+        time.perf_counter(),
+        time.process_time(),
+        sum(cpu_seconds(p) for p in others),
+        softirq_seconds(core),
+    )
     rows = 0
     for b in loader:
         rows += int(b["weight"].sum())
-    return rows, time.perf_counter() - t0, time.process_time() - c0, sum(cpu_seconds(p) for p in others) - o0
+    return (
+        rows,
+        time.perf_counter() - t0,
+        time.process_time() - c0,
+        sum(cpu_seconds(p) for p in others) - o0,
+        softirq_seconds(core) - s0,
+    )
 
 
 def pin(pid: int, cores: set[int]) -> None:
@@ -87,6 +118,7 @@ def main() -> None:
     from radio.data import CacheStream, LoaderConfig, make_loader, resolve_workers
     from tests.latency_proxy import LatencyProxy
     from tests.s3server import S3Server
+    from tests.sendfile_store import SendfileStore
 
     torch.set_num_threads(1)
     teachers = ns.teachers.split(",")
@@ -121,33 +153,43 @@ def main() -> None:
         f"prefetch {cfg.prefetch_factor}, read_rows {cfg.read_rows}), batch {ns.batch_size}; {os.cpu_count()} cores"
     )
     try:
-        with S3Server(bucket="radio-bench", export_env=True) as s3:
+        with contextlib.ExitStack() as stack:
+            s3 = stack.enter_context(S3Server(bucket="radio-bench", export_env=True))
             fs = s3.filesystem()
             t0 = time.perf_counter()
             pafs.copy_files(root, s3.path("cache"), destination_filesystem=fs)
             print(f"copied to {s3.uri('cache')} in {time.perf_counter() - t0:.0f}s")
-            with LatencyProxy(s3.endpoint, ns.delay_ms) as proxy:
-                cores = sorted(os.sched_getaffinity(0))
-                if not ns.no_pin and len(cores) >= 2:
-                    for pid in (s3.pid, proxy.proc.pid):  # type: ignore[union-attr]
-                        pin(pid, set(cores[1:]))
-                    pin(os.getpid(), {cores[0]})
-                    print(f"pinned: this process to core {cores[0]}, the store and the proxy to {cores[1:]}")
-                sources = {
-                    "local": root,
-                    "s3": s3.uri("cache"),
-                    f"s3+{ns.delay_ms:g}ms": proxy.route(s3.uri("cache")),
-                }
-                others = (s3.pid, proxy.proc.pid)  # type: ignore[union-attr]
-                _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream, make_loader, others)
+            served = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-s3-sendfile-"))
+            os.symlink(os.path.abspath(root), os.path.join(served, "cache"))
+            fast = stack.enter_context(SendfileStore(served, bucket="radio-bench"))
+            proxy = stack.enter_context(LatencyProxy(s3.endpoint, ns.delay_ms))
+            fast_proxy = stack.enter_context(LatencyProxy(fast.endpoint, ns.delay_ms))
+            servers = (s3.pid, proxy.proc.pid, fast.pid, fast_proxy.proc.pid)  # type: ignore[union-attr]
+            cores = sorted(os.sched_getaffinity(0))
+            core = None
+            if not ns.no_pin and len(cores) >= 2:
+                for pid in servers:
+                    pin(pid, set(cores[1:]))
+                pin(os.getpid(), {cores[0]})
+                core = cores[0]
+                print(f"pinned: this process to core {cores[0]}, the stores and the proxies to {cores[1:]}")
+            lat = f"+{ns.delay_ms:g}ms"
+            sources = {
+                "local": (root, ()),
+                "seaweedfs": (s3.uri("cache"), (s3.pid,)),
+                f"seaweedfs{lat}": (proxy.route(s3.uri("cache")), (s3.pid, proxy.proc.pid)),  # type: ignore[union-attr]
+                "sendfile": (fast.uri("cache"), (fast.pid,)),
+                f"sendfile{lat}": (fast_proxy.route(fast.uri("cache")), (fast.pid, fast_proxy.proc.pid)),  # type: ignore[union-attr]
+            }
+            _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream, make_loader, core)
     finally:
         if not ns.cache:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream, make_loader, others) -> None:
+def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream, make_loader, core) -> None:
     streams = {}
-    for name, uri in sources.items():
+    for name, (uri, _) in sources.items():
         stream = CacheStream(
             uri,
             teachers,
@@ -164,43 +206,54 @@ def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream
         for name, (stream, loader) in streams.items():
             for e in range(2):
                 with s3.counting() as n:
-                    got = epoch(stream, loader, 2 * r + e, others)
+                    got = epoch(stream, loader, 2 * r + e, sources[name][1], core)
                 if r == 0 and e == 0:
                     first[name] = got
                 elif e == 1:
                     later[name].append(got)
-                if name != "local" and e == 1:
+                if name.startswith("seaweedfs") and e == 1:
                     requests[name] = collections.Counter({k: v for k, v in n.items() if v})
+            rows, wall, cpu, _, soft = later[name][-1]
             print(
-                f"  round {r}: {name:<10} views/s {later[name][-1][0] / later[name][-1][1]:7.0f}, "
-                f"CPU {later[name][-1][2] / later[name][-1][0] * 1e3:.3f} ms/view",
+                f"  round {r}: {name:<14} views/s {rows / wall:7.0f}, CPU {cpu / rows * 1e3:.3f} ms/view "
+                f"({(cpu - soft) / rows * 1e3:.3f} less softirq)",
                 flush=True,
             )
 
-    def med(name, i):
-        return statistics.median(x[i] / x[0] if i == 2 else x[0] / x[1] for x in later[name])
+    def med(name, what):
+        xs = later[name]
+        if what == "rate":
+            return statistics.median(x[0] / x[1] for x in xs)
+        if what == "cpu":
+            return statistics.median(x[2] / x[0] for x in xs)
+        if what == "cpu-soft":
+            return statistics.median((x[2] - x[4]) / x[0] for x in xs)
+        return statistics.median(x[3] / x[1] for x in xs)  # the store's (and proxy's) cores busy
 
-    base_rate, base_cpu = med("local", 1), med("local", 2)
+    base = {k: med("local", k) for k in ("rate", "cpu", "cpu-soft")}
     print(f"\nsecond epoch of each round, median of {ns.rounds}:")
     for name in sources:
-        rate, cpu = med(name, 1), med(name, 2)
-        store = statistics.median(x[3] / x[1] for x in later[name])
+        rate, cpu, soft = med(name, "rate"), med(name, "cpu"), med(name, "cpu-soft")
         print(
-            f"  {name:<10} {rate:7.0f} views/s ({rate / base_rate:.2f} of local)   "
-            f"reader CPU {cpu * 1e3:.3f} ms/view ({cpu / base_cpu:.2f}x local)   "
-            f"store + proxy busy {store:.2f} cores"
+            f"  {name:<14} {rate:7.0f} views/s ({rate / base['rate']:.2f} of local)   "
+            f"reader CPU {cpu * 1e3:.3f} ms/view ({cpu / base['cpu']:.2f}x local), less softirq "
+            f"{soft * 1e3:.3f} ({soft / base['cpu-soft']:.2f}x)   store + proxy busy {med(name, 'busy'):.2f} cores"
         )
     print("first epoch of the run (local shards hashed whole):")
-    for name, (rows, wall, cpu, _) in first.items():
-        print(f"  {name:<10} {rows / wall:7.0f} views/s   reader CPU {cpu / rows * 1e3:.3f} ms/view")
-    print(f"requests per epoch ({files} files, {row_groups} row groups):")
+    for name, (rows, wall, cpu, _, _) in first.items():
+        print(f"  {name:<14} {rows / wall:7.0f} views/s   reader CPU {cpu / rows * 1e3:.3f} ms/view")
+    print(f"requests per epoch ({files} files, {row_groups} row groups), counted by SeaweedFS:")
     for name, n in requests.items():
-        print(f"  {name:<10} {dict(sorted(n.items()))}")
-    lat = f"s3+{ns.delay_ms:g}ms"
-    print(
-        f"\nS3 / local: reader CPU per view {med('s3', 2) / base_cpu:.2f}x; views/s with {ns.delay_ms:g} ms "
-        f"latency {med(lat, 1) / base_rate:.2f}"
-    )
+        print(f"  {name:<14} {dict(sorted(n.items()))}")
+    lat = f"+{ns.delay_ms:g}ms"
+    for store in ("sendfile", "seaweedfs"):
+        print(
+            f"\n{store} / local: reader CPU per view {med(store, 'cpu') / base['cpu']:.2f}x "
+            f"({med(store, 'cpu-soft') / base['cpu-soft']:.2f}x less loopback softirq); views/s "
+            f"{med(store, 'rate') / base['rate']:.2f}, with {ns.delay_ms:g} ms latency "
+            f"{med(store + lat, 'rate') / base['rate']:.2f} ({med(store + lat, 'rate') / med(store, 'rate'):.2f} of "
+            f"{store} without it)"
+        )
 
 
 if __name__ == "__main__":

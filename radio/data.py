@@ -287,7 +287,12 @@ class CacheStream(IterableDataset):
             t = self._empty((len(refs), *first.shape[1:]), torch.from_numpy(np.empty(0, first.dtype)).dtype)
             out = t.numpy()
             for b, pos, rows in groups.values():
-                out[pos] = get(b)[rows]
+                src = get(b)
+                if src.ndim > 1:  # row by row: ``out[pos] = src[rows]`` copies every byte twice (via a temporary)
+                    for p, r in zip(pos, rows, strict=True):
+                        out[p] = src[r]
+                else:
+                    out[pos] = src[rows]
             return t
 
         if isinstance(refs[0][0].student_image, np.ndarray):  # raw views: one array per chunk already

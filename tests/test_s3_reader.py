@@ -249,3 +249,31 @@ def test_column_digest_is_the_values_not_their_layout():
         assert column_digest(arr.slice(2, 4)) == column_digest(pa.concat_arrays([arr.slice(2, 4)]))
     assert column_digest(pa.array(["ab", "c"])) != column_digest(pa.array(["a", "bc"]))  # boundaries count
     assert column_digest(pa.array([1, None], type=pa.int32())) is None  # nulls: left to the page checks
+
+
+def test_receive_buffer_pool_keeps_its_working_set_across_epochs():
+    """Buffers of mixed sizes, some still referred to: giving them back never compares arrays (``list.remove`` did,
+    raising inside the reader as if a page were damaged), and once every one is free again the pool keeps up to the
+    most bytes it had in use, so the next epoch takes every buffer from it instead of fresh zeroed pages."""
+    import radio.cache.store as store
+
+    pool = store._BufferPool(keep=1024, max_bytes=1)
+    sizes = [300, 100, 200, 100, 300, 250] * 3
+    epoch = [pool.take(n) for n in sizes]
+    kept = epoch[::2]  # values still aliasing half of them
+    for b in epoch:
+        pool.give(b)
+    del b
+    assert len(pool._held) == len(sizes)  # nothing forgotten while in use, nothing compared
+    del epoch, kept
+    again = [pool.take(n) for n in sizes]
+    pooled = {id(b) for b in pool._held}
+    assert all(a.size >= n for a, n in zip(again, sizes, strict=True))
+    assert not pooled & {id(a) for a in again} and len(pool._held) == 0  # every one came from the pool
+    for b in again:
+        pool.give(b)
+    del b, again
+    pool.give(pool.take(10_000))  # a larger one raises the peak (it was in use while given back)
+    pool.give(pool.take(20))  # (a 100-byte one, in use as it is given) the 10 000 are free: past the peak
+    free = sum(b.size for b in pool._held) - 100
+    assert pool._peak == 10_000 and 10_000 - 300 < free <= 10_000  # the oldest free ones were forgotten

@@ -16,7 +16,15 @@ import json
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["tensor_to_arrow", "arrow_to_tensor", "column_tensor", "tensor_field", "column_digest", "TENSOR_META"]
+__all__ = [
+    "tensor_to_arrow",
+    "arrow_to_tensor",
+    "column_tensor",
+    "tensor_field",
+    "column_digest",
+    "fixed_width_digest",
+    "TENSOR_META",
+]
 
 TENSOR_META = b"radio.tensor"
 _DTYPES = ("int8", "uint8", "float16", "float32", "int16", "int32", "int64")
@@ -87,6 +95,14 @@ def column_digest(col: pa.Array | pa.ChunkedArray) -> str | None:
         if not _digest_into(a, values, lengths):
             return None
     return xxhash.xxh3_64_hexdigest(f"{len(col)}:".encode() + values.digest() + lengths.digest())
+
+
+def fixed_width_digest(rows: int, values) -> str:
+    """:func:`column_digest` of a column of ``rows`` fixed-width values whose bytes were fed, in order, to the
+    xxh3-64 hasher ``values`` (a reader that hashes the bytes as they arrive, see ``RemoteShard``)."""
+    import xxhash
+
+    return xxhash.xxh3_64_hexdigest(f"{rows}:".encode() + values.digest() + xxhash.xxh3_64().digest())
 
 
 def _digest_into(a: pa.Array, values, lengths) -> bool:

@@ -531,16 +531,24 @@ class RemoteShard:
                 merged.append((a, b))
         return merged
 
-    def _fetch(self, i: int, columns: list[str]) -> list[tuple[int, int]]:
-        got = self.spans(i, columns)
-        for a, b in got:
-            self._file.fetch(a, b)
-        return got
+    def _fetch(self, i: int, columns: list[str]) -> tuple[list[tuple[int, int]], dict[str, str]]:
+        """Receive row group ``i``'s ``columns``: (the spans fetched, the digest of each in-place column, hashed
+        as its bytes arrived)."""
+        from .arrow import fixed_width_digest
 
-    def _in_place(self, i: int, columns: list[str]) -> dict[str, pa.Array]:
+        got, digests = self.spans(i, columns), {}
+        plain = self._plain_values(i, columns)
+        for a, b in got:
+            inside = sorted((v[0], v[1], c) for c, v in plain.items() if a <= v[0] and v[1] <= b)
+            hashers = self._file.fetch(a, b, [(x - a, y - a) for x, y, _ in inside])
+            for (_, _, c), h in zip(inside, hashers, strict=True):
+                digests[c] = fixed_width_digest(plain[c][2], h)
+        return got, digests
+
+    def _plain_values(self, i: int, columns: list[str]) -> dict[str, tuple[int, int, int]]:
         """The columns of row group ``i`` that are one uncompressed PLAIN page of fixed-size values (the writer
-        says which, the footer confirms it), as arrays over the received bytes: the page's values are its last
-        ``rows * width`` bytes. Whether they are the values written is the digest's to say."""
+        says which, the footer confirms it): name -> (start, end, rows) of the values in the file, the page's
+        last ``rows * width`` bytes."""
         plain = set((self.digests or {}).get("plain", ()))
         rg, out = self.metadata.row_group(i), {}
         for j in range(rg.num_columns):
@@ -548,8 +556,7 @@ class RemoteShard:
             name = c.path_in_schema
             if name not in plain or name not in columns:
                 continue
-            field = self.schema_arrow.field(name)
-            width, rows = field.type.byte_width, rg.num_rows
+            width, rows = self.schema_arrow.field(name).type.byte_width, rg.num_rows
             if (
                 c.compression != "UNCOMPRESSED"
                 or not set(c.encodings) <= {"PLAIN", "RLE", "BIT_PACKED"}
@@ -558,12 +565,23 @@ class RemoteShard:
             ):
                 continue
             end = c.data_page_offset + c.total_compressed_size
-            values = self._file.buffer(end - rows * width, end)
-            if values is not None:
-                out[name] = pa.FixedSizeBinaryArray.from_buffers(field.type, rows, [None, values])
+            out[name] = (end - rows * width, end, rows)
         return out
 
-    def _decode(self, i: int, columns: list[str], check: bool) -> pa.Table:
+    def _in_place(self, i: int, columns: list[str]) -> dict[str, pa.Array]:
+        """The in-place columns of row group ``i`` (:meth:`_plain_values`) as arrays over the received bytes.
+        Whether they are the values written is the digest's to say."""
+        out = {}
+        for name, (a, b, rows) in self._plain_values(i, columns).items():
+            values = self._file.buffer(a, b)
+            if values is not None:
+                out[name] = pa.FixedSizeBinaryArray.from_buffers(
+                    self.schema_arrow.field(name).type, rows, [None, values]
+                )
+        return out
+
+    def _decode(self, i: int, columns: list[str], check: bool, hashed: dict[str, str] | None = None) -> pa.Table:
+        """Row group ``i`` as a table, checked (``hashed``: digests of columns computed as they were received)."""
         if self._http is not None:
             got = self._in_place(i, columns)
             rest = [c for c in columns if c not in got]
@@ -579,7 +597,8 @@ class RemoteShard:
             from .arrow import column_digest
 
             for c in columns:
-                got, want = column_digest(table.column(c)), self.digests["columns"][c][i]  # type: ignore[index]
+                got = (hashed or {}).get(c) or column_digest(table.column(c))
+                want = self.digests["columns"][c][i]  # type: ignore[index]
                 if got != want:
                     raise ChangedFile(
                         f"row group {i}, column {c!r} does not read back as written (digest {got}, written {want})"
@@ -618,10 +637,11 @@ class RemoteShard:
                 if self._http is None:
                     yield got
                     continue
+                spans, hashed = got
                 try:
-                    yield self._decode(i, columns, check)
+                    yield self._decode(i, columns, check, hashed)
                 finally:
-                    for start, _ in got:
+                    for start, _ in spans:
                         self._file.drop(start)
         finally:
             self.close()
@@ -657,13 +677,22 @@ class _BufferPool:
     fresh mapping whose every page the kernel zeroes before the body lands on it (a third of the reader's CPU
     in a `perf` profile). Decoded columns may be views of the buffer they were read from, so a buffer given
     back is reused only once nothing refers to it any more (its reference count), never while a value aliases
-    it."""
+    it.
 
-    def __init__(self, keep: int = 64, max_bytes: int = 1 << 29) -> None:
+    How much it keeps: free buffers up to the larger of ``max_bytes`` and the most bytes ever in use at once
+    (the stream's working set, which the process needed anyway). A row stays in the shuffle buffer long after
+    its row group was read and keeps the whole buffer alive, so the working set is several times the shuffle
+    buffer's rows; a pool capped below it (64 buffers, 512 MiB before) dropped buffers at every epoch's end
+    and allocated ~28 % of an epoch's bytes fresh in the next one (`bench/bench_s3_reader.py`: reader CPU
+    0.90 -> 0.77 ms per view once it stopped)."""
+
+    def __init__(self, keep: int = 1024, max_bytes: int = 1 << 29) -> None:
         import threading
 
         self._held: list = []  # given back, maybe still referred to by decoded batches
-        self._keep, self._max_bytes = keep, max_bytes  # at most this many buffers, and this many bytes of free ones
+        self._keep, self._max_bytes = keep, max_bytes  # at most this many buffers; free bytes, at least
+        self._out = 0  # bytes taken and not given back yet
+        self._peak = 0  # the most bytes in use at once (taken, or given back and still referred to)
         self._lock = threading.Lock()
 
     def take(self, n: int):
@@ -675,26 +704,39 @@ class _BufferPool:
             held = self._held  # a free buffer is referred to by this list and getrefcount's argument only
             free = [i for i in range(len(held)) if held[i].size >= n and sys.getrefcount(held[i]) <= 2]
             if free:
-                return self._held.pop(min(free, key=lambda i: self._held[i].size))
-        return np.empty(max(n, 1), np.uint8)
+                got = self._held.pop(min(free, key=lambda i: self._held[i].size))
+            else:
+                got = np.empty(max(n, 1), np.uint8)
+            self._out += got.size
+            return got
 
     def give(self, base) -> None:
         import sys
 
         with self._lock:
             held = self._held
+            self._out -= base.size
             held.append(base)
-            if len(held) > self._keep:  # forget a free one (or, if all are in use, the oldest)
-                free = [i for i in range(len(held)) if sys.getrefcount(held[i]) <= 2]
-                held.pop(free[0] if free else 0)
             free = [b for b in held if sys.getrefcount(b) <= 3]  # held, this list, getrefcount's argument
-            spare = sum(b.size for b in free) - self._max_bytes
+            free_ids = {id(b) for b in free}
+            in_use = self._out + sum(b.size for b in held if id(b) not in free_ids)
+            self._peak = max(self._peak, in_use)
+            if len(held) > self._keep:  # forget a free one (or, if all are in use, the oldest)
+                drop = free[0] if free else held[0]
+                _forget(held, drop)
+                free = [b for b in free if b is not drop]
+            spare = sum(b.size for b in free) - max(self._max_bytes, self._peak)
             for b in free:  # the oldest free ones go first, until the free bytes fit
                 if spare <= 0:
                     break
                 spare -= b.size
-                held.remove(b)
+                _forget(held, b)
             del free
+
+
+def _forget(held: list, b) -> None:
+    """Remove ``b`` from ``held`` by identity (``list.remove`` compares arrays element by element)."""
+    del held[next(i for i, x in enumerate(held) if x is b)]
 
 
 _POOL = _BufferPool()
@@ -712,11 +754,14 @@ class _Ranges:
         self._lock = threading.Lock()
         self.closed = False
 
-    def fetch(self, start: int, end: int) -> None:
+    def fetch(self, start: int, end: int, hash_regions: list[tuple[int, int]] | None = None) -> list:
+        """Receive bytes ``[start, end)`` (``hash_regions``: ranges relative to ``start`` hashed as they arrive;
+        their hashers are returned)."""
         base = _POOL.take(end - start)
-        self._http.read_into(self._key, start, base[: end - start].data)
+        hashers = self._http.read_into(self._key, start, base[: end - start].data, hash_regions)
         with self._lock:
             self._parts[start] = (end, base)
+        return hashers
 
     def drop(self, start: int) -> None:
         with self._lock:
