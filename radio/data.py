@@ -16,6 +16,7 @@ epoch replays the row stream without decoding the skipped rows and continues bit
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -145,6 +146,124 @@ def epoch_assignment(units: list[int], seed: int, epoch: int, n_readers: int) ->
     return [order[r::n_readers] for r in range(n_readers)]
 
 
+def shuffled(items: Iterable, buffer: int, rng: np.random.Generator) -> Iterator:
+    """``items`` through a shuffle buffer of ``buffer`` items: once it is full, each new item sends a uniformly
+    drawn one out; the rest leave in random order at the end. The order is a function of ``rng`` and the number
+    of items only, which is what lets :class:`_Placement` know every row's slot before its bytes arrive."""
+    buf: list = []
+    for x in items:
+        buf.append(x)
+        if len(buf) >= buffer:
+            j = int(rng.integers(len(buf)))
+            buf[j], buf[-1] = buf[-1], buf[j]
+            yield buf.pop()
+    while buf:
+        j = int(rng.integers(len(buf)))
+        buf[j], buf[-1] = buf[-1], buf[j]
+        yield buf.pop()
+
+
+class _Placement:
+    """Where each row of a reader's epoch lands, known before any of it is read: an object store's bytes for
+    tensor columns are then received straight into their batch's tensors (``RemoteShard.placer``), the one copy
+    a row costs, where receiving into a buffer and gathering from it cost two (BENCHMARKS.md, issue 31).
+
+    A row is placed if its batch is materialized (not skipped on resume) and leaves the shuffle buffer within
+    ``ahead`` rows of the earliest it could (most do): a row that lingers in the buffer, and the epoch's last
+    row (the one padding copies), are received into the read buffer and gathered from there, so the batches
+    being filled at once stay within about ``ahead + shuffle_buffer`` rows of memory."""
+
+    def __init__(self, stream: CacheStream, units: list[int], rng_seed: list[int], role: int, skip: int) -> None:
+        import threading
+
+        self.stream, self.role, self.skip = stream, role, skip
+        self.first = {}  # unit -> the epoch's count of rows before it
+        n = 0
+        for u in units:
+            self.first[u], n = n, n + stream.rows_per_unit[u]
+        order = np.fromiter(shuffled(range(n), stream.shuffle_buffer, np.random.default_rng(rng_seed)), np.int64, n)
+        self.slot = np.empty(n, np.int64)
+        self.slot[order] = np.arange(n)
+        self.last = int(order[-1]) if n else -1
+        self.ahead = stream.shuffle_buffer
+        self.tensors: dict[int, dict[str, torch.Tensor]] = {}  # batch -> served column key -> its tensor
+        self._names: dict[tuple[str, int], dict[str, str]] = {}  # (teacher, resolution) -> stored -> served
+        self._lock = threading.Lock()
+
+    def placed(self, row: int, position: int | None = None) -> bool:
+        """Whether ``row`` (of the epoch) is received into its batch (at ``position`` of the epoch, if given)."""
+        t = int(self.slot[row])
+        if position is not None and t != position:
+            return False
+        return (
+            row != self.last
+            and t // self.stream.batch_size >= self.skip
+            and t - max(0, row - self.stream.shuffle_buffer + 1) < self.ahead
+        )
+
+    def resolution(self, k: int) -> int:
+        s = self.stream
+        return s.schedule.resolution(s.seed, s.epoch, k * s.num_workers + self.role)
+
+    def served(self, teacher: str, resolution: int, stored: list[str]) -> dict[str, str]:
+        """Stored column -> the name it is served under in a batch at ``resolution`` (absent: not served)."""
+        key = (teacher, resolution)
+        if key not in self._names:
+            s = self.stream
+            by_served = s.layouts[teacher].columns_at({c: c for c in stored}, s.served[resolution][teacher])
+            self._names[key] = {v: k for k, v in by_served.items()}
+        return self._names[key]
+
+    def __call__(self, unit: int, teacher: str, column: str, field, row0: int, rows: int) -> list | None:
+        """Destinations of rows ``row0 .. row0 + rows`` of ``column`` of ``teacher``'s file of ``unit``."""
+        from .cache.arrow import TENSOR_META
+
+        if unit not in self.first or TENSOR_META not in (field.metadata or {}):
+            return None
+        import json
+
+        meta = json.loads(field.metadata[TENSOR_META])
+        shape, dtype = tuple(meta["shape"]), torch.from_numpy(np.empty(0, meta["dtype"])).dtype
+        stored = ["summary", *self.stream.layouts[teacher].feature_columns()]  # every column a teacher may have
+        out: list = []
+        base = self.first[unit] + row0
+        any_placed = False
+        for r in range(rows):
+            row = base + r
+            if not self.placed(row):
+                out.append(None)
+                continue
+            k, p = divmod(int(self.slot[row]), self.stream.batch_size)
+            name = self.served(teacher, self.resolution(k), stored).get(column)
+            if name is None:
+                out.append(None)
+                continue
+            key = f"{teacher}/{name}"
+            with self._lock:
+                batch = self.tensors.setdefault(k, {})
+                if key not in batch:
+                    batch[key] = self._empty((self.stream.batch_size, *shape), dtype)
+                t = batch[key]
+            out.append(memoryview(t.numpy()[p].reshape(-1).view(np.uint8)))
+            any_placed = True
+        return out if any_placed else None
+
+    def _empty(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """A batch tensor: reused memory where the stream's own would be plain (it is allocated in a fetching
+        thread, whose allocator arena would map fresh pages each time)."""
+        if self.stream.pin_memory or get_worker_info() is not None:
+            return self.stream._empty(shape, dtype)
+        from .cache.store import reusable_empty
+
+        n = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+        return torch.from_numpy(reusable_empty(n)).view(dtype).view(shape)
+
+    def take(self, k: int) -> dict[str, torch.Tensor]:
+        """Batch ``k``'s placed tensors, handed over (forgotten here)."""
+        with self._lock:
+            return self.tensors.pop(k, {})
+
+
 def batches_per_epoch(
     rows_per_unit: dict[int, int],
     units: list[int],
@@ -251,25 +370,29 @@ class CacheStream(IterableDataset):
 
     def _rows(self, reader: CacheReader, units: list[int], rng: np.random.Generator):
         """(batch, row) references in shuffled order; nothing is decoded here."""
-        buf: list = []
-        # Parquet reads (page CRC32 checks, decompression, the key join) run one thread ahead of the shuffle
-        # and batch assembly below: Arrow releases the GIL, so on a spare core the checks cost no views/s
-        read = ThreadPrefetcher(reader.iter_units(units, self.read_rows), depth=2)
-        for batch in read:
-            for i in range(len(batch)):
-                buf.append((batch, i))
-                if len(buf) >= self.shuffle_buffer:
-                    j = int(rng.integers(len(buf)))
-                    buf[j], buf[-1] = buf[-1], buf[j]
-                    yield buf.pop()
-        while buf:
-            j = int(rng.integers(len(buf)))
-            buf[j], buf[-1] = buf[-1], buf[j]
-            yield buf.pop()
 
-    def _materialize(self, refs: list, weights: list[float], resolution: int | None = None) -> dict:
-        """One batch from row references, column by column: rows are gathered per source chunk with one
-        fancy index each (no per-row Python for tensors), targets keep their stored dtype.
+        def refs():
+            # Parquet reads (page CRC32 checks, decompression, the key join) run one thread ahead of the shuffle
+            # and batch assembly below: Arrow releases the GIL, so on a spare core the checks cost no views/s
+            count = 0
+            for batch in ThreadPrefetcher(reader.iter_units(units, self.read_rows), depth=2):
+                batch.first_row, count = count, count + len(batch)
+                for i in range(len(batch)):
+                    yield batch, i
+
+        return shuffled(refs(), self.shuffle_buffer, rng)
+
+    def _materialize(
+        self,
+        refs: list,
+        weights: list[float],
+        resolution: int | None = None,
+        placed: dict[str, torch.Tensor] | None = None,
+        here: list[bool] | None = None,
+    ) -> dict:
+        """One batch from row references, column by column: rows are gathered per source chunk, targets keep
+        their stored dtype. ``placed``: tensors whose rows were received in place (:class:`_Placement`), at the
+        positions where ``here`` is true; the other positions are gathered into them.
 
         At a ``resolution`` below the stored one, the views are derived here and each teacher's columns come
         from the stored grid that serves the student's grid best (``TargetLayout.pick_grid``), under the main
@@ -282,16 +405,22 @@ class CacheStream(IterableDataset):
             g[1].append(pos)
             g[2].append(i)
 
-        def gather(get) -> torch.Tensor:
+        def gather(get, into: torch.Tensor | None = None) -> torch.Tensor:
             first = get(refs[0][0])
-            t = self._empty((len(refs), *first.shape[1:]), torch.from_numpy(np.empty(0, first.dtype)).dtype)
+            t = into
+            if t is None:
+                t = self._empty((len(refs), *first.shape[1:]), torch.from_numpy(np.empty(0, first.dtype)).dtype)
             out = t.numpy()
             for b, pos, rows in groups.values():
                 src = get(b)
+                if into is not None:  # only the rows that were not received in place
+                    assert here is not None
+                    keep = [(p, r) for p, r in zip(pos, rows, strict=True) if not here[p]]
+                    pos, rows = [p for p, _ in keep], [r for _, r in keep]
                 if src.ndim > 1:  # row by row: ``out[pos] = src[rows]`` copies every byte twice (via a temporary)
                     for p, r in zip(pos, rows, strict=True):
                         out[p] = src[r]
-                else:
+                elif pos:
                     out[pos] = src[rows]
             return t
 
@@ -320,7 +449,8 @@ class CacheStream(IterableDataset):
                 {k: k for k in refs[0][0].teachers[t]}, self.served[resolution][t]
             )  # served name -> stored name
             for key, src in names.items():
-                out[f"{t}/{key}"] = gather(lambda b, t=t, src=src: b.teachers[t][src])
+                into = (placed or {}).get(f"{t}/{key}")
+                out[f"{t}/{key}"] = gather(lambda b, t=t, src=src: b.teachers[t][src], into)
         return out
 
     def _empty(self, shape, dtype) -> torch.Tensor:
@@ -354,8 +484,11 @@ class CacheStream(IterableDataset):
             self.uri, self.teachers, check=False, manifest=self.manifest, memo=self.memo
         )  # each file's footer is checked as it is opened
         reader.extra_grids = self.grids_read()  # only the grids this schedule's resolutions use
-        rng = np.random.default_rng([self.seed, self.epoch, reader_index])
-        rows = self._rows(reader, units, rng)
+        seed = [self.seed, self.epoch, reader_index]
+        placement = None
+        if not reader.loc.is_local and reader.loc.ranges() is not None:  # received by radio's own client
+            placement = reader.placer = _Placement(self, units, seed, role, skip)
+        rows = self._rows(reader, units, np.random.default_rng(seed))
         last = None
         for k in range(n_batches):
             refs, weights = [], []
@@ -375,9 +508,12 @@ class CacheStream(IterableDataset):
             if not refs:  # a reader without any unit this epoch: borrow one row of the cache, weight 0
                 first = next(reader.iter_unit(self.units[0], 1))
                 refs, weights = [(first, 0)] * self.batch_size, [0.0] * self.batch_size
-            yield self._materialize(
-                refs, weights, self.schedule.resolution(self.seed, self.epoch, k * self.num_workers + role)
-            )
+            resolution = self.schedule.resolution(self.seed, self.epoch, k * self.num_workers + role)
+            if placement is None:
+                yield self._materialize(refs, weights, resolution)
+                continue
+            here = [placement.placed(b.first_row + i, k * self.batch_size + p) for p, (b, i) in enumerate(refs)]
+            yield self._materialize(refs, weights, resolution, placement.take(k), here)
 
 
 def resolve_workers(cfg: LoaderConfig) -> int:

@@ -7,12 +7,13 @@ or reordered row is an error, never a silent misalignment.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..normalize import RunningMoments
 
+import functools
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ class CacheBatch:
     label_index: np.ndarray
     student_image: list[bytes] | np.ndarray  # encoded views; for the "raw" format one uint8 (B, H, W, 3) array
     teachers: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    first_row: int = 0  # a stream's count of the rows before this batch's first in its epoch
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -125,6 +127,9 @@ class CacheReader:
         self.manifest: Manifest = manifest
         # teacher -> the extra grids (of TargetLayout.extra_grids) to read; absent teacher: every grid stored
         self.extra_grids: dict[str, list[tuple[int, int]]] = {}
+        # (unit, teacher, column, field, first row, rows) -> where each row of a teacher's in-place column is
+        # received, for files on an object store read by radio's own client (RemoteShard.placer); a stream sets it
+        self.placer: Callable | None = None
         held = manifest.teachers
         self.teachers = list(held) if teachers is None else list(teachers)
         missing = [t for t in self.teachers if t not in held]
@@ -229,6 +234,8 @@ class CacheReader:
 
             opened = list(fetch_pool().map(lambda t: self._open_one(unit, t), tables))
             for t, f in zip(tables, opened, strict=True):
+                if isinstance(f, RemoteShard) and t is not None and self.placer is not None:
+                    f.placer = functools.partial(self.placer, unit, t)
                 if start and isinstance(f, RemoteShard):
                     f.start(self._columns(t))
         else:

@@ -15,6 +15,7 @@ It is used where the location names its credentials the way pyarrow reads them f
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import hmac
 import http.client
@@ -27,7 +28,7 @@ import urllib.parse
 __all__ = ["S3Ranges", "ranges_for"]
 
 _RETRY_STATUS = (500, 502, 503, 504)
-HASH_PIECE = 256 << 10  # bytes received then hashed at a time: stays in a core's L2 cache
+HASH_PIECE = 1 << 20  # bytes received then hashed at a time: stays in a core's L2 cache
 _CODES = {403: "ACCESS_DENIED", 404: "NO_SUCH_KEY", 400: "INVALID_REQUEST", 416: "INVALID_RANGE"}
 
 
@@ -147,16 +148,15 @@ class S3Ranges:
         )
         return headers
 
-    def read_into(
-        self, key: str, start: int, out: memoryview, hash_regions: list[tuple[int, int]] | None = None
-    ) -> list:
+    def read_into(self, key: str, start: int, out: memoryview, regions: list | None = None) -> list:
         """Fill ``out`` with bytes ``[start, start + len(out))`` of object ``key`` (relative to the bucket): one GET,
         retried on a dropped connection or a 5xx. Failures raise ``OSError`` in pyarrow's words ("AWS Error ...
         key '...' in bucket '...'"), so they read like any other object-store failure.
 
-        ``hash_regions``: disjoint ``[a, b)`` ranges of ``out`` hashed with xxh3-64 as they arrive, in pieces of at
-        most ``HASH_PIECE`` bytes while they are still in the CPU's cache (a second pass over the whole body, from
-        memory, cost 6 % of the reader's CPU). Returns one hasher per region, in order."""
+        ``regions``: sorted, disjoint ``(a, b, dest, h)`` ranges of the body (offsets into ``out``): their bytes go
+        to ``dest`` (a writable buffer of ``b - a`` bytes; None: to ``out`` as the rest) and, where ``h`` is not
+        None, are hashed with the xxh3-64 hasher number ``h`` as they arrive, in pieces of at most ``HASH_PIECE``
+        bytes, still in the CPU's cache. Returns the hashers, by number."""
         n = len(out)
         if n == 0:
             return []
@@ -174,7 +174,7 @@ class S3Ranges:
                             f"{what}: AWS Error INVALID_RANGE during GetObject operation: asked for {n} bytes at "
                             f"{start}, the store answers {resp.length} (the object is not the size recorded)"
                         )
-                    hashers = _receive(resp, out, hash_regions or [])
+                    hashers = _receive(resp, out, regions or [])
                     resp.read()  # the (empty) rest, so the connection can carry the next request
                     return hashers
                 body = resp.read()[:300].decode("utf-8", "replace")
@@ -209,26 +209,60 @@ class S3Ranges:
         )
 
 
-def _receive(resp: http.client.HTTPResponse, out: memoryview, regions: list[tuple[int, int]]) -> list:
-    """The body into ``out``; each of ``regions`` hashed piece by piece right after it lands."""
+def _receive(resp: http.client.HTTPResponse, out: memoryview, regions: list) -> list:
+    """The body into ``out`` and the regions' destinations (see :meth:`S3Ranges.read_into`).
+
+    Over plain HTTP, once the response's own buffer is drained, each piece is one ``recv_into`` with
+    ``MSG_WAITALL`` on the socket: the kernel fills it as segments arrive, with no return to Python per segment
+    (three layers of Python I/O wrappers per call otherwise)."""
     import xxhash
 
-    n, got = len(out), 0
-    cuts = sorted({0, n, *(x for r in regions for x in r)})
-    hashers = [xxhash.xxh3_64() for _ in regions]
-    k = 0  # the region that the next piece may fall in
-    for a, b in zip(cuts, cuts[1:], strict=False):
-        while k < len(regions) and regions[k][1] <= a:
-            k += 1
-        inside = k < len(regions) and regions[k][0] <= a
-        step = HASH_PIECE if inside else b - a
-        for lo in range(a, b, step):
-            hi = min(b, lo + step)
-            while got < hi:
-                r = resp.readinto(out[got:hi])
-                if not r:
-                    raise http.client.IncompleteRead(bytes(0), n - got)
-                got += r
-            if inside:
-                hashers[k].update(out[lo:hi])
+    n = len(out)
+    fill, direct = _filler(resp, n)
+    hashers = [xxhash.xxh3_64() for _ in range(1 + max((r[3] for r in regions if r[3] is not None), default=-1))]
+    pos = 0
+    for a, b, dest, h in regions:
+        if pos < a:
+            fill(out[pos:a])
+        for lo in range(a, b, HASH_PIECE if h is not None else max(1, b - a)):
+            hi = min(b, lo + HASH_PIECE) if h is not None else b
+            piece = out[lo:hi] if dest is None else dest[lo - a : hi - a]
+            fill(piece)
+            if h is not None:
+                hashers[h].update(piece)
+        pos = b
+    if pos < n:
+        fill(out[pos:])
+    if direct:
+        resp.length = 0  # the body was read from the socket, past the response object
     return hashers
+
+
+def _filler(resp: http.client.HTTPResponse, n: int):
+    """How to fill a buffer from the body: straight from the socket where that is safe, else through ``resp``."""
+    sock = getattr(getattr(resp.fp, "raw", None), "_sock", None)
+    if type(sock) is not socket.socket or resp.length != n or resp.chunked:
+        return functools.partial(_fill, resp), False  # TLS (no flags on recv), or not exactly the body asked for
+    held = [len(resp.fp.peek())]  # what the response's buffer already read past the headers
+
+    def fill(view: memoryview) -> None:
+        got, want = 0, len(view)
+        if held[0]:
+            got = resp.fp.readinto(view[: min(want, held[0])])
+            held[0] -= got
+        while got < want:
+            r = sock.recv_into(view[got:], want - got, socket.MSG_WAITALL)
+            if not r:
+                raise http.client.IncompleteRead(bytes(0), want - got)
+            got += r
+
+    return fill, True
+
+
+def _fill(resp: http.client.HTTPResponse, view: memoryview) -> None:
+    got, n = 0, len(view)
+    while got < n:
+        r = resp.readinto(view[got:])
+        if not r:
+            raise http.client.IncompleteRead(bytes(0), n - got)
+        got += r

@@ -23,7 +23,7 @@ import posixpath
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -470,6 +470,9 @@ class RemoteShard:
     def __init__(self, loc: CacheLocation, rel: str, size: int, depth: int = 3) -> None:
         self.loc, self.rel, self.size, self.depth = loc, rel, size, max(1, depth)
         self._started: tuple | None = None  # (columns, pool, futures of the row groups requested ahead)
+        # (column, field, first row, rows) -> a destination per row (a writable byte buffer, or None: the receive
+        # buffer), or None for none: where a stream wants rows of in-place columns received (CacheStream)
+        self.placer: Callable | None = None
         self._http = loc.ranges()
         if self._http is not None:
             self._file = _Ranges(self._http, self.loc.full(rel).split("/", 1)[1], size)
@@ -533,16 +536,31 @@ class RemoteShard:
 
     def _fetch(self, i: int, columns: list[str]) -> tuple[list[tuple[int, int]], dict[str, str]]:
         """Receive row group ``i``'s ``columns``: (the spans fetched, the digest of each in-place column, hashed
-        as its bytes arrived)."""
+        as its bytes arrived). Rows that :attr:`placer` gives a destination go there instead of the buffer."""
         from .arrow import fixed_width_digest
 
         got, digests = self.spans(i, columns), {}
         plain = self._plain_values(i, columns)
+        dests = {}
+        if self.placer is not None and plain:
+            row0 = sum(self.metadata.row_group(j).num_rows for j in range(i))
+            for c, (_, _, rows) in plain.items():
+                d = self.placer(c, self.schema_arrow.field(c), row0, rows)
+                if d is not None:
+                    dests[c] = d
         for a, b in got:
             inside = sorted((v[0], v[1], c) for c, v in plain.items() if a <= v[0] and v[1] <= b)
-            hashers = self._file.fetch(a, b, [(x - a, y - a) for x, y, _ in inside])
-            for (_, _, c), h in zip(inside, hashers, strict=True):
-                digests[c] = fixed_width_digest(plain[c][2], h)
+            regions = []
+            for h, (x, y, c) in enumerate(inside):
+                if c not in dests:
+                    regions.append((x - a, y - a, None, h))
+                    continue
+                width = (y - x) // len(dests[c])
+                for r, dest in enumerate(dests[c]):
+                    regions.append((x - a + r * width, x - a + (r + 1) * width, dest, h))
+            hashers = self._file.fetch(a, b, regions)
+            for h, (_, _, c) in enumerate(inside):
+                digests[c] = fixed_width_digest(plain[c][2], hashers[h])
         return got, digests
 
     def _plain_values(self, i: int, columns: list[str]) -> dict[str, tuple[int, int, int]]:
@@ -740,6 +758,16 @@ def _forget(held: list, b) -> None:
 
 
 _POOL = _BufferPool()
+_TENSORS = _BufferPool()  # batch tensors rows are received into (CacheStream): their sizes repeat, batch to batch
+
+
+def reusable_empty(nbytes: int):
+    """``nbytes`` uninitialized bytes, reused once nothing refers to them any more (as receive buffers are): for
+    batch tensors allocated in fetching threads, where the allocator's per-thread arenas map fresh pages (the
+    kernel zeroing each) for every batch."""
+    base = _TENSORS.take(nbytes)
+    _TENSORS.give(base)  # in use by what the caller builds on it until that is gone
+    return base[:nbytes]
 
 
 class _Ranges:
@@ -754,11 +782,11 @@ class _Ranges:
         self._lock = threading.Lock()
         self.closed = False
 
-    def fetch(self, start: int, end: int, hash_regions: list[tuple[int, int]] | None = None) -> list:
-        """Receive bytes ``[start, end)`` (``hash_regions``: ranges relative to ``start`` hashed as they arrive;
-        their hashers are returned)."""
+    def fetch(self, start: int, end: int, regions: list | None = None) -> list:
+        """Receive bytes ``[start, end)``; ``regions`` (offsets relative to ``start``) as in
+        :meth:`radio.cache.s3http.S3Ranges.read_into`, whose hashers are returned."""
         base = _POOL.take(end - start)
-        hashers = self._http.read_into(self._key, start, base[: end - start].data, hash_regions)
+        hashers = self._http.read_into(self._key, start, base[: end - start].data, regions)
         with self._lock:
             self._parts[start] = (end, base)
         return hashers
