@@ -206,16 +206,26 @@ class _HashingSink:
         return self._hash.hexdigest()
 
 
+# (pid, URI, AWS settings) -> (filesystem, root), and with "ranges" -> S3Ranges or None: made once per process
+_REMOTE: dict[tuple, Any] = {}
+
+
+def _aws_env() -> tuple:
+    """The environment an object store's client reads its credentials and endpoint from."""
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+
+
 class CacheLocation:
     """A cache root on some pyarrow filesystem, with the few operations the cache needs."""
 
     def __init__(self, uri: str) -> None:
         self.uri = str(uri)
         if "://" in self.uri:
-            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+            key = (os.getpid(), self.uri, _aws_env())
+            if key not in _REMOTE:  # an S3 client costs ~0.15 CPU-seconds to make: once per process and URI
+                _REMOTE[key] = pafs.FileSystem.from_uri(self.uri)
+            self.fs, self.root = _REMOTE[key]
         else:
-            import os
-
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(self.uri)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 
@@ -390,7 +400,10 @@ class CacheLocation:
             from .s3http import ranges_for
 
             use = not self.is_local and os.environ.get("RADIO_S3_CLIENT", "") != "pyarrow"
-            self._ranges = ranges_for(self.uri, getattr(self.fs, "region", None)) if use else None
+            key = (os.getpid(), self.uri, _aws_env(), "ranges")
+            if use and key not in _REMOTE:  # one per process and URI: its kept-alive connections serve every epoch
+                _REMOTE[key] = ranges_for(self.uri, getattr(self.fs, "region", None))
+            self._ranges = _REMOTE[key] if use else None
         return self._ranges
 
     def hashed_whole(self, info: ShardInfo | None) -> bool:
@@ -446,7 +459,7 @@ def fetch_pool() -> ThreadPoolExecutor:
     from concurrent.futures import ThreadPoolExecutor
 
     if _FETCH is None or _FETCH[0] != os.getpid():  # a forked loader worker makes its own
-        _FETCH = (os.getpid(), ThreadPoolExecutor(16, thread_name_prefix="radio-fetch"))
+        _FETCH = (os.getpid(), ThreadPoolExecutor(48, thread_name_prefix="radio-fetch"))
     return _FETCH[1]
 
 
