@@ -12,9 +12,13 @@ uncompressed and ~7400 with lz4 (BENCHMARKS.md). Plain pyarrow reads it in one l
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    import xxhash
 
 __all__ = [
     "tensor_to_arrow",
@@ -97,7 +101,7 @@ def column_digest(col: pa.Array | pa.ChunkedArray) -> str | None:
     return xxhash.xxh3_64_hexdigest(f"{len(col)}:".encode() + values.digest() + lengths.digest())
 
 
-def fixed_width_digest(rows: int, values) -> str:
+def fixed_width_digest(rows: int, values: xxhash.xxh3_64) -> str:
     """:func:`column_digest` of a column of ``rows`` fixed-width values whose bytes were fed, in order, to the
     xxh3-64 hasher ``values`` (a reader that hashes the bytes as they arrive, see ``RemoteShard``)."""
     import xxhash

@@ -34,6 +34,8 @@ import pyarrow.parquet as pq
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
+    import numpy as np
+
     from .s3http import S3Ranges
 
 __all__ = [
@@ -774,7 +776,7 @@ _POOL = _BufferPool()
 _TENSORS = _BufferPool()  # batch tensors rows are received into (CacheStream): their sizes repeat, batch to batch
 
 
-def reusable_empty(nbytes: int):
+def reusable_empty(nbytes: int) -> np.ndarray:
     """``nbytes`` uninitialized bytes, reused once nothing refers to them any more (as receive buffers are): for
     batch tensors allocated in fetching threads, where the allocator's per-thread arenas map fresh pages (the
     kernel zeroing each) for every batch."""
