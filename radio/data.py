@@ -201,10 +201,6 @@ class _Placement:
             and t - max(0, row - self.stream.shuffle_buffer + 1) < self.ahead
         )
 
-    def resolution(self, k: int) -> int:
-        s = self.stream
-        return s.schedule.resolution(s.seed, s.epoch, k * s.num_workers + self.role)
-
     def served(self, teacher: str, resolution: int, stored: list[str]) -> dict[str, str]:
         """Stored column -> the name it is served under in a batch at ``resolution`` (absent: not served)."""
         key = (teacher, resolution)
@@ -234,7 +230,7 @@ class _Placement:
                 out.append(None)
                 continue
             k, p = divmod(int(self.slot[row]), self.stream.batch_size)
-            name = self.served(teacher, self.resolution(k), stored).get(column)
+            name = self.served(teacher, self.stream.batch_resolution(k, self.role), stored).get(column)
             if name is None:
                 out.append(None)
                 continue
@@ -453,6 +449,10 @@ class CacheStream(IterableDataset):
                 out[f"{t}/{key}"] = gather(lambda b, t=t, src=src: b.teachers[t][src], into)
         return out
 
+    def batch_resolution(self, k: int, role: int) -> int:
+        """The resolution of this epoch's batch ``k`` of reader role ``role``."""
+        return self.schedule.resolution(self.seed, self.epoch, k * self.num_workers + role)
+
     def _empty(self, shape, dtype) -> torch.Tensor:
         """Where a batch is assembled: shared memory in a DataLoader worker (handed to the training process
         without another copy), pinned memory for a CUDA device fed by the reader thread (copied to the GPU
@@ -508,8 +508,8 @@ class CacheStream(IterableDataset):
             if not refs:  # a reader without any unit this epoch: borrow one row of the cache, weight 0
                 first = next(reader.iter_unit(self.units[0], 1))
                 refs, weights = [(first, 0)] * self.batch_size, [0.0] * self.batch_size
-            resolution = self.schedule.resolution(self.seed, self.epoch, k * self.num_workers + role)
-            if placement is None:
+            resolution = self.batch_resolution(k, role)
+            if placement is None or last is None:  # (no rows of its own: the borrowed one was gathered)
                 yield self._materialize(refs, weights, resolution)
                 continue
             here = [placement.placed(b.first_row + i, k * self.batch_size + p) for p, (b, i) in enumerate(refs)]
