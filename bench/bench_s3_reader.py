@@ -6,8 +6,14 @@ Builds one cache with the registry's real teacher dims (CLIP-B/16, DINOv2-B/14-r
 float16 targets, the worst case for bytes) and serves it from two S3 stores on loopback: SeaweedFS
 (`tests/s3server.py`, the cache copied into a bucket) and a read-only stand-in that answers ranged GETs with
 ``sendfile`` (`tests/sendfile_store.py`; SeaweedFS on one core serves less than the reader takes from local
-disk, so against it the reader waits on the store). A delaying TCP proxy (`tests/latency_proxy.py`, a process
-of its own) sits in front of each for the rows with latency. Then, alternately for ``--rounds`` rounds, it
+disk, so against it the reader waits on the store). Latency is added two ways: the sendfile store answers each
+request ``--delay-ms`` after it arrived (``sendfile+20ms``: S3's time to first byte, on the same path), and a
+delaying TCP proxy (`tests/latency_proxy.py`, a process of its own) sits in front of each store (``... proxy``).
+The proxy is a second loopback hop: every byte crosses loopback twice and the proxy splices it, which on a
+2-core machine loads the stores' core (~0.7 busy with SeaweedFS's or the sendfile store's own work) and hands
+the reader its bytes in smaller pieces, costs a remote store does not put on the reader's machine; the
+in-store delay has neither. Neither models a long path's bandwidth-delay product (data after the first byte
+arrives at loopback speed). Then, alternately for ``--rounds`` rounds, it
 streams two epochs of the cache through ``CacheStream`` and ``make_loader`` exactly as the trainer does (its
 default loader workers: the reader thread on a CPU machine) from each source.
 
@@ -201,9 +207,10 @@ def main() -> None:
             served = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-s3-sendfile-"))
             os.symlink(os.path.abspath(root), os.path.join(served, "cache"))
             fast = stack.enter_context(SendfileStore(served, bucket="radio-bench"))
+            slow = stack.enter_context(SendfileStore(served, bucket="radio-bench", delay_ms=ns.delay_ms))
             proxy = stack.enter_context(LatencyProxy(s3.endpoint, ns.delay_ms))
             fast_proxy = stack.enter_context(LatencyProxy(fast.endpoint, ns.delay_ms))
-            servers = (s3.pid, proxy.proc.pid, fast.pid, fast_proxy.proc.pid)  # type: ignore[union-attr]
+            servers = (s3.pid, proxy.proc.pid, fast.pid, slow.pid, fast_proxy.proc.pid)  # type: ignore[union-attr]
             cores = sorted(os.sched_getaffinity(0))
             core = None
             if not ns.no_pin and len(cores) >= 2:
@@ -218,9 +225,10 @@ def main() -> None:
             sources = {
                 "local": (root, ()),
                 "seaweedfs": (s3.uri("cache"), (s3.pid,)),
-                f"seaweedfs{lat}": (proxy.route(s3.uri("cache")), (s3.pid, proxy.proc.pid)),  # type: ignore[union-attr]
+                f"seaweedfs{lat} proxy": (proxy.route(s3.uri("cache")), (s3.pid, proxy.proc.pid)),  # type: ignore[union-attr]
                 "sendfile": (fast.uri("cache"), (fast.pid,)),
-                f"sendfile{lat}": (fast_proxy.route(fast.uri("cache")), (fast.pid, fast_proxy.proc.pid)),  # type: ignore[union-attr]
+                f"sendfile{lat}": (slow.uri("cache"), (slow.pid,)),
+                f"sendfile{lat} proxy": (fast_proxy.route(fast.uri("cache")), (fast.pid, fast_proxy.proc.pid)),  # type: ignore[union-attr]
             }
             _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream, make_loader, core)
     finally:
@@ -256,7 +264,7 @@ def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream
                     requests[name] = collections.Counter({k: v for k, v in n.items() if v})
             rows, wall, cpu, _, soft, _ = later[name][-1]
             print(
-                f"  round {r}: {name:<14} views/s {rows / wall:7.0f}, CPU {cpu / rows * 1e3:.3f} ms/view "
+                f"  round {r}: {name:<20} views/s {rows / wall:7.0f}, CPU {cpu / rows * 1e3:.3f} ms/view "
                 f"({(cpu - soft) / rows * 1e3:.3f} less softirq)",
                 flush=True,
             )
@@ -278,25 +286,28 @@ def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream
     for name in sources:
         rate, cpu, soft = med(name, "rate"), med(name, "cpu"), med(name, "cpu-soft")
         print(
-            f"  {name:<14} {rate:7.0f} views/s ({rate / base['rate']:.2f} of local)   "
+            f"  {name:<20} {rate:7.0f} views/s ({rate / base['rate']:.2f} of local)   "
             f"reader CPU {cpu * 1e3:.3f} ms/view ({cpu / base['cpu']:.2f}x local), less softirq "
             f"{soft * 1e3:.3f} ({soft / base['cpu-soft']:.2f}x)   store + proxy busy {med(name, 'busy'):.2f} cores   "
             f"after the first batch {med(name, 'steady') / base['steady']:.2f} of local"
         )
     print("first epoch of the run (local shards hashed whole):")
     for name, (rows, wall, cpu, *_) in first.items():
-        print(f"  {name:<14} {rows / wall:7.0f} views/s   reader CPU {cpu / rows * 1e3:.3f} ms/view")
+        print(f"  {name:<20} {rows / wall:7.0f} views/s   reader CPU {cpu / rows * 1e3:.3f} ms/view")
     print(f"requests per epoch ({files} files, {row_groups} row groups), counted by SeaweedFS:")
     for name, n in requests.items():
-        print(f"  {name:<14} {dict(sorted(n.items()))}")
+        print(f"  {name:<20} {dict(sorted(n.items()))}")
     lat = f"+{ns.delay_ms:g}ms"
-    for store in ("sendfile", "seaweedfs"):
+    for store, delayed in (("sendfile", lat), ("sendfile", lat + " proxy"), ("seaweedfs", lat + " proxy")):
+        how = "in the store" if delayed == lat else "through the proxy"
+        rate = med(store + delayed, "rate")
         print(
             f"\n{store} / local: reader CPU per view {med(store, 'cpu') / base['cpu']:.2f}x "
             f"({med(store, 'cpu-soft') / base['cpu-soft']:.2f}x less loopback softirq); views/s "
-            f"{med(store, 'rate') / base['rate']:.2f}, with {ns.delay_ms:g} ms latency "
-            f"{med(store + lat, 'rate') / base['rate']:.2f} ({med(store + lat, 'rate') / med(store, 'rate'):.2f} of "
-            f"{store} without it; after each epoch's first batch {med(store + lat, 'steady') / base['steady']:.2f})"
+            f"{med(store, 'rate') / base['rate']:.2f}, with {ns.delay_ms:g} ms latency {how} "
+            f"{rate / base['rate']:.2f} ({rate / med(store, 'rate'):.2f} "
+            f"of {store} without it; after each epoch's first batch "
+            f"{med(store + delayed, 'steady') / base['steady']:.2f})"
         )
 
 

@@ -26,6 +26,7 @@ import re
 import socketserver
 import subprocess
 import sys
+import time
 import urllib.parse
 from xml.sax.saxutils import escape
 
@@ -38,6 +39,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     root = ""
     bucket = ""
+    delay = 0.0  # seconds each answer waits after its request arrived (time to first byte)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if ok and self.delay:
+            time.sleep(self.delay)
+        return ok
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         pass
@@ -146,8 +154,8 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
 
-def serve(root: str, bucket: str, host: str = "127.0.0.1", port: int = 0) -> None:
-    handler = type("Handler", (_Handler,), {"root": os.path.abspath(root), "bucket": bucket})
+def serve(root: str, bucket: str, host: str = "127.0.0.1", port: int = 0, delay_ms: float = 0.0) -> None:
+    handler = type("Handler", (_Handler,), {"root": os.path.abspath(root), "bucket": bucket, "delay": delay_ms / 1e3})
     with _Server((host, port), handler) as server:
         print(f"listening {host}:{server.server_address[1]}", flush=True)
         server.serve_forever()
@@ -156,14 +164,14 @@ def serve(root: str, bucket: str, host: str = "127.0.0.1", port: int = 0) -> Non
 class SendfileStore:
     """:func:`serve` in a subprocess (its CPU is not the caller's); ``endpoint``, ``pid``, ``uri(path)``."""
 
-    def __init__(self, root: str, bucket: str = "radio-bench", region: str = "us-east-1") -> None:
-        self.root, self.bucket, self.region = root, bucket, region
+    def __init__(self, root: str, bucket: str = "radio-bench", region: str = "us-east-1", delay_ms: float = 0) -> None:
+        self.root, self.bucket, self.region, self.delay_ms = root, bucket, region, delay_ms
         self.proc: subprocess.Popen | None = None
         self.endpoint = ""
 
     def __enter__(self) -> SendfileStore:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--root", self.root, "--bucket", self.bucket],
+            [sys.executable, __file__, "--root", self.root, "--bucket", self.bucket, "--delay-ms", str(self.delay_ms)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -195,5 +203,6 @@ if __name__ == "__main__":
     p.add_argument("--root", required=True)
     p.add_argument("--bucket", required=True)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--delay-ms", type=float, default=0.0, help="each answer starts this long after its request")
     ns = p.parse_args()
-    serve(ns.root, ns.bucket, port=ns.port)
+    serve(ns.root, ns.bucket, port=ns.port, delay_ms=ns.delay_ms)

@@ -10,6 +10,7 @@ client (`RADIO_S3_CLIENT=pyarrow`, what a location whose credentials come from e
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 
 import numpy as np
@@ -148,6 +149,48 @@ def test_a_changed_byte_on_s3_is_refused_naming_the_file_and_the_repair(caches, 
     _same(_epoch(uri), _epoch(str(root)))  # the pristine bytes back: the same rows as local disk
 
 
+def test_an_object_checked_whole_is_not_hashed_again_until_its_etag_changes(caches, s3_server, monkeypatch):
+    """Each object is checked against its digests the first time this process reads it all; later epochs
+    answered with the same ETag hash nothing (as a local shard found intact is not hashed again while its stat
+    holds). A rewritten object has a new ETag: checked again, and a changed byte refused."""
+    from radio.cache import arrow, store
+    from radio.cache.s3http import S3Ranges
+
+    root, uri, prefix = caches
+    monkeypatch.setattr(store, "_VERIFIED", {})
+    hashed = collections.Counter()
+    for name in ("fixed_width_digest", "column_digest"):
+        real = getattr(arrow, name)
+        monkeypatch.setattr(arrow, name, lambda *a, _real=real, _name=name: hashed.update([_name]) or _real(*a))
+    trusted = collections.Counter()
+    read_into = S3Ranges.read_into
+
+    def counting(self, key, start, out, regions=None, trust=None):
+        hashers, etag = read_into(self, key, start, out, regions, trust)
+        trusted[hashers is None] += 1
+        return hashers, etag
+
+    monkeypatch.setattr(S3Ranges, "read_into", counting)
+    want = _epoch(str(root))
+    hashed.clear()
+    _same(_epoch(uri), want)
+    assert hashed["fixed_width_digest"] > 0 and hashed["column_digest"] > 0 and not trusted[True], (hashed, trusted)
+    assert len(store._VERIFIED) == _shard_layout(root)[0]
+    hashed.clear(), trusted.clear()
+    _same(_epoch(uri, epoch=1), _epoch(str(root), epoch=1))
+    assert not hashed and trusted[True] > 0, (hashed, trusted)
+
+    rel = "teachers/t-feat/unit-00000.parquet"
+    chunk = pq.ParquetFile(root / rel).metadata.row_group(0).column(2)
+    pristine = _rewrite(s3_server, f"{prefix}/{rel}", _flip(chunk.data_page_offset + chunk.total_compressed_size - 3))
+    try:
+        with pytest.raises(CacheError, match="radio cache repair"):
+            _epoch(uri)
+    finally:
+        _rewrite(s3_server, f"{prefix}/{rel}", lambda b: bytearray(pristine))
+    _same(_epoch(uri), want)
+
+
 def test_a_shard_written_without_digests_has_its_pages_checked(caches, s3_server, client, tmp_path):
     """Shards from before digests existed stream with Parquet's page CRC32s as their check."""
     from radio.cache.store import DIGESTS, encode_metadata
@@ -219,20 +262,44 @@ def test_ranges_for_uses_pyarrow_where_credentials_come_from_elsewhere(monkeypat
     assert r is not None and (r.host, r.path_style, r.scheme, r.anonymous) == ("127.0.0.1:9000", True, "http", True)
 
 
-def test_latency_on_the_path_changes_no_value(caches, s3_server):
-    """Through the delaying proxy the bench uses: the same rows, and no request answered sooner than the delay."""
+@pytest.mark.parametrize("where", ["proxy", "store"])
+def test_latency_on_the_path_changes_no_value(caches, s3_server, where):
+    """Through the delaying proxy the bench uses, or from the sendfile store answering each request late: the
+    same rows, and no request answered sooner than the delay."""
     from radio.cache.s3http import ranges_for
     from tests.latency_proxy import LatencyProxy
+    from tests.sendfile_store import SendfileStore
 
     root, uri, prefix = caches
-    with LatencyProxy(s3_server.endpoint, delay_ms=40) as proxy:
-        slow = proxy.route(uri)
+    with contextlib.ExitStack() as stack:
+        if where == "proxy":
+            slow = stack.enter_context(LatencyProxy(s3_server.endpoint, delay_ms=40)).route(uri)
+        else:
+            slow = stack.enter_context(SendfileStore(str(root.parent), bucket="b", delay_ms=40)).uri(root.name)
+            prefix = root.name
         _same(_epoch(slow), _epoch(str(root)))
         r = ranges_for(slow)
         assert r is not None
-        t0 = time.perf_counter()
-        r.read_into(f"{prefix}/manifest.json", 0, memoryview(bytearray(10)))
-        assert time.perf_counter() - t0 >= 0.04
+        for _ in range(2):  # a new connection, then a kept-alive one
+            t0 = time.perf_counter()
+            r.read_into(f"{prefix}/manifest.json", 0, memoryview(bytearray(10)))
+            assert time.perf_counter() - t0 >= 0.04
+
+
+def test_a_stream_stopped_early_leaves_nothing_fetching(caches, s3_server):
+    """Units are opened and their row groups requested ahead of the one streaming; a stream abandoned after
+    its first batch stops all of them: no request reaches the store once it is closed."""
+    _, uri, _ = caches
+    stream = CacheStream(uri, list(TEACHERS), batch_size=4, shuffle_buffer=8, read_rows=3, seed=7)
+    files, groups = _shard_layout(caches[0])
+    with s3_server.counting() as before:
+        it = iter(stream)
+        assert len(next(it)["image_id"]) == 4
+        it.close()
+    with s3_server.counting() as after:
+        time.sleep(1.0)
+    assert after.total == 0, after.requests
+    assert 0 < before.total <= files + groups, before.requests
 
 
 def test_column_digest_is_the_values_not_their_layout():

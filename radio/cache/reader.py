@@ -236,8 +236,8 @@ class CacheReader:
             for t, f in zip(tables, opened, strict=True):
                 if isinstance(f, RemoteShard) and t is not None and self.placer is not None:
                     f.placer = functools.partial(self.placer, unit, t)
-                if start and isinstance(f, RemoteShard):
-                    f.start(self._columns(t))
+            if start:
+                self._start_unit(dict(zip(tables, opened, strict=True)))
         else:
             opened = [self._open_one(unit, t) for t in tables]
         return dict(zip(tables, opened, strict=True))
@@ -366,30 +366,57 @@ class CacheReader:
         keep = {grid_suffix(hw(g)) for g in self.extra_grids[t]}
         return [c for c in cols if "@" not in c or c[c.index("@") :] in keep]
 
+    # units whose files are opened (footers requested) ahead of the one streaming; the next one's first row groups
+    # are requested too. Footers two units ahead: the next unit's row groups go out as the current one starts, not
+    # a footer's round trip later (with 50 ms per request the store's latency showed at every unit's start)
+    OPEN_AHEAD = 2
+
     def iter_units(self, units: list[int], batch_rows: int = 64) -> Iterator[CacheBatch]:
-        """:meth:`iter_unit` of each of ``units`` in turn. From an object store, the next unit's files are opened
-        (their footers requested) while the current one streams, so a unit's start does not wait on the store."""
+        """:meth:`iter_unit` of each of ``units`` in turn. From an object store, the files of the next
+        :attr:`OPEN_AHEAD` units are opened (their footers requested) while the current one streams, and the next
+        unit's first row groups are requested as the current one starts, so a unit's start does not wait on the
+        store."""
         if self.loc.is_local or len(units) < 2:
             for u in units:
                 yield from self.iter_unit(u, batch_rows)
             return
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(1, thread_name_prefix="radio-next-unit") as pool:
-            ahead = pool.submit(self._open_unit, units[0], True)
+        with ThreadPoolExecutor(self.OPEN_AHEAD + 1, thread_name_prefix="radio-next-unit") as pool:
+            opened = {0: pool.submit(self._open_unit, units[0], True)}  # unit index -> its files
+            started = {}  # unit index -> its first row groups requested
+
+            def open_ahead(k: int) -> None:
+                for j in range(k + 1, min(len(units), k + 1 + self.OPEN_AHEAD)):
+                    if j not in opened:
+                        opened[j] = pool.submit(self._open_unit, units[j])
+                if k + 1 < len(units):
+                    started[k + 1] = pool.submit(lambda f: self._start_unit(f.result()), opened[k + 1])
+
             try:
                 for k, u in enumerate(units):
-                    files = ahead.result()
-                    if k + 1 < len(units):
-                        ahead = pool.submit(self._open_unit, units[k + 1], True)
+                    files = opened[k].result()
+                    if k in started:
+                        started.pop(k).result()
+                    open_ahead(k)
+                    del opened[k]
                     yield from self.iter_unit(u, batch_rows, files=files)
-            finally:  # a stream stopped early: the unit opened ahead stops fetching
-                try:
-                    for f in ahead.result().values():
-                        if isinstance(f, RemoteShard):
-                            f.close()
-                except Exception:  # noqa: BLE001 - its failure to open is not the error being raised
-                    pass
+            finally:  # a stream stopped early: the units opened ahead stop fetching
+                for f in started.values():
+                    f.exception()
+                for f in opened.values():
+                    try:
+                        for shard in f.result().values():
+                            if isinstance(shard, RemoteShard):
+                                shard.close()
+                    except Exception:  # noqa: BLE001 - its failure to open is not the error being raised
+                        pass
+
+    def _start_unit(self, files: dict) -> None:
+        """Request the first row groups of ``files`` (a unit opened by :meth:`_open_unit`) now."""
+        for t, f in files.items():
+            if isinstance(f, RemoteShard):
+                f.start(self._columns(t))
 
     def iter_unit(
         self, unit: int, batch_rows: int = 64, with_images: bool = True, files: dict | None = None

@@ -453,6 +453,13 @@ class CacheLocation:
 
 _FETCH: tuple[int, Any] | None = None
 
+# (scheme, host, bucket, key) -> (ETag, columns): objects of which this process checked every row group of those
+# columns against their digests while the store answered with that ETag. Later reads answered with the same ETag
+# are not hashed again, as a local shard found intact is not hashed again while its size, inode, mtime and ctime
+# hold (CacheLocation.check_whole): a rewritten object has a new ETag and is checked again. A forked loader
+# worker starts from its parent's.
+_VERIFIED: dict[tuple, tuple[str, frozenset]] = {}
+
 
 def fetch_pool() -> ThreadPoolExecutor:
     """The threads this process fetches shards from an object store with (opening files, row groups ahead):
@@ -488,11 +495,13 @@ class RemoteShard:
         # (column, field, first row, rows) -> a destination per row (a writable byte buffer, or None: the receive
         # buffer), or None for none: where a stream wants rows of in-place columns received (CacheStream)
         self.placer: Callable | None = None
+        self.etag: str | None = None
         self._http = loc.ranges()
         if self._http is not None:
             self._file = _Ranges(self._http, self.loc.full(rel).split("/", 1)[1], size)
             tail = min(size, self.FOOTER_READ)
             self._file.fetch(size - tail, size)
+            self.etag = next(iter(self._file.etags))  # the version of the object this footer belongs to
             pf = pq.ParquetFile(pa.PythonFile(self._file, mode="r"), page_checksum_verification=False)
             self.metadata, self.schema_arrow = pf.metadata, pf.schema_arrow
             self._file.drop(size - tail)
@@ -549,12 +558,25 @@ class RemoteShard:
                 merged.append((a, b))
         return merged
 
-    def _fetch(self, i: int, columns: list[str]) -> tuple[list[tuple[int, int]], dict[str, str]]:
+    def _verified_as(self) -> tuple:
+        assert self._http is not None
+        return (self._http.scheme, self._http.host, self._http.bucket, self._file._key)
+
+    def _trust(self, columns: list[str]) -> str | None:
+        """The ETag under which this process already checked every row group of ``columns`` of this object
+        (None: not yet, or the store gives no ETag): answers with it are not hashed again."""
+        seen = _VERIFIED.get(self._verified_as())
+        if self.etag and seen is not None and seen[0] == self.etag and set(columns) <= seen[1]:
+            return self.etag
+        return None
+
+    def _fetch(self, i: int, columns: list[str]) -> tuple[list[tuple[int, int]], dict[str, str], bool]:
         """Receive row group ``i``'s ``columns``: (the spans fetched, the digest of each in-place column, hashed
-        as its bytes arrived). Rows that :attr:`placer` gives a destination go there instead of the buffer."""
+        as its bytes arrived, whether the store answered every span with an ETag already checked whole, see
+        :data:`_VERIFIED`). Rows that :attr:`placer` gives a destination go there instead of the buffer."""
         from .arrow import fixed_width_digest
 
-        got, digests = self.spans(i, columns), {}
+        got, digests, trusted, trust = self.spans(i, columns), {}, True, self._trust(columns)
         plain = self._plain_values(i, columns)
         dests = {}
         if self.placer is not None and plain:
@@ -573,10 +595,13 @@ class RemoteShard:
                 width = (y - x) // len(dests[c])
                 for r, dest in enumerate(dests[c]):
                     regions.append((x - a + r * width, x - a + (r + 1) * width, dest, h))
-            hashers = self._file.fetch(a, b, regions)
+            hashers = self._file.fetch(a, b, regions, trust)
+            if hashers is None:
+                continue
+            trusted = False
             for h, (_, _, c) in enumerate(inside):
                 digests[c] = fixed_width_digest(plain[c][2], hashers[h])
-        return got, digests
+        return got, digests, trusted
 
     def _plain_values(self, i: int, columns: list[str]) -> dict[str, tuple[int, int, int]]:
         """The columns of row group ``i`` that are one uncompressed PLAIN page of fixed-size values (the writer
@@ -670,12 +695,17 @@ class RemoteShard:
                 if self._http is None:
                     yield got
                     continue
-                spans, hashed = got
+                spans, hashed, trusted = got
                 try:
-                    yield self._decode(i, columns, check, hashed)
+                    yield self._decode(i, columns, check and not trusted, hashed)
                 finally:
                     for start, _ in spans:
                         self._file.drop(start)
+            if check and self._http is not None and self.etag and self._file.etags == {self.etag}:
+                # every row group of these columns checked (or trusted) under one version of the object
+                seen = _VERIFIED.get(self._verified_as())
+                cols = seen[1] if seen is not None and seen[0] == self.etag else frozenset()
+                _VERIFIED[self._verified_as()] = (self.etag, cols | frozenset(columns))
         finally:
             self.close()
 
@@ -795,15 +825,18 @@ class _Ranges:
         self._http, self._key, self._size, self._pos = http, key, size, 0
         self._parts: dict[int, tuple[int, Any]] = {}
         self._lock = threading.Lock()
+        self.etags: set[str | None] = set()
         self.closed = False
 
-    def fetch(self, start: int, end: int, regions: list | None = None) -> list:
-        """Receive bytes ``[start, end)``; ``regions`` (offsets relative to ``start``) as in
-        :meth:`radio.cache.s3http.S3Ranges.read_into`, whose hashers are returned."""
+    def fetch(self, start: int, end: int, regions: list | None = None, trust: str | None = None) -> list | None:
+        """Receive bytes ``[start, end)``; ``regions`` (offsets relative to ``start``) and ``trust`` as in
+        :meth:`radio.cache.s3http.S3Ranges.read_into`, whose hashers are returned. Every ETag the store answered
+        with is noted in :attr:`etags`."""
         base = _POOL.take(end - start)
-        hashers = self._http.read_into(self._key, start, base[: end - start].data, regions)
+        hashers, etag = self._http.read_into(self._key, start, base[: end - start].data, regions, trust)
         with self._lock:
             self._parts[start] = (end, base)
+            self.etags.add(etag)
         return hashers
 
     def drop(self, start: int) -> None:
