@@ -45,6 +45,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import radio  # noqa: E402, F401 - before pyarrow, as a training process imports it (Arrow's allocator settings)
+
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of process ``pid`` (every thread) so far."""

@@ -245,14 +245,8 @@ class _Placement:
         return out if any_placed else None
 
     def _empty(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        """A batch tensor: reused memory where the stream's own would be plain (it is allocated in a fetching
-        thread, whose allocator arena would map fresh pages each time)."""
-        if self.stream.pin_memory or get_worker_info() is not None:
-            return self.stream._empty(shape, dtype)
-        from .cache.store import reusable_empty
-
-        n = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
-        return torch.from_numpy(reusable_empty(n)).view(dtype).view(shape)
+        """A batch tensor, as the stream makes its own (:meth:`CacheStream._empty`)."""
+        return self.stream._empty(shape, dtype)
 
     def take(self, k: int) -> dict[str, torch.Tensor]:
         """Batch ``k``'s placed tensors, handed over (forgotten here)."""
@@ -456,14 +450,21 @@ class CacheStream(IterableDataset):
     def _empty(self, shape, dtype) -> torch.Tensor:
         """Where a batch is assembled: shared memory in a DataLoader worker (handed to the training process
         without another copy), pinned memory for a CUDA device fed by the reader thread (copied to the GPU
-        with non_blocking=True), plain memory otherwise."""
+        with non_blocking=True), otherwise plain memory reused once nothing refers to it any more
+        (:func:`radio.cache.store.reusable_empty`): batches are assembled in the reader's and the fetching
+        threads, whose allocator arenas map fresh pages for each batch of tens of MB, and the kernel zeroes
+        every page first (up to a quarter of a local reader's CPU in a `perf` profile)."""
         if get_worker_info() is not None:
             return torch.empty(shape, dtype=dtype).share_memory_()
         if self.pin_memory:
             return torch.empty(shape, dtype=dtype, pin_memory=True)
-        return torch.empty(shape, dtype=dtype)
+        from .cache.store import reusable_empty
+
+        n = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+        return torch.from_numpy(reusable_empty(n)).view(dtype).view(shape)
 
     def __iter__(self):
+        _warn_arrow_first()
         info = get_worker_info()
         worker = info.id if info is not None else 0
         n_workers = info.num_workers if info is not None else 1
@@ -514,6 +515,27 @@ class CacheStream(IterableDataset):
                 continue
             here = [placement.placed(b.first_row + i, k * self.batch_size + p) for p, (b, i) in enumerate(refs)]
             yield self._materialize(refs, weights, resolution, placement.take(k), here)
+
+
+_WARNED: list[bool] = []
+
+
+def _warn_arrow_first() -> None:
+    """Once per process: say so where pyarrow was loaded before radio could keep its allocator's memory."""
+    import radio
+
+    if radio._ARROW_FIRST and not _WARNED:
+        import pyarrow as pa
+
+        _WARNED.append(True)
+        if pa.default_memory_pool().backend_name == "mimalloc":
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "pyarrow was imported before radio, so Arrow's allocator gives memory back to the kernel 10 ms "
+                "after use and every batch lands on fresh pages (the local reader up to 1.5x slower, BENCHMARKS.md): "
+                "import radio first, or set MIMALLOC_PURGE_DELAY=-1 in the environment"
+            )
 
 
 def resolve_workers(cfg: LoaderConfig) -> int:

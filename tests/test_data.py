@@ -171,3 +171,42 @@ def test_a_shard_checked_once_is_not_hashed_again_while_unchanged(cache, tmp_pat
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime kept: only ctime tells
     with pytest.raises(CacheError, match=r"syn-sam/unit-00001\.parquet: its content changed"):
         epoch(3)
+
+
+@pytest.mark.parametrize("first", ["radio", "pyarrow"])
+def test_arrows_allocator_keeps_its_memory_where_radio_is_imported_first(first):
+    """Arrow's mimalloc gives freed memory back after 10 ms unless told otherwise, which it reads when pyarrow
+    loads: ``import radio`` sets it first (a user's own value kept); after pyarrow it is too late, and a stream
+    says so once instead of running slower unexplained."""
+    import subprocess
+    import sys
+
+    other = "pyarrow" if first == "radio" else "radio"
+    code = (
+        f"import os, {first}, {other}, radio; "
+        "import pyarrow as pa; "
+        "print(os.environ['MIMALLOC_PURGE_DELAY'], radio._ARROW_FIRST, pa.default_memory_pool().backend_name)"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MIMALLOC_PURGE_DELAY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    delay, late, backend = out.split()
+    assert delay == "-1" and late == str(first == "pyarrow") and backend == "mimalloc", out
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**env, "MIMALLOC_PURGE_DELAY": "5"}
+    ).stdout
+    assert out.split()[:2] == ["5", "False"], out
+
+
+def test_a_stream_says_once_when_pyarrow_was_loaded_first(cache, monkeypatch, caplog):
+    import radio
+    import radio.data
+
+    monkeypatch.setattr(radio, "_ARROW_FIRST", True)
+    monkeypatch.setattr(radio.data, "_WARNED", [])
+    stream = CacheStream(cache, ["syn-clip"], batch_size=4)
+    with caplog.at_level("WARNING", logger="radio.data"):
+        for _ in range(2):
+            stream.set_epoch(0)
+            next(iter(stream))
+    said = [r.getMessage() for r in caplog.records if "imported before radio" in r.getMessage()]
+    assert len(said) == 1 and "MIMALLOC_PURGE_DELAY=-1" in said[0], said
