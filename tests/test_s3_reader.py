@@ -248,6 +248,55 @@ def test_wrong_credentials_for_radios_own_gets_are_one_object_store_line(caches,
         good.read_into(f"{prefix}/no-such-object", 0, memoryview(bytearray(10)))
 
 
+@pytest.mark.parametrize("pause", [0.0, 0.7])
+def test_a_body_in_pieces_lands_in_its_regions(pause):
+    """Bytes received straight from the socket, scattered over many destinations in one call: a body that
+    arrives in pieces (part of it already in the response's buffer, the rest later; with ``pause``, pauses
+    that together outlast the client's 1 s timeout within one scattering call, which then returns short and
+    goes on) lands byte for byte where
+    the regions say, hashed or not; a body cut short is an error, not a short row."""
+    import socket
+    import threading
+
+    import xxhash
+
+    from radio.cache.s3http import S3Ranges
+
+    body = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+
+    def serve(listener, cut: bool) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            head = f"HTTP/1.1 206 Partial Content\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            conn.sendall(head + body[:3000])
+            time.sleep(0.2)
+            conn.sendall(body[3000:21_000])
+            time.sleep(pause)
+            conn.sendall(body[21_000:30_000])
+            time.sleep(pause)
+            conn.sendall(body[30_000 : 40_000 if cut else None])
+
+    rows = [np.zeros(4000, np.uint8) for _ in range(6)]
+    # rows of 4000 bytes at 5000, 9000, ..., two of them hashed; the rest of the body to ``out``
+    regions = [(5000 + 4000 * r, 9000 + 4000 * r, memoryview(rows[r]), 0 if r in (2, 3) else None) for r in range(6)]
+    for cut in (False, True):
+        listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=serve, args=(listener, cut), daemon=True).start()
+        http = S3Ranges("http", f"127.0.0.1:{listener.getsockname()[1]}", "b", True, "r", "", "", anonymous=True)
+        http.timeout, http.retries = 1.0, 0
+        out = bytearray(len(body))
+        if cut:
+            with pytest.raises(OSError, match="NETWORK_CONNECTION"):
+                http.read_into("k", 0, memoryview(out), regions)
+            continue
+        hashers, _ = http.read_into("k", 0, memoryview(out), regions)
+        for r in range(6):
+            assert rows[r].tobytes() == body[5000 + 4000 * r : 9000 + 4000 * r], r
+        assert out[:5000] == body[:5000] and out[29_000:] == body[29_000:]
+        assert hashers is not None and hashers[0].intdigest() == xxhash.xxh3_64(body[13_000:21_000]).intdigest()
+
+
 def test_ranges_for_uses_pyarrow_where_credentials_come_from_elsewhere(monkeypatch):
     from radio.cache.s3http import ranges_for
 

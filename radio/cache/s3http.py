@@ -228,40 +228,59 @@ class S3Ranges:
 def _receive(resp: http.client.HTTPResponse, out: memoryview, regions: list, hash_regions: bool = True) -> list:
     """The body into ``out`` and the regions' destinations (see :meth:`S3Ranges.read_into`).
 
-    Over plain HTTP, once the response's own buffer is drained, each piece is one ``recv_into`` with
-    ``MSG_WAITALL`` on the socket: the kernel fills it as segments arrive, with no return to Python per segment
-    (three layers of Python I/O wrappers per call otherwise)."""
+    Over plain HTTP, once the response's own buffer is drained, bytes are received straight from the socket with
+    ``MSG_WAITALL``: the kernel fills the buffers as segments arrive, with no return to Python per segment.
+    Consecutive pieces that are not hashed (rows going to their batches, the gaps between them) are received
+    in one scattering ``recvmsg_into`` call, not one call per row."""
     import xxhash
 
     n = len(out)
-    fill, direct = _filler(resp, n)
+    fill, fill_many, direct = _filler(resp, n)
     hashers = [xxhash.xxh3_64() for _ in range(1 + max((r[3] for r in regions if r[3] is not None), default=-1))]
+    pending: list = []  # pieces not hashed, in body order, received together
     pos = 0
     for a, b, dest, h in regions:
         h = h if hash_regions else None
         if dest is None and h is None:
             continue  # its bytes go to ``out`` with the next gap's
         if pos < a:
-            fill(out[pos:a])
-        for lo in range(a, b, HASH_PIECE if h is not None else max(1, b - a)):
-            hi = min(b, lo + HASH_PIECE) if h is not None else b
-            piece = out[lo:hi] if dest is None else dest[lo - a : hi - a]
-            fill(piece)
-            if h is not None:
+            pending.append(out[pos:a])
+        if dest is None:
+            dest = out[a:b]
+        if h is None:
+            pending.append(dest[: b - a])  # a region neither hashed nor placed was skipped above
+        else:
+            fill_many(pending)
+            pending = []
+            for lo in range(a, b, HASH_PIECE):
+                hi = min(b, lo + HASH_PIECE)
+                piece = dest[lo - a : hi - a]
+                fill(piece)
                 hashers[h].update(piece)
         pos = b
     if pos < n:
-        fill(out[pos:])
+        pending.append(out[pos:])
+    fill_many(pending)
     if direct:
         resp.length = 0  # the body was read from the socket, past the response object
     return hashers
 
 
+_IOV_MAX = 1024  # buffers one recvmsg_into call may scatter into (Linux's UIO_MAXIOV)
+
+
 def _filler(resp: http.client.HTTPResponse, n: int):
-    """How to fill a buffer from the body: straight from the socket where that is safe, else through ``resp``."""
+    """(fill one buffer, fill a list of buffers in order, whether straight from the socket) from the body:
+    straight from the socket where that is safe, else through ``resp``."""
     sock = getattr(getattr(resp.fp, "raw", None), "_sock", None)
-    if type(sock) is not socket.socket or resp.length != n or resp.chunked:
-        return functools.partial(_fill, resp), False  # TLS (no flags on recv), or not exactly the body asked for
+    if type(sock) is not socket.socket or resp.length != n or resp.chunked:  # TLS (no flags on recv), or not
+        one = functools.partial(_fill, resp)  # exactly the body asked for
+
+        def each(views: list) -> None:
+            for v in views:
+                one(v)
+
+        return one, each, False
     held = [len(resp.fp.peek())]  # what the response's buffer already read past the headers
 
     def fill(view: memoryview) -> None:
@@ -275,7 +294,29 @@ def _filler(resp: http.client.HTTPResponse, n: int):
                 raise http.client.IncompleteRead(bytes(0), want - got)
             got += r
 
-    return fill, True
+    def fill_many(views: list) -> None:
+        views = [v for v in views if len(v)]
+        i = 0
+        while i < len(views) and held[0]:
+            fill(views[i])
+            i += 1
+        while i < len(views):
+            batch = views[i : i + _IOV_MAX]
+            want = sum(len(v) for v in batch)
+            got = sock.recvmsg_into(batch, 0, socket.MSG_WAITALL)[0]
+            if not got:
+                raise http.client.IncompleteRead(bytes(0), want)
+            if got == want:
+                i += len(batch)
+                continue
+            for v in batch:  # a signal or the timeout cut it short: go on from where it stopped
+                if got < len(v):
+                    views[i] = v[got:]
+                    break
+                got -= len(v)
+                i += 1
+
+    return fill, fill_many, True
 
 
 def _fill(resp: http.client.HTTPResponse, view: memoryview) -> None:
