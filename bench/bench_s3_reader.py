@@ -12,10 +12,12 @@ delaying TCP proxy (`tests/latency_proxy.py`, a process of its own) sits in fron
 The proxy is a second loopback hop: every byte crosses loopback twice and the proxy splices it, which on a
 2-core machine loads the stores' core (~0.7 busy with SeaweedFS's or the sendfile store's own work) and hands
 the reader its bytes in smaller pieces, costs a remote store does not put on the reader's machine; the
-in-store delay has neither. Neither models a long path's bandwidth-delay product (data after the first byte
-arrives at loopback speed). Then, alternately for ``--rounds`` rounds, it
-streams two epochs of the cache through ``CacheStream`` and ``make_loader`` exactly as the trainer does (its
-default loader workers: the reader thread on a CPU machine) from each source.
+in-store delay has neither. With ``--conn-mbps N``, a third sendfile store also holds each connection to N
+MB/s (as stores that cap a connection's throughput do), read with the default ``loader.fetch_ahead`` and with
+twice it. Neither models a long path's bandwidth-delay product (data after the first byte arrives at loopback
+speed). Then, alternately for ``--rounds`` rounds, it streams two epochs of the cache through ``CacheStream``
+and ``make_loader`` exactly as the trainer does (its default loader workers: the reader thread on a CPU
+machine) from each source.
 
 What it reports, per source, the median over rounds of the second epoch of each round (the first epoch of a run
 also hashes each local shard whole, reported on its own line):
@@ -142,6 +144,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--delay-ms", type=float, default=20.0, help="latency the proxy adds to every request")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--conn-mbps",
+        type=float,
+        default=0.0,
+        help="also read from a sendfile store that holds each connection to this many MB/s (with the latency in "
+        "the store), with the default loader.fetch_ahead and with twice it",
+    )
     p.add_argument("--cache", default=None, help="reuse (or keep) the local synthetic cache at this path")
     p.add_argument(
         "--no-rps",
@@ -212,7 +221,13 @@ def main() -> None:
             slow = stack.enter_context(SendfileStore(served, bucket="radio-bench", delay_ms=ns.delay_ms))
             proxy = stack.enter_context(LatencyProxy(s3.endpoint, ns.delay_ms))
             fast_proxy = stack.enter_context(LatencyProxy(fast.endpoint, ns.delay_ms))
-            servers = (s3.pid, proxy.proc.pid, fast.pid, slow.pid, fast_proxy.proc.pid)  # type: ignore[union-attr]
+            servers = [s3.pid, proxy.proc.pid, fast.pid, slow.pid, fast_proxy.proc.pid]  # type: ignore[union-attr]
+            capped = None
+            if ns.conn_mbps > 0:
+                capped = stack.enter_context(
+                    SendfileStore(served, bucket="radio-bench", delay_ms=ns.delay_ms, conn_mbps=ns.conn_mbps)
+                )
+                servers.append(capped.pid)
             cores = sorted(os.sched_getaffinity(0))
             core = None
             if not ns.no_pin and len(cores) >= 2:
@@ -232,6 +247,13 @@ def main() -> None:
                 f"sendfile{lat}": (slow.uri("cache"), (slow.pid,)),
                 f"sendfile{lat} proxy": (fast_proxy.route(fast.uri("cache")), (fast.pid, fast_proxy.proc.pid)),  # type: ignore[union-attr]
             }
+            if capped is not None:
+                for ahead in (cfg.fetch_ahead, 2 * cfg.fetch_ahead):
+                    sources[f"sendfile{lat} {ns.conn_mbps:g}MB/s/conn ahead {ahead}"] = (
+                        capped.uri("cache"),
+                        (capped.pid,),
+                        ahead,
+                    )
             _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream, make_loader, core)
     finally:
         if not ns.cache:
@@ -240,7 +262,7 @@ def main() -> None:
 
 def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream, make_loader, core) -> None:
     streams = {}
-    for name, (uri, _) in sources.items():
+    for name, (uri, _, *ahead) in sources.items():
         stream = CacheStream(
             uri,
             teachers,
@@ -248,6 +270,7 @@ def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream
             batch_size=cfg.batch_size,
             shuffle_buffer=cfg.shuffle_buffer,
             read_rows=cfg.read_rows,
+            fetch_ahead=ahead[0] if ahead else cfg.fetch_ahead,
         )
         streams[name] = (stream, make_loader(stream, cfg, workers))
     first: dict[str, tuple] = {}
@@ -266,7 +289,7 @@ def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream
                     requests[name] = collections.Counter({k: v for k, v in n.items() if v})
             rows, wall, cpu, _, soft, _ = later[name][-1]
             print(
-                f"  round {r}: {name:<20} views/s {rows / wall:7.0f}, CPU {cpu / rows * 1e3:.3f} ms/view "
+                f"  round {r}: {name:<36} views/s {rows / wall:7.0f}, CPU {cpu / rows * 1e3:.3f} ms/view "
                 f"({(cpu - soft) / rows * 1e3:.3f} less softirq)",
                 flush=True,
             )
@@ -288,17 +311,17 @@ def _run(ns, sources, teachers, cfg, workers, s3, files, row_groups, CacheStream
     for name in sources:
         rate, cpu, soft = med(name, "rate"), med(name, "cpu"), med(name, "cpu-soft")
         print(
-            f"  {name:<20} {rate:7.0f} views/s ({rate / base['rate']:.2f} of local)   "
+            f"  {name:<36} {rate:7.0f} views/s ({rate / base['rate']:.2f} of local)   "
             f"reader CPU {cpu * 1e3:.3f} ms/view ({cpu / base['cpu']:.2f}x local), less softirq "
             f"{soft * 1e3:.3f} ({soft / base['cpu-soft']:.2f}x)   store + proxy busy {med(name, 'busy'):.2f} cores   "
             f"after the first batch {med(name, 'steady') / base['steady']:.2f} of local"
         )
     print("first epoch of the run (local shards hashed whole):")
     for name, (rows, wall, cpu, *_) in first.items():
-        print(f"  {name:<20} {rows / wall:7.0f} views/s   reader CPU {cpu / rows * 1e3:.3f} ms/view")
+        print(f"  {name:<36} {rows / wall:7.0f} views/s   reader CPU {cpu / rows * 1e3:.3f} ms/view")
     print(f"requests per epoch ({files} files, {row_groups} row groups), counted by SeaweedFS:")
     for name, n in requests.items():
-        print(f"  {name:<20} {dict(sorted(n.items()))}")
+        print(f"  {name:<36} {dict(sorted(n.items()))}")
     lat = f"+{ns.delay_ms:g}ms"
     for store, delayed in (("sendfile", lat), ("sendfile", lat + " proxy"), ("seaweedfs", lat + " proxy")):
         how = "in the store" if delayed == lat else "through the proxy"

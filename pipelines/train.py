@@ -229,6 +229,7 @@ class Trainer:
             batch_size=cfg.loader.batch_size,
             shuffle_buffer=cfg.loader.shuffle_buffer,
             read_rows=cfg.loader.read_rows,
+            fetch_ahead=cfg.loader.fetch_ahead,
             seed=cfg.seed,
             patch_size=cfg.student.patch_size,
         )
@@ -801,6 +802,7 @@ def validate(cfg: TrainJobConfig):
         ("loader.batch_size", cfg.loader.batch_size, 1),
         ("loader.shuffle_buffer", cfg.loader.shuffle_buffer, 1),
         ("loader.read_rows", cfg.loader.read_rows, 1),
+        ("loader.fetch_ahead", cfg.loader.fetch_ahead, 1),
         ("loader.prefetch_factor", cfg.loader.prefetch_factor, 1),
         ("checkpoint_every", cfg.checkpoint_every, 1),
         ("log_every", cfg.log_every, 1),

@@ -50,6 +50,9 @@ class LoaderConfig:
     num_workers: int | None = None
     prefetch_factor: int = 4  # batches each worker (or the reader thread) keeps ready
     read_rows: int = 64  # rows per Parquet read
+    # row groups requested ahead per shard from an object store: more where each connection is slow (a store that
+    # caps each connection's throughput: 3 -> 6 took views/s 1191 -> 1389 at 100 MB/s per connection, BENCHMARKS.md)
+    fetch_ahead: int = 3
 
 
 @dataclass
@@ -292,6 +295,7 @@ class CacheStream(IterableDataset):
         batch_size: int = 32,
         shuffle_buffer: int = 256,
         read_rows: int = 64,
+        fetch_ahead: int = 3,
         seed: int = 0,
         expect_fingerprints: dict[str, str] | None = None,
         schedule: ResolutionSchedule | None = None,
@@ -302,6 +306,7 @@ class CacheStream(IterableDataset):
         self.uri, self.teachers = uri, list(teachers)
         self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
         self.batch_size, self.shuffle_buffer, self.read_rows, self.seed = batch_size, shuffle_buffer, read_rows, seed
+        self.fetch_ahead = fetch_ahead
         reader = CacheReader(
             uri, self.teachers, expect_fingerprints, check=False, manifest=manifest
         )  # the trainer's own reader checked the manifest
@@ -485,6 +490,7 @@ class CacheStream(IterableDataset):
             self.uri, self.teachers, check=False, manifest=self.manifest, memo=self.memo
         )  # each file's footer is checked as it is opened
         reader.extra_grids = self.grids_read()  # only the grids this schedule's resolutions use
+        reader.fetch_ahead = self.fetch_ahead
         seed = [self.seed, self.epoch, reader_index]
         placement = None
         if not reader.loc.is_local and reader.loc.ranges() is not None:  # received by radio's own client

@@ -40,6 +40,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     root = ""
     bucket = ""
     delay = 0.0  # seconds each answer waits after its request arrived (time to first byte)
+    rate = 0.0  # bytes/s each connection's body is held to (0: as fast as it goes)
 
     def parse_request(self) -> bool:
         ok = super().parse_request()
@@ -109,12 +110,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not body:
             return
         self.wfile.flush()
+        chunk, t0, a0 = (b - a) if not self.rate else 1 << 18, time.monotonic(), a
         with open(path, "rb") as f:
             while a < b:
-                sent = os.sendfile(self.connection.fileno(), f.fileno(), a, b - a)
+                sent = os.sendfile(self.connection.fileno(), f.fileno(), a, min(chunk, b - a))
                 if sent == 0:
                     break
                 a += sent
+                if self.rate and (ahead := (a - a0) / self.rate - (time.monotonic() - t0)) > 0:
+                    time.sleep(ahead)  # this connection's bytes/s held to ``rate``
 
     def _list(self, query: dict[str, str]) -> None:
         prefix, delimiter = query.get("prefix", ""), query.get("delimiter", "")
@@ -154,8 +158,11 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
 
-def serve(root: str, bucket: str, host: str = "127.0.0.1", port: int = 0, delay_ms: float = 0.0) -> None:
-    handler = type("Handler", (_Handler,), {"root": os.path.abspath(root), "bucket": bucket, "delay": delay_ms / 1e3})
+def serve(
+    root: str, bucket: str, host: str = "127.0.0.1", port: int = 0, delay_ms: float = 0.0, conn_mbps: float = 0.0
+) -> None:
+    attrs = {"root": os.path.abspath(root), "bucket": bucket, "delay": delay_ms / 1e3, "rate": conn_mbps * 1e6}
+    handler = type("Handler", (_Handler,), attrs)
     with _Server((host, port), handler) as server:
         print(f"listening {host}:{server.server_address[1]}", flush=True)
         server.serve_forever()
@@ -164,14 +171,24 @@ def serve(root: str, bucket: str, host: str = "127.0.0.1", port: int = 0, delay_
 class SendfileStore:
     """:func:`serve` in a subprocess (its CPU is not the caller's); ``endpoint``, ``pid``, ``uri(path)``."""
 
-    def __init__(self, root: str, bucket: str = "radio-bench", region: str = "us-east-1", delay_ms: float = 0) -> None:
-        self.root, self.bucket, self.region, self.delay_ms = root, bucket, region, delay_ms
+    def __init__(
+        self,
+        root: str,
+        bucket: str = "radio-bench",
+        region: str = "us-east-1",
+        delay_ms: float = 0,
+        conn_mbps: float = 0,
+    ) -> None:
+        self.root, self.bucket, self.region, self.delay_ms, self.conn_mbps = root, bucket, region, delay_ms, conn_mbps
         self.proc: subprocess.Popen | None = None
         self.endpoint = ""
 
     def __enter__(self) -> SendfileStore:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--root", self.root, "--bucket", self.bucket, "--delay-ms", str(self.delay_ms)],
+            [
+                *(sys.executable, __file__, "--root", self.root, "--bucket", self.bucket),
+                *("--delay-ms", str(self.delay_ms), "--conn-mbps", str(self.conn_mbps)),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -204,5 +221,6 @@ if __name__ == "__main__":
     p.add_argument("--bucket", required=True)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--delay-ms", type=float, default=0.0, help="each answer starts this long after its request")
+    p.add_argument("--conn-mbps", type=float, default=0.0, help="MB/s each connection's bodies are held to (0: no cap)")
     ns = p.parse_args()
-    serve(ns.root, ns.bucket, port=ns.port, delay_ms=ns.delay_ms)
+    serve(ns.root, ns.bucket, port=ns.port, delay_ms=ns.delay_ms, conn_mbps=ns.conn_mbps)

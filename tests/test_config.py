@@ -276,6 +276,7 @@ def test_cache_output_that_is_a_file_fails_first(tmp_path, capsys):
         ("max_steps=-1", "max_steps"),
         ("optim.lr=0", "optim.lr"),
         ("loader.num_workers=-2", "loader.num_workers"),
+        ("loader.fetch_ahead=0", "loader.fetch_ahead"),
         ("teachers=[]", "teachers"),
         # the student: every number in range, every name known (issue 27's list and the classes they stand for)
         ("student.drop_path=5", "student.drop_path"),

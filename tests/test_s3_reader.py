@@ -335,6 +335,29 @@ def test_latency_on_the_path_changes_no_value(caches, s3_server, where):
             assert time.perf_counter() - t0 >= 0.04
 
 
+def test_fetch_ahead_is_the_row_groups_each_shard_requests_ahead(caches, monkeypatch):
+    """``loader.fetch_ahead`` reaches every shard a stream opens on the store; the rows are the same."""
+    from radio.cache import store
+
+    depths = []
+    init = store.RemoteShard.__init__
+
+    def spy(self, loc, rel, size, depth=3):
+        depths.append(depth)
+        init(self, loc, rel, size, depth)
+
+    monkeypatch.setattr(store.RemoteShard, "__init__", spy)
+    root, uri, _ = caches
+    want = _epoch(str(root))
+    for ahead in (1, 5):
+        depths.clear()
+        stream = CacheStream(
+            uri, list(TEACHERS), batch_size=4, shuffle_buffer=8, read_rows=3, seed=7, fetch_ahead=ahead
+        )
+        _same(list(stream), want)
+        assert len(depths) == _shard_layout(root)[0] and set(depths) == {ahead}, depths
+
+
 def test_a_stream_stopped_early_leaves_nothing_fetching(caches, s3_server):
     """Units are opened and their row groups requested ahead of the one streaming; a stream abandoned after
     its first batch stops all of them: no request reaches the store once it is closed."""

@@ -130,6 +130,7 @@ class CacheReader:
         # (unit, teacher, column, field, first row, rows) -> where each row of a teacher's in-place column is
         # received, for files on an object store read by radio's own client (RemoteShard.placer); a stream sets it
         self.placer: Callable | None = None
+        self.fetch_ahead = 3  # row groups requested ahead per shard on an object store (RemoteShard.depth)
         held = manifest.teachers
         self.teachers = list(held) if teachers is None else list(teachers)
         missing = [t for t in self.teachers if t not in held]
@@ -259,6 +260,7 @@ class CacheReader:
             e.fingerprint if e else None,
             e.layout.to_dict() if e else None,
             stream=True,
+            ahead=self.fetch_ahead,
         )
         if reason is not None:
             if e is not None and reason.startswith("holds targets with fingerprint"):

@@ -203,16 +203,18 @@ def open_checked(
     fingerprint: str | None = None,
     layout: dict | None = None,
     stream: bool = False,
+    ahead: int = 3,
 ) -> tuple[pq.ParquetFile | RemoteShard | None, str | None]:
     """(ParquetFile, None) for a shard whose footer checks out (:func:`check_footer`), else (None, reason).
     The footer is read once, here, and the returned file streams without reading it again. ``stream``: the
-    caller streams the whole file. A local one is checked first against the recorded hash
-    (``CacheLocation.check_whole``), so its pages are read without page checks; one on an object store is
-    a :class:`RemoteShard` (opened from the recorded size, its row groups checked by digest)."""
+    caller streams the whole file (``ahead``: row groups requested ahead from an object store). A local one is
+    checked first against the recorded hash (``CacheLocation.check_whole``), so its pages are read without page
+    checks; one on an object store is a :class:`RemoteShard` (opened from the recorded size, its row groups
+    checked by digest)."""
     whole = stream and loc.hashed_whole(entry)
     try:
         if stream and not loc.is_local and entry is not None:  # no HEAD, row groups ahead, checked by digest
-            pf = RemoteShard(loc, rel, entry.bytes)
+            pf = RemoteShard(loc, rel, entry.bytes, depth=ahead)
         else:
             pf = loc.parquet_file(rel, verify_pages=not whole)
         meta = decode_metadata(pf.schema_arrow.metadata)
