@@ -297,6 +297,42 @@ def test_a_body_in_pieces_lands_in_its_regions(pause):
         assert hashers is not None and hashers[0].intdigest() == xxhash.xxh3_64(body[13_000:21_000]).intdigest()
 
 
+@pytest.mark.parametrize("stall", ["before the answer", "mid-body"])
+def test_a_store_that_stops_sending_is_one_line_after_the_timeout(stall):
+    """radio's sockets wait in the kernel (SO_RCVTIMEO), where a timeout reads as the peer closing or as EAGAIN:
+    the error still says the store sent nothing for the timeout, names the key, and comes after the tries."""
+    import socket
+    import threading
+
+    from radio.cache.s3http import S3Ranges
+    from radio.cache.store import object_store_error
+
+    held = []
+
+    def serve(listener) -> None:
+        while True:
+            conn, _ = listener.accept()
+            held.append(conn)  # kept open, never closed: the store just stops
+            conn.recv(65536)
+            if stall == "mid-body":
+                conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 100000\r\n\r\n" + bytes(5000))
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=serve, args=(listener,), daemon=True).start()
+    http = S3Ranges("http", f"127.0.0.1:{listener.getsockname()[1]}", "b", True, "r", "", "", anonymous=True)
+    http.timeout, http.retries = 1.0, 1
+    t0 = time.perf_counter()
+    with pytest.raises(OSError) as e:
+        http.read_into("cache/unit-7.parquet", 0, memoryview(bytearray(100_000)))
+    took = time.perf_counter() - t0
+    msg = str(e.value)
+    assert "cache/unit-7.parquet" in msg and "sent nothing for 1 s (the last of 2 tries)" in msg, msg
+    assert 2.0 <= took < 120, took
+    assert object_store_error(e.value) is not None
+    for c in held:
+        c.close()
+
+
 def test_ranges_for_uses_pyarrow_where_credentials_come_from_elsewhere(monkeypatch):
     from radio.cache.s3http import ranges_for
 

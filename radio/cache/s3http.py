@@ -157,6 +157,16 @@ class S3Ranges:
         )
         return headers
 
+    def _silent(self, what: str, since: float) -> str | None:
+        """The error for a try that ended because the store stopped sending for :attr:`timeout` seconds (the
+        socket's kernel timeout reads as the peer closing, or as EAGAIN, underneath), else None."""
+        if time.monotonic() - since < self.timeout:
+            return None
+        return (
+            f"{what}: AWS Error NETWORK_CONNECTION during GetObject operation: the store sent nothing for "
+            f"{self.timeout:g} s (the last of {self.retries + 1} tries)"
+        )
+
     def read_into(
         self, key: str, start: int, out: memoryview, regions: list | None = None, trust: str | None = None
     ) -> tuple[list | None, str | None]:
@@ -177,6 +187,7 @@ class S3Ranges:
         path = self._path(key)
         what = f"When reading key '{key}' in bucket '{self.bucket}'"
         for attempt in range(self.retries + 1):
+            t_try = time.monotonic()
             conn = self._connection(fresh=attempt > 0)
             try:
                 conn.request("GET", path, headers=self._headers(path, {"range": f"bytes={start}-{start + n - 1}"}))
@@ -207,7 +218,8 @@ class S3Ranges:
                     time.sleep(0.1 * attempt)
                     continue
                 raise OSError(
-                    f"{what}: AWS Error NETWORK_CONNECTION during GetObject operation: could not connect or the "
+                    self._silent(what, t_try)
+                    or f"{what}: AWS Error NETWORK_CONNECTION during GetObject operation: could not connect or the "
                     f"connection dropped ({type(e).__name__}: {e})"
                 ) from None
             except OSError as e:
@@ -217,7 +229,8 @@ class S3Ranges:
                     time.sleep(0.1 * attempt)
                     continue
                 raise OSError(
-                    f"{what}: AWS Error NETWORK_CONNECTION during GetObject operation: could not connect "
+                    self._silent(what, t_try)
+                    or f"{what}: AWS Error NETWORK_CONNECTION during GetObject operation: could not connect "
                     f"({type(e).__name__}: {e})"
                 ) from None
         raise OSError(
