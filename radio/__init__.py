@@ -4,6 +4,7 @@ checkpoints. Depends on torch, numpy, pyarrow, safetensors and Pillow only."""
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 # Arrow's allocator (mimalloc) gives freed memory back to the kernel 10 ms after it is freed; a stream reading a
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 # (`perf`: clear_page_erms up to a quarter of it). Kept instead, memory is reused: 0.53-0.57 ms, for ~15 % more
 # resident memory (the peak the process reached anyway). Read when pyarrow loads, so only where radio is
 # imported first; a value the user set is kept.
-_ARROW_FIRST = "pyarrow" in __import__("sys").modules and "MIMALLOC_PURGE_DELAY" not in os.environ
+_ARROW_FIRST = "pyarrow" in sys.modules and "MIMALLOC_PURGE_DELAY" not in os.environ
 os.environ.setdefault("MIMALLOC_PURGE_DELAY", "-1")
 
 if TYPE_CHECKING:

@@ -241,15 +241,11 @@ class _Placement:
             with self._lock:
                 batch = self.tensors.setdefault(k, {})
                 if key not in batch:
-                    batch[key] = self._empty((self.stream.batch_size, *shape), dtype)
+                    batch[key] = self.stream._empty((self.stream.batch_size, *shape), dtype)
                 t = batch[key]
             out.append(memoryview(t.numpy()[p].reshape(-1).view(np.uint8)))
             any_placed = True
         return out if any_placed else None
-
-    def _empty(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        """A batch tensor, as the stream makes its own (:meth:`CacheStream._empty`)."""
-        return self.stream._empty(shape, dtype)
 
     def take(self, k: int) -> dict[str, torch.Tensor]:
         """Batch ``k``'s placed tensors, handed over (forgotten here)."""
@@ -523,17 +519,18 @@ class CacheStream(IterableDataset):
             yield self._materialize(refs, weights, resolution, placement.take(k), here)
 
 
-_WARNED: list[bool] = []
+_WARNED = False
 
 
 def _warn_arrow_first() -> None:
     """Once per process: say so where pyarrow was loaded before radio could keep its allocator's memory."""
+    global _WARNED
     import radio
 
     if radio._ARROW_FIRST and not _WARNED:
         import pyarrow as pa
 
-        _WARNED.append(True)
+        _WARNED = True
         if pa.default_memory_pool().backend_name == "mimalloc":
             import logging
 

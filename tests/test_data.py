@@ -202,7 +202,7 @@ def test_a_stream_says_once_when_pyarrow_was_loaded_first(cache, monkeypatch, ca
     import radio.data
 
     monkeypatch.setattr(radio, "_ARROW_FIRST", True)
-    monkeypatch.setattr(radio.data, "_WARNED", [])
+    monkeypatch.setattr(radio.data, "_WARNED", False)
     stream = CacheStream(cache, ["syn-clip"], batch_size=4)
     with caplog.at_level("WARNING", logger="radio.data"):
         for _ in range(2):

@@ -459,6 +459,7 @@ _FETCH: tuple[int, Any] | None = None
 # hold (CacheLocation.check_whole): a rewritten object has a new ETag and is checked again. A forked loader
 # worker starts from its parent's.
 _VERIFIED: dict[tuple, tuple[str, frozenset]] = {}
+_COLUMN_SETS: dict[frozenset, frozenset] = {}  # one object per set of columns: the memo's entries share them
 
 
 def fetch_pool() -> ThreadPoolExecutor:
@@ -704,8 +705,9 @@ class RemoteShard:
             if check and self._http is not None and self.etag and self._file.etags == {self.etag}:
                 # every row group of these columns checked (or trusted) under one version of the object
                 seen = _VERIFIED.get(self._verified_as())
-                cols = seen[1] if seen is not None and seen[0] == self.etag else frozenset()
-                _VERIFIED[self._verified_as()] = (self.etag, cols | frozenset(columns))
+                cols = (seen[1] if seen is not None and seen[0] == self.etag else frozenset()) | frozenset(columns)
+                cols = _COLUMN_SETS.setdefault(cols, cols)
+                _VERIFIED[self._verified_as()] = (self.etag, cols)
         finally:
             self.close()
 
