@@ -239,13 +239,14 @@ def main() -> None:
                 if not ns.no_rps:
                     stack.enter_context(_loopback_steered_to(cores[1:]))
             lat = f"+{ns.delay_ms:g}ms"
+            proxy_pid, fast_proxy_pid = proxy.proc.pid, fast_proxy.proc.pid  # type: ignore[union-attr]
             sources = {
                 "local": (root, ()),
                 "seaweedfs": (s3.uri("cache"), (s3.pid,)),
-                f"seaweedfs{lat} proxy": (proxy.route(s3.uri("cache")), (s3.pid, proxy.proc.pid)),  # type: ignore[union-attr]
+                f"seaweedfs{lat} proxy": (proxy.route(s3.uri("cache")), (s3.pid, proxy_pid)),
                 "sendfile": (fast.uri("cache"), (fast.pid,)),
                 f"sendfile{lat}": (slow.uri("cache"), (slow.pid,)),
-                f"sendfile{lat} proxy": (fast_proxy.route(fast.uri("cache")), (fast.pid, fast_proxy.proc.pid)),  # type: ignore[union-attr]
+                f"sendfile{lat} proxy": (fast_proxy.route(fast.uri("cache")), (fast.pid, fast_proxy_pid)),
             }
             if capped is not None:
                 for ahead in (cfg.fetch_ahead, 2 * cfg.fetch_ahead):
